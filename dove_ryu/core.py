@@ -1,0 +1,579 @@
+"""The DOVE switch core: events in, OpenFlow messages and datagrams out.
+
+Nothing here talks to a switch or a socket.  Each handler takes the facts and
+the time (``now``) and returns a `CoreOutput`; `dove_ryu.shell` feeds it from
+os-ken, OVSDB and the control socket and sends what comes back.
+
+Address resolution is the RESERVOIR VAN protocol (paper section IV-C): a miss
+sends a LEARN request to the hosts that serve the instance, the host of the
+endpoint answers, the answer becomes flows and the held packets are
+re-injected through the pipeline.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass
+from ipaddress import IPv4Address
+
+from dove_ryu import cookies, flows
+from dove_ryu.config import DoveConfig
+from dove_ryu.cookies import Purpose
+from dove_ryu.learning import (
+    LearnedTable,
+    NegativeCache,
+    Pending,
+    PendingTable,
+    Target,
+    TokenBucket,
+)
+from dove_ryu.model import Endpoint, LearnedEndpoint, VmPort
+from dove_ryu.ofmsg import CoreOutput, Datagram, GroupCommand, OfMsg, PacketOut
+from dove_ryu.packet import BadPacket, parse
+from dove_ryu.protocol.auth import AuthError, CounterSource, ReplayGuard
+from dove_ryu.protocol.header import MalformedMessage
+from dove_ryu.protocol.messages import (
+    Announce,
+    Envelope,
+    LearnReply,
+    LearnRequest,
+    Message,
+    Unlearn,
+    decode,
+    encode,
+)
+
+LOG = logging.getLogger("dove_ryu.core")
+
+MEMBER_LIFETIME_INTERVALS = 3.5  # a member that missed 3 announcements is gone
+NEGATIVE_TTL = 2.0
+NEGATIVE_SIZE = 4096
+ANNOUNCE_MAX_INSTANCES = 300  # keeps an announcement within one frame
+
+
+class LogLimiter:
+    """At most ``burst`` lines per reason per ``period`` seconds; the rest are counted."""
+
+    def __init__(self, burst: int = 5, period: float = 10.0) -> None:
+        self.burst, self.period = burst, period
+        self.windows: dict[str, tuple[float, int]] = {}
+
+    def allow(self, reason: str, now: float) -> bool:
+        start, n = self.windows.get(reason, (now, 0))
+        if now - start >= self.period:
+            start, n = now, 0
+        self.windows[reason] = (start, n + 1)
+        return n < self.burst
+
+
+@dataclass
+class Member:
+    expires: float
+
+
+class DoveCore:
+    """State and decisions of one DOVE switch (one hypervisor)."""
+
+    def __init__(self, cfg: DoveConfig, now: float) -> None:
+        self.cfg = cfg
+        self.me = cfg.underlay_ip
+        self.tunnel_ofport: int | None = None
+        self.ports: dict[str, VmPort] = {}
+        self.local: dict[tuple[int, str], VmPort] = {}
+        self.local_ip: dict[tuple[int, IPv4Address], VmPort] = {}
+        self.members: dict[int, dict[IPv4Address, Member]] = {}
+        self.learned = LearnedTable(cfg.max_learned_per_instance)
+        self.pending = PendingTable(cfg.max_pending_per_instance)
+        self.negative = NegativeCache(NEGATIVE_SIZE, NEGATIVE_TTL)
+        self.buckets: dict[int, TokenBucket] = {}
+        self.seqs: dict[tuple[int, str], int] = {}
+        self.counters: Counter[str] = Counter()
+        self.counter_source = CounterSource()
+        self.replay = ReplayGuard()
+        self.request_ids = itertools.count(1)
+        self.next_announce = now
+        self.log_limit = LogLimiter()
+        self.started = now
+
+    # ------------------------------------------------------------------ state
+
+    @property
+    def instances(self) -> set[int]:
+        return {instance for instance, _ in self.local}
+
+    def _ports_of(self, instance: int) -> list[int]:
+        return [p.ofport for (i, _), p in self.local.items() if i == instance]
+
+    def _members_of(self, instance: int) -> list[IPv4Address]:
+        return list(self.members.get(instance, {}))
+
+    def _group(self, instance: int, command: GroupCommand) -> OfMsg:
+        assert self.tunnel_ofport is not None
+        return flows.flood_group(
+            instance,
+            self._ports_of(instance),
+            self._members_of(instance),
+            self.tunnel_ofport,
+            command,
+        )
+
+    def _drop(self, reason: str, now: float, detail: str = "") -> None:
+        self.counters[f"drop_{reason}"] += 1
+        if self.log_limit.allow(reason, now):
+            LOG.warning("%s: dropped (%s) %s", self.cfg.name, reason, detail)
+
+    # ------------------------------------------------------------ the switch
+
+    def switch_connected(self, now: float, tunnel_ofport: int) -> CoreOutput:
+        """Resync: delete all our flows and groups, then install the whole state."""
+        self.tunnel_ofport = tunnel_ofport
+        out = CoreOutput(ofmsgs=[*flows.delete_all_ours(), *flows.pipeline_defaults(tunnel_ofport)])
+        for port in self.local.values():
+            out.ofmsgs += flows.local_port_flows(port)
+        for instance in self.instances:
+            out.ofmsgs += self._instance_up(instance)
+        for entry in self.learned.entries():
+            out.ofmsgs += flows.learned_flows(
+                entry.endpoint, tunnel_ofport, self.cfg.learn_idle_timeout
+            )
+        self.counters["switch_connected"] += 1
+        LOG.info(
+            "%s: switch connected, tunnel port %d, %d ports, %d learned",
+            self.cfg.name,
+            tunnel_ofport,
+            len(self.local),
+            len(self.learned),
+        )
+        return out
+
+    def switch_disconnected(self) -> None:
+        self.tunnel_ofport = None
+
+    def _instance_up(self, instance: int) -> list[OfMsg]:
+        assert self.tunnel_ofport is not None
+        msgs: list[OfMsg] = [
+            self._group(instance, GroupCommand.ADD),
+            *flows.instance_flows(instance),
+        ]
+        msgs += [
+            flows.member_flow(instance, h, self.tunnel_ofport) for h in self._members_of(instance)
+        ]
+        return msgs
+
+    # ------------------------------------------------------------- VM ports
+
+    def ports_changed(self, now: float, ports: list[VmPort]) -> CoreOutput:
+        """Take the full set of marked VM ports from OVSDB and apply the difference."""
+        wanted = {p.name: p for p in ports}
+        out = CoreOutput()
+        before = self.instances
+        changed_instances: set[int] = set()
+        for name, old in list(self.ports.items()):
+            if wanted.get(name) != old:
+                self._remove_port(old, out)
+                changed_instances.add(old.instance)
+        for name, port in wanted.items():
+            if self.ports.get(name) != port:
+                if (port.instance, port.mac) in self.local:
+                    self._drop("duplicate_mac", now, f"port {name} mac {port.mac}")
+                    continue
+                self._add_port(port, out)
+                changed_instances.add(port.instance)
+        after = self.instances
+        if self.tunnel_ofport is not None:
+            for instance in sorted(after - before):
+                out.ofmsgs += self._instance_up(instance)
+            for instance in sorted(before - after):
+                out.ofmsgs += flows.delete_instance(instance)
+            for instance in sorted(changed_instances & before & after):
+                out.ofmsgs.append(self._group(instance, GroupCommand.MODIFY))
+        for instance in before - after:
+            self.learned.drop_instance(instance)
+            self.pending.drop_instance(instance)
+        if before != after:
+            out.datagrams += self._announce(now)
+        return out
+
+    def _add_port(self, port: VmPort, out: CoreOutput) -> None:
+        self.ports[port.name] = port
+        self.local[(port.instance, port.mac)] = port
+        for ip in port.ips:
+            self.local_ip[(port.instance, ip)] = port
+        key = (port.instance, port.mac)
+        self.seqs[key] = self.seqs.get(key, 0) + 1
+        if self.tunnel_ofport is not None:
+            out.ofmsgs += flows.local_port_flows(port)
+        self.counters["ports_added"] += 1
+        LOG.info(
+            "%s: port %s up: instance %d mac %s ips %s ofport %d",
+            self.cfg.name,
+            port.name,
+            port.instance,
+            port.mac,
+            ",".join(map(str, port.ips)),
+            port.ofport,
+        )
+
+    def _remove_port(self, port: VmPort, out: CoreOutput) -> None:
+        del self.ports[port.name]
+        if self.local.get((port.instance, port.mac)) == port:
+            del self.local[(port.instance, port.mac)]
+        for ip in port.ips:
+            if self.local_ip.get((port.instance, ip)) == port:
+                del self.local_ip[(port.instance, ip)]
+        if self.tunnel_ofport is not None:
+            out.ofmsgs += flows.delete_local_port(port)
+        self.counters["ports_removed"] += 1
+        LOG.info(
+            "%s: port %s down: instance %d mac %s",
+            self.cfg.name,
+            port.name,
+            port.instance,
+            port.mac,
+        )
+
+    # ------------------------------------------------------------ packet-in
+
+    def packet_in(self, now: float, cookie: int, in_port: int, data: bytes) -> CoreOutput:
+        """A miss punted by the pipeline: resolve its target, holding the packet."""
+        self.counters["packet_in"] += 1
+        decoded = cookies.decode(cookie)
+        if decoded is None or decoded.purpose is not Purpose.INSTANCE:
+            self._drop("packet_in_unexpected", now, f"cookie {cookie:#x}")
+            return CoreOutput()
+        instance = decoded.instance
+        try:
+            frame = parse(data)
+        except BadPacket as e:
+            self._drop("packet_in_malformed", now, str(e))
+            return CoreOutput()
+        source = self.local.get((instance, frame.src))
+        if source is None or source.ofport != in_port:
+            self._drop("packet_in_foreign", now, f"in_port {in_port} src {frame.src}")
+            return CoreOutput()
+        target: Target
+        if decoded.tag == flows.TAG_ARP_MISS and frame.arp is not None:
+            self.counters["packet_in_arp_miss"] += 1
+            target = frame.arp.tpa
+            known = self.learned.get_by_ip(instance, target)
+        elif decoded.tag == flows.TAG_L2_MISS:
+            self.counters["packet_in_l2_miss"] += 1
+            target = frame.dst
+            known = self.learned.get(instance, target)
+        else:
+            self._drop("packet_in_unexpected", now, f"tag {decoded.tag}")
+            return CoreOutput()
+        if known is not None:
+            # Learned but the flow is missing (a race with an idle timeout): reinstall.
+            return self._install(known.endpoint, [(in_port, data)])
+        return self._resolve(now, instance, target, in_port, data)
+
+    def _resolve(
+        self, now: float, instance: int, target: Target, in_port: int, data: bytes
+    ) -> CoreOutput:
+        pending = self.pending.get(instance, target)
+        if pending is not None:
+            if len(pending.held) < PendingTable.MAX_HELD:
+                pending.held.append((in_port, data))
+            else:
+                self.counters["held_overflow"] += 1
+            return CoreOutput()
+        if self.negative.active(instance, target, now):
+            self.counters["drop_negative_cached"] += 1
+            return CoreOutput()
+        if self.pending.full(instance):
+            self._drop("pending_full", now, f"instance {instance}")
+            return CoreOutput()
+        bucket = self.buckets.setdefault(
+            instance,
+            TokenBucket(self.cfg.learn_rate_per_instance, self.cfg.learn_rate_per_instance),
+        )
+        if not bucket.take(now):
+            self._drop("learn_rate_limited", now, f"instance {instance}")
+            return CoreOutput()
+        members = self._members_of(instance)
+        if not members:
+            self.counters["learn_no_members"] += 1
+            self.negative.add(instance, target, now)
+            return CoreOutput()
+        pending = Pending(
+            instance,
+            target,
+            next(self.request_ids),
+            now,
+            now + self.cfg.learn_timeout,
+            held=[(in_port, data)],
+        )
+        self.pending.add(pending)
+        return CoreOutput(datagrams=self._learn_requests(now, pending, members))
+
+    def _learn_requests(
+        self, now: float, pending: Pending, members: list[IPv4Address]
+    ) -> list[Datagram]:
+        mac = pending.target if isinstance(pending.target, str) else None
+        ip = pending.target if isinstance(pending.target, IPv4Address) else None
+        msg = LearnRequest(instance=pending.instance, request_id=pending.request_id, mac=mac, ip=ip)
+        self.counters["learn_requests_sent"] += len(members)
+        return [self._datagram(now, host, msg) for host in members]
+
+    # -------------------------------------------------------------- control
+
+    def control_message(self, now: float, data: bytes, src: IPv4Address) -> CoreOutput:
+        """A datagram from the underlay; anything wrong with it is counted and dropped."""
+        self.counters["control_received"] += 1
+        try:
+            env = decode(data, key=self.cfg.auth_key)
+            if env.sender != src:
+                raise AuthError("sender_mismatch")
+            self.replay.check(env.sender, env.counter, time.time())
+        except MalformedMessage as e:
+            self._drop(f"control_{e.reason}", now, f"from {src}")
+            return CoreOutput()
+        except AuthError as e:
+            self._drop(f"control_{e.reason}", now, f"from {src}")
+            return CoreOutput()
+        return self._dispatch(now, env)
+
+    def _dispatch(self, now: float, env: Envelope) -> CoreOutput:
+        msg = env.message
+        if isinstance(msg, Announce):
+            return self._on_announce(now, env.sender, msg)
+        if isinstance(msg, LearnRequest):
+            return self._on_learn_request(now, env.sender, msg)
+        if isinstance(msg, LearnReply):
+            return self._on_learn_reply(now, env.sender, msg)
+        if isinstance(msg, Unlearn):
+            self.counters["unlearn_received"] += 1
+            entry = self.learned.get(msg.instance, msg.mac)
+            if entry and entry.endpoint.host == msg.host and entry.endpoint.seq <= msg.seq:
+                return self._forget(msg.instance, msg.mac)
+        return CoreOutput()
+
+    def _on_announce(self, now: float, sender: IPv4Address, msg: Announce) -> CoreOutput:
+        self.counters["announce_received"] += 1
+        expires = now + self.cfg.announce_interval * MEMBER_LIFETIME_INTERVALS
+        out = CoreOutput()
+        new_peer = not any(sender in hosts for hosts in self.members.values())
+        for instance in msg.instances:
+            hosts = self.members.setdefault(instance, {})
+            joined = sender not in hosts
+            hosts[sender] = Member(expires)
+            if joined:
+                out.ofmsgs += self._member_changed(instance, sender, joined=True)
+        for instance, hosts in list(self.members.items()):
+            if sender in hosts and instance not in msg.instances:
+                del hosts[sender]
+                out.ofmsgs += self._member_changed(instance, sender, joined=False)
+        if new_peer and msg.instances:
+            # A host we did not know (new or restarted): tell it at once what we serve.
+            out.datagrams += self._announce(now, only=[sender])
+        return out
+
+    def _member_changed(self, instance: int, host: IPv4Address, joined: bool) -> list[OfMsg]:
+        LOG.info(
+            "%s: member %s %s instance %d",
+            self.cfg.name,
+            host,
+            "joined" if joined else "left",
+            instance,
+        )
+        self.counters["member_joined" if joined else "member_left"] += 1
+        if self.tunnel_ofport is None or instance not in self.instances:
+            return []
+        flow = (flows.member_flow if joined else flows.delete_member_flow)(
+            instance, host, self.tunnel_ofport
+        )
+        return [flow, self._group(instance, GroupCommand.MODIFY)]
+
+    def _on_learn_request(self, now: float, sender: IPv4Address, msg: LearnRequest) -> CoreOutput:
+        self.counters["learn_requests_received"] += 1
+        if msg.mac is not None:
+            port = self.local.get((msg.instance, msg.mac))
+        else:
+            assert msg.ip is not None
+            port = self.local_ip.get((msg.instance, msg.ip))
+        if port is None:
+            return CoreOutput()
+        reply = LearnReply(
+            instance=msg.instance,
+            request_id=msg.request_id,
+            mac=port.mac,
+            ips=port.ips,
+            host=self.me,
+            seq=self.seqs.get((port.instance, port.mac), 1),
+        )
+        self.counters["learn_replies_sent"] += 1
+        return CoreOutput(datagrams=[self._datagram(now, sender, reply)])
+
+    def _on_learn_reply(self, now: float, sender: IPv4Address, msg: LearnReply) -> CoreOutput:
+        self.counters["learn_replies_received"] += 1
+        pending = self.pending.by_id.get(msg.request_id)
+        if pending is None or pending.instance != msg.instance:
+            self.counters["learn_reply_unsolicited"] += 1
+            return CoreOutput()
+        if msg.host != sender or (msg.mac, msg.ips) and not self._answers(pending, msg):
+            self._drop("learn_reply_mismatch", now, f"from {sender}")
+            return CoreOutput()
+        self.pending.remove(pending)
+        ep = Endpoint(msg.instance, msg.mac, msg.ips, msg.host, msg.seq)
+        current = self.learned.get(ep.instance, ep.mac)
+        if current and current.endpoint.seq > ep.seq:
+            self.counters["learn_reply_stale"] += 1
+            ep = current.endpoint
+        self.counters["learned"] += 1
+        self.counters["learn_latency_ms_total"] += int((now - pending.first_sent) * 1000)
+        LOG.info(
+            "%s: learned instance %d %s ips %s at %s (seq %d) in %.1f ms",
+            self.cfg.name,
+            ep.instance,
+            ep.mac,
+            ",".join(map(str, ep.ips)),
+            ep.host,
+            ep.seq,
+            (now - pending.first_sent) * 1000,
+        )
+        out = self._remember(now, ep, sender)
+        return out.extend(self._install(ep, pending.held, flows_too=False))
+
+    @staticmethod
+    def _answers(pending: Pending, msg: LearnReply) -> bool:
+        if isinstance(pending.target, str):
+            return pending.target == msg.mac
+        return pending.target in msg.ips
+
+    def _remember(self, now: float, ep: Endpoint, answered_by: IPv4Address) -> CoreOutput:
+        replaced, evicted = self.learned.put(LearnedEndpoint(ep, now, answered_by))
+        out = CoreOutput()
+        if self.tunnel_ofport is None:
+            return out
+        for victim in evicted:
+            self.counters["learned_evicted"] += 1
+            out.ofmsgs += flows.delete_learned(victim.endpoint)
+        if replaced:
+            out.ofmsgs += flows.delete_learned(replaced.endpoint, keep_l2=True)
+        out.ofmsgs += flows.learned_flows(ep, self.tunnel_ofport, self.cfg.learn_idle_timeout)
+        return out
+
+    def _install(
+        self, ep: Endpoint, held: list[tuple[int, bytes]], flows_too: bool = True
+    ) -> CoreOutput:
+        """(Re)install an endpoint's flows and re-inject the held packets through them."""
+        out = CoreOutput()
+        if self.tunnel_ofport is None:
+            return out
+        if flows_too:
+            out.ofmsgs += flows.learned_flows(ep, self.tunnel_ofport, self.cfg.learn_idle_timeout)
+        out.ofmsgs += [PacketOut(in_port=port, data=data) for port, data in held]
+        self.counters["packets_released"] += len(held)
+        return out
+
+    def _forget(self, instance: int, mac: str) -> CoreOutput:
+        entry = self.learned.remove(instance, mac)
+        if entry is None or self.tunnel_ofport is None:
+            return CoreOutput()
+        self.counters["unlearned"] += 1
+        return CoreOutput(ofmsgs=list(flows.delete_learned(entry.endpoint)))
+
+    def flow_removed(self, now: float, cookie: int, match: dict[str, object]) -> CoreOutput:
+        """A learned flow idled out: forget the endpoint and its ARP answers."""
+        decoded = cookies.decode(cookie)
+        if decoded is None or decoded.purpose is not Purpose.LEARNED:
+            return CoreOutput()
+        mac = match.get("eth_dst")
+        if not isinstance(mac, str):
+            return CoreOutput()
+        self.counters["learned_aged"] += 1
+        entry = self.learned.remove(decoded.instance, mac)
+        if entry is None or self.tunnel_ofport is None:
+            return CoreOutput()
+        return CoreOutput(ofmsgs=list(flows.delete_learned(entry.endpoint, keep_l2=True)))
+
+    # ----------------------------------------------------------------- time
+
+    def tick(self, now: float) -> CoreOutput:
+        """Retransmit or give up on LEARNs, expire members, announce."""
+        out = CoreOutput()
+        for pending in list(self.pending.by_key.values()):
+            if pending.next_retry > now:
+                continue
+            if pending.attempts > self.cfg.learn_retries:
+                self.pending.remove(pending)
+                self.negative.add(pending.instance, pending.target, now)
+                self.counters["learn_timeouts"] += 1
+                self.counters["held_dropped"] += len(pending.held)
+                continue
+            pending.attempts += 1
+            pending.next_retry = now + self.cfg.learn_timeout * pending.attempts
+            self.counters["learn_retransmits"] += 1
+            out.datagrams += self._learn_requests(now, pending, self._members_of(pending.instance))
+        for instance, hosts in list(self.members.items()):
+            for host, member in list(hosts.items()):
+                if member.expires <= now:
+                    del hosts[host]
+                    out.ofmsgs += self._member_changed(instance, host, joined=False)
+            if not hosts:
+                del self.members[instance]
+        if now >= self.next_announce:
+            out.datagrams += self._announce(now)
+        return out
+
+    def _announce(self, now: float, only: list[IPv4Address] | None = None) -> list[Datagram]:
+        if only is None:
+            self.next_announce = now + self.cfg.announce_interval
+        instances = sorted(self.instances)[:ANNOUNCE_MAX_INSTANCES]
+        msg = Announce(instances=frozenset(instances))
+        targets = only if only is not None else list(self.cfg.peers)
+        self.counters["announce_sent"] += len(targets)
+        return [self._datagram(now, host, msg) for host in targets]
+
+    def _datagram(self, now: float, host: IPv4Address, msg: Message) -> Datagram:
+        payload = encode(
+            msg,
+            sender=self.me,  # type: ignore[arg-type]
+            counter=self.counter_source.next(time.time()),
+            key=self.cfg.auth_key,
+        )
+        return Datagram(str(host), payload)
+
+    # --------------------------------------------------------------- status
+
+    def status(self, now: float) -> dict[str, object]:
+        """Everything an operator asks about, as plain data (for the admin socket)."""
+        return {
+            "host": self.cfg.name,
+            "underlay_ip": str(self.me),
+            "connected": self.tunnel_ofport is not None,
+            "instances": {
+                str(instance): {
+                    "local": [
+                        {
+                            "port": p.name,
+                            "ofport": p.ofport,
+                            "mac": p.mac,
+                            "ips": [str(i) for i in p.ips],
+                            "seq": self.seqs.get((instance, p.mac), 1),
+                        }
+                        for (i, _), p in sorted(self.local.items())
+                        if i == instance
+                    ],
+                    "members": sorted(str(h) for h in self._members_of(instance)),
+                    "learned": [
+                        {
+                            "mac": e.endpoint.mac,
+                            "ips": [str(i) for i in e.endpoint.ips],
+                            "host": str(e.endpoint.host),
+                            "seq": e.endpoint.seq,
+                            "age": round(now - e.learned_at, 1),
+                            "answered_by": str(e.answered_by),
+                        }
+                        for e in self.learned.by_instance.get(instance, {}).values()
+                    ],
+                }
+                for instance in sorted(self.instances | set(self.learned.by_instance))
+            },
+            "pending": len(self.pending),
+            "counters": dict(sorted(self.counters.items())),
+        }

@@ -1,0 +1,342 @@
+"""Flow builders: state in, flow-mods out.  Pure; every flow goes through a
+table declared in `dove_ryu.pipeline`."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from ipaddress import IPv4Address
+
+from dove_ryu import cookies
+from dove_ryu.cookies import Cookie, Purpose
+from dove_ryu.model import Endpoint, VmPort
+from dove_ryu.ofmsg import (
+    OFPG_ANY,
+    OFPP_CONTROLLER,
+    OFPP_IN_PORT,
+    Action,
+    FlowCommand,
+    FlowMod,
+    Group,
+    GroupCommand,
+    GroupMod,
+    MatchValue,
+    Move,
+    Output,
+    SetField,
+)
+from dove_ryu.packet import ARP_REPLY, ARP_REQUEST, ETH_TYPE_ARP
+from dove_ryu.pipeline import (
+    ARP_ND,
+    CLASSIFY,
+    EGRESS_CHECK,
+    FLOOD,
+    FROM_TUNNEL,
+    INSTANCE_MASK,
+    L2_FORWARD,
+    METADATA_MASK,
+    PORT_SECURITY,
+    metadata_for,
+)
+
+OFPTT_ALL = 0xFF
+MULTICAST = ("01:00:00:00:00:00", "01:00:00:00:00:00")
+
+# Tags of the per-instance flows that punt to the agent.
+TAG_ARP_MISS = 1
+TAG_L2_MISS = 2
+TAG_FLOOD = 3
+
+# Priorities, highest first within a table.
+PRIO_EXACT = 100
+PRIO_GUARD = 110
+PRIO_ARP_CHECKED = 120
+PRIO_MULTICAST = 90
+PRIO_INSTANCE_MISS = 10
+PRIO_TUNNEL_DEFAULT = 20
+PRIO_DEFAULT = 0
+
+
+def _instance_md(instance: int) -> tuple[int, int]:
+    return (instance, INSTANCE_MASK)
+
+
+def _local_md(instance: int) -> tuple[int, int]:
+    """Packets of the instance that came from a local VM (not from the overlay)."""
+    return (metadata_for(instance), METADATA_MASK)
+
+
+def pipeline_defaults(tunnel_ofport: int) -> list[FlowMod]:
+    """Flows that exist whatever the state: default drops and fixed jumps."""
+    base = Cookie(Purpose.PIPELINE)
+    return [
+        CLASSIFY.flow(priority=PRIO_DEFAULT, match={}, cookie=Cookie(Purpose.DROP_UNCLASSIFIED)),
+        CLASSIFY.flow(
+            priority=PRIO_INSTANCE_MISS,
+            match={"in_port": tunnel_ofport},
+            cookie=Cookie(Purpose.DROP_NONMEMBER),
+        ),
+        PORT_SECURITY.flow(priority=PRIO_DEFAULT, match={}, cookie=Cookie(Purpose.DROP_SPOOF)),
+        ARP_ND.flow(priority=PRIO_DEFAULT, match={}, cookie=base, goto=L2_FORWARD),
+        L2_FORWARD.flow(
+            priority=PRIO_MULTICAST, match={"eth_dst": MULTICAST}, cookie=base, goto=FLOOD
+        ),
+        L2_FORWARD.flow(
+            priority=PRIO_TUNNEL_DEFAULT,
+            match={"metadata": (FROM_TUNNEL, FROM_TUNNEL)},
+            cookie=base,
+            goto=EGRESS_CHECK,
+        ),
+        L2_FORWARD.flow(priority=PRIO_DEFAULT, match={}, cookie=Cookie(Purpose.DROP_MISS)),
+        FLOOD.flow(priority=PRIO_DEFAULT, match={}, cookie=Cookie(Purpose.DROP_MISS)),
+        EGRESS_CHECK.flow(priority=PRIO_DEFAULT, match={}, cookie=Cookie(Purpose.DROP_EGRESS)),
+    ]
+
+
+def delete_all_ours() -> list[FlowMod | GroupMod]:
+    """Remove every flow we own (by cookie) and every group: the start of a resync."""
+    return [
+        FlowMod(
+            table_id=OFPTT_ALL,
+            priority=0,
+            match={},
+            cookie=cookies.OURS << cookies.OURS_SHIFT,
+            cookie_mask=cookies.MASK_OURS,
+            command=FlowCommand.DELETE,
+        ),
+        GroupMod(group_id=OFPG_ANY, command=GroupCommand.DELETE),
+    ]
+
+
+def _arp_responder(mac: str, ip: IPv4Address) -> tuple[Action, ...]:
+    """Turn an ARP request for ``ip`` into the reply from ``mac``, back out the port."""
+    return (
+        Move("eth_src", "eth_dst", 48),
+        SetField("eth_src", mac),
+        SetField("arp_op", ARP_REPLY),
+        Move("arp_sha", "arp_tha", 48),
+        Move("arp_spa", "arp_tpa", 32),
+        SetField("arp_sha", mac),
+        SetField("arp_spa", str(ip)),
+        Output(OFPP_IN_PORT),
+    )
+
+
+def _arp_request(instance: int, ip: IPv4Address) -> dict[str, MatchValue]:
+    return {
+        "metadata": _local_md(instance),
+        "eth_type": ETH_TYPE_ARP,
+        "arp_op": ARP_REQUEST,
+        "arp_tpa": str(ip),
+    }
+
+
+def local_port_flows(port: VmPort) -> list[FlowMod]:
+    """Classify, port security, delivery and ARP answers for a VM port."""
+    port_cookie = Cookie(Purpose.LOCAL_PORT, port.instance, port.ofport)
+    flows = [
+        CLASSIFY.flow(
+            priority=PRIO_EXACT,
+            match={"in_port": port.ofport},
+            cookie=port_cookie,
+            write_metadata=(metadata_for(port.instance), METADATA_MASK),
+            goto=PORT_SECURITY,
+        ),
+        # ARP must carry the VM's own MAC (and IP, when known) as sender.
+        PORT_SECURITY.flow(
+            priority=PRIO_GUARD,
+            match={"in_port": port.ofport, "eth_type": ETH_TYPE_ARP},
+            cookie=Cookie(Purpose.DROP_SPOOF, port.instance, port.ofport),
+        ),
+    ]
+    arp_ok: dict[str, MatchValue] = {
+        "in_port": port.ofport,
+        "eth_src": port.mac,
+        "eth_type": ETH_TYPE_ARP,
+        "arp_sha": port.mac,
+    }
+    # 0.0.0.0 is the sender of a duplicate-address probe (RFC 5227).
+    senders = [*port.ips, IPv4Address(0)] if port.ips else []
+    for arp_match in [{**arp_ok, "arp_spa": str(ip)} for ip in senders] or [arp_ok]:
+        flows.append(
+            PORT_SECURITY.flow(
+                priority=PRIO_ARP_CHECKED, match=arp_match, cookie=port_cookie, goto=ARP_ND
+            )
+        )
+    flows.append(
+        PORT_SECURITY.flow(
+            priority=PRIO_EXACT,
+            match={"in_port": port.ofport, "eth_src": port.mac},
+            cookie=port_cookie,
+            goto=ARP_ND,
+        )
+    )
+    flows.append(
+        L2_FORWARD.flow(
+            priority=PRIO_EXACT,
+            match={"metadata": _instance_md(port.instance), "eth_dst": port.mac},
+            cookie=Cookie(Purpose.LOCAL_ENDPOINT, port.instance, port.ofport),
+            actions=[Output(port.ofport)],
+        )
+    )
+    arp_cookie = Cookie(Purpose.ARP_LOCAL, port.instance, port.ofport)
+    for ip in port.ips:
+        flows.append(
+            ARP_ND.flow(
+                priority=PRIO_EXACT,
+                match=_arp_request(port.instance, ip),
+                cookie=arp_cookie,
+                actions=_arp_responder(port.mac, ip),
+            )
+        )
+        # A VM asking for its own address (gratuitous ARP, duplicate address
+        # detection) is flooded, not answered: an answer would look like a clash.
+        flows.append(
+            ARP_ND.flow(
+                priority=PRIO_GUARD,
+                match={**_arp_request(port.instance, ip), "in_port": port.ofport},
+                cookie=arp_cookie,
+                goto=L2_FORWARD,
+            )
+        )
+    return flows
+
+
+def delete_local_port(port: VmPort) -> list[FlowMod]:
+    """Delete every flow made for a VM port, by its exact cookies."""
+    purposes = (Purpose.LOCAL_PORT, Purpose.LOCAL_ENDPOINT, Purpose.ARP_LOCAL, Purpose.DROP_SPOOF)
+    return [
+        FlowMod(
+            table_id=OFPTT_ALL,
+            priority=0,
+            match={},
+            cookie=Cookie(p, port.instance, port.ofport).value,
+            cookie_mask=cookies.MASK_EXACT,
+            command=FlowCommand.DELETE,
+        )
+        for p in purposes
+    ]
+
+
+def instance_flows(instance: int) -> list[FlowMod]:
+    """Per-instance misses (to the agent) and flooding through the instance group."""
+    cookie_arp = Cookie(Purpose.INSTANCE, instance, TAG_ARP_MISS)
+    cookie_l2 = Cookie(Purpose.INSTANCE, instance, TAG_L2_MISS)
+    return [
+        ARP_ND.flow(
+            priority=PRIO_INSTANCE_MISS,
+            match={
+                "metadata": _local_md(instance),
+                "eth_type": ETH_TYPE_ARP,
+                "arp_op": ARP_REQUEST,
+            },
+            cookie=cookie_arp,
+            actions=[Output(OFPP_CONTROLLER)],
+        ),
+        L2_FORWARD.flow(
+            priority=PRIO_INSTANCE_MISS,
+            match={"metadata": _local_md(instance)},
+            cookie=cookie_l2,
+            actions=[Output(OFPP_CONTROLLER)],
+        ),
+        FLOOD.flow(
+            priority=PRIO_EXACT,
+            match={"metadata": _instance_md(instance)},
+            cookie=Cookie(Purpose.INSTANCE, instance, TAG_FLOOD),
+            actions=[Group(instance)],
+        ),
+    ]
+
+
+def delete_instance(instance: int) -> list[FlowMod | GroupMod]:
+    return [
+        FlowMod(
+            table_id=OFPTT_ALL,
+            priority=0,
+            match={},
+            cookie=Cookie(p, instance).value,
+            cookie_mask=cookies.MASK_PURPOSE_INSTANCE,
+            command=FlowCommand.DELETE,
+        )
+        for p in (Purpose.INSTANCE, Purpose.MEMBER, Purpose.LEARNED, Purpose.ARP_LEARNED)
+    ] + [GroupMod(group_id=instance, command=GroupCommand.DELETE)]
+
+
+def _to_tunnel(tunnel_ofport: int, instance: int, host: IPv4Address) -> tuple[Action, ...]:
+    return (
+        SetField("tunnel_id", instance),
+        SetField("tun_ipv4_dst", str(host)),
+        Output(tunnel_ofport),
+    )
+
+
+def flood_group(
+    instance: int,
+    local_ofports: Iterable[int],
+    members: Iterable[IPv4Address],
+    tunnel_ofport: int,
+    command: GroupCommand,
+) -> GroupMod:
+    """One ALL group per instance: each local port, then head-end replication
+    to each member host.  A packet from the tunnel is not sent back into it:
+    OpenFlow never outputs to the in_port."""
+    buckets: list[tuple[Action, ...]] = [(Output(p),) for p in sorted(local_ofports)]
+    buckets += [_to_tunnel(tunnel_ofport, instance, h) for h in sorted(members)]
+    return GroupMod(group_id=instance, command=command, buckets=tuple(buckets))
+
+
+def _member_match(instance: int, host: IPv4Address, tunnel_ofport: int) -> dict[str, MatchValue]:
+    return {"in_port": tunnel_ofport, "tunnel_id": instance, "tun_ipv4_src": str(host)}
+
+
+def member_flow(instance: int, host: IPv4Address, tunnel_ofport: int) -> FlowMod:
+    """Accept tunnelled packets of the instance from a member host."""
+    return CLASSIFY.flow(
+        priority=PRIO_EXACT,
+        match=_member_match(instance, host, tunnel_ofport),
+        cookie=Cookie(Purpose.MEMBER, instance, int(host) & cookies.TAG_MASK),
+        write_metadata=(metadata_for(instance, from_tunnel=True), METADATA_MASK),
+        goto=L2_FORWARD,
+    )
+
+
+def delete_member_flow(instance: int, host: IPv4Address, tunnel_ofport: int) -> FlowMod:
+    return CLASSIFY.delete(match=_member_match(instance, host, tunnel_ofport), priority=PRIO_EXACT)
+
+
+def learned_flows(ep: Endpoint, tunnel_ofport: int, idle_timeout: int) -> list[FlowMod]:
+    """Forward to a remote endpoint's host; answer ARP for its addresses."""
+    tag = cookies.mac_tag(ep.mac)
+    flows = [
+        L2_FORWARD.flow(
+            priority=PRIO_EXACT,
+            match={"metadata": _local_md(ep.instance), "eth_dst": ep.mac},
+            cookie=Cookie(Purpose.LEARNED, ep.instance, tag),
+            actions=_to_tunnel(tunnel_ofport, ep.instance, ep.host),
+            idle_timeout=idle_timeout,
+            send_flow_removed=True,
+        )
+    ]
+    flows += [
+        ARP_ND.flow(
+            priority=PRIO_EXACT,
+            match=_arp_request(ep.instance, ip),
+            cookie=Cookie(Purpose.ARP_LEARNED, ep.instance, tag),
+            actions=_arp_responder(ep.mac, ip),
+        )
+        for ip in ep.ips
+    ]
+    return flows
+
+
+def delete_learned(ep: Endpoint, *, keep_l2: bool = False) -> list[FlowMod]:
+    """Delete the flows of a learned endpoint, strictly by match (MAC tags may collide)."""
+    deletes = [
+        ARP_ND.delete(match=_arp_request(ep.instance, ip), priority=PRIO_EXACT) for ip in ep.ips
+    ]
+    if not keep_l2:
+        deletes.append(
+            L2_FORWARD.delete(
+                match={"metadata": _local_md(ep.instance), "eth_dst": ep.mac}, priority=PRIO_EXACT
+            )
+        )
+    return deletes

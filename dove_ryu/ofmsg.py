@@ -1,0 +1,156 @@
+"""OpenFlow messages as plain values, independent of any controller framework.
+
+The core builds these; `dove_ryu.of_osken` turns them into os-ken messages and
+`tests/fakeswitch.py` applies them to a table simulator.  Match fields and
+set-field names are the OXM names os-ken and OVS use (``eth_dst``,
+``tun_ipv4_dst``, ...); a masked field is a ``(value, mask)`` tuple.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from enum import Enum
+
+MatchValue = int | str | tuple[int, int] | tuple[str, str]
+Match = Mapping[str, MatchValue]
+
+# Reserved port numbers (OpenFlow 1.3).
+OFPP_IN_PORT = 0xFFFFFFF8
+OFPP_TABLE = 0xFFFFFFF9
+OFPP_CONTROLLER = 0xFFFFFFFD
+OFPP_ANY = 0xFFFFFFFF
+OFPG_ANY = 0xFFFFFFFF
+OFPCML_NO_BUFFER = 0xFFFF
+
+
+@dataclass(frozen=True)
+class Output:
+    port: int
+    max_len: int = OFPCML_NO_BUFFER
+
+
+@dataclass(frozen=True)
+class SetField:
+    field: str
+    value: int | str
+
+
+@dataclass(frozen=True)
+class Move:
+    """Copy ``n_bits`` from one field to another (Nicira reg_move)."""
+
+    src: str
+    dst: str
+    n_bits: int
+
+
+@dataclass(frozen=True)
+class Group:
+    group_id: int
+
+
+Action = Output | SetField | Move | Group
+
+
+class FlowCommand(Enum):
+    ADD = "add"
+    MODIFY_STRICT = "modify_strict"
+    DELETE = "delete"
+    DELETE_STRICT = "delete_strict"
+
+
+@dataclass(frozen=True)
+class FlowMod:
+    table_id: int
+    priority: int
+    match: Match
+    cookie: int
+    actions: tuple[Action, ...] = ()
+    goto_table: int | None = None
+    write_metadata: tuple[int, int] | None = None
+    command: FlowCommand = FlowCommand.ADD
+    cookie_mask: int = 0
+    idle_timeout: int = 0
+    hard_timeout: int = 0
+    send_flow_removed: bool = False
+
+    @property
+    def is_delete(self) -> bool:
+        return self.command in (FlowCommand.DELETE, FlowCommand.DELETE_STRICT)
+
+
+class GroupCommand(Enum):
+    ADD = "add"
+    MODIFY = "modify"
+    DELETE = "delete"
+
+
+@dataclass(frozen=True)
+class GroupMod:
+    """An ALL group: every bucket gets a copy of the packet."""
+
+    group_id: int
+    command: GroupCommand
+    buckets: tuple[tuple[Action, ...], ...] = ()
+
+
+@dataclass(frozen=True)
+class PacketOut:
+    """Inject ``data`` as if it arrived on ``in_port`` (actions usually Output(OFPP_TABLE))."""
+
+    in_port: int
+    data: bytes
+    actions: tuple[Action, ...] = (Output(OFPP_TABLE),)
+
+
+@dataclass(frozen=True)
+class Barrier:
+    pass
+
+
+OfMsg = FlowMod | GroupMod | PacketOut | Barrier
+
+
+@dataclass
+class Datagram:
+    """A control-protocol message to send over the underlay."""
+
+    dst: str
+    payload: bytes
+
+
+@dataclass
+class CoreOutput:
+    """What a core handler asks the shell to do: switch messages and datagrams."""
+
+    ofmsgs: list[OfMsg] = field(default_factory=list)
+    datagrams: list[Datagram] = field(default_factory=list)
+
+    def extend(self, other: CoreOutput) -> CoreOutput:
+        self.ofmsgs.extend(other.ofmsgs)
+        self.datagrams.extend(other.datagrams)
+        return self
+
+
+def _rank(msg: OfMsg) -> int:
+    if isinstance(msg, FlowMod):
+        return 0 if msg.is_delete else 2
+    if isinstance(msg, GroupMod):
+        # Groups must exist before flows that use them, and be deleted after
+        # (OVS deletes the flows that point at a deleted group).
+        return 3 if msg.command is GroupCommand.DELETE else 1
+    if isinstance(msg, PacketOut):
+        return 5
+    return 4
+
+
+def order_messages(msgs: Iterable[OfMsg]) -> list[OfMsg]:
+    """The one send order: flow deletes, group adds, flow adds, group deletes,
+    then a barrier before any packet-out so re-injected packets see the new flows."""
+    ranked: list[OfMsg] = sorted((m for m in msgs if not isinstance(m, Barrier)), key=_rank)
+    if any(isinstance(m, PacketOut) for m in ranked):
+        first_po = next(i for i, m in enumerate(ranked) if isinstance(m, PacketOut))
+        if first_po > 0:
+            ranked.insert(first_po, Barrier())
+    return ranked

@@ -1,0 +1,92 @@
+"""Just enough Ethernet/ARP parsing for packet-ins, without a framework."""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from ipaddress import IPv4Address
+
+ETH_TYPE_ARP = 0x0806
+ETH_TYPE_IPV4 = 0x0800
+ETH_TYPE_VLAN = 0x8100
+ARP_REQUEST = 1
+ARP_REPLY = 2
+
+
+def mac_str(raw: bytes) -> str:
+    return ":".join(f"{b:02x}" for b in raw)
+
+
+def mac_bytes(mac: str) -> bytes:
+    return bytes.fromhex(mac.replace(":", ""))
+
+
+@dataclass(frozen=True)
+class Arp:
+    op: int
+    sha: str
+    spa: IPv4Address
+    tha: str
+    tpa: IPv4Address
+
+
+@dataclass(frozen=True)
+class Frame:
+    dst: str
+    src: str
+    eth_type: int
+    arp: Arp | None = None
+
+    @property
+    def is_multicast(self) -> bool:
+        return int(self.dst[:2], 16) & 1 == 1
+
+
+class BadPacket(ValueError):
+    pass
+
+
+def parse(data: bytes) -> Frame:
+    """Parse an Ethernet frame; raises BadPacket when it is too short to be one."""
+    if len(data) < 14:
+        raise BadPacket("short ethernet frame")
+    dst, src = mac_str(data[0:6]), mac_str(data[6:12])
+    (eth_type,) = struct.unpack_from("!H", data, 12)
+    offset = 14
+    if eth_type == ETH_TYPE_VLAN:
+        if len(data) < 18:
+            raise BadPacket("short vlan frame")
+        (eth_type,) = struct.unpack_from("!H", data, 16)
+        offset = 18
+    arp = None
+    if eth_type == ETH_TYPE_ARP:
+        if len(data) < offset + 28:
+            raise BadPacket("short arp packet")
+        htype, ptype, hlen, plen, op = struct.unpack_from("!HHBBH", data, offset)
+        if (htype, ptype, hlen, plen) != (1, ETH_TYPE_IPV4, 6, 4):
+            raise BadPacket("arp is not ethernet/ipv4")
+        body = data[offset + 8 : offset + 28]
+        arp = Arp(
+            op=op,
+            sha=mac_str(body[0:6]),
+            spa=IPv4Address(body[6:10]),
+            tha=mac_str(body[10:16]),
+            tpa=IPv4Address(body[16:20]),
+        )
+    return Frame(dst=dst, src=src, eth_type=eth_type, arp=arp)
+
+
+def build_arp(
+    op: int, src_mac: str, dst_mac: str, sha: str, spa: IPv4Address, tha: str, tpa: IPv4Address
+) -> bytes:
+    """An Ethernet ARP frame (used by tests and tools)."""
+    return (
+        mac_bytes(dst_mac)
+        + mac_bytes(src_mac)
+        + struct.pack("!H", ETH_TYPE_ARP)
+        + struct.pack("!HHBBH", 1, ETH_TYPE_IPV4, 6, 4, op)
+        + mac_bytes(sha)
+        + spa.packed
+        + mac_bytes(tha)
+        + tpa.packed
+    )

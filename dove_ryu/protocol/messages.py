@@ -1,0 +1,408 @@
+"""Control messages between DOVE agents, carried in DOVE frames as TLVs.
+
+Every message carries SENDER and COUNTER, then its own TLVs, then AUTH last. AUTH is the
+HMAC-SHA256 (truncated to 16 bytes) of every frame byte before the AUTH TLV, computed with the
+header's extension length already counting the AUTH TLV. ``decode`` checks framing, then the
+MAC, and only then reads the message; anti-replay is the caller's next step (``ReplayGuard``).
+
+============  ====  =========================================================
+Message       Type  TLVs (besides SENDER, COUNTER, AUTH); instance in header
+============  ====  =========================================================
+Announce      1     INSTANCES                          (no instance, I clear)
+LearnRequest  2     REQUEST_ID, exactly one of MAC / IPV4
+LearnReply    3     REQUEST_ID, MAC, HOST, SEQ, IPV4 * n
+Unlearn       4     MAC, HOST, SEQ
+============  ====  =========================================================
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import IntEnum
+from ipaddress import IPv4Address
+
+from dove_ryu.protocol.auth import MAC_LEN, AuthError, compute_mac, verify_mac
+from dove_ryu.protocol.header import (
+    FLAG_EXTENSIONS,
+    FLAG_INSTANCE,
+    HEADER_LEN,
+    MAX_FRAME_LEN,
+    MAX_INSTANCE_ID,
+    TLV_HEADER_LEN,
+    DoveHeader,
+    MalformedMessage,
+    Tlv,
+    is_critical,
+    pack_frame,
+    unpack_frame,
+)
+
+
+class MsgType(IntEnum):
+    ANNOUNCE = 1
+    LEARN_REQUEST = 2
+    LEARN_REPLY = 3
+    UNLEARN = 4
+
+
+class TlvType(IntEnum):
+    SENDER = 0x81
+    COUNTER = 0x82
+    REQUEST_ID = 0x83
+    MAC = 0x84
+    IPV4 = 0x05
+    HOST = 0x86
+    SEQ = 0x87
+    INSTANCES = 0x88
+    AUTH = 0xFF
+
+
+_AUTH_TLV_LEN = TLV_HEADER_LEN + MAC_LEN
+# Fixed overhead of an Announce: header, SENDER, COUNTER, INSTANCES header, AUTH.
+_ANNOUNCE_OVERHEAD = HEADER_LEN + (3 + 4) + (3 + 8) + 3 + _AUTH_TLV_LEN
+MAX_ANNOUNCE_INSTANCES = (MAX_FRAME_LEN - _ANNOUNCE_OVERHEAD) // 3
+
+_MAC_RE = re.compile(r"^[0-9a-f]{2}([:-])[0-9a-f]{2}(\1[0-9a-f]{2}){4}$")
+
+
+def normalize_mac(mac: str) -> str:
+    """Return ``mac`` as lowercase "aa:bb:cc:dd:ee:ff"; accepts ':' or '-' separators."""
+    if not isinstance(mac, str):
+        raise ValueError(f"MAC must be a string, got {type(mac).__name__}")
+    low = mac.strip().lower()
+    if not _MAC_RE.match(low):
+        raise ValueError(f"invalid MAC address {mac!r}")
+    return low.replace("-", ":")
+
+
+def _check_range(name: str, value: int, low: int, high: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise ValueError(f"{name} must be an integer in [{low}, {high}], got {value!r}")
+
+
+def _check_instance(value: int) -> None:
+    _check_range("instance", value, 0, MAX_INSTANCE_ID)
+
+
+def _check_ip(name: str, value: object) -> None:
+    if not isinstance(value, IPv4Address):
+        raise ValueError(f"{name} must be an IPv4Address, got {value!r}")
+
+
+@dataclass(frozen=True)
+class Announce:
+    """Membership heartbeat: "the sender serves these instances"."""
+
+    instances: frozenset[int]
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.instances, frozenset):
+            raise ValueError("instances must be a frozenset")
+        for inst in self.instances:
+            _check_instance(inst)
+        if len(self.instances) > MAX_ANNOUNCE_INSTANCES:
+            raise ValueError(
+                f"{len(self.instances)} instances exceed {MAX_ANNOUNCE_INSTANCES} per Announce"
+            )
+
+
+@dataclass(frozen=True)
+class LearnRequest:
+    """Where is the endpoint with this MAC (or this IPv4 address) in ``instance``?"""
+
+    instance: int
+    request_id: int
+    mac: str | None = None
+    ip: IPv4Address | None = None
+
+    def __post_init__(self) -> None:
+        _check_instance(self.instance)
+        _check_range("request_id", self.request_id, 0, 0xFFFFFFFF)
+        if (self.mac is None) == (self.ip is None):
+            raise ValueError("exactly one of mac and ip must be set")
+        if self.mac is not None:
+            object.__setattr__(self, "mac", normalize_mac(self.mac))
+        if self.ip is not None:
+            _check_ip("ip", self.ip)
+
+
+@dataclass(frozen=True)
+class LearnReply:
+    """The endpoint ``mac`` (with ``ips``) lives on ``host``, at location sequence ``seq``."""
+
+    instance: int
+    request_id: int
+    mac: str
+    ips: tuple[IPv4Address, ...]
+    host: IPv4Address
+    seq: int
+
+    def __post_init__(self) -> None:
+        _check_instance(self.instance)
+        _check_range("request_id", self.request_id, 0, 0xFFFFFFFF)
+        object.__setattr__(self, "mac", normalize_mac(self.mac))
+        if not isinstance(self.ips, tuple):
+            raise ValueError("ips must be a tuple")
+        for ip in self.ips:
+            _check_ip("ips entry", ip)
+        if len(set(self.ips)) != len(self.ips):
+            raise ValueError("ips must not repeat")
+        _check_ip("host", self.host)
+        _check_range("seq", self.seq, 0, 0xFFFFFFFF)
+
+
+@dataclass(frozen=True)
+class Unlearn:
+    """Forget the location of ``mac`` on ``host`` (older than or equal to ``seq``)."""
+
+    instance: int
+    mac: str
+    host: IPv4Address
+    seq: int
+
+    def __post_init__(self) -> None:
+        _check_instance(self.instance)
+        object.__setattr__(self, "mac", normalize_mac(self.mac))
+        _check_ip("host", self.host)
+        _check_range("seq", self.seq, 0, 0xFFFFFFFF)
+
+
+Message = Announce | LearnRequest | LearnReply | Unlearn
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """An authenticated message with who sent it and its anti-replay counter."""
+
+    sender: IPv4Address
+    counter: int
+    message: Message
+
+    def __post_init__(self) -> None:
+        _check_ip("sender", self.sender)
+        _check_range("counter", self.counter, 0, 2**64 - 1)
+
+
+# --- encoding ---------------------------------------------------------------------------
+
+
+def _u32(value: int) -> bytes:
+    return struct.pack("!I", value)
+
+
+def _mac_bytes(mac: str) -> bytes:
+    return bytes.fromhex(mac.replace(":", ""))
+
+
+def _body(message: Message) -> tuple[MsgType, int | None, list[Tlv]]:
+    """(message type, instance or None, message-specific TLVs)."""
+    if isinstance(message, Announce):
+        packed = b"".join(i.to_bytes(3, "big") for i in sorted(message.instances))
+        return MsgType.ANNOUNCE, None, [Tlv(TlvType.INSTANCES, packed)]
+    if isinstance(message, LearnRequest):
+        tlvs = [Tlv(TlvType.REQUEST_ID, _u32(message.request_id))]
+        if message.mac is not None:
+            tlvs.append(Tlv(TlvType.MAC, _mac_bytes(message.mac)))
+        if message.ip is not None:
+            tlvs.append(Tlv(TlvType.IPV4, message.ip.packed))
+        return MsgType.LEARN_REQUEST, message.instance, tlvs
+    if isinstance(message, LearnReply):
+        tlvs = [
+            Tlv(TlvType.REQUEST_ID, _u32(message.request_id)),
+            Tlv(TlvType.MAC, _mac_bytes(message.mac)),
+            Tlv(TlvType.HOST, message.host.packed),
+            Tlv(TlvType.SEQ, _u32(message.seq)),
+        ]
+        tlvs.extend(Tlv(TlvType.IPV4, ip.packed) for ip in message.ips)
+        return MsgType.LEARN_REPLY, message.instance, tlvs
+    if isinstance(message, Unlearn):
+        tlvs = [
+            Tlv(TlvType.MAC, _mac_bytes(message.mac)),
+            Tlv(TlvType.HOST, message.host.packed),
+            Tlv(TlvType.SEQ, _u32(message.seq)),
+        ]
+        return MsgType.UNLEARN, message.instance, tlvs
+    raise ValueError(f"not a control message: {message!r}")
+
+
+def encode(message: Message, *, sender: IPv4Address, counter: int, key: bytes) -> bytes:
+    """Build the authenticated frame for ``message``. Raises ValueError if over the limit."""
+    envelope = Envelope(sender, counter, message)  # validates sender and counter
+    msg_type, instance, body = _body(message)
+    tlvs = [
+        Tlv(TlvType.SENDER, envelope.sender.packed),
+        Tlv(TlvType.COUNTER, struct.pack("!Q", envelope.counter)),
+        *body,
+        Tlv(TlvType.AUTH, bytes(MAC_LEN)),  # placeholder: ext_len must count AUTH
+    ]
+    flags = FLAG_EXTENSIONS | (FLAG_INSTANCE if instance is not None else 0)
+    header = DoveHeader(flags=flags, msg_type=msg_type, instance_id=instance or 0)
+    frame = pack_frame(header, tlvs)
+    signed = frame[:-_AUTH_TLV_LEN]
+    return frame[:-MAC_LEN] + compute_mac(key, signed)
+
+
+# --- decoding ---------------------------------------------------------------------------
+
+_KNOWN_TLVS = frozenset(int(t) for t in TlvType)
+_REPEATABLE = frozenset({TlvType.IPV4})
+_ALLOWED: dict[MsgType, frozenset[int]] = {
+    MsgType.ANNOUNCE: frozenset({TlvType.INSTANCES}),
+    MsgType.LEARN_REQUEST: frozenset({TlvType.REQUEST_ID, TlvType.MAC, TlvType.IPV4}),
+    MsgType.LEARN_REPLY: frozenset(
+        {TlvType.REQUEST_ID, TlvType.MAC, TlvType.HOST, TlvType.SEQ, TlvType.IPV4}
+    ),
+    MsgType.UNLEARN: frozenset({TlvType.MAC, TlvType.HOST, TlvType.SEQ}),
+}
+_COMMON = frozenset({TlvType.SENDER, TlvType.COUNTER})
+
+
+class _Fields:
+    """TLV values of one message by type, with typed accessors that raise MalformedMessage."""
+
+    def __init__(self, values: dict[int, list[bytes]]) -> None:
+        self._values = values
+
+    def has(self, tlv_type: TlvType) -> bool:
+        return tlv_type in self._values
+
+    def raw(self, tlv_type: TlvType, size: int | None = None) -> bytes:
+        found = self._values.get(tlv_type)
+        if not found:
+            raise MalformedMessage("missing_tlv", tlv_type.name)
+        value = found[0]
+        if size is not None and len(value) != size:
+            raise MalformedMessage("bad_tlv_value", f"{tlv_type.name} length {len(value)}")
+        return value
+
+    def uint(self, tlv_type: TlvType, size: int) -> int:
+        return int.from_bytes(self.raw(tlv_type, size), "big")
+
+    def ip(self, tlv_type: TlvType) -> IPv4Address:
+        return IPv4Address(self.raw(tlv_type, 4))
+
+    def mac(self) -> str:
+        return ":".join(f"{b:02x}" for b in self.raw(TlvType.MAC, 6))
+
+    def ips(self) -> tuple[IPv4Address, ...]:
+        values = self._values.get(TlvType.IPV4, [])
+        if any(len(v) != 4 for v in values):
+            raise MalformedMessage("bad_tlv_value", "IPV4 length")
+        return tuple(IPv4Address(v) for v in values)
+
+
+def _instance(header: DoveHeader, want: bool) -> int:
+    if header.has_instance != want:
+        raise MalformedMessage("bad_instance", "I flag does not match message type")
+    return header.instance_id
+
+
+def _announce(header: DoveHeader, f: _Fields) -> Announce:
+    _instance(header, False)
+    raw = f.raw(TlvType.INSTANCES)
+    if len(raw) % 3:
+        raise MalformedMessage("bad_tlv_value", "INSTANCES length not a multiple of 3")
+    ids = [int.from_bytes(raw[i : i + 3], "big") for i in range(0, len(raw), 3)]
+    if len(set(ids)) != len(ids):
+        raise MalformedMessage("bad_tlv_value", "INSTANCES repeats an instance")
+    return Announce(frozenset(ids))
+
+
+def _learn_request(header: DoveHeader, f: _Fields) -> LearnRequest:
+    instance = _instance(header, True)
+    request_id = f.uint(TlvType.REQUEST_ID, 4)
+    has_mac, has_ip = f.has(TlvType.MAC), f.has(TlvType.IPV4)
+    if not has_mac and not has_ip:
+        raise MalformedMessage("missing_tlv", "MAC or IPV4")
+    if has_mac and has_ip:
+        raise MalformedMessage("bad_tlv_value", "both MAC and IPV4")
+    ips = f.ips()
+    if has_ip and len(ips) != 1:
+        raise MalformedMessage("bad_tlv_value", "more than one IPV4")
+    if has_mac:
+        return LearnRequest(instance, request_id, mac=f.mac())
+    return LearnRequest(instance, request_id, ip=ips[0])
+
+
+def _learn_reply(header: DoveHeader, f: _Fields) -> LearnReply:
+    return LearnReply(
+        instance=_instance(header, True),
+        request_id=f.uint(TlvType.REQUEST_ID, 4),
+        mac=f.mac(),
+        ips=f.ips(),
+        host=f.ip(TlvType.HOST),
+        seq=f.uint(TlvType.SEQ, 4),
+    )
+
+
+def _unlearn(header: DoveHeader, f: _Fields) -> Unlearn:
+    return Unlearn(
+        instance=_instance(header, True),
+        mac=f.mac(),
+        host=f.ip(TlvType.HOST),
+        seq=f.uint(TlvType.SEQ, 4),
+    )
+
+
+_DECODERS: dict[MsgType, Callable[[DoveHeader, _Fields], Message]] = {
+    MsgType.ANNOUNCE: _announce,
+    MsgType.LEARN_REQUEST: _learn_request,
+    MsgType.LEARN_REPLY: _learn_reply,
+    MsgType.UNLEARN: _unlearn,
+}
+
+
+def decode(data: bytes, *, key: bytes) -> Envelope:
+    """Parse and authenticate a frame.
+
+    Raises MalformedMessage for framing or content problems and AuthError for a missing or
+    wrong MAC. The MAC is verified before any TLV value is interpreted.
+    """
+    header, tlvs, payload = unpack_frame(data)
+    if payload:
+        raise MalformedMessage("trailing_bytes", f"{len(payload)} bytes after TLVs")
+    if header.is_fragment:
+        # NOTE: control messages always fit one frame; DOVE-layer reassembly is not done here.
+        raise MalformedMessage("fragmented", "control messages are never fragmented")
+    auth_at = [i for i, t in enumerate(tlvs) if t.type == TlvType.AUTH]
+    if not auth_at:
+        raise AuthError("no_auth")
+    if auth_at != [len(tlvs) - 1]:
+        raise MalformedMessage("bad_tlv_value", "AUTH must appear once, as the last TLV")
+    tag = tlvs[-1].value
+    if len(tag) != MAC_LEN:
+        raise MalformedMessage("bad_tlv_value", f"AUTH length {len(tag)}")
+    # No payload and AUTH last: the AUTH TLV is the final bytes of the frame.
+    if not verify_mac(key, bytes(data[: len(data) - _AUTH_TLV_LEN]), tag):
+        raise AuthError("bad_mac")
+
+    try:
+        msg_type = MsgType(header.msg_type)
+    except ValueError:
+        raise MalformedMessage("bad_msg_type", str(header.msg_type)) from None
+    allowed = _ALLOWED[msg_type] | _COMMON
+    values: dict[int, list[bytes]] = {}
+    for tlv in tlvs[:-1]:
+        if tlv.type not in allowed:
+            if tlv.type not in _KNOWN_TLVS and is_critical(tlv.type):
+                raise MalformedMessage("unknown_critical_tlv", f"0x{tlv.type:02x}")
+            if is_critical(tlv.type):
+                raise MalformedMessage("unexpected_tlv", f"0x{tlv.type:02x} in {msg_type.name}")
+            continue  # unknown or unused non-critical TLV: skip
+        if tlv.type in values and tlv.type not in _REPEATABLE:
+            raise MalformedMessage("bad_tlv_value", f"duplicate TLV 0x{tlv.type:02x}")
+        values.setdefault(tlv.type, []).append(tlv.value)
+
+    fields = _Fields(values)
+    sender = fields.ip(TlvType.SENDER)
+    counter = fields.uint(TlvType.COUNTER, 8)
+    try:
+        message = _DECODERS[msg_type](header, fields)
+        return Envelope(sender, counter, message)
+    except ValueError as exc:
+        if isinstance(exc, MalformedMessage):
+            raise
+        raise MalformedMessage("bad_tlv_value", str(exc)) from exc

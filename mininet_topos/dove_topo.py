@@ -1,0 +1,261 @@
+"""DOVE emulation topology: hypervisors with private userspace OVS, tenant VMs, one underlay.
+
+Every tenant gets the SAME address plan (VM i: MAC 02:00:00:00:00:<i+1>, IP 10.0.0.<i+1>/24)
+so that isolation between overlapping tenants is exercised by default. VM i of tenant t runs on
+hypervisor (i + t) % H, so each tenant spans several hypervisors.
+
+    sudo python -m mininet_topos.dove_topo --hypervisors 3 --tenants 2 --vms-per-tenant 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from mininet.cli import CLI
+from mininet.log import setLogLevel
+from mininet.net import Mininet
+from mininet.node import Host
+from mininet.topo import Topo
+
+from mininet_topos.hypervisor import BR_DOVE, MODES, Hypervisor, wait_until
+from mininet_topos.underlay import UnderlayBridge
+
+FIRST_INSTANCE = 5001
+UNDERLAY_NET = "10.99.0"
+UNDERLAY_SWITCH = "ul1"
+VM_MTU = 1450  # VXLAN over a 1500-byte underlay
+
+
+@dataclass(frozen=True)
+class TopoSpec:
+    """How big the emulation is and which forwarding it uses."""
+
+    hypervisors: int = 3
+    tenants: int = 2
+    vms_per_tenant: int = 2
+    mode: str = "dove"
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, not {self.mode!r}")
+        if min(self.hypervisors, self.tenants, self.vms_per_tenant) < 1:
+            raise ValueError("hypervisors, tenants and vms_per_tenant must be >= 1")
+        if self.vms_per_tenant > 250:
+            raise ValueError("at most 250 VMs per tenant (one /24 per tenant)")
+        if self.mode == "normal" and self.tenants != 1:
+            raise ValueError("mode='normal' (NORMAL + fixed VXLAN mesh) supports one tenant only")
+
+
+@dataclass(frozen=True)
+class VmPlan:
+    """One VM as planned, before Mininet exists."""
+
+    name: str
+    tenant: int  # 1-based
+    index: int  # 1-based within the tenant
+    hypervisor: str
+    instance: int
+    mac: str
+    ip_cidr: str
+    port: str  # hypervisor-side veth name, unique machine-wide so it can migrate
+
+    @property
+    def ip(self) -> str:
+        return self.ip_cidr.split("/")[0]
+
+
+@dataclass
+class VmRecord:
+    """A running VM: its Mininet host, the hypervisor it is plugged into, its DOVE identity."""
+
+    name: str
+    host: Host
+    hypervisor: Hypervisor
+    tenant: int
+    instance: int
+    mac: str
+    ip: str
+    ip_cidr: str
+    port: str  # hypervisor-side interface (an OVS Interface on br-dove)
+
+
+def hv_name(index: int) -> str:
+    return f"hv{index}"
+
+
+def plan_vms(spec: TopoSpec) -> list[VmPlan]:
+    """The address plan: identical per tenant, spread round-robin over the hypervisors."""
+    plans = []
+    for t in range(spec.tenants):
+        for i in range(spec.vms_per_tenant):
+            name = f"t{t + 1}vm{i + 1}"
+            plans.append(VmPlan(
+                name=name, tenant=t + 1, index=i + 1,
+                hypervisor=hv_name((i + t) % spec.hypervisors + 1),
+                instance=FIRST_INSTANCE + t, mac=f"02:00:00:00:00:{i + 1:02x}",
+                ip_cidr=f"10.0.0.{i + 1}/24", port=f"{name}-p",
+            ))
+    return plans
+
+
+class DoveTopo(Topo):
+    """Hypervisors on one underlay bridge, VMs linked to their hypervisor.
+
+    Underlay links are added first so that each hypervisor's uplink is ``<hv>-eth0``.
+    """
+
+    def build(self, spec: TopoSpec = TopoSpec()) -> None:  # noqa: B008 - frozen dataclass
+        underlay = self.addSwitch(UNDERLAY_SWITCH, cls=UnderlayBridge)
+        for n in range(1, spec.hypervisors + 1):
+            hv = self.addHost(hv_name(n), cls=Hypervisor, index=n, mode=spec.mode,
+                              underlay_cidr=f"{UNDERLAY_NET}.{n}/24", ip=None)
+            self.addLink(hv, underlay, intfName1=f"{hv}-eth0")
+        for vm in plan_vms(spec):
+            self.addHost(vm.name, ip=None)
+            self.addLink(vm.name, vm.hypervisor, intfName1=f"{vm.name}-eth0",
+                         intfName2=vm.port)
+
+
+def attach_vm(hv: Hypervisor, vm: Host, instance: int, mac: str, ip_cidr: str) -> str:
+    """Plug an already-linked VM into br-dove and mark its port with its DOVE identity.
+
+    The marks go on the OVS Interface row (design.md section 2), in the same transaction as
+    the add-port, so the agent never sees an unmarked VM port. Returns the port name.
+    """
+    links = vm.connectionsTo(hv)
+    if not links:
+        raise ValueError(f"{vm.name} has no link to {hv.name}")
+    vm_intf, hv_intf = links[0]
+    vm_intf.setMAC(mac)
+    vm_intf.setIP(ip_cidr)
+    vm.cmd(f"ip link set {vm_intf.name} mtu {VM_MTU}")
+    out, err, rc = vm.pexec(["ethtool", "-K", vm_intf.name, "tx", "off"])
+    if rc != 0:
+        raise RuntimeError(f"{vm.name}: ethtool -K {vm_intf.name} tx off: {err or out}")
+    hv.make_port_only(hv_intf.name)
+    ip = str(ipaddress.ip_interface(ip_cidr).ip)
+    port = hv_intf.name
+    hv.vsctl("add-port", BR_DOVE, port, "--", "set", "Interface", port,
+             f'external_ids:dove-instance="{instance}"', f'external_ids:attached-mac="{mac}"',
+             f'external_ids:dove-ips="{ip}"')
+    return port
+
+
+def detach_vm(hv: Hypervisor, port: str) -> None:
+    """Unplug a VM port from br-dove (the veth itself stays)."""
+    hv.vsctl("--if-exists", "del-port", BR_DOVE, port)
+
+
+@dataclass
+class DoveNet:
+    """A running emulation: the Mininet net, its hypervisors and VMs."""
+
+    net: Mininet
+    spec: TopoSpec
+    hypervisors: list[Hypervisor]
+    vms: list[VmRecord] = field(default_factory=list)
+
+    def hv(self, name: str) -> Hypervisor:
+        return next(h for h in self.hypervisors if h.name == name)
+
+    def vm(self, name: str) -> VmRecord:
+        return next(v for v in self.vms if v.name == name)
+
+    def tenant_vms(self, tenant: int) -> list[VmRecord]:
+        return [v for v in self.vms if v.tenant == tenant]
+
+    def stop(self) -> None:
+        """Tear everything down: VMs, hypervisors (agent, OVS, rundir), underlay."""
+        self.net.stop()
+
+    def __enter__(self) -> DoveNet:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def __iter__(self) -> Iterator[VmRecord]:
+        return iter(self.vms)
+
+
+def warm_underlay(hypervisors: list[Hypervisor], timeout: float = 10.0) -> None:
+    """Ping every peer over the underlay until it answers.
+
+    Proves the underlay works and fills both the kernel ARP table and OVS's tunnel neighbour
+    cache (tnl/neigh), so the first tunnelled packet is not lost to underlay ARP resolution.
+    """
+    for hv in hypervisors:
+        for peer in hypervisors:
+            if peer is hv:
+                continue
+            wait_until(
+                lambda hv=hv, peer=peer: hv.pexec(
+                    ["ping", "-c1", "-W1", "-I", "br-phy", peer.underlay_ip])[2] == 0,
+                timeout, f"underlay {hv.name} -> {peer.name} ({peer.underlay_ip})", step=0.05)
+
+
+def build_net(
+    hypervisors: int = 3,
+    tenants: int = 2,
+    vms_per_tenant: int = 2,
+    mode: str = "dove",
+    agent_cmd: list[str] | None = None,
+    agent_config: Any = None,
+) -> DoveNet:
+    """Build and start the emulation; tear it down again if any step fails.
+
+    ``agent_cmd``/``agent_config`` (dove mode only) start an agent on every hypervisor:
+    ``agent_config`` is the dove.ini text, or a callable ``(hv) -> text``.
+    """
+    spec = TopoSpec(hypervisors, tenants, vms_per_tenant, mode)
+    if agent_cmd and mode != "dove":
+        raise ValueError("agents run in mode='dove' only")
+    net = Mininet(topo=DoveTopo(spec=spec), controller=None, build=False, autoSetMacs=False,
+                  autoStaticArp=False, waitConnected=False)
+    try:
+        net.build()
+        net.start()
+        dnet = DoveNet(net, spec, [net.get(hv_name(n)) for n in range(1, hypervisors + 1)])
+        if mode == "normal":
+            for hv in dnet.hypervisors:
+                peers = {p.name: p.underlay_ip for p in dnet.hypervisors if p is not hv}
+                hv.add_mesh_tunnels(peers, key=FIRST_INSTANCE)
+        for plan in plan_vms(spec):
+            hv, host = net.get(plan.hypervisor), net.get(plan.name)
+            port = attach_vm(hv, host, plan.instance, plan.mac, plan.ip_cidr)
+            dnet.vms.append(VmRecord(plan.name, host, hv, plan.tenant, plan.instance, plan.mac,
+                                     plan.ip, plan.ip_cidr, port))
+        warm_underlay(dnet.hypervisors)
+        if agent_cmd:
+            for hv in dnet.hypervisors:
+                text = agent_config(hv) if callable(agent_config) else (agent_config or "")
+                hv.start_agent(text, agent_cmd)
+        return dnet
+    except BaseException:
+        net.stop()
+        raise
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Build the emulation, open the Mininet CLI, tear down on exit."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--hypervisors", type=int, default=3)
+    p.add_argument("--tenants", type=int, default=2)
+    p.add_argument("--vms-per-tenant", type=int, default=2)
+    p.add_argument("--mode", choices=MODES, default="dove")
+    p.add_argument("--log-level", default="info")
+    args = p.parse_args(argv)
+    setLogLevel(args.log_level)
+    dnet = build_net(args.hypervisors, args.tenants, args.vms_per_tenant, args.mode)
+    try:
+        CLI(dnet.net)
+    finally:
+        dnet.stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Install what dove-ryu needs on a fresh Debian 12 machine (run as root).
+# Safe to run twice: apt and pip are idempotent, the venv is reused when its
+# pinned requirements have not changed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(openvswitch-switch mininet iperf3 tcpdump tshark ethtool
+              iputils-ping arping iproute2 python3-venv python3-dev gcc)
+
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "bootstrap: installing Debian packages: ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    # tshark asks whether non-root users may capture; answer for it.
+    echo "wireshark-common wireshark-common/install-setuid boolean false" | debconf-set-selections
+    apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+# The venv uses Debian's python3 so that Debian's mininet package (built for
+# it) can be imported; only mininet is exposed, not all of dist-packages.
+VENV=.venv
+if [ ! -x "$VENV/bin/python" ]; then
+    echo "bootstrap: creating $VENV"
+    /usr/bin/python3 -m venv "$VENV"
+fi
+site=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+mkdir -p "$VENV/system-mininet"
+ln -sfn /usr/lib/python3/dist-packages/mininet "$VENV/system-mininet/mininet"
+echo "$PWD/$VENV/system-mininet" > "$site/dove-system-mininet.pth"
+
+stamp="$VENV/.installed-$(cat setup.cfg requirements*.txt 2>/dev/null | sha256sum | cut -c1-16)"
+if [ ! -f "$stamp" ]; then
+    echo "bootstrap: installing Python dependencies into $VENV"
+    "$VENV/bin/pip" install -q --upgrade pip
+    "$VENV/bin/pip" install -q -r requirements-dev.txt
+    "$VENV/bin/pip" install -q -e .
+    rm -f "$VENV"/.installed-*
+    touch "$stamp"
+fi
+
+# The root namespace's own OVS is not used by dove-ryu (each emulated
+# hypervisor runs its own), but Mininet's cleanup expects ovs-vsctl to answer.
+if ! /usr/share/openvswitch/scripts/ovs-ctl status >/dev/null 2>&1; then
+    /usr/share/openvswitch/scripts/ovs-ctl start --system-id=random >/dev/null 2>&1 || true
+fi
+echo "bootstrap: ready ($VENV)"
