@@ -1,0 +1,84 @@
+"""The agent's local admin socket: one JSON request per line, one JSON answer.
+
+Only root can open it (the socket is 0600 in a 0700 directory); dovectl and the
+demo read the agent's state through it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import threading
+from collections.abc import Callable
+from typing import Any
+
+LOG = logging.getLogger("dove_ryu.admin")
+MAX_REQUEST = 4096
+
+Handler = Callable[[dict[str, Any]], dict[str, Any]]
+
+
+class AdminServer:
+    def __init__(self, path: str, handler: Handler) -> None:
+        self.path = path
+        self.handler = handler
+        self.stopping = threading.Event()
+        directory = os.path.dirname(path) or "."
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        if os.path.exists(path):
+            os.unlink(path)  # left by a previous run
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old_umask = os.umask(0o177)
+        try:
+            self.sock.bind(path)
+        finally:
+            os.umask(old_umask)
+        self.sock.listen(8)
+        self.thread = threading.Thread(target=self._serve, name="admin", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.sock.close()
+        try:
+            os.unlink(self.path)
+        except OSError:
+            pass
+
+    def _serve(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with conn:
+                conn.settimeout(5)
+                try:
+                    raw = conn.makefile("rb").readline(MAX_REQUEST)
+                    request = json.loads(raw or b"{}")
+                    if not isinstance(request, dict):
+                        raise ValueError("request is not a JSON object")
+                    answer = self.handler(request)
+                except (ValueError, OSError) as e:
+                    answer = {"error": str(e)}
+                try:
+                    conn.sendall(json.dumps(answer).encode() + b"\n")
+                except OSError:
+                    pass
+
+
+def query(path: str, request: dict[str, Any], timeout: float = 5.0) -> dict[str, Any]:
+    """Ask an agent over its admin socket."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        sock.connect(path)
+        sock.sendall(json.dumps(request).encode() + b"\n")
+        data = sock.makefile("rb").readline()
+    answer = json.loads(data)
+    if not isinstance(answer, dict):
+        raise ValueError("admin answer is not a JSON object")
+    return answer

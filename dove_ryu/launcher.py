@@ -1,0 +1,70 @@
+"""``dove-agent``: start the DOVE agent as ``ryu-manager`` would start an app.
+
+os-ken 4.x has no ``osken-manager``; like Neutron's native agent we parse the
+flags with ``os_ken.cfg`` and run the app with ``AppManager.run_apps``.  The
+flags operators know (``--config-file``, ``--ofp-tcp-listen-port``,
+``--ofp-listen-host``, ``--log-file``, ``--verbose``) work as there; the
+``[dove]`` section of the config file is validated before anything starts.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+
+from dove_ryu import config as dove_config
+
+DEFAULT_OF_PORT = 6653
+APPS = ["dove_ryu.shell", "os_ken.controller.ofp_handler"]
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    from os_ken import cfg, log
+
+    log.early_init_log(logging.INFO)
+    from os_ken.base.app_manager import AppManager  # imports the controller: --ofp-* flags
+
+    conf = cfg.CONF
+    try:
+        conf(
+            args=sys.argv[1:] if argv is None else argv,
+            project="dove-ryu",
+            prog="dove-agent",
+            default_config_files=[],
+        )
+    except cfg.Error as e:
+        print(f"dove-agent: {e}", file=sys.stderr)
+        return 2
+    try:
+        dove_cfg = dove_config.load(list(conf.config_file))
+    except dove_config.ConfigError as e:
+        print(f"dove-agent: configuration error: {e}", file=sys.stderr)
+        return 2
+    if conf.ofp_tcp_listen_port is None:
+        conf.set_override("ofp_tcp_listen_port", DEFAULT_OF_PORT)
+    log.init_log()
+
+    from dove_ryu import ovsdb, shell
+
+    try:
+        ovsdb.ensure_bridge(dove_cfg, conf.ofp_tcp_listen_port)
+    except ovsdb.OvsdbError as e:
+        print(f"dove-agent: cannot set up bridge {dove_cfg.bridge}: {e}", file=sys.stderr)
+        return 1
+    shell.CONFIG = dove_cfg
+    # SIGTERM ends the agent like Ctrl-C, so sockets are closed and files removed.
+    signal.signal(signal.SIGTERM, _terminate)
+    try:
+        AppManager.run_apps(APPS)
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,108 @@
+"""Turn the core's neutral OpenFlow values into os-ken OpenFlow 1.3 messages.
+
+With `dove_ryu.shell`, the only module that imports os-ken.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from os_ken.ofproto import ofproto_v1_3 as ofp
+from os_ken.ofproto import ofproto_v1_3_parser as parser
+
+from dove_ryu.ofmsg import (
+    Action,
+    Barrier,
+    FlowCommand,
+    FlowMod,
+    Group,
+    GroupCommand,
+    GroupMod,
+    Move,
+    OfMsg,
+    Output,
+    PacketOut,
+    SetField,
+)
+
+_FLOW_COMMANDS = {
+    FlowCommand.ADD: ofp.OFPFC_ADD,
+    FlowCommand.MODIFY_STRICT: ofp.OFPFC_MODIFY_STRICT,
+    FlowCommand.DELETE: ofp.OFPFC_DELETE,
+    FlowCommand.DELETE_STRICT: ofp.OFPFC_DELETE_STRICT,
+}
+_GROUP_COMMANDS = {
+    GroupCommand.ADD: ofp.OFPGC_ADD,
+    GroupCommand.MODIFY: ofp.OFPGC_MODIFY,
+    GroupCommand.DELETE: ofp.OFPGC_DELETE,
+}
+
+
+def _action(action: Action) -> Any:
+    if isinstance(action, Output):
+        return parser.OFPActionOutput(action.port, action.max_len)
+    if isinstance(action, SetField):
+        return parser.OFPActionSetField(**{action.field: action.value})
+    if isinstance(action, Move):
+        return parser.NXActionRegMove(
+            src_field=action.src, dst_field=action.dst, n_bits=action.n_bits
+        )
+    if isinstance(action, Group):
+        return parser.OFPActionGroup(action.group_id)
+    raise TypeError(f"unknown action {action!r}")
+
+
+def _flow_mod(dp: Any, fm: FlowMod) -> Any:
+    instructions = []
+    if fm.actions:
+        instructions.append(
+            parser.OFPInstructionActions(ofp.OFPIT_APPLY_ACTIONS, [_action(a) for a in fm.actions])
+        )
+    if fm.write_metadata is not None:
+        instructions.append(parser.OFPInstructionWriteMetadata(*fm.write_metadata))
+    if fm.goto_table is not None:
+        instructions.append(parser.OFPInstructionGotoTable(fm.goto_table))
+    flags = ofp.OFPFF_SEND_FLOW_REM if fm.send_flow_removed else 0
+    return parser.OFPFlowMod(
+        dp,
+        cookie=fm.cookie,
+        cookie_mask=fm.cookie_mask,
+        table_id=fm.table_id,
+        command=_FLOW_COMMANDS[fm.command],
+        idle_timeout=fm.idle_timeout,
+        hard_timeout=fm.hard_timeout,
+        priority=fm.priority,
+        buffer_id=ofp.OFP_NO_BUFFER,
+        out_port=ofp.OFPP_ANY,
+        out_group=ofp.OFPG_ANY,
+        flags=flags,
+        match=parser.OFPMatch(**fm.match),
+        instructions=instructions,
+    )
+
+
+def to_osken(dp: Any, msg: OfMsg) -> Any:
+    """One os-ken message for one neutral message."""
+    if isinstance(msg, FlowMod):
+        return _flow_mod(dp, msg)
+    if isinstance(msg, GroupMod):
+        buckets = [parser.OFPBucket(actions=[_action(a) for a in b]) for b in msg.buckets]
+        return parser.OFPGroupMod(
+            dp, _GROUP_COMMANDS[msg.command], ofp.OFPGT_ALL, msg.group_id, buckets
+        )
+    if isinstance(msg, PacketOut):
+        return parser.OFPPacketOut(
+            dp,
+            buffer_id=ofp.OFP_NO_BUFFER,
+            in_port=msg.in_port,
+            actions=[_action(a) for a in msg.actions],
+            data=msg.data,
+        )
+    if isinstance(msg, Barrier):
+        return parser.OFPBarrierRequest(dp)
+    raise TypeError(f"unknown message {msg!r}")
+
+
+def match_fields(match: Any) -> dict[str, Any]:
+    """The fields of an os-ken OFPMatch as a plain dict."""
+    return dict(match.items())

@@ -1,0 +1,194 @@
+"""The os-ken application: turns switch, OVSDB and network events into core calls
+and sends what the core returns.  No decisions are made here.
+
+All core calls hold one lock: os-ken's event thread, the OVSDB watcher, the
+control socket and the timer each call in from their own thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from ipaddress import IPv4Address
+from typing import Any
+
+from os_ken.base import app_manager
+from os_ken.controller import ofp_event
+from os_ken.controller.handler import (
+    CONFIG_DISPATCHER,
+    DEAD_DISPATCHER,
+    MAIN_DISPATCHER,
+    set_ev_cls,
+)
+from os_ken.ofproto import ofproto_v1_3
+
+from dove_ryu.admin import AdminServer
+from dove_ryu.config import DoveConfig
+from dove_ryu.core import DoveCore
+from dove_ryu.of_osken import match_fields, to_osken
+from dove_ryu.ofmsg import CoreOutput, order_messages
+from dove_ryu.ovsdb import BridgeView, PortWatcher
+
+LOG = logging.getLogger("dove_ryu.shell")
+
+TICK_SECONDS = 0.05
+MAX_DATAGRAM = 2048
+
+# Set by the launcher before os-ken instantiates the app.
+CONFIG: DoveConfig | None = None
+
+
+class DoveApp(app_manager.OSKenApp):  # type: ignore[misc]
+    OFP_VERSIONS = [ofproto_v1_3.OFP_VERSION]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if CONFIG is None:
+            raise RuntimeError("dove_ryu.shell.CONFIG is not set; start with dove-agent")
+        self.cfg = CONFIG
+        self.lock = threading.RLock()
+        self.core = DoveCore(self.cfg, time.monotonic())
+        self.dp: Any = None
+        self.synced = False
+        self.stopping = threading.Event()
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind((str(self.cfg.underlay_ip), self.cfg.control_port))
+        self.watcher = PortWatcher(self.cfg, self._on_bridge_view)
+        self.admin = AdminServer(self.cfg.admin_socket, self._admin)
+        LOG.info(
+            "%s: dove agent on %s, control port %d, peers %s",
+            self.cfg.name,
+            self.cfg.underlay_ip,
+            self.cfg.control_port,
+            ",".join(map(str, self.cfg.peers)) or "none",
+        )
+
+    def start(self) -> Any:
+        thread = super().start()
+        for target, name in ((self._receive_loop, "control-rx"), (self._tick_loop, "tick")):
+            threading.Thread(target=target, name=name, daemon=True).start()
+        self.watcher.start()
+        self.admin.start()
+        return thread
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.watcher.stop()
+        self.admin.stop()
+        super().stop()
+
+    # ------------------------------------------------------------ send path
+
+    def _send(self, out: CoreOutput) -> None:
+        """The one send path: switch messages in safe order, then datagrams."""
+        dp = self.dp
+        if dp is not None and out.ofmsgs:
+            for msg in order_messages(out.ofmsgs):
+                dp.send_msg(to_osken(dp, msg))
+        for dgram in out.datagrams:
+            try:
+                self.sock.sendto(dgram.payload, (dgram.dst, self.cfg.control_port))
+            except OSError as e:
+                with self.lock:
+                    self.core.counters["control_send_errors"] += 1
+                LOG.warning("%s: send to %s failed: %s", self.cfg.name, dgram.dst, e)
+
+    def _call(self, handler: Any, *args: Any) -> None:
+        with self.lock:
+            out = handler(time.monotonic(), *args)
+            self._send(out)
+
+    # ------------------------------------------------------- switch events
+
+    @set_ev_cls(ofp_event.EventOFPSwitchFeatures, CONFIG_DISPATCHER)  # type: ignore[misc]
+    def _switch_features(self, ev: Any) -> None:
+        with self.lock:
+            self.dp = ev.msg.datapath
+            self.synced = False
+            LOG.info("%s: switch %016x connected", self.cfg.name, self.dp.id)
+            self._sync_if_ready()
+
+    @set_ev_cls(ofp_event.EventOFPStateChange, DEAD_DISPATCHER)  # type: ignore[misc]
+    def _switch_gone(self, ev: Any) -> None:
+        with self.lock:
+            if ev.datapath is self.dp:
+                LOG.warning("%s: switch disconnected", self.cfg.name)
+                self.dp = None
+                self.synced = False
+                self.core.switch_disconnected()
+
+    def _sync_if_ready(self) -> None:
+        tunnel = self.watcher_view.tunnel_ofport if self.watcher_view else None
+        if self.dp is None or self.synced or tunnel is None:
+            return
+        self.synced = True
+        now = time.monotonic()
+        self._send(self.core.switch_connected(now, tunnel))
+
+    @set_ev_cls(ofp_event.EventOFPPacketIn, MAIN_DISPATCHER)  # type: ignore[misc]
+    def _packet_in(self, ev: Any) -> None:
+        msg = ev.msg
+        self._call(self.core.packet_in, msg.cookie, msg.match["in_port"], bytes(msg.data))
+
+    @set_ev_cls(ofp_event.EventOFPFlowRemoved, MAIN_DISPATCHER)  # type: ignore[misc]
+    def _flow_removed(self, ev: Any) -> None:
+        msg = ev.msg
+        self._call(self.core.flow_removed, msg.cookie, match_fields(msg.match))
+
+    @set_ev_cls(ofp_event.EventOFPErrorMsg, MAIN_DISPATCHER)  # type: ignore[misc]
+    def _error(self, ev: Any) -> None:
+        msg = ev.msg
+        with self.lock:
+            self.core.counters["openflow_errors"] += 1
+        LOG.error("%s: OpenFlow error type=%d code=%d", self.cfg.name, msg.type, msg.code)
+
+    # --------------------------------------------------------------- OVSDB
+
+    watcher_view: BridgeView | None = None
+
+    def _on_bridge_view(self, view: BridgeView) -> None:
+        with self.lock:
+            self.watcher_view = view
+            if self.synced and view.tunnel_ofport != self.core.tunnel_ofport:
+                self.synced = False  # the tunnel port was re-created: resync
+            self._send(self.core.ports_changed(time.monotonic(), list(view.vm_ports)))
+            self.core.counters["ports_rejected"] = len(view.rejected)
+            self._sync_if_ready()
+
+    # ------------------------------------------------------ control socket
+
+    def _receive_loop(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                data, (addr, _) = self.sock.recvfrom(MAX_DATAGRAM)
+            except OSError:
+                if self.stopping.is_set():
+                    return
+                continue
+            try:
+                src = IPv4Address(addr)
+                self._call(self.core.control_message, data, src)
+            except Exception:  # a bug must not kill the receive loop
+                LOG.exception("%s: control message from %s", self.cfg.name, addr)
+                with self.lock:
+                    self.core.counters["control_handler_errors"] += 1
+
+    def _tick_loop(self) -> None:
+        while not self.stopping.wait(TICK_SECONDS):
+            try:
+                self._call(self.core.tick)
+            except Exception:
+                LOG.exception("%s: tick", self.cfg.name)
+
+    # --------------------------------------------------------------- admin
+
+    def _admin(self, request: dict[str, Any]) -> dict[str, Any]:
+        cmd = request.get("cmd")
+        with self.lock:
+            if cmd == "status":
+                return self.core.status(time.monotonic())
+            if cmd == "counters":
+                return dict(self.core.counters)
+        return {"error": f"unknown command {cmd!r}"}
