@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import signal
 import sys
+import warnings
 
 from dove_ryu import config as dove_config
 
@@ -24,6 +25,9 @@ def _terminate(signum: int, frame: object) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # NOTE: the ovs package imports eventlet when it is installed (os-ken 4.2
+    # still depends on it) and eventlet warns on import; we never use it.
+    warnings.filterwarnings("ignore", message=r"\s*Eventlet is deprecated")
     from os_ken import cfg, log
 
     log.early_init_log(logging.INFO)

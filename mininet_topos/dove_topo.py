@@ -20,8 +20,9 @@ from mininet.log import setLogLevel
 from mininet.net import Mininet
 from mininet.node import Host
 from mininet.topo import Topo
+from mininet.util import quietRun
 
-from mininet_topos.hypervisor import BR_DOVE, MODES, Hypervisor, wait_until
+from mininet_topos.hypervisor import BR_DOVE, MODES, Hypervisor, cleanup_stale, wait_until
 from mininet_topos.underlay import UnderlayBridge
 
 FIRST_INSTANCE = 5001
@@ -93,12 +94,18 @@ def plan_vms(spec: TopoSpec) -> list[VmPlan]:
     for t in range(spec.tenants):
         for i in range(spec.vms_per_tenant):
             name = f"t{t + 1}vm{i + 1}"
-            plans.append(VmPlan(
-                name=name, tenant=t + 1, index=i + 1,
-                hypervisor=hv_name((i + t) % spec.hypervisors + 1),
-                instance=FIRST_INSTANCE + t, mac=f"02:00:00:00:00:{i + 1:02x}",
-                ip_cidr=f"10.0.0.{i + 1}/24", port=f"{name}-p",
-            ))
+            plans.append(
+                VmPlan(
+                    name=name,
+                    tenant=t + 1,
+                    index=i + 1,
+                    hypervisor=hv_name((i + t) % spec.hypervisors + 1),
+                    instance=FIRST_INSTANCE + t,
+                    mac=f"02:00:00:00:00:{i + 1:02x}",
+                    ip_cidr=f"10.0.0.{i + 1}/24",
+                    port=f"{name}-p",
+                )
+            )
     return plans
 
 
@@ -111,13 +118,18 @@ class DoveTopo(Topo):
     def build(self, spec: TopoSpec = TopoSpec()) -> None:  # noqa: B008 - frozen dataclass
         underlay = self.addSwitch(UNDERLAY_SWITCH, cls=UnderlayBridge)
         for n in range(1, spec.hypervisors + 1):
-            hv = self.addHost(hv_name(n), cls=Hypervisor, index=n, mode=spec.mode,
-                              underlay_cidr=f"{UNDERLAY_NET}.{n}/24", ip=None)
+            hv = self.addHost(
+                hv_name(n),
+                cls=Hypervisor,
+                index=n,
+                mode=spec.mode,
+                underlay_cidr=f"{UNDERLAY_NET}.{n}/24",
+                ip=None,
+            )
             self.addLink(hv, underlay, intfName1=f"{hv}-eth0")
         for vm in plan_vms(spec):
             self.addHost(vm.name, ip=None)
-            self.addLink(vm.name, vm.hypervisor, intfName1=f"{vm.name}-eth0",
-                         intfName2=vm.port)
+            self.addLink(vm.name, vm.hypervisor, intfName1=f"{vm.name}-eth0", intfName2=vm.port)
 
 
 def attach_vm(hv: Hypervisor, vm: Host, instance: int, mac: str, ip_cidr: str) -> str:
@@ -139,9 +151,18 @@ def attach_vm(hv: Hypervisor, vm: Host, instance: int, mac: str, ip_cidr: str) -
     hv.make_port_only(hv_intf.name)
     ip = str(ipaddress.ip_interface(ip_cidr).ip)
     port = hv_intf.name
-    hv.vsctl("add-port", BR_DOVE, port, "--", "set", "Interface", port,
-             f'external_ids:dove-instance="{instance}"', f'external_ids:attached-mac="{mac}"',
-             f'external_ids:dove-ips="{ip}"')
+    hv.vsctl(
+        "add-port",
+        BR_DOVE,
+        port,
+        "--",
+        "set",
+        "Interface",
+        port,
+        f'external_ids:dove-instance="{instance}"',
+        f'external_ids:attached-mac="{mac}"',
+        f'external_ids:dove-ips="{ip}"',
+    )
     return port
 
 
@@ -193,9 +214,13 @@ def warm_underlay(hypervisors: list[Hypervisor], timeout: float = 10.0) -> None:
             if peer is hv:
                 continue
             wait_until(
-                lambda hv=hv, peer=peer: hv.pexec(
-                    ["ping", "-c1", "-W1", "-I", "br-phy", peer.underlay_ip])[2] == 0,
-                timeout, f"underlay {hv.name} -> {peer.name} ({peer.underlay_ip})", step=0.05)
+                lambda hv=hv, peer=peer: (
+                    hv.pexec(["ping", "-c1", "-W1", "-I", "br-phy", peer.underlay_ip])[2] == 0
+                ),
+                timeout,
+                f"underlay {hv.name} -> {peer.name} ({peer.underlay_ip})",
+                step=0.05,
+            )
 
 
 def build_net(
@@ -214,8 +239,14 @@ def build_net(
     spec = TopoSpec(hypervisors, tenants, vms_per_tenant, mode)
     if agent_cmd and mode != "dove":
         raise ValueError("agents run in mode='dove' only")
-    net = Mininet(topo=DoveTopo(spec=spec), controller=None, build=False, autoSetMacs=False,
-                  autoStaticArp=False, waitConnected=False)
+    net = Mininet(
+        topo=DoveTopo(spec=spec),
+        controller=None,
+        build=False,
+        autoSetMacs=False,
+        autoStaticArp=False,
+        waitConnected=False,
+    )
     try:
         net.build()
         net.start()
@@ -227,8 +258,19 @@ def build_net(
         for plan in plan_vms(spec):
             hv, host = net.get(plan.hypervisor), net.get(plan.name)
             port = attach_vm(hv, host, plan.instance, plan.mac, plan.ip_cidr)
-            dnet.vms.append(VmRecord(plan.name, host, hv, plan.tenant, plan.instance, plan.mac,
-                                     plan.ip, plan.ip_cidr, port))
+            dnet.vms.append(
+                VmRecord(
+                    plan.name,
+                    host,
+                    hv,
+                    plan.tenant,
+                    plan.instance,
+                    plan.mac,
+                    plan.ip,
+                    plan.ip_cidr,
+                    port,
+                )
+            )
         warm_underlay(dnet.hypervisors)
         if agent_cmd:
             for hv in dnet.hypervisors:
@@ -248,8 +290,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--vms-per-tenant", type=int, default=2)
     p.add_argument("--mode", choices=MODES, default="dove")
     p.add_argument("--log-level", default="info")
+    p.add_argument("--clean", action="store_true", help="only clean up after a crashed run")
     args = p.parse_args(argv)
     setLogLevel(args.log_level)
+    if args.clean:
+        for d in cleanup_stale():
+            print(f"removed {d}")
+        quietRun(f"ip link del {UNDERLAY_SWITCH}")
+        return
     dnet = build_net(args.hypervisors, args.tenants, args.vms_per_tenant, args.mode)
     try:
         CLI(dnet.net)

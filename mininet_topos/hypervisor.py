@@ -91,6 +91,28 @@ def dpid_for(index: int, bridge: str) -> str:
     return f"{(prefix << 48) | index:016x}"
 
 
+def cleanup_stale(base: str | None = None) -> list[Path]:
+    """Kill OVS daemons left in dove-* rundirs by a crashed run and remove those rundirs.
+
+    Only pids read from our own pidfiles, and only if their command line names that rundir.
+    """
+    removed = []
+    for d in Path(base or tempfile.gettempdir()).glob("dove-hv*-*"):
+        for daemon in ("ovs-vswitchd", "ovsdb-server"):
+            pid = read_pidfile(d / f"{daemon}.pid")
+            if pid is None or not pid_alive(pid):
+                continue
+            try:
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+            except OSError:
+                continue
+            if str(d) in cmdline:
+                kill_pid(pid)
+        shutil.rmtree(d, ignore_errors=True)
+        removed.append(d)
+    return removed
+
+
 class Hypervisor(Host):
     """A Mininet host that runs a private userspace OVS with br-phy and br-dove.
 
@@ -131,14 +153,6 @@ class Hypervisor(Host):
         return str(self._dir() / "db.sock")
 
     @property
-    def vswitchd_ctl(self) -> str:
-        return str(self._dir() / "ovs-vswitchd.ctl")
-
-    @property
-    def ovsdb_ctl(self) -> str:
-        return str(self._dir() / "ovsdb-server.ctl")
-
-    @property
     def dpid(self) -> str:
         """Datapath id of br-dove, as the agent sees it."""
         return dpid_for(self.index, BR_DOVE)
@@ -154,7 +168,9 @@ class Hypervisor(Host):
         NOTE (OVS 3.1.0): OVS_RUNDIR is needed by ovs-vswitchd itself, not only by the tools:
         it creates ``<bridge>.mgmt``/``<bridge>.snoop`` sockets there, which would clash between
         hypervisors (and with the host's own OVS) in the shared /var/run/openvswitch. Explicit
-        --pidfile/--unixctl paths are not enough on their own.
+        --pidfile paths are not enough on their own. The unixctl sockets are left at their
+        default, <rundir>/<daemon>.<pid>.ctl, so a plain `ovs-appctl -t ovs-vswitchd` typed in
+        the Mininet CLI finds them through OVS_RUNDIR too.
         """
         d = str(self._dir())
         return {**os.environ, "OVS_RUNDIR": d, "OVS_DBDIR": d, "OVS_LOGDIR": d}
@@ -171,16 +187,17 @@ class Hypervisor(Host):
 
     def vsctl(self, *args: str, check: bool = True) -> str:
         """ovs-vsctl against this hypervisor's ovsdb-server."""
-        return self.run("ovs-vsctl", f"--db=unix:{self.db_sock}", "--timeout=20", *args,
-                        check=check)
+        return self.run(
+            "ovs-vsctl", f"--db=unix:{self.db_sock}", "--timeout=20", *args, check=check
+        )
 
     def ofctl(self, *args: str, check: bool = True) -> str:
         """ovs-ofctl -O OpenFlow13; bridge names resolve to <rundir>/<bridge>.mgmt."""
         return self.run("ovs-ofctl", "-O", "OpenFlow13", *args, check=check)
 
     def appctl(self, *args: str, check: bool = True) -> str:
-        """ovs-appctl against this hypervisor's ovs-vswitchd."""
-        return self.run("ovs-appctl", "-t", self.vswitchd_ctl, *args, check=check)
+        """ovs-appctl against this hypervisor's ovs-vswitchd (found via OVS_RUNDIR)."""
+        return self.run("ovs-appctl", "-t", "ovs-vswitchd", *args, check=check)
 
     def make_port_only(self, intf: str) -> None:
         """Prepare a kernel interface to be an OVS port: no addresses, tx off, up.
@@ -217,13 +234,24 @@ class Hypervisor(Host):
         # Interactive CLI commands (`hv1 ovs-vsctl show`) then reach the private OVS too.
         self.cmd(f"export OVS_RUNDIR={d} OVS_DBDIR={d} OVS_LOGDIR={d}")
         self.run("ovsdb-tool", "create", str(d / "conf.db"), VSWITCH_SCHEMA)
-        self.run("ovsdb-server", str(d / "conf.db"), f"--remote=punix:{self.db_sock}",
-                 f"--pidfile={d / 'ovsdb-server.pid'}", f"--unixctl={self.ovsdb_ctl}",
-                 f"--log-file={d / 'ovsdb-server.log'}", "--detach", "--no-chdir")
+        self.run(
+            "ovsdb-server",
+            str(d / "conf.db"),
+            f"--remote=punix:{self.db_sock}",
+            f"--pidfile={d / 'ovsdb-server.pid'}",
+            f"--log-file={d / 'ovsdb-server.log'}",
+            "--detach",
+            "--no-chdir",
+        )
         self.vsctl("--no-wait", "init")
-        self.run("ovs-vswitchd", f"unix:{self.db_sock}",
-                 f"--pidfile={d / 'ovs-vswitchd.pid'}", f"--unixctl={self.vswitchd_ctl}",
-                 f"--log-file={d / 'ovs-vswitchd.log'}", "--detach", "--no-chdir")
+        self.run(
+            "ovs-vswitchd",
+            f"unix:{self.db_sock}",
+            f"--pidfile={d / 'ovs-vswitchd.pid'}",
+            f"--log-file={d / 'ovs-vswitchd.log'}",
+            "--detach",
+            "--no-chdir",
+        )
         self.setup_br_phy()
         if self.mode == "dove":
             self.setup_dove_bridge()
@@ -235,30 +263,64 @@ class Hypervisor(Host):
         self.make_port_only(self.uplink)
         mac = self.run("cat", f"/sys/class/net/{self.uplink}/address").strip()
         self.vsctl(
-            "add-br", BR_PHY, "--", "set", "Bridge", BR_PHY, "datapath_type=netdev",
-            "fail_mode=standalone", f"other_config:datapath-id={dpid_for(self.index, BR_PHY)}",
+            "add-br",
+            BR_PHY,
+            "--",
+            "set",
+            "Bridge",
+            BR_PHY,
+            "datapath_type=netdev",
+            "fail_mode=standalone",
+            f"other_config:datapath-id={dpid_for(self.index, BR_PHY)}",
             f'other_config:hwaddr="{mac}"',
-            "--", "add-port", BR_PHY, self.uplink,
+            "--",
+            "add-port",
+            BR_PHY,
+            self.uplink,
         )
         # The bridge's local port is a tap the kernel sends from (underlay pings, agent UDP).
         self.ethtool_tx_off(BR_PHY)
         self.run("ip", "addr", "add", self.underlay_cidr, "dev", BR_PHY)
         self.run("ip", "link", "set", BR_PHY, "up")
-        wait_until(lambda: self.underlay_ip in self.appctl("ovs/route/show"), 5.0,
-                   f"{self.name}: OVS route for {self.underlay_cidr}")
+        wait_until(
+            lambda: self.underlay_ip in self.appctl("ovs/route/show"),
+            5.0,
+            f"{self.name}: OVS route for {self.underlay_cidr}",
+        )
 
     def _add_br_dove(self, *bridge_opts: str) -> None:
-        self.vsctl("add-br", BR_DOVE, "--", "set", "Bridge", BR_DOVE, "datapath_type=netdev",
-                   "protocols=OpenFlow13", f"other_config:datapath-id={self.dpid}", *bridge_opts)
+        self.vsctl(
+            "add-br",
+            BR_DOVE,
+            "--",
+            "set",
+            "Bridge",
+            BR_DOVE,
+            "datapath_type=netdev",
+            "protocols=OpenFlow13",
+            f"other_config:datapath-id={self.dpid}",
+            *bridge_opts,
+        )
 
     def setup_dove_bridge(self) -> None:
         """br-dove for the agent: secure, OF1.3 controller on localhost, one flow-based tunnel."""
         self._add_br_dove("fail_mode=secure", "other_config:disable-in-band=true")
         self.vsctl(
-            "set-controller", BR_DOVE, f"tcp:127.0.0.1:{AGENT_OFP_PORT}",
-            "--", "add-port", BR_DOVE, TUNNEL_PORT,
-            "--", "set", "Interface", TUNNEL_PORT, "type=vxlan", "options:remote_ip=flow",
-            "options:key=flow", f"options:local_ip={self.underlay_ip}",
+            "set-controller",
+            BR_DOVE,
+            f"tcp:127.0.0.1:{AGENT_OFP_PORT}",
+            "--",
+            "add-port",
+            BR_DOVE,
+            TUNNEL_PORT,
+            "--",
+            "set",
+            "Interface",
+            TUNNEL_PORT,
+            "type=vxlan",
+            "options:remote_ip=flow",
+            "options:key=flow",
+            f"options:local_ip={self.underlay_ip}",
         )
 
     def setup_normal_bridge(self) -> None:
@@ -275,9 +337,21 @@ class Hypervisor(Host):
         args: list[str] = []
         for peer, ip in sorted(peers.items()):
             port = f"vx-{peer}"
-            args += ["--", "add-port", BR_DOVE, port, "protected=true",
-                     "--", "set", "Interface", port, "type=vxlan", f"options:remote_ip={ip}",
-                     f"options:key={key}", f"options:local_ip={self.underlay_ip}"]
+            args += [
+                "--",
+                "add-port",
+                BR_DOVE,
+                port,
+                "protected=true",
+                "--",
+                "set",
+                "Interface",
+                port,
+                "type=vxlan",
+                f"options:remote_ip={ip}",
+                f"options:key={key}",
+                f"options:local_ip={self.underlay_ip}",
+            ]
         if args:
             self.vsctl(*args[1:])
 
@@ -294,8 +368,14 @@ class Hypervisor(Host):
         d = self._dir()
         (d / "dove.ini").write_text(config_text)
         self._agent_out = open(d / "agent.out", "ab")  # noqa: SIM115 - closed in stop_agent
-        self.agent = self.popen(cmd, stdin=subprocess.DEVNULL, stdout=self._agent_out,
-                                stderr=subprocess.STDOUT, env=self.ovs_env(), cwd=str(d))
+        self.agent = self.popen(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=self._agent_out,
+            stderr=subprocess.STDOUT,
+            env=self.ovs_env(),
+            cwd=str(d),
+        )
         return self.agent
 
     def stop_agent(self, timeout: float = 5.0) -> None:
