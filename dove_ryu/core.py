@@ -93,6 +93,9 @@ class DoveCore:
         self.counters: Counter[str] = Counter()
         self.counter_source = CounterSource()
         self.replay = ReplayGuard()
+        # Anti-replay counters are wall-clock microseconds shared with peers, so
+        # they cannot use the monotonic `now`; tests may replace this clock.
+        self.wall_clock = time.time
         self.request_ids = itertools.count(1)
         self.next_announce = now
         self.log_limit = LogLimiter()
@@ -328,7 +331,7 @@ class DoveCore:
             env = decode(data, key=self.cfg.auth_key)
             if env.sender != src:
                 raise AuthError("sender_mismatch")
-            self.replay.check(env.sender, env.counter, time.time())
+            self.replay.check(env.sender, env.counter, self.wall_clock())
         except MalformedMessage as e:
             self._drop(f"control_{e.reason}", now, f"from {src}")
             return CoreOutput()
@@ -414,7 +417,7 @@ class DoveCore:
         if pending is None or pending.instance != msg.instance:
             self.counters["learn_reply_unsolicited"] += 1
             return CoreOutput()
-        if msg.host != sender or (msg.mac, msg.ips) and not self._answers(pending, msg):
+        if msg.host != sender or not self._answers(pending, msg):
             self._drop("learn_reply_mismatch", now, f"from {sender}")
             return CoreOutput()
         self.pending.remove(pending)
@@ -533,7 +536,7 @@ class DoveCore:
         payload = encode(
             msg,
             sender=self.me,  # type: ignore[arg-type]
-            counter=self.counter_source.next(time.time()),
+            counter=self.counter_source.next(self.wall_clock()),
             key=self.cfg.auth_key,
         )
         return Datagram(str(host), payload)

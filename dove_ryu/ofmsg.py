@@ -135,18 +135,21 @@ class CoreOutput:
 
 def _rank(msg: OfMsg) -> int:
     if isinstance(msg, FlowMod):
-        return 0 if msg.is_delete else 2
+        return 0 if msg.is_delete else 3
     if isinstance(msg, GroupMod):
-        # Groups must exist before flows that use them, and be deleted after
-        # (OVS deletes the flows that point at a deleted group).
-        return 3 if msg.command is GroupCommand.DELETE else 1
+        # Groups must exist before flows that use them.  Deletes go before adds: a
+        # resync deletes every group (OFPG_ANY) and re-adds them in one batch, and
+        # a delete after the adds would take the new groups and, in OVS, the flows
+        # that point at them.  Deleting a group before the flows that use it is
+        # harmless: OVS deletes those flows with it.
+        return 1 if msg.command is GroupCommand.DELETE else 2
     if isinstance(msg, PacketOut):
         return 5
     return 4
 
 
 def order_messages(msgs: Iterable[OfMsg]) -> list[OfMsg]:
-    """The one send order: flow deletes, group adds, flow adds, group deletes,
+    """The one send order: flow deletes, group deletes, group adds, flow adds,
     then a barrier before any packet-out so re-injected packets see the new flows."""
     ranked: list[OfMsg] = sorted((m for m in msgs if not isinstance(m, Barrier)), key=_rank)
     if any(isinstance(m, PacketOut) for m in ranked):

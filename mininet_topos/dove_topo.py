@@ -28,6 +28,10 @@ from mininet_topos.underlay import UnderlayBridge
 FIRST_INSTANCE = 5001
 UNDERLAY_NET = "10.99.0"
 UNDERLAY_SWITCH = "ul1"
+# A host on the underlay that serves no instance: tests send forged tunnel and
+# control traffic from it; operators can capture the underlay there.
+PROBE = "probe"
+PROBE_CIDR = f"{UNDERLAY_NET}.250/24"
 VM_MTU = 1450  # VXLAN over a 1500-byte underlay
 
 
@@ -127,6 +131,8 @@ class DoveTopo(Topo):
                 ip=None,
             )
             self.addLink(hv, underlay, intfName1=f"{hv}-eth0")
+        self.addHost(PROBE, ip=None)
+        self.addLink(PROBE, underlay, intfName1=f"{PROBE}-eth0")
         for vm in plan_vms(spec):
             self.addHost(vm.name, ip=None)
             self.addLink(vm.name, vm.hypervisor, intfName1=f"{vm.name}-eth0", intfName2=vm.port)
@@ -251,6 +257,9 @@ def build_net(
         net.build()
         net.start()
         dnet = DoveNet(net, spec, [net.get(hv_name(n)) for n in range(1, hypervisors + 1)])
+        probe = net.get(PROBE)
+        probe.cmd(f"ip addr add {PROBE_CIDR} dev {PROBE}-eth0; ip link set {PROBE}-eth0 up")
+        probe.cmd(f"ethtool -K {PROBE}-eth0 tx off")
         if mode == "normal":
             for hv in dnet.hypervisors:
                 peers = {p.name: p.underlay_ip for p in dnet.hypervisors if p is not hv}

@@ -203,8 +203,14 @@ class Hypervisor(Host):
         """Prepare a kernel interface to be an OVS port: no addresses, tx off, up.
 
         IPv6 is disabled on it so the kernel does not send its own ND/MLD past OVS.
+        NOTE: the kernel still sees every frame an OVS port receives (netdev reads it
+        with a packet socket beside the stack). With the weak host model it would take
+        a datagram for the underlay address a second time from the uplink, and answer
+        ARP there; ``arp off`` and strict reverse-path filtering stop both.
         """
         self.run("sysctl", "-qw", f"net.ipv6.conf.{intf}.disable_ipv6=1")
+        self.run("sysctl", "-qw", f"net.ipv4.conf.{intf}.rp_filter=1")
+        self.run("ip", "link", "set", intf, "arp", "off")
         self.run("ip", "addr", "flush", "dev", intf)
         self.ethtool_tx_off(intf)
         self.run("ip", "link", "set", intf, "up")

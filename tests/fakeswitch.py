@@ -1,0 +1,365 @@
+"""A small OpenFlow 1.3 table simulator for unit tests (after Faucet's ``fakeoftable``).
+
+It applies the neutral messages of `dove_ryu.ofmsg` and answers behaviour questions:
+"where does this packet go?".  A packet is a dict of header fields (``eth_src``,
+``eth_dst``, ``eth_type``, ``arp_*``; MACs lowercase, IPv4 addresses as strings).
+While it walks the tables it also carries ``in_port``, ``metadata`` and the tunnel
+fields (``tunnel_id``, ``tun_ipv4_src``, ``tun_ipv4_dst``).
+
+What an OpenFlow switch would answer with an error message is recorded in
+``errors`` (the switch carries on, as OVS does); tests assert it stays empty.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from ipaddress import IPv4Address
+from typing import Any
+
+from dove_ryu.ofmsg import (
+    OFPG_ANY,
+    OFPP_CONTROLLER,
+    OFPP_IN_PORT,
+    OFPP_TABLE,
+    Action,
+    Barrier,
+    FlowCommand,
+    FlowMod,
+    Group,
+    GroupCommand,
+    GroupMod,
+    Move,
+    OfMsg,
+    Output,
+    PacketOut,
+    SetField,
+)
+from dove_ryu.packet import ETH_TYPE_ARP, build_arp, mac_bytes, parse
+
+OFPTT_ALL = 0xFF
+ZERO_MAC = "00:00:00:00:00:00"
+Packet = dict[str, Any]
+# Pipeline fields that are not packet headers.
+_PIPELINE_FIELDS = ("in_port", "metadata", "tunnel_id", "tun_ipv4_src", "tun_ipv4_dst")
+
+
+# ----------------------------------------------------------------- packets <-> bytes
+
+
+def pkt_to_bytes(pkt: Mapping[str, Any]) -> bytes:
+    """The Ethernet frame for a packet dict (ARP, or any type with an opaque payload)."""
+    if pkt.get("eth_type") == ETH_TYPE_ARP:
+        return build_arp(
+            pkt["arp_op"],
+            pkt["eth_src"],
+            pkt["eth_dst"],
+            pkt["arp_sha"],
+            IPv4Address(pkt["arp_spa"]),
+            pkt.get("arp_tha", ZERO_MAC),
+            IPv4Address(pkt["arp_tpa"]),
+        )
+    head = mac_bytes(pkt["eth_dst"]) + mac_bytes(pkt["eth_src"])
+    return head + struct.pack("!H", pkt["eth_type"]) + pkt.get("payload", b"")
+
+
+def pkt_from_bytes(data: bytes) -> Packet:
+    frame = parse(data)
+    pkt: Packet = {"eth_dst": frame.dst, "eth_src": frame.src, "eth_type": frame.eth_type}
+    if frame.arp is not None:
+        pkt.update(
+            arp_op=frame.arp.op,
+            arp_sha=frame.arp.sha,
+            arp_spa=str(frame.arp.spa),
+            arp_tha=frame.arp.tha,
+            arp_tpa=str(frame.arp.tpa),
+        )
+    elif len(data) > 14:
+        pkt["payload"] = data[14:]
+    return pkt
+
+
+# --------------------------------------------------------------------------- state
+
+
+@dataclass
+class Flow:
+    table_id: int
+    priority: int
+    match: dict[str, Any]
+    cookie: int
+    actions: tuple[Action, ...]
+    goto_table: int | None
+    write_metadata: tuple[int, int] | None
+    idle_timeout: int
+    send_flow_removed: bool
+    packets: int = 0
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """A packet the switch emitted: on ``port``, or to the controller."""
+
+    pkt: Packet
+    in_port: int
+    port: int | None = None
+    tunnel_id: int | None = None
+    tun_dst: str | None = None
+    controller: bool = False
+    cookie: int | None = None
+
+    @property
+    def data(self) -> bytes:
+        return pkt_to_bytes(self.pkt)
+
+
+def _num(value: int | str) -> int:
+    """Match values as integers: MACs and IPv4 strings included."""
+    if isinstance(value, int):
+        return value
+    if ":" in value:
+        return int(value.replace(":", ""), 16)
+    return int(IPv4Address(value))
+
+
+def _field_matches(want: Any, have: Any) -> bool:
+    if have is None:
+        return False  # prerequisite missing: the field is absent from this packet
+    if isinstance(want, tuple):
+        value, mask = _num(want[0]), _num(want[1])
+        return _num(have) & mask == value & mask
+    return _num(have) == _num(want)
+
+
+def _covers(wanted: Mapping[str, Any], match: Mapping[str, Any]) -> bool:
+    """Non-strict delete: the flow's match is at least as specific as ``wanted``."""
+    for name, want in wanted.items():
+        if name not in match:
+            return False
+        have = match[name]
+        if isinstance(want, tuple):
+            value, mask = _num(want[0]), _num(want[1])
+            have_value, have_mask = (
+                (_num(have[0]), _num(have[1])) if isinstance(have, tuple) else (_num(have), -1)
+            )
+            if have_mask & mask != mask or have_value & mask != value & mask:
+                return False
+        elif isinstance(have, tuple) or _num(have) != _num(want):
+            return False
+    return True
+
+
+class FakeSwitch:
+    def __init__(self, tunnel_port: int | None = None) -> None:
+        self.tunnel_port = tunnel_port
+        self.tables: dict[int, list[Flow]] = {}
+        self.groups: dict[int, tuple[tuple[Action, ...], ...]] = {}
+        self.errors: list[str] = []
+        self.in_port_drops = 0
+
+    # ----------------------------------------------------------------- messages
+
+    def apply(self, msgs: Iterable[OfMsg]) -> list[Delivery]:
+        """Apply messages in order; returns what the packet-outs among them emitted."""
+        out: list[Delivery] = []
+        for msg in msgs:
+            if isinstance(msg, FlowMod):
+                self._flow_mod(msg)
+            elif isinstance(msg, GroupMod):
+                self._group_mod(msg)
+            elif isinstance(msg, PacketOut):
+                state = {**pkt_from_bytes(msg.data), "in_port": msg.in_port, "metadata": 0}
+                self._actions(msg.actions, state, out, cookie=None, packet_out=True)
+            elif not isinstance(msg, Barrier):
+                raise TypeError(f"fake switch cannot apply {msg!r}")
+        return out
+
+    def _flow_mod(self, fm: FlowMod) -> None:
+        if fm.command is FlowCommand.ADD:
+            self._add(fm)
+        elif fm.command is FlowCommand.MODIFY_STRICT:
+            for flow in self.tables.get(fm.table_id, []):
+                if flow.priority == fm.priority and flow.match == dict(fm.match):
+                    flow.actions, flow.goto_table = fm.actions, fm.goto_table
+                    flow.write_metadata = fm.write_metadata
+        elif fm.is_delete:
+            strict = fm.command is FlowCommand.DELETE_STRICT
+            ids = list(self.tables) if fm.table_id == OFPTT_ALL else [fm.table_id]
+            for table_id in ids:
+                self.tables[table_id] = [
+                    f for f in self.tables.get(table_id, []) if not self._doomed(f, fm, strict)
+                ]
+        else:
+            raise TypeError(f"unknown flow command {fm.command!r}")
+
+    @staticmethod
+    def _doomed(flow: Flow, fm: FlowMod, strict: bool) -> bool:
+        if flow.cookie & fm.cookie_mask != fm.cookie & fm.cookie_mask:
+            return False
+        if strict:
+            return flow.priority == fm.priority and flow.match == dict(fm.match)
+        return _covers(fm.match, flow.match)
+
+    def _add(self, fm: FlowMod) -> None:
+        if fm.table_id == OFPTT_ALL:
+            self.errors.append(f"add to table 0xff: {fm}")
+            return
+        if fm.goto_table is not None and fm.goto_table <= fm.table_id:
+            self.errors.append(f"goto_table must go forward: {fm}")
+            return
+        missing = [a.group_id for a in fm.actions if isinstance(a, Group)]
+        missing = [g for g in missing if g not in self.groups]
+        if missing:
+            self.errors.append(f"OFPBAC_BAD_OUT_GROUP {missing}: {fm}")
+            return
+        table = self.tables.setdefault(fm.table_id, [])
+        match = dict(fm.match)
+        # An identical (priority, match) replaces the old flow, counters reset.
+        table[:] = [f for f in table if not (f.priority == fm.priority and f.match == match)]
+        flow = Flow(
+            fm.table_id,
+            fm.priority,
+            match,
+            fm.cookie,
+            fm.actions,
+            fm.goto_table,
+            fm.write_metadata,
+            fm.idle_timeout,
+            fm.send_flow_removed,
+        )
+        # Highest priority first; among equals the older flow matches first.
+        at = next((i for i, f in enumerate(table) if f.priority < fm.priority), len(table))
+        table.insert(at, flow)
+
+    def _group_mod(self, gm: GroupMod) -> None:
+        if gm.command is GroupCommand.ADD:
+            if gm.group_id == OFPG_ANY or gm.group_id in self.groups:
+                self.errors.append(f"OFPGMFC_GROUP_EXISTS {gm.group_id:#x}")
+                return
+            self.groups[gm.group_id] = gm.buckets
+        elif gm.command is GroupCommand.MODIFY:
+            if gm.group_id not in self.groups:
+                self.errors.append(f"OFPGMFC_UNKNOWN_GROUP {gm.group_id:#x}")
+                return
+            self.groups[gm.group_id] = gm.buckets
+        elif gm.command is GroupCommand.DELETE:
+            doomed = set(self.groups) if gm.group_id == OFPG_ANY else {gm.group_id}
+            for group_id in doomed:
+                self.groups.pop(group_id, None)
+            # OpenFlow 1.3 (and OVS): deleting a group deletes the flows that use it.
+            for table_id, table in self.tables.items():
+                self.tables[table_id] = [
+                    f
+                    for f in table
+                    if not any(isinstance(a, Group) and a.group_id in doomed for a in f.actions)
+                ]
+        else:
+            raise TypeError(f"unknown group command {gm.command!r}")
+
+    # ------------------------------------------------------------------ packets
+
+    def process(
+        self, in_port: int, pkt: Mapping[str, Any], tun: Mapping[str, Any] | None = None
+    ) -> list[Delivery]:
+        """Send a packet into the pipeline at table 0; returns everything it caused."""
+        state: Packet = {**pkt, **(tun or {}), "in_port": in_port, "metadata": 0}
+        out: list[Delivery] = []
+        self._run(0, state, out)
+        return out
+
+    def _lookup(self, table_id: int, state: Packet) -> Flow | None:
+        for flow in self.tables.get(table_id, []):
+            if all(_field_matches(w, state.get(k)) for k, w in flow.match.items()):
+                return flow
+        return None  # table miss: dropped (OpenFlow 1.3 default)
+
+    def _run(self, table_id: int | None, state: Packet, out: list[Delivery]) -> None:
+        while table_id is not None:
+            flow = self._lookup(table_id, state)
+            if flow is None:
+                return
+            flow.packets += 1
+            self._actions(flow.actions, state, out, cookie=flow.cookie)
+            if flow.write_metadata is not None:
+                value, mask = flow.write_metadata
+                state["metadata"] = (state["metadata"] & ~mask) | (value & mask)
+            table_id = flow.goto_table
+
+    def _actions(
+        self,
+        actions: Iterable[Action],
+        state: Packet,
+        out: list[Delivery],
+        cookie: int | None,
+        packet_out: bool = False,
+    ) -> None:
+        for action in actions:
+            if isinstance(action, Output):
+                self._output(action.port, state, out, cookie, packet_out)
+            elif isinstance(action, SetField):
+                state[action.field] = action.value
+            elif isinstance(action, Move):
+                if state.get(action.src) is None:
+                    self.errors.append(f"move from absent field {action.src}")
+                    return
+                state[action.dst] = state[action.src]
+            elif isinstance(action, Group):
+                buckets = self.groups.get(action.group_id)
+                if buckets is None:
+                    self.errors.append(f"output to missing group {action.group_id}")
+                    return
+                for bucket in buckets:
+                    self._actions(bucket, dict(state), out, cookie)
+            else:
+                raise TypeError(f"fake switch cannot execute {action!r}")
+
+    def _output(
+        self, port: int, state: Packet, out: list[Delivery], cookie: int | None, packet_out: bool
+    ) -> None:
+        headers = {k: v for k, v in state.items() if k not in _PIPELINE_FIELDS}
+        in_port = state["in_port"]
+        if port == OFPP_CONTROLLER:
+            out.append(Delivery(headers, in_port, controller=True, cookie=cookie))
+        elif port == OFPP_TABLE:
+            if not packet_out:
+                self.errors.append("output to OFPP_TABLE outside a packet-out")
+                return
+            self._run(0, {**headers, "in_port": in_port, "metadata": 0}, out)
+        elif port == in_port:
+            self.in_port_drops += 1  # OpenFlow never sends a packet back out its in_port
+        else:
+            port = in_port if port == OFPP_IN_PORT else port
+            if port == self.tunnel_port:
+                out.append(
+                    Delivery(
+                        headers,
+                        in_port,
+                        port,
+                        tunnel_id=state.get("tunnel_id"),
+                        tun_dst=state.get("tun_ipv4_dst"),
+                    )
+                )
+            else:
+                out.append(Delivery(headers, in_port, port))
+
+    # ---------------------------------------------------------------- questions
+
+    def flows(self, table: int | None = None) -> list[Flow]:
+        ids = sorted(self.tables) if table is None else [table]
+        return [f for t in ids for f in self.tables.get(t, [])]
+
+    def flow_count(self) -> int:
+        return len(self.flows())
+
+    def hits(self, where: Callable[[Flow], bool]) -> int:
+        """Packets counted by the flows chosen by ``where``."""
+        return sum(f.packets for f in self.flows() if where(f))
+
+    def expire(self, where: Callable[[Flow], bool]) -> list[Flow]:
+        """Remove the chosen flows as an idle timeout would; returns those that asked
+        for a flow-removed message."""
+        removed = [f for f in self.flows() if where(f)]
+        for flow in removed:
+            self.tables[flow.table_id].remove(flow)
+        return [f for f in removed if f.send_flow_removed]
