@@ -1,0 +1,228 @@
+"""The DOVE demo: tenants with identical address plans, isolated, across hypervisors.
+
+    sudo scripts/demo.sh [--hypervisors 3] [--tenants 2] [--vms-per-tenant 2] [--json] [--cli]
+
+Builds the emulation with a real agent on every hypervisor, pings from every VM
+to every address of its tenant's plan (the first ping of each pair is the
+first packet that pair ever sent), and shows who received each ping: a VM of
+the same tenant, never the VM of another tenant that has the same MAC and IP.
+Then prints the agents' learn counters and an excerpt of each flow table, and
+tears everything down, checking that nothing is left behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import subprocess
+import sys
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from mininet.cli import CLI
+from mininet.log import setLogLevel
+
+from dove_ryu import cookies
+from dove_ryu.cookies import Purpose
+from mininet_topos.agents import admin, build_dove_net
+from mininet_topos.dove_topo import UNDERLAY_SWITCH, DoveNet, VmRecord
+
+RTT = re.compile(r"time=([\d.]+) ms")
+VOLATILE = re.compile(r" (duration|n_packets|n_bytes|idle_age|hard_age)=[^,]+,")
+SHOWN_COUNTERS = (
+    "packet_in", "learn_requests_sent", "learn_requests_received", "learn_replies_sent",
+    "learned", "packets_released", "announce_sent", "announce_received",
+)  # fmt: skip
+
+
+def in_echos(vm: VmRecord) -> int:
+    """ICMP echo requests this VM's kernel has received (per-namespace SNMP counter)."""
+    lines = [
+        line.split()
+        for line in vm.host.cmd("cat /proc/net/snmp").splitlines()
+        if line.startswith("Icmp:")
+    ]
+    header, values = lines[0], lines[1]
+    return int(values[header.index("InEchos")])
+
+
+@dataclass
+class PingResult:
+    src: str
+    dst: str
+    ok: bool
+    first_rtt_ms: float | None
+    steady_rtt_ms: float | None
+    received_by: list[str] = field(default_factory=list)
+
+
+def ping_pair(dnet: DoveNet, src: VmRecord, dst: VmRecord) -> PingResult:
+    before = {vm.name: in_echos(vm) for vm in dnet.vms}
+    first = src.host.cmd(f"ping -c1 -W2 {dst.ip}")
+    steady = src.host.cmd(f"ping -c5 -i0.05 -W2 {dst.ip}")
+    received = [vm.name for vm in dnet.vms if in_echos(vm) > before[vm.name]]
+    first_rtt = RTT.findall(first)
+    steady_rtt = sorted(float(x) for x in RTT.findall(steady))
+    return PingResult(
+        src.name,
+        dst.name,
+        ok=bool(first_rtt),
+        first_rtt_ms=float(first_rtt[0]) if first_rtt else None,
+        steady_rtt_ms=steady_rtt[len(steady_rtt) // 2] if steady_rtt else None,
+        received_by=received,
+    )
+
+
+OVERLAY_STATE = (Purpose.MEMBER, Purpose.LOCAL_ENDPOINT, Purpose.LEARNED, Purpose.ARP_LEARNED)
+COOKIE = re.compile(r"cookie=(0x[0-9a-f]+)")
+
+
+def flow_excerpt(hv: Any, lines: int) -> tuple[int, list[str]]:
+    """The flows that carry overlay state (members, endpoints), each with its cookie decoded."""
+    flows = hv.ofctl("dump-flows", "br-dove", "--names").splitlines()
+    excerpt = []
+    for line in flows:
+        found = COOKIE.search(line)
+        cookie = cookies.decode(int(found.group(1), 16)) if found else None
+        if cookie is not None and cookie.purpose in OVERLAY_STATE:
+            excerpt.append(f"{VOLATILE.sub('', line).strip()}  # {cookie}")
+    return len(flows), excerpt[:lines]
+
+
+def leftovers() -> list[str]:
+    """Processes, links and run directories the emulation could have left behind."""
+    found = []
+    ps = subprocess.run(
+        ["pgrep", "-af", "dove-agent|/tmp/dove-hv"], capture_output=True, text=True, check=False
+    ).stdout
+    found += [f"process: {line}" for line in ps.splitlines() if "pgrep" not in line]
+    if (
+        subprocess.run(
+            ["ip", "link", "show", UNDERLAY_SWITCH], capture_output=True, check=False
+        ).returncode
+        == 0
+    ):
+        found.append(f"link: {UNDERLAY_SWITCH}")
+    return found
+
+
+def run_demo(args: argparse.Namespace) -> dict[str, Any]:
+    dnet, _key = build_dove_net(args.hypervisors, args.tenants, args.vms_per_tenant)
+    report: dict[str, Any] = {"layout": [], "pings": [], "agents": {}, "flows": {}}
+    try:
+        for vm in dnet.vms:
+            report["layout"].append(
+                {
+                    "vm": vm.name,
+                    "tenant": vm.tenant,
+                    "instance": vm.instance,
+                    "hypervisor": vm.hypervisor.name,
+                    "mac": vm.mac,
+                    "ip": vm.ip,
+                }
+            )
+        for src in dnet.vms:
+            for dst in dnet.tenant_vms(src.tenant):
+                if dst is not src:
+                    report["pings"].append(asdict(ping_pair(dnet, src, dst)))
+        for hv in dnet.hypervisors:
+            report["agents"][hv.name] = admin(hv)
+            count, excerpt = flow_excerpt(hv, args.flow_lines)
+            report["flows"][hv.name] = {"count": count, "excerpt": excerpt}
+        if args.cli:
+            CLI(dnet.net)
+    finally:
+        dnet.stop()
+    report["leftovers"] = leftovers()
+    return report
+
+
+def verdict(report: dict[str, Any]) -> tuple[bool, bool]:
+    """(every same-tenant ping answered by its VM only, nothing crossed tenants)."""
+    tenant = {v["vm"]: v["tenant"] for v in report["layout"]}
+    reached = all(p["ok"] and p["received_by"] == [p["dst"]] for p in report["pings"])
+    isolated = all(tenant[r] == tenant[p["src"]] for p in report["pings"] for r in p["received_by"])
+    return reached, isolated
+
+
+def print_report(report: dict[str, Any]) -> None:
+    vms = [v["vm"] for v in report["layout"]]
+    print("\nLayout (tenants share one address plan):")
+    for v in report["layout"]:
+        print(
+            f"  {v['vm']:8} tenant {v['tenant']} instance {v['instance']} on "
+            f"{v['hypervisor']:4} {v['mac']} {v['ip']}"
+        )
+    print("\nReachability: row pings every address of its tenant's plan; a cell shows")
+    print("whether that VM received the pings (Y), or not (.), '-' is the VM itself.")
+    width = max(len(v) for v in vms) + 1
+    print(" " * width + " ".join(f"{v:>{width}}" for v in vms))
+    for src in vms:
+        got = {r for p in report["pings"] if p["src"] == src for r in p["received_by"]}
+        cells = ["-" if d == src else ("Y" if d in got else ".") for d in vms]
+        print(f"{src:{width}}" + " ".join(f"{c:>{width}}" for c in cells))
+    reached, isolated = verdict(report)
+    firsts = [p["first_rtt_ms"] for p in report["pings"] if p["first_rtt_ms"] is not None]
+    steadies = [p["steady_rtt_ms"] for p in report["pings"] if p["steady_rtt_ms"] is not None]
+    lost_first = sum(1 for p in report["pings"] if not p["ok"])
+    print(
+        f"\nwithin each tenant: {'all reached' if reached else 'SOME UNREACHED'}; "
+        f"across tenants: {'nothing' if isolated else 'LEAKED'}"
+    )
+    if firsts and steadies:
+        print(
+            f"first ping (ping -c1, nothing learned): {lost_first} lost of {len(firsts)}, "
+            f"RTT median {sorted(firsts)[len(firsts) // 2]:.2f} ms; steady-state median "
+            f"{sorted(steadies)[len(steadies) // 2]:.2f} ms"
+        )
+    print("\nAgent counters:")
+    print(" " * 26 + "".join(f"{h:>10}" for h in report["agents"]))
+    for name in SHOWN_COUNTERS:
+        print(
+            f"  {name:24}"
+            + "".join(f"{a['counters'].get(name, 0):>10}" for a in report["agents"].values())
+        )
+    drops = sorted(
+        {n for a in report["agents"].values() for n in a["counters"] if n.startswith("drop_")}
+    )
+    for name in drops:
+        print(
+            f"  {name:24}"
+            + "".join(f"{a['counters'].get(name, 0):>10}" for a in report["agents"].values())
+        )
+    for hv, flows in report["flows"].items():
+        print(f"\n{hv}: br-dove has {flows['count']} flows; the overlay state among them:")
+        for line in flows["excerpt"]:
+            print(f"  {line}")
+    print(f"\nteardown: {'clean' if not report['leftovers'] else report['leftovers']}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--hypervisors", type=int, default=3)
+    parser.add_argument("--tenants", type=int, default=2)
+    parser.add_argument("--vms-per-tenant", type=int, default=2)
+    parser.add_argument(
+        "--flow-lines", type=int, default=14, help="flow table lines shown per hypervisor"
+    )
+    parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    parser.add_argument(
+        "--cli", action="store_true", help="open the Mininet CLI before tearing down"
+    )
+    args = parser.parse_args(argv)
+    if args.vms_per_tenant < 2:
+        parser.error("--vms-per-tenant must be at least 2 so tenants span hypervisors")
+    setLogLevel("warning")
+    report = run_demo(args)
+    if args.json:
+        json.dump(report, sys.stdout, indent=2)
+        print()
+    else:
+        print_report(report)
+    reached, isolated = verdict(report)
+    return 0 if reached and isolated and not report["leftovers"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
