@@ -307,7 +307,16 @@ def main(argv: list[str] | None = None) -> None:
             print(f"removed {d}")
         quietRun(f"ip link del {UNDERLAY_SWITCH}")
         return
-    dnet = build_net(args.hypervisors, args.tenants, args.vms_per_tenant, args.mode)
+    if args.mode == "dove":
+        from mininet_topos.agents import build_dove_net  # agents builds on this module
+
+        dnet, _ = build_dove_net(args.hypervisors, args.tenants, args.vms_per_tenant)
+    else:
+        dnet = build_net(args.hypervisors, args.tenants, args.vms_per_tenant, args.mode)
+    print(
+        "hypervisors: "
+        + ", ".join(f"{hv.name} ({hv.underlay_ip}, rundir {hv.rundir})" for hv in dnet.hypervisors)
+    )
     try:
         CLI(dnet.net)
     finally:
