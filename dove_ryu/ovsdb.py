@@ -162,10 +162,14 @@ class PortWatcher:
 
     def _run(self) -> None:
         last: BridgeView | None = None
+        seen_seqno = -1
         while not self.stopping.is_set():
             self.idl.run()
-            view = _snapshot(self.idl, self.cfg)
-            if view != last:
+            view = last
+            if self.idl.change_seqno != seen_seqno:
+                seen_seqno = self.idl.change_seqno
+                view = _snapshot(self.idl, self.cfg)
+            if view is not None and view != last:
                 for name, why in set(view.rejected) - self.reported:
                     LOG.error("%s: port %s ignored, bad marks: %s", self.cfg.name, name, why)
                 self.reported = set(view.rejected)
