@@ -226,7 +226,7 @@ def announce_from(ovs: PrivateOvs, sender: str, instances: set[int]) -> None:
 
 
 def test_tunnel_accepted_only_from_members(ovs: PrivateOvs) -> None:
-    port = ovs.add_vm_port("vmport2", 5002, "02:00:00:00:00:02", "10.0.0.2")
+    ovs.add_vm_port("vmport2", 5002, "02:00:00:00:00:02", "10.0.0.2")
     tunnel = int(ovs.vsctl("get", "Interface", "dove-vxlan", "ofport").strip())
     packet = "dl_src=02:00:00:00:00:09,dl_dst=02:00:00:00:00:02"
     stranger = ovs.trace(
@@ -247,3 +247,54 @@ def test_tunnel_accepted_only_from_members(ovs: PrivateOvs) -> None:
         f"in_port={tunnel},tun_id=5001,tun_src={MEMBER},tun_dst={UNDERLAY}," + packet
     )
     assert datapath_actions(other_vni) == "drop"
+
+
+def flows_of_port(ovs: PrivateOvs, name: str) -> list[str]:
+    dump = ovs.ns("ovs-ofctl", "-O", "OpenFlow13", "dump-flows", "br-dove", "--names")
+    return [
+        line
+        for line in dump.splitlines()
+        if f"in_port={name}" in line or f'output:"{name}"' in line or f"output:{name}" in line
+    ]
+
+
+def test_port_change_and_removal_follow_ovsdb(ovs: PrivateOvs) -> None:
+    port = ovs.add_vm_port("vmport3", 5003, "02:00:00:00:00:03", "10.0.0.3")
+    assert flows_of_port(ovs, "vmport3")
+    # The VM's MAC changes in OVSDB: the old MAC is refused, the new one passes.
+    ovs.vsctl("set", "Interface", "vmport3", "external_ids:attached-mac=02:00:00:00:00:33")
+    ovs.wait(
+        lambda: any(
+            ep["mac"] == "02:00:00:00:00:33" for ep in ovs.status()["instances"]["5003"]["local"]
+        ),
+        "mac changed",
+    )
+    old = ovs.trace(f"in_port={port},dl_src=02:00:00:00:00:03,dl_dst=ff:ff:ff:ff:ff:ff")
+    new = ovs.trace(f"in_port={port},dl_src=02:00:00:00:00:33,dl_dst=ff:ff:ff:ff:ff:ff")
+    # The only port of 5003 has nowhere to flood, so both end in drop; what differs is why.
+    assert "0xd00a" in old  # dropped by port security (DROP_SPOOF)
+    assert "0xd00a" not in new and "group:5003" in new
+    # The port goes: its flows and its instance (the last port of 5003) go with it.
+    ovs.vsctl("del-port", "br-dove", "vmport3")
+    ovs.wait(lambda: "5003" not in ovs.status().get("instances", {"5003": 0}), "port removed")
+    ovs.wait(lambda: not flows_of_port(ovs, "vmport3"), "flows removed")
+    groups = ovs.ns("ovs-ofctl", "-O", "OpenFlow13", "dump-groups", "br-dove")
+    assert "group_id=5003" not in groups
+
+
+def test_marks_that_are_wrong_are_rejected_and_counted(ovs: PrivateOvs) -> None:
+    ovs.ns("ip", "link", "add", "badport", "type", "veth", "peer", "name", "badport-vm")
+    ovs.vsctl(
+        "add-port",
+        "br-dove",
+        "badport",
+        "--",
+        "set",
+        "Interface",
+        "badport",
+        "external_ids:dove-instance=notanumber",
+        "external_ids:attached-mac=02:00:00:00:00:04",
+    )
+    ovs.wait(lambda: ovs.status().get("counters", {}).get("ports_rejected") == 1, "rejected")
+    assert "badport" in (ovs.dir / "agent.log").read_text()
+    assert ovs.agent is not None and ovs.agent.poll() is None

@@ -1,0 +1,58 @@
+"""dove-agent refuses a bad configuration with one line naming the setting."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.unit
+
+AGENT = str(Path(sys.executable).parent / "dove-agent")
+GOOD = {"underlay_ip": "10.99.0.1", "auth_key": "00112233445566778899aabbccddeeff"}
+
+
+def run_agent(tmp_path: Path, settings: dict[str, str] | None, text: str | None = None):
+    ini = tmp_path / "dove.ini"
+    if text is None:
+        text = "[dove]\n" + "".join(f"{k} = {v}\n" for k, v in (settings or {}).items())
+    ini.write_text(text)
+    return subprocess.run(
+        [AGENT, "--config-file", str(ini)], capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+@pytest.mark.parametrize(
+    ("settings", "named"),
+    [
+        ({"auth_key": GOOD["auth_key"]}, "underlay_ip"),
+        ({**GOOD, "underlay_ip": "10.99.0.x"}, "underlay_ip"),
+        ({**GOOD, "auth_key": "short"}, "auth_key"),
+        ({**GOOD, "control_port": "70000"}, "control_port"),
+        ({**GOOD, "learn_timeout": "-1"}, "learn_timeout"),
+        ({**GOOD, "tunnel_type": "gre"}, "tunnel_type"),
+        ({**GOOD, "peers": "10.99.0.2, nonsense"}, "peers"),
+        ({**GOOD, "colour": "blue"}, "colour"),
+    ],
+)
+def test_bad_setting_stops_startup_naming_it(tmp_path: Path, settings, named: str) -> None:
+    result = run_agent(tmp_path, settings)
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert f"[dove] {named}" in lines[0]
+
+
+def test_missing_section_and_missing_file(tmp_path: Path) -> None:
+    result = run_agent(tmp_path, None, text="[DEFAULT]\nverbose = true\n")
+    assert result.returncode == 2 and "no [dove] section" in result.stderr
+    missing = subprocess.run(
+        [AGENT, "--config-file", str(tmp_path / "nope.ini")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert missing.returncode != 0 and "nope.ini" in missing.stderr
