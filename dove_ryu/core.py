@@ -41,6 +41,7 @@ from dove_ryu.protocol.messages import (
     LearnReply,
     LearnRequest,
     Message,
+    Requester,
     Unlearn,
     decode,
     encode,
@@ -272,11 +273,12 @@ class DoveCore:
         if known is not None:
             # Learned but the flow is missing (a race with an idle timeout): reinstall.
             return self._install(known.endpoint, [(in_port, data)])
-        return self._resolve(now, instance, target, in_port, data)
+        return self._resolve(now, source, target, in_port, data)
 
     def _resolve(
-        self, now: float, instance: int, target: Target, in_port: int, data: bytes
+        self, now: float, source: VmPort, target: Target, in_port: int, data: bytes
     ) -> CoreOutput:
+        instance = source.instance
         pending = self.pending.get(instance, target)
         if pending is not None:
             if len(pending.held) < PendingTable.MAX_HELD:
@@ -309,6 +311,7 @@ class DoveCore:
             now,
             now + self.cfg.learn_timeout,
             held=[(in_port, data)],
+            requester=Requester(source.mac, source.ips, self.seqs.get((instance, source.mac), 1)),
         )
         self.pending.add(pending)
         return CoreOutput(datagrams=self._learn_requests(now, pending, members))
@@ -318,7 +321,13 @@ class DoveCore:
     ) -> list[Datagram]:
         mac = pending.target if isinstance(pending.target, str) else None
         ip = pending.target if isinstance(pending.target, IPv4Address) else None
-        msg = LearnRequest(instance=pending.instance, request_id=pending.request_id, mac=mac, ip=ip)
+        msg = LearnRequest(
+            instance=pending.instance,
+            request_id=pending.request_id,
+            mac=mac,
+            ip=ip,
+            requester=pending.requester,
+        )
         self.counters["learn_requests_sent"] += len(members)
         return [self._datagram(now, host, msg) for host in members]
 
@@ -400,6 +409,7 @@ class DoveCore:
             port = self.local_ip.get((msg.instance, msg.ip))
         if port is None:
             return CoreOutput()
+        out = self._glean(now, sender, msg)
         reply = LearnReply(
             instance=msg.instance,
             request_id=msg.request_id,
@@ -409,7 +419,26 @@ class DoveCore:
             seq=self.seqs.get((port.instance, port.mac), 1),
         )
         self.counters["learn_replies_sent"] += 1
-        return CoreOutput(datagrams=[self._datagram(now, sender, reply)])
+        out.datagrams.append(self._datagram(now, sender, reply))
+        return out
+
+    def _glean(self, now: float, sender: IPv4Address, msg: LearnRequest) -> CoreOutput:
+        """Learn who asked, as we answer: the reply traffic then needs no LEARN of its own.
+
+        Only requests we answer are gleaned, so a VM spraying random targets elsewhere
+        costs this host nothing."""
+        who = msg.requester
+        if who is None or (msg.instance, who.mac) in self.local:
+            return CoreOutput()
+        current = self.learned.get(msg.instance, who.mac)
+        if current is not None and (
+            current.endpoint.seq > who.seq
+            or (current.endpoint.host == sender and current.endpoint.ips == who.ips)
+        ):
+            return CoreOutput()
+        self.counters["learned_from_request"] += 1
+        ep = Endpoint(msg.instance, who.mac, who.ips, sender, who.seq)
+        return self._remember(now, ep, sender)
 
     def _on_learn_reply(self, now: float, sender: IPv4Address, msg: LearnReply) -> CoreOutput:
         self.counters["learn_replies_received"] += 1

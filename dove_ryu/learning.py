@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 
 from dove_ryu.model import Endpoint, LearnedEndpoint
+from dove_ryu.protocol.messages import Requester
 
 Target = str | IPv4Address  # a MAC (str) or an IPv4 address
 
@@ -44,6 +45,7 @@ class Pending:
     next_retry: float
     attempts: int = 1
     held: list[tuple[int, bytes]] = field(default_factory=list)
+    requester: Requester | None = None  # the local VM whose packet missed
 
 
 class PendingTable:

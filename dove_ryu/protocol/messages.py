@@ -9,7 +9,8 @@ MAC, and only then reads the message; anti-replay is the caller's next step (``R
 Message       Type  TLVs (besides SENDER, COUNTER, AUTH); instance in header
 ============  ====  =========================================================
 Announce      1     INSTANCES                          (no instance, I clear)
-LearnRequest  2     REQUEST_ID, exactly one of MAC / IPV4
+LearnRequest  2     REQUEST_ID, exactly one of MAC / IPV4,
+                    optionally REQUESTER_MAC, REQUESTER_SEQ, REQUESTER_IPV4 * n
 LearnReply    3     REQUEST_ID, MAC, HOST, SEQ, IPV4 * n
 Unlearn       4     MAC, HOST, SEQ
 ============  ====  =========================================================
@@ -57,6 +58,11 @@ class TlvType(IntEnum):
     HOST = 0x86
     SEQ = 0x87
     INSTANCES = 0x88
+    # Non-critical: who is asking, so the answering host can learn it at once and
+    # the reverse direction needs no LEARN of its own.  Older agents skip them.
+    REQUESTER_MAC = 0x09
+    REQUESTER_IPV4 = 0x0A
+    REQUESTER_SEQ = 0x0B
     AUTH = 0xFF
 
 
@@ -110,6 +116,23 @@ class Announce:
 
 
 @dataclass(frozen=True)
+class Requester:
+    """The local endpoint whose packet caused a LEARN request."""
+
+    mac: str
+    ips: tuple[IPv4Address, ...] = ()
+    seq: int = 1
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "mac", normalize_mac(self.mac))
+        _check_range("seq", self.seq, 0, 0xFFFFFFFF)
+        for ip in self.ips:
+            _check_ip("requester ip", ip)
+        if len(set(self.ips)) != len(self.ips):
+            raise ValueError("requester ips repeat an address")
+
+
+@dataclass(frozen=True)
 class LearnRequest:
     """Where is the endpoint with this MAC (or this IPv4 address) in ``instance``?"""
 
@@ -117,6 +140,7 @@ class LearnRequest:
     request_id: int
     mac: str | None = None
     ip: IPv4Address | None = None
+    requester: Requester | None = None
 
     def __post_init__(self) -> None:
         _check_instance(self.instance)
@@ -208,6 +232,11 @@ def _body(message: Message) -> tuple[MsgType, int | None, list[Tlv]]:
             tlvs.append(Tlv(TlvType.MAC, _mac_bytes(message.mac)))
         if message.ip is not None:
             tlvs.append(Tlv(TlvType.IPV4, message.ip.packed))
+        if message.requester is not None:
+            who = message.requester
+            tlvs.append(Tlv(TlvType.REQUESTER_MAC, _mac_bytes(who.mac)))
+            tlvs.append(Tlv(TlvType.REQUESTER_SEQ, _u32(who.seq)))
+            tlvs.extend(Tlv(TlvType.REQUESTER_IPV4, ip.packed) for ip in who.ips)
         return MsgType.LEARN_REQUEST, message.instance, tlvs
     if isinstance(message, LearnReply):
         tlvs = [
@@ -248,10 +277,19 @@ def encode(message: Message, *, sender: IPv4Address, counter: int, key: bytes) -
 # --- decoding ---------------------------------------------------------------------------
 
 _KNOWN_TLVS = frozenset(int(t) for t in TlvType)
-_REPEATABLE = frozenset({TlvType.IPV4})
+_REPEATABLE = frozenset({TlvType.IPV4, TlvType.REQUESTER_IPV4})
 _ALLOWED: dict[MsgType, frozenset[int]] = {
     MsgType.ANNOUNCE: frozenset({TlvType.INSTANCES}),
-    MsgType.LEARN_REQUEST: frozenset({TlvType.REQUEST_ID, TlvType.MAC, TlvType.IPV4}),
+    MsgType.LEARN_REQUEST: frozenset(
+        {
+            TlvType.REQUEST_ID,
+            TlvType.MAC,
+            TlvType.IPV4,
+            TlvType.REQUESTER_MAC,
+            TlvType.REQUESTER_IPV4,
+            TlvType.REQUESTER_SEQ,
+        }
+    ),
     MsgType.LEARN_REPLY: frozenset(
         {TlvType.REQUEST_ID, TlvType.MAC, TlvType.HOST, TlvType.SEQ, TlvType.IPV4}
     ),
@@ -284,13 +322,13 @@ class _Fields:
     def ip(self, tlv_type: TlvType) -> IPv4Address:
         return IPv4Address(self.raw(tlv_type, 4))
 
-    def mac(self) -> str:
-        return ":".join(f"{b:02x}" for b in self.raw(TlvType.MAC, 6))
+    def mac(self, tlv_type: TlvType = TlvType.MAC) -> str:
+        return ":".join(f"{b:02x}" for b in self.raw(tlv_type, 6))
 
-    def ips(self) -> tuple[IPv4Address, ...]:
-        values = self._values.get(TlvType.IPV4, [])
+    def ips(self, tlv_type: TlvType = TlvType.IPV4) -> tuple[IPv4Address, ...]:
+        values = self._values.get(tlv_type, [])
         if any(len(v) != 4 for v in values):
-            raise MalformedMessage("bad_tlv_value", "IPV4 length")
+            raise MalformedMessage("bad_tlv_value", f"{tlv_type.name} length")
         return tuple(IPv4Address(v) for v in values)
 
 
@@ -322,9 +360,19 @@ def _learn_request(header: DoveHeader, f: _Fields) -> LearnRequest:
     ips = f.ips()
     if has_ip and len(ips) != 1:
         raise MalformedMessage("bad_tlv_value", "more than one IPV4")
+    requester = None
+    if f.has(TlvType.REQUESTER_MAC):
+        try:
+            requester = Requester(
+                mac=f.mac(TlvType.REQUESTER_MAC),
+                ips=f.ips(TlvType.REQUESTER_IPV4),
+                seq=f.uint(TlvType.REQUESTER_SEQ, 4),
+            )
+        except ValueError as e:
+            raise MalformedMessage("bad_tlv_value", f"requester: {e}") from None
     if has_mac:
-        return LearnRequest(instance, request_id, mac=f.mac())
-    return LearnRequest(instance, request_id, ip=ips[0])
+        return LearnRequest(instance, request_id, mac=f.mac(), requester=requester)
+    return LearnRequest(instance, request_id, ip=ips[0], requester=requester)
 
 
 def _learn_reply(header: DoveHeader, f: _Fields) -> LearnReply:

@@ -290,6 +290,29 @@ def test_arp_for_remote_vm_is_resolved_and_answered_on_the_host() -> None:
     assert local(again) == [(1, 1)] and again[0].delivery.pkt["arp_op"] == ARP_REPLY
 
 
+def test_answering_host_learns_the_requester_so_replies_need_no_learn() -> None:
+    net = three_hosts()
+    net.send(1, 1, arp_request(MAC_A, "192.168.1.1", "192.168.1.2"))
+    net.deliver()
+    assert len(net.packet_ins) == 1
+    learned = net.hosts[2].core.learned.get(5001, MAC_A)
+    assert learned is not None and learned.endpoint.host == ip(1)
+
+    # b answers a: its ARP and its unicast go straight into the tunnel, no packet-in.
+    arp = net.send(2, 1, arp_request(MAC_B, "192.168.1.2", "192.168.1.1"))
+    assert local(arp) == [(2, 1)] and arp[0].delivery.pkt["arp_op"] == ARP_REPLY
+    back = net.send(2, 1, eth(MAC_B, MAC_A))
+    assert local(back) == [(1, 1)]
+    assert len(net.packet_ins) == 1
+
+
+def test_a_request_nobody_answers_teaches_nobody() -> None:
+    net = three_hosts()
+    net.send(1, 1, eth(MAC_A, "02:00:00:00:09:09"))
+    net.deliver()
+    assert net.hosts[2].core.learned.get(5001, MAC_A) is None
+
+
 def test_arp_for_local_vm_is_answered_without_the_agent() -> None:
     net = three_hosts()
     seen = net.send(1, 2, arp_request(MAC_A2, "192.168.1.3", "192.168.1.1"))

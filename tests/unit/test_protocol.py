@@ -35,6 +35,7 @@ from dove_ryu.protocol.messages import (
     LearnRequest,
     Message,
     MsgType,
+    Requester,
     TlvType,
     Unlearn,
     decode,
@@ -457,3 +458,11 @@ def test_max_senders_bound() -> None:
     guard.check(senders[7], NOW_US + 100, NOW)  # refresh: 7 is now most recent
     guard.check(senders[0], NOW_US + 101, NOW)  # evicts least recently seen: 8
     assert senders[7] in guard and senders[8] not in guard and senders[9] in guard
+
+
+def test_learn_request_carries_the_requester_for_gleaning() -> None:
+    who = Requester("02:00:00:00:00:0A", (IPv4Address("10.0.0.1"), IPv4Address("10.0.0.9")), 7)
+    msg = LearnRequest(5001, 3, ip=IPv4Address("10.0.0.2"), requester=who)
+    frame = encode(msg, sender=IPv4Address("10.99.0.1"), counter=1, key=KEY)
+    assert decode(frame, key=KEY).message == msg
+    assert decode(frame, key=KEY).message.requester.mac == "02:00:00:00:00:0a"
