@@ -1,0 +1,69 @@
+"""Fixtures and failure evidence for the Mininet tier.
+
+The `dove` fixture runs one 3-hypervisor emulation with real agents per test module.
+When a test that uses it fails, `pytest_runtest_makereport` saves flow and group dumps,
+each agent's status and log, and the VMs' addresses and neighbours under
+``results/failures/<test name>/`` and prints that path.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+if str(REPO) not in sys.path:  # tests/mininet has no __init__.py; `tests.tools` lives at REPO
+    sys.path.insert(0, str(REPO))
+
+FAILURES = REPO / "results" / "failures"
+
+
+@dataclass
+class Dove:
+    """The running emulation and the deployment key its agents share."""
+
+    net: Any  # mininet_topos.dove_topo.DoveNet
+    key: bytes = field(repr=False)  # kept out of tracebacks
+
+
+@pytest.fixture(scope="module")
+def dove() -> Iterator[Dove]:
+    if os.geteuid() != 0:
+        pytest.skip("Mininet needs root")
+    from mininet_topos.agents import build_dove_net
+
+    dnet, key = build_dove_net(hypervisors=3, tenants=2, vms_per_tenant=2)
+    try:
+        yield Dove(dnet, bytes.fromhex(key))
+    finally:
+        dnet.stop()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    outcome = yield
+    report = outcome.get_result()
+    if not report.failed or item.get_closest_marker("mininet") is None:
+        return
+    env = getattr(item, "funcargs", {}).get("dove")
+    if not isinstance(env, Dove):
+        return
+    from tests.tools import evidence
+
+    name = item.name.replace("/", "_").replace("[", "_").replace("]", "")
+    try:
+        path = evidence.save(env.net, FAILURES / name)
+        message = f"evidence of {item.nodeid} ({report.when}) saved in {path}"
+    except Exception as exc:  # noqa: BLE001 - never hide the real failure
+        message = f"could not save evidence of {item.nodeid}: {exc!r}"
+    report.sections.append(("dove evidence", message))
+    reporter = item.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_line("")
+        reporter.write_line(message)

@@ -1,0 +1,1 @@
+"""Helpers for the Mininet tier: packet senders run inside VMs, captures, OVS readers."""
