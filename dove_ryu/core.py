@@ -430,6 +430,11 @@ class DoveCore:
         who = msg.requester
         if who is None or (msg.instance, who.mac) in self.local:
             return CoreOutput()
+        if sender not in self.members.get(msg.instance, {}):
+            # A location is taken only from a host serving the instance, the same
+            # rule classify applies to tunnelled packets.
+            self._drop("glean_nonmember", now, f"from {sender} instance {msg.instance}")
+            return CoreOutput()
         current = self.learned.get(msg.instance, who.mac)
         if current is not None and (
             current.endpoint.seq > who.seq
@@ -448,6 +453,9 @@ class DoveCore:
             return CoreOutput()
         if msg.host != sender or not self._answers(pending, msg):
             self._drop("learn_reply_mismatch", now, f"from {sender}")
+            return CoreOutput()
+        if sender not in self.members.get(msg.instance, {}):
+            self._drop("learn_reply_nonmember", now, f"from {sender} instance {msg.instance}")
             return CoreOutput()
         self.pending.remove(pending)
         ep = Endpoint(msg.instance, msg.mac, msg.ips, msg.host, msg.seq)

@@ -10,6 +10,7 @@ flags operators know (``--config-file``, ``--ofp-tcp-listen-port``,
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 import warnings
@@ -31,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     from os_ken import cfg, log
 
     log.early_init_log(logging.INFO)
-    from os_ken.base.app_manager import AppManager  # imports the controller: --ofp-* flags
+    import os_ken.base.app_manager  # noqa: F401  imports the controller: the --ofp-* flags
 
     conf = cfg.CONF
     try:
@@ -61,13 +62,38 @@ def main(argv: list[str] | None = None) -> int:
         print(f"dove-agent: cannot set up bridge {dove_cfg.bridge}: {e}", file=sys.stderr)
         return 1
     shell.CONFIG = dove_cfg
-    # SIGTERM ends the agent like Ctrl-C, so sockets are closed and files removed.
+    # SIGTERM ends the agent like Ctrl-C.
     signal.signal(signal.SIGTERM, _terminate)
+    return _run_apps(APPS)
+
+
+def _run_apps(apps: list[str]) -> int:
+    """AppManager.run_apps without its shutdown.
+
+    NOTE: os-ken 4.2.2's run_apps ends by calling ``kill()`` on its threads, which
+    native-thread hubs do not have (AttributeError), and then waits forever on
+    non-daemon threads; the agent never exited on SIGTERM.  We start the apps the
+    same way, and on the way out close our own sockets and leave at once.
+    """
+    from os_ken.base.app_manager import AppManager
+    from os_ken.lib import hub
+
+    from dove_ryu import shell
+
+    manager = AppManager.get_instance()
+    manager.load_apps(apps)
+    services = manager.instantiate_apps(**manager.create_contexts())
     try:
-        AppManager.run_apps(APPS)
+        hub.joinall(services)
     except KeyboardInterrupt:
         pass
-    return 0
+    for app in manager.applications.values():
+        if isinstance(app, shell.DoveApp):
+            app.close()
+    logging.getLogger("dove_ryu").info("agent stopped")
+    logging.shutdown()
+    sys.stdout.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":

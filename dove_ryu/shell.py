@@ -73,10 +73,15 @@ class DoveApp(app_manager.OSKenApp):  # type: ignore[misc]
         self.admin.start()
         return thread
 
-    def stop(self) -> None:
+    def close(self) -> None:
+        """Stop our threads and remove the admin socket (the process is exiting)."""
         self.stopping.set()
         self.watcher.stop()
         self.admin.stop()
+        self.sock.close()
+
+    def stop(self) -> None:
+        self.close()
         super().stop()
 
     # ------------------------------------------------------------ send path

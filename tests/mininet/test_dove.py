@@ -373,11 +373,6 @@ def test_forged_and_replayed_control_messages_are_rejected(dove: Any) -> None:
         assert rc == 0, f"forwarding broken after forged messages:\n{out}"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: DoveCore._glean learns a requester's location from a host that is not a "
-    "member of the instance (see the report of issue #2 item 7)",
-)
 def test_a_non_member_cannot_claim_an_endpoint(dove: Any) -> None:
     """A LEARN request from a host that serves no VM of the instance must not teach the
     answering host an endpoint there: tunnelled traffic from that host would be dropped as

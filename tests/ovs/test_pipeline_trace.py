@@ -298,3 +298,12 @@ def test_marks_that_are_wrong_are_rejected_and_counted(ovs: PrivateOvs) -> None:
     ovs.wait(lambda: ovs.status().get("counters", {}).get("ports_rejected") == 1, "rejected")
     assert "badport" in (ovs.dir / "agent.log").read_text()
     assert ovs.agent is not None and ovs.agent.poll() is None
+
+
+def test_agent_stops_cleanly_on_sigterm(ovs: PrivateOvs) -> None:
+    """Last in this module: the agent exits promptly with status 0 and removes its socket."""
+    assert ovs.agent is not None
+    ovs.agent.terminate()
+    assert ovs.agent.wait(10) == 0
+    assert not (ovs.dir / "admin.sock").exists()
+    assert "agent stopped" in (ovs.dir / "agent.log").read_text()
