@@ -22,25 +22,14 @@ from typing import Any
 from mininet.log import setLogLevel
 
 from mininet_topos.agents import admin, build_dove_net
-from mininet_topos.dove_topo import DoveNet, build_net
+from mininet_topos.dove_topo import build_net
+from mininet_topos.traffic import iperf3, mbits
 
 RTT = re.compile(r"time=([\d.]+) ms")
 
 
 def _rtts(output: str) -> list[float]:
     return [float(x) for x in RTT.findall(output)]
-
-
-def _iperf(dnet: DoveNet, seconds: int) -> float:
-    """TCP throughput in Mbit/s from the first VM to the second."""
-    a, b = dnet.vms[0], dnet.vms[1]
-    b.host.cmd("iperf3 -s -1 -D --logfile /dev/null")
-    out = a.host.cmd(f"iperf3 -c {b.ip} -t {seconds} -J --connect-timeout 3000")
-    try:
-        result = json.loads(out[out.index("{") :])
-        return float(result["end"]["sum_received"]["bits_per_second"]) / 1e6
-    except (ValueError, KeyError):
-        return 0.0
 
 
 def one_run(system: str, seconds: int) -> dict[str, Any]:
@@ -58,7 +47,7 @@ def one_run(system: str, seconds: int) -> dict[str, Any]:
             if system == "dove"
             else []
         )
-        mbits = _iperf(dnet, seconds)
+        throughput = mbits(iperf3(a, b, seconds))
         after = (
             [admin(hv)["counters"].get("packet_in", 0) for hv in dnet.hypervisors]
             if system == "dove"
@@ -68,7 +57,7 @@ def one_run(system: str, seconds: int) -> dict[str, Any]:
             "system": system,
             "first_rtt_ms": first[0] if first else None,
             "steady_rtt_ms": statistics.median(steady) if steady else None,
-            "iperf_mbits": mbits,
+            "iperf_mbits": throughput,
             "packet_ins_during_iperf": sum(after) - sum(before) if system == "dove" else None,
         }
     finally:

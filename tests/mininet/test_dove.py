@@ -38,6 +38,7 @@ from dove_ryu.protocol.messages import LearnRequest, Requester, encode  # noqa: 
 from mininet_topos.agents import admin  # noqa: E402
 from mininet_topos.dove_topo import PROBE, VmRecord, attach_vm  # noqa: E402
 from mininet_topos.hypervisor import Hypervisor, wait_until  # noqa: E402
+from mininet_topos.traffic import iperf3  # noqa: E402
 from tests.tools import netsend, ovs  # noqa: E402
 from tests.tools.capture import Capture, settle  # noqa: E402
 
@@ -271,26 +272,7 @@ def test_no_packet_in_while_learned_vms_talk(dove: Any) -> None:
     assert sum(before_flows.values()) > 0, before_flows
     before = {hv.name: counters(hv) for hv in hvs}
 
-    server = b.host.popen(
-        ["iperf3", "-s", "-1", "-p", str(IPERF_PORT)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        wait_until(
-            lambda: f":{IPERF_PORT} " in b.host.cmd("ss -Hltn"), 5.0, "iperf3 server to listen"
-        )
-        out, err, rc = a.host.pexec(
-            ["timeout", "30", "iperf3", "-J", "-c", b.ip, "-p", str(IPERF_PORT), "-t", "5"]
-        )
-    finally:
-        try:
-            server.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
-    assert rc == 0, out + err
-    moved = json.loads(out)["end"]["sum_received"]["bytes"]
+    moved = iperf3(a, b, seconds=5)["end"]["sum_received"]["bytes"]
     assert moved > 1_000_000, f"iperf3 moved only {moved} bytes"
 
     after = {hv.name: counters(hv) for hv in hvs}
