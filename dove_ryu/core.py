@@ -85,6 +85,7 @@ class DoveCore:
         self.ports: dict[str, VmPort] = {}
         self.local: dict[tuple[int, str], VmPort] = {}
         self.local_ip: dict[tuple[int, IPv4Address], VmPort] = {}
+        self.by_instance: dict[int, dict[str, VmPort]] = {}  # instance -> mac -> port
         self.members: dict[int, dict[IPv4Address, Member]] = {}
         self.learned = LearnedTable(cfg.max_learned_per_instance)
         self.pending = PendingTable(cfg.max_pending_per_instance)
@@ -106,10 +107,11 @@ class DoveCore:
 
     @property
     def instances(self) -> set[int]:
-        return {instance for instance, _ in self.local}
+        """The instances this host serves: those with a local VM port."""
+        return set(self.by_instance)
 
     def _ports_of(self, instance: int) -> list[int]:
-        return [p.ofport for (i, _), p in self.local.items() if i == instance]
+        return [p.ofport for p in self.by_instance.get(instance, {}).values()]
 
     def _members_of(self, instance: int) -> list[IPv4Address]:
         return list(self.members.get(instance, {}))
@@ -204,6 +206,7 @@ class DoveCore:
     def _add_port(self, port: VmPort, out: CoreOutput) -> None:
         self.ports[port.name] = port
         self.local[(port.instance, port.mac)] = port
+        self.by_instance.setdefault(port.instance, {})[port.mac] = port
         for ip in port.ips:
             self.local_ip[(port.instance, ip)] = port
         key = (port.instance, port.mac)
@@ -225,6 +228,10 @@ class DoveCore:
         del self.ports[port.name]
         if self.local.get((port.instance, port.mac)) == port:
             del self.local[(port.instance, port.mac)]
+            same_instance = self.by_instance[port.instance]
+            del same_instance[port.mac]
+            if not same_instance:
+                del self.by_instance[port.instance]
         for ip in port.ips:
             if self.local_ip.get((port.instance, ip)) == port:
                 del self.local_ip[(port.instance, ip)]
@@ -393,7 +400,7 @@ class DoveCore:
             instance,
         )
         self.counters["member_joined" if joined else "member_left"] += 1
-        if self.tunnel_ofport is None or instance not in self.instances:
+        if self.tunnel_ofport is None or instance not in self.by_instance:
             return []
         flow = (flows.member_flow if joined else flows.delete_member_flow)(
             instance, host, self.tunnel_ofport
@@ -596,8 +603,7 @@ class DoveCore:
                             "ips": [str(i) for i in p.ips],
                             "seq": self.seqs.get((instance, p.mac), 1),
                         }
-                        for (i, _), p in sorted(self.local.items())
-                        if i == instance
+                        for _, p in sorted(self.by_instance.get(instance, {}).items())
                     ],
                     "members": sorted(str(h) for h in self._members_of(instance)),
                     "learned": [
