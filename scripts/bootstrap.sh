@@ -13,7 +13,7 @@ for p in "${APT_PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
 if [ ${#missing[@]} -gt 0 ]; then
-    echo "bootstrap: installing Debian packages: ${missing[*]}"
+    echo "bootstrap: installing Debian packages: ${missing[*]}" >&2
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
     # tshark asks whether non-root users may capture; answer for it.
@@ -25,7 +25,7 @@ fi
 # it) can be imported; only mininet is exposed, not all of dist-packages.
 VENV=.venv
 if [ ! -x "$VENV/bin/python" ]; then
-    echo "bootstrap: creating $VENV"
+    echo "bootstrap: creating $VENV" >&2
     /usr/bin/python3 -m venv "$VENV"
 fi
 site=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
@@ -35,7 +35,7 @@ echo "$PWD/$VENV/system-mininet" > "$site/dove-system-mininet.pth"
 
 stamp="$VENV/.installed-$(cat setup.cfg requirements*.txt 2>/dev/null | sha256sum | cut -c1-16)"
 if [ ! -f "$stamp" ]; then
-    echo "bootstrap: installing Python dependencies into $VENV"
+    echo "bootstrap: installing Python dependencies into $VENV" >&2
     "$VENV/bin/pip" install -q --upgrade pip
     "$VENV/bin/pip" install -q -r requirements-dev.txt
     "$VENV/bin/pip" install -q -e .
@@ -48,4 +48,4 @@ fi
 if ! /usr/share/openvswitch/scripts/ovs-ctl status >/dev/null 2>&1; then
     /usr/share/openvswitch/scripts/ovs-ctl start --system-id=random >/dev/null 2>&1 || true
 fi
-echo "bootstrap: ready ($VENV)"
+echo "bootstrap: ready ($VENV)" >&2
