@@ -63,8 +63,8 @@ class AdminServer:
                     if not isinstance(request, dict):
                         raise ValueError("request is not a JSON object")
                     answer = self.handler(request)
-                except (ValueError, OSError) as e:
-                    answer = {"error": str(e)}
+                except Exception as e:  # a bad request must not end the admin thread
+                    answer = {"error": f"{type(e).__name__}: {e}"}
                 try:
                     conn.sendall(json.dumps(answer).encode() + b"\n")
                 except OSError:

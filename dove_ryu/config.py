@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import configparser
 import ipaddress
+import math
 import os
 import re
 import socket
@@ -64,13 +65,27 @@ def _ip(setting: str, text: str) -> IPv4Address:
         raise ConfigError(f"[dove] {setting}: {text.strip()!r} is not an IPv4 address") from None
 
 
+# Upper bounds where a wire format or sanity sets one.
+_MAXIMUM: dict[str, float] = {
+    "control_port": 65535,
+    "learn_idle_timeout": 65535,  # OpenFlow's idle_timeout is 16 bits
+    "learn_retries": 20,
+    "announce_interval": 3600,
+    "learn_timeout": 60,
+    "max_learned_per_instance": 1_000_000,
+    "max_pending_per_instance": 100_000,
+}
+
+
 def _positive(setting: str, text: str, kind: type) -> int | float:
     try:
         value = kind(text)
     except ValueError:
         raise ConfigError(f"[dove] {setting}: {text!r} is not a {kind.__name__}") from None
-    if value <= 0:
-        raise ConfigError(f"[dove] {setting}: must be greater than 0, got {text!r}")
+    if not math.isfinite(value) or value <= 0:
+        raise ConfigError(f"[dove] {setting}: must be a finite number greater than 0, got {text!r}")
+    if setting in _MAXIMUM and value > _MAXIMUM[setting]:
+        raise ConfigError(f"[dove] {setting}: at most {_MAXIMUM[setting]:g}, got {text!r}")
     return value
 
 
@@ -133,10 +148,6 @@ def from_mapping(values: dict[str, str]) -> DoveConfig:
             kwargs[f.name] = _positive(f.name, text, float)
         else:
             kwargs[f.name] = text
-    port = kwargs.get("control_port", DoveConfig.control_port)
-    assert isinstance(port, int)
-    if port > 65535:
-        raise ConfigError(f"[dove] control_port: {port} is not a UDP port")
     underlay = kwargs["underlay_ip"]
     # A shared peers list may name this host too; it is not its own peer.
     kwargs["peers"] = tuple(p for p in kwargs.get("peers", ()) if p != underlay)  # type: ignore[attr-defined]

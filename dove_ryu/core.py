@@ -12,7 +12,6 @@ re-injected through the pipeline.
 
 from __future__ import annotations
 
-import itertools
 import logging
 import time
 from collections import Counter
@@ -49,6 +48,7 @@ from dove_ryu.protocol.messages import (
 
 LOG = logging.getLogger("dove_ryu.core")
 
+FLOW_AGE_SLACK = 0.5  # seconds; the switch's and the agent's clocks are read apart
 MEMBER_LIFETIME_INTERVALS = 3.5  # a member that missed 3 announcements is gone
 NEGATIVE_TTL = 2.0
 NEGATIVE_SIZE = 4096
@@ -98,7 +98,7 @@ class DoveCore:
         # Anti-replay counters are wall-clock microseconds shared with peers, so
         # they cannot use the monotonic `now`; tests may replace this clock.
         self.wall_clock = time.time
-        self.request_ids = itertools.count(1)
+        self.last_request_id = 0
         self.next_announce = now
         self.log_limit = LogLimiter()
         self.started = now
@@ -204,6 +204,14 @@ class DoveCore:
         return out
 
     def _add_port(self, port: VmPort, out: CoreOutput) -> None:
+        # A VM that arrives here replaces whatever was learned about its addresses.
+        stale = {port.mac} | {
+            e.endpoint.mac
+            for ip in port.ips
+            if (e := self.learned.get_by_ip(port.instance, ip)) is not None
+        }
+        for mac in stale:
+            out.extend(self._forget(port.instance, mac))
         self.ports[port.name] = port
         self.local[(port.instance, port.mac)] = port
         self.by_instance.setdefault(port.instance, {})[port.mac] = port
@@ -314,7 +322,7 @@ class DoveCore:
         pending = Pending(
             instance,
             target,
-            next(self.request_ids),
+            self._next_request_id(),
             now,
             now + self.cfg.learn_timeout,
             held=[(in_port, data)],
@@ -322,6 +330,13 @@ class DoveCore:
         )
         self.pending.add(pending)
         return CoreOutput(datagrams=self._learn_requests(now, pending, members))
+
+    def _next_request_id(self) -> int:
+        """32-bit request ids, wrapping, never one still in flight."""
+        while True:
+            self.last_request_id = self.last_request_id % 0xFFFFFFFF + 1
+            if self.last_request_id not in self.pending.by_id:
+                return self.last_request_id
 
     def _learn_requests(
         self, now: float, pending: Pending, members: list[IPv4Address]
@@ -367,7 +382,9 @@ class DoveCore:
         if isinstance(msg, Unlearn):
             self.counters["unlearn_received"] += 1
             entry = self.learned.get(msg.instance, msg.mac)
-            if entry and entry.endpoint.host == msg.host and entry.endpoint.seq <= msg.seq:
+            if msg.host != env.sender:
+                self._drop("unlearn_for_other_host", now, f"from {env.sender} for {msg.host}")
+            elif entry and entry.endpoint.host == msg.host and entry.endpoint.seq <= msg.seq:
                 return self._forget(msg.instance, msg.mac)
         return CoreOutput()
 
@@ -400,12 +417,18 @@ class DoveCore:
             instance,
         )
         self.counters["member_joined" if joined else "member_left"] += 1
+        msgs: list[OfMsg] = []
+        if not joined:
+            # What lived on a host that no longer serves the instance is gone with it.
+            for entry in list(self.learned.by_instance.get(instance, {}).values()):
+                if entry.endpoint.host == host:
+                    msgs += self._forget(instance, entry.endpoint.mac).ofmsgs
         if self.tunnel_ofport is None or instance not in self.by_instance:
-            return []
+            return msgs
         flow = (flows.member_flow if joined else flows.delete_member_flow)(
             instance, host, self.tunnel_ofport
         )
-        return [flow, self._group(instance, GroupCommand.MODIFY)]
+        return [*msgs, flow, self._group(instance, GroupCommand.MODIFY)]
 
     def _on_learn_request(self, now: float, sender: IPv4Address, msg: LearnRequest) -> CoreOutput:
         self.counters["learn_requests_received"] += 1
@@ -492,6 +515,20 @@ class DoveCore:
         return pending.target in msg.ips
 
     def _remember(self, now: float, ep: Endpoint, answered_by: IPv4Address) -> CoreOutput:
+        """Store a remote endpoint and install its flows.
+
+        A local VM always wins: a claim on a local MAC is refused and local IPs are
+        left out, so a learned flow never shadows a local one (same match, same
+        priority).  Multicast MACs are never endpoints."""
+        if (ep.instance, ep.mac) in self.local or int(ep.mac[:2], 16) & 1:
+            self._drop("learn_claims_local_mac", now, f"{ep.mac} from {answered_by}")
+            return CoreOutput()
+        local_ips = [ip for ip in ep.ips if (ep.instance, ip) in self.local_ip]
+        if local_ips:
+            self.counters["learn_local_ips_ignored"] += len(local_ips)
+            ep = Endpoint(
+                ep.instance, ep.mac, tuple(i for i in ep.ips if i not in local_ips), ep.host, ep.seq
+            )
         replaced, evicted = self.learned.put(LearnedEndpoint(ep, now, answered_by))
         out = CoreOutput()
         if self.tunnel_ofport is None:
@@ -524,17 +561,30 @@ class DoveCore:
         self.counters["unlearned"] += 1
         return CoreOutput(ofmsgs=list(flows.delete_learned(entry.endpoint)))
 
-    def flow_removed(self, now: float, cookie: int, match: dict[str, object]) -> CoreOutput:
-        """A learned flow idled out: forget the endpoint and its ARP answers."""
+    def flow_removed(
+        self,
+        now: float,
+        cookie: int,
+        match: dict[str, object],
+        idle_timeout: bool,
+        age: float,
+    ) -> CoreOutput:
+        """A learned flow idled out: forget the endpoint and its ARP answers.
+
+        Removals by our own deletes (a resync, an eviction) are echoes, not news; and
+        an echo of a flow older than the entry we hold now says nothing about it."""
         decoded = cookies.decode(cookie)
-        if decoded is None or decoded.purpose is not Purpose.LEARNED:
+        if not idle_timeout or decoded is None or decoded.purpose is not Purpose.LEARNED:
             return CoreOutput()
         mac = match.get("eth_dst")
         if not isinstance(mac, str):
             return CoreOutput()
+        entry = self.learned.get(decoded.instance, mac)
+        if entry is None or entry.learned_at > now - age + FLOW_AGE_SLACK:
+            return CoreOutput()
         self.counters["learned_aged"] += 1
-        entry = self.learned.remove(decoded.instance, mac)
-        if entry is None or self.tunnel_ofport is None:
+        self.learned.remove(decoded.instance, mac)
+        if self.tunnel_ofport is None:
             return CoreOutput()
         return CoreOutput(ofmsgs=list(flows.delete_learned(entry.endpoint, keep_l2=True)))
 
@@ -570,7 +620,11 @@ class DoveCore:
     def _announce(self, now: float, only: list[IPv4Address] | None = None) -> list[Datagram]:
         if only is None:
             self.next_announce = now + self.cfg.announce_interval
-        instances = sorted(self.instances)[:ANNOUNCE_MAX_INSTANCES]
+        instances = sorted(self.instances)
+        if len(instances) > ANNOUNCE_MAX_INSTANCES:
+            # NOTE: one frame holds this many; splitting announcements is not done yet.
+            self._drop("announce_truncated", now, f"{len(instances)} instances served")
+            instances = instances[:ANNOUNCE_MAX_INSTANCES]
         msg = Announce(instances=frozenset(instances))
         targets = only if only is not None else list(self.cfg.peers)
         self.counters["announce_sent"] += len(targets)

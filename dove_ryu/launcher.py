@@ -35,6 +35,9 @@ def main(argv: list[str] | None = None) -> int:
     import os_ken.base.app_manager  # noqa: F401  imports the controller: the --ofp-* flags
 
     conf = cfg.CONF
+    # The controller only ever serves the local bridge: listen on loopback unless
+    # the operator says otherwise (os-ken's own default is every address).
+    conf.set_default("ofp_listen_host", "127.0.0.1")
     try:
         conf(
             args=sys.argv[1:] if argv is None else argv,
@@ -57,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     from dove_ryu import ovsdb, shell
 
     try:
-        ovsdb.ensure_bridge(dove_cfg, conf.ofp_tcp_listen_port)
+        ovsdb.ensure_bridge(dove_cfg, conf.ofp_listen_host, conf.ofp_tcp_listen_port)
     except ovsdb.OvsdbError as e:
         print(f"dove-agent: cannot set up bridge {dove_cfg.bridge}: {e}", file=sys.stderr)
         return 1

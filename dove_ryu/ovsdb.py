@@ -44,7 +44,7 @@ def _vsctl(cfg: DoveConfig, *args: str) -> str:
     return proc.stdout
 
 
-def ensure_bridge(cfg: DoveConfig, of_port: int) -> None:
+def ensure_bridge(cfg: DoveConfig, of_host: str, of_port: int) -> None:
     """Make the bridge, its one flow-based tunnel port, the controller and the
     table names exist as the agent needs them.  Safe to run on every start."""
     br = cfg.bridge
@@ -56,7 +56,7 @@ def ensure_bridge(cfg: DoveConfig, of_port: int) -> None:
         "--", "set", "Interface", cfg.tunnel_port, f"type={cfg.tunnel_type}",
         "options:remote_ip=flow", "options:key=flow", f"options:local_ip={cfg.underlay_ip}",
         f"options:dst_port={VXLAN_UDP_PORT}",
-        "--", "set-controller", br, f"tcp:127.0.0.1:{of_port}",
+        "--", "set-controller", br, f"tcp:{_connect_to(of_host)}:{of_port}",
     ]  # fmt: skip
     for table in TABLES:
         args += [
@@ -74,12 +74,20 @@ def ensure_bridge(cfg: DoveConfig, of_port: int) -> None:
     )  # fmt: skip
 
 
+def _connect_to(listen_host: str) -> str:
+    """Where OVS should connect, given where the controller listens."""
+    if listen_host in ("", "0.0.0.0"):
+        return "127.0.0.1"
+    return f"[{listen_host}]" if ":" in listen_host else listen_host
+
+
 @dataclass(frozen=True)
 class BridgeView:
     """What the core needs from OVSDB: the tunnel port number and the VM ports."""
 
     tunnel_ofport: int | None
     vm_ports: tuple[VmPort, ...]
+    datapath_id: int | None = None  # the only switch the agent will program
     rejected: tuple[tuple[str, str], ...] = ()  # (port name, why)
 
 
@@ -96,22 +104,31 @@ def parse_vm_port(name: str, ofport: int, external_ids: dict[str, str]) -> VmPor
         raise ValueError(f"{EXT_INSTANCE}: {e}") from None
     if EXT_MAC not in external_ids:
         raise ValueError(f"{EXT_MAC}: missing")
-    mac = normalize_mac(external_ids[EXT_MAC])
-    ips = tuple(
-        IPv4Address(ip.strip().split("/")[0])
-        for ip in external_ids.get(EXT_IPS, "").split(",")
-        if ip.strip()
-    )
+    try:
+        mac = normalize_mac(external_ids[EXT_MAC])
+    except ValueError as e:
+        raise ValueError(f"{EXT_MAC}: {e}") from None
+    try:
+        ips = tuple(
+            IPv4Address(ip.strip().split("/")[0])
+            for ip in external_ids.get(EXT_IPS, "").split(",")
+            if ip.strip()
+        )
+    except ValueError as e:
+        raise ValueError(f"{EXT_IPS}: {e}") from None
     return VmPort(name=name, ofport=ofport, instance=instance, mac=mac, ips=ips)
 
 
 def _snapshot(idl: Any, cfg: DoveConfig) -> BridgeView:
     tunnel = None
+    dpid = None
     ports: list[VmPort] = []
     rejected: list[tuple[str, str]] = []
     for bridge in idl.tables["Bridge"].rows.values():
         if bridge.name != cfg.bridge:
             continue
+        if bridge.datapath_id:
+            dpid = int(bridge.datapath_id[0], 16)
         for port in bridge.ports:
             for iface in port.interfaces:
                 ofport = _ofport(iface)
@@ -122,7 +139,7 @@ def _snapshot(idl: Any, cfg: DoveConfig) -> BridgeView:
                         ports.append(parse_vm_port(iface.name, ofport, dict(iface.external_ids)))
                     except ValueError as e:
                         rejected.append((iface.name, str(e)))
-    return BridgeView(tunnel, tuple(sorted(ports, key=lambda p: p.name)), tuple(rejected))
+    return BridgeView(tunnel, tuple(sorted(ports, key=lambda p: p.name)), dpid, tuple(rejected))
 
 
 def _schema_helper(remote: str) -> ovs.db.idl.SchemaHelper:
@@ -137,7 +154,7 @@ def _schema_helper(remote: str) -> ovs.db.idl.SchemaHelper:
     if error or reply is None or reply.error:
         raise OvsdbError(f"cannot read the OVSDB schema from {remote}: {error or reply}")
     helper = ovs.db.idl.SchemaHelper(None, reply.result)
-    helper.register_columns("Bridge", ["name", "ports"])
+    helper.register_columns("Bridge", ["name", "ports", "datapath_id"])
     helper.register_columns("Port", ["name", "interfaces"])
     helper.register_columns("Interface", ["name", "ofport", "external_ids"])
     return helper
@@ -153,6 +170,7 @@ class PortWatcher:
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=self._run, name="ovsdb-watch", daemon=True)
         self.reported: set[tuple[str, str]] = set()
+        self.errors = 0
 
     def start(self) -> None:
         self.thread.start()
@@ -164,18 +182,27 @@ class PortWatcher:
         last: BridgeView | None = None
         seen_seqno = -1
         while not self.stopping.is_set():
-            self.idl.run()
-            view = last
-            if self.idl.change_seqno != seen_seqno:
-                seen_seqno = self.idl.change_seqno
-                view = _snapshot(self.idl, self.cfg)
-            if view is not None and view != last:
-                for name, why in set(view.rejected) - self.reported:
-                    LOG.error("%s: port %s ignored, bad marks: %s", self.cfg.name, name, why)
-                self.reported = set(view.rejected)
-                last = view
-                self.on_change(view)
-            poller = ovs.poller.Poller()
-            self.idl.wait(poller)
-            poller.timer_wait(500)  # to notice stop()
-            poller.block()
+            try:
+                last, seen_seqno = self._step(last, seen_seqno)
+            except Exception:  # one bad update must not end port tracking
+                LOG.exception("%s: OVSDB watcher", self.cfg.name)
+                self.errors += 1
+                self.stopping.wait(0.5)
+
+    def _step(self, last: BridgeView | None, seen_seqno: int) -> tuple[BridgeView | None, int]:
+        """One IDL round: report a changed view, then sleep until OVSDB speaks."""
+        self.idl.run()
+        view = last
+        if self.idl.change_seqno != seen_seqno:
+            seen_seqno = self.idl.change_seqno
+            view = _snapshot(self.idl, self.cfg)
+        if view is not None and view != last:
+            for name, why in set(view.rejected) - self.reported:
+                LOG.error("%s: port %s ignored, bad marks: %s", self.cfg.name, name, why)
+            self.reported = set(view.rejected)
+            self.on_change(view)
+        poller = ovs.poller.Poller()
+        self.idl.wait(poller)
+        poller.timer_wait(500)  # to notice stop()
+        poller.block()
+        return view, seen_seqno

@@ -50,7 +50,7 @@ class DoveApp(app_manager.OSKenApp):  # type: ignore[misc]
         self.cfg = CONFIG
         self.lock = threading.RLock()
         self.core = DoveCore(self.cfg, time.monotonic())
-        self.dp: Any = None
+        self.datapaths: dict[int, Any] = {}  # connected switches by datapath id
         self.synced = False
         self.stopping = threading.Event()
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -86,12 +86,28 @@ class DoveApp(app_manager.OSKenApp):  # type: ignore[misc]
 
     # ------------------------------------------------------------ send path
 
-    def _send(self, out: CoreOutput) -> None:
-        """The one send path: switch messages in safe order, then datagrams."""
+    @property
+    def dp(self) -> Any:
+        """Our bridge's switch: the connected datapath whose id OVSDB gives the bridge."""
+        view = self.watcher_view
+        if view is None or view.datapath_id is None:
+            return None
+        return self.datapaths.get(view.datapath_id)
+
+    def _send(self, out: CoreOutput) -> bool:
+        """The one send path: switch messages in safe order, then datagrams.
+
+        Returns False if a switch message could not be sent (the caller resyncs)."""
         dp = self.dp
+        sent = True
         if dp is not None and out.ofmsgs:
             for msg in order_messages(out.ofmsgs):
-                dp.send_msg(to_osken(dp, msg))
+                try:
+                    dp.send_msg(to_osken(dp, msg))
+                except Exception:  # one bad message must not lose the rest
+                    sent = False
+                    self.core.counters["openflow_send_errors"] += 1
+                    LOG.exception("%s: cannot send %r", self.cfg.name, msg)
         for dgram in out.datagrams:
             try:
                 self.sock.sendto(dgram.payload, (dgram.dst, self.cfg.control_port))
@@ -99,6 +115,7 @@ class DoveApp(app_manager.OSKenApp):  # type: ignore[misc]
                 with self.lock:
                     self.core.counters["control_send_errors"] += 1
                 LOG.warning("%s: send to %s failed: %s", self.cfg.name, dgram.dst, e)
+        return sent
 
     def _call(self, handler: Any, *args: Any) -> None:
         with self.lock:
@@ -109,18 +126,33 @@ class DoveApp(app_manager.OSKenApp):  # type: ignore[misc]
 
     @set_ev_cls(ofp_event.EventOFPSwitchFeatures, CONFIG_DISPATCHER)  # type: ignore[misc]
     def _switch_features(self, ev: Any) -> None:
+        dp = ev.msg.datapath
         with self.lock:
-            self.dp = ev.msg.datapath
-            self.synced = False
-            LOG.info("%s: switch %016x connected", self.cfg.name, self.dp.id)
+            view = self.watcher_view
+            if view is not None and view.datapath_id not in (None, dp.id):
+                # Only our bridge may be programmed; anything else is told nothing.
+                self.core.counters["switch_foreign"] += 1
+                LOG.warning(
+                    "%s: switch %016x is not %s; ignored", self.cfg.name, dp.id, self.cfg.bridge
+                )
+                return
+            self.datapaths[dp.id] = dp
+            if dp is self.dp:
+                self.synced = False
+            LOG.info("%s: switch %016x connected", self.cfg.name, dp.id)
             self._sync_if_ready()
 
     @set_ev_cls(ofp_event.EventOFPStateChange, DEAD_DISPATCHER)  # type: ignore[misc]
     def _switch_gone(self, ev: Any) -> None:
         with self.lock:
-            if ev.datapath is self.dp:
+            gone: Any = ev.datapath
+            dpid = getattr(gone, "id", None)
+            if dpid is None or self.datapaths.get(dpid) is not gone:
+                return
+            ours = gone is self.dp
+            del self.datapaths[dpid]
+            if ours:
                 LOG.warning("%s: switch disconnected", self.cfg.name)
-                self.dp = None
                 self.synced = False
                 self.core.switch_disconnected()
 
@@ -128,19 +160,23 @@ class DoveApp(app_manager.OSKenApp):  # type: ignore[misc]
         tunnel = self.watcher_view.tunnel_ofport if self.watcher_view else None
         if self.dp is None or self.synced or tunnel is None:
             return
-        self.synced = True
         now = time.monotonic()
-        self._send(self.core.switch_connected(now, tunnel))
+        self.synced = self._send(self.core.switch_connected(now, tunnel))
 
     @set_ev_cls(ofp_event.EventOFPPacketIn, MAIN_DISPATCHER)  # type: ignore[misc]
     def _packet_in(self, ev: Any) -> None:
         msg = ev.msg
-        self._call(self.core.packet_in, msg.cookie, msg.match["in_port"], bytes(msg.data))
+        if msg.datapath is self.dp:
+            self._call(self.core.packet_in, msg.cookie, msg.match["in_port"], bytes(msg.data))
 
     @set_ev_cls(ofp_event.EventOFPFlowRemoved, MAIN_DISPATCHER)  # type: ignore[misc]
     def _flow_removed(self, ev: Any) -> None:
         msg = ev.msg
-        self._call(self.core.flow_removed, msg.cookie, match_fields(msg.match))
+        if msg.datapath is not self.dp:
+            return
+        idle = msg.reason == ofproto_v1_3.OFPRR_IDLE_TIMEOUT
+        age = msg.duration_sec + msg.duration_nsec / 1e9
+        self._call(self.core.flow_removed, msg.cookie, match_fields(msg.match), idle, age)
 
     @set_ev_cls(ofp_event.EventOFPErrorMsg, MAIN_DISPATCHER)  # type: ignore[misc]
     def _error(self, ev: Any) -> None:
@@ -158,6 +194,12 @@ class DoveApp(app_manager.OSKenApp):  # type: ignore[misc]
             self.watcher_view = view
             if self.synced and view.tunnel_ofport != self.core.tunnel_ofport:
                 self.synced = False  # the tunnel port was re-created: resync
+            if view.datapath_id is not None:
+                for dpid in [d for d in self.datapaths if d != view.datapath_id]:
+                    LOG.warning(
+                        "%s: switch %016x is not %s; ignored", self.cfg.name, dpid, self.cfg.bridge
+                    )
+                    del self.datapaths[dpid]
             self._send(self.core.ports_changed(time.monotonic(), list(view.vm_ports)))
             self.core.counters["ports_rejected"] = len(view.rejected)
             self._sync_if_ready()

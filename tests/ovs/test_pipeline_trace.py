@@ -300,6 +300,30 @@ def test_marks_that_are_wrong_are_rejected_and_counted(ovs: PrivateOvs) -> None:
     assert ovs.agent is not None and ovs.agent.poll() is None
 
 
+def test_another_switch_connecting_is_not_programmed(ovs: PrivateOvs) -> None:
+    ovs.vsctl(
+        "add-br",
+        "br-other",
+        "--",
+        "set",
+        "Bridge",
+        "br-other",
+        "datapath_type=netdev",
+        "protocols=OpenFlow13",
+        "fail_mode=secure",
+        "--",
+        "set-controller",
+        "br-other",
+        "tcp:127.0.0.1:6653",
+    )
+    ovs.wait(lambda: ovs.status()["counters"].get("switch_foreign", 0) >= 1, "foreign switch seen")
+    other = ovs.ns("ovs-ofctl", "-O", "OpenFlow13", "dump-flows", "br-other")
+    assert "cookie=0xd0" not in other
+    ours = ovs.ns("ovs-ofctl", "-O", "OpenFlow13", "dump-flows", "br-dove")
+    assert "cookie=0xd0" in ours and ovs.status()["connected"]
+    ovs.vsctl("del-br", "br-other")
+
+
 def test_agent_stops_cleanly_on_sigterm(ovs: PrivateOvs) -> None:
     """Last in this module: the agent exits promptly with status 0 and removes its socket."""
     assert ovs.agent is not None

@@ -566,14 +566,47 @@ def test_idle_learned_flow_is_forgotten() -> None:
 
     removed = h1.switch.expire(purpose_is(Purpose.LEARNED))
     assert len(removed) == 1
+    entry = h1.core.learned.get(5001, MAC_B)
+    assert entry is not None
+    age = net.now - entry.learned_at  # the flow was installed when the entry was learned
     for flow in removed:
-        net.apply(h1, h1.core.flow_removed(net.now, flow.cookie, dict(flow.match)))
+        net.apply(h1, h1.core.flow_removed(net.now, flow.cookie, dict(flow.match), True, age))
 
     assert h1.core.learned.get(5001, MAC_B) is None
     assert not any(map(purpose_is(Purpose.ARP_LEARNED), h1.switch.flows()))
     assert net.send(1, 1, eth(MAC_A, MAC_B)) == []
     assert len(net.packet_ins) == 2
     assert len(net.learn_requests(src=1)) == 2
+
+
+def test_removal_echoes_do_not_forget() -> None:
+    """Our own deletes (resync) come back as FLOW_REMOVED; so does the idle timeout of
+    a flow that was replaced since: neither says anything about the entry we hold."""
+    net = three_hosts()
+    h1 = net.hosts[1]
+    net.send(1, 1, eth(MAC_A, MAC_B))
+    net.deliver()
+    flow = next(f for f in h1.switch.flows() if purpose_is(Purpose.LEARNED)(f))
+    deleted = h1.core.flow_removed(net.now, flow.cookie, dict(flow.match), False, 1.0)
+    assert deleted.ofmsgs == [] and h1.core.learned.get(5001, MAC_B) is not None
+    older_flow = h1.core.flow_removed(net.now + 10, flow.cookie, dict(flow.match), True, 300.0)
+    assert older_flow.ofmsgs == [] and h1.core.learned.get(5001, MAC_B) is not None
+
+
+def test_a_local_vm_wins_over_what_was_learned_about_it() -> None:
+    """b arrives on host 1 (say, migrated) while host 1 still has b learned at host 2."""
+    net = three_hosts()
+    h1 = net.hosts[1]
+    net.send(1, 1, arp_request(MAC_A, "192.168.1.1", "192.168.1.2"))
+    net.deliver()
+    assert h1.core.learned.get(5001, MAC_B) is not None
+    ports = [*h1.core.ports.values(), vm("b-here", 9, 5001, MAC_B, "192.168.1.2")]
+    net.apply(h1, h1.core.ports_changed(net.now, ports))
+    assert h1.core.learned.get(5001, MAC_B) is None
+    assert not any(map(purpose_is(Purpose.LEARNED, 5001), h1.switch.flows()))
+    assert local(net.send(1, 1, eth(MAC_A, MAC_B))) == [(1, 9)]
+    arp = net.send(1, 1, arp_request(MAC_A, "192.168.1.1", "192.168.1.2"))
+    assert local(arp) == [(1, 1)] and arp[0].delivery.pkt["arp_sha"] == MAC_B
 
 
 # -------------------------------------------------------------------- port removal

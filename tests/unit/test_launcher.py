@@ -35,6 +35,8 @@ def run_agent(tmp_path: Path, settings: dict[str, str] | None, text: str | None 
         ({**GOOD, "tunnel_type": "gre"}, "tunnel_type"),
         ({**GOOD, "peers": "10.99.0.2, nonsense"}, "peers"),
         ({**GOOD, "colour": "blue"}, "colour"),
+        ({**GOOD, "learn_idle_timeout": "86400"}, "learn_idle_timeout"),
+        ({**GOOD, "announce_interval": "nan"}, "announce_interval"),
     ],
 )
 def test_bad_setting_stops_startup_naming_it(tmp_path: Path, settings, named: str) -> None:
