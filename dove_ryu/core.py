@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 
@@ -52,7 +52,8 @@ FLOW_AGE_SLACK = 0.5  # seconds; the switch's and the agent's clocks are read ap
 MEMBER_LIFETIME_INTERVALS = 3.5  # a member that missed 3 announcements is gone
 NEGATIVE_TTL = 2.0
 NEGATIVE_SIZE = 4096
-ANNOUNCE_MAX_INSTANCES = 300  # keeps an announcement within one frame
+ANNOUNCE_MAX_INSTANCES = 300
+MAX_PEERS_TRACKED = 4096  # keeps an announcement within one frame
 
 
 class LogLimiter:
@@ -99,6 +100,7 @@ class DoveCore:
         # they cannot use the monotonic `now`; tests may replace this clock.
         self.wall_clock = time.time
         self.last_request_id = 0
+        self.last_announce: OrderedDict[IPv4Address, int] = OrderedDict()
         self.next_announce = now
         self.log_limit = LogLimiter()
         self.started = now
@@ -362,6 +364,8 @@ class DoveCore:
             env = decode(data, key=self.cfg.auth_key)
             if env.sender != src:
                 raise AuthError("sender_mismatch")
+            if env.receiver != self.me:
+                raise AuthError("wrong_receiver")
             self.replay.check(env.sender, env.counter, self.wall_clock())
         except MalformedMessage as e:
             self._drop(f"control_{e.reason}", now, f"from {src}")
@@ -374,7 +378,7 @@ class DoveCore:
     def _dispatch(self, now: float, env: Envelope) -> CoreOutput:
         msg = env.message
         if isinstance(msg, Announce):
-            return self._on_announce(now, env.sender, msg)
+            return self._on_announce(now, env, msg)
         if isinstance(msg, LearnRequest):
             return self._on_learn_request(now, env.sender, msg)
         if isinstance(msg, LearnReply):
@@ -388,8 +392,17 @@ class DoveCore:
                 return self._forget(msg.instance, msg.mac)
         return CoreOutput()
 
-    def _on_announce(self, now: float, sender: IPv4Address, msg: Announce) -> CoreOutput:
+    def _on_announce(self, now: float, env: Envelope, msg: Announce) -> CoreOutput:
         self.counters["announce_received"] += 1
+        sender = env.sender
+        if env.counter <= self.last_announce.get(sender, -1):
+            # Reordered on the way: an older membership must not undo a newer one.
+            self.counters["announce_stale"] += 1
+            return CoreOutput()
+        self.last_announce[sender] = env.counter
+        self.last_announce.move_to_end(sender)
+        if len(self.last_announce) > MAX_PEERS_TRACKED:
+            self.last_announce.popitem(last=False)
         expires = now + self.cfg.announce_interval * MEMBER_LIFETIME_INTERVALS
         out = CoreOutput()
         new_peer = not any(sender in hosts for hosts in self.members.values())
@@ -633,7 +646,8 @@ class DoveCore:
     def _datagram(self, now: float, host: IPv4Address, msg: Message) -> Datagram:
         payload = encode(
             msg,
-            sender=self.me,  # type: ignore[arg-type]
+            receiver=host,
+            sender=self.me,
             counter=self.counter_source.next(self.wall_clock()),
             key=self.cfg.auth_key,
         )

@@ -58,6 +58,9 @@ class TlvType(IntEnum):
     HOST = 0x86
     SEQ = 0x87
     INSTANCES = 0x88
+    # The address the message is for, so that a message captured on its way to one
+    # host cannot be replayed to another (each receiver keeps its own replay window).
+    RECEIVER = 0x89
     # Non-critical: who is asking, so the answering host can learn it at once and
     # the reverse direction needs no LEARN of its own.  Older agents skip them.
     REQUESTER_MAC = 0x09
@@ -204,10 +207,13 @@ class Envelope:
     sender: IPv4Address
     counter: int
     message: Message
+    receiver: IPv4Address | None = None  # bound into the MAC when the sender names it
 
     def __post_init__(self) -> None:
         _check_ip("sender", self.sender)
         _check_range("counter", self.counter, 0, 2**64 - 1)
+        if self.receiver is not None:
+            _check_ip("receiver", self.receiver)
 
 
 # --- encoding ---------------------------------------------------------------------------
@@ -257,13 +263,21 @@ def _body(message: Message) -> tuple[MsgType, int | None, list[Tlv]]:
     raise ValueError(f"not a control message: {message!r}")
 
 
-def encode(message: Message, *, sender: IPv4Address, counter: int, key: bytes) -> bytes:
+def encode(
+    message: Message,
+    *,
+    sender: IPv4Address,
+    counter: int,
+    key: bytes,
+    receiver: IPv4Address | None = None,
+) -> bytes:
     """Build the authenticated frame for ``message``. Raises ValueError if over the limit."""
-    envelope = Envelope(sender, counter, message)  # validates sender and counter
+    envelope = Envelope(sender, counter, message, receiver)  # validates the addresses
     msg_type, instance, body = _body(message)
     tlvs = [
         Tlv(TlvType.SENDER, envelope.sender.packed),
         Tlv(TlvType.COUNTER, struct.pack("!Q", envelope.counter)),
+        *([Tlv(TlvType.RECEIVER, receiver.packed)] if receiver is not None else []),
         *body,
         Tlv(TlvType.AUTH, bytes(MAC_LEN)),  # placeholder: ext_len must count AUTH
     ]
@@ -295,7 +309,7 @@ _ALLOWED: dict[MsgType, frozenset[int]] = {
     ),
     MsgType.UNLEARN: frozenset({TlvType.MAC, TlvType.HOST, TlvType.SEQ}),
 }
-_COMMON = frozenset({TlvType.SENDER, TlvType.COUNTER})
+_COMMON = frozenset({TlvType.SENDER, TlvType.COUNTER, TlvType.RECEIVER})
 
 
 class _Fields:
@@ -447,9 +461,10 @@ def decode(data: bytes, *, key: bytes) -> Envelope:
     fields = _Fields(values)
     sender = fields.ip(TlvType.SENDER)
     counter = fields.uint(TlvType.COUNTER, 8)
+    receiver = fields.ip(TlvType.RECEIVER) if fields.has(TlvType.RECEIVER) else None
     try:
         message = _DECODERS[msg_type](header, fields)
-        return Envelope(sender, counter, message)
+        return Envelope(sender, counter, message, receiver)
     except ValueError as exc:
         if isinstance(exc, MalformedMessage):
             raise

@@ -325,7 +325,8 @@ def test_forged_and_replayed_control_messages_are_rejected(dove: Any) -> None:
 
     def request(request_id: int, **kw: Any) -> bytes:
         msg = LearnRequest(instance=a.instance, request_id=request_id, mac=a.mac)
-        return encode(msg, **{"sender": IPv4Address(PROBE_IP), "key": dove.key, **kw})
+        fields = {"sender": IPv4Address(PROBE_IP), "receiver": IPv4Address(hv.underlay_ip)}
+        return encode(msg, **{**fields, "key": dove.key, **kw})
 
     wrong_key = request(101, counter=now_us, key=random.randbytes(32))
     valid = request(102, counter=now_us + 1)
@@ -366,7 +367,11 @@ def test_a_non_member_cannot_claim_an_endpoint(dove: Any) -> None:
     claimed = Requester(mac="02:00:00:00:00:77", ips=(IPv4Address("10.0.0.77"),), seq=9)
     msg = LearnRequest(instance=a.instance, request_id=201, mac=a.mac, requester=claimed)
     data = encode(
-        msg, sender=IPv4Address(PROBE_IP), counter=int(time.time() * 1_000_000), key=dove.key
+        msg,
+        sender=IPv4Address(PROBE_IP),
+        receiver=IPv4Address(hv.underlay_ip),
+        counter=int(time.time() * 1_000_000),
+        key=dove.key,
     )
     before = counters(hv)
     out, err, rc = probe.pexec(

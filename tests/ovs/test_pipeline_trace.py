@@ -217,6 +217,7 @@ def announce_from(ovs: PrivateOvs, sender: str, instances: set[int]) -> None:
         sender=IPv4Address(sender),
         counter=int(time.time() * 1e6),
         key=bytes.fromhex(KEY),
+        receiver=IPv4Address(UNDERLAY),
     )
     script = (
         "import socket,sys; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "

@@ -434,8 +434,13 @@ def test_broadcast_reaches_instance_ports_and_member_hosts_only() -> None:
 # ------------------------------------------------------------------ control plane
 
 
-def _frame(msg: Message, sender: IPv4Address, key: bytes = KEY) -> bytes:
-    return encode(msg, sender=sender, counter=time.time_ns() // 1000, key=key)
+def _frame(
+    msg: Message, sender: IPv4Address, key: bytes = KEY, receiver: IPv4Address | None = None
+) -> bytes:
+    """A frame for host 1 (unless told otherwise)."""
+    return encode(
+        msg, sender=sender, counter=time.time_ns() // 1000, key=key, receiver=receiver or ip(1)
+    )
 
 
 def test_bad_control_messages_are_counted_not_raised() -> None:
@@ -448,6 +453,18 @@ def test_bad_control_messages_are_counted_not_raised() -> None:
         (good, ip(3), "drop_control_sender_mismatch"),
         (good, ip(2), ""),
         (good, ip(2), "drop_control_replay"),
+        (
+            _frame(Announce(frozenset({5001})), ip(2), receiver=ip(3)),
+            ip(2),
+            "drop_control_wrong_receiver",
+        ),
+        (
+            encode(
+                Announce(frozenset({5001})), sender=ip(2), counter=time.time_ns() // 1000, key=KEY
+            ),
+            ip(2),
+            "drop_control_wrong_receiver",
+        ),  # names no receiver
         (b"\x00garbage", ip(2), "drop_control_truncated"),
         (b"\xff" * 64, ip(2), ""),
     ]
@@ -496,7 +513,7 @@ def test_spraying_random_destinations_stays_bounded() -> None:
                 continue
             reply = LearnReply(5001, msg.request_id, msg.mac, (IPv4Address(answered),), ip(2), 1)
             counter = h2.core.counter_source.next(time.time())
-            data = encode(reply, sender=ip(2), counter=counter, key=KEY)
+            data = encode(reply, sender=ip(2), counter=counter, key=KEY, receiver=ip(1))
             net.apply(h1, h1.core.control_message(net.now, data, ip(2)))
 
     for i in range(10_000):
@@ -701,3 +718,17 @@ def test_config_accepts_a_good_mapping_and_drops_itself_from_peers() -> None:
         {"underlay_ip": "10.99.0.1", "auth_key": KEY_HEX, "peers": "10.99.0.1, 10.99.0.2"}
     )
     assert cfg.peers == (ip(2),) and cfg.auth_key == KEY
+
+
+def test_an_older_announcement_arriving_late_does_not_undo_a_newer_one() -> None:
+    net = three_hosts()
+    core = net.hosts[1].core
+    t = time.time_ns() // 1000
+    newer = encode(
+        Announce(frozenset({5001})), sender=ip(2), counter=t + 10, key=KEY, receiver=ip(1)
+    )
+    older = encode(Announce(frozenset()), sender=ip(2), counter=t + 5, key=KEY, receiver=ip(1))
+    core.control_message(net.now, newer, ip(2))
+    core.control_message(net.now, older, ip(2))
+    assert ip(2) in core.members[5001]
+    assert core.counters["announce_stale"] == 1
