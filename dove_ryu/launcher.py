@@ -21,7 +21,7 @@ DEFAULT_OF_PORT = 6653
 APPS = ["dove_ryu.shell", "os_ken.controller.ofp_handler"]
 
 
-def _terminate(signum: int, frame: object) -> None:
+def raise_keyboard_interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
@@ -66,11 +66,11 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     shell.CONFIG = dove_cfg
     # SIGTERM ends the agent like Ctrl-C.
-    signal.signal(signal.SIGTERM, _terminate)
-    return _run_apps(APPS)
+    signal.signal(signal.SIGTERM, raise_keyboard_interrupt)
+    return run_apps(APPS)
 
 
-def _run_apps(apps: list[str]) -> int:
+def run_apps(apps: list[str]) -> int:
     """AppManager.run_apps without its shutdown.
 
     NOTE: os-ken 4.2.2's run_apps ends by calling ``kill()`` on its threads, which
