@@ -6,7 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(openvswitch-switch mininet iperf3 tcpdump tshark ethtool
-              iputils-ping arping iproute2 python3-venv python3-dev gcc)
+              iputils-ping arping iproute2 python3-venv python3-dev gcc
+              ovn-central ovn-host)
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
@@ -18,7 +19,27 @@ if [ ${#missing[@]} -gt 0 ]; then
     apt-get update -qq
     # tshark asks whether non-root users may capture; answer for it.
     echo "wireshark-common wireshark-common/install-setuid boolean false" | debconf-set-selections
+    # OVN (a benchmark peer) runs only inside emulation namespaces: its postinst must not
+    # start ovn-northd/ovn-controller/ovsdb in the root namespace. A policy-rc.d that exits
+    # 101 forbids service starts during the install (kept if the machine already has one).
+    tmp_policy=""
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+        tmp_policy=/usr/sbin/policy-rc.d
+        trap 'rm -f "$tmp_policy"' EXIT
+        printf '#!/bin/sh\nexit 101\n' > "$tmp_policy"
+        chmod 755 "$tmp_policy"
+    fi
     apt-get install -y -qq "${missing[@]}" >/dev/null
+    if [ -n "$tmp_policy" ]; then rm -f "$tmp_policy"; trap - EXIT; fi
+fi
+# Whatever started anyway (systemd units, an earlier install): stop and disable it.
+if [ -x /usr/share/ovn/scripts/ovn-ctl ]; then
+    if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
+        systemctl disable --now ovn-central ovn-northd ovn-controller ovn-host \
+            ovn-ovsdb-server-nb ovn-ovsdb-server-sb >/dev/null 2>&1 || true
+    fi
+    /usr/share/ovn/scripts/ovn-ctl stop_controller >/dev/null 2>&1 || true
+    /usr/share/ovn/scripts/ovn-ctl stop_northd >/dev/null 2>&1 || true
 fi
 
 # The venv uses Debian's python3 so that Debian's mininet package (built for

@@ -1,0 +1,349 @@
+"""dove-ryu side by side with OVN, OVS NORMAL, kernel VXLAN and a learning switch.
+
+    sudo scripts/bench.sh [--quick] [--sections controller,first,dataplane,scale] [--out DIR]
+
+Every system runs in the same emulation (namespaced hypervisors with their own
+OVS, VMs on veths) in one run, so the figures are comparable; each figure is
+repeated and reported as median with min-max spread, with ratios to the peers.
+Writes report.md, samples.json and PNG plots to the results folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from mininet.log import setLogLevel
+
+from benchmarks.stats import summary
+from mininet_topos.agents import admin, build_dove_net
+from mininet_topos.dove_topo import MODES, DoveNet, VmRecord, build_net
+from mininet_topos.traffic import TrafficError, iperf3, mbits
+
+RTT = re.compile(r"time=([\d.]+) ms")
+ROOT = Path(__file__).resolve().parent.parent
+STARTED = time.monotonic()
+
+DATAPLANE_SYSTEMS = ("dove", "ovn", "normal", "kernel", "learning")
+FIRST_PACKET_SYSTEMS = ("dove", "ovn", "normal")
+SCALE_SYSTEMS = ("dove", "ovn")
+
+
+def progress(text: str) -> None:
+    print(f"[{time.monotonic() - STARTED:7.1f}s] {text}", file=sys.stderr, flush=True)
+
+
+def available(system: str) -> bool:
+    return system == "dove" or system in MODES
+
+
+def build(system: str, hypervisors: int, tenants: int, vms_per_tenant: int) -> DoveNet:
+    if system == "dove":
+        dnet, _ = build_dove_net(hypervisors, tenants, vms_per_tenant)
+        return dnet
+    return build_net(hypervisors, tenants, vms_per_tenant, mode=system)
+
+
+def rtts(output: str) -> list[float]:
+    return [float(x) for x in RTT.findall(output)]
+
+
+def packet_ins(dnet: DoveNet) -> int:
+    return sum(admin(hv)["counters"].get("packet_in", 0) for hv in dnet.hypervisors)
+
+
+# ------------------------------------------------------- first packet + data plane
+
+
+def pair_sample(system: str, seconds: int, with_iperf: bool) -> dict[str, Any]:
+    """One fresh build of two hypervisors with a VM each: first ping, steady RTT, iperf3."""
+    started = time.monotonic()
+    dnet = build(system, 2, 1, 2)
+    build_s = time.monotonic() - started
+    try:
+        a, b = dnet.vms[0], dnet.vms[1]
+        assert a.hypervisor is not b.hypervisor
+        first = rtts(a.host.cmd(f"ping -c1 -W2 {b.ip}"))
+        steady = rtts(a.host.cmd(f"ping -c20 -i0.05 -W2 {b.ip}"))
+        sample: dict[str, Any] = {
+            "system": system,
+            "build_s": build_s,
+            "first_rtt_ms": first[0] if first else None,
+            "first_lost": not first,
+            "steady_rtt_ms": sorted(steady)[len(steady) // 2] if steady else None,
+        }
+        if with_iperf:
+            before = packet_ins(dnet) if system == "dove" else None
+            try:
+                sample["iperf_mbits"] = mbits(iperf3(a, b, seconds))
+            except TrafficError as e:
+                sample["iperf_mbits"] = None
+                sample["iperf_error"] = str(e)[-300:]
+            if before is not None:
+                sample["packet_ins_during_iperf"] = packet_ins(dnet) - before
+        return sample
+    finally:
+        dnet.stop()
+
+
+def run_pairs(systems: list[str], reps: int, seconds: int, with_iperf: bool) -> list[dict]:
+    """Repetitions interleaved across systems, so drift hits all of them alike."""
+    samples = []
+    for rep in range(reps):
+        order = systems if rep % 2 == 0 else list(reversed(systems))
+        for system in order:
+            progress(f"pair rep {rep + 1}/{reps}: {system}")
+            try:
+                sample = pair_sample(system, seconds, with_iperf)
+            except Exception as e:  # a peer failing must not lose the other figures
+                sample = {"system": system, "error": f"{type(e).__name__}: {e}"[-500:]}
+            sample["rep"] = rep
+            samples.append(sample)
+            progress(f"  {json.dumps({k: v for k, v in sample.items() if k != 'rep'})[:200]}")
+    return samples
+
+
+def summarize_pairs(samples: list[dict], systems: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for system in systems:
+        rows = [s for s in samples if s["system"] == system and "error" not in s]
+        out[system] = {
+            key: summary([r.get(key) for r in rows])
+            for key in ("first_rtt_ms", "steady_rtt_ms", "iperf_mbits", "build_s")
+        }
+        out[system]["first_lost"] = sum(1 for r in rows if r.get("first_lost"))
+        out[system]["errors"] = sum(1 for s in samples if s["system"] == system and "error" in s)
+        if system == "dove":
+            out[system]["packet_ins_during_iperf"] = [
+                r.get("packet_ins_during_iperf") for r in rows
+            ]
+    return out
+
+
+# ------------------------------------------------------------------- controller
+
+
+def run_controller(quick: bool) -> dict[str, Any]:
+    cmd = [sys.executable, "-m", "benchmarks.controller_bench", "--json"]
+    if quick:
+        cmd.append("--quick")
+    progress("controller: " + " ".join(cmd[1:]))
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False, timeout=1200)
+    for line in proc.stderr.splitlines()[-40:]:
+        progress(f"  {line}")
+    if proc.returncode != 0:
+        return {"error": f"exit {proc.returncode}: {proc.stderr[-500:]}"}
+    result: dict[str, Any] = json.loads(proc.stdout)
+    return result
+
+
+# ------------------------------------------------------------------------- scale
+
+
+def _vm_ports(dnet: DoveNet) -> dict[Any, list[tuple[str, str, str]]]:
+    """Per hypervisor: (bridge, port, external_ids) of its VM ports, as they are now."""
+    found: dict[Any, list[tuple[str, str, str]]] = {}
+    for vm in dnet.vms:
+        hv = vm.hypervisor
+        bridge = hv.vsctl("port-to-br", vm.port).strip()
+        ids = hv.vsctl("get", "Interface", vm.port, "external_ids").strip()
+        found.setdefault(hv, []).append((bridge, vm.port, ids))
+    return found
+
+
+def _replug(ports: dict[Any, list[tuple[str, str, str]]], unplug: bool) -> None:
+    """Remove or re-add every VM port, one OVSDB transaction per hypervisor."""
+    for hv, rows in ports.items():
+        args: list[str] = []
+        for bridge, port, ids in rows:
+            if unplug:
+                args += ["--", "--if-exists", "del-port", bridge, port]
+            else:
+                args += [
+                    "--",
+                    "add-port",
+                    bridge,
+                    port,
+                    "--",
+                    "set",
+                    "Interface",
+                    port,
+                    f"external_ids={ids}",
+                ]
+        hv.vsctl(*args)
+
+
+def _sample_pairs(dnet: DoveNet, per_tenant: int) -> list[tuple[VmRecord, VmRecord]]:
+    pairs = []
+    for tenant in sorted({vm.tenant for vm in dnet.vms}):
+        vms = dnet.tenant_vms(tenant)
+        crossing = [
+            (a, b) for a in vms for b in vms if a is not b and a.hypervisor is not b.hypervisor
+        ]
+        step = max(1, len(crossing) // per_tenant)
+        pairs += crossing[::step][:per_tenant]
+    return pairs
+
+
+def _rss_kb(pattern: str) -> list[int]:
+    """Resident memory of the processes whose command line matches."""
+    found = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            if pattern in cmdline and "pgrep" not in cmdline:
+                status = (proc / "status").read_text()
+                found.append(int(re.search(r"VmRSS:\s+(\d+)", status).group(1)))  # type: ignore[union-attr]
+        except (OSError, AttributeError):
+            continue
+    return found
+
+
+def scale_sample(
+    system: str,
+    hypervisors: int,
+    tenants: int,
+    vms_per_tenant: int,
+    pairs_per_tenant: int,
+    timeout: float,
+) -> dict[str, Any]:
+    progress(f"scale {system}: building {hypervisors} hypervisors, {tenants * vms_per_tenant} VMs")
+    started = time.monotonic()
+    dnet = build(system, hypervisors, tenants, vms_per_tenant)
+    sample: dict[str, Any] = {
+        "system": system,
+        "hypervisors": hypervisors,
+        "vms": len(dnet.vms),
+        "tenants": tenants,
+        "build_s": time.monotonic() - started,
+    }
+    try:
+        ports = _vm_ports(dnet)
+        _replug(ports, unplug=True)
+        time.sleep(2.0 if system == "dove" else 5.0)  # let the control plane forget them
+        pairs = _sample_pairs(dnet, pairs_per_tenant)
+        before = (
+            {hv.name: admin(hv)["counters"] for hv in dnet.hypervisors} if system == "dove" else {}
+        )
+        t0 = time.monotonic()
+        _replug(ports, unplug=False)
+        waiting = list(pairs)
+        while waiting and time.monotonic() - t0 < timeout:
+            waiting = [
+                (a, b) for a, b in waiting if "1 received" not in a.host.cmd(f"ping -c1 -W1 {b.ip}")
+            ]
+        sample["reachable_s"] = time.monotonic() - t0 if not waiting else None
+        sample["pairs"] = len(pairs)
+        sample["unreachable_pairs"] = len(waiting)
+        bridge = "br-dove" if system == "dove" else "br-int"
+        flow_counts = [
+            len(hv.ofctl("dump-flows", bridge).splitlines()) - 1 for hv in dnet.hypervisors
+        ]
+        sample["flows_per_host"] = summary(flow_counts)
+        if system == "dove":
+            sample["agent_rss_kb"] = summary(_rss_kb("dove-agent"))
+            after = {hv.name: admin(hv)["counters"] for hv in dnet.hypervisors}
+            learn_msgs = sum(
+                after[n].get(k, 0) - before[n].get(k, 0)
+                for n in after
+                for k in ("learn_requests_sent", "learn_replies_sent")
+            )
+            learned = sum(after[n].get("learned", 0) - before[n].get("learned", 0) for n in after)
+            sample["learn_messages"] = learn_msgs
+            sample["learned_endpoints"] = learned
+            sample["learn_messages_per_endpoint"] = learn_msgs / learned if learned else None
+        else:
+            sample["agent_rss_kb"] = summary(_rss_kb("ovn-controller"))
+        return sample
+    finally:
+        dnet.stop()
+
+
+# ------------------------------------------------------------------------ report
+
+
+def describe_machine() -> dict[str, Any]:
+    def out(*cmd: str) -> str:
+        try:
+            return (
+                subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=10)
+                .stdout.strip()
+                .splitlines()[0]
+            )
+        except (OSError, IndexError, subprocess.TimeoutExpired):
+            return "n/a"
+
+    return {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "kernel": out("uname", "-r"),
+        "cpus": os.cpu_count(),
+        "ovs": out("ovs-vswitchd", "--version"),
+        "ovn": out("ovn-controller", "--version"),
+        "iperf3": out("iperf3", "--version"),
+        "python": sys.version.split()[0],
+        "datapath": "OVS userspace (netdev); kernel VXLAN for the kernel system",
+        "vm_mtu": "1450 (VXLAN systems), 1442 (OVN, Geneve)",
+        "offload": "tx checksum offload off on VM veths and on every veth feeding userspace OVS",
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="fewer and shorter runs, small scale: a change's check (< 5 min)",
+    )
+    parser.add_argument("--sections", default="controller,first,dataplane,scale")
+    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--reps", type=int, default=None)
+    args = parser.parse_args(argv)
+    setLogLevel("error")
+    sections = set(args.sections.split(","))
+    reps = args.reps or (5 if not args.quick else 3)
+    seconds = 5 if not args.quick else 2
+    out = args.out or ROOT / "results" / datetime.now().strftime("bench-%Y%m%d-%H%M%S")
+    out.mkdir(parents=True, exist_ok=True)
+    results: dict[str, Any] = {"machine": describe_machine(), "quick": args.quick, "reps": reps}
+
+    if "controller" in sections:
+        results["controller"] = run_controller(args.quick)
+    if sections & {"first", "dataplane"}:
+        systems = [s for s in DATAPLANE_SYSTEMS if available(s)]
+        if "dataplane" not in sections:
+            systems = [s for s in FIRST_PACKET_SYSTEMS if available(s)]
+        samples = run_pairs(systems, reps, seconds, with_iperf="dataplane" in sections)
+        results["pairs"] = {"samples": samples, "summary": summarize_pairs(samples, systems)}
+    if "scale" in sections:
+        size = (4, 4, 10) if args.quick else (10, 20, 50)
+        results["scale"] = []
+        for system in [s for s in SCALE_SYSTEMS if available(s)]:
+            try:
+                results["scale"].append(
+                    scale_sample(
+                        system, *size, pairs_per_tenant=2, timeout=120 if args.quick else 600
+                    )
+                )
+            except Exception as e:
+                results["scale"].append({"system": system, "error": f"{type(e).__name__}: {e}"})
+            progress(f"  {json.dumps(results['scale'][-1])[:300]}")
+
+    (out / "samples.json").write_text(json.dumps(results, indent=2, default=str))
+    from benchmarks.report import write_report
+
+    write_report(results, out)
+    progress(f"results in {out}")
+    print(out / "report.md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
