@@ -48,6 +48,7 @@ from dove_ryu.protocol.messages import (
 
 LOG = logging.getLogger("dove_ryu.core")
 
+REINSTALL_HOLDOFF = 0.5  # seconds a reinstalled forwarding flow is trusted to be there
 FLOW_AGE_SLACK = 0.5  # seconds; the switch's and the agent's clocks are read apart
 MEMBER_LIFETIME_INTERVALS = 3.5  # a member that missed 3 announcements is gone
 NEGATIVE_TTL = 2.0
@@ -288,8 +289,27 @@ class DoveCore:
             self._drop("packet_in_unexpected", now, f"tag {decoded.tag}")
             return CoreOutput()
         if known is not None:
-            # Learned but the flow is missing (a race with an idle timeout): reinstall.
-            return self._install(known.endpoint, [(in_port, data)])
+            # Learned but this flow is missing (a race with an idle timeout): put back
+            # just the flow that missed, then the packet.
+            self.counters["packet_in_known"] += 1
+            ep = known.endpoint
+            if isinstance(target, IPv4Address):
+                missing = flows.learned_arp_flows(ep, [target])
+            else:
+                assert self.tunnel_ofport is not None
+                if now - known.reinstalled_at < REINSTALL_HOLDOFF:
+                    # Packets already on their way when the flow went back in: send
+                    # each straight into the tunnel, without a flow-mod per packet.
+                    self.counters["packet_in_known_in_flight"] += 1
+                    actions = flows.tunnel_actions(self.tunnel_ofport, ep.instance, ep.host)
+                    return CoreOutput(ofmsgs=[PacketOut(in_port, data, actions)])
+                known.reinstalled_at = now
+                missing = [
+                    flows.learned_l2_flow(ep, self.tunnel_ofport, self.cfg.learn_idle_timeout)
+                ]
+            out = self._install(ep, [(in_port, data)], flows_too=False)
+            out.ofmsgs[:0] = missing
+            return out
         return self._resolve(now, source, target, in_port, data)
 
     def _resolve(

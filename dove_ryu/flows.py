@@ -261,7 +261,7 @@ def delete_instance(instance: int) -> list[FlowMod | GroupMod]:
     ] + [GroupMod(group_id=instance, command=GroupCommand.DELETE)]
 
 
-def _to_tunnel(tunnel_ofport: int, instance: int, host: IPv4Address) -> tuple[Action, ...]:
+def tunnel_actions(tunnel_ofport: int, instance: int, host: IPv4Address) -> tuple[Action, ...]:
     return (
         SetField("tunnel_id", instance),
         SetField("tun_ipv4_dst", str(host)),
@@ -280,7 +280,7 @@ def flood_group(
     to each member host.  A packet from the tunnel is not sent back into it:
     OpenFlow never outputs to the in_port."""
     buckets: list[tuple[Action, ...]] = [(Output(p),) for p in sorted(local_ofports)]
-    buckets += [_to_tunnel(tunnel_ofport, instance, h) for h in sorted(members)]
+    buckets += [tunnel_actions(tunnel_ofport, instance, h) for h in sorted(members)]
     return GroupMod(group_id=instance, command=command, buckets=tuple(buckets))
 
 
@@ -303,29 +303,34 @@ def delete_member_flow(instance: int, host: IPv4Address, tunnel_ofport: int) -> 
     return CLASSIFY.delete(match=_member_match(instance, host, tunnel_ofport), priority=PRIO_EXACT)
 
 
-def learned_flows(ep: Endpoint, tunnel_ofport: int, idle_timeout: int) -> list[FlowMod]:
-    """Forward to a remote endpoint's host; answer ARP for its addresses."""
-    tag = cookies.mac_tag(ep.mac)
-    flows = [
-        L2_FORWARD.flow(
-            priority=PRIO_EXACT,
-            match={"metadata": _local_md(ep.instance), "eth_dst": ep.mac},
-            cookie=Cookie(Purpose.LEARNED, ep.instance, tag),
-            actions=_to_tunnel(tunnel_ofport, ep.instance, ep.host),
-            idle_timeout=idle_timeout,
-            send_flow_removed=True,
-        )
-    ]
-    flows += [
+def learned_l2_flow(ep: Endpoint, tunnel_ofport: int, idle_timeout: int) -> FlowMod:
+    """Forward to a remote endpoint's host (ages out when idle; tells the agent)."""
+    return L2_FORWARD.flow(
+        priority=PRIO_EXACT,
+        match={"metadata": _local_md(ep.instance), "eth_dst": ep.mac},
+        cookie=Cookie(Purpose.LEARNED, ep.instance, cookies.mac_tag(ep.mac)),
+        actions=tunnel_actions(tunnel_ofport, ep.instance, ep.host),
+        idle_timeout=idle_timeout,
+        send_flow_removed=True,
+    )
+
+
+def learned_arp_flows(ep: Endpoint, ips: Iterable[IPv4Address] | None = None) -> list[FlowMod]:
+    """Answer ARP on the host for a remote endpoint's addresses (all, or those given)."""
+    return [
         ARP_ND.flow(
             priority=PRIO_EXACT,
             match=_arp_request(ep.instance, ip),
-            cookie=Cookie(Purpose.ARP_LEARNED, ep.instance, tag),
+            cookie=Cookie(Purpose.ARP_LEARNED, ep.instance, cookies.mac_tag(ep.mac)),
             actions=_arp_responder(ep.mac, ip),
         )
-        for ip in ep.ips
+        for ip in (ep.ips if ips is None else ips)
     ]
-    return flows
+
+
+def learned_flows(ep: Endpoint, tunnel_ofport: int, idle_timeout: int) -> list[FlowMod]:
+    """Every flow of a learned endpoint."""
+    return [learned_l2_flow(ep, tunnel_ofport, idle_timeout), *learned_arp_flows(ep)]
 
 
 def delete_learned(ep: Endpoint, *, keep_l2: bool = False) -> list[FlowMod]:

@@ -52,3 +52,4 @@ class LearnedEndpoint:
     endpoint: Endpoint
     learned_at: float
     answered_by: IPv4Address
+    reinstalled_at: float = float("-inf")  # last time a miss put its forwarding flow back

@@ -31,7 +31,7 @@ from dove_ryu.protocol.messages import (
     decode,
     encode,
 )
-from tests.fakeswitch import Delivery, FakeSwitch, Flow
+from tests.fakeswitch import Delivery, FakeSwitch, Flow, pkt_to_bytes
 
 pytestmark = pytest.mark.unit
 
@@ -732,3 +732,23 @@ def test_an_older_announcement_arriving_late_does_not_undo_a_newer_one() -> None
     core.control_message(net.now, older, ip(2))
     assert ip(2) in core.members[5001]
     assert core.counters["announce_stale"] == 1
+
+
+def test_a_miss_for_a_learned_target_puts_back_one_flow_then_only_forwards() -> None:
+    """The flow raced an idle timeout: the first miss reinstalls the forwarding flow; the
+    packets already in flight behind it go straight into the tunnel, no flow-mod each."""
+    net = three_hosts()
+    h1 = net.hosts[1]
+    net.send(1, 1, arp_request(MAC_A, "192.168.1.1", "192.168.1.2"))
+    net.deliver()
+    cookie = Cookie(Purpose.INSTANCE, 5001, 2).value  # the instance's l2-miss flow
+    frame = pkt_to_bytes(eth(MAC_A, MAC_B))
+    first = h1.core.packet_in(net.now, cookie, 1, frame)
+    kinds = [type(m).__name__ for m in first.ofmsgs]
+    assert kinds.count("FlowMod") == 1 and kinds.count("PacketOut") == 1
+    second = h1.core.packet_in(net.now + 0.01, cookie, 1, frame)
+    assert [type(m).__name__ for m in second.ofmsgs] == ["PacketOut"]
+    actions = second.ofmsgs[0].actions  # type: ignore[union-attr]
+    assert SetField("tun_ipv4_dst", str(ip(2))) in actions and Output(TUN) in actions
+    later = h1.core.packet_in(net.now + 5, cookie, 1, frame)
+    assert [type(m).__name__ for m in later.ofmsgs].count("FlowMod") == 1
