@@ -131,17 +131,26 @@ def summarize_pairs(samples: list[dict], systems: list[str]) -> dict[str, Any]:
 # ------------------------------------------------------------------- controller
 
 
-def run_controller(quick: bool) -> dict[str, Any]:
-    cmd = [sys.executable, "-m", "benchmarks.controller_bench", "--json"]
+def run_controller(quick: bool, out: Path) -> dict[str, Any]:
+    path = out / "controller.json"
+    cmd = [sys.executable, "-m", "benchmarks.controller_bench", "--out", str(path)]
     if quick:
         cmd.append("--quick")
     progress("controller: " + " ".join(cmd[1:]))
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False, timeout=1200)
-    for line in proc.stderr.splitlines()[-40:]:
+    proc = subprocess.run(
+        cmd,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        check=False,
+        timeout=1500,
+    )
+    for line in proc.stderr.splitlines()[-30:]:
         progress(f"  {line}")
-    if proc.returncode != 0:
+    if proc.returncode != 0 or not path.exists():
         return {"error": f"exit {proc.returncode}: {proc.stderr[-500:]}"}
-    result: dict[str, Any] = json.loads(proc.stdout)
+    result: dict[str, Any] = json.loads(path.read_text())
     return result
 
 
@@ -315,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {"machine": describe_machine(), "quick": args.quick, "reps": reps}
 
     if "controller" in sections:
-        results["controller"] = run_controller(args.quick)
+        results["controller"] = run_controller(args.quick, out)
     if sections & {"first", "dataplane"}:
         systems = [s for s in DATAPLANE_SYSTEMS if available(s)]
         if "dataplane" not in sections:

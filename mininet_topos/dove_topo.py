@@ -5,6 +5,10 @@ so that isolation between overlapping tenants is exercised by default. VM i of t
 hypervisor (i + t) % H, so each tenant spans several hypervisors.
 
     sudo python -m mininet_topos.dove_topo --hypervisors 3 --tenants 2 --vms-per-tenant 2
+
+Besides 'dove' and its 'normal' baseline, the benchmark peers 'learning' (mininet_topos.peers),
+'kernel' (mininet_topos.kernel_vxlan) and 'ovn' (mininet_topos.ovn) build the same VMs with the
+same names and addresses on other forwarding planes.
 """
 
 from __future__ import annotations
@@ -22,7 +26,8 @@ from mininet.node import Host
 from mininet.topo import Topo
 from mininet.util import quietRun
 
-from mininet_topos.hypervisor import BR_DOVE, MODES, Hypervisor, cleanup_stale, wait_until
+from mininet_topos import kernel_vxlan, ovn, peers
+from mininet_topos.hypervisor import BR_DOVE, BR_PHY, MODES, Hypervisor, cleanup_stale, wait_until
 from mininet_topos.underlay import UnderlayBridge
 
 FIRST_INSTANCE = 5001
@@ -33,6 +38,7 @@ UNDERLAY_SWITCH = "ul1"
 PROBE = "probe"
 PROBE_CIDR = f"{UNDERLAY_NET}.250/24"
 VM_MTU = 1450  # VXLAN over a 1500-byte underlay
+SINGLE_TENANT_MODES = ("normal", "learning")  # one fixed VXLAN mesh with one key
 
 
 @dataclass(frozen=True)
@@ -51,8 +57,8 @@ class TopoSpec:
             raise ValueError("hypervisors, tenants and vms_per_tenant must be >= 1")
         if self.vms_per_tenant > 250:
             raise ValueError("at most 250 VMs per tenant (one /24 per tenant)")
-        if self.mode == "normal" and self.tenants != 1:
-            raise ValueError("mode='normal' (NORMAL + fixed VXLAN mesh) supports one tenant only")
+        if self.mode in SINGLE_TENANT_MODES and self.tenants != 1:
+            raise ValueError(f"mode={self.mode!r} (one fixed VXLAN mesh) supports one tenant only")
 
 
 @dataclass(frozen=True)
@@ -86,6 +92,11 @@ class VmRecord:
     ip: str
     ip_cidr: str
     port: str  # hypervisor-side interface (an OVS Interface on br-dove)
+
+
+def vm_mtu(mode: str) -> int:
+    """The VMs' MTU: 1500 minus the encapsulation overhead of the mode's tunnels."""
+    return ovn.VM_MTU if mode == "ovn" else VM_MTU
 
 
 def hv_name(index: int) -> str:
@@ -131,11 +142,30 @@ class DoveTopo(Topo):
                 ip=None,
             )
             self.addLink(hv, underlay, intfName1=f"{hv}-eth0")
-        self.addHost(PROBE, ip=None)
+        # In OVN mode the probe also hosts OVN's central part (NB, SB, northd).
+        self.addHost(PROBE, cls=ovn.OvnCentral if spec.mode == "ovn" else Host, ip=None)
         self.addLink(PROBE, underlay, intfName1=f"{PROBE}-eth0")
         for vm in plan_vms(spec):
             self.addHost(vm.name, ip=None)
             self.addLink(vm.name, vm.hypervisor, intfName1=f"{vm.name}-eth0", intfName2=vm.port)
+
+
+def prepare_vm(
+    hv: Hypervisor, vm: Host, mac: str, ip_cidr: str, mtu: int = VM_MTU, tx_off: bool = True
+) -> str:
+    """Give an already-linked VM its MAC, address and MTU; return the hypervisor-side veth."""
+    links = vm.connectionsTo(hv)
+    if not links:
+        raise ValueError(f"{vm.name} has no link to {hv.name}")
+    vm_intf, hv_intf = links[0]
+    vm_intf.setMAC(mac)
+    vm_intf.setIP(ip_cidr)
+    vm.cmd(f"ip link set {vm_intf.name} mtu {mtu}")
+    if tx_off:
+        out, err, rc = vm.pexec(["ethtool", "-K", vm_intf.name, "tx", "off"])
+        if rc != 0:
+            raise RuntimeError(f"{vm.name}: ethtool -K {vm_intf.name} tx off: {err or out}")
+    return str(hv_intf.name)
 
 
 def attach_vm(hv: Hypervisor, vm: Host, instance: int, mac: str, ip_cidr: str) -> str:
@@ -144,19 +174,9 @@ def attach_vm(hv: Hypervisor, vm: Host, instance: int, mac: str, ip_cidr: str) -
     The marks go on the OVS Interface row (design.md section 2), in the same transaction as
     the add-port, so the agent never sees an unmarked VM port. Returns the port name.
     """
-    links = vm.connectionsTo(hv)
-    if not links:
-        raise ValueError(f"{vm.name} has no link to {hv.name}")
-    vm_intf, hv_intf = links[0]
-    vm_intf.setMAC(mac)
-    vm_intf.setIP(ip_cidr)
-    vm.cmd(f"ip link set {vm_intf.name} mtu {VM_MTU}")
-    out, err, rc = vm.pexec(["ethtool", "-K", vm_intf.name, "tx", "off"])
-    if rc != 0:
-        raise RuntimeError(f"{vm.name}: ethtool -K {vm_intf.name} tx off: {err or out}")
-    hv.make_port_only(hv_intf.name)
+    port = prepare_vm(hv, vm, mac, ip_cidr)
+    hv.make_port_only(port)
     ip = str(ipaddress.ip_interface(ip_cidr).ip)
-    port = hv_intf.name
     hv.vsctl(
         "add-port",
         BR_DOVE,
@@ -186,6 +206,11 @@ class DoveNet:
     hypervisors: list[Hypervisor]
     vms: list[VmRecord] = field(default_factory=list)
 
+    @property
+    def probe(self) -> Host:
+        """The underlay host that serves no VM (in mode 'ovn' an ovn.OvnCentral)."""
+        return self.net.get(PROBE)
+
     def hv(self, name: str) -> Hypervisor:
         return next(h for h in self.hypervisors if h.name == name)
 
@@ -214,6 +239,11 @@ def warm_underlay(hypervisors: list[Hypervisor], timeout: float = 10.0) -> None:
 
     Proves the underlay works and fills both the kernel ARP table and OVS's tunnel neighbour
     cache (tnl/neigh), so the first tunnelled packet is not lost to underlay ARP resolution.
+
+    NOTE (OVS 3.1.0): pings alone did not reliably fill tnl/neigh: the side that answers the
+    ARP request learns its peer from that request in the kernel, never ARPs itself, and its
+    OVS was then left without the entry about 1 time in 2 (seen with OVN, where the first
+    tunnelled packet is the echo reply, which was dropped). The entries are set explicitly.
     """
     for hv in hypervisors:
         for peer in hypervisors:
@@ -221,12 +251,41 @@ def warm_underlay(hypervisors: list[Hypervisor], timeout: float = 10.0) -> None:
                 continue
             wait_until(
                 lambda hv=hv, peer=peer: (
-                    hv.pexec(["ping", "-c1", "-W1", "-I", "br-phy", peer.underlay_ip])[2] == 0
+                    hv.pexec(["ping", "-c1", "-W1", "-I", hv.underlay_dev, peer.underlay_ip])[2]
+                    == 0
                 ),
                 timeout,
                 f"underlay {hv.name} -> {peer.name} ({peer.underlay_ip})",
                 step=0.05,
             )
+            if hv.rundir is not None and peer.rundir is not None:  # both run userspace OVS
+                mac = peer.run("cat", f"/sys/class/net/{BR_PHY}/address").strip()
+                hv.appctl("tnl/neigh/set", BR_PHY, peer.underlay_ip, mac)
+
+
+def _attach(mode: str, hv: Hypervisor, host: Host, plan: VmPlan) -> str:
+    """Plug one planned VM into its hypervisor the way ``mode`` forwards; return the port."""
+    if mode == "kernel":
+        port = prepare_vm(hv, host, plan.mac, plan.ip_cidr, tx_off=kernel_vxlan.VM_TX_OFF)
+        kernel_vxlan.plug(hv, port, plan.instance, VM_MTU)
+        return port
+    if mode == "ovn":
+        port = prepare_vm(hv, host, plan.mac, plan.ip_cidr, mtu=ovn.VM_MTU)
+        ovn.plug(hv, port, plan.name)
+        return port
+    return attach_vm(hv, host, plan.instance, plan.mac, plan.ip_cidr)
+
+
+def _program_kernel_fdb(dnet: DoveNet) -> None:
+    """Kernel mode: each hypervisor learns, statically, where its tenants' remote VMs are."""
+    for hv in dnet.hypervisors:
+        for instance in sorted({v.instance for v in dnet.vms if v.hypervisor is hv}):
+            remote = [
+                (v.mac, v.hypervisor.underlay_ip)
+                for v in dnet.vms
+                if v.instance == instance and v.hypervisor is not hv
+            ]
+            kernel_vxlan.program_fdb(hv, instance, remote)
 
 
 def build_net(
@@ -239,6 +298,9 @@ def build_net(
 ) -> DoveNet:
     """Build and start the emulation; tear it down again if any step fails.
 
+    ``mode`` is one of MODES: 'dove' (agents), 'normal' (NORMAL + VXLAN mesh), or a benchmark
+    peer: 'learning' (MAC-learning controller), 'kernel' (Linux bridge + kernel VXLAN), 'ovn'.
+    Returns once the peer forwards (controllers connected, OVN ports up and synced).
     ``agent_cmd``/``agent_config`` (dove mode only) start an agent on every hypervisor:
     ``agent_config`` is the dove.ini text, or a callable ``(hv) -> text``.
     """
@@ -260,13 +322,21 @@ def build_net(
         probe = net.get(PROBE)
         probe.cmd(f"ip addr add {PROBE_CIDR} dev {PROBE}-eth0; ip link set {PROBE}-eth0 up")
         probe.cmd(f"ethtool -K {PROBE}-eth0 tx off")
-        if mode == "normal":
+        if mode in SINGLE_TENANT_MODES:
             for hv in dnet.hypervisors:
-                peers = {p.name: p.underlay_ip for p in dnet.hypervisors if p is not hv}
-                hv.add_mesh_tunnels(peers, key=FIRST_INSTANCE)
-        for plan in plan_vms(spec):
+                mesh = {p.name: p.underlay_ip for p in dnet.hypervisors if p is not hv}
+                hv.add_mesh_tunnels(mesh, key=FIRST_INSTANCE)
+        plans = plan_vms(spec)
+        if mode == "ovn":
+            assert isinstance(probe, ovn.OvnCentral)
+            probe.start_central()
+            sb_remote = f"tcp:{PROBE_CIDR.split('/')[0]}:{ovn.SB_PORT}"
+            for hv in dnet.hypervisors:
+                ovn.start_controller(hv, sb_remote)
+            ovn.add_switches(probe, [(p.instance, p.name, p.mac, p.ip) for p in plans])
+        for plan in plans:
             hv, host = net.get(plan.hypervisor), net.get(plan.name)
-            port = attach_vm(hv, host, plan.instance, plan.mac, plan.ip_cidr)
+            port = _attach(mode, hv, host, plan)
             dnet.vms.append(
                 VmRecord(
                     plan.name,
@@ -280,7 +350,15 @@ def build_net(
                     port,
                 )
             )
+        if mode == "kernel":
+            _program_kernel_fdb(dnet)
         warm_underlay(dnet.hypervisors)
+        if mode == "learning":
+            for hv in dnet.hypervisors:
+                peers.start_learning_switch(hv)
+            peers.wait_learning_connected(dnet.hypervisors)
+        if mode == "ovn":
+            ovn.wait_ready(probe, dnet.hypervisors, [p.name for p in plans])
         if agent_cmd:
             for hv in dnet.hypervisors:
                 text = agent_config(hv) if callable(agent_config) else (agent_config or "")
@@ -303,7 +381,7 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     setLogLevel(args.log_level)
     if args.clean:
-        for d in cleanup_stale():
+        for d in cleanup_stale() + ovn.cleanup_stale():
             print(f"removed {d}")
         quietRun(f"ip link del {UNDERLAY_SWITCH}")
         return

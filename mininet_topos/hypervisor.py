@@ -9,6 +9,11 @@ hypervisors can coexist on one machine next to the machine's own OVS. Inside it:
 * ``br-dove`` is the DOVE switch: one flow-based VXLAN port ``vxlan0`` and an OpenFlow 1.3
   controller on 127.0.0.1:6653 (the agent), or, in ``normal`` mode (benchmark baseline), a
   standalone NORMAL bridge with a full mesh of fixed VXLAN ports.
+
+Benchmark peers (``mininet_topos.peers``, ``kernel_vxlan``, ``ovn``) reuse the same node:
+``learning`` is the normal mesh behind a secure bridge and a MAC-learning controller,
+``ovn`` swaps br-dove for OVN's br-int (driven by ovn-controller), and ``kernel`` runs no OVS
+at all (the underlay address sits on the uplink, tenants on Linux bridges + kernel VXLAN).
 """
 
 from __future__ import annotations
@@ -30,7 +35,10 @@ BR_PHY = "br-phy"
 BR_DOVE = "br-dove"
 TUNNEL_PORT = "vxlan0"
 AGENT_OFP_PORT = 6653
-MODES = ("dove", "normal")
+BR_INT = "br-int"  # OVN's integration bridge (mode "ovn")
+MODES = ("dove", "normal", "learning", "kernel", "ovn")
+# Daemons a hypervisor may run from its rundir, in the order they are stopped.
+DAEMONS = ("ovn-controller", "ovs-vswitchd", "ovsdb-server")
 
 
 class OvsCommandError(RuntimeError):
@@ -98,7 +106,7 @@ def cleanup_stale(base: str | None = None) -> list[Path]:
     """
     removed = []
     for d in Path(base or tempfile.gettempdir()).glob("dove-hv*-*"):
-        for daemon in ("ovs-vswitchd", "ovsdb-server"):
+        for daemon in DAEMONS:
             pid = read_pidfile(d / f"{daemon}.pid")
             if pid is None or not pid_alive(pid):
                 continue
@@ -119,9 +127,11 @@ class Hypervisor(Host):
     Extra constructor parameters (pass them to ``addHost``):
       index: 1-based hypervisor number (datapath ids are derived from it);
       underlay_cidr: the underlay address for br-phy, e.g. '10.99.0.1/24';
-      mode: 'dove' (flow-based tunnel, secure, agent controller) or 'normal' (NORMAL baseline);
+      mode: 'dove' (flow-based tunnel, secure, agent controller), 'normal' (NORMAL baseline)
+        or a benchmark peer: 'learning', 'ovn', 'kernel' (see the module docstring);
       uplink: the interface towards the underlay switch (default '<name>-eth0').
-    OVS is started in ``config()``, which Mininet calls once the links exist.
+    OVS is started in ``config()``, which Mininet calls once the links exist (in 'kernel' mode
+    only the underlay address is set, and ``rundir`` stays None).
     """
 
     def __init__(
@@ -157,6 +167,11 @@ class Hypervisor(Host):
         """Datapath id of br-dove, as the agent sees it."""
         return dpid_for(self.index, BR_DOVE)
 
+    @property
+    def underlay_dev(self) -> str:
+        """The interface that owns the underlay address (br-phy, or the uplink in kernel mode)."""
+        return self.uplink if self.mode == "kernel" else BR_PHY
+
     def _dir(self) -> Path:
         if self.rundir is None:
             raise RuntimeError(f"{self.name}: OVS not started")
@@ -178,9 +193,11 @@ class Hypervisor(Host):
     # --- running commands in the namespace ----------------------------------------------------
 
     def run(self, *args: str, check: bool = True, env: Mapping[str, str] | None = None) -> str:
-        """Run argv in this namespace with the private OVS environment; return stdout."""
+        """Run argv in this namespace with the private OVS environment (if any); return stdout."""
         cmd = [str(a) for a in args]
-        out, err, rc = self.pexec(cmd, env=dict(env or self.ovs_env()))
+        if env is None:
+            env = self.ovs_env() if self.rundir is not None else os.environ
+        out, err, rc = self.pexec(cmd, env=dict(env))
         if check and rc != 0:
             raise OvsCommandError(self.name, cmd, rc, err or out)
         return out
@@ -229,8 +246,17 @@ class Hypervisor(Host):
     def config(self, **params: Any) -> dict[str, Any]:
         """Mininet hook (after links exist): configure the host, then bring up OVS."""
         result = super().config(**params)
-        self.start_ovs()
+        if self.mode == "kernel":
+            self.setup_kernel_underlay()
+        else:
+            self.start_ovs()
         return result
+
+    def setup_kernel_underlay(self) -> None:
+        """Kernel mode: no OVS; the underlay address goes straight onto the uplink."""
+        self.run("ip", "addr", "flush", "dev", self.uplink)
+        self.run("ip", "addr", "add", self.underlay_cidr, "dev", self.uplink)
+        self.run("ip", "link", "set", self.uplink, "up")
 
     def start_ovs(self) -> None:
         """Start the private ovsdb-server and ovs-vswitchd, then build br-phy and br-dove."""
@@ -259,10 +285,12 @@ class Hypervisor(Host):
             "--no-chdir",
         )
         self.setup_br_phy()
-        if self.mode == "dove":
-            self.setup_dove_bridge()
-        else:
-            self.setup_normal_bridge()
+        {
+            "dove": self.setup_dove_bridge,
+            "normal": self.setup_normal_bridge,
+            "learning": self.setup_learning_bridge,
+            "ovn": self.setup_ovn_bridge,
+        }[self.mode]()
 
     def setup_br_phy(self) -> None:
         """br-phy: standalone NORMAL bridge with the uplink; the underlay IP lives on it."""
@@ -334,6 +362,38 @@ class Hypervisor(Host):
         self._add_br_dove("fail_mode=standalone")
         self.ofctl("add-flow", BR_DOVE, "priority=0,actions=NORMAL")
 
+    def setup_learning_bridge(self) -> None:
+        """Learning peer: the normal mesh, but secure and driven by a MAC-learning controller.
+
+        NOTE (OVS 3.1.0): the controller starts after the bridge, and connection attempts back
+        off exponentially to 8 s; max_backoff=1000 caps it so the build waits about 1 s, not 5.
+        """
+        self._add_br_dove("fail_mode=secure", "other_config:disable-in-band=true")
+        self.vsctl(
+            "set-controller",
+            BR_DOVE,
+            f"tcp:127.0.0.1:{AGENT_OFP_PORT}",
+            "--",
+            "set",
+            "Controller",
+            BR_DOVE,
+            "max_backoff=1000",
+        )
+
+    def setup_ovn_bridge(self) -> None:
+        """OVN peer: an empty netdev br-int; ovn-controller (started later) fills it."""
+        self.vsctl(
+            "add-br",
+            BR_INT,
+            "--",
+            "set",
+            "Bridge",
+            BR_INT,
+            "datapath_type=netdev",
+            "fail_mode=secure",
+            "other_config:disable-in-band=true",
+        )
+
     def add_mesh_tunnels(self, peers: Mapping[str, str], key: int) -> None:
         """Normal mode: one fixed VXLAN port per peer hypervisor (name -> underlay IP).
 
@@ -363,23 +423,32 @@ class Hypervisor(Host):
 
     # --- the agent ----------------------------------------------------------------------------
 
-    def start_agent(self, config_text: str, cmd: list[str]) -> subprocess.Popen[bytes]:
-        """Write <rundir>/dove.ini and start the agent in this namespace.
+    def start_agent(
+        self,
+        config_text: str | None,
+        cmd: list[str],
+        out: str = "agent.out",
+        env: Mapping[str, str] | None = None,
+    ) -> subprocess.Popen[bytes]:
+        """Write <rundir>/dove.ini (unless ``config_text`` is None) and start the agent here.
 
-        Output goes to <rundir>/agent.out; the private OVS environment is passed on so the
-        agent's OVSDB/unixctl defaults point at this hypervisor's OVS.
+        The agent is whatever serves br-dove's controller port: the dove agent, or the
+        learning switch of the benchmarks. Output goes to <rundir>/<out>; the private OVS
+        environment (plus ``env``) is passed on so the agent's OVSDB/unixctl defaults point at
+        this hypervisor's OVS.
         """
         if self.agent is not None and self.agent.poll() is None:
             raise RuntimeError(f"{self.name}: agent already running (pid {self.agent.pid})")
         d = self._dir()
-        (d / "dove.ini").write_text(config_text)
-        self._agent_out = open(d / "agent.out", "ab")  # noqa: SIM115 - closed in stop_agent
+        if config_text is not None:
+            (d / "dove.ini").write_text(config_text)
+        self._agent_out = open(d / out, "ab")  # noqa: SIM115 - closed in stop_agent
         self.agent = self.popen(
             cmd,
             stdin=subprocess.DEVNULL,
             stdout=self._agent_out,
             stderr=subprocess.STDOUT,
-            env=self.ovs_env(),
+            env={**self.ovs_env(), **(env or {})},
             cwd=str(d),
         )
         return self.agent
@@ -402,10 +471,10 @@ class Hypervisor(Host):
     # --- teardown -----------------------------------------------------------------------------
 
     def stop_ovs(self) -> None:
-        """Kill ovs-vswitchd, then ovsdb-server, by pidfile, and wait until they are gone."""
+        """Kill ovn-controller, ovs-vswitchd, then ovsdb-server, by pidfile, and wait for them."""
         if self.rundir is None:
             return
-        for daemon in ("ovs-vswitchd", "ovsdb-server"):
+        for daemon in DAEMONS:
             pid = read_pidfile(self.rundir / f"{daemon}.pid")
             if pid is not None:
                 kill_pid(pid)

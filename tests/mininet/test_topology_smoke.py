@@ -2,7 +2,9 @@
 
 Normal mode (NORMAL + fixed VXLAN mesh) proves the data path works end to end, ping and TCP
 (TCP hangs while ping works if a veth misses `tx off`); dove mode proves the bridge the agent
-will control is built and marked as design.md section 2 says.
+will control is built and marked as design.md section 2 says. The benchmark peers ('learning',
+'kernel', 'ovn') must forward too, keep tenants with the same addresses apart, and leave
+nothing behind.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="Mininet needs root"),
 ]
 
-from mininet_topos.dove_topo import DoveNet, build_net  # noqa: E402
+from mininet_topos import ovn  # noqa: E402
+from mininet_topos.dove_topo import DoveNet, VmRecord, build_net  # noqa: E402
 from mininet_topos.hypervisor import BR_DOVE, BR_PHY, TUNNEL_PORT, pid_alive  # noqa: E402
 from mininet_topos.traffic import iperf3, mbits  # noqa: E402
 
@@ -45,6 +48,10 @@ def _evidence(dnet: DoveNet) -> None:
     """Print what a red run needs to explain itself (pytest shows it on failure)."""
     for hv in dnet.hypervisors:
         print(f"==== {hv.name} rundir={hv.rundir}")
+        if hv.rundir is None:  # kernel mode: no OVS
+            for cmd in (["ip", "-d", "link"], ["bridge", "fdb", "show"]):
+                print(hv.pexec(cmd)[0])
+            continue
         for args in (
             ("vsctl", "show"),
             ("ofctl", "dump-flows", BR_DOVE),
@@ -55,8 +62,12 @@ def _evidence(dnet: DoveNet) -> None:
                 print(getattr(hv, args[0])(*args[1:], check=False))
             except Exception as exc:  # noqa: BLE001 - evidence is best effort
                 print(f"{args}: {exc}")
-        if hv.rundir is not None and (hv.rundir / "ovs-vswitchd.log").exists():
-            print((hv.rundir / "ovs-vswitchd.log").read_text()[-3000:])
+        for log in ("ovs-vswitchd.log", "ovn-controller.log", "ls.out"):
+            if (hv.rundir / log).exists():
+                print(f"--- {log}\n" + (hv.rundir / log).read_text()[-3000:])
+    if isinstance(dnet.probe, ovn.OvnCentral) and dnet.probe.rundir is not None:
+        print(dnet.probe.nbctl("show", check=False))
+        print(dnet.probe.sbctl("show", check=False))
 
 
 @contextmanager
@@ -64,6 +75,8 @@ def running(**kwargs: object) -> Iterator[DoveNet]:
     """Build a net, show evidence if the body fails, always stop it and check the teardown."""
     dnet = build_net(**kwargs)  # type: ignore[arg-type]
     rundirs = [hv.rundir for hv in dnet.hypervisors if hv.rundir is not None]
+    if isinstance(dnet.probe, ovn.OvnCentral) and dnet.probe.rundir is not None:
+        rundirs.append(dnet.probe.rundir)
     try:
         yield dnet
     except BaseException:
@@ -71,8 +84,10 @@ def running(**kwargs: object) -> Iterator[DoveNet]:
         raise
     finally:
         dnet.stop()
-    assert rundirs and not any(d.exists() for d in rundirs), "rundir left behind"
-    assert not _live_pids_mentioning(rundirs), "OVS processes left behind"
+    # Kernel mode runs no daemon and has no rundir; every other mode has one per hypervisor.
+    assert rundirs or kwargs.get("mode") == "kernel", "no rundir recorded"
+    assert not any(d.exists() for d in rundirs), "rundir left behind"
+    assert not _live_pids_mentioning(rundirs), "OVS/OVN/controller processes left behind"
 
 
 def test_normal_mode_ping_and_tcp_across_hypervisors() -> None:
@@ -117,3 +132,41 @@ def test_dove_mode_builds_marked_ports_and_flow_based_tunnel() -> None:
             mtu = vm.host.cmd(f"cat /sys/class/net/{vm.host.intf().name}/mtu").strip()
             assert mtu == "1450"
         assert {v.instance for v in dnet.vms} == {5001, 5002}
+
+
+def _in_echos(vm: VmRecord) -> int:
+    """ICMP echo requests this VM's stack has received (its namespace's /proc/net/snmp)."""
+    lines = [ln.split() for ln in vm.host.cmd("cat /proc/net/snmp").splitlines()]
+    icmp = [ln for ln in lines if ln and ln[0] == "Icmp:"]
+    return int(icmp[1][icmp[0].index("InEchos")])
+
+
+@pytest.mark.parametrize(("mode", "tenants"), [("learning", 1), ("kernel", 2), ("ovn", 2)])
+def test_peer_mode_ping_tcp_isolation(mode: str, tenants: int) -> None:
+    with running(hypervisors=2, tenants=tenants, vms_per_tenant=2, mode=mode) as dnet:
+        a, b = dnet.tenant_vms(1)
+        assert a.hypervisor is not b.hypervisor
+
+        out, err, rc = a.host.pexec(["ping", "-c1", "-W2", b.ip])
+        assert rc == 0, out + err
+        assert mbits(iperf3(a, b, seconds=1)) > 0
+
+        if tenants > 1:
+            # Tenant 2 has the same addresses: pings inside tenant 1 must not reach it.
+            others = dnet.tenant_vms(2)
+            before = [_in_echos(v) for v in others]
+            target = _in_echos(b)
+            for src, dst in ((a, b), (b, a)):
+                out, err, rc = src.host.pexec(["ping", "-c3", "-i0.1", "-W2", dst.ip])
+                assert rc == 0, out + err
+            assert [_in_echos(v) for v in others] == before
+            assert _in_echos(b) >= target + 3
+            # And tenant 2 works on its own.
+            c, d = others
+            out, err, rc = c.host.pexec(["ping", "-c1", "-W2", d.ip])
+            assert rc == 0, out + err
+
+
+def test_learning_mode_rejects_several_tenants() -> None:
+    with pytest.raises(ValueError):
+        build_net(hypervisors=2, tenants=2, mode="learning")
