@@ -338,9 +338,9 @@ class DoveCore:
             return CoreOutput()
         members = self._members_of(instance)
         if not members:
+            # Nobody else serves the instance yet (this VM, or its peers, just came up):
+            # hold the packet; the request goes out as soon as a member announces.
             self.counters["learn_no_members"] += 1
-            self.negative.add(instance, target, now)
-            return CoreOutput()
         pending = Pending(
             instance,
             target,
@@ -432,6 +432,7 @@ class DoveCore:
             hosts[sender] = Member(expires)
             if joined:
                 out.ofmsgs += self._member_changed(instance, sender, joined=True)
+                out.datagrams += self._ask_new_member(now, instance, sender)
         for instance, hosts in list(self.members.items()):
             if sender in hosts and instance not in msg.instances:
                 del hosts[sender]
@@ -440,6 +441,15 @@ class DoveCore:
             # A host we did not know (new or restarted): tell it at once what we serve.
             out.datagrams += self._announce(now, only=[sender])
         return out
+
+    def _ask_new_member(self, now: float, instance: int, host: IPv4Address) -> list[Datagram]:
+        """LEARNs in flight for the instance go to a member that just joined, at once."""
+        return [
+            dgram
+            for pending in list(self.pending.by_key.values())
+            if pending.instance == instance
+            for dgram in self._learn_requests(now, pending, [host])
+        ]
 
     def _member_changed(self, instance: int, host: IPv4Address, joined: bool) -> list[OfMsg]:
         LOG.info(

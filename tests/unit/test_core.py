@@ -752,3 +752,25 @@ def test_a_miss_for_a_learned_target_puts_back_one_flow_then_only_forwards() -> 
     assert SetField("tun_ipv4_dst", str(ip(2))) in actions and Output(TUN) in actions
     later = h1.core.packet_in(net.now + 5, cookie, 1, frame)
     assert [type(m).__name__ for m in later.ofmsgs].count("FlowMod") == 1
+
+
+def test_a_miss_before_any_member_is_known_is_held_until_one_announces() -> None:
+    cfg = from_mapping(
+        {"underlay_ip": str(ip(1)), "auth_key": KEY_HEX, "peers": f"{ip(2)}", "host_name": "h1"}
+    )
+    core = DoveCore(cfg, T0)
+    core.switch_connected(T0, TUN)
+    core.ports_changed(T0, [vm("a", 1, 5001, MAC_A, "192.168.1.1")])
+    cookie = Cookie(Purpose.INSTANCE, 5001, 2).value
+    held = core.packet_in(T0, cookie, 1, pkt_to_bytes(eth(MAC_A, MAC_B)))
+    assert held.datagrams == [] and len(core.pending) == 1
+    announce = encode(
+        Announce(frozenset({5001})),
+        sender=ip(2),
+        receiver=ip(1),
+        counter=time.time_ns() // 1000,
+        key=KEY,
+    )
+    out = core.control_message(T0 + 0.05, announce, ip(2))
+    asked = [decode(d.payload, key=KEY).message for d in out.datagrams if d.dst == str(ip(2))]
+    assert any(isinstance(m, LearnRequest) and m.mac == MAC_B for m in asked)
