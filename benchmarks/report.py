@@ -16,6 +16,79 @@ Where we mean to stand (issue #3), shown honestly, met or not:
 """
 
 
+def _secs(sample: dict[str, Any]) -> str:
+    value = sample.get("reachable_s")
+    return f"{value:.2f} s" if value is not None else "not within the timeout"
+
+
+def _verdicts(results: dict[str, Any]) -> list[str]:
+    """Each target of issue #3, met or not, from this run's medians."""
+    lines = ["## Targets, from this run", ""]
+
+    def say(ok: bool | None, text: str) -> None:
+        mark = "n/a" if ok is None else ("met" if ok else "NOT met")
+        lines.append(f"- **{mark}**: {text}")
+
+    ctrl = results.get("controller", {})
+    rows = ctrl.get("summary", []) if isinstance(ctrl, dict) else []
+    if rows:
+        ratios = [r.get("dove_over_learning", {}).get("rate_per_s") or 0 for r in rows]
+        say(
+            min(ratios) >= 5,
+            f"cache-hit rate / learning switch: {min(ratios):.2f}x to "
+            f"{max(ratios):.2f}x (target 5x)",
+        )
+        p99s = [
+            r["dove"]["done_p99_ms"]["median"]
+            for r in rows
+            if r["mode"] == "latency" and r["dove"].get("done_p99_ms")
+        ]
+        if p99s:
+            say(
+                max(p99s) < 2,
+                "dove p99 latency in latency mode: "
+                + ", ".join(
+                    f"{r['switches']} sw {r['dove']['done_p99_ms']['median']:.2f} ms"
+                    for r in rows
+                    if r["mode"] == "latency"
+                )
+                + " (target < 2 ms)",
+            )
+    summ = results.get("pairs", {}).get("summary", {})
+    dove, normal = summ.get("dove"), summ.get("normal")
+    if dove:
+        first = dove["first_rtt_ms"]
+        say(
+            first.get("median") is not None and first["median"] <= 3 and dove["first_lost"] == 0,
+            f"first-packet RTT {fmt(first)} ms, {dove['first_lost']} first pings lost "
+            "(target <= 3 ms, none lost)",
+        )
+    if dove and normal:
+        r = ratio(dove["iperf_mbits"], normal["iperf_mbits"])
+        pins = dove.get("packet_ins_during_iperf") or []
+        if r is not None:
+            say(
+                r >= 0.95 and not any(pins),
+                f"throughput {r:.3f} of NORMAL's; packet-ins during iperf3 {pins} "
+                "(target >= 0.95, zero)",
+            )
+    scale = {s["system"]: s for s in results.get("scale", []) if "error" not in s}
+    if "dove" in scale and "ovn" in scale:
+        d, o = scale["dove"], scale["ovn"]
+        faster = d.get("reachable_s") is not None and (
+            o.get("reachable_s") is None or d["reachable_s"] < o["reachable_s"]
+        )
+        fewer = d["flows_per_host"]["median"] < o["flows_per_host"]["median"]
+        say(
+            faster and fewer,
+            f"at {d['vms']} VMs: reachable after {_secs(d)} vs "
+            f"OVN {_secs(o)}; flows per host "
+            f"{d['flows_per_host']['median']:.0f} vs "
+            f"{o['flows_per_host']['median']:.0f}",
+        )
+    return lines
+
+
 def _pairs_section(pairs: dict[str, Any]) -> list[str]:
     summ = pairs["summary"]
     lines = [
@@ -42,6 +115,20 @@ def _pairs_section(pairs: dict[str, Any]) -> list[str]:
             f"Packet-ins counted on all dove-ryu agents during each iperf3: "
             f"{summ['dove'].get('packet_ins_during_iperf')}",
         ]
+    settings = pairs.get("settings", {})
+    if settings:
+        lines += [
+            "",
+            "| system | datapath | encap | VM MTU | VM tx offload | versions |",
+            "|---|---|---|---|---|---|",
+        ]
+        for system, info in settings.items():
+            tx = info.get("vm_offloads", {}).get("tx-checksumming", "?")
+            versions = "; ".join(str(info[k]) for k in ("ovs", "ovn") if info.get(k))
+            lines.append(
+                f"| {system} | {info.get('datapath')} | {info.get('encap')} | "
+                f"{info.get('vm_mtu')} | {tx} | {versions or info.get('kernel')} |"
+            )
     errors = [s for s in pairs["samples"] if "error" in s]
     if errors:
         lines += ["", "Failed runs:", ""]
@@ -169,6 +256,8 @@ def write_report(results: dict[str, Any], out: Path) -> None:
         f"Datapath: {m['datapath']}. VM MTU: {m['vm_mtu']}. Offload: {m['offload']}.",
         "",
         TARGETS,
+        *_verdicts(results),
+        "",
     ]
     if "controller" in results:
         lines += _controller_section(results["controller"]) + [""]

@@ -26,6 +26,7 @@ from mininet.log import setLogLevel
 from benchmarks.stats import summary
 from mininet_topos.agents import admin, build_dove_net
 from mininet_topos.dove_topo import MODES, DoveNet, VmRecord, build_net
+from mininet_topos.peers import describe
 from mininet_topos.traffic import TrafficError, iperf3, mbits
 
 RTT = re.compile(r"time=([\d.]+) ms")
@@ -63,12 +64,16 @@ def packet_ins(dnet: DoveNet) -> int:
 # ------------------------------------------------------- first packet + data plane
 
 
-def pair_sample(system: str, seconds: int, with_iperf: bool) -> dict[str, Any]:
-    """One fresh build of two hypervisors with a VM each: first ping, steady RTT, iperf3."""
+def pair_sample(system: str, seconds: int, with_iperf: bool, settings: dict) -> dict[str, Any]:
+    """One fresh build of two hypervisors with a VM each: first ping, steady RTT, iperf3.
+
+    The system's versions, MTU and offloads go into ``settings`` the first time."""
     started = time.monotonic()
     dnet = build(system, 2, 1, 2)
     build_s = time.monotonic() - started
     try:
+        if system not in settings:
+            settings[system] = describe(dnet)
         a, b = dnet.vms[0], dnet.vms[1]
         assert a.hypervisor is not b.hypervisor
         first = rtts(a.host.cmd(f"ping -c1 -W2 {b.ip}"))
@@ -94,7 +99,9 @@ def pair_sample(system: str, seconds: int, with_iperf: bool) -> dict[str, Any]:
         dnet.stop()
 
 
-def run_pairs(systems: list[str], reps: int, seconds: int, with_iperf: bool) -> list[dict]:
+def run_pairs(
+    systems: list[str], reps: int, seconds: int, with_iperf: bool, settings: dict
+) -> list[dict]:
     """Repetitions interleaved across systems, so drift hits all of them alike."""
     samples = []
     for rep in range(reps):
@@ -102,7 +109,7 @@ def run_pairs(systems: list[str], reps: int, seconds: int, with_iperf: bool) -> 
         for system in order:
             progress(f"pair rep {rep + 1}/{reps}: {system}")
             try:
-                sample = pair_sample(system, seconds, with_iperf)
+                sample = pair_sample(system, seconds, with_iperf, settings)
             except Exception as e:  # a peer failing must not lose the other figures
                 sample = {"system": system, "error": f"{type(e).__name__}: {e}"[-500:]}
             sample["rep"] = rep
@@ -353,8 +360,13 @@ def main(argv: list[str] | None = None) -> int:
         systems = [s for s in DATAPLANE_SYSTEMS if available(s)]
         if "dataplane" not in sections:
             systems = [s for s in FIRST_PACKET_SYSTEMS if available(s)]
-        samples = run_pairs(systems, reps, seconds, with_iperf="dataplane" in sections)
-        results["pairs"] = {"samples": samples, "summary": summarize_pairs(samples, systems)}
+        settings: dict[str, Any] = {}
+        samples = run_pairs(systems, reps, seconds, "dataplane" in sections, settings)
+        results["pairs"] = {
+            "samples": samples,
+            "summary": summarize_pairs(samples, systems),
+            "settings": settings,
+        }
     if "scale" in sections:
         size = (4, 4, 10) if args.quick else (10, 20, 50)
         results["scale"] = []
