@@ -30,8 +30,16 @@ from dove_ryu.learning import (
     TokenBucket,
 )
 from dove_ryu.model import Endpoint, LearnedEndpoint, VmPort
-from dove_ryu.ofmsg import CoreOutput, Datagram, GroupCommand, OfMsg, PacketOut
-from dove_ryu.packet import BadPacket, parse
+from dove_ryu.ofmsg import (
+    OFPP_CONTROLLER,
+    CoreOutput,
+    Datagram,
+    GroupCommand,
+    OfMsg,
+    Output,
+    PacketOut,
+)
+from dove_ryu.packet import ARP_REPLY, ARP_REQUEST, BadPacket, build_arp, parse
 from dove_ryu.protocol.auth import AuthError, CounterSource, ReplayGuard
 from dove_ryu.protocol.header import MalformedMessage
 from dove_ryu.protocol.messages import (
@@ -549,7 +557,26 @@ class DoveCore:
             (now - pending.first_sent) * 1000,
         )
         out = self._remember(now, ep, sender)
-        return out.extend(self._install(ep, pending.held, flows_too=False))
+        held = pending.held
+        if isinstance(pending.target, IPv4Address):
+            # The held ARP requests are answered at once by the agent, without waiting
+            # for the responder flow it has just installed: the first packet's latency.
+            answers = [self._arp_answer(port, data, ep) for port, data in held]
+            out.ofmsgs += [a for a in answers if a is not None]
+            held = [h for h, a in zip(held, answers, strict=True) if a is None]
+        return out.extend(self._install(ep, held, flows_too=False))
+
+    def _arp_answer(self, in_port: int, data: bytes, ep: Endpoint) -> PacketOut | None:
+        """The ARP reply to a held request for one of ``ep``'s addresses, or None."""
+        try:
+            arp = parse(data).arp
+        except BadPacket:
+            return None
+        if arp is None or arp.op != ARP_REQUEST or arp.tpa not in ep.ips:
+            return None
+        reply = build_arp(ARP_REPLY, ep.mac, arp.sha, ep.mac, arp.tpa, arp.sha, arp.spa)
+        self.counters["arp_answered_by_agent"] += 1
+        return PacketOut(OFPP_CONTROLLER, reply, (Output(in_port),), after_flows=False)
 
     @staticmethod
     def _answers(pending: Pending, msg: LearnReply) -> bool:

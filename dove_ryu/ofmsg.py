@@ -102,6 +102,9 @@ class PacketOut:
     in_port: int
     data: bytes
     actions: tuple[Action, ...] = (Output(OFPP_TABLE),)
+    # False for a packet that is complete in itself (an ARP answer made by the agent):
+    # it is sent first, not after the flow changes and their barrier.
+    after_flows: bool = True
 
 
 @dataclass(frozen=True)
@@ -144,7 +147,7 @@ def _rank(msg: OfMsg) -> int:
         # harmless: OVS deletes those flows with it.
         return 1 if msg.command is GroupCommand.DELETE else 2
     if isinstance(msg, PacketOut):
-        return 5
+        return 5 if msg.after_flows else -1
     return 4
 
 
@@ -152,8 +155,7 @@ def order_messages(msgs: Iterable[OfMsg]) -> list[OfMsg]:
     """The one send order: flow deletes, group deletes, group adds, flow adds,
     then a barrier before any packet-out so re-injected packets see the new flows."""
     ranked: list[OfMsg] = sorted((m for m in msgs if not isinstance(m, Barrier)), key=_rank)
-    if any(isinstance(m, PacketOut) for m in ranked):
-        first_po = next(i for i, m in enumerate(ranked) if isinstance(m, PacketOut))
-        if first_po > 0:
-            ranked.insert(first_po, Barrier())
+    waiting = [i for i, m in enumerate(ranked) if isinstance(m, PacketOut) and m.after_flows]
+    if waiting and any(not isinstance(m, PacketOut) for m in ranked[: waiting[0]]):
+        ranked.insert(waiting[0], Barrier())
     return ranked
