@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -270,3 +272,47 @@ def write_report(results: dict[str, Any], out: Path) -> None:
         lines += ["## Plots", "", *plots, ""]
     lines += ["All samples: `samples.json` beside this file."]
     (out / "report.md").write_text("\n".join(lines) + "\n")
+
+
+PUBLISH_HEADER = """\
+# Benchmarks
+
+The latest full run of `sudo scripts/bench.sh` (about 30 minutes on the 2-core test
+machine), copied here from its results folder by
+`.venv/bin/python -m benchmarks.report --publish results/<run>`. To reproduce: on a
+Debian 12 machine, as root, from the repository root, run `sudo scripts/bench.sh`; add
+`--quick` for a check that finishes within 5 minutes. Every figure is a median with its
+min-max spread over the repetitions, measured side by side in one run.
+
+"""
+
+
+def publish(run: Path, root: Path) -> Path:
+    """BENCHMARKS.md (and its plots under docs/benchmarks/) from a run's folder."""
+    import shutil
+
+    plots = root / "docs" / "benchmarks"
+    plots.mkdir(parents=True, exist_ok=True)
+    for png in run.glob("*.png"):
+        shutil.copy(png, plots / png.name)
+    text = (run / "report.md").read_text()
+    text = re.sub(r"\]\((\w+\.png)\)", r"](docs/benchmarks/\1)", text)
+    text = text.replace("# dove-ryu benchmark report\n", "", 1)
+    text = text.replace(
+        "`samples.json` beside this file", f"`{run}/samples.json` (not kept in the repository)"
+    )
+    target = root / "BENCHMARKS.md"
+    target.write_text(PUBLISH_HEADER + text.lstrip())
+    return target
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Write a run's report again, or publish it.")
+    parser.add_argument("run", type=Path, help="a results folder with samples.json")
+    parser.add_argument("--publish", action="store_true", help="also write BENCHMARKS.md")
+    args = parser.parse_args()
+    write_report(json.loads((args.run / "samples.json").read_text()), args.run)
+    if args.publish:
+        print(publish(args.run, Path(__file__).resolve().parent.parent))
