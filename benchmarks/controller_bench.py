@@ -41,7 +41,6 @@ import json
 import os
 import shutil
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -55,6 +54,7 @@ from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any
 
+from benchmarks.stats import fmt, summary
 from dove_ryu.admin import query
 from dove_ryu.cookies import Cookie, Purpose
 from dove_ryu.flows import TAG_L2_MISS
@@ -509,15 +509,9 @@ def flatten(result: dict[str, Any]) -> dict[str, float | None]:
     }
 
 
-def spread(values: list[float]) -> dict[str, float | int] | None:
-    if not values:
-        return None
-    return {
-        "median": round(statistics.median(values), 4),
-        "min": round(min(values), 4),
-        "max": round(max(values), 4),
-        "n": len(values),
-    }
+def spread(values: list[float]) -> dict[str, Any] | None:
+    """Median and min-max of a figure's repetitions (None when there are none)."""
+    return summary(values) if values else None
 
 
 def summarize(samples: list[dict[str, Any]], switches: list[int], modes: list[str]) -> list[Any]:
@@ -586,9 +580,7 @@ def targets(summary: list[dict[str, Any]]) -> dict[str, Any]:
 def table(summary: list[dict[str, Any]]) -> str:
     def cell(part: dict[str, Any], fig: str, digits: int) -> str:
         s = part.get(fig)
-        if not s:
-            return "-"
-        return f"{s['median']:.{digits}f} ({s['min']:.{digits}f}-{s['max']:.{digits}f})"
+        return fmt(s, digits) if s else "-"
 
     lines = [
         f"{'N':>3} {'mode':<10} {'controller':<9} {'rate/s':<26} {'reply p50 ms':<22} "

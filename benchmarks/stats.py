@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import statistics
 from collections.abc import Sequence
 from typing import Any
@@ -32,15 +31,6 @@ def ratio(a: dict[str, Any], b: dict[str, Any]) -> float | None:
     if not a.get("median") or not b.get("median"):
         return None
     return float(a["median"]) / float(b["median"])
-
-
-def percentile(values: Sequence[float], p: float) -> float:
-    """The p-th percentile (0-100) by nearest rank; values need not be sorted."""
-    ordered = sorted(values)
-    if not ordered:
-        raise ValueError("no values")
-    rank = max(0, min(len(ordered) - 1, math.ceil(p / 100 * len(ordered)) - 1))
-    return ordered[rank]
 
 
 def fmt(s: dict[str, Any], digits: int = 2) -> str:
