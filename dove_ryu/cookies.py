@@ -38,7 +38,7 @@ class Purpose(IntEnum):
     DROP_NONMEMBER = 9  # tunnelled packet from a host that is not a member
     DROP_SPOOF = 10  # VM sent from an address that is not its own
     DROP_UNCLASSIFIED = 11  # packet from an unknown port
-    DROP_EGRESS = 12  # overlay packet for no local endpoint
+    EGRESS_MISS = 12  # overlay packet for no local endpoint: punted, the sender un-learns
     DROP_MISS = 13  # default drops
 
 

@@ -29,6 +29,7 @@ from dove_ryu.learning import (
     Target,
     TokenBucket,
 )
+from dove_ryu.mobility import SEQ_MAX, Mobility, next_seq
 from dove_ryu.model import Endpoint, LearnedEndpoint, VmPort
 from dove_ryu.ofmsg import (
     OFPP_CONTROLLER,
@@ -40,10 +41,12 @@ from dove_ryu.ofmsg import (
     PacketOut,
 )
 from dove_ryu.packet import ARP_REPLY, ARP_REQUEST, BadPacket, build_arp, parse
+from dove_ryu.pipeline import INSTANCE_MASK
 from dove_ryu.protocol.auth import AuthError, CounterSource, ReplayGuard
 from dove_ryu.protocol.header import MalformedMessage
 from dove_ryu.protocol.messages import (
     Announce,
+    EndpointHere,
     Envelope,
     LearnReply,
     LearnRequest,
@@ -101,7 +104,11 @@ class DoveCore:
         self.pending = PendingTable(cfg.max_pending_per_instance)
         self.negative = NegativeCache(NEGATIVE_SIZE, NEGATIVE_TTL)
         self.buckets: dict[int, TokenBucket] = {}
-        self.seqs: dict[tuple[int, str], int] = {}
+        self.seqs: dict[tuple[int, str], int] = {}  # location sequence of each local VM
+        self.mobility = Mobility()
+        # Instances this host stopped serving while a VM of theirs had just left:
+        # members' traffic is still taken in, until then, for the reactive path.
+        self.lingering: dict[int, float] = {}
         self.counters: Counter[str] = Counter()
         self.counter_source = CounterSource()
         self.replay = ReplayGuard()
@@ -152,6 +159,11 @@ class DoveCore:
             out.ofmsgs += flows.local_port_flows(port)
         for instance in self.instances:
             out.ofmsgs += self._instance_up(instance)
+        for instance in self.lingering:
+            out.ofmsgs += [
+                flows.member_flow(instance, h, tunnel_ofport, lingering=True)
+                for h in self._members_of(instance)
+            ]
         for entry in self.learned.entries():
             out.ofmsgs += flows.learned_flows(
                 entry.endpoint, tunnel_ofport, self.cfg.learn_idle_timeout
@@ -190,21 +202,23 @@ class DoveCore:
         changed_instances: set[int] = set()
         for name, old in list(self.ports.items()):
             if wanted.get(name) != old:
-                self._remove_port(old, out)
+                self._remove_port(now, old, out)
                 changed_instances.add(old.instance)
         for name, port in wanted.items():
             if self.ports.get(name) != port:
                 if (port.instance, port.mac) in self.local:
                     self._drop("duplicate_mac", now, f"port {name} mac {port.mac}")
                     continue
-                self._add_port(port, out)
+                self._add_port(now, port, out)
                 changed_instances.add(port.instance)
         after = self.instances
         if self.tunnel_ofport is not None:
             for instance in sorted(after - before):
+                self.lingering.pop(instance, None)
                 out.ofmsgs += self._instance_up(instance)
             for instance in sorted(before - after):
                 out.ofmsgs += flows.delete_instance(instance)
+                out.ofmsgs += self._linger(now, instance)
             for instance in sorted(changed_instances & before & after):
                 out.ofmsgs.append(self._group(instance, GroupCommand.MODIFY))
         for instance in before - after:
@@ -214,7 +228,12 @@ class DoveCore:
             out.datagrams += self._announce(now)
         return out
 
-    def _add_port(self, port: VmPort, out: CoreOutput) -> None:
+    def _add_port(self, now: float, port: VmPort, out: CoreOutput) -> None:
+        key = (port.instance, port.mac)
+        # Where it was before, if we knew: that host hears of the move at once.
+        before = self.learned.get(port.instance, port.mac)
+        departed = self.mobility.lookup(key, now)
+        known_seq = max(before.endpoint.seq if before else 0, departed.seq if departed else 0)
         # A VM that arrives here replaces whatever was learned about its addresses.
         stale = {port.mac} | {
             e.endpoint.mac
@@ -228,11 +247,19 @@ class DoveCore:
         self.by_instance.setdefault(port.instance, {})[port.mac] = port
         for ip in port.ips:
             self.local_ip[(port.instance, ip)] = port
-        key = (port.instance, port.mac)
-        self.seqs[key] = self.seqs.get(key, 0) + 1
+        self.seqs[key] = seq = next_seq(known_seq, self.wall_clock())
+        self.mobility.arrived(key)
         if self.tunnel_ofport is not None:
             out.ofmsgs += flows.local_port_flows(port)
         self.counters["ports_added"] += 1
+        # The hosts serving the instance (and the VM's previous host) learn the new
+        # location now, with a sequence number above the old one.
+        here = EndpointHere(port.instance, port.mac, port.ips, self.me, seq)
+        targets = set(self._members_of(port.instance))
+        if before is not None:
+            targets.add(before.endpoint.host)
+        out.datagrams += [self._datagram(now, host, here) for host in sorted(targets)]
+        self.counters["endpoint_announced"] += len(targets)
         LOG.info(
             "%s: port %s up: instance %d mac %s ips %s ofport %d",
             self.cfg.name,
@@ -243,8 +270,17 @@ class DoveCore:
             port.ofport,
         )
 
-    def _remove_port(self, port: VmPort, out: CoreOutput) -> None:
+    def _remove_port(self, now: float, port: VmPort, out: CoreOutput) -> None:
         del self.ports[port.name]
+        key = (port.instance, port.mac)
+        seq = self.seqs.pop(key, 0)
+        # Un-learned everywhere it was learned, and by every host serving the instance
+        # (a VM that stops is gone for all of them; one that moves is re-learned).
+        learners = self.mobility.depart(key, seq, now)
+        unlearn = Unlearn(port.instance, port.mac, self.me, seq)
+        targets = learners | set(self._members_of(port.instance))
+        out.datagrams += [self._datagram(now, host, unlearn) for host in sorted(targets)]
+        self.counters["unlearn_sent"] += len(targets)
         if self.local.get((port.instance, port.mac)) == port:
             del self.local[(port.instance, port.mac)]
             same_instance = self.by_instance[port.instance]
@@ -267,10 +303,21 @@ class DoveCore:
 
     # ------------------------------------------------------------ packet-in
 
-    def packet_in(self, now: float, cookie: int, in_port: int, data: bytes) -> CoreOutput:
-        """A miss punted by the pipeline: resolve its target, holding the packet."""
+    def packet_in(
+        self,
+        now: float,
+        cookie: int,
+        in_port: int,
+        data: bytes,
+        metadata: int | None = None,
+        tunnel_src: IPv4Address | None = None,
+    ) -> CoreOutput:
+        """A miss punted by the pipeline: resolve its target, holding the packet; or an
+        overlay packet for a VM that is not here (``metadata``/``tunnel_src`` given)."""
         self.counters["packet_in"] += 1
         decoded = cookies.decode(cookie)
+        if decoded is not None and decoded.purpose is Purpose.EGRESS_MISS:
+            return self._not_here(now, data, metadata, tunnel_src)
         if decoded is None or decoded.purpose is not Purpose.INSTANCE:
             self._drop("packet_in_unexpected", now, f"cookie {cookie:#x}")
             return CoreOutput()
@@ -319,6 +366,44 @@ class DoveCore:
             out.ofmsgs[:0] = missing
             return out
         return self._resolve(now, source, target, in_port, data)
+
+    def _not_here(
+        self, now: float, data: bytes, metadata: int | None, tunnel_src: IPv4Address | None
+    ) -> CoreOutput:
+        """Traffic from the overlay for a VM that is not (or no longer) here.
+
+        The sender is told to un-learn it (the paper's reactive un-learn), at most a few
+        times a second; if the VM left for a known host, the packet goes on there."""
+        if metadata is None or tunnel_src is None:
+            self._drop("egress_without_tunnel", now)
+            return CoreOutput()
+        instance = metadata & INSTANCE_MASK
+        try:
+            frame = parse(data)
+        except BadPacket as e:
+            self._drop("packet_in_malformed", now, str(e))
+            return CoreOutput()
+        self.counters["packet_in_not_here"] += 1
+        if frame.is_multicast:
+            return CoreOutput()  # flooded to a lingering instance: nothing to correct
+        key = (instance, frame.dst)
+        out = CoreOutput()
+        departed = self.mobility.lookup(key, now)
+        if departed is not None and departed.new_host is not None and self.tunnel_ofport:
+            actions = flows.tunnel_actions(self.tunnel_ofport, instance, departed.new_host)
+            out.ofmsgs.append(PacketOut(OFPP_CONTROLLER, data, actions, after_flows=False))
+            self.counters["forwarded_to_new_host"] += 1
+        if departed is None:
+            # Never here, or long gone: whatever the sender holds for it is wrong.
+            unlearn = Unlearn(instance, frame.dst, self.me, SEQ_MAX)
+            tell = self.log_limit.allow(f"unlearn {tunnel_src}", now)
+        else:
+            unlearn = Unlearn(instance, frame.dst, self.me, departed.seq)
+            tell = self.mobility.should_tell(departed, tunnel_src, now)
+        if tell:
+            out.datagrams.append(self._datagram(now, tunnel_src, unlearn))
+            self.counters["unlearn_sent_reactive"] += 1
+        return out
 
     def _resolve(
         self, now: float, source: VmPort, target: Target, in_port: int, data: bytes
@@ -411,6 +496,8 @@ class DoveCore:
             return self._on_learn_request(now, env.sender, msg)
         if isinstance(msg, LearnReply):
             return self._on_learn_reply(now, env.sender, msg)
+        if isinstance(msg, EndpointHere):
+            return self._on_endpoint_here(now, env.sender, msg)
         if isinstance(msg, Unlearn):
             self.counters["unlearn_received"] += 1
             entry = self.learned.get(msg.instance, msg.mac)
@@ -474,12 +561,29 @@ class DoveCore:
             for entry in list(self.learned.by_instance.get(instance, {}).values()):
                 if entry.endpoint.host == host:
                     msgs += self._forget(instance, entry.endpoint.mac).ofmsgs
-        if self.tunnel_ofport is None or instance not in self.by_instance:
+        if self.tunnel_ofport is None:
+            return msgs
+        if instance in self.lingering:
+            if joined:
+                return [*msgs, flows.member_flow(instance, host, self.tunnel_ofport, True)]
+            return [*msgs, flows.delete_member_flow(instance, host, self.tunnel_ofport)]
+        if instance not in self.by_instance:
             return msgs
         flow = (flows.member_flow if joined else flows.delete_member_flow)(
             instance, host, self.tunnel_ofport
         )
         return [*msgs, flow, self._group(instance, GroupCommand.MODIFY)]
+
+    def _linger(self, now: float, instance: int) -> list[OfMsg]:
+        """The last VM of the instance left: keep taking members' traffic for it to
+        egress_check while the departure is remembered (see `_not_here`)."""
+        if self.tunnel_ofport is None:
+            return []
+        self.lingering[instance] = now + self.mobility.ttl
+        return [
+            flows.member_flow(instance, h, self.tunnel_ofport, lingering=True)
+            for h in self._members_of(instance)
+        ]
 
     def _on_learn_request(self, now: float, sender: IPv4Address, msg: LearnRequest) -> CoreOutput:
         self.counters["learn_requests_received"] += 1
@@ -491,6 +595,7 @@ class DoveCore:
         if port is None:
             return CoreOutput()
         out = self._glean(now, sender, msg)
+        self.mobility.note_learner((port.instance, port.mac), sender)
         reply = LearnReply(
             instance=msg.instance,
             request_id=msg.request_id,
@@ -539,7 +644,14 @@ class DoveCore:
             self._drop("learn_reply_nonmember", now, f"from {sender} instance {msg.instance}")
             return CoreOutput()
         self.pending.remove(pending)
-        ep = Endpoint(msg.instance, msg.mac, msg.ips, msg.host, msg.seq)
+        return self._resolved(
+            now, pending, Endpoint(msg.instance, msg.mac, msg.ips, msg.host, msg.seq), sender
+        )
+
+    def _resolved(
+        self, now: float, pending: Pending, ep: Endpoint, sender: IPv4Address
+    ) -> CoreOutput:
+        """A LEARN in flight has its answer: remember it and deliver what was held."""
         current = self.learned.get(ep.instance, ep.mac)
         if current and current.endpoint.seq > ep.seq:
             self.counters["learn_reply_stale"] += 1
@@ -565,6 +677,52 @@ class DoveCore:
             out.ofmsgs += [a for a in answers if a is not None]
             held = [h for h, a in zip(held, answers, strict=True) if a is None]
         return out.extend(self._install(ep, held, flows_too=False))
+
+    def _on_endpoint_here(self, now: float, sender: IPv4Address, msg: EndpointHere) -> CoreOutput:
+        """A VM arrived on ``sender`` (moved there, or started): follow it if we knew it
+        elsewhere, forward to it if it left us, answer LEARNs waiting for it."""
+        self.counters["endpoint_received"] += 1
+        if msg.host != sender:
+            self._drop("endpoint_for_other_host", now, f"from {sender} for {msg.host}")
+            return CoreOutput()
+        out = CoreOutput()
+        # Announcing a VM of the instance is serving the instance.
+        if sender not in self.members.get(msg.instance, {}):
+            expires = now + self.cfg.announce_interval * MEMBER_LIFETIME_INTERVALS
+            self.members.setdefault(msg.instance, {})[sender] = Member(expires)
+            out.ofmsgs += self._member_changed(msg.instance, sender, joined=True)
+        key = (msg.instance, msg.mac)
+        ep = Endpoint(msg.instance, msg.mac, msg.ips, msg.host, msg.seq)
+        if key in self.local:
+            # OVSDB says it is here; the port will go when the move completes.
+            self.counters["endpoint_still_local"] += 1
+            return out
+        if self.mobility.went_to(key, sender, msg.seq, now):
+            self.counters["departed_now_at_known_host"] += 1
+        current = self.learned.get(msg.instance, msg.mac)
+        if current is not None:
+            if msg.seq <= current.endpoint.seq:
+                self.counters["endpoint_stale"] += 1
+                return out
+            LOG.info(
+                "%s: instance %d %s moved %s -> %s (seq %d -> %d)",
+                self.cfg.name,
+                msg.instance,
+                msg.mac,
+                current.endpoint.host,
+                sender,
+                current.endpoint.seq,
+                msg.seq,
+            )
+            self.counters["endpoint_moved"] += 1
+            out.extend(self._remember(now, ep, sender))
+        targets: list[Target] = [msg.mac, *msg.ips]
+        for target in targets:
+            pending = self.pending.get(msg.instance, target)
+            if pending is not None:
+                self.pending.remove(pending)
+                out.extend(self._resolved(now, pending, ep, sender))
+        return out
 
     def _arp_answer(self, in_port: int, data: bytes, ep: Endpoint) -> PacketOut | None:
         """The ARP reply to a held request for one of ``ep``'s addresses, or None."""
@@ -661,8 +819,13 @@ class DoveCore:
     # ----------------------------------------------------------------- time
 
     def tick(self, now: float) -> CoreOutput:
-        """Retransmit or give up on LEARNs, expire members, announce."""
+        """Retransmit or give up on LEARNs, expire members and lingering, announce."""
         out = CoreOutput()
+        for instance, until in list(self.lingering.items()):
+            if until <= now:
+                del self.lingering[instance]
+                out.ofmsgs += flows.delete_instance(instance)
+                out.datagrams += self._announce(now)
         for pending in list(self.pending.by_key.values()):
             if pending.next_retry > now:
                 continue
@@ -690,7 +853,9 @@ class DoveCore:
     def _announce(self, now: float, only: list[IPv4Address] | None = None) -> list[Datagram]:
         if only is None:
             self.next_announce = now + self.cfg.announce_interval
-        instances = sorted(self.instances)
+        # A lingering instance is still announced: the VM's new host must go on taking
+        # the packets this host forwards to it, and senders go on reaching this host.
+        instances = sorted(self.instances | set(self.lingering))
         if len(instances) > ANNOUNCE_MAX_INSTANCES:
             # NOTE: one frame holds this many; splitting announcements is not done yet.
             self._drop("announce_truncated", now, f"{len(instances)} instances served")

@@ -88,7 +88,14 @@ def pipeline_defaults(tunnel_ofport: int) -> list[FlowMod]:
         ),
         L2_FORWARD.flow(priority=PRIO_DEFAULT, match={}, cookie=Cookie(Purpose.DROP_MISS)),
         FLOOD.flow(priority=PRIO_DEFAULT, match={}, cookie=Cookie(Purpose.DROP_MISS)),
-        EGRESS_CHECK.flow(priority=PRIO_DEFAULT, match={}, cookie=Cookie(Purpose.DROP_EGRESS)),
+        # Traffic still arriving for a VM that left: the agent tells the sender to
+        # un-learn it and forwards the packet to the VM's new host when it knows it.
+        EGRESS_CHECK.flow(
+            priority=PRIO_DEFAULT,
+            match={},
+            cookie=Cookie(Purpose.EGRESS_MISS),
+            actions=[Output(OFPP_CONTROLLER)],
+        ),
     ]
 
 
@@ -288,14 +295,20 @@ def _member_match(instance: int, host: IPv4Address, tunnel_ofport: int) -> dict[
     return {"in_port": tunnel_ofport, "tunnel_id": instance, "tun_ipv4_src": str(host)}
 
 
-def member_flow(instance: int, host: IPv4Address, tunnel_ofport: int) -> FlowMod:
-    """Accept tunnelled packets of the instance from a member host."""
+def member_flow(
+    instance: int, host: IPv4Address, tunnel_ofport: int, lingering: bool = False
+) -> FlowMod:
+    """Accept tunnelled packets of the instance from a member host.
+
+    ``lingering``: this host no longer serves the instance but a VM of it left
+    recently; what members still send goes straight to egress_check, so the agent can
+    forward it to the VM's new host and tell the sender to un-learn."""
     return CLASSIFY.flow(
         priority=PRIO_EXACT,
         match=_member_match(instance, host, tunnel_ofport),
         cookie=Cookie(Purpose.MEMBER, instance, int(host) & cookies.TAG_MASK),
         write_metadata=(metadata_for(instance, from_tunnel=True), METADATA_MASK),
-        goto=L2_FORWARD,
+        goto=EGRESS_CHECK if lingering else L2_FORWARD,
     )
 
 

@@ -92,7 +92,7 @@ CLASSIFY = Table(
     "classify",
     "VM port -> instance; tunnel -> instance, only from member hosts; else drop",
     frozenset({"in_port", "tunnel_id", "tun_ipv4_src"}),
-    ("port_security", "l2_forward"),
+    ("port_security", "l2_forward", "egress_check"),
 )
 PORT_SECURITY = Table(
     10,
@@ -124,7 +124,7 @@ FLOOD = Table(
 EGRESS_CHECK = Table(
     60,
     "egress_check",
-    "overlay packet for no local endpoint of its instance: dropped and counted",
+    "overlay packet for no local endpoint of its instance: punted, the sender un-learns",
     frozenset({"metadata"}),
 )
 

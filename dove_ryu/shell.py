@@ -167,7 +167,16 @@ class DoveApp(app_manager.OSKenApp):  # type: ignore[misc]
     def _packet_in(self, ev: Any) -> None:
         msg = ev.msg
         if msg.datapath is self.dp:
-            self._call(self.core.packet_in, msg.cookie, msg.match["in_port"], bytes(msg.data))
+            fields = match_fields(msg.match)
+            tun_src = fields.get("tun_ipv4_src")
+            self._call(
+                self.core.packet_in,
+                msg.cookie,
+                fields["in_port"],
+                bytes(msg.data),
+                fields.get("metadata"),
+                IPv4Address(tun_src) if tun_src else None,
+            )
 
     @set_ev_cls(ofp_event.EventOFPFlowRemoved, MAIN_DISPATCHER)  # type: ignore[misc]
     def _flow_removed(self, ev: Any) -> None:

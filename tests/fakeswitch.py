@@ -108,6 +108,8 @@ class Delivery:
     tun_dst: str | None = None
     controller: bool = False
     cookie: int | None = None
+    metadata: int | None = None  # pipeline state sent with a packet-in
+    tun_src: str | None = None
 
     @property
     def data(self) -> bytes:
@@ -320,7 +322,16 @@ class FakeSwitch:
         headers = {k: v for k, v in state.items() if k not in _PIPELINE_FIELDS}
         in_port = state["in_port"]
         if port == OFPP_CONTROLLER:
-            out.append(Delivery(headers, in_port, controller=True, cookie=cookie))
+            out.append(
+                Delivery(
+                    headers,
+                    in_port,
+                    controller=True,
+                    cookie=cookie,
+                    metadata=state.get("metadata"),
+                    tun_src=state.get("tun_ipv4_src"),
+                )
+            )
         elif port == OFPP_TABLE:
             if not packet_out:
                 self.errors.append("output to OFPP_TABLE outside a packet-out")

@@ -13,6 +13,7 @@ LearnRequest  2     REQUEST_ID, exactly one of MAC / IPV4,
                     optionally REQUESTER_MAC, REQUESTER_SEQ, REQUESTER_IPV4 * n
 LearnReply    3     REQUEST_ID, MAC, HOST, SEQ, IPV4 * n
 Unlearn       4     MAC, HOST, SEQ
+Endpoint      5     MAC, HOST, SEQ, IPV4 * n
 ============  ====  =========================================================
 """
 
@@ -41,12 +42,17 @@ from dove_ryu.protocol.header import (
     unpack_frame,
 )
 
+# Location sequence numbers are 64 bits: a host that never heard of a VM's earlier
+# locations starts from the clock in microseconds, which must not wrap.
+SEQ_LIMIT = 2**64 - 1
+
 
 class MsgType(IntEnum):
     ANNOUNCE = 1
     LEARN_REQUEST = 2
     LEARN_REPLY = 3
     UNLEARN = 4
+    ENDPOINT = 5
 
 
 class TlvType(IntEnum):
@@ -128,7 +134,7 @@ class Requester:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "mac", normalize_mac(self.mac))
-        _check_range("seq", self.seq, 0, 0xFFFFFFFF)
+        _check_range("seq", self.seq, 0, SEQ_LIMIT)
         for ip in self.ips:
             _check_ip("requester ip", ip)
         if len(set(self.ips)) != len(self.ips):
@@ -178,7 +184,7 @@ class LearnReply:
         if len(set(self.ips)) != len(self.ips):
             raise ValueError("ips must not repeat")
         _check_ip("host", self.host)
-        _check_range("seq", self.seq, 0, 0xFFFFFFFF)
+        _check_range("seq", self.seq, 0, SEQ_LIMIT)
 
 
 @dataclass(frozen=True)
@@ -194,10 +200,32 @@ class Unlearn:
         _check_instance(self.instance)
         object.__setattr__(self, "mac", normalize_mac(self.mac))
         _check_ip("host", self.host)
-        _check_range("seq", self.seq, 0, 0xFFFFFFFF)
+        _check_range("seq", self.seq, 0, SEQ_LIMIT)
 
 
-Message = Announce | LearnRequest | LearnReply | Unlearn
+@dataclass(frozen=True)
+class EndpointHere:
+    """``mac`` (with ``ips``) now lives on ``host``, at location sequence ``seq``: sent by
+    the host a VM arrives on, to the hosts serving the instance (a move, or a start)."""
+
+    instance: int
+    mac: str
+    ips: tuple[IPv4Address, ...]
+    host: IPv4Address
+    seq: int
+
+    def __post_init__(self) -> None:
+        _check_instance(self.instance)
+        object.__setattr__(self, "mac", normalize_mac(self.mac))
+        _check_ip("host", self.host)
+        _check_range("seq", self.seq, 0, SEQ_LIMIT)
+        for ip in self.ips:
+            _check_ip("ip", ip)
+        if len(set(self.ips)) != len(self.ips):
+            raise ValueError("ips repeat an address")
+
+
+Message = Announce | LearnRequest | LearnReply | Unlearn | EndpointHere
 
 
 @dataclass(frozen=True)
@@ -217,6 +245,10 @@ class Envelope:
 
 
 # --- encoding ---------------------------------------------------------------------------
+
+
+def _u64(value: int) -> bytes:
+    return struct.pack("!Q", value)
 
 
 def _u32(value: int) -> bytes:
@@ -241,7 +273,7 @@ def _body(message: Message) -> tuple[MsgType, int | None, list[Tlv]]:
         if message.requester is not None:
             who = message.requester
             tlvs.append(Tlv(TlvType.REQUESTER_MAC, _mac_bytes(who.mac)))
-            tlvs.append(Tlv(TlvType.REQUESTER_SEQ, _u32(who.seq)))
+            tlvs.append(Tlv(TlvType.REQUESTER_SEQ, _u64(who.seq)))
             tlvs.extend(Tlv(TlvType.REQUESTER_IPV4, ip.packed) for ip in who.ips)
         return MsgType.LEARN_REQUEST, message.instance, tlvs
     if isinstance(message, LearnReply):
@@ -249,15 +281,23 @@ def _body(message: Message) -> tuple[MsgType, int | None, list[Tlv]]:
             Tlv(TlvType.REQUEST_ID, _u32(message.request_id)),
             Tlv(TlvType.MAC, _mac_bytes(message.mac)),
             Tlv(TlvType.HOST, message.host.packed),
-            Tlv(TlvType.SEQ, _u32(message.seq)),
+            Tlv(TlvType.SEQ, _u64(message.seq)),
         ]
         tlvs.extend(Tlv(TlvType.IPV4, ip.packed) for ip in message.ips)
         return MsgType.LEARN_REPLY, message.instance, tlvs
+    if isinstance(message, EndpointHere):
+        tlvs = [
+            Tlv(TlvType.MAC, _mac_bytes(message.mac)),
+            Tlv(TlvType.HOST, message.host.packed),
+            Tlv(TlvType.SEQ, _u64(message.seq)),
+        ]
+        tlvs.extend(Tlv(TlvType.IPV4, ip.packed) for ip in message.ips)
+        return MsgType.ENDPOINT, message.instance, tlvs
     if isinstance(message, Unlearn):
         tlvs = [
             Tlv(TlvType.MAC, _mac_bytes(message.mac)),
             Tlv(TlvType.HOST, message.host.packed),
-            Tlv(TlvType.SEQ, _u32(message.seq)),
+            Tlv(TlvType.SEQ, _u64(message.seq)),
         ]
         return MsgType.UNLEARN, message.instance, tlvs
     raise ValueError(f"not a control message: {message!r}")
@@ -308,6 +348,7 @@ _ALLOWED: dict[MsgType, frozenset[int]] = {
         {TlvType.REQUEST_ID, TlvType.MAC, TlvType.HOST, TlvType.SEQ, TlvType.IPV4}
     ),
     MsgType.UNLEARN: frozenset({TlvType.MAC, TlvType.HOST, TlvType.SEQ}),
+    MsgType.ENDPOINT: frozenset({TlvType.MAC, TlvType.HOST, TlvType.SEQ, TlvType.IPV4}),
 }
 _COMMON = frozenset({TlvType.SENDER, TlvType.COUNTER, TlvType.RECEIVER})
 
@@ -380,7 +421,7 @@ def _learn_request(header: DoveHeader, f: _Fields) -> LearnRequest:
             requester = Requester(
                 mac=f.mac(TlvType.REQUESTER_MAC),
                 ips=f.ips(TlvType.REQUESTER_IPV4),
-                seq=f.uint(TlvType.REQUESTER_SEQ, 4),
+                seq=f.uint(TlvType.REQUESTER_SEQ, 8),
             )
         except ValueError as e:
             raise MalformedMessage("bad_tlv_value", f"requester: {e}") from None
@@ -396,7 +437,17 @@ def _learn_reply(header: DoveHeader, f: _Fields) -> LearnReply:
         mac=f.mac(),
         ips=f.ips(),
         host=f.ip(TlvType.HOST),
-        seq=f.uint(TlvType.SEQ, 4),
+        seq=f.uint(TlvType.SEQ, 8),
+    )
+
+
+def _endpoint(header: DoveHeader, f: _Fields) -> EndpointHere:
+    return EndpointHere(
+        instance=_instance(header, True),
+        mac=f.mac(),
+        ips=f.ips(),
+        host=f.ip(TlvType.HOST),
+        seq=f.uint(TlvType.SEQ, 8),
     )
 
 
@@ -405,7 +456,7 @@ def _unlearn(header: DoveHeader, f: _Fields) -> Unlearn:
         instance=_instance(header, True),
         mac=f.mac(),
         host=f.ip(TlvType.HOST),
-        seq=f.uint(TlvType.SEQ, 4),
+        seq=f.uint(TlvType.SEQ, 8),
     )
 
 
@@ -414,6 +465,7 @@ _DECODERS: dict[MsgType, Callable[[DoveHeader, _Fields], Message]] = {
     MsgType.LEARN_REQUEST: _learn_request,
     MsgType.LEARN_REPLY: _learn_reply,
     MsgType.UNLEARN: _unlearn,
+    MsgType.ENDPOINT: _endpoint,
 }
 
 

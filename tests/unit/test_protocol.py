@@ -115,7 +115,7 @@ def _unlearn_tlvs() -> list[Tlv]:
     return [
         Tlv(TlvType.MAC, bytes.fromhex("020000000001")),
         Tlv(TlvType.HOST, IPv4Address("10.0.0.3").packed),
-        Tlv(TlvType.SEQ, struct.pack("!I", 9)),
+        Tlv(TlvType.SEQ, struct.pack("!Q", 9)),
     ]
 
 
