@@ -177,6 +177,29 @@ def _controller_section(ctrl: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _migration_section(rows: list[dict[str, Any]]) -> list[str]:
+    lines = [
+        "## Migration",
+        "",
+        "A VM on hv1 pings a VM every 5 ms while that VM moves between hv2 and hv3, one "
+        "move a second; per move, the largest gap between replies.",
+        "",
+        "| system | moves | gap median ms | gap p95 ms | gap max ms | lost / sent |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['system']} | failed: `{r['error'][:150]}` |")
+            continue
+        gaps = sorted(r["gaps_ms"])
+        p95 = gaps[min(len(gaps) - 1, max(0, -(-95 * len(gaps) // 100) - 1))] if gaps else None
+        lines.append(
+            f"| {r['system']} | {r['moves']} | {r['gap_ms']['median']:.0f} | "
+            f"{p95:.0f} | {r['gap_ms']['max']:.0f} | {r['lost']} / {r['sent']} |"
+        )
+    return lines
+
+
 def _scale_section(scale: list[dict[str, Any]]) -> list[str]:
     lines = [
         "## Scale",
@@ -265,6 +288,8 @@ def write_report(results: dict[str, Any], out: Path) -> None:
         lines += _controller_section(results["controller"]) + [""]
     if "pairs" in results:
         lines += _pairs_section(results["pairs"]) + [""]
+    if "migration" in results:
+        lines += _migration_section(results["migration"]) + [""]
     if "scale" in results:
         lines += _scale_section(results["scale"]) + [""]
     plots = _plots(results, out)

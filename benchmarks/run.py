@@ -36,6 +36,7 @@ STARTED = time.monotonic()
 DATAPLANE_SYSTEMS = ("dove", "ovn", "normal", "kernel", "learning")
 FIRST_PACKET_SYSTEMS = ("dove", "ovn", "normal")
 SCALE_SYSTEMS = ("dove", "ovn")
+MIGRATION_SYSTEMS = ("dove", "ovn", "normal")
 
 
 def progress(text: str) -> None:
@@ -307,6 +308,60 @@ def scale_sample(
         dnet.stop()
 
 
+# -------------------------------------------------------------------- migration
+
+PING_LINE = re.compile(r"^\[(\d+\.\d+)\] \d+ bytes from .* icmp_seq=(\d+)")
+
+
+def migration_sample(system: str, moves: int, spacing: float) -> dict[str, Any]:
+    """A 5 ms ping stream from a VM on hv1 to a VM moving between hv2 and hv3."""
+    from mininet_topos.migration import migrate
+
+    dnet = build(system, 3, 1, 2)
+    try:
+        pinger, mover = dnet.vms[0], dnet.vms[1]
+        hv2, hv3 = dnet.hv("hv2"), dnet.hv("hv3")
+        warm = pinger.host.cmd(f"ping -c3 -i0.05 -W1 {mover.ip}")
+        if "3 received" not in warm:
+            return {"system": system, "error": f"no path before moving: {warm[-200:]}"}
+        stream = pinger.host.popen(
+            ["ping", "-D", "-i", "0.005", "-W", "1", mover.ip],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        time.sleep(spacing)
+        moved_at = []
+        for _ in range(moves):
+            moved_at.append(time.time())
+            migrate(dnet, mover, hv3 if mover.hypervisor is hv2 else hv2)
+            time.sleep(spacing)
+        stream.send_signal(2)
+        output, _ = stream.communicate(timeout=10)
+    finally:
+        dnet.stop()
+    replies = [
+        (float(m.group(1)), int(m.group(2))) for m in map(PING_LINE.match, output.splitlines()) if m
+    ]
+    sent = re.search(r"(\d+) packets transmitted, (\d+) received", output)
+    gaps = []
+    for t in moved_at:
+        around = [r[0] for r in replies if t - 0.05 <= r[0] <= t + spacing]
+        before = [r[0] for r in replies if r[0] < t]
+        points = ([before[-1]] if before else []) + around
+        gaps.append(
+            max((b - a for a, b in zip(points, points[1:], strict=False)), default=spacing) * 1000
+        )
+    return {
+        "system": system,
+        "moves": moves,
+        "gaps_ms": gaps,
+        "gap_ms": summary(gaps),
+        "lost": int(sent.group(1)) - int(sent.group(2)) if sent else None,
+        "sent": int(sent.group(1)) if sent else None,
+    }
+
+
 # ------------------------------------------------------------------------ report
 
 
@@ -342,7 +397,7 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="fewer and shorter runs, small scale: a change's check (< 5 min)",
     )
-    parser.add_argument("--sections", default="controller,first,dataplane,scale")
+    parser.add_argument("--sections", default="controller,first,dataplane,migration,scale")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--reps", type=int, default=None)
     args = parser.parse_args(argv)
@@ -367,6 +422,18 @@ def main(argv: list[str] | None = None) -> int:
             "summary": summarize_pairs(samples, systems),
             "settings": settings,
         }
+    if "migration" in sections:
+        moves = 6 if args.quick else 20
+        results["migration"] = []
+        for system in [s for s in MIGRATION_SYSTEMS if available(s)]:
+            progress(f"migration {system}: {moves} moves")
+            try:
+                results["migration"].append(migration_sample(system, moves, 1.0))
+            except Exception as e:
+                results["migration"].append(
+                    {"system": system, "error": f"{type(e).__name__}: {e}"[-400:]}
+                )
+            progress(f"  {json.dumps(results['migration'][-1])[:300]}")
     if "scale" in sections:
         size = (4, 4, 10) if args.quick else (10, 20, 50)
         results["scale"] = []

@@ -46,6 +46,7 @@ class DoveConfig:
     learn_idle_timeout: int = 300
     max_learned_per_instance: int = 1024
     max_pending_per_instance: int = 64
+    departure_memory: float = 60.0  # how long a host answers for a VM that left it
     learn_rate_per_instance: float = 100.0
     packet_in_rate_limit: int = 500
 
@@ -72,6 +73,7 @@ _MAXIMUM: dict[str, float] = {
     "learn_retries": 20,
     "announce_interval": 3600,
     "learn_timeout": 60,
+    "departure_memory": 3600,
     "max_learned_per_instance": 1_000_000,
     "max_pending_per_instance": 100_000,
 }

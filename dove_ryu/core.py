@@ -105,7 +105,7 @@ class DoveCore:
         self.negative = NegativeCache(NEGATIVE_SIZE, NEGATIVE_TTL)
         self.buckets: dict[int, TokenBucket] = {}
         self.seqs: dict[tuple[int, str], int] = {}  # location sequence of each local VM
-        self.mobility = Mobility()
+        self.mobility = Mobility(ttl=cfg.departure_memory)
         # Instances this host stopped serving while a VM of theirs had just left:
         # members' traffic is still taken in, until then, for the reactive path.
         self.lingering: dict[int, float] = {}

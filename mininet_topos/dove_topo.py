@@ -19,7 +19,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from mininet.cli import CLI
 from mininet.log import setLogLevel
 from mininet.net import Mininet
 from mininet.node import Host
@@ -396,7 +395,9 @@ def main(argv: list[str] | None = None) -> None:
         + ", ".join(f"{hv.name} ({hv.underlay_ip}, rundir {hv.rundir})" for hv in dnet.hypervisors)
     )
     try:
-        CLI(dnet.net)
+        from mininet_topos.migration import cli_class  # builds on this module
+
+        cli_class(dnet)(dnet.net)
     finally:
         dnet.stop()
 

@@ -33,12 +33,14 @@ class Dove:
 
 
 @pytest.fixture(scope="module")
-def dove() -> Iterator[Dove]:
+def dove(request: pytest.FixtureRequest) -> Iterator[Dove]:
+    """A test module may set DOVE_EXTRA: agent settings for its emulation."""
     if os.geteuid() != 0:
         pytest.skip("Mininet needs root")
     from mininet_topos.agents import build_dove_net
 
-    dnet, key = build_dove_net(hypervisors=3, tenants=2, vms_per_tenant=2)
+    extra = getattr(request.module, "DOVE_EXTRA", None)
+    dnet, key = build_dove_net(hypervisors=3, tenants=2, vms_per_tenant=2, extra=extra)
     try:
         yield Dove(dnet, bytes.fromhex(key))
     finally:

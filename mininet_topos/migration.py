@@ -1,0 +1,69 @@
+"""Live migration in the emulation, as a hypervisor's live migration does it.
+
+The VM's namespace, interface, MAC, IPs and open sockets stay as they are; its
+port (the hypervisor-side veth) leaves the old hypervisor's bridge and namespace
+and appears, with the same OVSDB marks, on the new one's; then the VM announces
+itself with a gratuitous ARP, as QEMU does after a move (it sends RARP; here a
+gratuitous ARP plays that part).
+"""
+
+from __future__ import annotations
+
+import time
+
+from mininet_topos.dove_topo import DoveNet, VmRecord
+from mininet_topos.hypervisor import Hypervisor
+
+MIGRATABLE_MODES = ("dove", "normal", "ovn")
+
+
+def migrate(dnet: DoveNet, vm: VmRecord, to: Hypervisor, announce: bool = True) -> float:
+    """Move ``vm`` to hypervisor ``to``; returns how long the port was unplugged (s)."""
+    if dnet.spec.mode not in MIGRATABLE_MODES:
+        raise ValueError(f"no migration in mode {dnet.spec.mode!r}")
+    old = vm.hypervisor
+    if to is old:
+        raise ValueError(f"{vm.name} is already on {to.name}")
+    bridge = old.vsctl("port-to-br", vm.port).strip()
+    marks = old.vsctl("get", "Interface", vm.port, "external_ids").strip()
+    started = time.monotonic()
+    old.vsctl("--if-exists", "del-port", bridge, vm.port)
+    old.run("ip", "link", "set", vm.port, "netns", str(to.pid))
+    _hand_over(old, to, vm.port)
+    to.make_port_only(vm.port)
+    to.vsctl(
+        "add-port", bridge, vm.port, "--", "set", "Interface", vm.port, f"external_ids={marks}"
+    )
+    unplugged = time.monotonic() - started
+    vm.hypervisor = to
+    if announce:
+        intf = vm.host.intf().name
+        vm.host.cmd(f"arping -q -c1 -U -I {intf} {vm.ip}")
+    return unplugged
+
+
+def _hand_over(old: Hypervisor, to: Hypervisor, name: str) -> None:
+    """Mininet's own record of which node owns the interface (teardown deletes it there)."""
+    intf = old.nameToIntf[name]
+    old.delIntf(intf)
+    intf.node = to
+    to.addIntf(intf, moveIntfFn=lambda *_args, **_kw: True)  # already moved
+
+
+def cli_class(dnet: DoveNet) -> type:
+    """The Mininet CLI with a ``migrate <vm> <hypervisor>`` command for this net."""
+    from mininet.cli import CLI
+
+    class DoveCLI(CLI):  # type: ignore[misc]
+        def do_migrate(self, line: str) -> None:
+            """migrate <vm> <hypervisor>: live-migrate a VM (its port moves, it stays)."""
+            try:
+                name, target = line.split()
+                vm, to = dnet.vm(name), dnet.hv(target)
+                took = migrate(dnet, vm, to)
+            except (ValueError, StopIteration) as e:
+                print(f"usage: migrate <vm> <hypervisor> ({e})")
+                return
+            print(f"{name} now on {target} (port unplugged for {took * 1000:.0f} ms)")
+
+    return DoveCLI
