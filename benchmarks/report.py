@@ -301,6 +301,9 @@ def publish(run: Path, root: Path) -> Path:
     text = text.replace(
         "`samples.json` beside this file", f"`{run}/samples.json` (not kept in the repository)"
     )
+    notes = Path(__file__).with_name("notes.md")
+    if notes.exists():  # the reading of the figures, kept by hand beside the code
+        text = text.replace("## Controller", notes.read_text() + "\n## Controller", 1)
     target = root / "BENCHMARKS.md"
     target.write_text(PUBLISH_HEADER + text.lstrip())
     return target
