@@ -253,7 +253,7 @@ def write_report(results: dict[str, Any], out: Path) -> None:
         f"{results['reps']} repetitions per figure.",
         "",
         f"Machine: {m['cpus']} CPUs, kernel {m['kernel']}; {m['ovs']}; {m['ovn']}; "
-        f"{m['iperf3']}; Python {m['python']}.",
+        f"{m['iperf3']}; Python {m['python']}; dove-ryu {m.get('commit', 'n/a')}.",
         "",
         f"Datapath: {m['datapath']}. VM MTU: {m['vm_mtu']}. Offload: {m['offload']}.",
         "",
