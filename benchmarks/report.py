@@ -276,7 +276,7 @@ def write_report(results: dict[str, Any], out: Path) -> None:
         f"{results['reps']} repetitions per figure.",
         "",
         f"Machine: {m['cpus']} CPUs, kernel {m['kernel']}; {m['ovs']}; {m['ovn']}; "
-        f"{m['iperf3']}; Python {m['python']}.",
+        f"{m['iperf3']}; Python {m['python']}; dove-ryu {m.get('commit', 'n/a')}.",
         "",
         f"Datapath: {m['datapath']}. VM MTU: {m['vm_mtu']}. Offload: {m['offload']}.",
         "",
@@ -326,6 +326,9 @@ def publish(run: Path, root: Path) -> Path:
     text = text.replace(
         "`samples.json` beside this file", f"`{run}/samples.json` (not kept in the repository)"
     )
+    notes = Path(__file__).with_name("notes.md")
+    if notes.exists():  # the reading of the figures, kept by hand beside the code
+        text = text.replace("## Controller", notes.read_text() + "\n## Controller", 1)
     target = root / "BENCHMARKS.md"
     target.write_text(PUBLISH_HEADER + text.lstrip())
     return target

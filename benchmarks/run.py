@@ -384,6 +384,7 @@ def describe_machine() -> dict[str, Any]:
         "ovn": out("ovn-controller", "--version"),
         "iperf3": out("iperf3", "--version"),
         "python": sys.version.split()[0],
+        "commit": out("git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"),
         "datapath": "OVS userspace (netdev); kernel VXLAN for the kernel system",
         "vm_mtu": "1450 (VXLAN systems), 1442 (OVN, Geneve)",
         "offload": "tx checksum offload off on VM veths and on every veth feeding userspace OVS",
