@@ -63,6 +63,7 @@ REINSTALL_HOLDOFF = 0.5  # seconds a reinstalled forwarding flow is trusted to b
 FLOW_AGE_SLACK = 0.5  # seconds; the switch's and the agent's clocks are read apart
 MEMBER_LIFETIME_INTERVALS = 3.5  # a member that missed 3 announcements is gone
 NEGATIVE_TTL = 2.0
+RECENTLY_UNLEARNED = 10.0  # seconds an un-learned endpoint is followed to its next host
 NEGATIVE_SIZE = 4096
 ANNOUNCE_MAX_INSTANCES = 300
 MAX_PEERS_TRACKED = 4096  # keeps an announcement within one frame
@@ -117,6 +118,8 @@ class DoveCore:
         self.wall_clock = time.time
         self.last_request_id = 0
         self.last_announce: OrderedDict[IPv4Address, int] = OrderedDict()
+        # (instance, MAC) -> (sequence, until): endpoints just un-learned by their host
+        self.unlearned: OrderedDict[tuple[int, str], tuple[int, float]] = OrderedDict()
         self.next_announce = now
         self.log_limit = LogLimiter()
         self.started = now
@@ -504,6 +507,11 @@ class DoveCore:
             if msg.host != env.sender:
                 self._drop("unlearn_for_other_host", now, f"from {env.sender} for {msg.host}")
             elif entry and entry.endpoint.host == msg.host and entry.endpoint.seq <= msg.seq:
+                # Kept for a moment: the VM's new host may announce it right after.
+                self.unlearned[(msg.instance, msg.mac)] = (msg.seq, now + RECENTLY_UNLEARNED)
+                self.unlearned.move_to_end((msg.instance, msg.mac))
+                while len(self.unlearned) > NEGATIVE_SIZE:
+                    self.unlearned.popitem(last=False)
                 return self._forget(msg.instance, msg.mac)
         return CoreOutput()
 
@@ -700,7 +708,12 @@ class DoveCore:
         if self.mobility.went_to(key, sender, msg.seq, now):
             self.counters["departed_now_at_known_host"] += 1
         current = self.learned.get(msg.instance, msg.mac)
-        if current is not None:
+        gone_seq, gone_until = self.unlearned.pop(key, (0, 0.0))
+        if current is None and gone_until > now and msg.seq > gone_seq:
+            # Un-learned a moment ago by its old host (a move unplugs first): follow it.
+            self.counters["endpoint_moved"] += 1
+            out.extend(self._remember(now, ep, sender))
+        elif current is not None:
             if msg.seq <= current.endpoint.seq:
                 self.counters["endpoint_stale"] += 1
                 return out

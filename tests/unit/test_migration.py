@@ -153,3 +153,22 @@ def test_moving_back_and_forth_leaves_nothing_behind() -> None:
     talk(2, 7)
     assert {n: len(h.core.learned) for n, h in net.hosts.items()} == learned_before
     assert {n: h.switch.flow_count() for n, h in net.hosts.items()} == flows_before
+
+
+def test_unplugged_before_plugged_is_followed_too() -> None:
+    """Live migration unplugs first: the UNLEARN arrives before the new host's ENDPOINT,
+    which must still be followed, without a LEARN of its own."""
+    net = two_talking()
+    old, new = net.hosts[2], net.hosts[3]
+    net.apply(old, old.core.ports_changed(net.now, []))
+    net.deliver()
+    assert net.hosts[1].core.learned.get(5001, MAC_B) is None
+    net.now += 0.2
+    ports = [*new.core.ports.values(), vm("b", 7, 5001, MAC_B, "192.168.1.2")]
+    net.apply(new, new.core.ports_changed(net.now, ports))
+    net.deliver()
+    entry = net.hosts[1].core.learned.get(5001, MAC_B)
+    assert entry is not None and entry.endpoint.host == ip(3)
+    asked = len(net.learn_requests(src=1))
+    assert local(net.send(1, 1, eth(MAC_A, MAC_B))) == [(3, 7)]
+    assert len(net.learn_requests(src=1)) == asked
