@@ -16,6 +16,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -324,20 +325,25 @@ def migration_sample(system: str, moves: int, spacing: float) -> dict[str, Any]:
         warm = pinger.host.cmd(f"ping -c3 -i0.05 -W1 {mover.ip}")
         if "3 received" not in warm:
             return {"system": system, "error": f"no path before moving: {warm[-200:]}"}
+        # To a file, not a pipe: a pipe nobody reads fills and stalls the stream.
+        log = tempfile.TemporaryFile(mode="w+")
         stream = pinger.host.popen(
             ["ping", "-D", "-i", "0.005", "-W", "1", mover.ip],
-            stdout=subprocess.PIPE,
+            stdout=log,
             stderr=subprocess.DEVNULL,
-            text=True,
         )
         time.sleep(spacing)
         moved_at = []
+        unplugged = []
         for _ in range(moves):
             moved_at.append(time.time())
-            migrate(dnet, mover, hv3 if mover.hypervisor is hv2 else hv2)
+            took = migrate(dnet, mover, hv3 if mover.hypervisor is hv2 else hv2)
+            unplugged.append(took * 1000)
             time.sleep(spacing)
         stream.send_signal(2)
-        output, _ = stream.communicate(timeout=10)
+        stream.wait(timeout=10)
+        log.seek(0)
+        output = log.read()
     finally:
         dnet.stop()
     replies = [
@@ -357,6 +363,8 @@ def migration_sample(system: str, moves: int, spacing: float) -> dict[str, Any]:
         "moves": moves,
         "gaps_ms": gaps,
         "gap_ms": summary(gaps),
+        # The emulation's own share: the port is absent while it moves between namespaces.
+        "unplugged_ms": summary(unplugged),
         "lost": int(sent.group(1)) - int(sent.group(2)) if sent else None,
         "sent": int(sent.group(1)) if sent else None,
     }
