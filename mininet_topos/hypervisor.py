@@ -100,13 +100,17 @@ def dpid_for(index: int, bridge: str) -> str:
 
 
 def cleanup_stale(base: str | None = None) -> list[Path]:
-    """Kill OVS daemons left in dove-* rundirs by a crashed run and remove those rundirs.
+    """Kill OVS daemons left in dove-* rundirs by a crashed run and remove those rundirs."""
+    return reap_rundirs("dove-hv*-*", DAEMONS, base)
 
-    Only pids read from our own pidfiles, and only if their command line names that rundir.
-    """
+
+def reap_rundirs(pattern: str, daemons: tuple[str, ...], base: str | None = None) -> list[Path]:
+    """Kill the daemons a crashed run left in run directories matching ``pattern`` and
+    remove the directories.  Only pids read from our own pidfiles, and only when their
+    command line names that directory."""
     removed = []
-    for d in Path(base or tempfile.gettempdir()).glob("dove-hv*-*"):
-        for daemon in DAEMONS:
+    for d in Path(base or tempfile.gettempdir()).glob(pattern):
+        for daemon in daemons:
             pid = read_pidfile(d / f"{daemon}.pid")
             if pid is None or not pid_alive(pid):
                 continue

@@ -28,6 +28,7 @@ from mininet_topos.hypervisor import (
     kill_pid,
     pid_alive,
     read_pidfile,
+    reap_rundirs,
     wait_until,
 )
 
@@ -148,21 +149,7 @@ def cleanup_stale(base: str | None = None) -> list[Path]:
 
     ovn-controllers live in hypervisor rundirs and are handled by hypervisor.cleanup_stale.
     """
-    removed = []
-    for d in Path(base or tempfile.gettempdir()).glob(f"{RUNDIR_PREFIX}*"):
-        for daemon in CENTRAL_DAEMONS:
-            pid = read_pidfile(d / f"{daemon}.pid")
-            if pid is None or not pid_alive(pid):
-                continue
-            try:
-                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
-            except OSError:
-                continue
-            if str(d) in cmdline:
-                kill_pid(pid)
-        shutil.rmtree(d, ignore_errors=True)
-        removed.append(d)
-    return removed
+    return reap_rundirs(f"{RUNDIR_PREFIX}*", CENTRAL_DAEMONS, base)
 
 
 def start_controller(hv: Hypervisor, sb_remote: str) -> None:
