@@ -390,6 +390,11 @@ class DoveCore:
         if frame.is_multicast:
             return CoreOutput()  # flooded to a lingering instance: nothing to correct
         key = (instance, frame.dst)
+        local = self.local.get(key)
+        if local is not None:
+            # It is here: the packet raced the flows of a port that just came up.
+            self.counters["not_here_but_local"] += 1
+            return CoreOutput(ofmsgs=[PacketOut(OFPP_CONTROLLER, data, (Output(local.ofport),))])
         out = CoreOutput()
         departed = self.mobility.lookup(key, now)
         if departed is not None and departed.new_host is not None and self.tunnel_ofport:

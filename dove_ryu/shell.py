@@ -95,9 +95,12 @@ class DoveApp(app_manager.OSKenApp):  # type: ignore[misc]
         return self.datapaths.get(view.datapath_id)
 
     def _send(self, out: CoreOutput) -> bool:
-        """The one send path: switch messages in safe order, then datagrams.
+        """The one send path: datagrams, then switch messages in safe order.
 
+        Datagrams first: a LEARN reply should not wait while os-ken builds the flows
+        gleaned from its request (a few hundred microseconds of the first packet).
         Returns False if a switch message could not be sent (the caller resyncs)."""
+        self._send_datagrams(out)
         dp = self.dp
         sent = True
         if dp is not None and out.ofmsgs:
@@ -108,6 +111,9 @@ class DoveApp(app_manager.OSKenApp):  # type: ignore[misc]
                     sent = False
                     self.core.counters["openflow_send_errors"] += 1
                     LOG.exception("%s: cannot send %r", self.cfg.name, msg)
+        return sent
+
+    def _send_datagrams(self, out: CoreOutput) -> None:
         for dgram in out.datagrams:
             try:
                 self.sock.sendto(dgram.payload, (dgram.dst, self.cfg.control_port))
@@ -115,7 +121,6 @@ class DoveApp(app_manager.OSKenApp):  # type: ignore[misc]
                 with self.lock:
                     self.core.counters["control_send_errors"] += 1
                 LOG.warning("%s: send to %s failed: %s", self.cfg.name, dgram.dst, e)
-        return sent
 
     def _call(self, handler: Any, *args: Any) -> None:
         with self.lock:

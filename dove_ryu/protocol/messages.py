@@ -259,6 +259,17 @@ def _mac_bytes(mac: str) -> bytes:
     return bytes.fromhex(mac.replace(":", ""))
 
 
+def _location(message: LearnReply | EndpointHere | Unlearn) -> list[Tlv]:
+    """Where an endpoint is: MAC, HOST, SEQ, and its addresses when the message has them."""
+    tlvs = [
+        Tlv(TlvType.MAC, _mac_bytes(message.mac)),
+        Tlv(TlvType.HOST, message.host.packed),
+        Tlv(TlvType.SEQ, _u64(message.seq)),
+    ]
+    tlvs.extend(Tlv(TlvType.IPV4, ip.packed) for ip in getattr(message, "ips", ()))
+    return tlvs
+
+
 def _body(message: Message) -> tuple[MsgType, int | None, list[Tlv]]:
     """(message type, instance or None, message-specific TLVs)."""
     if isinstance(message, Announce):
@@ -277,29 +288,12 @@ def _body(message: Message) -> tuple[MsgType, int | None, list[Tlv]]:
             tlvs.extend(Tlv(TlvType.REQUESTER_IPV4, ip.packed) for ip in who.ips)
         return MsgType.LEARN_REQUEST, message.instance, tlvs
     if isinstance(message, LearnReply):
-        tlvs = [
-            Tlv(TlvType.REQUEST_ID, _u32(message.request_id)),
-            Tlv(TlvType.MAC, _mac_bytes(message.mac)),
-            Tlv(TlvType.HOST, message.host.packed),
-            Tlv(TlvType.SEQ, _u64(message.seq)),
-        ]
-        tlvs.extend(Tlv(TlvType.IPV4, ip.packed) for ip in message.ips)
-        return MsgType.LEARN_REPLY, message.instance, tlvs
+        request = Tlv(TlvType.REQUEST_ID, _u32(message.request_id))
+        return MsgType.LEARN_REPLY, message.instance, [request, *_location(message)]
     if isinstance(message, EndpointHere):
-        tlvs = [
-            Tlv(TlvType.MAC, _mac_bytes(message.mac)),
-            Tlv(TlvType.HOST, message.host.packed),
-            Tlv(TlvType.SEQ, _u64(message.seq)),
-        ]
-        tlvs.extend(Tlv(TlvType.IPV4, ip.packed) for ip in message.ips)
-        return MsgType.ENDPOINT, message.instance, tlvs
+        return MsgType.ENDPOINT, message.instance, _location(message)
     if isinstance(message, Unlearn):
-        tlvs = [
-            Tlv(TlvType.MAC, _mac_bytes(message.mac)),
-            Tlv(TlvType.HOST, message.host.packed),
-            Tlv(TlvType.SEQ, _u64(message.seq)),
-        ]
-        return MsgType.UNLEARN, message.instance, tlvs
+        return MsgType.UNLEARN, message.instance, _location(message)
     raise ValueError(f"not a control message: {message!r}")
 
 

@@ -172,3 +172,19 @@ def test_unplugged_before_plugged_is_followed_too() -> None:
     asked = len(net.learn_requests(src=1))
     assert local(net.send(1, 1, eth(MAC_A, MAC_B))) == [(3, 7)]
     assert len(net.learn_requests(src=1)) == asked
+
+
+def test_a_packet_racing_a_new_ports_flows_is_delivered_not_unlearned() -> None:
+    """The new host announced the VM before OVS had its port's delivery flow: the packet
+    that arrives in that moment reaches the VM, and nobody is told to un-learn it."""
+    net = two_talking()
+    h2 = net.hosts[2]
+    delivery = [
+        f for f in h2.switch.flows() if f.table_id == 40 and f.match.get("eth_dst") == MAC_B
+    ]
+    assert delivery
+    h2.switch.tables[40] = [f for f in h2.switch.tables[40] if f not in delivery]
+    seen = net.send(1, 1, eth(MAC_A, MAC_B))
+    assert (2, 1) in local(seen)
+    assert h2.core.counters["not_here_but_local"] == 1
+    assert not any(isinstance(s.message, Unlearn) for s in net.sent)
