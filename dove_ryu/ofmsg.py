@@ -103,7 +103,8 @@ class PacketOut:
     data: bytes
     actions: tuple[Action, ...] = (Output(OFPP_TABLE),)
     # False for a packet that is complete in itself (an ARP answer made by the agent):
-    # it is sent first, not after the flow changes and their barrier.
+    # it needs no barrier.  It still follows the flow changes of its batch, which OVS
+    # applies in order: the VM's next packet must find its forwarding flow.
     after_flows: bool = True
 
 
@@ -136,7 +137,7 @@ class CoreOutput:
         return self
 
 
-def _rank(msg: OfMsg) -> int:
+def _rank(msg: OfMsg) -> float:
     if isinstance(msg, FlowMod):
         return 0 if msg.is_delete else 3
     if isinstance(msg, GroupMod):
@@ -147,7 +148,7 @@ def _rank(msg: OfMsg) -> int:
         # harmless: OVS deletes those flows with it.
         return 1 if msg.command is GroupCommand.DELETE else 2
     if isinstance(msg, PacketOut):
-        return 5 if msg.after_flows else -1
+        return 5 if msg.after_flows else 3.5
     return 4
 
 
