@@ -27,8 +27,8 @@ from os_ken.ofproto import ofproto_v1_3
 from dove_ryu.admin import AdminServer
 from dove_ryu.config import DoveConfig
 from dove_ryu.core import DoveCore
-from dove_ryu.of_osken import match_fields, to_osken
-from dove_ryu.ofmsg import CoreOutput, order_messages
+from dove_ryu.of_osken import match_fields, next_xid, packet_out_bytes, to_osken
+from dove_ryu.ofmsg import CoreOutput, PacketOut, order_messages
 from dove_ryu.ovsdb import BridgeView, PortWatcher
 
 LOG = logging.getLogger("dove_ryu.shell")
@@ -106,7 +106,13 @@ class DoveApp(app_manager.OSKenApp):  # type: ignore[misc]
         if dp is not None and out.ofmsgs:
             for msg in order_messages(out.ofmsgs):
                 try:
-                    dp.send_msg(to_osken(dp, msg))
+                    wire = None
+                    if isinstance(msg, PacketOut):
+                        wire = packet_out_bytes(msg, next_xid(dp))
+                    if wire is not None:
+                        dp.send(wire)
+                    else:
+                        dp.send_msg(to_osken(dp, msg))
                 except Exception:  # one bad message must not lose the rest
                     sent = False
                     self.core.counters["openflow_send_errors"] += 1
