@@ -258,6 +258,7 @@ def scale_sample(
     vms_per_tenant: int,
     pairs_per_tenant: int,
     timeout: float,
+    reps: int,
 ) -> dict[str, Any]:
     progress(f"scale {system}: building {hypervisors} hypervisors, {tenants * vms_per_tenant} VMs")
     started = time.monotonic()
@@ -271,20 +272,33 @@ def scale_sample(
     }
     try:
         ports = _vm_ports(dnet)
-        _replug(ports, unplug=True)
-        time.sleep(2.0 if system == "dove" else 5.0)  # let the control plane forget them
         pairs = _sample_pairs(dnet, pairs_per_tenant)
         before = (
             {hv.name: admin(hv)["counters"] for hv in dnet.hypervisors} if system == "dove" else {}
         )
-        t0 = time.monotonic()
-        _replug(ports, unplug=False)
-        times = _reach_times(pairs, t0, timeout)
-        reached = [t for t in times if t is not None]
-        sample["reachable_s"] = max(reached) if len(reached) == len(times) else None
-        sample["reach_times_s"] = summary(reached)
+        # The expensive build once; the measured event (every port gone, then back at
+        # once) several times on it.
+        rounds = []
+        for rep in range(reps):
+            _replug(ports, unplug=True)
+            time.sleep(2.0 if system == "dove" else 5.0)  # let the control plane forget them
+            t0 = time.monotonic()
+            _replug(ports, unplug=False)
+            times = _reach_times(pairs, t0, timeout)
+            reached = [t for t in times if t is not None]
+            rounds.append(
+                {
+                    "all_reached_s": max(reached) if len(reached) == len(times) else None,
+                    "median_pair_s": summary(reached)["median"],
+                    "unreachable": len(times) - len(reached),
+                }
+            )
+            progress(f"  {system} round {rep + 1}/{reps}: {rounds[-1]}")
+        sample["rounds"] = rounds
+        sample["reachable"] = summary([r["all_reached_s"] for r in rounds])
+        sample["reachable_s"] = sample["reachable"]["median"]
         sample["pairs"] = len(pairs)
-        sample["unreachable_pairs"] = len(times) - len(reached)
+        sample["unreachable_pairs"] = max(r["unreachable"] for r in rounds)
         bridge = "br-dove" if system == "dove" else "br-int"
         flow_counts = [
             len(hv.ofctl("dump-flows", bridge).splitlines()) - 1 for hv in dnet.hypervisors
@@ -450,7 +464,11 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 results["scale"].append(
                     scale_sample(
-                        system, *size, pairs_per_tenant=2, timeout=120 if args.quick else 600
+                        system,
+                        *size,
+                        pairs_per_tenant=2,
+                        timeout=120 if args.quick else 600,
+                        reps=2 if args.quick else 5,
                     )
                 )
             except Exception as e:
