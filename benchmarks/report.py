@@ -305,7 +305,7 @@ def write_report(results: dict[str, Any], out: Path) -> None:
 PUBLISH_HEADER = """\
 # Benchmarks
 
-The latest full run of `sudo scripts/bench.sh` (about 30 minutes on the 2-core test
+The latest full run of `sudo scripts/bench.sh` (about 20 minutes on the 2-core test
 machine), copied here from its results folder by
 `.venv/bin/python -m benchmarks.report --publish results/<run>`. To reproduce: on a
 Debian 12 machine, as root, from the repository root, run `sudo scripts/bench.sh`; add
