@@ -93,6 +93,16 @@ def normalize_mac(mac: str) -> str:
     return low.replace("-", ":")
 
 
+def _check_ips(ips: object) -> None:
+    """A tuple of distinct IPv4 addresses."""
+    if not isinstance(ips, tuple):
+        raise ValueError("ips must be a tuple")
+    for ip in ips:
+        _check_ip("ips entry", ip)
+    if len(set(ips)) != len(ips):
+        raise ValueError("ips must not repeat")
+
+
 def _check_range(name: str, value: int, low: int, high: int) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
         raise ValueError(f"{name} must be an integer in [{low}, {high}], got {value!r}")
@@ -135,10 +145,7 @@ class Requester:
     def __post_init__(self) -> None:
         object.__setattr__(self, "mac", normalize_mac(self.mac))
         _check_range("seq", self.seq, 0, SEQ_LIMIT)
-        for ip in self.ips:
-            _check_ip("requester ip", ip)
-        if len(set(self.ips)) != len(self.ips):
-            raise ValueError("requester ips repeat an address")
+        _check_ips(self.ips)
 
 
 @dataclass(frozen=True)
@@ -177,12 +184,7 @@ class LearnReply:
         _check_instance(self.instance)
         _check_range("request_id", self.request_id, 0, 0xFFFFFFFF)
         object.__setattr__(self, "mac", normalize_mac(self.mac))
-        if not isinstance(self.ips, tuple):
-            raise ValueError("ips must be a tuple")
-        for ip in self.ips:
-            _check_ip("ips entry", ip)
-        if len(set(self.ips)) != len(self.ips):
-            raise ValueError("ips must not repeat")
+        _check_ips(self.ips)
         _check_ip("host", self.host)
         _check_range("seq", self.seq, 0, SEQ_LIMIT)
 
@@ -219,10 +221,7 @@ class EndpointHere:
         object.__setattr__(self, "mac", normalize_mac(self.mac))
         _check_ip("host", self.host)
         _check_range("seq", self.seq, 0, SEQ_LIMIT)
-        for ip in self.ips:
-            _check_ip("ip", ip)
-        if len(set(self.ips)) != len(self.ips):
-            raise ValueError("ips repeat an address")
+        _check_ips(self.ips)
 
 
 Message = Announce | LearnRequest | LearnReply | Unlearn | EndpointHere
