@@ -340,26 +340,21 @@ class Hypervisor(Host):
             *bridge_opts,
         )
 
-    def setup_dove_bridge(self) -> None:
-        """br-dove for the agent: secure, OF1.3 controller on localhost, one flow-based tunnel."""
+    def _secure_bridge_with_local_controller(self, *more: str) -> None:
+        """br-dove secure, controlled over OpenFlow 1.3 from this namespace's loopback."""
         self._add_br_dove("fail_mode=secure", "other_config:disable-in-band=true")
-        self.vsctl(
-            "set-controller",
-            BR_DOVE,
-            f"tcp:127.0.0.1:{AGENT_OFP_PORT}",
-            "--",
-            "add-port",
-            BR_DOVE,
-            TUNNEL_PORT,
-            "--",
-            "set",
-            "Interface",
-            TUNNEL_PORT,
-            "type=vxlan",
-            "options:remote_ip=flow",
-            "options:key=flow",
-            f"options:local_ip={self.underlay_ip}",
-        )
+        self.vsctl("set-controller", BR_DOVE, f"tcp:127.0.0.1:{AGENT_OFP_PORT}", *more)
+
+    def setup_dove_bridge(self) -> None:
+        """br-dove for the agent, with its one flow-based tunnel, ready before VMs plug in.
+
+        The agent makes the same settings again at start (idempotent), as it does on a
+        real hypervisor where nothing else prepares the bridge."""
+        self._secure_bridge_with_local_controller(
+            "--", "add-port", BR_DOVE, TUNNEL_PORT,
+            "--", "set", "Interface", TUNNEL_PORT, "type=vxlan", "options:remote_ip=flow",
+            "options:key=flow", f"options:local_ip={self.underlay_ip}",
+        )  # fmt: skip
 
     def setup_normal_bridge(self) -> None:
         """Baseline br-dove: standalone learning switch; tunnels come from add_mesh_tunnels()."""
@@ -372,16 +367,8 @@ class Hypervisor(Host):
         NOTE (OVS 3.1.0): the controller starts after the bridge, and connection attempts back
         off exponentially to 8 s; max_backoff=1000 caps it so the build waits about 1 s, not 5.
         """
-        self._add_br_dove("fail_mode=secure", "other_config:disable-in-band=true")
-        self.vsctl(
-            "set-controller",
-            BR_DOVE,
-            f"tcp:127.0.0.1:{AGENT_OFP_PORT}",
-            "--",
-            "set",
-            "Controller",
-            BR_DOVE,
-            "max_backoff=1000",
+        self._secure_bridge_with_local_controller(
+            "--", "set", "Controller", BR_DOVE, "max_backoff=1000"
         )
 
     def setup_ovn_bridge(self) -> None:
