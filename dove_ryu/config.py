@@ -20,6 +20,8 @@ SECTION = "dove"
 TUNNEL_TYPES = ("vxlan",)
 DATAPATH_TYPES = ("system", "netdev")
 DISCOVERY_MODES = ("static",)
+ROLES = ("host", "proxy")
+OVERSIZE_ACTIONS = ("fragment", "icmp")
 
 
 class ConfigError(Exception):
@@ -49,6 +51,16 @@ class DoveConfig:
     departure_memory: float = 60.0  # how long a host answers for a VM that left it
     learn_rate_per_instance: float = 100.0
     packet_in_rate_limit: int = 500
+    # VAN proxy role (paper section IV-C): a leg in the site underlay (underlay_ip)
+    # and one in the inter-site network (wan_ip), towards the other sites' proxies.
+    role: str = "host"
+    site: str = ""
+    wan_ip: IPv4Address | None = None
+    wan_peers: tuple[IPv4Address, ...] = ()  # the other sites' proxies (their wan_ip)
+    proxy_priority: int = 100  # of two proxies of a site, the higher one starts active
+    proxy_hello_interval: float = 0.2  # active proxy -> its site's other proxies
+    wan_mtu: int = 1500  # IP MTU of the inter-site network
+    wan_oversize: str = "fragment"  # frames too big for it: DOVE-layer fragments or ICMP
 
     @property
     def name(self) -> str:
@@ -76,7 +88,11 @@ _MAXIMUM: dict[str, float] = {
     "departure_memory": 3600,
     "max_learned_per_instance": 1_000_000,
     "max_pending_per_instance": 100_000,
+    "proxy_priority": 255,
+    "proxy_hello_interval": 60,
+    "wan_mtu": 9000,
 }
+_MINIMUM: dict[str, float] = {"wan_mtu": 576}
 
 
 def _positive(setting: str, text: str, kind: type) -> int | float:
@@ -88,6 +104,8 @@ def _positive(setting: str, text: str, kind: type) -> int | float:
         raise ConfigError(f"[dove] {setting}: must be a finite number greater than 0, got {text!r}")
     if setting in _MAXIMUM and value > _MAXIMUM[setting]:
         raise ConfigError(f"[dove] {setting}: at most {_MAXIMUM[setting]:g}, got {text!r}")
+    if setting in _MINIMUM and value < _MINIMUM[setting]:
+        raise ConfigError(f"[dove] {setting}: at least {_MINIMUM[setting]:g}, got {text!r}")
     return value
 
 
@@ -128,11 +146,11 @@ def from_mapping(values: dict[str, str]) -> DoveConfig:
         if f.name not in values:
             continue
         text = values[f.name].strip()
-        if f.name == "underlay_ip":
+        if f.name in ("underlay_ip", "wan_ip"):
             kwargs[f.name] = _ip(f.name, text)
         elif f.name == "auth_key":
             kwargs[f.name] = parse_key(f.name, text)
-        elif f.name == "peers":
+        elif f.name in ("peers", "wan_peers"):
             kwargs[f.name] = tuple(_ip(f.name, p) for p in re.split(r"[,\s]+", text) if p)
         elif f.name == "tunnel_type":
             kwargs[f.name] = _choice(f.name, text, TUNNEL_TYPES)
@@ -140,6 +158,14 @@ def from_mapping(values: dict[str, str]) -> DoveConfig:
             kwargs[f.name] = _choice(f.name, text, DATAPATH_TYPES)
         elif f.name == "discovery":
             kwargs[f.name] = _choice(f.name, text, DISCOVERY_MODES)
+        elif f.name == "role":
+            kwargs[f.name] = _choice(f.name, text, ROLES)
+        elif f.name == "wan_oversize":
+            kwargs[f.name] = _choice(f.name, text, OVERSIZE_ACTIONS)
+        elif f.name == "site":
+            if not _IDENT.match(text):
+                raise ConfigError(f"[dove] site: {text!r} must be 1-15 letters, digits, _.-")
+            kwargs[f.name] = text
         elif f.name in ("bridge", "tunnel_port"):
             if not _IDENT.match(text):
                 raise ConfigError(f"[dove] {f.name}: {text!r} is not a valid interface name")
@@ -154,7 +180,30 @@ def from_mapping(values: dict[str, str]) -> DoveConfig:
     # A shared peers list may name this host too; it is not its own peer.
     kwargs["peers"] = tuple(p for p in kwargs.get("peers", ()) if p != underlay)  # type: ignore[attr-defined]
     kwargs.setdefault("host_name", socket.gethostname())
+    _check_role(kwargs)
     return DoveConfig(**kwargs)  # type: ignore[arg-type]
+
+
+def _check_role(kwargs: dict[str, object]) -> None:
+    """A proxy needs its site and its inter-site leg; a host has neither."""
+    proxy_only = ("site", "wan_ip", "wan_peers")
+    if kwargs.get("role", "host") == "host":
+        for name in proxy_only:
+            if name in kwargs:
+                raise ConfigError(f"[dove] {name}: only a proxy (role = proxy) has one")
+        return
+    for name in ("site", "wan_ip"):
+        if name not in kwargs:
+            raise ConfigError(f"[dove] {name}: missing (required with role = proxy)")
+    wan_ip = kwargs["wan_ip"]
+    if wan_ip == kwargs["underlay_ip"]:
+        raise ConfigError("[dove] wan_ip: must differ from underlay_ip (two legs)")
+    peers = kwargs.get("wan_peers", ())
+    kwargs["wan_peers"] = tuple(p for p in peers if p != wan_ip)  # type: ignore[attr-defined]
+    site_peers = set(kwargs.get("peers", ()))  # type: ignore[call-overload]
+    clash = site_peers & set(kwargs["wan_peers"])  # type: ignore[call-overload]
+    if clash:
+        raise ConfigError(f"[dove] wan_peers: {min(clash)} is also a site peer")
 
 
 def load(paths: list[str]) -> DoveConfig:

@@ -40,6 +40,7 @@ class Purpose(IntEnum):
     DROP_UNCLASSIFIED = 11  # packet from an unknown port
     EGRESS_MISS = 12  # overlay packet for no local endpoint: punted, the sender un-learns
     DROP_MISS = 13  # default drops
+    WAN_OVERSIZE = 14  # proxy: frame too big for the inter-site path, to the agent
 
 
 @dataclass(frozen=True)

@@ -48,9 +48,11 @@ from dove_ryu.protocol.messages import (
     Announce,
     EndpointHere,
     Envelope,
+    FrameFragment,
     LearnReply,
     LearnRequest,
     Message,
+    ProxyRole,
     Requester,
     Unlearn,
     decode,
@@ -89,6 +91,12 @@ class Member:
     expires: float
 
 
+@dataclass
+class KnownProxy:
+    role: ProxyRole
+    expires: float
+
+
 class DoveCore:
     """State and decisions of one DOVE switch (one hypervisor)."""
 
@@ -118,6 +126,7 @@ class DoveCore:
         self.wall_clock = time.time
         self.last_request_id = 0
         self.last_announce: OrderedDict[IPv4Address, int] = OrderedDict()
+        self.proxies: dict[IPv4Address, KnownProxy] = {}  # VAN proxies heard, by address
         # (instance, MAC) -> (sequence, until): endpoints just un-learned by their host
         self.unlearned: OrderedDict[tuple[int, str], tuple[int, float]] = OrderedDict()
         self.next_announce = now
@@ -168,9 +177,7 @@ class DoveCore:
                 for h in self._members_of(instance)
             ]
         for entry in self.learned.entries():
-            out.ofmsgs += flows.learned_flows(
-                entry.endpoint, tunnel_ofport, self.cfg.learn_idle_timeout
-            )
+            out.ofmsgs += self._endpoint_flows(entry.endpoint)
         self.counters["switch_connected"] += 1
         LOG.info(
             "%s: switch connected, tunnel port %d, %d ports, %d learned",
@@ -461,6 +468,10 @@ class DoveCore:
             if self.last_request_id not in self.pending.by_id:
                 return self.last_request_id
 
+    def _learn_targets(self, pending: Pending) -> list[IPv4Address]:
+        """Where a LEARN for ``pending`` goes: every host serving the instance."""
+        return self._members_of(pending.instance)
+
     def _learn_requests(
         self, now: float, pending: Pending, members: list[IPv4Address]
     ) -> list[Datagram]:
@@ -485,7 +496,7 @@ class DoveCore:
             env = decode(data, key=self.cfg.auth_key)
             if env.sender != src:
                 raise AuthError("sender_mismatch")
-            if env.receiver != self.me:
+            if env.receiver is None or not self._is_me(env.receiver):
                 raise AuthError("wrong_receiver")
             self.replay.check(env.sender, env.counter, self.wall_clock())
         except MalformedMessage as e:
@@ -496,8 +507,14 @@ class DoveCore:
             return CoreOutput()
         return self._dispatch(now, env)
 
+    def _is_me(self, address: IPv4Address) -> bool:
+        return address == self.me
+
     def _dispatch(self, now: float, env: Envelope) -> CoreOutput:
         msg = env.message
+        if isinstance(msg, FrameFragment):
+            self._drop("frame_not_a_proxy", now, f"from {env.sender}")
+            return CoreOutput()
         if isinstance(msg, Announce):
             return self._on_announce(now, env, msg)
         if isinstance(msg, LearnRequest):
@@ -531,10 +548,17 @@ class DoveCore:
         self.last_announce.move_to_end(sender)
         if len(self.last_announce) > MAX_PEERS_TRACKED:
             self.last_announce.popitem(last=False)
+        out = CoreOutput()
+        if msg.proxy is not None:
+            out.extend(self._proxy_heard(now, sender, msg.proxy))
+        return out.extend(self._membership(now, sender, msg.instances))
+
+    def _membership(self, now: float, sender: IPv4Address, instances: frozenset[int]) -> CoreOutput:
+        """``sender`` serves exactly ``instances`` now."""
         expires = now + self.cfg.announce_interval * MEMBER_LIFETIME_INTERVALS
         out = CoreOutput()
         new_peer = not any(sender in hosts for hosts in self.members.values())
-        for instance in msg.instances:
+        for instance in instances:
             hosts = self.members.setdefault(instance, {})
             joined = sender not in hosts
             hosts[sender] = Member(expires)
@@ -542,12 +566,40 @@ class DoveCore:
                 out.ofmsgs += self._member_changed(instance, sender, joined=True)
                 out.datagrams += self._ask_new_member(now, instance, sender)
         for instance, hosts in list(self.members.items()):
-            if sender in hosts and instance not in msg.instances:
+            if sender in hosts and instance not in instances:
                 del hosts[sender]
                 out.ofmsgs += self._member_changed(instance, sender, joined=False)
-        if new_peer and msg.instances:
+        if new_peer and instances:
             # A host we did not know (new or restarted): tell it at once what we serve.
             out.datagrams += self._announce(now, only=[sender])
+        return out
+
+    def _proxy_heard(self, now: float, sender: IPv4Address, role: ProxyRole) -> CoreOutput:
+        """A VAN proxy announced itself.  When a site's standby proxy becomes active
+        (its active one stopped), what was learned behind the old one moves to it at
+        once: the new one resolves what it does not know yet on the first packet."""
+        expires = now + self.cfg.announce_interval * MEMBER_LIFETIME_INTERVALS
+        self.proxies[sender] = KnownProxy(role, expires)
+        out = CoreOutput()
+        if not role.active:
+            return out
+        for other, known in list(self.proxies.items()):
+            if other == sender or known.role.site != role.site or not known.role.active:
+                continue
+            self.proxies[other] = KnownProxy(
+                ProxyRole(known.role.site, False, known.role.priority), known.expires
+            )
+            self.counters["proxy_failover"] += 1
+            LOG.warning(
+                "%s: site %s now through proxy %s (was %s)", self.cfg.name, role.site, sender, other
+            )
+            for entry in [e for e in self.learned.entries() if e.endpoint.host == other]:
+                ep = entry.endpoint
+                moved = Endpoint(ep.instance, ep.mac, ep.ips, sender, ep.seq)
+                out.extend(self._remember(now, moved, sender))
+            for instance, hosts in list(self.members.items()):
+                if hosts.pop(other, None) is not None:
+                    out.ofmsgs += self._member_changed(instance, other, joined=False)
         return out
 
     def _ask_new_member(self, now: float, instance: int, host: IPv4Address) -> list[Datagram]:
@@ -781,11 +833,19 @@ class DoveCore:
             return out
         for victim in evicted:
             self.counters["learned_evicted"] += 1
-            out.ofmsgs += flows.delete_learned(victim.endpoint)
+            out.ofmsgs += self._endpoint_deletes(victim.endpoint)
         if replaced:
-            out.ofmsgs += flows.delete_learned(replaced.endpoint, keep_l2=True)
-        out.ofmsgs += flows.learned_flows(ep, self.tunnel_ofport, self.cfg.learn_idle_timeout)
+            out.ofmsgs += self._endpoint_deletes(replaced.endpoint, keep_l2=True)
+        out.ofmsgs += self._endpoint_flows(ep)
         return out
+
+    def _endpoint_flows(self, ep: Endpoint) -> list[OfMsg]:
+        """The flows that forward to a learned endpoint (and answer ARP for it)."""
+        assert self.tunnel_ofport is not None
+        return list(flows.learned_flows(ep, self.tunnel_ofport, self.cfg.learn_idle_timeout))
+
+    def _endpoint_deletes(self, ep: Endpoint, keep_l2: bool = False) -> list[OfMsg]:
+        return list(flows.delete_learned(ep, keep_l2=keep_l2))
 
     def _install(
         self, ep: Endpoint, held: list[tuple[int, bytes]], flows_too: bool = True
@@ -795,7 +855,7 @@ class DoveCore:
         if self.tunnel_ofport is None:
             return out
         if flows_too:
-            out.ofmsgs += flows.learned_flows(ep, self.tunnel_ofport, self.cfg.learn_idle_timeout)
+            out.ofmsgs += self._endpoint_flows(ep)
         out.ofmsgs += [PacketOut(in_port=port, data=data) for port, data in held]
         self.counters["packets_released"] += len(held)
         return out
@@ -805,7 +865,7 @@ class DoveCore:
         if entry is None or self.tunnel_ofport is None:
             return CoreOutput()
         self.counters["unlearned"] += 1
-        return CoreOutput(ofmsgs=list(flows.delete_learned(entry.endpoint)))
+        return CoreOutput(ofmsgs=self._endpoint_deletes(entry.endpoint))
 
     def flow_removed(
         self,
@@ -832,7 +892,7 @@ class DoveCore:
         self.learned.remove(decoded.instance, mac)
         if self.tunnel_ofport is None:
             return CoreOutput()
-        return CoreOutput(ofmsgs=list(flows.delete_learned(entry.endpoint, keep_l2=True)))
+        return CoreOutput(ofmsgs=self._endpoint_deletes(entry.endpoint, keep_l2=True))
 
     # ----------------------------------------------------------------- time
 
@@ -849,14 +909,14 @@ class DoveCore:
                 continue
             if pending.attempts > self.cfg.learn_retries:
                 self.pending.remove(pending)
-                self.negative.add(pending.instance, pending.target, now)
+                self.negative.add(pending.instance, pending.target, now, pending.toward_wan)
                 self.counters["learn_timeouts"] += 1
                 self.counters["held_dropped"] += len(pending.held)
                 continue
             pending.attempts += 1
             pending.next_retry = now + self.cfg.learn_timeout * pending.attempts
             self.counters["learn_retransmits"] += 1
-            out.datagrams += self._learn_requests(now, pending, self._members_of(pending.instance))
+            out.datagrams += self._learn_requests(now, pending, self._learn_targets(pending))
         for instance, hosts in list(self.members.items()):
             for host, member in list(hosts.items()):
                 if member.expires <= now:
@@ -864,6 +924,9 @@ class DoveCore:
                     out.ofmsgs += self._member_changed(instance, host, joined=False)
             if not hosts:
                 del self.members[instance]
+        for host, known in list(self.proxies.items()):
+            if known.expires <= now:
+                del self.proxies[host]
         if now >= self.next_announce:
             out.datagrams += self._announce(now)
         return out

@@ -14,6 +14,7 @@ from dove_ryu.ofmsg import (
     OFPP_CONTROLLER,
     OFPP_IN_PORT,
     Action,
+    CheckLarger,
     FlowCommand,
     FlowMod,
     Group,
@@ -31,10 +32,13 @@ from dove_ryu.pipeline import (
     EGRESS_CHECK,
     FLOOD,
     FROM_TUNNEL,
+    FROM_WAN,
     INSTANCE_MASK,
     L2_FORWARD,
     METADATA_MASK,
+    OVERSIZE_REGISTER,
     PORT_SECURITY,
+    WAN_EGRESS,
     metadata_for,
 )
 
@@ -358,3 +362,166 @@ def delete_learned(ep: Endpoint, *, keep_l2: bool = False) -> list[FlowMod]:
             )
         )
     return deletes
+
+
+# --------------------------------------------------------------------- VAN proxy
+# A proxy has no VM ports.  Everything arrives through the tunnel port and leaves
+# through it again (``OFPP_IN_PORT``: OpenFlow never outputs to the in_port
+# otherwise), decapsulated and re-encapsulated in the datapath.  Direction is
+# metadata bit FROM_WAN: a frame from the site goes only to a remote proxy, one
+# from a remote proxy only to a site host, so no frame can loop between sites.
+
+# Group ids: the site-bound group of an instance is the instance, the WAN-bound one
+# has bit 24 set.
+WAN_GROUP_BIT = 1 << 24
+_DIRECTION = INSTANCE_MASK | FROM_WAN
+
+
+def _proxy_md(instance: int, from_wan: bool) -> tuple[int, int]:
+    return (instance | (FROM_WAN if from_wan else 0), _DIRECTION)
+
+
+def proxy_defaults(tunnel_ofport: int) -> list[FlowMod]:
+    """A proxy's fixed flows: drops, flooding, and the size check towards the WAN."""
+    base = Cookie(Purpose.PIPELINE)
+    return [
+        CLASSIFY.flow(priority=PRIO_DEFAULT, match={}, cookie=Cookie(Purpose.DROP_UNCLASSIFIED)),
+        CLASSIFY.flow(
+            priority=PRIO_INSTANCE_MISS,
+            match={"in_port": tunnel_ofport},
+            cookie=Cookie(Purpose.DROP_NONMEMBER),
+        ),
+        L2_FORWARD.flow(
+            priority=PRIO_MULTICAST, match={"eth_dst": MULTICAST}, cookie=base, goto=FLOOD
+        ),
+        L2_FORWARD.flow(priority=PRIO_DEFAULT, match={}, cookie=Cookie(Purpose.DROP_MISS)),
+        FLOOD.flow(priority=PRIO_DEFAULT, match={}, cookie=Cookie(Purpose.DROP_MISS)),
+        WAN_EGRESS.flow(
+            priority=PRIO_EXACT,
+            match={OVERSIZE_REGISTER: (1, 1)},
+            cookie=Cookie(Purpose.WAN_OVERSIZE),
+            actions=[Output(OFPP_CONTROLLER)],
+        ),
+        WAN_EGRESS.flow(
+            priority=PRIO_DEFAULT, match={}, cookie=base, actions=[Output(OFPP_IN_PORT)]
+        ),
+    ]
+
+
+def wan_frame_limit(wan_mtu: int) -> int:
+    """The largest overlay frame (with its Ethernet header) whose VXLAN packet fits
+    an IP MTU of ``wan_mtu``: outer IPv4 20 + UDP 8 + VXLAN 8 bytes."""
+    return wan_mtu - 36
+
+
+def proxy_member_flow(
+    instance: int, host: IPv4Address, local: IPv4Address, from_wan: bool, tunnel_ofport: int
+) -> FlowMod:
+    """Accept the instance from a site member (to ``local``, the site leg) or from a
+    remote proxy (to the WAN leg): the leg it arrives on must match where it is from."""
+    return CLASSIFY.flow(
+        priority=PRIO_EXACT,
+        match={**_member_match(instance, host, tunnel_ofport), "tun_ipv4_dst": str(local)},
+        cookie=Cookie(Purpose.MEMBER, instance, int(host) & cookies.TAG_MASK),
+        write_metadata=(metadata_for(instance, True, from_wan), METADATA_MASK),
+        goto=L2_FORWARD,
+    )
+
+
+def delete_proxy_member_flow(
+    instance: int, host: IPv4Address, local: IPv4Address, tunnel_ofport: int
+) -> FlowMod:
+    match = {**_member_match(instance, host, tunnel_ofport), "tun_ipv4_dst": str(local)}
+    return CLASSIFY.delete(match=match, priority=PRIO_EXACT)
+
+
+def proxy_instance_flows(instance: int) -> list[FlowMod]:
+    """Misses of the instance (either direction) to the agent; flooding by direction."""
+    flows = [
+        L2_FORWARD.flow(
+            priority=PRIO_INSTANCE_MISS,
+            match={"metadata": _instance_md(instance)},
+            cookie=Cookie(Purpose.INSTANCE, instance, TAG_L2_MISS),
+            actions=[Output(OFPP_CONTROLLER)],
+        )
+    ]
+    for from_wan in (False, True):
+        group = instance if from_wan else instance | WAN_GROUP_BIT
+        flows.append(
+            FLOOD.flow(
+                priority=PRIO_EXACT,
+                match={"metadata": _proxy_md(instance, from_wan)},
+                cookie=Cookie(Purpose.INSTANCE, instance, TAG_FLOOD),
+                actions=[Group(group)],
+            )
+        )
+    return flows
+
+
+def proxy_groups(
+    instance: int,
+    site_members: Iterable[IPv4Address],
+    remote_proxies: Iterable[IPv4Address],
+    command: GroupCommand,
+) -> list[GroupMod]:
+    """Broadcast from a remote proxy to each site member; from the site, once to each
+    remote site's proxy."""
+    return [
+        GroupMod(
+            group_id=group_id,
+            command=command,
+            buckets=tuple(tunnel_actions(OFPP_IN_PORT, instance, h) for h in sorted(hosts)),
+        )
+        for group_id, hosts in (
+            (instance, site_members),
+            (instance | WAN_GROUP_BIT, remote_proxies),
+        )
+    ]
+
+
+def delete_proxy_groups(instance: int) -> list[GroupMod]:
+    return [
+        GroupMod(group_id=g, command=GroupCommand.DELETE)
+        for g in (instance, instance | WAN_GROUP_BIT)
+    ]
+
+
+def proxied_flow(ep: Endpoint, behind_wan: bool, idle_timeout: int, wan_mtu: int) -> FlowMod:
+    """Forward to where ``ep`` is: a site endpoint takes frames from remote proxies,
+    a remote one (``behind_wan``, ep.host is its site's proxy) frames from the site,
+    through the size check."""
+    match: dict[str, MatchValue] = {
+        "metadata": _proxy_md(ep.instance, not behind_wan),
+        "eth_dst": ep.mac,
+    }
+    cookie = Cookie(Purpose.LEARNED, ep.instance, cookies.mac_tag(ep.mac))
+    if not behind_wan:
+        return L2_FORWARD.flow(
+            priority=PRIO_EXACT,
+            match=match,
+            cookie=cookie,
+            actions=tunnel_actions(OFPP_IN_PORT, ep.instance, ep.host),
+            idle_timeout=idle_timeout,
+            send_flow_removed=True,
+        )
+    return L2_FORWARD.flow(
+        priority=PRIO_EXACT,
+        match=match,
+        cookie=cookie,
+        actions=[
+            SetField("tunnel_id", ep.instance),
+            SetField("tun_ipv4_dst", str(ep.host)),
+            CheckLarger(wan_frame_limit(wan_mtu), OVERSIZE_REGISTER, 0),
+        ],
+        goto=WAN_EGRESS,
+        idle_timeout=idle_timeout,
+        send_flow_removed=True,
+    )
+
+
+def delete_proxied(ep: Endpoint, behind_wan: bool) -> FlowMod:
+    match: dict[str, MatchValue] = {
+        "metadata": _proxy_md(ep.instance, not behind_wan),
+        "eth_dst": ep.mac,
+    }
+    return L2_FORWARD.delete(match=match, priority=PRIO_EXACT)

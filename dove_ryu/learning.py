@@ -46,32 +46,39 @@ class Pending:
     attempts: int = 1
     held: list[tuple[int, bytes]] = field(default_factory=list)
     requester: Requester | None = None  # the local VM whose packet missed
+    # A proxy relays LEARNs: who asked it (host, their request id), and which side
+    # the question goes to.
+    waiters: list[tuple[IPv4Address, int]] = field(default_factory=list)
+    toward_wan: bool = False
 
 
 class PendingTable:
-    """LEARNs in flight, keyed by (instance, target) and by request id."""
+    """LEARNs in flight, keyed by (instance, target, direction) and by request id.
+
+    Only a proxy asks in two directions (into its site, towards the other sites);
+    the same target can be in flight both ways there."""
 
     MAX_HELD = 4  # packets kept per target; the rest are counted and dropped
 
     def __init__(self, max_per_instance: int) -> None:
         self.max_per_instance = max_per_instance
-        self.by_key: dict[tuple[int, Target], Pending] = {}
+        self.by_key: dict[tuple[int, Target, bool], Pending] = {}
         self.by_id: dict[int, Pending] = {}
         self.count: dict[int, int] = {}
 
-    def get(self, instance: int, target: Target) -> Pending | None:
-        return self.by_key.get((instance, target))
+    def get(self, instance: int, target: Target, toward_wan: bool = False) -> Pending | None:
+        return self.by_key.get((instance, target, toward_wan))
 
     def full(self, instance: int) -> bool:
         return self.count.get(instance, 0) >= self.max_per_instance
 
     def add(self, pending: Pending) -> None:
-        self.by_key[(pending.instance, pending.target)] = pending
+        self.by_key[(pending.instance, pending.target, pending.toward_wan)] = pending
         self.by_id[pending.request_id] = pending
         self.count[pending.instance] = self.count.get(pending.instance, 0) + 1
 
     def remove(self, pending: Pending) -> None:
-        self.by_key.pop((pending.instance, pending.target), None)
+        self.by_key.pop((pending.instance, pending.target, pending.toward_wan), None)
         self.by_id.pop(pending.request_id, None)
         left = self.count.get(pending.instance, 1) - 1
         if left:
@@ -92,23 +99,25 @@ class NegativeCache:
 
     def __init__(self, size: int, ttl: float) -> None:
         self.size, self.ttl = size, ttl
-        self.entries: OrderedDict[tuple[int, Target], float] = OrderedDict()
+        self.entries: OrderedDict[tuple[int, Target, bool], float] = OrderedDict()
 
-    def add(self, instance: int, target: Target, now: float) -> None:
-        self.entries[(instance, target)] = now + self.ttl
-        self.entries.move_to_end((instance, target))
+    def add(self, instance: int, target: Target, now: float, toward_wan: bool = False) -> None:
+        key = (instance, target, toward_wan)
+        self.entries[key] = now + self.ttl
+        self.entries.move_to_end(key)
         while len(self.entries) > self.size:
             self.entries.popitem(last=False)
 
     def __contains__(self, key: tuple[int, Target]) -> bool:
-        return key in self.entries
+        return (*key, False) in self.entries
 
-    def active(self, instance: int, target: Target, now: float) -> bool:
-        expiry = self.entries.get((instance, target))
+    def active(self, instance: int, target: Target, now: float, toward_wan: bool = False) -> bool:
+        key = (instance, target, toward_wan)
+        expiry = self.entries.get(key)
         if expiry is None:
             return False
         if expiry <= now:
-            del self.entries[(instance, target)]
+            del self.entries[key]
             return False
         return True
 

@@ -15,6 +15,7 @@ from os_ken.ofproto import ofproto_v1_3_parser as parser
 from dove_ryu.ofmsg import (
     Action,
     Barrier,
+    CheckLarger,
     FlowCommand,
     FlowMod,
     Group,
@@ -51,7 +52,23 @@ def _action(action: Action) -> Any:
         )
     if isinstance(action, Group):
         return parser.OFPActionGroup(action.group_id)
+    if isinstance(action, CheckLarger):
+        return _check_pkt_larger(action)
     raise TypeError(f"unknown action {action!r}")
+
+
+NXAST_CHECK_PKT_LARGER = 49
+
+
+def _check_pkt_larger(action: CheckLarger) -> Any:
+    """os-ken 4.2 has no class for it; the body is packed as OVS defines it
+    (nx_action_check_pkt_larger): pkt_len, result bit offset, the destination's
+    NXM header, padded to 24 bytes in all."""
+    if not action.register.startswith("reg"):
+        raise ValueError(f"check_pkt_larger into {action.register}: only reg0-reg15")
+    nxm_reg = (0x0001 << 16) | (int(action.register[3:]) << 9) | 4
+    body = struct.pack("!HHI6x", action.length, action.bit, nxm_reg)
+    return parser.NXActionUnknown(NXAST_CHECK_PKT_LARGER, body)
 
 
 def _flow_mod(dp: Any, fm: FlowMod) -> Any:

@@ -50,7 +50,17 @@ class Group:
     group_id: int
 
 
-Action = Output | SetField | Move | Group
+@dataclass(frozen=True)
+class CheckLarger:
+    """Set bit ``bit`` of ``register`` if the packet is longer than ``length`` bytes
+    (Open vSwitch's check_pkt_larger; the frame is measured with its Ethernet header)."""
+
+    length: int
+    register: str = "reg0"
+    bit: int = 0
+
+
+Action = Output | SetField | Move | Group | CheckLarger
 
 
 class FlowCommand(Enum):
@@ -122,6 +132,7 @@ class Datagram:
 
     dst: str
     payload: bytes
+    src: str = ""  # the local address to send from (a proxy has two legs); "" = default
 
 
 @dataclass

@@ -44,6 +44,15 @@ def _vsctl(cfg: DoveConfig, *args: str) -> str:
     return proc.stdout
 
 
+def _tunnel_source(cfg: DoveConfig) -> list[str]:
+    """A host tunnels from its underlay address.  A proxy has two legs: the source
+    is left to the route towards each destination (OVS picks the leg's address)."""
+    port = cfg.tunnel_port
+    if cfg.role == "proxy":
+        return ["--", "remove", "Interface", port, "options", "local_ip"]
+    return ["--", "set", "Interface", port, f"options:local_ip={cfg.underlay_ip}"]
+
+
 def ensure_bridge(cfg: DoveConfig, of_host: str, of_port: int) -> None:
     """Make the bridge, its one flow-based tunnel port, the controller and the
     table names exist as the agent needs them.  Safe to run on every start."""
@@ -54,8 +63,8 @@ def ensure_bridge(cfg: DoveConfig, of_host: str, of_port: int) -> None:
         "protocols=OpenFlow13", "fail_mode=secure", "other-config:disable-in-band=true",
         "--", "--may-exist", "add-port", br, cfg.tunnel_port,
         "--", "set", "Interface", cfg.tunnel_port, f"type={cfg.tunnel_type}",
-        "options:remote_ip=flow", "options:key=flow", f"options:local_ip={cfg.underlay_ip}",
-        f"options:dst_port={VXLAN_UDP_PORT}",
+        "options:remote_ip=flow", "options:key=flow", f"options:dst_port={VXLAN_UDP_PORT}",
+        *_tunnel_source(cfg),
         "--", "set-controller", br, f"tcp:{_connect_to(of_host)}:{of_port}",
     ]  # fmt: skip
     for table in TABLES:

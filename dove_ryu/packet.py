@@ -90,3 +90,40 @@ def build_arp(
         + mac_bytes(tha)
         + tpa.packed
     )
+
+
+IP_DONT_FRAGMENT = 0x4000
+IPPROTO_ICMP = 1
+ICMP_UNREACHABLE, ICMP_FRAG_NEEDED = 3, 4
+
+
+def _checksum(data: bytes) -> int:
+    if len(data) % 2:
+        data += b"\0"
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+def frag_needed(frame: bytes, mtu: int) -> bytes | None:
+    """The ICMP "fragmentation needed" (RFC 1191) that answers an untagged IPv4 frame
+    with DF set, as if its destination sent it; None for any other frame."""
+    if len(frame) < 34 or struct.unpack_from("!H", frame, 12)[0] != ETH_TYPE_IPV4:
+        return None
+    ip = frame[14:]
+    ihl = (ip[0] & 0x0F) * 4
+    if ip[0] >> 4 != 4 or ihl < 20 or len(ip) < ihl + 8:
+        return None
+    (flags,) = struct.unpack_from("!H", ip, 6)
+    if not flags & IP_DONT_FRAGMENT or ip[9] == IPPROTO_ICMP and ip[ihl] == ICMP_UNREACHABLE:
+        return None  # never answer an error with an error
+    quoted = ip[: ihl + 8]
+    icmp = struct.pack("!BBHHH", ICMP_UNREACHABLE, ICMP_FRAG_NEEDED, 0, 0, mtu) + quoted
+    icmp = icmp[:2] + struct.pack("!H", _checksum(icmp)) + icmp[4:]
+    src, dst = ip[12:16], ip[16:20]
+    header = struct.pack(
+        "!BBHHHBBH4s4s", 0x45, 0, 20 + len(icmp), 0, 0, 64, IPPROTO_ICMP, 0, dst, src
+    )
+    header = header[:10] + struct.pack("!H", _checksum(header)) + header[12:]
+    return frame[6:12] + frame[0:6] + struct.pack("!H", ETH_TYPE_IPV4) + header + icmp

@@ -12,6 +12,14 @@ Packet path::
 
 Metadata carries the instance (bits 0-23) and whether the packet came from
 the overlay (bit 24), so later tables never look at ports to know either.
+
+A VAN proxy (role = proxy) uses the same tables without VM ports: classify
+marks what came from another site's proxy (bit 25, FROM_WAN); l2_forward sends
+it on to the site host, or sends site traffic to the remote proxy through
+wan_egress, which hands frames too big for the inter-site path to the agent::
+
+    classify -> l2_forward -> flood
+                    +-> wan_egress
 """
 
 from __future__ import annotations
@@ -24,11 +32,13 @@ from dove_ryu.ofmsg import Action, FlowCommand, FlowMod, Match
 
 INSTANCE_MASK = 0xFFFFFF
 FROM_TUNNEL = 1 << 24
-METADATA_MASK = INSTANCE_MASK | FROM_TUNNEL
+FROM_WAN = 1 << 25  # proxy only: came from another site's proxy
+METADATA_MASK = INSTANCE_MASK | FROM_TUNNEL | FROM_WAN
+OVERSIZE_REGISTER = "reg0"  # wan_egress: bit 0 set when the frame is too big
 
 
-def metadata_for(instance: int, from_tunnel: bool = False) -> int:
-    return instance | (FROM_TUNNEL if from_tunnel else 0)
+def metadata_for(instance: int, from_tunnel: bool = False, from_wan: bool = False) -> int:
+    return instance | (FROM_TUNNEL if from_tunnel else 0) | (FROM_WAN if from_wan else 0)
 
 
 @dataclass(frozen=True)
@@ -91,7 +101,7 @@ CLASSIFY = Table(
     0,
     "classify",
     "VM port -> instance; tunnel -> instance, only from member hosts; else drop",
-    frozenset({"in_port", "tunnel_id", "tun_ipv4_src"}),
+    frozenset({"in_port", "tunnel_id", "tun_ipv4_src", "tun_ipv4_dst"}),
     ("port_security", "l2_forward", "egress_check"),
 )
 PORT_SECURITY = Table(
@@ -113,7 +123,13 @@ L2_FORWARD = Table(
     "l2_forward",
     "(instance, dst MAC) -> local port or tunnel; miss -> agent",
     frozenset({"metadata", "eth_dst"}),
-    ("flood", "egress_check"),
+    ("wan_egress", "flood", "egress_check"),
+)
+WAN_EGRESS = Table(
+    45,
+    "wan_egress",
+    "proxy: to another site's proxy; too big for the inter-site path -> agent",
+    frozenset({OVERSIZE_REGISTER}),
 )
 FLOOD = Table(
     50,
@@ -128,7 +144,15 @@ EGRESS_CHECK = Table(
     frozenset({"metadata"}),
 )
 
-TABLES: tuple[Table, ...] = (CLASSIFY, PORT_SECURITY, ARP_ND, L2_FORWARD, FLOOD, EGRESS_CHECK)
+TABLES: tuple[Table, ...] = (
+    CLASSIFY,
+    PORT_SECURITY,
+    ARP_ND,
+    L2_FORWARD,
+    WAN_EGRESS,
+    FLOOD,
+    EGRESS_CHECK,
+)
 BY_NAME = {t.name: t for t in TABLES}
 BY_ID = {t.table_id: t for t in TABLES}
 

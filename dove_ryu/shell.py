@@ -26,7 +26,7 @@ from os_ken.ofproto import ofproto_v1_3
 
 from dove_ryu.admin import AdminServer
 from dove_ryu.config import DoveConfig
-from dove_ryu.core import DoveCore
+from dove_ryu.proxy import make_core
 from dove_ryu.of_osken import match_fields, next_xid, packet_out_bytes, to_osken
 from dove_ryu.ofmsg import CoreOutput, PacketOut, order_messages
 from dove_ryu.ovsdb import BridgeView, PortWatcher
@@ -49,12 +49,19 @@ class DoveApp(app_manager.OSKenApp):  # type: ignore[misc]
             raise RuntimeError("dove_ryu.shell.CONFIG is not set; start with dove-agent")
         self.cfg = CONFIG
         self.lock = threading.RLock()
-        self.core = DoveCore(self.cfg, time.monotonic())
+        self.core = make_core(self.cfg, time.monotonic())
         self.datapaths: dict[int, Any] = {}  # connected switches by datapath id
         self.synced = False
         self.stopping = threading.Event()
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind((str(self.cfg.underlay_ip), self.cfg.control_port))
+        # One control socket per leg: a proxy talks to its site and to other sites'
+        # proxies from different addresses, and each peer checks who sent.
+        legs = [self.cfg.underlay_ip, *([self.cfg.wan_ip] if self.cfg.wan_ip else [])]
+        self.socks: dict[str, socket.socket] = {}
+        for leg in legs:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            sock.bind((str(leg), self.cfg.control_port))
+            self.socks[str(leg)] = sock
+        self.sock = self.socks[str(self.cfg.underlay_ip)]
         self.watcher = PortWatcher(self.cfg, self._on_bridge_view)
         self.admin = AdminServer(self.cfg.admin_socket, self._admin)
         LOG.info(
@@ -67,8 +74,11 @@ class DoveApp(app_manager.OSKenApp):  # type: ignore[misc]
 
     def start(self) -> Any:
         thread = super().start()
-        for target, name in ((self._receive_loop, "control-rx"), (self._tick_loop, "tick")):
-            threading.Thread(target=target, name=name, daemon=True).start()
+        for leg, sock in self.socks.items():
+            threading.Thread(
+                target=self._receive_loop, args=(sock,), name=f"control-rx-{leg}", daemon=True
+            ).start()
+        threading.Thread(target=self._tick_loop, name="tick", daemon=True).start()
         self.watcher.start()
         self.admin.start()
         return thread
@@ -78,7 +88,8 @@ class DoveApp(app_manager.OSKenApp):  # type: ignore[misc]
         self.stopping.set()
         self.watcher.stop()
         self.admin.stop()
-        self.sock.close()
+        for sock in self.socks.values():
+            sock.close()
 
     def stop(self) -> None:
         self.close()
@@ -122,7 +133,8 @@ class DoveApp(app_manager.OSKenApp):  # type: ignore[misc]
     def _send_datagrams(self, out: CoreOutput) -> None:
         for dgram in out.datagrams:
             try:
-                self.sock.sendto(dgram.payload, (dgram.dst, self.cfg.control_port))
+                sock = self.socks.get(dgram.src, self.sock)
+                sock.sendto(dgram.payload, (dgram.dst, self.cfg.control_port))
             except OSError as e:
                 with self.lock:
                     self.core.counters["control_send_errors"] += 1
@@ -226,10 +238,10 @@ class DoveApp(app_manager.OSKenApp):  # type: ignore[misc]
 
     # ------------------------------------------------------ control socket
 
-    def _receive_loop(self) -> None:
+    def _receive_loop(self, sock: socket.socket) -> None:
         while not self.stopping.is_set():
             try:
-                data, (addr, _) = self.sock.recvfrom(MAX_DATAGRAM)
+                data, (addr, _) = sock.recvfrom(MAX_DATAGRAM)
             except OSError:
                 if self.stopping.is_set():
                     return

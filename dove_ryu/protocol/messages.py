@@ -8,13 +8,19 @@ MAC, and only then reads the message; anti-replay is the caller's next step (``R
 ============  ====  =========================================================
 Message       Type  TLVs (besides SENDER, COUNTER, AUTH); instance in header
 ============  ====  =========================================================
-Announce      1     INSTANCES                          (no instance, I clear)
+Announce      1     INSTANCES, optionally PROXY            (no instance, I clear)
 LearnRequest  2     REQUEST_ID, exactly one of MAC / IPV4,
                     optionally REQUESTER_MAC, REQUESTER_SEQ, REQUESTER_IPV4 * n
 LearnReply    3     REQUEST_ID, MAC, HOST, SEQ, IPV4 * n
 Unlearn       4     MAC, HOST, SEQ
 Endpoint      5     MAC, HOST, SEQ, IPV4 * n
+Frame         6     FRAME_DATA: a piece of an overlay frame, F set in the header
 ============  ====  =========================================================
+
+PROXY (non-critical) says the sender is a VAN proxy of a site, active or standby, with
+its priority.  Frame carries, between two proxies, an overlay frame too big for the
+inter-site path: the header's fragment ID, index and M flag (paper Fig. 3) put it back
+together on the far side.
 """
 
 from __future__ import annotations
@@ -29,8 +35,10 @@ from ipaddress import IPv4Address
 from dove_ryu.protocol.auth import MAC_LEN, AuthError, compute_mac, verify_mac
 from dove_ryu.protocol.header import (
     FLAG_EXTENSIONS,
+    FLAG_FRAGMENT,
     FLAG_INSTANCE,
     HEADER_LEN,
+    MAX_FRAG_INDEX,
     MAX_FRAME_LEN,
     MAX_INSTANCE_ID,
     TLV_HEADER_LEN,
@@ -53,6 +61,7 @@ class MsgType(IntEnum):
     LEARN_REPLY = 3
     UNLEARN = 4
     ENDPOINT = 5
+    FRAME = 6
 
 
 class TlvType(IntEnum):
@@ -72,12 +81,20 @@ class TlvType(IntEnum):
     REQUESTER_MAC = 0x09
     REQUESTER_IPV4 = 0x0A
     REQUESTER_SEQ = 0x0B
+    PROXY = 0x0C
+    FRAME_DATA = 0x8A
     AUTH = 0xFF
 
 
 _AUTH_TLV_LEN = TLV_HEADER_LEN + MAC_LEN
-# Fixed overhead of an Announce: header, SENDER, COUNTER, INSTANCES header, AUTH.
-_ANNOUNCE_OVERHEAD = HEADER_LEN + (3 + 4) + (3 + 8) + 3 + _AUTH_TLV_LEN
+SITE_NAME_MAX = 15
+# Largest overhead of an Announce: header, SENDER, COUNTER, RECEIVER, INSTANCES header,
+# PROXY, AUTH.
+_ANNOUNCE_OVERHEAD = (
+    HEADER_LEN + (3 + 4) + (3 + 8) + (3 + 4) + 3 + (3 + 2 + SITE_NAME_MAX) + _AUTH_TLV_LEN
+)
+# Overhead of a Frame message around its FRAME_DATA bytes.
+FRAME_OVERHEAD = HEADER_LEN + (3 + 4) + (3 + 8) + (3 + 4) + 3 + _AUTH_TLV_LEN
 MAX_ANNOUNCE_INSTANCES = (MAX_FRAME_LEN - _ANNOUNCE_OVERHEAD) // 3
 
 _MAC_RE = re.compile(r"^[0-9a-f]{2}([:-])[0-9a-f]{2}(\1[0-9a-f]{2}){4}$")
@@ -117,11 +134,30 @@ def _check_ip(name: str, value: object) -> None:
         raise ValueError(f"{name} must be an IPv4Address, got {value!r}")
 
 
+_SITE_RE = re.compile(rf"^[A-Za-z0-9_.-]{{1,{SITE_NAME_MAX}}}$")
+
+
+@dataclass(frozen=True)
+class ProxyRole:
+    """The sender is a VAN proxy of ``site``; of a site's proxies one is active."""
+
+    site: str
+    active: bool
+    priority: int
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.site, str) or not _SITE_RE.match(self.site):
+            raise ValueError(f"site must be 1-{SITE_NAME_MAX} of [A-Za-z0-9_.-], got {self.site!r}")
+        _check_range("priority", self.priority, 0, 255)
+
+
 @dataclass(frozen=True)
 class Announce:
-    """Membership heartbeat: "the sender serves these instances"."""
+    """Membership heartbeat: "the sender serves these instances" (and, from a proxy,
+    its site and whether it is the site's active proxy)."""
 
     instances: frozenset[int]
+    proxy: ProxyRole | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.instances, frozenset):
@@ -224,7 +260,25 @@ class EndpointHere:
         _check_ips(self.ips)
 
 
-Message = Announce | LearnRequest | LearnReply | Unlearn | EndpointHere
+@dataclass(frozen=True)
+class FrameFragment:
+    """Piece ``index`` of overlay frame ``frag_id`` of an instance; ``more`` unless last."""
+
+    instance: int
+    frag_id: int
+    index: int
+    more: bool
+    data: bytes
+
+    def __post_init__(self) -> None:
+        _check_instance(self.instance)
+        _check_range("frag_id", self.frag_id, 0, 0xFFFF)
+        _check_range("index", self.index, 0, MAX_FRAG_INDEX)
+        if not isinstance(self.data, bytes) or not self.data:
+            raise ValueError("data must be non-empty bytes")
+
+
+Message = Announce | LearnRequest | LearnReply | Unlearn | EndpointHere | FrameFragment
 
 
 @dataclass(frozen=True)
@@ -273,7 +327,14 @@ def _body(message: Message) -> tuple[MsgType, int | None, list[Tlv]]:
     """(message type, instance or None, message-specific TLVs)."""
     if isinstance(message, Announce):
         packed = b"".join(i.to_bytes(3, "big") for i in sorted(message.instances))
-        return MsgType.ANNOUNCE, None, [Tlv(TlvType.INSTANCES, packed)]
+        tlvs = [Tlv(TlvType.INSTANCES, packed)]
+        if message.proxy is not None:
+            role = message.proxy
+            value = bytes([1 if role.active else 0, role.priority]) + role.site.encode()
+            tlvs.append(Tlv(TlvType.PROXY, value))
+        return MsgType.ANNOUNCE, None, tlvs
+    if isinstance(message, FrameFragment):
+        return MsgType.FRAME, message.instance, [Tlv(TlvType.FRAME_DATA, message.data)]
     if isinstance(message, LearnRequest):
         tlvs = [Tlv(TlvType.REQUEST_ID, _u32(message.request_id))]
         if message.mac is not None:
@@ -315,7 +376,17 @@ def encode(
         Tlv(TlvType.AUTH, bytes(MAC_LEN)),  # placeholder: ext_len must count AUTH
     ]
     flags = FLAG_EXTENSIONS | (FLAG_INSTANCE if instance is not None else 0)
-    header = DoveHeader(flags=flags, msg_type=msg_type, instance_id=instance or 0)
+    if isinstance(message, FrameFragment):
+        header = DoveHeader(
+            flags=flags | FLAG_FRAGMENT,
+            msg_type=msg_type,
+            instance_id=message.instance,
+            frag_id=message.frag_id,
+            frag_index=message.index,
+            more_fragments=message.more,
+        )
+    else:
+        header = DoveHeader(flags=flags, msg_type=msg_type, instance_id=instance or 0)
     frame = pack_frame(header, tlvs)
     signed = frame[:-_AUTH_TLV_LEN]
     return frame[:-MAC_LEN] + compute_mac(key, signed)
@@ -326,7 +397,7 @@ def encode(
 _KNOWN_TLVS = frozenset(int(t) for t in TlvType)
 _REPEATABLE = frozenset({TlvType.IPV4, TlvType.REQUESTER_IPV4})
 _ALLOWED: dict[MsgType, frozenset[int]] = {
-    MsgType.ANNOUNCE: frozenset({TlvType.INSTANCES}),
+    MsgType.ANNOUNCE: frozenset({TlvType.INSTANCES, TlvType.PROXY}),
     MsgType.LEARN_REQUEST: frozenset(
         {
             TlvType.REQUEST_ID,
@@ -342,6 +413,7 @@ _ALLOWED: dict[MsgType, frozenset[int]] = {
     ),
     MsgType.UNLEARN: frozenset({TlvType.MAC, TlvType.HOST, TlvType.SEQ}),
     MsgType.ENDPOINT: frozenset({TlvType.MAC, TlvType.HOST, TlvType.SEQ, TlvType.IPV4}),
+    MsgType.FRAME: frozenset({TlvType.FRAME_DATA}),
 }
 _COMMON = frozenset({TlvType.SENDER, TlvType.COUNTER, TlvType.RECEIVER})
 
@@ -394,7 +466,25 @@ def _announce(header: DoveHeader, f: _Fields) -> Announce:
     ids = [int.from_bytes(raw[i : i + 3], "big") for i in range(0, len(raw), 3)]
     if len(set(ids)) != len(ids):
         raise MalformedMessage("bad_tlv_value", "INSTANCES repeats an instance")
-    return Announce(frozenset(ids))
+    proxy = None
+    if f.has(TlvType.PROXY):
+        raw = f.raw(TlvType.PROXY)
+        if len(raw) < 3 or raw[0] > 1:
+            raise MalformedMessage("bad_tlv_value", "PROXY")
+        try:
+            proxy = ProxyRole(raw[2:].decode("ascii"), bool(raw[0]), raw[1])
+        except (UnicodeDecodeError, ValueError):
+            raise MalformedMessage("bad_tlv_value", "PROXY site") from None
+    return Announce(frozenset(ids), proxy)
+
+
+def _frame(header: DoveHeader, f: _Fields) -> FrameFragment:
+    if not header.is_fragment:
+        raise MalformedMessage("bad_tlv_value", "Frame without the F flag")
+    data = f.raw(TlvType.FRAME_DATA)
+    return FrameFragment(
+        _instance(header, True), header.frag_id, header.frag_index, header.more_fragments, data
+    )
 
 
 def _learn_request(header: DoveHeader, f: _Fields) -> LearnRequest:
@@ -459,6 +549,7 @@ _DECODERS: dict[MsgType, Callable[[DoveHeader, _Fields], Message]] = {
     MsgType.LEARN_REPLY: _learn_reply,
     MsgType.UNLEARN: _unlearn,
     MsgType.ENDPOINT: _endpoint,
+    MsgType.FRAME: _frame,
 }
 
 
@@ -471,8 +562,8 @@ def decode(data: bytes, *, key: bytes) -> Envelope:
     header, tlvs, payload = unpack_frame(data)
     if payload:
         raise MalformedMessage("trailing_bytes", f"{len(payload)} bytes after TLVs")
-    if header.is_fragment:
-        # NOTE: control messages always fit one frame; DOVE-layer reassembly is not done here.
+    if header.is_fragment and header.msg_type != MsgType.FRAME:
+        # Control messages always fit one frame; only overlay frames are fragmented.
         raise MalformedMessage("fragmented", "control messages are never fragmented")
     auth_at = [i for i, t in enumerate(tlvs) if t.type == TlvType.AUTH]
     if not auth_at:
