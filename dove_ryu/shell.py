@@ -26,10 +26,10 @@ from os_ken.ofproto import ofproto_v1_3
 
 from dove_ryu.admin import AdminServer
 from dove_ryu.config import DoveConfig
-from dove_ryu.proxy import make_core
 from dove_ryu.of_osken import match_fields, next_xid, packet_out_bytes, to_osken
 from dove_ryu.ofmsg import CoreOutput, PacketOut, order_messages
 from dove_ryu.ovsdb import BridgeView, PortWatcher
+from dove_ryu.proxy import make_core
 
 LOG = logging.getLogger("dove_ryu.shell")
 

@@ -14,7 +14,7 @@ import pytest
 from dove_ryu import flows
 from dove_ryu.config import ConfigError, from_mapping
 from dove_ryu.model import Endpoint
-from dove_ryu.ofmsg import GroupCommand
+from dove_ryu.ofmsg import GroupCommand, OfMsg
 from dove_ryu.packet import ETH_TYPE_IPV4, frag_needed
 from dove_ryu.protocol.auth import AuthError
 from dove_ryu.protocol.header import MalformedMessage
@@ -198,7 +198,7 @@ def test_proxy_flows_decode_in_open_vswitch(tmp_path: object) -> None:
 
     remote = Endpoint(5001, "02:00:00:00:02:01", (), B, 5)
     site = Endpoint(5001, "02:00:00:00:01:01", (), IPv4Address("10.99.0.1"), 5)
-    msgs = [
+    msgs: list[OfMsg] = [
         flows.proxied_flow(remote, True, 300, 1400),
         flows.proxied_flow(site, False, 300, 1400),
         *flows.proxy_groups(5001, [site.host], [B], GroupCommand.ADD),
