@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import secrets
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -68,30 +69,43 @@ def admin(hv: Hypervisor, cmd: str = "status") -> dict[str, Any]:
     return query(str(Path(hv.rundir) / ADMIN_SOCKET), {"cmd": cmd})
 
 
-def _agent_ready(dnet: DoveNet, hv: Hypervisor) -> bool:
+def connected_status(hv: Hypervisor) -> dict[str, Any] | None:
+    """The agent's status once it answers and is connected to its bridge, else None.
+
+    Raises if the agent has exited, with the end of its output: waiting longer is useless."""
     if hv.agent is not None and hv.agent.poll() is not None:
-        out = (Path(hv.rundir) / "agent.out").read_text(errors="replace")[-2000:]
+        out = (hv._dir() / "agent.out").read_text(errors="replace")[-2000:]
         raise RuntimeError(f"{hv.name}: agent exited with {hv.agent.returncode}:\n{out}")
     try:
         status = admin(hv)
     except (OSError, ValueError):
-        return False
-    if not status.get("connected"):
-        return False
-    for vm in dnet.vms:
-        if vm.hypervisor is not hv:
-            continue
-        info = status["instances"].get(str(vm.instance))
-        if info is None:
+        return None
+    return status if status.get("connected") else None
+
+
+def knows_members(status: dict[str, Any], members: Mapping[int, set[str]]) -> bool:
+    """``status`` serves every instance of ``members`` and lists at least those members."""
+    for instance, expected in members.items():
+        info = status["instances"].get(str(instance))
+        if info is None or not expected <= set(info["members"]):
             return False
-        expected = {
+    return True
+
+
+def _agent_ready(dnet: DoveNet, hv: Hypervisor) -> bool:
+    status = connected_status(hv)
+    if status is None:
+        return False
+    members = {
+        vm.instance: {
             v.hypervisor.underlay_ip
             for v in dnet.vms
             if v.instance == vm.instance and v.hypervisor is not hv
         }
-        if not expected <= set(info["members"]):
-            return False
-    return True
+        for vm in dnet.vms
+        if vm.hypervisor is hv
+    }
+    return knows_members(status, members)
 
 
 def wait_ready(dnet: DoveNet, timeout: float = 30.0) -> None:

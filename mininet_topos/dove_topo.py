@@ -17,6 +17,7 @@ import argparse
 import ipaddress
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from mininet.log import setLogLevel
@@ -26,7 +27,7 @@ from mininet.topo import Topo
 from mininet.util import quietRun
 
 from mininet_topos import kernel_vxlan, ovn, peers
-from mininet_topos.hypervisor import BR_DOVE, BR_PHY, MODES, Hypervisor, cleanup_stale, wait_until
+from mininet_topos.hypervisor import BR_DOVE, MODES, Hypervisor, cleanup_stale, wait_until
 from mininet_topos.underlay import UnderlayBridge
 
 FIRST_INSTANCE = 5001
@@ -234,32 +235,42 @@ class DoveNet:
 
 
 def warm_underlay(hypervisors: list[Hypervisor], timeout: float = 10.0) -> None:
-    """Ping every peer over the underlay until it answers.
+    """Ping every peer over the underlay until it answers (see warm_legs)."""
+    warm_legs([(hv, hv.underlay_dev, hv.underlay_ip) for hv in hypervisors], timeout)
+
+
+def warm_legs(legs: list[tuple[Hypervisor, str, str]], timeout: float = 10.0) -> None:
+    """Ping, between every two of ``legs`` (node, device owning the address, address), until
+    the other answers.
 
     Proves the underlay works and fills both the kernel ARP table and OVS's tunnel neighbour
     cache (tnl/neigh), so the first tunnelled packet is not lost to underlay ARP resolution.
+    All legs must share one network; a node with several (a VAN proxy) is warmed once per
+    network.
 
     NOTE (OVS 3.1.0): pings alone did not reliably fill tnl/neigh: the side that answers the
     ARP request learns its peer from that request in the kernel, never ARPs itself, and its
     OVS was then left without the entry about 1 time in 2 (seen with OVN, where the first
     tunnelled packet is the echo reply, which was dropped). The entries are set explicitly.
     """
-    for hv in hypervisors:
-        for peer in hypervisors:
+    for hv, dev, _ip in legs:
+        for peer, peer_dev, peer_ip in legs:
             if peer is hv:
                 continue
             wait_until(
-                lambda hv=hv, peer=peer: (
-                    hv.pexec(["ping", "-c1", "-W1", "-I", hv.underlay_dev, peer.underlay_ip])[2]
-                    == 0
-                ),
+                partial(_pings, hv, dev, peer_ip),
                 timeout,
-                f"underlay {hv.name} -> {peer.name} ({peer.underlay_ip})",
+                f"underlay {hv.name} -> {peer.name} ({peer_ip})",
                 step=0.05,
             )
             if hv.rundir is not None and peer.rundir is not None:  # both run userspace OVS
-                mac = peer.run("cat", f"/sys/class/net/{BR_PHY}/address").strip()
-                hv.appctl("tnl/neigh/set", BR_PHY, peer.underlay_ip, mac)
+                mac = peer.run("cat", f"/sys/class/net/{peer_dev}/address").strip()
+                hv.appctl("tnl/neigh/set", dev, peer_ip, mac)
+
+
+def _pings(hv: Hypervisor, dev: str, ip: str) -> bool:
+    """One ping from ``dev`` to ``ip`` is answered within a second."""
+    return bool(hv.pexec(["ping", "-c1", "-W1", "-I", dev, ip])[2] == 0)
 
 
 def _attach(mode: str, hv: Hypervisor, host: Host, plan: VmPlan) -> str:

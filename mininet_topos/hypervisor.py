@@ -33,6 +33,7 @@ from mininet.node import Host
 VSWITCH_SCHEMA = "/usr/share/openvswitch/vswitch.ovsschema"
 BR_PHY = "br-phy"
 BR_DOVE = "br-dove"
+BR_WAN = "br-wan"  # a VAN proxy's inter-site leg (mininet_topos.sites)
 TUNNEL_PORT = "vxlan0"
 AGENT_OFP_PORT = 6653
 BR_INT = "br-int"  # OVN's integration bridge (mode "ovn")
@@ -94,8 +95,9 @@ def read_pidfile(path: Path) -> int | None:
 
 
 def dpid_for(index: int, bridge: str) -> str:
-    """A stable 16-hex-digit datapath id: 'd0e0' for br-dove, 'd0e1' for br-phy, then index."""
-    prefix = 0xD0E0 if bridge == BR_DOVE else 0xD0E1
+    """A stable 16-hex-digit datapath id: 'd0e0' for br-dove, 'd0e1' for br-phy, 'd0e2' for
+    br-wan, then index."""
+    prefix = {BR_DOVE: 0xD0E0, BR_WAN: 0xD0E2}.get(bridge, 0xD0E1)
     return f"{(prefix << 48) | index:016x}"
 
 
@@ -296,34 +298,42 @@ class Hypervisor(Host):
             "ovn": self.setup_ovn_bridge,
         }[self.mode]()
 
-    def setup_br_phy(self) -> None:
-        """br-phy: standalone NORMAL bridge with the uplink; the underlay IP lives on it."""
-        self.make_port_only(self.uplink)
-        mac = self.run("cat", f"/sys/class/net/{self.uplink}/address").strip()
+    def setup_br_phy(
+        self, bridge: str = BR_PHY, uplink: str | None = None, cidr: str | None = None
+    ) -> None:
+        """br-phy: standalone NORMAL bridge with the uplink; the underlay IP lives on it.
+
+        A VAN proxy builds a second such bridge (``bridge``, ``uplink``, ``cidr``) for its
+        inter-site leg."""
+        uplink = uplink or self.uplink
+        cidr = cidr or self.underlay_cidr
+        self.make_port_only(uplink)
+        mac = self.run("cat", f"/sys/class/net/{uplink}/address").strip()
         self.vsctl(
             "add-br",
-            BR_PHY,
+            bridge,
             "--",
             "set",
             "Bridge",
-            BR_PHY,
+            bridge,
             "datapath_type=netdev",
             "fail_mode=standalone",
-            f"other_config:datapath-id={dpid_for(self.index, BR_PHY)}",
+            f"other_config:datapath-id={dpid_for(self.index, bridge)}",
             f'other_config:hwaddr="{mac}"',
             "--",
             "add-port",
-            BR_PHY,
-            self.uplink,
+            bridge,
+            uplink,
         )
         # The bridge's local port is a tap the kernel sends from (underlay pings, agent UDP).
-        self.ethtool_tx_off(BR_PHY)
-        self.run("ip", "addr", "add", self.underlay_cidr, "dev", BR_PHY)
-        self.run("ip", "link", "set", BR_PHY, "up")
+        self.ethtool_tx_off(bridge)
+        self.run("ip", "addr", "add", cidr, "dev", bridge)
+        self.run("ip", "link", "set", bridge, "up")
+        ip = cidr.split("/")[0]
         wait_until(
-            lambda: self.underlay_ip in self.appctl("ovs/route/show"),
+            lambda: ip in self.appctl("ovs/route/show").split(),
             5.0,
-            f"{self.name}: OVS route for {self.underlay_cidr}",
+            f"{self.name}: OVS route for {cidr}",
         )
 
     def _add_br_dove(self, *bridge_opts: str) -> None:
@@ -353,8 +363,12 @@ class Hypervisor(Host):
         self._secure_bridge_with_local_controller(
             "--", "add-port", BR_DOVE, TUNNEL_PORT,
             "--", "set", "Interface", TUNNEL_PORT, "type=vxlan", "options:remote_ip=flow",
-            "options:key=flow", f"options:local_ip={self.underlay_ip}",
+            "options:key=flow", *self.tunnel_source(),
         )  # fmt: skip
+
+    def tunnel_source(self) -> list[str]:
+        """The tunnel port's source option: the underlay address (a proxy has two legs)."""
+        return [f"options:local_ip={self.underlay_ip}"]
 
     def setup_normal_bridge(self) -> None:
         """Baseline br-dove: standalone learning switch; tunnels come from add_mesh_tunnels()."""

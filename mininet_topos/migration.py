@@ -10,14 +10,31 @@ gratuitous ARP plays that part).
 from __future__ import annotations
 
 import time
+from typing import Protocol
 
-from mininet_topos.dove_topo import DoveNet, VmRecord
+from mininet_topos.dove_topo import VmRecord
 from mininet_topos.hypervisor import Hypervisor
 
 MIGRATABLE_MODES = ("dove", "normal", "ovn")
 
 
-def migrate(dnet: DoveNet, vm: VmRecord, to: Hypervisor, announce: bool = True) -> float:
+class _Spec(Protocol):
+    @property
+    def mode(self) -> str: ...
+
+
+class Net(Protocol):
+    """What migration needs of a running emulation: dove_topo.DoveNet, sites.SitesNet."""
+
+    @property
+    def spec(self) -> _Spec: ...
+
+    def vm(self, name: str) -> VmRecord: ...
+
+    def hv(self, name: str) -> Hypervisor: ...
+
+
+def migrate(dnet: Net, vm: VmRecord, to: Hypervisor, announce: bool = True) -> float:
     """Move ``vm`` to hypervisor ``to``; returns how long the port was unplugged (s)."""
     if dnet.spec.mode not in MIGRATABLE_MODES:
         raise ValueError(f"no migration in mode {dnet.spec.mode!r}")
@@ -56,7 +73,7 @@ def _hand_over(old: Hypervisor, to: Hypervisor, name: str) -> None:
     to.addIntf(intf, moveIntfFn=lambda *_args, **_kw: True)  # already moved
 
 
-def cli_class(dnet: DoveNet) -> type:
+def cli_class(dnet: Net) -> type:
     """The Mininet CLI with a ``migrate <vm> <hypervisor>`` command for this net."""
     from mininet.cli import CLI
 

@@ -22,10 +22,15 @@ def _no_addresses(intf: str) -> None:
 
 
 class UnderlayBridge(Switch):
-    """An address-less Linux bridge (iproute2) connecting the hypervisors' uplinks."""
+    """An address-less Linux bridge (iproute2) connecting the hypervisors' uplinks.
 
-    def __init__(self, name: str, **params: Any) -> None:
+    ``mtu`` (default: leave the veths' 1500) is set on every port, so that a frame bigger
+    than it is dropped on the way, as on a real path with a smaller MTU.
+    """
+
+    def __init__(self, name: str, mtu: int | None = None, **params: Any) -> None:
         params.setdefault("dpid", "1")  # Switch wants one; a kernel bridge does not use it
+        self.mtu = mtu
         super().__init__(name, **params)
 
     def start(self, _controllers: list[Any]) -> None:
@@ -41,6 +46,10 @@ class UnderlayBridge(Switch):
             _no_addresses(intf.name)
             # Also for the kernel-side veth ends of the underlay (design.md section 5).
             quietRun(f"ethtool -K {intf.name} tx off")
+            if self.mtu is not None:
+                out = quietRun(f"ip link set {intf.name} mtu {self.mtu}")
+                if out.strip():
+                    raise RuntimeError(f"{intf.name}: cannot set mtu {self.mtu}: {out.strip()}")
             quietRun(f"ip link set {intf.name} master {self.name} up")
         quietRun(f"ip link set {self.name} up")
 

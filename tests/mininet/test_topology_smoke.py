@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 
 import pytest
 
@@ -23,25 +22,11 @@ pytestmark = [
 
 from mininet_topos import ovn  # noqa: E402
 from mininet_topos.dove_topo import DoveNet, VmRecord, build_net  # noqa: E402
-from mininet_topos.hypervisor import BR_DOVE, BR_PHY, TUNNEL_PORT, pid_alive  # noqa: E402
+from mininet_topos.hypervisor import BR_DOVE, BR_PHY, TUNNEL_PORT  # noqa: E402
 from mininet_topos.traffic import iperf3, mbits  # noqa: E402
+from tests.tools.leftovers import live_pids_mentioning  # noqa: E402
 
 IPERF_PORT = 5201
-
-
-def _live_pids_mentioning(paths: list[Path]) -> list[int]:
-    """Live (non-zombie) processes whose command line mentions one of ``paths``."""
-    found = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            cmdline = (proc / "cmdline").read_bytes().decode(errors="replace")
-        except OSError:
-            continue
-        if any(str(p) in cmdline for p in paths) and pid_alive(int(proc.name)):
-            found.append(int(proc.name))
-    return found
 
 
 def _evidence(dnet: DoveNet) -> None:
@@ -87,7 +72,7 @@ def running(**kwargs: object) -> Iterator[DoveNet]:
     # Kernel mode runs no daemon and has no rundir; every other mode has one per hypervisor.
     assert rundirs or kwargs.get("mode") == "kernel", "no rundir recorded"
     assert not any(d.exists() for d in rundirs), "rundir left behind"
-    assert not _live_pids_mentioning(rundirs), "OVS/OVN/controller processes left behind"
+    assert not live_pids_mentioning(rundirs), "OVS/OVN/controller processes left behind"
 
 
 def test_normal_mode_ping_and_tcp_across_hypervisors() -> None:
