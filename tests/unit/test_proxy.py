@@ -105,9 +105,7 @@ def test_only_frames_may_be_fragments() -> None:
 
 def _pieces(data: bytes, size: int, frag_id: int = 1) -> list[FrameFragment]:
     chunks = [data[i : i + size] for i in range(0, len(data), size)]
-    return [
-        FrameFragment(5001, frag_id, i, i < len(chunks) - 1, c) for i, c in enumerate(chunks)
-    ]
+    return [FrameFragment(5001, frag_id, i, i < len(chunks) - 1, c) for i, c in enumerate(chunks)]
 
 
 def test_pieces_in_any_order_make_the_frame_once() -> None:
@@ -151,7 +149,7 @@ def _ipv4_frame(df: bool, size: int = 1450, proto: int = 6) -> bytes:
         IPv4Address("10.0.0.11").packed,
         IPv4Address("10.0.0.21").packed,
     )
-    eth = bytes.fromhex("020000000201" "020000000101") + struct.pack("!H", ETH_TYPE_IPV4)
+    eth = bytes.fromhex("020000000201020000000101") + struct.pack("!H", ETH_TYPE_IPV4)
     return eth + header + b"p" * (size - 20)
 
 
