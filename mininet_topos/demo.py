@@ -1,6 +1,7 @@
 """The DOVE demo: tenants with identical address plans, isolated, across hypervisors.
 
     sudo scripts/demo.sh [--hypervisors 3] [--tenants 2] [--vms-per-tenant 2] [--json] [--cli]
+    sudo scripts/demo.sh --sites 2 [--hypervisors 2] [--wan-mtu 1400] ...
 
 Builds the emulation with a real agent on every hypervisor, pings from every VM
 to every address of its tenant's plan (the first ping of each pair is the
@@ -8,6 +9,10 @@ first packet that pair ever sent), and shows who received each ping: a VM of
 the same tenant, never the VM of another tenant that has the same MAC and IP.
 Then prints the agents' learn counters and an excerpt of each flow table, and
 tears everything down, checking that nothing is left behind.
+
+With ``--sites N`` the tenants span N sites that cannot reach each other, each
+with two VAN proxies (mininet_topos.sites): pings across sites go through the
+active proxy of each site, and the proxies' flow tables are shown too.
 """
 
 from __future__ import annotations
@@ -101,9 +106,9 @@ def flow_excerpt(hv: Any, lines: int) -> tuple[int, list[str]]:
     return len(flows), excerpt[:lines]
 
 
-def leftovers(rundirs: list[Path]) -> list[str]:
+def leftovers(rundirs: list[Path], bridges: list[str]) -> list[str]:
     """What this run could have left behind: its run directories, processes started
-    in them (agents run there; OVS daemons name them), and the underlay bridge."""
+    in them (agents run there; OVS daemons name them), and the underlay bridges."""
     found = [f"directory: {d}" for d in rundirs if d.exists()]
     for proc in Path("/proc").glob("[0-9]*"):
         try:
@@ -113,20 +118,42 @@ def leftovers(rundirs: list[Path]) -> list[str]:
             continue
         if any(str(d) in cwd or str(d) in cmdline for d in rundirs):
             found.append(f"process {proc.name}: {cmdline.strip()}")
-    if (
-        subprocess.run(
-            ["ip", "link", "show", UNDERLAY_SWITCH], capture_output=True, check=False
-        ).returncode
-        == 0
-    ):
-        found.append(f"link: {UNDERLAY_SWITCH}")
+    for bridge in bridges:
+        shown = subprocess.run(["ip", "link", "show", bridge], capture_output=True, check=False)
+        if shown.returncode == 0:
+            found.append(f"link: {bridge}")
     return found
 
 
+def _build(args: argparse.Namespace) -> tuple[Any, list[Any], list[str]]:
+    """The emulation, the nodes that run agents, and the bridges it makes in the root
+    namespace (checked at teardown)."""
+    if args.sites == 1:
+        dnet, _key = build_dove_net(args.hypervisors, args.tenants, args.vms_per_tenant)
+        return dnet, dnet.hypervisors, [UNDERLAY_SWITCH]
+    from mininet_topos import sites
+
+    spec = sites.SitesSpec(
+        sites=args.sites,
+        hypervisors=args.hypervisors,
+        tenants=args.tenants,
+        vms_per_tenant=args.vms_per_tenant,
+        wan_mtu=args.wan_mtu,
+    )
+    snet, _key = sites.build_sites_net(spec)
+    try:
+        sites.wait_proxies_active(snet)
+    except BaseException:
+        snet.stop()
+        raise
+    bridges = [sites.site_switch(s) for s in spec.site_numbers] + [sites.WAN_SWITCH]
+    return snet, snet.nodes, bridges
+
+
 def run_demo(args: argparse.Namespace) -> dict[str, Any]:
-    dnet, _key = build_dove_net(args.hypervisors, args.tenants, args.vms_per_tenant)
+    dnet, nodes, bridges = _build(args)
     report: dict[str, Any] = {"layout": [], "pings": [], "agents": {}, "flows": {}}
-    rundirs = [Path(hv.rundir) for hv in dnet.hypervisors]
+    rundirs = [Path(hv.rundir) for hv in nodes]
     try:
         for vm in dnet.vms:
             report["layout"].append(
@@ -143,7 +170,7 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
             for dst in dnet.tenant_vms(src.tenant):
                 if dst is not src:
                     report["pings"].append(asdict(ping_pair(dnet, src, dst)))
-        for hv in dnet.hypervisors:
+        for hv in nodes:
             report["agents"][hv.name] = admin(hv)
             count, excerpt = flow_excerpt(hv, args.flow_lines)
             report["flows"][hv.name] = {"count": count, "excerpt": excerpt}
@@ -151,7 +178,7 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
             CLI(dnet.net)
     finally:
         dnet.stop()
-    report["leftovers"] = leftovers(rundirs)
+    report["leftovers"] = leftovers(rundirs, bridges)
     return report
 
 
@@ -168,8 +195,8 @@ def print_report(report: dict[str, Any]) -> None:
     print("\nLayout (tenants share one address plan):")
     for v in report["layout"]:
         print(
-            f"  {v['vm']:8} tenant {v['tenant']} instance {v['instance']} on "
-            f"{v['hypervisor']:4} {v['mac']} {v['ip']}"
+            f"  {v['vm']:9} tenant {v['tenant']} instance {v['instance']} on "
+            f"{v['hypervisor']:6} {v['mac']} {v['ip']}"
         )
     print("\nReachability: row pings every address of its tenant's plan; a cell shows")
     print("whether that VM received the pings (Y), or not (.), '-' is the VM itself.")
@@ -219,9 +246,15 @@ def print_report(report: dict[str, Any]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--hypervisors", type=int, default=3)
+    parser.add_argument(
+        "--hypervisors", type=int, default=None, help="default 3; per site with --sites (2)"
+    )
     parser.add_argument("--tenants", type=int, default=2)
-    parser.add_argument("--vms-per-tenant", type=int, default=2)
+    parser.add_argument("--vms-per-tenant", type=int, default=2, help="per site with --sites")
+    parser.add_argument(
+        "--sites", type=int, default=1, help="sites joined by VAN proxies (hypervisors per site)"
+    )
+    parser.add_argument("--wan-mtu", type=int, default=1500, help="inter-site MTU (--sites)")
     parser.add_argument(
         "--flow-lines", type=int, default=14, help="flow table lines shown per hypervisor"
     )
@@ -230,6 +263,8 @@ def main(argv: list[str] | None = None) -> int:
         "--cli", action="store_true", help="open the Mininet CLI before tearing down"
     )
     args = parser.parse_args(argv)
+    if args.hypervisors is None:
+        args.hypervisors = 3 if args.sites == 1 else 2
     if args.vms_per_tenant < 2:
         parser.error("--vms-per-tenant must be at least 2 so tenants span hypervisors")
     setLogLevel("warning")
