@@ -202,6 +202,41 @@ def _migration_section(rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def _sites_section(sites: dict[str, Any]) -> list[str]:
+    lines = [
+        "## Sites: VAN proxies",
+        "",
+        "Two sites with no route between them, two proxies each. Failover: a VM of site 1 "
+        "pings a VM of site 2 every 5 ms and the active proxy of one site stops (agent and "
+        "datapath); the gap is the longest silence between replies. Each sample is a fresh "
+        "deployment; the sites alternate.",
+        "",
+        "| stopped | gap ms | lost / sent | standby took over |",
+        "|---|---|---|---|",
+    ]
+    for f in sites.get("failover", []):
+        if "error" in f:
+            lines.append(f"| site {f['site']} | failed: `{f['error'][:150]}` | | |")
+            continue
+        gap = f"{f['gap_ms']:.0f}" if f.get("gap_ms") is not None else "n/a"
+        lines.append(f"| site {f['site']} | {gap} | {f['lost']} / {f['sent']} | {f['took_over']} |")
+    lines += [
+        "",
+        f"Failover gap: {fmt(sites.get('failover_gap_ms', {}), 0)} ms (median, min-max).",
+        "",
+        "| path | RTT ms | first packet ms |",
+        "|---|---|---|",
+        f"| in one site (host to host) | {fmt(sites.get('rtt_in_site_ms', {}), 3)} "
+        f"| {fmt(sites.get('first_in_site_ms', {}), 1)} |",
+        f"| across sites (host, proxy, proxy, host) | {fmt(sites.get('rtt_cross_site_ms', {}), 3)} "
+        f"| {fmt(sites.get('first_cross_site_ms', {}), 1)} |",
+    ]
+    r = sites.get("cross_over_in_site")
+    if r:
+        lines += ["", f"Cross-site RTT / in-site RTT: {r:.2f}x."]
+    return lines
+
+
 def _scale_section(scale: list[dict[str, Any]]) -> list[str]:
     lines = [
         "## Scale",
@@ -295,6 +330,8 @@ def write_report(results: dict[str, Any], out: Path) -> None:
         lines += _migration_section(results["migration"]) + [""]
     if "scale" in results:
         lines += _scale_section(results["scale"]) + [""]
+    if "sites" in results:
+        lines += _sites_section(results["sites"]) + [""]
     plots = _plots(results, out)
     if plots:
         lines += ["## Plots", "", *plots, ""]

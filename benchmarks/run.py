@@ -1,6 +1,7 @@
 """dove-ryu side by side with OVN, OVS NORMAL, kernel VXLAN and a learning switch.
 
-    sudo scripts/bench.sh [--quick] [--sections controller,first,dataplane,scale] [--out DIR]
+    sudo scripts/bench.sh [--quick] [--sections controller,first,dataplane,migration,scale,sites]
+                          [--out DIR]
 
 Every system runs in the same emulation (namespaced hypervisors with their own
 OVS, VMs on veths) in one run, so the figures are comparable; each figure is
@@ -420,7 +421,7 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="fewer and shorter runs, small scale: a change's check (< 5 min)",
     )
-    parser.add_argument("--sections", default="controller,first,dataplane,migration,scale")
+    parser.add_argument("--sections", default="controller,first,dataplane,migration,scale,sites")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--reps", type=int, default=None)
     args = parser.parse_args(argv)
@@ -474,6 +475,12 @@ def main(argv: list[str] | None = None) -> int:
             except Exception as e:
                 results["scale"].append({"system": system, "error": f"{type(e).__name__}: {e}"})
             progress(f"  {json.dumps(results['scale'][-1])[:300]}")
+
+    if "sites" in sections:
+        from benchmarks.sites_bench import run_sites
+
+        results["sites"] = run_sites(2 if args.quick else 6, progress)
+        progress(f"  failover gap ms {json.dumps(results['sites']['failover_gap_ms'])}")
 
     (out / "samples.json").write_text(json.dumps(results, indent=2, default=str))
     from benchmarks.report import write_report
