@@ -66,7 +66,15 @@ fi
 
 # The root namespace's own OVS is not used by dove-ryu (each emulated
 # hypervisor runs its own), but Mininet's cleanup expects ovs-vsctl to answer.
+# The daemons must not inherit our descriptors beyond stdio: a caller's `flock`
+# lock file among them would stay locked for as long as OVS runs.
 if ! /usr/share/openvswitch/scripts/ovs-ctl status >/dev/null 2>&1; then
-    /usr/share/openvswitch/scripts/ovs-ctl start --system-id=random >/dev/null 2>&1 || true
+    (
+        for fd in /proc/self/fd/*; do
+            n=${fd##*/}
+            if [ "$n" -gt 2 ]; then eval "exec $n>&-"; fi
+        done 2>/dev/null
+        /usr/share/openvswitch/scripts/ovs-ctl start --system-id=random >/dev/null 2>&1 || true
+    )
 fi
 echo "bootstrap: ready ($VENV)" >&2
