@@ -318,3 +318,25 @@ def test_stopping_the_active_proxy_moves_traffic_to_the_standby(sites: SitesNet)
     assert got >= sent - 40, f"traffic did not come back through {standby.name}:\n{out}"
     assert learned(a.hypervisor, a.instance)[b.mac]["host"] == standby.underlay_ip
     assert received(ping(a, b.ip)) == 3
+
+
+def test_a_stopped_vm_is_unlearned_in_the_other_site(sites: SitesNet) -> None:
+    """UN-LEARN crosses sites: the proxies pass on what the VM's host says."""
+    from mininet_topos.dove_topo import attach_vm, detach_vm
+
+    a, gone = sites.vm("t2s1vm2"), sites.vm("t2s2vm2")
+    assert received(ping(a, gone.ip)) == 3
+    assert gone.mac in learned(a.hypervisor, a.instance)
+    hv = gone.hypervisor
+    detach_vm(hv, gone.port)
+    try:
+        wait_until(
+            lambda: gone.mac not in learned(a.hypervisor, a.instance),
+            5.0,
+            f"{a.hypervisor.name} un-learns {gone.name}",
+        )
+        assert gone.mac not in learned(active_proxy(sites, 1), a.instance)
+    finally:
+        attach_vm(hv, gone.host, gone.instance, gone.mac, gone.ip_cidr)
+    out = ping(a, gone.ip)
+    assert received(out) == 3, f"not reached again once it is back:\n{out}"
