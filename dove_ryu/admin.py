@@ -1,7 +1,9 @@
 """The agent's local admin socket: one JSON request per line, one JSON answer.
 
-Only root can open it (the socket is 0600 in a 0700 directory); dovectl and the
-demo read the agent's state through it.
+Only root can open it (the socket is 0600 in a 0700 directory), and the server
+checks the peer's credentials too (SO_PEERCRED), so a socket file whose mode was
+loosened still answers only root and the agent's own user.  dovectl and the demo
+read the agent's state through it.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import json
 import logging
 import os
 import socket
+import struct
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -57,6 +60,10 @@ class AdminServer:
                 return
             with conn:
                 conn.settimeout(5)
+                uid = peer_uid(conn)
+                if uid not in (0, os.getuid()):
+                    LOG.warning("admin: refused a client with uid %s", uid)
+                    continue
                 try:
                     raw = conn.makefile("rb").readline(MAX_REQUEST)
                     request = json.loads(raw or b"{}")
@@ -69,6 +76,16 @@ class AdminServer:
                     conn.sendall(json.dumps(answer).encode() + b"\n")
                 except OSError:
                     pass
+
+
+def peer_uid(conn: socket.socket) -> int | None:
+    """The user id of the process at the other end of a unix socket."""
+    try:
+        creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    except OSError:
+        return None
+    _pid, uid, _gid = struct.unpack("3i", creds)
+    return int(uid)
 
 
 def query(path: str, request: dict[str, Any], timeout: float = 5.0) -> dict[str, Any]:

@@ -709,6 +709,9 @@ class DoveCore:
             self._drop("learn_reply_nonmember", now, f"from {sender} instance {msg.instance}")
             return CoreOutput()
         self.pending.remove(pending)
+        if pending.requester is not None:
+            # The host that answered learned our VM from the request (see _glean).
+            self.mobility.note_learner((msg.instance, pending.requester.mac), sender)
         return self._resolved(
             now, pending, Endpoint(msg.instance, msg.mac, msg.ips, msg.host, msg.seq), sender
         )
@@ -962,8 +965,13 @@ class DoveCore:
         """Everything an operator asks about, as plain data (for the admin socket)."""
         return {
             "host": self.cfg.name,
+            "role": "host",
             "underlay_ip": str(self.me),
             "connected": self.tunnel_ofport is not None,
+            "proxies": {
+                str(h): {"site": k.role.site, "active": k.role.active}
+                for h, k in sorted(self.proxies.items())
+            },
             "instances": {
                 str(instance): {
                     "local": [
@@ -973,6 +981,9 @@ class DoveCore:
                             "mac": p.mac,
                             "ips": [str(i) for i in p.ips],
                             "seq": self.seqs.get((instance, p.mac), 1),
+                            "learned_by": sorted(
+                                str(h) for h in self.mobility.learners.get((instance, p.mac), ())
+                            ),
                         }
                         for _, p in sorted(self.by_instance.get(instance, {}).items())
                     ],

@@ -1,63 +1,386 @@
-"""``dovectl``: look at a running agent through its admin socket."""
+"""``dovectl``: inspect and manage a DOVE agent (hypervisor or VAN proxy).
+
+Reads go to the agent's admin socket (root only) and, for flows and traces, to
+the local Open vSwitch; attach, detach and migrate change OVSDB, which the agent
+watches, exactly as a hypervisor's tooling would.  Every read has ``--json``.
+"""
 
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import sys
+import time
+from ipaddress import IPv4Address
 from typing import Any
 
+from dove_ryu import ctl_graph, ctl_ports
 from dove_ryu.admin import query
+from dove_ryu.model import MAX_INSTANCE
 
 DEFAULT_SOCKET = "/var/run/dove-ryu/admin.sock"
+DEFAULT_OVSDB = "unix:/var/run/openvswitch/db.sock"
 
 
-def _print_status(status: dict[str, Any]) -> None:
-    print(
-        f"host {status['host']} underlay {status['underlay_ip']} "
-        f"switch {'connected' if status['connected'] else 'DISCONNECTED'}"
+class CtlError(Exception):
+    """Something dovectl cannot do; the message says what and why."""
+
+
+def _ask(args: argparse.Namespace, cmd: str = "status") -> dict[str, Any]:
+    try:
+        answer = query(args.admin_socket, {"cmd": cmd})
+    except (OSError, ValueError) as e:
+        raise CtlError(f"cannot reach the agent at {args.admin_socket}: {e}") from None
+    if "error" in answer:
+        raise CtlError(f"the agent says: {answer['error']}")
+    return answer
+
+
+def _instances(status: dict[str, Any], only: int | None) -> dict[str, Any]:
+    items = status["instances"].items()
+    return {k: v for k, v in items if only is None or int(k) == only}
+
+
+def _table(rows: list[list[str]], header: list[str]) -> None:
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+
+
+# ---------------------------------------------------------------- the reads
+
+
+def cmd_status(args: argparse.Namespace) -> Any:
+    status = _ask(args)
+    if args.json:
+        return status
+    role = status.get("role", "host")
+    line = f"{role} {status['host']} underlay {status['underlay_ip']}"
+    if role == "proxy":
+        state = "active" if status["active"] else "standby"
+        line += f" wan {status['wan_ip']} site {status['site']} ({state})"
+    print(f"{line}, switch {'connected' if status['connected'] else 'DISCONNECTED'}")
+    args.json = False
+    for name in ("instances", "endpoints"):
+        print()
+        COMMANDS[name](args, status)
+    return None
+
+
+def cmd_instances(args: argparse.Namespace, status: dict[str, Any] | None = None) -> Any:
+    status = status or _ask(args)
+    rows = [
+        {
+            "instance": int(k),
+            "local": len(v["local"]),
+            "learned": len(v["learned"]),
+            "members": v["members"],
+            "remote_proxies": v.get("remote_proxies", []),
+        }
+        for k, v in _instances(status, getattr(args, "instance", None)).items()
+    ]
+    if args.json:
+        return rows
+    _table(
+        [
+            [str(r["instance"]), str(r["local"]), str(r["learned"]), str(len(r["members"]))]
+            + ([str(len(r["remote_proxies"]))] if status.get("role") == "proxy" else [])
+            for r in rows
+        ],
+        ["INSTANCE", "LOCAL", "LEARNED", "MEMBERS"]
+        + (["REMOTE-PROXIES"] if status.get("role") == "proxy" else []),
     )
-    for instance, info in status["instances"].items():
-        print(f"instance {instance}  members: {', '.join(info['members']) or '-'}")
+    return None
+
+
+def cmd_endpoints(args: argparse.Namespace, status: dict[str, Any] | None = None) -> Any:
+    """Local endpoints (with the hosts that learned them) and learned ones (with their
+    host, sequence number, age and the host that answered)."""
+    status = status or _ask(args)
+    rows = []
+    for k, info in _instances(status, getattr(args, "instance", None)).items():
         for ep in info["local"]:
-            print(
-                f"  local   {ep['mac']}  {','.join(ep['ips']) or '-':<16} port {ep['port']}"
-                f" seq {ep['seq']}"
+            rows.append(
+                {
+                    "instance": int(k),
+                    "kind": "local",
+                    "mac": ep["mac"],
+                    "ips": ep["ips"],
+                    "host": status["underlay_ip"],
+                    "port": ep["port"],
+                    "seq": ep["seq"],
+                    "learned_by": ep.get("learned_by", []),
+                }
             )
         for ep in info["learned"]:
-            print(
-                f"  learned {ep['mac']}  {','.join(ep['ips']) or '-':<16} at {ep['host']}"
-                f" seq {ep['seq']} age {ep['age']}s"
+            rows.append(
+                {
+                    "instance": int(k),
+                    "kind": ep.get("side", "learned")
+                    if status.get("role") == "proxy"
+                    else "learned",
+                    "mac": ep["mac"],
+                    "ips": ep["ips"],
+                    "host": ep["host"],
+                    "seq": ep["seq"],
+                    "age": ep["age"],
+                    "answered_by": ep["answered_by"],
+                }
             )
+    mac = getattr(args, "mac", None)
+    if mac:
+        rows = [r for r in rows if r["mac"] == ctl_ports.check_mac(mac)]
+    if args.json:
+        return rows
+    _table(
+        [
+            [
+                str(r["instance"]),
+                r["kind"],
+                r["mac"],
+                ",".join(r["ips"]) or "-",
+                f"port {r['port']}" if r["kind"] == "local" else r["host"],
+                str(r["seq"]),
+                f"{r['age']}s" if "age" in r else "-",
+                ("learned by " + (",".join(r["learned_by"]) or "nobody"))
+                if r["kind"] == "local"
+                else f"answered by {r['answered_by']}",
+            ]
+            for r in rows
+        ],
+        ["INSTANCE", "KIND", "MAC", "IPS", "WHERE", "SEQ", "AGE", "WHO"],
+    )
+    return None
+
+
+def cmd_members(args: argparse.Namespace) -> Any:
+    status = _ask(args)
+    rows = {
+        int(k): {"members": v["members"], "remote_proxies": v.get("remote_proxies", [])}
+        for k, v in _instances(status, args.instance).items()
+    }
+    if args.json:
+        return rows
+    proxies = status.get("proxies", {})
+    for instance, info in rows.items():
+        hosts = [f"{h} (proxy)" if h in proxies else h for h in info["members"]]
+        line = f"instance {instance}: {', '.join(hosts) or '-'}"
+        if info["remote_proxies"]:
+            line += f"; other sites through {', '.join(info['remote_proxies'])}"
+        print(line)
+    return None
+
+
+def cmd_proxies(args: argparse.Namespace) -> Any:
+    """The VAN proxies this agent knows: for a host, its site's; for a proxy, its
+    partner and the other sites'."""
+    status = _ask(args)
+    rows = []
+    if status.get("role") == "proxy":
+        rows.append(
+            {
+                "address": status["underlay_ip"],
+                "wan_ip": status["wan_ip"],
+                "site": status["site"],
+                "active": status["active"],
+                "relation": "this proxy",
+            }
+        )
+        for addr, p in status["partners"].items():
+            rows.append(
+                {
+                    "address": addr,
+                    "site": status["site"],
+                    "active": p["active"],
+                    "relation": "partner",
+                }
+            )
+        for addr, p in status["remote_proxies"].items():
+            rows.append({"address": addr, **p, "relation": "other site"})
+    else:
+        for addr, p in status.get("proxies", {}).items():
+            rows.append({"address": addr, **p, "relation": "this site's"})
+    if args.json:
+        return rows
+    _table(
+        [
+            [r["address"], r["site"], "active" if r["active"] else "standby", r["relation"]]
+            for r in rows
+        ],
+        ["ADDRESS", "SITE", "STATE", "RELATION"],
+    )
+    return None
+
+
+def cmd_counters(args: argparse.Namespace) -> Any:
+    counters = _ask(args, "counters")
+    if args.json:
+        return counters
+    for name, value in sorted(counters.items()):
+        print(f"{name:36} {value}")
+    return None
+
+
+def cmd_graph(args: argparse.Namespace) -> Any:
+    sockets = list(args.admin_sockets or [])
+    for pattern in args.glob or []:
+        sockets += sorted(glob.glob(pattern))
+    sockets = sockets or [args.admin_socket]
+    statuses = []
+    for path in sockets:
+        try:
+            statuses.append(query(path, {"cmd": "status"}))
+        except (OSError, ValueError) as e:
+            raise CtlError(f"cannot reach the agent at {path}: {e}") from None
+    dot = ctl_graph.to_dot(statuses)
+    if args.json:
+        return ctl_graph.deployment(statuses)
+    if args.out is None or args.out.endswith(".dot"):
+        if args.out:
+            with open(args.out, "w", encoding="utf-8") as f:
+                f.write(dot)
+        else:
+            print(dot)
+        return None
+    ctl_graph.render(dot, args.out)
+    print(f"wrote {args.out} ({len(statuses)} agents)")
+    return None
+
+
+# ---------------------------------------------------------------- the writes
+
+
+def cmd_attach(args: argparse.Namespace) -> Any:
+    instance = args.instance
+    if not 1 <= instance <= MAX_INSTANCE:
+        raise CtlError(f"--instance {instance}: not in 1..{MAX_INSTANCE}")
+    mac = ctl_ports.check_mac(args.mac)
+    ips = [IPv4Address(ip) for ip in args.ip or []]
+    ctl_ports.attach(args.ovsdb, args.bridge, args.port, instance, mac, ips)
+    ofport = _wait_local(args, args.port, present=True)
+    print(f"{args.port} attached to instance {instance} ({mac}), ofport {ofport}")
+    return None
+
+
+def cmd_detach(args: argparse.Namespace) -> Any:
+    ctl_ports.detach(args.ovsdb, args.bridge, args.port)
+    _wait_local(args, args.port, present=False)
+    print(f"{args.port} detached")
+    return None
+
+
+def cmd_migrate(args: argparse.Namespace) -> Any:
+    took = ctl_ports.move_port(args.port, args.ovsdb, args.to_ovsdb, args.bridge, args.to_netns)
+    print(f"{args.port} moved to netns of pid {args.to_netns} in {took * 1000:.0f} ms")
+    return None
+
+
+def _wait_local(args: argparse.Namespace, port: str, present: bool) -> int | None:
+    """Until the agent has (or no longer has) the port as a local endpoint."""
+    deadline = time.monotonic() + args.wait
+    while True:
+        try:
+            status = query(args.admin_socket, {"cmd": "status"})
+        except (OSError, ValueError):
+            status = None
+        if status is not None:
+            found = [
+                ep
+                for info in status["instances"].values()
+                for ep in info["local"]
+                if ep["port"] == port
+            ]
+            if bool(found) == present:
+                return found[0]["ofport"] if found else None
+        if time.monotonic() >= deadline:
+            what = "taken the port" if present else "let the port go"
+            raise CtlError(f"OVSDB changed, but the agent has not {what} within {args.wait}s")
+        time.sleep(0.05)
+
+
+COMMANDS: dict[str, Any] = {
+    "status": cmd_status,
+    "instances": cmd_instances,
+    "endpoints": cmd_endpoints,
+    "members": cmd_members,
+    "proxies": cmd_proxies,
+    "counters": cmd_counters,
+    "graph": cmd_graph,
+    "attach": cmd_attach,
+    "detach": cmd_detach,
+    "migrate": cmd_migrate,
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dovectl", description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--admin-socket", default=DEFAULT_SOCKET, help=f"the agent's (default {DEFAULT_SOCKET})"
+    )
+    parser.add_argument("--ovsdb", default=DEFAULT_OVSDB, help=f"default {DEFAULT_OVSDB}")
+    parser.add_argument("--bridge", default="br-dove")
+    parser.add_argument("--json", action="store_true", help="JSON for scripts (reads)")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+
+    def read(name: str, text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=text, description=text)
+        p.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
+        return p
+
+    read("status", "the agent, its instances and endpoints")
+    read("instances", "instances with local and learned endpoint and member counts").add_argument(
+        "--instance", type=int
+    )
+    p = read("endpoints", "local and learned endpoints: MAC, IPs, host, seq, age, who learned")
+    p.add_argument("--instance", type=int)
+    p.add_argument("--mac")
+    read("members", "member hosts per instance").add_argument("--instance", type=int)
+    read("proxies", "the VAN proxies this agent knows")
+    read("counters", "the agent's counters")
+    p = read("graph", "draw the deployment (Graphviz): hosts, proxies, sites, instances")
+    p.add_argument(
+        "--agent", dest="admin_sockets", action="append", help="an agent's admin socket (repeat)"
+    )
+    p.add_argument("--glob", action="append", help="admin sockets by pattern (repeat)")
+    p.add_argument("--out", help="image file: .png, .svg, .pdf or .dot (default: DOT to stdout)")
+    p = sub.add_parser("attach", help="plug a port into an instance (OVSDB marks)")
+    p.add_argument("port")
+    p.add_argument("--instance", type=int, required=True)
+    p.add_argument("--mac", required=True)
+    p.add_argument("--ip", action="append", help="an IPv4 address of the VM (repeat)")
+    p.add_argument("--wait", type=float, default=5.0, help="seconds to wait for the agent")
+    p = sub.add_parser("detach", help="unplug a port")
+    p.add_argument("port")
+    p.add_argument("--wait", type=float, default=5.0)
+    p = sub.add_parser(
+        "migrate",
+        help="move a VM's port to another OVS on this machine (the emulation's live migration)",
+    )
+    p.add_argument("port")
+    p.add_argument("--to-netns", type=int, required=True, help="a pid in the target namespace")
+    p.add_argument("--to-ovsdb", required=True, help="the target hypervisor's OVSDB")
+    try:
+        from dove_ryu import ctl_flows
+    except ImportError:  # pragma: no cover - flows and trace come with their module
+        ctl_flows = None  # type: ignore[assignment]
+    if ctl_flows is not None:
+        ctl_flows.add_commands(sub)
+        COMMANDS["flows"] = COMMANDS["trace"] = ctl_flows.run
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="dovectl", description=__doc__)
-    parser.add_argument(
-        "--admin-socket",
-        default=DEFAULT_SOCKET,
-        help=f"the agent's admin socket (default {DEFAULT_SOCKET})",
-    )
-    parser.add_argument("--json", action="store_true", help="print JSON for scripts")
-    sub = parser.add_subparsers(dest="cmd", required=True)
-    sub.add_parser("status", help="instances, local and learned endpoints, members")
-    sub.add_parser("counters", help="the agent's counters")
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     try:
-        answer = query(args.admin_socket, {"cmd": args.cmd})
-    except (OSError, ValueError) as e:
-        print(f"dovectl: cannot reach the agent at {args.admin_socket}: {e}", file=sys.stderr)
+        result = COMMANDS[args.cmd](args)
+    except (CtlError, ctl_ports.PortError, ctl_graph.GraphError, ValueError) as e:
+        print(f"dovectl {args.cmd}: {e}", file=sys.stderr)
         return 1
-    if "error" in answer:
-        print(f"dovectl: {answer['error']}", file=sys.stderr)
-        return 1
-    if args.json:
-        print(json.dumps(answer, indent=2, sort_keys=True))
-    elif args.cmd == "status":
-        _print_status(answer)
-    else:
-        for name, value in sorted(answer.items()):
-            print(f"{name:32} {value}")
+    if isinstance(result, int):
+        return result
+    if result is not None:
+        print(json.dumps(result, indent=2, sort_keys=True))
     return 0
 
 

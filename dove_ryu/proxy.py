@@ -12,9 +12,9 @@ said to each other: LEARN requests and replies, ENDPOINT, UN-LEARN; it hands on
 frames too big for the inter-site path in DOVE-layer fragments (or answers with
 ICMP "fragmentation needed", as the operator chooses).
 
-Two proxies per site: one is active, the other listens to its hellos and takes
-over when they stop; hosts and remote proxies then move what they learned behind
-the old one to the new one (`DoveCore._proxy_heard`).
+Two proxies per site: one is active; they exchange hellos, and the standby takes
+over when the active one's stop.  Hosts and remote proxies then move what they
+learned behind the old one to the new one (`DoveCore._proxy_heard`).
 """
 
 from __future__ import annotations
@@ -673,7 +673,9 @@ class ProxyCore(DoveCore):
 
     def tick(self, now: float) -> CoreOutput:
         out = self._elect(now)
-        if self.active and now >= self.next_hello:
+        # Both ways: the standby watches the active one, and the active one knows
+        # whether it still has a standby.
+        if now >= self.next_hello:
             self.next_hello = now + self.cfg.proxy_hello_interval
             out.datagrams += self._announce(now, only=sorted(self.partners))
         dropped = self.reassembly.expire(now)

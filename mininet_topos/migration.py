@@ -9,9 +9,9 @@ gratuitous ARP plays that part).
 
 from __future__ import annotations
 
-import time
 from typing import Protocol
 
+from dove_ryu.ctl_ports import move_port
 from mininet_topos.dove_topo import VmRecord
 from mininet_topos.hypervisor import Hypervisor
 
@@ -42,22 +42,18 @@ def migrate(dnet: Net, vm: VmRecord, to: Hypervisor, announce: bool = True) -> f
     if to is old:
         raise ValueError(f"{vm.name} is already on {to.name}")
     bridge = old.vsctl("port-to-br", vm.port).strip()
-    marks = old.vsctl("get", "Interface", vm.port, "external_ids").strip()
-    started = time.monotonic()
-    old.vsctl("--if-exists", "del-port", bridge, vm.port)
-    old.cmd(f"ip link set {vm.port} netns {to.pid}")
+    # One shell round trip per step, in the namespaces Mininet already has shells in.
+    unplugged = move_port(
+        vm.port,
+        f"unix:{old.db_sock}",
+        f"unix:{to.db_sock}",
+        bridge,
+        to.pid,
+        run_here=old.cmd,
+        run_there=to.cmd,
+        require_marks=False,  # the benchmark peers (NORMAL, OVN) mark ports their own way
+    )
     _hand_over(old, to, vm.port)
-    # NOTE: the device keeps its offload settings and NOARP flag across namespaces
-    # (Linux 6.x); its per-namespace sysctls start again from defaults and it arrives
-    # down.  One shell round trip instead of make_port_only's five.
-    to.cmd(
-        f"sysctl -qw net.ipv6.conf.{vm.port}.disable_ipv6=1 "
-        f"net.ipv4.conf.{vm.port}.rp_filter=1; ip link set {vm.port} up"
-    )
-    to.vsctl(
-        "add-port", bridge, vm.port, "--", "set", "Interface", vm.port, f"external_ids={marks}"
-    )
-    unplugged = time.monotonic() - started
     vm.hypervisor = to
     if announce:
         intf = vm.host.intf().name

@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(openvswitch-switch mininet iperf3 tcpdump tshark ethtool
+APT_PACKAGES=(openvswitch-switch mininet iperf3 tcpdump tshark ethtool graphviz
               iputils-ping arping iproute2 python3-venv python3-dev gcc
               ovn-central ovn-host)
 
