@@ -69,9 +69,8 @@ def _local_md(instance: int) -> tuple[int, int]:
     return (metadata_for(instance), METADATA_MASK)
 
 
-def pipeline_defaults(tunnel_ofport: int) -> list[FlowMod]:
-    """Flows that exist whatever the state: default drops and fixed jumps."""
-    base = Cookie(Purpose.PIPELINE)
+def _both_roles_defaults(tunnel_ofport: int) -> list[FlowMod]:
+    """Default drops and the broadcast jump, on hosts and proxies alike."""
     return [
         CLASSIFY.flow(priority=PRIO_DEFAULT, match={}, cookie=Cookie(Purpose.DROP_UNCLASSIFIED)),
         CLASSIFY.flow(
@@ -79,19 +78,30 @@ def pipeline_defaults(tunnel_ofport: int) -> list[FlowMod]:
             match={"in_port": tunnel_ofport},
             cookie=Cookie(Purpose.DROP_NONMEMBER),
         ),
+        L2_FORWARD.flow(
+            priority=PRIO_MULTICAST,
+            match={"eth_dst": MULTICAST},
+            cookie=Cookie(Purpose.PIPELINE),
+            goto=FLOOD,
+        ),
+        L2_FORWARD.flow(priority=PRIO_DEFAULT, match={}, cookie=Cookie(Purpose.DROP_MISS)),
+        FLOOD.flow(priority=PRIO_DEFAULT, match={}, cookie=Cookie(Purpose.DROP_MISS)),
+    ]
+
+
+def pipeline_defaults(tunnel_ofport: int) -> list[FlowMod]:
+    """Flows that exist whatever the state: default drops and fixed jumps."""
+    base = Cookie(Purpose.PIPELINE)
+    return [
+        *_both_roles_defaults(tunnel_ofport),
         PORT_SECURITY.flow(priority=PRIO_DEFAULT, match={}, cookie=Cookie(Purpose.DROP_SPOOF)),
         ARP_ND.flow(priority=PRIO_DEFAULT, match={}, cookie=base, goto=L2_FORWARD),
-        L2_FORWARD.flow(
-            priority=PRIO_MULTICAST, match={"eth_dst": MULTICAST}, cookie=base, goto=FLOOD
-        ),
         L2_FORWARD.flow(
             priority=PRIO_TUNNEL_DEFAULT,
             match={"metadata": (FROM_TUNNEL, FROM_TUNNEL)},
             cookie=base,
             goto=EGRESS_CHECK,
         ),
-        L2_FORWARD.flow(priority=PRIO_DEFAULT, match={}, cookie=Cookie(Purpose.DROP_MISS)),
-        FLOOD.flow(priority=PRIO_DEFAULT, match={}, cookie=Cookie(Purpose.DROP_MISS)),
         # Traffic still arriving for a VM that left: the agent tells the sender to
         # un-learn it and forwards the packet to the VM's new host when it knows it.
         EGRESS_CHECK.flow(
@@ -385,17 +395,7 @@ def proxy_defaults(tunnel_ofport: int) -> list[FlowMod]:
     """A proxy's fixed flows: drops, flooding, and the size check towards the WAN."""
     base = Cookie(Purpose.PIPELINE)
     return [
-        CLASSIFY.flow(priority=PRIO_DEFAULT, match={}, cookie=Cookie(Purpose.DROP_UNCLASSIFIED)),
-        CLASSIFY.flow(
-            priority=PRIO_INSTANCE_MISS,
-            match={"in_port": tunnel_ofport},
-            cookie=Cookie(Purpose.DROP_NONMEMBER),
-        ),
-        L2_FORWARD.flow(
-            priority=PRIO_MULTICAST, match={"eth_dst": MULTICAST}, cookie=base, goto=FLOOD
-        ),
-        L2_FORWARD.flow(priority=PRIO_DEFAULT, match={}, cookie=Cookie(Purpose.DROP_MISS)),
-        FLOOD.flow(priority=PRIO_DEFAULT, match={}, cookie=Cookie(Purpose.DROP_MISS)),
+        *_both_roles_defaults(tunnel_ofport),
         WAN_EGRESS.flow(
             priority=PRIO_EXACT,
             match={OVERSIZE_REGISTER: (1, 1)},
