@@ -41,6 +41,7 @@ from mininet_topos.hypervisor import Hypervisor, wait_until  # noqa: E402
 from mininet_topos.traffic import iperf3  # noqa: E402
 from tests.tools import netsend, ovs  # noqa: E402
 from tests.tools.capture import Capture, settle  # noqa: E402
+from tests.tools.forge import ping_through_forged_vxlan  # noqa: E402
 
 NETSEND = str(Path(netsend.__file__).resolve())
 PYTHON = sys.executable
@@ -293,24 +294,12 @@ def test_vxlan_from_a_non_member_is_dropped(dove: Any) -> None:
     vm_cap = Capture(target.host, target.host.intf().name, "icmp or arp")
     uplink = Capture(hv, hv.uplink, f"src host {PROBE_IP} and " + vni_filter(target.instance),
                      label=f"{hv.name} uplink")  # fmt: skip
-    setup = [
-        f"ip link add vx0 type vxlan id {target.instance} remote {hv.underlay_ip} "
-        f"dstport {VXLAN_PORT} dev {PROBE}-eth0",
-        "ip addr add 10.0.0.200/24 dev vx0",
-        "ip link set vx0 up",
-        "ethtool -K vx0 tx off",
-        f"ip neigh replace {target.ip} lladdr {target.mac} dev vx0 nud permanent",
-    ]
     try:
-        for cmd in setup:
-            out, err, rc = probe.pexec(cmd.split())
-            assert rc == 0, f"probe: {cmd}: {out}{err}"
-        out, err, rc = probe.pexec(["ping", "-n", "-c", "5", "-i", "0.1", "-W", "1", target.ip])
+        rc, out = ping_through_forged_vxlan(probe, f"{PROBE}-eth0", hv.underlay_ip, target)
         assert rc != 0, f"the probe reached {target.name} through the overlay:\n{out}"
         uplink.wait_for(lambda line: "VXLAN" in line or "4789" in line, 5.0, "forged VXLAN")
         settle()
     finally:
-        probe.pexec(["ip", "link", "del", "vx0"])
         uplink.stop()
         vm_cap.stop()
     assert not vm_cap.packets(), f"forged VXLAN delivered: {vm_cap}"

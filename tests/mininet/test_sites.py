@@ -34,6 +34,7 @@ from mininet_topos.sites import (  # noqa: E402
 )
 from tests.tools import netsend, ovs  # noqa: E402
 from tests.tools.capture import Capture, settle  # noqa: E402
+from tests.tools.forge import ping_through_forged_vxlan  # noqa: E402
 
 pytestmark = [
     pytest.mark.mininet,
@@ -182,26 +183,6 @@ def test_broadcast_crosses_to_the_other_site_once(sites: SitesNet) -> None:
 # ----------------------------------------------------------- forged traffic
 
 
-def _forge_vxlan(snet: SitesNet, prober: Any, dev: str, remote: str, target: Any) -> None:
-    """From ``prober`` (a member of nothing), VXLAN frames for ``target`` to ``remote``."""
-    setup = [
-        f"ip link add vx0 type vxlan id {target.instance} remote {remote} "
-        f"dstport {VXLAN_PORT} dev {dev}",
-        "ip addr add 10.0.0.200/24 dev vx0",
-        "ip link set vx0 up",
-        "ethtool -K vx0 tx off",
-        f"ip neigh replace {target.ip} lladdr {target.mac} dev vx0 nud permanent",
-    ]
-    try:
-        for cmd in setup:
-            out, err, rc = prober.pexec(cmd.split())
-            assert rc == 0, f"{prober.name}: {cmd}: {out}{err}"
-        out, _, rc = prober.pexec(["ping", "-n", "-c", "5", "-i", "0.1", "-W", "1", target.ip])
-        assert rc != 0, f"{prober.name} reached {target.name} through a proxy:\n{out}"
-    finally:
-        prober.pexec(["ip", "link", "del", "vx0"])
-
-
 @pytest.mark.parametrize("leg", ["site", "wan"])
 def test_a_proxy_refuses_tunnelled_traffic_from_strangers(sites: SitesNet, leg: str) -> None:
     target = sites.vm("t1s2vm1")  # in site 2, reached through site 1's proxy
@@ -213,7 +194,8 @@ def test_a_proxy_refuses_tunnelled_traffic_from_strangers(sites: SitesNet, leg: 
         prober, dev, remote = sites.wan_probe, "wanprobe-eth0", proxy.wan_ip
     before = flow_packets(proxy, Purpose.DROP_NONMEMBER)
     with Capture(target.host, target.host.intf().name, "icmp and src host 10.0.0.200") as cap:
-        _forge_vxlan(sites, prober, dev, remote, target)
+        rc, out = ping_through_forged_vxlan(prober, dev, remote, target)
+        assert rc != 0, f"{prober.name} reached {target.name} through a proxy:\n{out}"
         settle()
     assert not cap.packets(), f"forged VXLAN went through the proxy: {cap}"
     wait_until(
