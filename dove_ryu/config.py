@@ -61,6 +61,12 @@ class DoveConfig:
     proxy_hello_interval: float = 0.2  # active proxy -> its site's other proxies
     wan_mtu: int = 1500  # IP MTU of the inter-site network
     wan_oversize: str = "fragment"  # frames too big for it: DOVE-layer fragments or ICMP
+    # Prometheus metrics over HTTP (GET /metrics).  Off (0) unless the operator picks a
+    # port (the emulation uses 9479): a new listener on every hypervisor is a deliberate
+    # choice, and an upgrade changes nothing on a host.  Loopback unless opened up: the
+    # metrics name the tenants' instances.
+    metrics_port: int = 0
+    metrics_host: IPv4Address = IPv4Address("127.0.0.1")
 
     @property
     def name(self) -> str:
@@ -109,6 +115,12 @@ def _positive(setting: str, text: str, kind: type) -> int | float:
     return value
 
 
+def _port_or_off(setting: str, text: str) -> int:
+    if not re.fullmatch(r"[0-9]{1,5}", text) or int(text) > 65535:
+        raise ConfigError(f"[dove] {setting}: {text!r} is not a port (1-65535, or 0 for off)")
+    return int(text)
+
+
 def _choice(setting: str, text: str, choices: tuple[str, ...]) -> str:
     if text not in choices:
         raise ConfigError(f"[dove] {setting}: {text!r} is not one of {', '.join(choices)}")
@@ -146,12 +158,14 @@ def from_mapping(values: dict[str, str]) -> DoveConfig:
         if f.name not in values:
             continue
         text = values[f.name].strip()
-        if f.name in ("underlay_ip", "wan_ip"):
+        if f.name in ("underlay_ip", "wan_ip", "metrics_host"):
             kwargs[f.name] = _ip(f.name, text)
         elif f.name == "auth_key":
             kwargs[f.name] = parse_key(f.name, text)
         elif f.name in ("peers", "wan_peers"):
             kwargs[f.name] = tuple(_ip(f.name, p) for p in re.split(r"[,\s]+", text) if p)
+        elif f.name == "metrics_port":
+            kwargs[f.name] = _port_or_off(f.name, text)
         elif f.name == "tunnel_type":
             kwargs[f.name] = _choice(f.name, text, TUNNEL_TYPES)
         elif f.name == "datapath_type":

@@ -29,6 +29,7 @@ from dove_ryu.learning import (
     Target,
     TokenBucket,
 )
+from dove_ryu.metrics import LatencyHistogram, packet_in_reason
 from dove_ryu.mobility import SEQ_MAX, Mobility, next_seq
 from dove_ryu.model import Endpoint, LearnedEndpoint, VmPort
 from dove_ryu.ofmsg import (
@@ -119,6 +120,8 @@ class DoveCore:
         # members' traffic is still taken in, until then, for the reactive path.
         self.lingering: dict[int, float] = {}
         self.counters: Counter[str] = Counter()
+        self.packet_ins: Counter[str] = Counter()  # by `packet_in_reason`, for the metrics
+        self.learn_latency = LatencyHistogram()  # seconds from first LEARN to its answer
         self.counter_source = CounterSource()
         self.replay = ReplayGuard()
         # Anti-replay counters are wall-clock microseconds shared with peers, so
@@ -326,6 +329,7 @@ class DoveCore:
         overlay packet for a VM that is not here (``metadata``/``tunnel_src`` given)."""
         self.counters["packet_in"] += 1
         decoded = cookies.decode(cookie)
+        self.packet_ins[packet_in_reason(decoded)] += 1
         if decoded is not None and decoded.purpose is Purpose.EGRESS_MISS:
             return self._not_here(now, data, metadata, tunnel_src)
         if decoded is None or decoded.purpose is not Purpose.INSTANCE:
@@ -726,6 +730,7 @@ class DoveCore:
             ep = current.endpoint
         self.counters["learned"] += 1
         self.counters["learn_latency_ms_total"] += int((now - pending.first_sent) * 1000)
+        self.learn_latency.observe(now - pending.first_sent)
         LOG.info(
             "%s: learned instance %d %s ips %s at %s (seq %d) in %.1f ms",
             self.cfg.name,

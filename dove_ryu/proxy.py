@@ -28,6 +28,7 @@ from dove_ryu.config import DoveConfig
 from dove_ryu.cookies import Purpose
 from dove_ryu.core import ANNOUNCE_MAX_INSTANCES, MEMBER_LIFETIME_INTERVALS, DoveCore, Member
 from dove_ryu.learning import Pending, PendingTable, Target, TokenBucket
+from dove_ryu.metrics import packet_in_reason
 from dove_ryu.model import Endpoint, VmPort
 from dove_ryu.ofmsg import (
     OFPP_CONTROLLER,
@@ -281,6 +282,7 @@ class ProxyCore(DoveCore):
     ) -> CoreOutput:
         self.counters["packet_in"] += 1
         decoded = cookies.decode(cookie)
+        self.packet_ins[packet_in_reason(decoded)] += 1
         if decoded is None or metadata is None or self.tunnel_ofport is None:
             self._drop("packet_in_unexpected", now, f"cookie {cookie:#x}")
             return CoreOutput()
@@ -560,6 +562,7 @@ class ProxyCore(DoveCore):
             ep = current.endpoint
         self.counters["learned"] += 1
         self.counters["learn_latency_ms_total"] += int((now - pending.first_sent) * 1000)
+        self.learn_latency.observe(now - pending.first_sent)
         out = self._remember(now, ep, sender)
         for host, request_id in pending.waiters:
             reply = LearnReply(ep.instance, request_id, ep.mac, ep.ips, self._leg(host), ep.seq)

@@ -24,17 +24,22 @@ from os_ken.controller.handler import (
 )
 from os_ken.ofproto import ofproto_v1_3
 
+from dove_ryu import cookies, metrics
 from dove_ryu.admin import AdminServer
 from dove_ryu.config import DoveConfig
+from dove_ryu.metrics_http import MetricsServer
 from dove_ryu.of_osken import match_fields, next_xid, packet_out_bytes, to_osken
 from dove_ryu.ofmsg import CoreOutput, PacketOut, order_messages
 from dove_ryu.ovsdb import BridgeView, PortWatcher
+from dove_ryu.pipeline import TABLES
 from dove_ryu.proxy import make_core
 
 LOG = logging.getLogger("dove_ryu.shell")
 
 TICK_SECONDS = 0.05
 MAX_DATAGRAM = 2048
+TABLE_FLOWS_MAX_AGE = 5.0  # seconds a scrape may show the same per-table flow counts
+TABLE_FLOWS_WAIT = 1.0  # seconds a scrape waits for fresh ones (else shows the last)
 
 # Set by the launcher before os-ken instantiates the app.
 CONFIG: DoveConfig | None = None
@@ -64,6 +69,17 @@ class DoveApp(app_manager.OSKenApp):  # type: ignore[misc]
         self.sock = self.socks[str(self.cfg.underlay_ip)]
         self.watcher = PortWatcher(self.cfg, self._on_bridge_view)
         self.admin = AdminServer(self.cfg.admin_socket, self._admin)
+        self.table_flows = metrics.TableFlows(TABLE_FLOWS_MAX_AGE)
+        self.table_flows_fresh = threading.Event()
+        self.metrics_server: MetricsServer | None = None
+        if self.cfg.metrics_port:
+            host, port = str(self.cfg.metrics_host), self.cfg.metrics_port
+            try:
+                self.metrics_server = MetricsServer(host, port, self._metrics)
+            except OSError as e:  # forwarding matters more than metrics
+                LOG.error(
+                    "%s: no metrics: cannot listen on %s:%d: %s", self.cfg.name, host, port, e
+                )
         LOG.info(
             "%s: dove agent on %s, control port %d, peers %s",
             self.cfg.name,
@@ -81,6 +97,8 @@ class DoveApp(app_manager.OSKenApp):  # type: ignore[misc]
         threading.Thread(target=self._tick_loop, name="tick", daemon=True).start()
         self.watcher.start()
         self.admin.start()
+        if self.metrics_server is not None:
+            self.metrics_server.start()
         return thread
 
     def close(self) -> None:
@@ -88,6 +106,8 @@ class DoveApp(app_manager.OSKenApp):  # type: ignore[misc]
         self.stopping.set()
         self.watcher.stop()
         self.admin.stop()
+        if self.metrics_server is not None:
+            self.metrics_server.stop()
         for sock in self.socks.values():
             sock.close()
 
@@ -178,6 +198,7 @@ class DoveApp(app_manager.OSKenApp):  # type: ignore[misc]
                 LOG.warning("%s: switch disconnected", self.cfg.name)
                 self.synced = False
                 self.core.switch_disconnected()
+                self.table_flows.forget()
 
     def _sync_if_ready(self) -> None:
         tunnel = self.watcher_view.tunnel_ofport if self.watcher_view else None
@@ -271,3 +292,51 @@ class DoveApp(app_manager.OSKenApp):  # type: ignore[misc]
             if cmd == "counters":
                 return dict(self.core.counters)
         return {"error": f"unknown command {cmd!r}"}
+
+    # ------------------------------------------------------------- metrics
+
+    def _metrics(self) -> str:
+        """One scrape (on the metrics server's thread): fresh flow counts when due, the
+        core's numbers copied under the lock, rendered outside it."""
+        with self.lock:
+            asked = self._ask_table_flows(time.monotonic())
+        if asked:
+            self.table_flows_fresh.wait(TABLE_FLOWS_WAIT)
+        with self.lock:
+            snap = metrics.snapshot(self.core, self.table_flows.counts)
+        return metrics.render(snap)
+
+    def _ask_table_flows(self, now: float) -> bool:
+        """Ask the switch how many of our flows each table holds (call with the lock)."""
+        dp = self.dp
+        if dp is None or not self.table_flows.due(now):
+            return False
+        ofp, parser = dp.ofproto, dp.ofproto_parser
+        ours = cookies.OURS << cookies.OURS_SHIFT
+        xids = {}
+        for table in TABLES:
+            request = parser.OFPAggregateStatsRequest(
+                dp,
+                flags=0,
+                table_id=table.table_id,
+                out_port=ofp.OFPP_ANY,
+                out_group=ofp.OFPG_ANY,
+                cookie=ours,
+                cookie_mask=cookies.MASK_OURS,
+                match=parser.OFPMatch(),
+            )
+            dp.send_msg(request)  # sets request.xid
+            xids[request.xid] = table.name
+        self.table_flows_fresh.clear()
+        self.table_flows.asked(now, xids)
+        return True
+
+    @set_ev_cls(ofp_event.EventOFPAggregateStatsReply, MAIN_DISPATCHER)  # type: ignore[misc]
+    def _aggregate_stats(self, ev: Any) -> None:
+        msg = ev.msg
+        if msg.datapath is not self.dp:
+            return
+        with self.lock:
+            last = self.table_flows.answered(msg.xid, msg.body.flow_count)
+        if last:
+            self.table_flows_fresh.set()

@@ -1,8 +1,8 @@
 """Run real dove-agent processes on the emulated hypervisors.
 
 Each hypervisor's agent gets a dove.ini naming its own underlay address, its
-private OVSDB and admin socket, every other hypervisor as a peer, and the
-deployment key of this emulation run.
+private OVSDB and admin socket, every other hypervisor as a peer, the
+deployment key of this emulation run, and its metrics port.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from mininet_topos.dove_topo import UNDERLAY_NET, DoveNet, build_net
 from mininet_topos.hypervisor import AGENT_OFP_PORT, TUNNEL_PORT, Hypervisor, wait_until
 
 ADMIN_SOCKET = "admin/admin.sock"  # relative to the hypervisor's rundir
+METRICS_PORT = 9479  # on the namespace's loopback: every hypervisor can use the same one
 
 
 def agent_binary() -> str:
@@ -55,6 +56,7 @@ def agent_config(
         "ovsdb": f"unix:{hv.db_sock}",
         "admin_socket": str(Path(hv.rundir) / ADMIN_SOCKET),
         "announce_interval": 1.0,
+        "metrics_port": METRICS_PORT,
         **(extra or {}),
     }
     return "[dove]\n" + "".join(f"{k} = {v}\n" for k, v in settings.items())
