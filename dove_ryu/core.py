@@ -435,18 +435,7 @@ class DoveCore:
             else:
                 self.counters["held_overflow"] += 1
             return CoreOutput()
-        if self.negative.active(instance, target, now):
-            self.counters["drop_negative_cached"] += 1
-            return CoreOutput()
-        if self.pending.full(instance):
-            self._drop("pending_full", now, f"instance {instance}")
-            return CoreOutput()
-        bucket = self.buckets.setdefault(
-            instance,
-            TokenBucket(self.cfg.learn_rate_per_instance, self.cfg.learn_rate_per_instance),
-        )
-        if not bucket.take(now):
-            self._drop("learn_rate_limited", now, f"instance {instance}")
+        if not self._may_ask(now, instance, target):
             return CoreOutput()
         members = self._members_of(instance)
         if not members:
@@ -464,6 +453,20 @@ class DoveCore:
         )
         self.pending.add(pending)
         return CoreOutput(datagrams=self._learn_requests(now, pending, members))
+
+    def _may_ask(self, now: float, instance: int, target: Target, toward_wan: bool = False) -> bool:
+        """A new LEARN is allowed: not just unanswered, within the bounds and the rate."""
+        if self.negative.active(instance, target, now, toward_wan):
+            self.counters["drop_negative_cached"] += 1
+            return False
+        if self.pending.full(instance):
+            self._drop("pending_full", now, f"instance {instance}")
+            return False
+        rate = self.cfg.learn_rate_per_instance
+        if not self.buckets.setdefault(instance, TokenBucket(rate, rate)).take(now):
+            self._drop("learn_rate_limited", now, f"instance {instance}")
+            return False
+        return True
 
     def _next_request_id(self) -> int:
         """32-bit request ids, wrapping, never one still in flight."""
@@ -544,18 +547,23 @@ class DoveCore:
     def _on_announce(self, now: float, env: Envelope, msg: Announce) -> CoreOutput:
         self.counters["announce_received"] += 1
         sender = env.sender
-        if env.counter <= self.last_announce.get(sender, -1):
-            # Reordered on the way: an older membership must not undo a newer one.
-            self.counters["announce_stale"] += 1
+        if not self._fresh_announce(env):
             return CoreOutput()
-        self.last_announce[sender] = env.counter
-        self.last_announce.move_to_end(sender)
-        if len(self.last_announce) > MAX_PEERS_TRACKED:
-            self.last_announce.popitem(last=False)
         out = CoreOutput()
         if msg.proxy is not None:
             out.extend(self._proxy_heard(now, sender, msg.proxy))
         return out.extend(self._membership(now, sender, msg.instances))
+
+    def _fresh_announce(self, env: Envelope) -> bool:
+        """Reordered on the way, an older membership must not undo a newer one."""
+        if env.counter <= self.last_announce.get(env.sender, -1):
+            self.counters["announce_stale"] += 1
+            return False
+        self.last_announce[env.sender] = env.counter
+        self.last_announce.move_to_end(env.sender)
+        if len(self.last_announce) > MAX_PEERS_TRACKED:
+            self.last_announce.popitem(last=False)
+        return True
 
     def _membership(self, now: float, sender: IPv4Address, instances: frozenset[int]) -> CoreOutput:
         """``sender`` serves exactly ``instances`` now."""
@@ -624,12 +632,7 @@ class DoveCore:
             instance,
         )
         self.counters["member_joined" if joined else "member_left"] += 1
-        msgs: list[OfMsg] = []
-        if not joined:
-            # What lived on a host that no longer serves the instance is gone with it.
-            for entry in list(self.learned.by_instance.get(instance, {}).values()):
-                if entry.endpoint.host == host:
-                    msgs += self._forget(instance, entry.endpoint.mac).ofmsgs
+        msgs = [] if joined else self._forget_behind(instance, host)
         if self.tunnel_ofport is None:
             return msgs
         if instance in self.lingering:
@@ -642,6 +645,14 @@ class DoveCore:
             instance, host, self.tunnel_ofport
         )
         return [*msgs, flow, self._group(instance, GroupCommand.MODIFY)]
+
+    def _forget_behind(self, instance: int, host: IPv4Address) -> list[OfMsg]:
+        """What lived on a host that no longer serves the instance is gone with it."""
+        msgs: list[OfMsg] = []
+        for entry in list(self.learned.by_instance.get(instance, {}).values()):
+            if entry.endpoint.host == host:
+                msgs += self._forget(instance, entry.endpoint.mac).ofmsgs
+        return msgs
 
     def _linger(self, now: float, instance: int) -> list[OfMsg]:
         """The last VM of the instance left: keep taking members' traffic for it to
@@ -724,23 +735,7 @@ class DoveCore:
         self, now: float, pending: Pending, ep: Endpoint, sender: IPv4Address
     ) -> CoreOutput:
         """A LEARN in flight has its answer: remember it and deliver what was held."""
-        current = self.learned.get(ep.instance, ep.mac)
-        if current and current.endpoint.seq > ep.seq:
-            self.counters["learn_reply_stale"] += 1
-            ep = current.endpoint
-        self.counters["learned"] += 1
-        self.counters["learn_latency_ms_total"] += int((now - pending.first_sent) * 1000)
-        self.learn_latency.observe(now - pending.first_sent)
-        LOG.info(
-            "%s: learned instance %d %s ips %s at %s (seq %d) in %.1f ms",
-            self.cfg.name,
-            ep.instance,
-            ep.mac,
-            ",".join(map(str, ep.ips)),
-            ep.host,
-            ep.seq,
-            (now - pending.first_sent) * 1000,
-        )
+        ep = self._answered(now, pending, ep)
         out = self._remember(now, ep, sender)
         held = pending.held
         if isinstance(pending.target, IPv4Address):
@@ -750,6 +745,28 @@ class DoveCore:
             out.ofmsgs += [a for a in answers if a is not None]
             held = [h for h, a in zip(held, answers, strict=True) if a is None]
         return out.extend(self._install(ep, held, flows_too=False))
+
+    def _answered(self, now: float, pending: Pending, ep: Endpoint) -> Endpoint:
+        """Count and log an answer; what we hold already wins if it is newer."""
+        current = self.learned.get(ep.instance, ep.mac)
+        if current and current.endpoint.seq > ep.seq:
+            self.counters["learn_reply_stale"] += 1
+            ep = current.endpoint
+        took = now - pending.first_sent
+        self.counters["learned"] += 1
+        self.counters["learn_latency_ms_total"] += int(took * 1000)
+        self.learn_latency.observe(took)
+        LOG.info(
+            "%s: learned instance %d %s ips %s at %s (seq %d) in %.1f ms",
+            self.cfg.name,
+            ep.instance,
+            ep.mac,
+            ",".join(map(str, ep.ips)),
+            ep.host,
+            ep.seq,
+            took * 1000,
+        )
+        return ep
 
     def _on_endpoint_here(self, now: float, sender: IPv4Address, msg: EndpointHere) -> CoreOutput:
         """A VM arrived on ``sender`` (moved there, or started): follow it if we knew it
@@ -966,6 +983,19 @@ class DoveCore:
 
     # --------------------------------------------------------------- status
 
+    def _learned_rows(self, now: float, instance: int) -> list[dict[str, object]]:
+        return [
+            {
+                "mac": e.endpoint.mac,
+                "ips": [str(i) for i in e.endpoint.ips],
+                "host": str(e.endpoint.host),
+                "seq": e.endpoint.seq,
+                "age": round(now - e.learned_at, 1),
+                "answered_by": str(e.answered_by),
+            }
+            for e in self.learned.by_instance.get(instance, {}).values()
+        ]
+
     def status(self, now: float) -> dict[str, object]:
         """Everything an operator asks about, as plain data (for the admin socket)."""
         return {
@@ -993,17 +1023,7 @@ class DoveCore:
                         for _, p in sorted(self.by_instance.get(instance, {}).items())
                     ],
                     "members": sorted(str(h) for h in self._members_of(instance)),
-                    "learned": [
-                        {
-                            "mac": e.endpoint.mac,
-                            "ips": [str(i) for i in e.endpoint.ips],
-                            "host": str(e.endpoint.host),
-                            "seq": e.endpoint.seq,
-                            "age": round(now - e.learned_at, 1),
-                            "answered_by": str(e.answered_by),
-                        }
-                        for e in self.learned.by_instance.get(instance, {}).values()
-                    ],
+                    "learned": self._learned_rows(now, instance),
                 }
                 for instance in sorted(self.instances | set(self.learned.by_instance))
             },

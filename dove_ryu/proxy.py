@@ -27,7 +27,7 @@ from dove_ryu import cookies, flows
 from dove_ryu.config import DoveConfig
 from dove_ryu.cookies import Purpose
 from dove_ryu.core import ANNOUNCE_MAX_INSTANCES, MEMBER_LIFETIME_INTERVALS, DoveCore, Member
-from dove_ryu.learning import Pending, PendingTable, Target, TokenBucket
+from dove_ryu.learning import Pending, PendingTable, Target
 from dove_ryu.metrics import packet_in_reason
 from dove_ryu.model import Endpoint, VmPort
 from dove_ryu.ofmsg import (
@@ -229,11 +229,7 @@ class ProxyCore(DoveCore):
             instance,
         )
         self.counters["member_joined" if joined else "member_left"] += 1
-        msgs: list[OfMsg] = []
-        if not joined:
-            for entry in list(self.learned.by_instance.get(instance, {}).values()):
-                if entry.endpoint.host == host:
-                    msgs += self._forget(instance, entry.endpoint.mac).ofmsgs
+        msgs = [] if joined else self._forget_behind(instance, host)
         if self.tunnel_ofport is None:
             return msgs
         if not self.members.get(instance):
@@ -337,16 +333,7 @@ class ProxyCore(DoveCore):
             if waiter is not None and waiter not in pending.waiters:
                 pending.waiters.append(waiter)
             return CoreOutput()
-        if self.negative.active(instance, target, now, toward_wan):
-            self.counters["drop_negative_cached"] += 1
-            return CoreOutput()
-        if self.pending.full(instance):
-            self._drop("pending_full", now, f"instance {instance}")
-            return CoreOutput()
-        rate = self.cfg.learn_rate_per_instance
-        bucket = self.buckets.setdefault(instance, TokenBucket(rate, rate))
-        if not bucket.take(now):
-            self._drop("learn_rate_limited", now, f"instance {instance}")
+        if not self._may_ask(now, instance, target, toward_wan):
             return CoreOutput()
         pending = Pending(
             instance,
@@ -375,19 +362,6 @@ class ProxyCore(DoveCore):
             if pending.instance == instance and pending.toward_wan == self._wan(host)
             for dgram in self._learn_requests(now, pending, [host])
         ]
-
-    def _learn_requests(
-        self, now: float, pending: Pending, members: list[IPv4Address]
-    ) -> list[Datagram]:
-        msg = LearnRequest(
-            instance=pending.instance,
-            request_id=pending.request_id,
-            mac=pending.target if isinstance(pending.target, str) else None,
-            ip=pending.target if isinstance(pending.target, IPv4Address) else None,
-            requester=pending.requester,
-        )
-        self.counters["learn_requests_sent"] += len(members)
-        return [self._datagram(now, host, msg) for host in members]
 
     # ------------------------------------------------------- fragmentation
 
@@ -463,10 +437,8 @@ class ProxyCore(DoveCore):
     def _proxy_announce(self, now: float, env: Envelope, msg: Announce) -> CoreOutput:
         self.counters["announce_received"] += 1
         sender, role = env.sender, msg.proxy
-        if env.counter <= self.last_announce.get(sender, -1):
-            self.counters["announce_stale"] += 1
+        if not self._fresh_announce(env):
             return CoreOutput()
-        self.last_announce[sender] = env.counter
         if not self._wan(sender) and role is not None:
             if role.site != self.cfg.site:
                 self._drop("proxy_of_other_site", now, f"{sender} says site {role.site}")
@@ -556,13 +528,7 @@ class ProxyCore(DoveCore):
         self, now: float, pending: Pending, ep: Endpoint, sender: IPv4Address
     ) -> CoreOutput:
         """Answer who asked us and send on the frames we held."""
-        current = self.learned.get(ep.instance, ep.mac)
-        if current and current.endpoint.seq > ep.seq:
-            self.counters["learn_reply_stale"] += 1
-            ep = current.endpoint
-        self.counters["learned"] += 1
-        self.counters["learn_latency_ms_total"] += int((now - pending.first_sent) * 1000)
-        self.learn_latency.observe(now - pending.first_sent)
+        ep = self._answered(now, pending, ep)
         out = self._remember(now, ep, sender)
         for host, request_id in pending.waiters:
             reply = LearnReply(ep.instance, request_id, ep.mac, ep.ips, self._leg(host), ep.seq)
@@ -689,8 +655,8 @@ class ProxyCore(DoveCore):
     # --------------------------------------------------------------- status
 
     def status(self, now: float) -> dict[str, object]:
-        def where(host: IPv4Address) -> str:
-            return "remote" if self._wan(host) else "site"
+        def side(row: dict[str, object]) -> str:
+            return "remote" if IPv4Address(str(row["host"])) in self.wan_peers else "site"
 
         return {
             "host": self.cfg.name,
@@ -714,16 +680,8 @@ class ProxyCore(DoveCore):
                     "members": sorted(str(h) for h in self._site_members(instance)),
                     "remote_proxies": sorted(str(h) for h in self._remote_proxies(instance)),
                     "learned": [
-                        {
-                            "mac": e.endpoint.mac,
-                            "ips": [str(i) for i in e.endpoint.ips],
-                            "host": str(e.endpoint.host),
-                            "side": where(e.endpoint.host),
-                            "seq": e.endpoint.seq,
-                            "age": round(now - e.learned_at, 1),
-                            "answered_by": str(e.answered_by),
-                        }
-                        for e in self.learned.by_instance.get(instance, {}).values()
+                        {**row, "side": side(row)}
+                        for row in self._learned_rows(now, instance)
                     ],
                 }
                 for instance in sorted(set(self.members) | set(self.learned.by_instance))
