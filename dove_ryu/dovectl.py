@@ -15,7 +15,7 @@ import time
 from ipaddress import IPv4Address
 from typing import Any
 
-from dove_ryu import ctl_graph, ctl_ports
+from dove_ryu import ctl_flows, ctl_graph, ctl_ports
 from dove_ryu.admin import query
 from dove_ryu.model import MAX_INSTANCE
 
@@ -360,13 +360,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("port")
     p.add_argument("--to-netns", type=int, required=True, help="a pid in the target namespace")
     p.add_argument("--to-ovsdb", required=True, help="the target hypervisor's OVSDB")
-    try:
-        from dove_ryu import ctl_flows
-    except ImportError:  # pragma: no cover - flows and trace come with their module
-        ctl_flows = None  # type: ignore[assignment]
-    if ctl_flows is not None:
-        ctl_flows.add_commands(sub)
-        COMMANDS["flows"] = COMMANDS["trace"] = ctl_flows.run
+    ctl_flows.add_commands(sub)
+    COMMANDS["flows"] = COMMANDS["trace"] = ctl_flows.run
     return parser
 
 
