@@ -10,7 +10,7 @@ Layout (64 bits)::
 The high byte marks a flow as ours, so a restart can delete exactly our stale
 flows and nothing else's.  The endpoint tag is the OpenFlow port for local
 ports, the low 24 bits of the MAC for learned endpoints, or the last octet
-pair of a member host's underlay address.
+three octets (low 24 bits) of a member host's underlay address.
 """
 
 from __future__ import annotations

@@ -680,8 +680,7 @@ class ProxyCore(DoveCore):
                     "members": sorted(str(h) for h in self._site_members(instance)),
                     "remote_proxies": sorted(str(h) for h in self._remote_proxies(instance)),
                     "learned": [
-                        {**row, "side": side(row)}
-                        for row in self._learned_rows(now, instance)
+                        {**row, "side": side(row)} for row in self._learned_rows(now, instance)
                     ],
                 }
                 for instance in sorted(set(self.members) | set(self.learned.by_instance))
