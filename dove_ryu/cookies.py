@@ -9,8 +9,8 @@ Layout (64 bits)::
 
 The high byte marks a flow as ours, so a restart can delete exactly our stale
 flows and nothing else's.  The endpoint tag is the OpenFlow port for local
-ports, the low 24 bits of the MAC for learned endpoints, or the last octet
-three octets (low 24 bits) of a member host's underlay address.
+ports, the low 24 bits of the MAC for learned endpoints, or the low 24 bits
+(last three octets) of a member host's underlay address.
 """
 
 from __future__ import annotations
