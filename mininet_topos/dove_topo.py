@@ -18,7 +18,7 @@ import ipaddress
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 
 from mininet.log import setLogLevel
 from mininet.net import Mininet
@@ -197,8 +197,27 @@ def detach_vm(hv: Hypervisor, port: str) -> None:
     hv.vsctl("--if-exists", "del-port", BR_DOVE, port)
 
 
+class RunningNet:
+    """What every running emulation offers: tearing it all down (VMs, nodes with their
+    agent, OVS and rundir, the bridges), also as a context manager."""
+
+    net: Mininet
+
+    def stop(self) -> None:
+        self.net.stop()
+
+    def __enter__(self: _Net) -> _Net:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+_Net = TypeVar("_Net", bound=RunningNet)
+
+
 @dataclass
-class DoveNet:
+class DoveNet(RunningNet):
     """A running emulation: the Mininet net, its hypervisors and VMs."""
 
     net: Mininet
@@ -219,16 +238,6 @@ class DoveNet:
 
     def tenant_vms(self, tenant: int) -> list[VmRecord]:
         return [v for v in self.vms if v.tenant == tenant]
-
-    def stop(self) -> None:
-        """Tear everything down: VMs, hypervisors (agent, OVS, rundir), underlay."""
-        self.net.stop()
-
-    def __enter__(self) -> DoveNet:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     def __iter__(self) -> Iterator[VmRecord]:
         return iter(self.vms)

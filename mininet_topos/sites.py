@@ -46,6 +46,7 @@ from mininet_topos.agents import (
 from mininet_topos.dove_topo import (
     FIRST_INSTANCE,
     UNDERLAY_NET,
+    RunningNet,
     VmPlan,
     VmRecord,
     attach_vm,
@@ -292,7 +293,7 @@ def site_of(hv: Hypervisor) -> int:
 
 
 @dataclass
-class SitesNet:
+class SitesNet(RunningNet):
     """A running multi-site emulation: the Mininet net, its hypervisors, proxies and VMs."""
 
     net: Mininet
@@ -334,16 +335,6 @@ class SitesNet:
     def wan_probe(self) -> Host:
         """The host on the WAN (172.31.0.250) that serves nothing."""
         return self.net.get(WAN_PROBE)
-
-    def stop(self) -> None:
-        """Tear everything down: VMs, nodes (agent, OVS, rundir), underlays, WAN."""
-        self.net.stop()
-
-    def __enter__(self) -> SitesNet:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     def __iter__(self) -> Iterator[SiteVm]:
         return iter(self.vms)

@@ -7,7 +7,6 @@ hv3 also holds t2vm2, which has the same MAC and IP in the other tenant.
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 import time
 from ipaddress import IPv4Address
@@ -15,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.tools.transfer import transfer
 
 pytestmark = [
     pytest.mark.mininet,
@@ -77,47 +78,11 @@ def test_tcp_transfer_survives_five_migrations(dove: Any) -> None:
     from mininet_topos.migration import migrate
 
     sender, mover, _, hv2, hv3 = pick(dove)
-    total = 24_000_000  # about 12 s at 2 MB/s: the moves happen mid-transfer
-    receiver = mover.host.popen(
-        [PYTHON, STREAM, "recv", "--port", "7777", "--bytes", str(total)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    assert receiver.stdout is not None
-    assert receiver.stdout.readline().strip() == "listening"
-    source = sender.host.popen(
-        [
-            PYTHON,
-            STREAM,
-            "send",
-            "--dst",
-            mover.ip,
-            "--port",
-            "7777",
-            "--bytes",
-            str(total),
-            "--rate",
-            "2000000",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
+    # About 12 s at 2 MB/s: the moves happen mid-transfer.
+    with transfer(sender, mover, port=7777, total=24_000_000):
         for _ in range(5):
             time.sleep(1.5)  # let the stream run between moves
             migrate(dove.net, mover, other(mover, hv2, hv3))
-        sent_out, _ = source.communicate(timeout=90)
-        got_out, _ = receiver.communicate(timeout=30)
-    finally:
-        for proc in (source, receiver):
-            if proc.poll() is None:
-                proc.kill()
-    sent = sent_out.split()
-    got = got_out.split()
-    assert sent[:1] == [str(total)], sent_out
-    assert got == sent, f"sent {sent_out!r}, received {got_out!r}"
 
 
 def test_twenty_migrations_leave_nothing_stale(dove: Any) -> None:
