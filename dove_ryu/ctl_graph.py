@@ -53,8 +53,10 @@ def deployment(statuses: list[dict[str, Any]]) -> dict[str, Any]:
         if node["role"] == "proxy":
             node.update(wan_ip=st["wan_ip"], active=st["active"])
         nodes.append(node)
+        standby = st.get("role") == "proxy" and not st.get("active")
         for v in st["instances"].values():
-            for member in v["members"]:
+            # A standby proxy keeps its membership warm but carries nothing.
+            for member in [] if standby else v["members"]:
                 peer = address_to_node.get((site, member))
                 if peer is not None:
                     edges.add((*sorted((st["host"], peer)), "site"))
@@ -69,7 +71,9 @@ def deployment(statuses: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _quote(text: str) -> str:
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    """A DOT string; line breaks become DOT's centred line breaks."""
+    escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    return '"' + escaped + '"'
 
 
 def _label(node: dict[str, Any]) -> str:
@@ -81,7 +85,7 @@ def _label(node: dict[str, Any]) -> str:
         lines.append(node["underlay_ip"])
     for instance, n in sorted(node["instances"].items()):
         lines.append(f"instance {instance}: {n['local']} local, {n['learned']} learned")
-    return "\\n".join(line.replace('"', "'") for line in lines)
+    return "\n".join(lines)
 
 
 def to_dot(statuses: list[dict[str, Any]]) -> str:
@@ -89,7 +93,7 @@ def to_dot(statuses: list[dict[str, Any]]) -> str:
     view = deployment(statuses)
     out = [
         "graph dove {",
-        '  graph [rankdir=LR, fontname="Helvetica", label="DOVE deployment", labelloc=t];',
+        '  graph [fontname="Helvetica", label="DOVE deployment", labelloc=t];',
         '  node [shape=box, style="rounded,filled", fontname="Helvetica", fontsize=10];',
         '  edge [fontname="Helvetica", fontsize=9];',
     ]
