@@ -58,7 +58,7 @@ class DoveConfig:
     wan_ip: IPv4Address | None = None
     wan_peers: tuple[IPv4Address, ...] = ()  # the other sites' proxies (their wan_ip)
     proxy_priority: int = 100  # of two proxies of a site, the higher one starts active
-    proxy_hello_interval: float = 0.2  # active proxy -> its site's other proxies
+    proxy_hello_interval: float = 0.2  # hellos between a site's proxies
     wan_mtu: int = 1500  # IP MTU of the inter-site network
     wan_oversize: str = "fragment"  # frames too big for it: DOVE-layer fragments or ICMP
     # Prometheus metrics over HTTP (GET /metrics).  Off (0) unless the operator picks a
