@@ -435,27 +435,44 @@ def delete_proxy_member_flow(
     return CLASSIFY.delete(match=match, priority=PRIO_EXACT)
 
 
-def proxy_instance_flows(instance: int) -> list[FlowMod]:
-    """Misses of the instance (either direction) to the agent; flooding by direction."""
-    flows = [
+def proxy_instance_flows(instance: int, wan_mtu: int) -> list[FlowMod]:
+    """Misses of the instance (either direction) to the agent; flooding by direction.
+
+    Broadcast from the site goes through the same size check as unicast towards the
+    remote proxies: a frame too big for the inter-site path goes to the agent, which
+    carries it to each remote proxy in DOVE-layer fragments."""
+    flood = Cookie(Purpose.INSTANCE, instance, TAG_FLOOD)
+    from_site_bcast: dict[str, MatchValue] = {
+        "metadata": _proxy_md(instance, False),
+        "eth_dst": MULTICAST,
+    }
+    return [
         L2_FORWARD.flow(
             priority=PRIO_INSTANCE_MISS,
             match={"metadata": _instance_md(instance)},
             cookie=Cookie(Purpose.INSTANCE, instance, TAG_L2_MISS),
             actions=[Output(OFPP_CONTROLLER)],
-        )
+        ),
+        L2_FORWARD.flow(
+            priority=PRIO_GUARD,
+            match=from_site_bcast,
+            cookie=flood,
+            actions=[CheckLarger(wan_frame_limit(wan_mtu), OVERSIZE_REGISTER, 0)],
+            goto=WAN_EGRESS,
+        ),
+        WAN_EGRESS.flow(
+            priority=PRIO_EXACT,
+            match={**from_site_bcast, OVERSIZE_REGISTER: (0, 1)},
+            cookie=flood,
+            actions=[Group(instance | WAN_GROUP_BIT)],
+        ),
+        FLOOD.flow(
+            priority=PRIO_EXACT,
+            match={"metadata": _proxy_md(instance, True)},
+            cookie=flood,
+            actions=[Group(instance)],
+        ),
     ]
-    for from_wan in (False, True):
-        group = instance if from_wan else instance | WAN_GROUP_BIT
-        flows.append(
-            FLOOD.flow(
-                priority=PRIO_EXACT,
-                match={"metadata": _proxy_md(instance, from_wan)},
-                cookie=Cookie(Purpose.INSTANCE, instance, TAG_FLOOD),
-                actions=[Group(group)],
-            )
-        )
-    return flows
 
 
 def proxy_groups(

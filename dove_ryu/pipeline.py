@@ -128,8 +128,9 @@ L2_FORWARD = Table(
 WAN_EGRESS = Table(
     45,
     "wan_egress",
-    "proxy: to another site's proxy; too big for the inter-site path -> agent",
-    frozenset({OVERSIZE_REGISTER}),
+    "proxy: to another site's proxy (or, broadcast, to each); too big for the inter-site "
+    "path -> agent",
+    frozenset({OVERSIZE_REGISTER, "metadata", "eth_dst"}),
 )
 FLOOD = Table(
     50,

@@ -215,7 +215,7 @@ class ProxyCore(DoveCore):
         self.flowed.add(instance)
         return [
             *self._groups(instance, GroupCommand.ADD),
-            *flows.proxy_instance_flows(instance),
+            *flows.proxy_instance_flows(instance, self.cfg.wan_mtu),
             *(self._member_flow(instance, h) for h in self.members.get(instance, {})),
         ]
 
@@ -290,6 +290,11 @@ class ProxyCore(DoveCore):
             self._drop("packet_in_malformed", now, str(e))
             return CoreOutput()
         known = self.learned.get(instance, frame.dst)
+        if decoded.purpose is Purpose.WAN_OVERSIZE and frame.is_multicast:
+            out = CoreOutput()
+            for proxy in self._remote_proxies(instance):
+                out.extend(self._fragment(now, Endpoint(instance, frame.dst, (), proxy, 0), data))
+            return out
         if decoded.purpose is Purpose.WAN_OVERSIZE:
             if known is None or not self._wan(known.endpoint.host):
                 self._drop("oversize_unknown", now, frame.dst)

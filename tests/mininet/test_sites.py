@@ -181,6 +181,32 @@ def test_broadcast_crosses_to_the_other_site_once(sites: SitesNet) -> None:
     assert len(crossing) == 1, f"the broadcast crossed the WAN {len(crossing)} times:\n{wan}"
 
 
+def test_a_broadcast_too_big_for_the_wan_crosses_in_dove_fragments(sites: SitesNet) -> None:
+    src = sites.vm("t1s1vm2")
+    px1 = active_proxy(sites, 1)
+    receivers = [v for v in sites.tenant_vms(1) if v.site == 2]
+    payload = b"B" * 1400  # a 1442-byte frame; the 1400-byte WAN carries 1364
+    frame = netsend.ethernet(
+        netsend.BROADCAST,
+        src.mac,
+        netsend.ETH_TYPE_IPV4,
+        netsend.ipv4_udp(src.ip, "10.0.0.255", 40001, 9101, payload),
+    )
+    before = counters(px1).get("wan_frames_fragmented", 0)
+    caps = [Capture(v.host, v.host.intf().name, "udp port 9101") for v in receivers]
+    try:
+        send_frames(src, [frame])
+        for cap in caps:
+            cap.wait_for(lambda line: "length 1400" in line, 5.0, "the big broadcast, whole")
+        settle()
+    finally:
+        for cap in caps:
+            cap.stop()
+    for cap in caps:
+        assert len(cap.packets()) == 1, str(cap)
+    assert counters(px1).get("wan_frames_fragmented", 0) == before + 1
+
+
 # ----------------------------------------------------------- forged traffic
 
 
