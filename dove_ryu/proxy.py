@@ -135,7 +135,6 @@ class ProxyCore(DoveCore):
         # two proxies started together the higher one becomes active.
         self.listen_until = now + self.dead_interval * (2 - cfg.proxy_priority / 255)
         self.next_hello = now
-        self.flowed: set[int] = set()  # instances whose flows and groups are installed
         self.reassembly = Reassembly()
         self.next_frag_id = 0
 
@@ -186,7 +185,6 @@ class ProxyCore(DoveCore):
     def switch_connected(self, now: float, tunnel_ofport: int) -> CoreOutput:
         self.tunnel_ofport = tunnel_ofport
         out = CoreOutput(ofmsgs=[*flows.delete_all_ours(), *flows.proxy_defaults(tunnel_ofport)])
-        self.flowed = set()
         for instance in sorted(self.members):
             if self.members[instance]:
                 out.ofmsgs += self._instance_up_proxy(instance)
@@ -212,7 +210,7 @@ class ProxyCore(DoveCore):
         return flows.proxy_member_flow(instance, host, self._leg(host), wan, self.tunnel_ofport)
 
     def _instance_up_proxy(self, instance: int) -> list[OfMsg]:
-        self.flowed.add(instance)
+        """An instance has flows and groups while it has a member, on either side."""
         return [
             *self._groups(instance, GroupCommand.ADD),
             *flows.proxy_instance_flows(instance, self.cfg.wan_mtu),
@@ -230,15 +228,14 @@ class ProxyCore(DoveCore):
         )
         self.counters["member_joined" if joined else "member_left"] += 1
         msgs = [] if joined else self._forget_behind(instance, host)
+        hosts = self.members.get(instance, {})
+        if not hosts:
+            self.learned.drop_instance(instance)
         if self.tunnel_ofport is None:
             return msgs
-        if not self.members.get(instance):
-            if instance in self.flowed:
-                self.flowed.discard(instance)
-                self.learned.drop_instance(instance)
-                msgs += [*flows.delete_instance(instance), *flows.delete_proxy_groups(instance)]
-            return msgs
-        if instance not in self.flowed:
+        if not hosts:
+            return [*msgs, *flows.delete_instance(instance), *flows.delete_proxy_groups(instance)]
+        if joined and len(hosts) == 1:  # the first member: the instance comes up
             return msgs + self._instance_up_proxy(instance)
         if joined:
             msgs.append(self._member_flow(instance, host))
@@ -432,7 +429,7 @@ class ProxyCore(DoveCore):
         if isinstance(msg, LearnRequest):
             return self._relay_request(now, sender, msg)
         if isinstance(msg, LearnReply):
-            return self._relay_reply(now, sender, msg)
+            return self._on_learn_reply(now, sender, msg)
         if isinstance(msg, EndpointHere):
             return self._relay_endpoint(now, sender, msg)
         if isinstance(msg, Unlearn):
@@ -510,26 +507,13 @@ class ProxyCore(DoveCore):
             )
         )
 
-    def _relay_reply(self, now: float, sender: IPv4Address, msg: LearnReply) -> CoreOutput:
-        self.counters["learn_replies_received"] += 1
-        pending = self.pending.by_id.get(msg.request_id)
-        if pending is None or pending.instance != msg.instance:
-            self.counters["learn_reply_unsolicited"] += 1
-            return CoreOutput()
-        if msg.host != sender or not self._answers(pending, msg):
-            self._drop("learn_reply_mismatch", now, f"from {sender}")
-            return CoreOutput()
+    def _reply_from_right_side(self, now: float, pending: Pending, sender: IPv4Address) -> bool:
         if pending.toward_wan != self._wan(sender):
             self._drop("learn_reply_wrong_side", now, f"from {sender}")
-            return CoreOutput()
-        if sender not in self.members.get(msg.instance, {}):
-            self._drop("learn_reply_nonmember", now, f"from {sender} instance {msg.instance}")
-            return CoreOutput()
-        self.pending.remove(pending)
-        ep = Endpoint(msg.instance, msg.mac, msg.ips, sender, msg.seq)
-        return self._resolved_for(now, pending, ep, sender)
+            return False
+        return True
 
-    def _resolved_for(
+    def _resolved(
         self, now: float, pending: Pending, ep: Endpoint, sender: IPv4Address
     ) -> CoreOutput:
         """Answer who asked us and send on the frames we held."""
@@ -571,7 +555,7 @@ class ProxyCore(DoveCore):
                 pending = self.pending.get(msg.instance, target, toward_wan)
                 if pending is not None:
                     self.pending.remove(pending)
-                    out.extend(self._resolved_for(now, pending, ep, sender))
+                    out.extend(self._resolved(now, pending, ep, sender))
         return out
 
     def _relay_unlearn(self, now: float, sender: IPv4Address, msg: Unlearn) -> CoreOutput:
