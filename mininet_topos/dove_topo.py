@@ -230,6 +230,14 @@ class DoveNet(RunningNet):
         """The underlay host that serves no VM (in mode 'ovn' an ovn.OvnCentral)."""
         return self.net.get(PROBE)
 
+    @property
+    def nodes(self) -> list[Hypervisor]:
+        """Every node that runs OVS (and, in mode 'dove', an agent)."""
+        return list(self.hypervisors)
+
+    def probes(self) -> list[Host]:
+        return [self.probe]
+
     def hv(self, name: str) -> Hypervisor:
         return next(h for h in self.hypervisors if h.name == name)
 
@@ -307,6 +315,19 @@ def _program_kernel_fdb(dnet: DoveNet) -> None:
             kernel_vxlan.program_fdb(hv, instance, remote)
 
 
+def new_mininet(topo: Topo) -> Mininet:
+    """A Mininet for our topologies: no controller (agents or peers come later), our own
+    MACs and addresses, nothing waits for switches to connect."""
+    return Mininet(
+        topo=topo,
+        controller=None,
+        build=False,
+        autoSetMacs=False,
+        autoStaticArp=False,
+        waitConnected=False,
+    )
+
+
 def build_net(
     hypervisors: int = 3,
     tenants: int = 2,
@@ -326,14 +347,7 @@ def build_net(
     spec = TopoSpec(hypervisors, tenants, vms_per_tenant, mode)
     if agent_cmd and mode != "dove":
         raise ValueError("agents run in mode='dove' only")
-    net = Mininet(
-        topo=DoveTopo(spec=spec),
-        controller=None,
-        build=False,
-        autoSetMacs=False,
-        autoStaticArp=False,
-        waitConnected=False,
-    )
+    net = new_mininet(DoveTopo(spec=spec))
     try:
         net.build()
         net.start()

@@ -50,6 +50,7 @@ from mininet_topos.dove_topo import (
     VmPlan,
     VmRecord,
     attach_vm,
+    new_mininet,
     warm_legs,
 )
 from mininet_topos.hypervisor import (
@@ -336,6 +337,9 @@ class SitesNet(RunningNet):
         """The host on the WAN (172.31.0.250) that serves nothing."""
         return self.net.get(WAN_PROBE)
 
+    def probes(self) -> list[Host]:
+        return [*(self.probe(s) for s in self.spec.site_numbers), self.wan_probe]
+
     def __iter__(self) -> Iterator[SiteVm]:
         return iter(self.vms)
 
@@ -513,14 +517,7 @@ def build_sites_net(
     key (DOVE_AUTH_KEY or a fresh one; tests forge messages with it)."""
     key = os.environ.get("DOVE_AUTH_KEY") or secrets.token_hex(16)
     cmd = agent_cmd() if agents else None  # fails before building if not bootstrapped
-    net = Mininet(
-        topo=SitesTopo(spec=spec),
-        controller=None,
-        build=False,
-        autoSetMacs=False,
-        autoStaticArp=False,
-        waitConnected=False,
-    )
+    net = new_mininet(SitesTopo(spec=spec))
     try:
         net.build()
         net.start()

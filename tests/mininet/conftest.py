@@ -1,8 +1,11 @@
 """Fixtures and failure evidence for the Mininet tier.
 
-The `dove` fixture runs one 3-hypervisor emulation with real agents per test module.
-When a test that uses it fails, `pytest_runtest_makereport` saves flow and group dumps,
-each agent's status and log, and the VMs' addresses and neighbours under
+The `dove` fixture runs one 3-hypervisor emulation with real agents per test module;
+the `sites` fixture one two-site emulation with proxies (a module may set SITES_SPEC,
+a `mininet_topos.sites.SitesSpec`, and SITES_EXTRA, agent settings), ready once every
+site has its active proxy.  When a test that uses either fails,
+`pytest_runtest_makereport` saves flow and group dumps, each agent's status and log,
+and the VMs' and probes' addresses and neighbours under
 ``results/failures/<test name>/`` and prints that path.
 """
 
@@ -47,20 +50,37 @@ def dove(request: pytest.FixtureRequest) -> Iterator[Dove]:
         dnet.stop()
 
 
+@pytest.fixture(scope="module")
+def sites(request: pytest.FixtureRequest) -> Iterator[Any]:
+    if os.geteuid() != 0:
+        pytest.skip("Mininet needs root")
+    from mininet_topos.sites import SitesSpec, build_sites_net, wait_proxies_active
+
+    spec = getattr(request.module, "SITES_SPEC", SitesSpec())
+    snet, _ = build_sites_net(spec, extra=getattr(request.module, "SITES_EXTRA", None))
+    try:
+        wait_proxies_active(snet)
+        yield snet
+    finally:
+        snet.stop()
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
     outcome = yield
     report = outcome.get_result()
     if not report.failed or item.get_closest_marker("mininet") is None:
         return
-    env = getattr(item, "funcargs", {}).get("dove")
-    if not isinstance(env, Dove):
+    funcargs = getattr(item, "funcargs", {})
+    env = funcargs.get("dove") or funcargs.get("sites")
+    if env is None:
         return
+    net = env.net if isinstance(env, Dove) else env
     from tests.tools import evidence
 
     name = item.name.replace("/", "_").replace("[", "_").replace("]", "")
     try:
-        path = evidence.save(env.net, FAILURES / name)
+        path = evidence.save(net, FAILURES / name)
         message = f"evidence of {item.nodeid} ({report.when}) saved in {path}"
     except Exception as exc:  # noqa: BLE001 - never hide the real failure
         message = f"could not save evidence of {item.nodeid}: {exc!r}"

@@ -10,23 +10,16 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from mininet_topos.agents import ADMIN_SOCKET  # noqa: E402
-from mininet_topos.sites import (  # noqa: E402
+from mininet_topos.agents import ADMIN_SOCKET
+from mininet_topos.sites import (
     SitesNet,
     SitesSpec,
     active_proxy,
-    build_sites_net,
-    wait_proxies_active,
 )
 
 pytestmark = [
@@ -37,14 +30,7 @@ pytestmark = [
 DOVECTL = str(Path(sys.executable).parent / "dovectl")
 
 
-@pytest.fixture(scope="module")
-def sites() -> Iterator[SitesNet]:
-    snet, _ = build_sites_net(SitesSpec(tenants=2, vms_per_tenant=2))
-    try:
-        wait_proxies_active(snet)
-        yield snet
-    finally:
-        snet.stop()
+SITES_SPEC = SitesSpec(tenants=2, vms_per_tenant=2)  # read by conftest's `sites` fixture
 
 
 def sock(node: Any) -> str:

@@ -12,30 +12,23 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from dove_ryu.cookies import Purpose  # noqa: E402
-from mininet_topos.agents import admin  # noqa: E402
-from mininet_topos.hypervisor import wait_until  # noqa: E402
-from mininet_topos.sites import (  # noqa: E402
+from dove_ryu.cookies import Purpose
+from mininet_topos.agents import admin
+from mininet_topos.hypervisor import wait_until
+from mininet_topos.sites import (
     SitesNet,
     SitesSpec,
     active_proxy,
-    build_sites_net,
-    wait_proxies_active,
 )
-from tests.tools import netsend, ovs  # noqa: E402
-from tests.tools.capture import Capture, settle  # noqa: E402
-from tests.tools.forge import ping_through_forged_vxlan  # noqa: E402
-from tests.tools.transfer import transfer  # noqa: E402
+from tests.tools import netsend, ovs
+from tests.tools.capture import Capture, settle
+from tests.tools.forge import ping_through_forged_vxlan
+from tests.tools.transfer import transfer
 
 pytestmark = [
     pytest.mark.mininet,
@@ -44,19 +37,12 @@ pytestmark = [
 
 PYTHON = sys.executable
 NETSEND = str(Path(netsend.__file__).resolve())
-STREAM = str(REPO / "tests" / "tools" / "stream.py")
 VXLAN_PORT = 4789
 WAN_MTU = 1400
 
 
-@pytest.fixture(scope="module")
-def sites() -> Iterator[SitesNet]:
-    snet, _ = build_sites_net(SitesSpec(wan_mtu=WAN_MTU), extra={"departure_memory": 3.0})
-    try:
-        wait_proxies_active(snet)
-        yield snet
-    finally:
-        snet.stop()
+SITES_SPEC = SitesSpec(wan_mtu=WAN_MTU)
+SITES_EXTRA = {"departure_memory": 3.0}  # read by conftest's `sites` fixture
 
 
 def ping(vm: Any, ip: str, count: int = 3, size: int | None = None, df: bool = False) -> str:

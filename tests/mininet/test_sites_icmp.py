@@ -5,23 +5,14 @@ VM lowers its path MTU and its next packets fit."""
 from __future__ import annotations
 
 import os
-import sys
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from mininet_topos.agents import admin  # noqa: E402
-from mininet_topos.sites import (  # noqa: E402
+from mininet_topos.agents import admin
+from mininet_topos.sites import (
     SitesNet,
     SitesSpec,
     active_proxy,
-    build_sites_net,
-    wait_proxies_active,
 )
 
 pytestmark = [
@@ -33,15 +24,9 @@ WAN_MTU = 1400
 INNER_MTU = WAN_MTU - 50  # outer IPv4, UDP, VXLAN and the inner Ethernet header
 
 
-@pytest.fixture(scope="module")
-def sites() -> Iterator[SitesNet]:
-    spec = SitesSpec(tenants=1, vms_per_tenant=1, proxies=1, wan_mtu=WAN_MTU, wan_oversize="icmp")
-    snet, _ = build_sites_net(spec)
-    try:
-        wait_proxies_active(snet)
-        yield snet
-    finally:
-        snet.stop()
+SITES_SPEC = SitesSpec(  # read by conftest's `sites` fixture
+    tenants=1, vms_per_tenant=1, proxies=1, wan_mtu=WAN_MTU, wan_oversize="icmp"
+)
 
 
 def test_too_big_with_df_gets_fragmentation_needed_and_the_vm_adapts(sites: SitesNet) -> None:

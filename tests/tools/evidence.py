@@ -8,8 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from mininet_topos.agents import admin
-from mininet_topos.dove_topo import PROBE, DoveNet
+from mininet_topos.dove_topo import DoveNet
 from mininet_topos.hypervisor import BR_DOVE
+from mininet_topos.sites import SitesNet
 
 
 def _write(path: Path, produce: Any) -> None:
@@ -20,12 +21,13 @@ def _write(path: Path, produce: Any) -> None:
     path.write_text(text if isinstance(text, str) else json.dumps(text, indent=2, sort_keys=True))
 
 
-def save(dnet: DoveNet, directory: Path) -> Path:
-    """Per hypervisor: flows, groups, agent status, agent log; per VM: addresses and neighbours."""
+def save(dnet: DoveNet | SitesNet, directory: Path) -> Path:
+    """Per hypervisor and proxy: flows, groups, agent status, agent log; per VM and probe:
+    addresses and neighbours."""
     if directory.exists():
         shutil.rmtree(directory)
     directory.mkdir(parents=True)
-    for hv in dnet.hypervisors:
+    for hv in dnet.nodes:
         d = directory / hv.name
         d.mkdir()
         _write(d / "flows.txt", lambda hv=hv: hv.ofctl("dump-flows", BR_DOVE, "--names"))
@@ -44,7 +46,7 @@ def save(dnet: DoveNet, directory: Path) -> Path:
                 (d / "dove.ini").write_text(
                     "".join(line for line in lines if not line.startswith("auth_key"))
                 )
-    hosts = [(vm.name, vm.host) for vm in dnet.vms] + [(PROBE, dnet.net.get(PROBE))]
+    hosts = [(vm.name, vm.host) for vm in dnet.vms] + [(p.name, p) for p in dnet.probes()]
     for name, host in hosts:
         _write(
             directory / f"{name}.txt",
