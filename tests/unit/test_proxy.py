@@ -8,6 +8,7 @@ import shutil
 import struct
 import subprocess
 from ipaddress import IPv4Address
+from typing import Any
 
 import pytest
 
@@ -217,3 +218,45 @@ def test_proxy_flows_decode_in_open_vswitch(tmp_path: object) -> None:
     assert "metadata=0x1389/0x2ffffff" in text  # frames from the site, to the WAN
     assert "set_field:10.99.0.1->tun_dst,IN_PORT" in text
     assert "group_id=16782217,type=all,bucket=actions=set_field:0x1389->tun_id," in text
+
+
+# ------------------------------------------------------- forged control messages
+
+SITE_HOST = IPv4Address("10.99.0.1")
+OWN_WAN = IPv4Address("172.31.0.11")
+
+
+def _proxy_core() -> Any:
+    core = make_core(from_mapping(PROXY), 0.0)
+    core.wall_clock = lambda: 1_000.0
+    return core
+
+
+def _from(core: Any, sender: IPv4Address, receiver: IPv4Address, message: Any, n: int) -> None:
+    frame = encode(message, sender=sender, counter=1_000_000_000 + n, key=KEY, receiver=receiver)
+    core.control_message(1.0, frame, sender)
+
+
+def test_a_proxy_refuses_messages_on_the_wrong_leg_and_fragments_from_strangers() -> None:
+    core = _proxy_core()
+    hello = Announce(frozenset({5001}))
+    # A site host addressing the proxy's inter-site leg.
+    _from(core, SITE_HOST, OWN_WAN, hello, 1)
+    assert core.counters["drop_control_wrong_leg"] == 1
+    # Frame pieces: from the site leg, and from a remote proxy that serves no instance.
+    piece = FrameFragment(5001, 1, 0, False, b"\x02" * 60)
+    _from(core, SITE_HOST, A, piece, 2)
+    assert core.counters["drop_fragment_from_site"] == 1
+    _from(core, B, OWN_WAN, piece, 3)
+    assert core.counters["drop_fragment_nonmember"] == 1
+    assert not core.reassembly.partial
+    # None of it made anyone a member.
+    assert not any(core.members.values())
+
+
+def test_a_proxy_ignores_vm_ports_and_says_so() -> None:
+    from dove_ryu.model import VmPort
+
+    core = _proxy_core()
+    out = core.ports_changed(1.0, [VmPort("tap0", 5, 5001, "02:00:00:00:00:01")])
+    assert not out.ofmsgs and core.counters["drop_proxy_vm_ports"] == 1
