@@ -55,10 +55,10 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.stats import fmt, summary
-from dove_ryu.admin import query
-from dove_ryu.cookies import Cookie, Purpose
-from dove_ryu.flows import TAG_L2_MISS
-from dove_ryu.pipeline import L2_FORWARD
+from dove_ryu.adapters.admin import query
+from dove_ryu.openflow.cookies import Cookie, Purpose
+from dove_ryu.openflow.flows import TAG_L2_MISS
+from dove_ryu.openflow.pipeline import L2_FORWARD
 from dove_ryu.protocol.auth import CounterSource
 from dove_ryu.protocol.header import MalformedMessage
 from dove_ryu.protocol.messages import Announce, LearnReply, LearnRequest, decode, encode

@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     log.early_init_log(logging.INFO)
     import os_ken.base.app_manager  # noqa: F401  the --ofp-* flags
 
-    from dove_ryu.launcher import raise_keyboard_interrupt, run_apps
+    from dove_ryu.adapters.launcher import raise_keyboard_interrupt, run_apps
 
     conf = cfg.CONF
     conf.set_default("ofp_listen_host", "127.0.0.1")

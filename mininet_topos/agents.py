@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from dove_ryu.admin import query
+from dove_ryu.adapters.admin import query
 from mininet_topos.dove_topo import UNDERLAY_NET, DoveNet, build_net
 from mininet_topos.hypervisor import AGENT_OFP_PORT, TUNNEL_PORT, Hypervisor, wait_until
 

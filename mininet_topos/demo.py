@@ -30,8 +30,8 @@ from typing import Any
 from mininet.cli import CLI
 from mininet.log import setLogLevel
 
-from dove_ryu import cookies
-from dove_ryu.cookies import Purpose
+from dove_ryu.openflow import cookies
+from dove_ryu.openflow.cookies import Purpose
 from mininet_topos.agents import admin, build_dove_net
 from mininet_topos.dove_topo import UNDERLAY_SWITCH, DoveNet, VmRecord
 

@@ -8,7 +8,7 @@ change to it.
 Builds the two-site emulation (mininet_topos.sites defaults), lets every VM ping
 every other VM of its tenant once, in plan order, waits until every agent is quiet
 and each dumped table agrees with its agent's state, and writes one file per node:
-flows/<role>-<node>.txt, made by dove_ryu.ctl_flows.reference_text.
+flows/<role>-<node>.txt, made by dove_ryu.ctl.flows.reference_text.
 """
 
 from __future__ import annotations
@@ -20,9 +20,10 @@ from pathlib import Path
 
 from mininet.log import setLogLevel
 
-from dove_ryu import ctl_common, ctl_flows
-from dove_ryu.cookies import Purpose
-from dove_ryu.ctl_common import Node, Snapshot
+from dove_ryu.ctl import common as ctl_common
+from dove_ryu.ctl import flows as ctl_flows
+from dove_ryu.ctl.common import Node, Snapshot
+from dove_ryu.openflow.cookies import Purpose
 from mininet_topos.agents import ADMIN_SOCKET, admin
 from mininet_topos.hypervisor import BR_DOVE, wait_until
 from mininet_topos.sites import SitesNet, SitesSpec, build_sites_net, wait_proxies_active

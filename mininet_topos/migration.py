@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from dove_ryu.ctl_ports import move_port
+from dove_ryu.ctl.ports import move_port
 from mininet_topos.dove_topo import VmRecord
 from mininet_topos.hypervisor import Hypervisor
 

@@ -1,6 +1,6 @@
 """A small OpenFlow 1.3 table simulator for unit tests (after Faucet's ``fakeoftable``).
 
-It applies the neutral messages of `dove_ryu.ofmsg` and answers behaviour questions:
+It applies the neutral messages of `dove_ryu.openflow.ofmsg` and answers behaviour questions:
 "where does this packet go?".  A packet is a dict of header fields (``eth_src``,
 ``eth_dst``, ``eth_type``, ``arp_*``; MACs lowercase, IPv4 addresses as strings).
 While it walks the tables it also carries ``in_port``, ``metadata`` and the tunnel
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address
 from typing import Any
 
-from dove_ryu.ofmsg import (
+from dove_ryu.openflow.ofmsg import (
     OFPG_ANY,
     OFPP_CONTROLLER,
     OFPP_IN_PORT,
@@ -36,7 +36,7 @@ from dove_ryu.ofmsg import (
     PacketOut,
     SetField,
 )
-from dove_ryu.packet import ETH_TYPE_ARP, build_arp, mac_bytes, parse
+from dove_ryu.openflow.packet import ETH_TYPE_ARP, build_arp, mac_bytes, parse
 
 OFPTT_ALL = 0xFF
 ZERO_MAC = "00:00:00:00:00:00"

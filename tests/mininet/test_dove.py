@@ -33,7 +33,7 @@ pytestmark = [
 ]
 
 from dove_ryu.config import DoveConfig  # noqa: E402
-from dove_ryu.cookies import Purpose  # noqa: E402
+from dove_ryu.openflow.cookies import Purpose  # noqa: E402
 from dove_ryu.protocol.messages import LearnRequest, Requester, encode  # noqa: E402
 from mininet_topos.agents import admin  # noqa: E402
 from mininet_topos.dove_topo import PROBE, VmRecord, attach_vm  # noqa: E402
@@ -486,7 +486,7 @@ def test_address_spray_is_bounded(dove: Any) -> None:
     flows1 = ovs.flow_count(hv)
     spoof1 = flow_packets(hv, Purpose.DROP_SPOOF)
 
-    burst = max(25, cfg.packet_in_rate_limit // 4)  # as dove_ryu.ovsdb sets it
+    burst = max(25, cfg.packet_in_rate_limit // 4)  # as dove_ryu.adapters.ovsdb sets it
     pi_bound = cfg.packet_in_rate_limit * pi_elapsed + burst
     learn_rate = cfg.learn_rate_per_instance
     rounds = delta(c1, c0, "learn_requests_sent") / members

@@ -25,9 +25,9 @@ pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="Mininet needs root"),
 ]
 
-from dove_ryu import cookies  # noqa: E402
+from dove_ryu.adapters.metrics import CONTENT_TYPE  # noqa: E402
 from dove_ryu.config import DoveConfig  # noqa: E402
-from dove_ryu.metrics import CONTENT_TYPE  # noqa: E402
+from dove_ryu.openflow import cookies  # noqa: E402
 from dove_ryu.protocol.messages import LearnRequest, encode  # noqa: E402
 from mininet_topos.agents import METRICS_PORT, admin  # noqa: E402
 from mininet_topos.dove_topo import PROBE, VmRecord  # noqa: E402

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from dove_ryu.cookies import Purpose
+from dove_ryu.openflow.cookies import Purpose
 from mininet_topos.agents import admin
 from mininet_topos.hypervisor import wait_until
 from mininet_topos.sites import (

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from dove_ryu.admin import query
+from dove_ryu.adapters.admin import query
 from dove_ryu.protocol.messages import Announce, encode
 
 pytestmark = [

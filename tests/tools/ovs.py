@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from dove_ryu import cookies
-from dove_ryu.cookies import Purpose
+from dove_ryu.openflow import cookies
+from dove_ryu.openflow.cookies import Purpose
 from mininet_topos.hypervisor import BR_DOVE, Hypervisor
 
 _COOKIE = re.compile(r"cookie=(0x[0-9a-f]+)")

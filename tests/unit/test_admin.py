@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from dove_ryu.admin import AdminServer, query
+from dove_ryu.adapters.admin import AdminServer, query
 
 pytestmark = [
     pytest.mark.unit,

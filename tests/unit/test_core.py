@@ -16,13 +16,13 @@ from typing import Any
 
 import pytest
 
-from dove_ryu import cookies
+from dove_ryu.agent.core import DoveCore
 from dove_ryu.config import ConfigError, from_mapping
-from dove_ryu.cookies import Cookie, Purpose
-from dove_ryu.core import DoveCore
 from dove_ryu.model import VmPort
-from dove_ryu.ofmsg import CoreOutput, Datagram, Output, SetField, order_messages
-from dove_ryu.packet import ARP_REPLY, ARP_REQUEST, ETH_TYPE_ARP, ETH_TYPE_IPV4
+from dove_ryu.openflow import cookies
+from dove_ryu.openflow.cookies import Cookie, Purpose
+from dove_ryu.openflow.ofmsg import CoreOutput, Datagram, Output, SetField, order_messages
+from dove_ryu.openflow.packet import ARP_REPLY, ARP_REQUEST, ETH_TYPE_ARP, ETH_TYPE_IPV4
 from dove_ryu.protocol.messages import (
     Announce,
     LearnReply,

@@ -13,13 +13,15 @@ from typing import Any
 
 import pytest
 
-from dove_ryu import ctl_common, ctl_flows, ctl_trace
-from dove_ryu.cookies import Cookie, Purpose
-from dove_ryu.ctl_common import FlowsError, Node
-from dove_ryu.ctl_trace import Peer, Peers, build_request, trace_path
-from dove_ryu.flowdump import parse_flow, parse_flows, parse_groups, parse_ports, tunnel_ofport
-from dove_ryu.flowstate import AgentView, FlowFilter, origin_of
-from dove_ryu.flowtrace import HopInput, Packet, explain, parse_trace
+from dove_ryu.ctl import common as ctl_common
+from dove_ryu.ctl import flows as ctl_flows
+from dove_ryu.ctl import trace as ctl_trace
+from dove_ryu.ctl.common import FlowsError, Node
+from dove_ryu.ctl.flowdump import parse_flow, parse_flows, parse_groups, parse_ports, tunnel_ofport
+from dove_ryu.ctl.flowstate import AgentView, FlowFilter, origin_of
+from dove_ryu.ctl.flowtrace import HopInput, Packet, explain, parse_trace
+from dove_ryu.ctl.trace import Peer, Peers, build_request, trace_path
+from dove_ryu.openflow.cookies import Cookie, Purpose
 
 pytestmark = pytest.mark.unit
 

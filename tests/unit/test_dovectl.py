@@ -9,8 +9,9 @@ from typing import Any
 
 import pytest
 
-from dove_ryu import ctl_graph, dovectl
-from dove_ryu.ctl_ports import check_mac, marks
+from dove_ryu.ctl import dovectl
+from dove_ryu.ctl import graph as ctl_graph
+from dove_ryu.ctl.ports import check_mac, marks
 
 pytestmark = pytest.mark.unit
 

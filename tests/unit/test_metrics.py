@@ -16,15 +16,16 @@ from ipaddress import IPv4Address
 
 import pytest
 
-from dove_ryu import metrics
+from dove_ryu.adapters import metrics
+from dove_ryu.adapters.metrics import Snapshot, TableFlows, render
+from dove_ryu.adapters.metrics_http import MetricsServer
+from dove_ryu.agent.core import DoveCore
+from dove_ryu.agent.proxy import make_core
+from dove_ryu.agent.stats import PACKET_IN_REASONS, LatencyHistogram, packet_in_reason
 from dove_ryu.config import ConfigError, from_mapping
-from dove_ryu.cookies import Cookie, Purpose
-from dove_ryu.core import DoveCore
-from dove_ryu.flows import TAG_ARP_MISS, TAG_FLOOD, TAG_L2_MISS
-from dove_ryu.metrics import LatencyHistogram, Snapshot, TableFlows, packet_in_reason, render
-from dove_ryu.metrics_http import MetricsServer
+from dove_ryu.openflow.cookies import Cookie, Purpose
+from dove_ryu.openflow.flows import TAG_ARP_MISS, TAG_FLOOD, TAG_L2_MISS
 from dove_ryu.protocol.messages import Announce
-from dove_ryu.proxy import make_core
 from tests.tools import promtext
 from tests.unit.test_core import KEY_HEX, MAC_A, MAC_B, OTHER_KEY, _frame, eth, ip, three_hosts
 
@@ -86,7 +87,7 @@ def test_histogram_bounds_must_increase_and_be_finite(bounds: tuple[float, ...])
 )
 def test_packet_in_reason_comes_from_the_punting_flow(cookie: Cookie | None, reason: str) -> None:
     assert packet_in_reason(cookie) == reason
-    assert reason in metrics.PACKET_IN_REASONS
+    assert reason in PACKET_IN_REASONS
 
 
 # ------------------------------------------------------------------- rendering
@@ -222,7 +223,7 @@ def test_every_line_is_a_comment_or_a_sample_and_families_come_whole() -> None:
     assert scrape.samples("dove_events_total") == {frozenset({("event", "x")}): 4}
     # Every reason is there from the start, so rate() sees the first one.
     assert {dict(k)["reason"] for k in scrape.samples("dove_packet_ins_total")} == set(
-        metrics.PACKET_IN_REASONS
+        PACKET_IN_REASONS
     )
     assert [dict(k)["table"] for k in scrape.samples("dove_table_flows")] == [
         "classify",

@@ -9,9 +9,9 @@ import pytest
 from os_ken.ofproto import ofproto_v1_3 as ofp
 from os_ken.ofproto import ofproto_v1_3_parser as parser
 
-from dove_ryu.flows import tunnel_actions
-from dove_ryu.of_osken import packet_out_bytes, to_osken
-from dove_ryu.ofmsg import OFPP_CONTROLLER, OFPP_TABLE, Move, Output, PacketOut
+from dove_ryu.adapters.of_osken import packet_out_bytes, to_osken
+from dove_ryu.openflow.flows import tunnel_actions
+from dove_ryu.openflow.ofmsg import OFPP_CONTROLLER, OFPP_TABLE, Move, Output, PacketOut
 
 pytestmark = pytest.mark.unit
 

@@ -12,11 +12,12 @@ from typing import Any
 
 import pytest
 
-from dove_ryu import flows
+from dove_ryu.agent.proxy import Reassembly, make_core
 from dove_ryu.config import ConfigError, from_mapping
 from dove_ryu.model import Endpoint
-from dove_ryu.ofmsg import GroupCommand, OfMsg
-from dove_ryu.packet import ETH_TYPE_IPV4, frag_needed
+from dove_ryu.openflow import flows
+from dove_ryu.openflow.ofmsg import GroupCommand, OfMsg
+from dove_ryu.openflow.packet import ETH_TYPE_IPV4, frag_needed
 from dove_ryu.protocol.auth import AuthError
 from dove_ryu.protocol.header import MalformedMessage
 from dove_ryu.protocol.messages import (
@@ -27,7 +28,6 @@ from dove_ryu.protocol.messages import (
     decode,
     encode,
 )
-from dove_ryu.proxy import Reassembly, make_core
 
 pytestmark = pytest.mark.unit
 
@@ -190,7 +190,7 @@ def test_proxy_flows_decode_in_open_vswitch(tmp_path: object) -> None:
     from os_ken.ofproto import ofproto_v1_3 as ofp
     from os_ken.ofproto import ofproto_v1_3_parser as parser
 
-    from dove_ryu.of_osken import to_osken
+    from dove_ryu.adapters.of_osken import to_osken
 
     class Dp:
         ofproto, ofproto_parser, id = ofp, parser, 1

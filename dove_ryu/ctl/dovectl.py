@@ -15,8 +15,10 @@ import time
 from ipaddress import IPv4Address
 from typing import Any
 
-from dove_ryu import ctl_flows, ctl_graph, ctl_ports
-from dove_ryu.admin import query
+from dove_ryu.adapters.admin import query
+from dove_ryu.ctl import flows as ctl_flows
+from dove_ryu.ctl import graph as ctl_graph
+from dove_ryu.ctl import ports as ctl_ports
 from dove_ryu.model import MAX_INSTANCE
 
 DEFAULT_SOCKET = "/var/run/dove-ryu/admin.sock"

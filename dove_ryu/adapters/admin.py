@@ -17,7 +17,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-LOG = logging.getLogger("dove_ryu.admin")
+LOG = logging.getLogger("dove_ryu.adapters.admin")
 MAX_REQUEST = 4096
 
 Handler = Callable[[dict[str, Any]], dict[str, Any]]

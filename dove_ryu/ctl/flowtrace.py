@@ -17,8 +17,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from dove_ryu.cookies import Purpose, decode
-from dove_ryu.flowdump import (
+from dove_ryu.ctl.flowdump import (
     DumpError,
     Field,
     first,
@@ -28,8 +27,9 @@ from dove_ryu.flowdump import (
     table_name,
     written,
 )
-from dove_ryu.flows import TAG_ARP_MISS, TAG_FLOOD, TAG_L2_MISS
-from dove_ryu.flowstate import AgentView, Origin, metadata_text, origin_of
+from dove_ryu.ctl.flowstate import AgentView, Origin, metadata_text, origin_of
+from dove_ryu.openflow.cookies import Purpose, decode
+from dove_ryu.openflow.flows import TAG_ARP_MISS, TAG_FLOOD, TAG_L2_MISS
 
 _RULE = re.compile(r"^( *)(\d+)\. (.*)$")
 _BRIDGE = re.compile(r'^bridge\("(.*)"\)$')

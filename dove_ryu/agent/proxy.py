@@ -23,14 +23,14 @@ import logging
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 
-from dove_ryu import cookies, flows
+from dove_ryu.agent.core import ANNOUNCE_MAX_INSTANCES, MEMBER_LIFETIME_INTERVALS, DoveCore, Member
+from dove_ryu.agent.learning import Pending, PendingTable, Target
+from dove_ryu.agent.stats import packet_in_reason
 from dove_ryu.config import DoveConfig
-from dove_ryu.cookies import Purpose
-from dove_ryu.core import ANNOUNCE_MAX_INSTANCES, MEMBER_LIFETIME_INTERVALS, DoveCore, Member
-from dove_ryu.learning import Pending, PendingTable, Target
-from dove_ryu.metrics import packet_in_reason
 from dove_ryu.model import Endpoint, VmPort
-from dove_ryu.ofmsg import (
+from dove_ryu.openflow import cookies, flows
+from dove_ryu.openflow.cookies import Purpose
+from dove_ryu.openflow.ofmsg import (
     OFPP_CONTROLLER,
     CoreOutput,
     Datagram,
@@ -39,8 +39,8 @@ from dove_ryu.ofmsg import (
     OfMsg,
     PacketOut,
 )
-from dove_ryu.packet import BadPacket, frag_needed, parse
-from dove_ryu.pipeline import FROM_WAN, INSTANCE_MASK
+from dove_ryu.openflow.packet import BadPacket, frag_needed, parse
+from dove_ryu.openflow.pipeline import FROM_WAN, INSTANCE_MASK
 from dove_ryu.protocol.header import MAX_FRAG_INDEX, MAX_FRAME_LEN
 from dove_ryu.protocol.messages import (
     FRAME_OVERHEAD,
@@ -56,7 +56,7 @@ from dove_ryu.protocol.messages import (
     encode,
 )
 
-LOG = logging.getLogger("dove_ryu.proxy")
+LOG = logging.getLogger("dove_ryu.agent.proxy")
 
 UDP_IP_OVERHEAD = 28  # IPv4 + UDP headers around a fragment datagram
 REASSEMBLY_TIMEOUT = 2.0  # seconds a partial frame waits for its other pieces

@@ -6,7 +6,7 @@ Both read Open vSwitch with its own tools (``ovs-ofctl -O OpenFlow13``,
 ``ovs-appctl``), which find the switch through the environment (OVS_RUNDIR), and
 the agent through its admin socket; without the agent, cookies are still decoded
 but their tags stay raw.  dovectl registers the commands with `add_commands` and
-hands them to `run`; ``trace`` lives in dove_ryu.ctl_trace.
+hands them to `run`; ``trace`` lives in dove_ryu.ctl.trace.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from dataclasses import asdict
 from typing import Any, TextIO
 
-from dove_ryu.ctl_common import (
+from dove_ryu.ctl.common import (
     DEFAULT_BRIDGE,
     DEFAULT_SOCKET,
     Ask,
@@ -34,9 +34,9 @@ from dove_ryu.ctl_common import (
     snapshot,
     socket_of,
 )
-from dove_ryu.ctl_trace import cmd_trace
-from dove_ryu.flowdump import DumpError, Flow, table_id, table_name
-from dove_ryu.flowstate import FlowFilter
+from dove_ryu.ctl.flowdump import DumpError, Flow, table_id, table_name
+from dove_ryu.ctl.flowstate import FlowFilter
+from dove_ryu.ctl.trace import cmd_trace
 
 COMMANDS = ("flows", "trace")
 

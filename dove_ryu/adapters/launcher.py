@@ -18,7 +18,7 @@ import warnings
 from dove_ryu import config as dove_config
 
 DEFAULT_OF_PORT = 6653
-APPS = ["dove_ryu.shell", "os_ken.controller.ofp_handler"]
+APPS = ["dove_ryu.adapters.shell", "os_ken.controller.ofp_handler"]
 
 
 def raise_keyboard_interrupt(signum: int, frame: object) -> None:
@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         conf.set_override("ofp_tcp_listen_port", DEFAULT_OF_PORT)
     log.init_log()
 
-    from dove_ryu import ovsdb, shell
+    from dove_ryu.adapters import ovsdb, shell
 
     try:
         ovsdb.ensure_bridge(dove_cfg, conf.ofp_listen_host, conf.ofp_tcp_listen_port)
@@ -81,7 +81,7 @@ def run_apps(apps: list[str]) -> int:
     from os_ken.base.app_manager import AppManager
     from os_ken.lib import hub
 
-    from dove_ryu import shell
+    from dove_ryu.adapters import shell
 
     manager = AppManager.get_instance()
     manager.load_apps(apps)

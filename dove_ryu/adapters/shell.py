@@ -24,17 +24,18 @@ from os_ken.controller.handler import (
 )
 from os_ken.ofproto import ofproto_v1_3
 
-from dove_ryu import cookies, metrics
-from dove_ryu.admin import AdminServer
+from dove_ryu.adapters import metrics
+from dove_ryu.adapters.admin import AdminServer
+from dove_ryu.adapters.metrics_http import MetricsServer
+from dove_ryu.adapters.of_osken import match_fields, next_xid, packet_out_bytes, to_osken
+from dove_ryu.adapters.ovsdb import BridgeView, PortWatcher
+from dove_ryu.agent.proxy import make_core
 from dove_ryu.config import DoveConfig
-from dove_ryu.metrics_http import MetricsServer
-from dove_ryu.of_osken import match_fields, next_xid, packet_out_bytes, to_osken
-from dove_ryu.ofmsg import CoreOutput, PacketOut, order_messages
-from dove_ryu.ovsdb import BridgeView, PortWatcher
-from dove_ryu.pipeline import TABLES
-from dove_ryu.proxy import make_core
+from dove_ryu.openflow import cookies
+from dove_ryu.openflow.ofmsg import CoreOutput, PacketOut, order_messages
+from dove_ryu.openflow.pipeline import TABLES
 
-LOG = logging.getLogger("dove_ryu.shell")
+LOG = logging.getLogger("dove_ryu.adapters.shell")
 
 TICK_SECONDS = 0.05
 MAX_DATAGRAM = 2048
@@ -51,7 +52,7 @@ class DoveApp(app_manager.OSKenApp):  # type: ignore[misc]
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         if CONFIG is None:
-            raise RuntimeError("dove_ryu.shell.CONFIG is not set; start with dove-agent")
+            raise RuntimeError("dove_ryu.adapters.shell.CONFIG is not set; start with dove-agent")
         self.cfg = CONFIG
         self.lock = threading.RLock()
         self.core = make_core(self.cfg, time.monotonic())

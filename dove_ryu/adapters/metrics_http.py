@@ -14,9 +14,9 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from dove_ryu.metrics import CONTENT_TYPE
+from dove_ryu.adapters.metrics import CONTENT_TYPE
 
-LOG = logging.getLogger("dove_ryu.metrics")
+LOG = logging.getLogger("dove_ryu.adapters.metrics")
 PATH = "/metrics"
 CLIENT_TIMEOUT = 5.0  # seconds a client may take to send its request or read the answer
 

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address
 from typing import Any
 
-from dove_ryu import admin
-from dove_ryu.flowdump import (
+from dove_ryu.adapters import admin
+from dove_ryu.ctl.flowdump import (
     DumpError,
     Flow,
     Group,
@@ -21,7 +21,7 @@ from dove_ryu.flowdump import (
     parse_ports,
     tunnel_ofport,
 )
-from dove_ryu.flowstate import AgentView, Origin, origin_of
+from dove_ryu.ctl.flowstate import AgentView, Origin, origin_of
 
 DEFAULT_BRIDGE = "br-dove"
 DEFAULT_SOCKET = "/var/run/dove-ryu/admin.sock"

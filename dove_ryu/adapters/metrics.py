@@ -11,75 +11,17 @@ per-table flow counts.
 from __future__ import annotations
 
 import math
-from bisect import bisect_left
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, cast
 
-from dove_ryu.cookies import Cookie, Purpose
-from dove_ryu.flows import TAG_ARP_MISS, TAG_L2_MISS
+from dove_ryu.agent.stats import PACKET_IN_REASONS, LatencyHistogram
 
 if TYPE_CHECKING:
-    from dove_ryu.core import DoveCore
-    from dove_ryu.proxy import ProxyCore
+    from dove_ryu.agent.core import DoveCore
+    from dove_ryu.agent.proxy import ProxyCore
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-
-# Seconds, 1 ms .. 2 s.  An answer at the first try takes milliseconds; one that
-# needed retransmits comes after learn_timeout (0.3 s by default) and its multiples.
-LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0)
-
-# Why the pipeline sent a packet to the agent, from the cookie of the flow that did.
-PACKET_IN_REASONS = ("l2_miss", "arp_miss", "not_here", "wan_oversize", "unexpected")
-
-
-def packet_in_reason(cookie: Cookie | None) -> str:
-    """One of `PACKET_IN_REASONS` for the (decoded) cookie of a packet-in."""
-    if cookie is None:
-        return "unexpected"
-    if cookie.purpose is Purpose.EGRESS_MISS:
-        return "not_here"
-    if cookie.purpose is Purpose.WAN_OVERSIZE:
-        return "wan_oversize"
-    if cookie.purpose is Purpose.INSTANCE and cookie.tag == TAG_L2_MISS:
-        return "l2_miss"
-    if cookie.purpose is Purpose.INSTANCE and cookie.tag == TAG_ARP_MISS:
-        return "arp_miss"
-    return "unexpected"
-
-
-class LatencyHistogram:
-    """Observations counted per bucket (upper bounds, inclusive), with their sum."""
-
-    def __init__(self, bounds: Iterable[float] = LATENCY_BUCKETS) -> None:
-        self.bounds = tuple(bounds)
-        if not self.bounds or list(self.bounds) != sorted(set(self.bounds)):
-            raise ValueError("histogram bounds must be increasing")
-        if not all(math.isfinite(b) for b in self.bounds):
-            raise ValueError("histogram bounds must be finite (+Inf is implied)")
-        self.counts = [0] * (len(self.bounds) + 1)  # the last: above every bound
-        self.sum = 0.0
-
-    def observe(self, value: float) -> None:
-        self.counts[bisect_left(self.bounds, value)] += 1
-        self.sum += value
-
-    @property
-    def count(self) -> int:
-        return sum(self.counts)
-
-    def cumulative(self) -> list[tuple[float, int]]:
-        """(le, observations <= le) for every bound, then (+Inf, count)."""
-        out, total = [], 0
-        for bound, n in zip((*self.bounds, math.inf), self.counts, strict=True):
-            total += n
-            out.append((bound, total))
-        return out
-
-    def copy(self) -> LatencyHistogram:
-        other = LatencyHistogram(self.bounds)
-        other.counts, other.sum = list(self.counts), self.sum
-        return other
 
 
 class TableFlows:

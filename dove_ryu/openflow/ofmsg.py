@@ -1,6 +1,6 @@
 """OpenFlow messages as plain values, independent of any controller framework.
 
-The core builds these; `dove_ryu.of_osken` turns them into os-ken messages and
+The core builds these; `dove_ryu.adapters.of_osken` turns them into os-ken messages and
 `tests/fakeswitch.py` applies them to a table simulator.  Match fields and
 set-field names are the OXM names os-ken and OVS use (``eth_dst``,
 ``tun_ipv4_dst``, ...); a masked field is a ``(value, mask)`` tuple.

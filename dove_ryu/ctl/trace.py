@@ -1,6 +1,6 @@
 """``dovectl trace``: a packet's way through this host's pipeline and, with ``--follow``,
 on through every host it is tunnelled to, each rule explained by the state that made it
-(dove_ryu.flowtrace), and a miss checked against the members that would answer it."""
+(dove_ryu.ctl.flowtrace), and a miss checked against the members that would answer it."""
 
 from __future__ import annotations
 
@@ -12,8 +12,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, TextIO
 
-from dove_ryu.cookies import Purpose, decode
-from dove_ryu.ctl_common import (
+from dove_ryu.ctl.common import (
     Ask,
     FlowsError,
     Node,
@@ -28,10 +27,11 @@ from dove_ryu.ctl_common import (
     snapshot,
     socket_of,
 )
-from dove_ryu.flowdump import DumpError, parse_match
-from dove_ryu.flows import TAG_ARP_MISS, TAG_L2_MISS
-from dove_ryu.flowstate import AgentView, LearnedEndpoint, LocalEndpoint
-from dove_ryu.flowtrace import Hop, HopInput, Outcome, Packet, RawTrace, explain, parse_trace
+from dove_ryu.ctl.flowdump import DumpError, parse_match
+from dove_ryu.ctl.flowstate import AgentView, LearnedEndpoint, LocalEndpoint
+from dove_ryu.ctl.flowtrace import Hop, HopInput, Outcome, Packet, RawTrace, explain, parse_trace
+from dove_ryu.openflow.cookies import Purpose, decode
+from dove_ryu.openflow.flows import TAG_ARP_MISS, TAG_L2_MISS
 
 MAX_HOPS = 16  # a flood followed through every member stays bounded
 BROADCAST = "ff:ff:ff:ff:ff:ff"

@@ -27,8 +27,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from dove_ryu.cookies import Cookie
-from dove_ryu.ofmsg import Action, FlowCommand, FlowMod, Match
+from dove_ryu.openflow.cookies import Cookie
+from dove_ryu.openflow.ofmsg import Action, FlowCommand, FlowMod, Match
 
 INSTANCE_MASK = 0xFFFFFF
 FROM_TUNNEL = 1 << 24

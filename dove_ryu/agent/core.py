@@ -1,7 +1,7 @@
 """The DOVE switch core: events in, OpenFlow messages and datagrams out.
 
 Nothing here talks to a switch or a socket.  Each handler takes the facts and
-the time (``now``) and returns a `CoreOutput`; `dove_ryu.shell` feeds it from
+the time (``now``) and returns a `CoreOutput`; `dove_ryu.adapters.shell` feeds it from
 os-ken, OVSDB and the control socket and sends what comes back.
 
 Address resolution is the RESERVOIR VAN protocol (paper section IV-C): a miss
@@ -18,10 +18,7 @@ from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 
-from dove_ryu import cookies, flows
-from dove_ryu.config import DoveConfig
-from dove_ryu.cookies import Purpose
-from dove_ryu.learning import (
+from dove_ryu.agent.learning import (
     LearnedTable,
     NegativeCache,
     Pending,
@@ -29,10 +26,13 @@ from dove_ryu.learning import (
     Target,
     TokenBucket,
 )
-from dove_ryu.metrics import LatencyHistogram, packet_in_reason
-from dove_ryu.mobility import SEQ_MAX, Mobility, next_seq
+from dove_ryu.agent.mobility import SEQ_MAX, Mobility, next_seq
+from dove_ryu.agent.stats import LatencyHistogram, packet_in_reason
+from dove_ryu.config import DoveConfig
 from dove_ryu.model import Endpoint, LearnedEndpoint, VmPort
-from dove_ryu.ofmsg import (
+from dove_ryu.openflow import cookies, flows
+from dove_ryu.openflow.cookies import Purpose
+from dove_ryu.openflow.ofmsg import (
     OFPP_CONTROLLER,
     CoreOutput,
     Datagram,
@@ -41,8 +41,8 @@ from dove_ryu.ofmsg import (
     Output,
     PacketOut,
 )
-from dove_ryu.packet import ARP_REPLY, ARP_REQUEST, BadPacket, build_arp, parse
-from dove_ryu.pipeline import INSTANCE_MASK
+from dove_ryu.openflow.packet import ARP_REPLY, ARP_REQUEST, BadPacket, build_arp, parse
+from dove_ryu.openflow.pipeline import INSTANCE_MASK
 from dove_ryu.protocol.auth import AuthError, CounterSource, ReplayGuard
 from dove_ryu.protocol.header import MalformedMessage
 from dove_ryu.protocol.messages import (
@@ -60,7 +60,7 @@ from dove_ryu.protocol.messages import (
     encode,
 )
 
-LOG = logging.getLogger("dove_ryu.core")
+LOG = logging.getLogger("dove_ryu.agent.core")
 
 REINSTALL_HOLDOFF = 0.5  # seconds a reinstalled forwarding flow is trusted to be there
 FLOW_AGE_SLACK = 0.5  # seconds; the switch's and the agent's clocks are read apart

@@ -1,15 +1,15 @@
 """Flow builders: state in, flow-mods out.  Pure; every flow goes through a
-table declared in `dove_ryu.pipeline`."""
+table declared in `dove_ryu.openflow.pipeline`."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from ipaddress import IPv4Address
 
-from dove_ryu import cookies
-from dove_ryu.cookies import Cookie, Purpose
 from dove_ryu.model import Endpoint, VmPort
-from dove_ryu.ofmsg import (
+from dove_ryu.openflow import cookies
+from dove_ryu.openflow.cookies import Cookie, Purpose
+from dove_ryu.openflow.ofmsg import (
     OFPG_ANY,
     OFPP_CONTROLLER,
     OFPP_IN_PORT,
@@ -25,8 +25,8 @@ from dove_ryu.ofmsg import (
     Output,
     SetField,
 )
-from dove_ryu.packet import ARP_REPLY, ARP_REQUEST, ETH_TYPE_ARP
-from dove_ryu.pipeline import (
+from dove_ryu.openflow.packet import ARP_REPLY, ARP_REQUEST, ETH_TYPE_ARP
+from dove_ryu.openflow.pipeline import (
     ARP_ND,
     CLASSIFY,
     EGRESS_CHECK,

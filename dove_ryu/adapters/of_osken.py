@@ -1,6 +1,6 @@
 """Turn the core's neutral OpenFlow values into os-ken OpenFlow 1.3 messages.
 
-With `dove_ryu.shell`, the only module that imports os-ken.
+With `dove_ryu.adapters.shell`, the only module that imports os-ken.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any
 from os_ken.ofproto import ofproto_v1_3 as ofp
 from os_ken.ofproto import ofproto_v1_3_parser as parser
 
-from dove_ryu.ofmsg import (
+from dove_ryu.openflow.ofmsg import (
     Action,
     Barrier,
     CheckLarger,

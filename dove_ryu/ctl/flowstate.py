@@ -2,7 +2,7 @@
 instance, tag) and its tag completed from the flow itself and the agent's status
 (the VM port, the learned endpoint and its host, the member host).
 
-Pure: parsed flows (dove_ryu.flowdump) and the status in, `Origin`s out.
+Pure: parsed flows (dove_ryu.ctl.flowdump) and the status in, `Origin`s out.
 """
 
 from __future__ import annotations
@@ -12,11 +12,11 @@ from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address
 from typing import Any
 
-from dove_ryu import cookies
-from dove_ryu.cookies import Purpose
-from dove_ryu.flowdump import DumpError, Field, Flow, Group, mac_text, table_name, written
-from dove_ryu.flows import TAG_ARP_MISS, TAG_FLOOD, TAG_L2_MISS
-from dove_ryu.pipeline import FROM_TUNNEL, FROM_WAN, INSTANCE_MASK
+from dove_ryu.ctl.flowdump import DumpError, Field, Flow, Group, mac_text, table_name, written
+from dove_ryu.openflow import cookies
+from dove_ryu.openflow.cookies import Purpose
+from dove_ryu.openflow.flows import TAG_ARP_MISS, TAG_FLOOD, TAG_L2_MISS
+from dove_ryu.openflow.pipeline import FROM_TUNNEL, FROM_WAN, INSTANCE_MASK
 
 MAC_FIELDS = frozenset({"dl_src", "dl_dst", "eth_src", "eth_dst", "arp_sha", "arp_tha"})
 IP_FIELDS = frozenset({"arp_spa", "arp_tpa", "tun_src", "tun_dst", "nw_src", "nw_dst"})

@@ -1,7 +1,7 @@
 """A bridge's dump made readable: every flow and group parsed by Open vSwitch's own
 parser (``ovs.flow``), ports and table ids given their names.
 
-Pure: ovs-ofctl's text in, objects out.  dove_ryu.flowstate ties each flow to the
+Pure: ovs-ofctl's text in, objects out.  dove_ryu.ctl.flowstate ties each flow to the
 agent state that made it; ``dovectl flows``, ``dovectl trace`` and the reference
 tables in ``flows/`` are built on both.
 """
@@ -17,10 +17,10 @@ from ovs.flow.decoders import EthMask, IntMask, IPMask, decode_int, decode_time
 from ovs.flow.kv import KeyValue, KVDecoders, KVParser
 from ovs.flow.ofp import OFPFlow
 
-from dove_ryu import cookies
-from dove_ryu.cookies import Purpose
-from dove_ryu.flows import WAN_GROUP_BIT
-from dove_ryu.pipeline import BY_ID, BY_NAME, INSTANCE_MASK
+from dove_ryu.openflow import cookies
+from dove_ryu.openflow.cookies import Purpose
+from dove_ryu.openflow.flows import WAN_GROUP_BIT
+from dove_ryu.openflow.pipeline import BY_ID, BY_NAME, INSTANCE_MASK
 
 OFPP_LOCAL = 0xFFFE
 

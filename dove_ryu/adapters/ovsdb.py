@@ -22,9 +22,9 @@ import ovs.stream
 
 from dove_ryu.config import DoveConfig
 from dove_ryu.model import VmPort, check_instance, normalize_mac
-from dove_ryu.pipeline import TABLES
+from dove_ryu.openflow.pipeline import TABLES
 
-LOG = logging.getLogger("dove_ryu.ovsdb")
+LOG = logging.getLogger("dove_ryu.adapters.ovsdb")
 
 EXT_INSTANCE = "dove-instance"
 EXT_MAC = "attached-mac"
