@@ -29,7 +29,7 @@ from dove_ryu.adapters.admin import AdminServer
 from dove_ryu.adapters.metrics_http import MetricsServer
 from dove_ryu.adapters.of_osken import match_fields, next_xid, packet_out_bytes, to_osken
 from dove_ryu.adapters.ovsdb import BridgeView, PortWatcher
-from dove_ryu.agent.proxy import make_core
+from dove_ryu.agent import make_core
 from dove_ryu.config import DoveConfig
 from dove_ryu.openflow import cookies
 from dove_ryu.openflow.ofmsg import CoreOutput, PacketOut, order_messages

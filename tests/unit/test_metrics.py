@@ -19,8 +19,8 @@ import pytest
 from dove_ryu.adapters import metrics
 from dove_ryu.adapters.metrics import Snapshot, TableFlows, render
 from dove_ryu.adapters.metrics_http import MetricsServer
+from dove_ryu.agent import make_core
 from dove_ryu.agent.core import DoveCore
-from dove_ryu.agent.proxy import make_core
 from dove_ryu.agent.stats import PACKET_IN_REASONS, LatencyHistogram, packet_in_reason
 from dove_ryu.config import ConfigError, from_mapping
 from dove_ryu.openflow.cookies import Cookie, Purpose
