@@ -14,6 +14,6 @@ if TYPE_CHECKING:
 
 def make_core(cfg: DoveConfig, now: float) -> DoveCore:
     """The core for the configured role (a host or a VAN proxy)."""
-    from dove_ryu.agent import make_core as build
+    from dove_ryu.agent.proxy import make_core as build
 
     return build(cfg, now)
