@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 
@@ -45,6 +46,15 @@ class Endpoint:
     ips: tuple[IPv4Address, ...]
     host: IPv4Address
     seq: int
+
+    def at(self, host: IPv4Address) -> Endpoint:
+        """The same endpoint, reached through ``host``."""
+        return Endpoint(self.instance, self.mac, self.ips, host, self.seq)
+
+    def without_ips(self, ips: Iterable[IPv4Address]) -> Endpoint:
+        gone = set(ips)
+        kept = tuple(i for i in self.ips if i not in gone)
+        return Endpoint(self.instance, self.mac, kept, self.host, self.seq)
 
 
 @dataclass

@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, cast
+from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING
 
-from dove_ryu.agent.stats import PACKET_IN_REASONS, LatencyHistogram
+from dove_ryu.agent.stats import PACKET_IN_REASONS, InstanceCounts, LatencyHistogram
 
 if TYPE_CHECKING:
-    from dove_ryu.agent.core import DoveCore
-    from dove_ryu.agent.proxy import ProxyCore
+    from dove_ryu.agent import AgentCore
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -57,13 +56,6 @@ class TableFlows:
 
 
 @dataclass(frozen=True)
-class InstanceCounts:
-    local: int  # VM ports here
-    learned: int  # remote endpoints learned
-    members: int  # other hosts (for a proxy: and remote proxies) serving the instance
-
-
-@dataclass(frozen=True)
 class Snapshot:
     """What one scrape shows, copied out of the core."""
 
@@ -82,35 +74,11 @@ class Snapshot:
     table_flows: Mapping[str, int]  # in pipeline order; empty until the switch answers
 
 
-def snapshot(core: DoveCore, table_flows: Mapping[str, int]) -> Snapshot:
+def snapshot(core: AgentCore, table_flows: Mapping[str, int]) -> Snapshot:
     """Copy the core's numbers (call under the lock that guards the core)."""
-    proxy = core.cfg.role == "proxy"
-    # As `status` lists them: a host shows what it serves or learned; a proxy every
-    # instance it carries.
-    instances = set(core.by_instance) | set(core.learned.by_instance)
-    if proxy:
-        instances |= set(core.members)
+    view = core.stats_view()
     return Snapshot(
-        host=core.cfg.name,
-        role=core.cfg.role,
-        site=core.cfg.site,
-        underlay_ip=str(core.me),
-        wan_ip=str(core.cfg.wan_ip or ""),
-        connected=core.tunnel_ofport is not None,
-        proxy_active=cast("ProxyCore", core).active if proxy else None,
-        pending=len(core.pending),
-        counters=dict(core.counters),
-        packet_ins=dict(core.packet_ins),
-        instances={
-            i: InstanceCounts(
-                local=len(core.by_instance.get(i, {})),
-                learned=len(core.learned.by_instance.get(i, {})),
-                members=len(core.members.get(i, {})),
-            )
-            for i in sorted(instances)
-        },
-        latency=core.learn_latency.copy(),
-        table_flows=dict(table_flows),
+        **{f.name: getattr(view, f.name) for f in fields(view)}, table_flows=dict(table_flows)
     )
 
 

@@ -59,6 +59,9 @@ class Mobility:
         if len(hosts) < self.max_learners:
             hosts.add(host)
 
+    def learners_of(self, key: Key) -> set[IPv4Address]:
+        return set(self.learners.get(key, ()))
+
     def arrived(self, key: Key) -> None:
         """The VM is (back) here: nothing about its departure holds any more."""
         self.departed.pop(key, None)

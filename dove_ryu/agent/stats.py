@@ -6,9 +6,12 @@ copy of them, so nothing here imports the adapters.
 
 from __future__ import annotations
 
+import logging
 import math
 from bisect import bisect_left
-from collections.abc import Iterable
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 
 from dove_ryu.openflow.cookies import Cookie, Purpose
 from dove_ryu.openflow.flows import TAG_ARP_MISS, TAG_L2_MISS
@@ -68,3 +71,68 @@ class LatencyHistogram:
         other = LatencyHistogram(self.bounds)
         other.counts, other.sum = list(self.counts), self.sum
         return other
+
+
+class LogLimiter:
+    """At most ``burst`` lines per reason per ``period`` seconds; the rest are counted."""
+
+    def __init__(self, burst: int = 5, period: float = 10.0) -> None:
+        self.burst, self.period = burst, period
+        self.windows: dict[str, tuple[float, int]] = {}
+
+    def allow(self, reason: str, now: float) -> bool:
+        start, n = self.windows.get(reason, (now, 0))
+        if now - start >= self.period:
+            start, n = now, 0
+        self.windows[reason] = (start, n + 1)
+        return n < self.burst
+
+
+class Stats:
+    """The counters every part of one agent adds to, and its rate-limited drop log.
+
+    Counter names are the operator's vocabulary (``dovectl counters``, the metrics'
+    ``events_total{event}``); a drop is ``drop_<reason>``."""
+
+    def __init__(self, name: str, log: logging.Logger) -> None:
+        self.name = name
+        self.log = log
+        self.counters: Counter[str] = Counter()
+        self.packet_ins: Counter[str] = Counter()  # by `packet_in_reason`
+        self.learn_latency = LatencyHistogram()  # seconds from first LEARN to its answer
+        self.log_limit = LogLimiter()
+
+    def count(self, event: str, n: int = 1) -> None:
+        self.counters[event] += n
+
+    def drop(self, reason: str, now: float, detail: str = "") -> None:
+        """Something was refused: count it, and say so (a few lines per reason)."""
+        self.counters[f"drop_{reason}"] += 1
+        if self.log_limit.allow(reason, now):
+            self.log.warning("%s: dropped (%s) %s", self.name, reason, detail)
+
+
+@dataclass(frozen=True)
+class InstanceCounts:
+    local: int  # VM ports here
+    learned: int  # remote endpoints learned
+    members: int  # other hosts (for a proxy: and remote proxies) serving the instance
+
+
+@dataclass(frozen=True)
+class StatsView:
+    """What the metrics show of one agent, copied out of its core (cheap: counts per
+    instance, never the endpoints)."""
+
+    host: str
+    role: str
+    site: str
+    underlay_ip: str
+    wan_ip: str  # a proxy's inter-site leg; "" on a host
+    connected: bool
+    proxy_active: bool | None  # None on a host
+    pending: int
+    counters: Mapping[str, int]
+    packet_ins: Mapping[str, int]
+    instances: Mapping[int, InstanceCounts]
+    latency: LatencyHistogram

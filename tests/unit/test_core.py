@@ -1,4 +1,4 @@
-"""Behaviour of DoveCore against fake switches, with the test driving time.
+"""Behaviour of the host core against fake switches, with the test driving time.
 
 Two or three cores, each with its own `FakeSwitch`, joined by a tiny network that
 carries control datagrams between cores and tunnelled packets between switches.
@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from dove_ryu.agent.core import DoveCore
+from dove_ryu.agent.host import HostCore
 from dove_ryu.config import ConfigError, from_mapping
 from dove_ryu.model import VmPort
 from dove_ryu.openflow import cookies
@@ -81,7 +81,7 @@ def purpose_is(purpose: Purpose, instance: int | None = None) -> Callable[[Flow]
 class Host:
     n: int
     ip: IPv4Address
-    core: DoveCore
+    core: HostCore
     switch: FakeSwitch
 
 
@@ -126,7 +126,7 @@ class Net:
                     **settings,
                 }
             )
-            self.hosts[n] = Host(n, ip(n), DoveCore(cfg, self.now), FakeSwitch(tunnel_port=TUN))
+            self.hosts[n] = Host(n, ip(n), HostCore(cfg, self.now), FakeSwitch(tunnel_port=TUN))
         for host in self.hosts.values():
             self.apply(host, host.core.switch_connected(self.now, TUN))
         for n, host in self.hosts.items():
@@ -236,7 +236,7 @@ def three_hosts(**settings: str) -> Net:
 def test_unicast_miss_is_learned_from_members_only_and_released_into_the_tunnel() -> None:
     net = three_hosts()
     h1 = net.hosts[1]
-    assert set(h1.core.members[5001]) == {ip(2)}
+    assert set(h1.core.members.hosts(5001)) == {ip(2)}
     net.sent.clear()
 
     held = net.send(1, 1, eth(MAC_A, MAC_B))
@@ -516,8 +516,7 @@ def test_spraying_random_destinations_stays_bounded() -> None:
             if answered % 2 or msg.mac is None:
                 continue
             reply = LearnReply(5001, msg.request_id, msg.mac, (IPv4Address(answered),), ip(2), 1)
-            counter = h2.core.counter_source.next(time.time())
-            data = encode(reply, sender=ip(2), counter=counter, key=KEY, receiver=ip(1))
+            data = h2.core.channel.datagram(ip(1), reply).payload
             net.apply(h1, h1.core.control_message(net.now, data, ip(2)))
 
     for i in range(10_000):
@@ -525,7 +524,7 @@ def test_spraying_random_destinations_stays_bounded() -> None:
         net.now += 0.001
         net.send(1, 1, eth(MAC_A, dst))
         answer_half()
-        max_pending = max(max_pending, len(h1.core.pending))
+        max_pending = max(max_pending, len(h1.core.resolver))
         if i % 100 == 99:
             for host in net.hosts.values():
                 net.apply(host, host.core.tick(net.now))
@@ -555,7 +554,7 @@ def test_unanswered_learn_is_retried_then_given_up_and_negatively_cached() -> No
     for _ in range(3):
         net.send(1, 1, eth(MAC_A, ghost))
     net.deliver()
-    assert len(core.pending) == 1
+    assert len(core.resolver) == 1
     assert len(net.learn_requests(src=1)) == 1
 
     net.advance(3.5)
@@ -563,7 +562,7 @@ def test_unanswered_learn_is_retried_then_given_up_and_negatively_cached() -> No
     assert core.counters["learn_retransmits"] == 3
     assert core.counters["learn_timeouts"] == 1
     assert core.counters["held_dropped"] == 3
-    assert len(core.pending) == 0
+    assert len(core.resolver) == 0
     sent = net.learn_requests(src=1)
     assert len(sent) == 4 and {s.dst for s in sent} == {ip(2)}
     assert [s for s in net.seen if s.delivery.pkt.get("eth_dst") == ghost] == []
@@ -621,7 +620,7 @@ def test_a_local_vm_wins_over_what_was_learned_about_it() -> None:
     net.send(1, 1, arp_request(MAC_A, "192.168.1.1", "192.168.1.2"))
     net.deliver()
     assert h1.core.learned.get(5001, MAC_B) is not None
-    ports = [*h1.core.ports.values(), vm("b-here", 9, 5001, MAC_B, "192.168.1.2")]
+    ports = [*h1.core.ports.by_name.values(), vm("b-here", 9, 5001, MAC_B, "192.168.1.2")]
     net.apply(h1, h1.core.ports_changed(net.now, ports))
     assert h1.core.learned.get(5001, MAC_B) is None
     assert not any(map(purpose_is(Purpose.LEARNED, 5001), h1.switch.flows()))
@@ -638,7 +637,7 @@ def test_port_removal_deletes_its_flows_and_last_port_takes_the_instance() -> No
     h1, h2 = net.hosts[1], net.hosts[2]
     net.send(1, 1, arp_request(MAC_A, "192.168.1.1", "192.168.1.2"))
     net.deliver()
-    a, a2, x = (h1.core.ports[n] for n in ("a", "a2", "x"))
+    a, a2, x = (h1.core.ports.by_name[n] for n in ("a", "a2", "x"))
 
     net.apply(h1, h1.core.ports_changed(net.now, [a, x]))
     net.deliver()
@@ -677,7 +676,7 @@ def test_port_removal_deletes_its_flows_and_last_port_takes_the_instance() -> No
     ] == []
     assert 5002 in h1.switch.groups
     # Host 2 heard that host 1 left 5001: no member flow, no flood bucket towards it.
-    assert ip(1) not in h2.core.members.get(5001, {})
+    assert not h2.core.members.serves(5001, ip(1))
     buckets = h2.switch.groups[5001]
     assert SetField("tun_ipv4_dst", str(ip(1))) not in {a for b in buckets for a in b}
     assert SetField("tun_ipv4_dst", str(ip(1))) in {
@@ -741,7 +740,7 @@ def test_an_older_announcement_arriving_late_does_not_undo_a_newer_one() -> None
     older = encode(Announce(frozenset()), sender=ip(2), counter=t + 5, key=KEY, receiver=ip(1))
     core.control_message(net.now, newer, ip(2))
     core.control_message(net.now, older, ip(2))
-    assert ip(2) in core.members[5001]
+    assert core.members.serves(5001, ip(2))
     assert core.counters["announce_stale"] == 1
 
 
@@ -769,12 +768,12 @@ def test_a_miss_before_any_member_is_known_is_held_until_one_announces() -> None
     cfg = from_mapping(
         {"underlay_ip": str(ip(1)), "auth_key": KEY_HEX, "peers": f"{ip(2)}", "host_name": "h1"}
     )
-    core = DoveCore(cfg, T0)
+    core = HostCore(cfg, T0)
     core.switch_connected(T0, TUN)
     core.ports_changed(T0, [vm("a", 1, 5001, MAC_A, "192.168.1.1")])
     cookie = Cookie(Purpose.INSTANCE, 5001, 2).value
     held = core.packet_in(T0, cookie, 1, pkt_to_bytes(eth(MAC_A, MAC_B)))
-    assert held.datagrams == [] and len(core.pending) == 1
+    assert held.datagrams == [] and len(core.resolver) == 1
     announce = encode(
         Announce(frozenset({5001})),
         sender=ip(2),

@@ -19,9 +19,13 @@ import pytest
 from dove_ryu.adapters import metrics
 from dove_ryu.adapters.metrics import Snapshot, TableFlows, render
 from dove_ryu.adapters.metrics_http import MetricsServer
-from dove_ryu.agent import make_core
-from dove_ryu.agent.core import DoveCore
-from dove_ryu.agent.stats import PACKET_IN_REASONS, LatencyHistogram, packet_in_reason
+from dove_ryu.agent import AgentCore, make_core
+from dove_ryu.agent.stats import (
+    PACKET_IN_REASONS,
+    InstanceCounts,
+    LatencyHistogram,
+    packet_in_reason,
+)
 from dove_ryu.config import ConfigError, from_mapping
 from dove_ryu.openflow.cookies import Cookie, Purpose
 from dove_ryu.openflow.flows import TAG_ARP_MISS, TAG_FLOOD, TAG_L2_MISS
@@ -34,7 +38,7 @@ pytestmark = pytest.mark.unit
 GOOD = {"underlay_ip": "10.99.0.1", "auth_key": KEY_HEX}
 
 
-def scrape_of(core: DoveCore, table_flows: dict[str, int] | None = None) -> promtext.Scrape:
+def scrape_of(core: AgentCore, table_flows: dict[str, int] | None = None) -> promtext.Scrape:
     text = render(metrics.snapshot(core, table_flows or {}))
     scrape = promtext.parse(text)
     for family in scrape.families.values():
@@ -209,7 +213,7 @@ def test_every_line_is_a_comment_or_a_sample_and_families_come_whole() -> None:
             packet_ins={"arp_miss": 5},
             latency=h,
             table_flows={"classify": 12, "l2_forward": 4},
-            instances={5001: metrics.InstanceCounts(2, 1, 2)},
+            instances={5001: InstanceCounts(2, 1, 2)},
         )
     )
     scrape = promtext.parse(text)

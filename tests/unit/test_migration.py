@@ -45,11 +45,16 @@ def move_b(net: Net, to: int, frm: int = 2) -> None:
     on two hosts may well report it)."""
     net.now += 0.2
     new = net.hosts[to]
-    new_ports = [p for p in new.core.ports.values()] + [vm("b", 7, 5001, MAC_B, "192.168.1.2")]
+    new_ports = [p for p in new.core.ports.by_name.values()] + [
+        vm("b", 7, 5001, MAC_B, "192.168.1.2")
+    ]
     net.apply(new, new.core.ports_changed(net.now, new_ports))
     old = net.hosts[frm]
     net.apply(
-        old, old.core.ports_changed(net.now, [p for p in old.core.ports.values() if p.mac != MAC_B])
+        old,
+        old.core.ports_changed(
+            net.now, [p for p in old.core.ports.by_name.values() if p.mac != MAC_B]
+        ),
     )
 
 
@@ -164,7 +169,7 @@ def test_unplugged_before_plugged_is_followed_too() -> None:
     net.deliver()
     assert net.hosts[1].core.learned.get(5001, MAC_B) is None
     net.now += 0.2
-    ports = [*new.core.ports.values(), vm("b", 7, 5001, MAC_B, "192.168.1.2")]
+    ports = [*new.core.ports.by_name.values(), vm("b", 7, 5001, MAC_B, "192.168.1.2")]
     net.apply(new, new.core.ports_changed(net.now, ports))
     net.deliver()
     entry = net.hosts[1].core.learned.get(5001, MAC_B)

@@ -1,0 +1,78 @@
+"""Active and standby between the VAN proxies of one site.
+
+The site's proxies exchange hellos (their announcements to each other).  Without
+preemption: the standby takes over when the active one's hellos stop for 3.5
+intervals; of two active ones (started together, or a partition healed) the lower
+(priority, address) steps down.  A proxy listens before it claims the site, the
+lower priority longer, so of two started together the higher one becomes active.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from enum import Enum
+from ipaddress import IPv4Address
+
+from dove_ryu.agent.membership import LIFETIME_INTERVALS
+from dove_ryu.protocol.messages import ProxyRole
+
+LOG = logging.getLogger("dove_ryu.proxy")
+
+
+@dataclass
+class Partner:
+    """Another proxy of this site, as last heard."""
+
+    role: ProxyRole
+    expires: float
+
+
+class Outcome(Enum):
+    UNCHANGED = "unchanged"
+    BECAME_ACTIVE = "became_active"
+    STEPPED_DOWN = "stepped_down"
+
+
+class Election:
+    def __init__(
+        self, name: str, me: IPv4Address, priority: int, hello_interval: float, now: float
+    ) -> None:
+        self.name = name
+        self.me = me
+        self.priority = priority
+        self.hello_interval = hello_interval
+        self.active = False
+        self.partners: dict[IPv4Address, Partner] = {}
+        self.dead_interval = hello_interval * LIFETIME_INTERVALS
+        self.listen_until = now + self.dead_interval * (2 - priority / 255)
+        self.next_hello = now
+
+    def heard(self, now: float, sender: IPv4Address, role: ProxyRole) -> bool:
+        """A partner's hello; True if we had not heard it before (or it had gone)."""
+        new = sender not in self.partners
+        self.partners[sender] = Partner(role, now + self.dead_interval)
+        return new
+
+    def hello_due(self, now: float) -> bool:
+        if now < self.next_hello:
+            return False
+        self.next_hello = now + self.hello_interval
+        return True
+
+    def decide(self, now: float) -> Outcome:
+        for host, partner in list(self.partners.items()):
+            if partner.expires <= now:
+                del self.partners[host]
+                LOG.warning("%s: partner proxy %s silent", self.name, host)
+        active = [h for h, p in self.partners.items() if p.role.active]
+        me = (self.priority, int(self.me))
+        if self.active:
+            if any((self.partners[h].role.priority, int(h)) > me for h in active):
+                self.active = False
+                return Outcome.STEPPED_DOWN
+            return Outcome.UNCHANGED
+        if now >= self.listen_until and not active:
+            self.active = True
+            return Outcome.BECAME_ACTIVE
+        return Outcome.UNCHANGED

@@ -1,0 +1,265 @@
+"""Remote endpoints this agent learned, and the flows that forward to them.
+
+Bounded per instance (the oldest is evicted), indexed by MAC and by IP, aged out
+by the switch (idle timeout).  The flows differ by role (a host tunnels to the
+endpoint's host; a proxy re-encapsulates towards the next hop), so the role gives
+the builder (`EndpointFlows`); this part decides when they are installed,
+replaced and removed.  A location carries a sequence number: an older one never
+overrides a newer one.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Mapping
+from ipaddress import IPv4Address
+from typing import Protocol
+
+from dove_ryu.agent.link import SwitchLink
+from dove_ryu.agent.ports import LocalPorts
+from dove_ryu.agent.stats import Stats
+from dove_ryu.model import Endpoint, LearnedEndpoint
+from dove_ryu.openflow.ofmsg import OfMsg
+from dove_ryu.protocol.messages import Requester, Unlearn
+
+FLOW_AGE_SLACK = 0.5  # seconds; the switch's and the agent's clocks are read apart
+RECENTLY_UNLEARNED = 10.0  # seconds an un-learned endpoint is followed to its next host
+MAX_UNLEARNED = 4096
+
+
+class EndpointFlows(Protocol):
+    """How a role forwards to a learned endpoint."""
+
+    def install(self, ep: Endpoint) -> list[OfMsg]: ...
+
+    def remove(self, ep: Endpoint, keep_l2: bool = False) -> list[OfMsg]:
+        """The endpoint's flows; with ``keep_l2`` only what answers for its IPs (its
+        forwarding flow is being replaced, or has just gone by itself)."""
+        ...
+
+
+class LearnedTable:
+    """Remote endpoints learned per instance, oldest first, bounded per instance."""
+
+    def __init__(self, max_per_instance: int) -> None:
+        self.max_per_instance = max_per_instance
+        self.by_instance: dict[int, OrderedDict[str, LearnedEndpoint]] = {}
+        self.by_ip: dict[tuple[int, IPv4Address], str] = {}
+
+    def get(self, instance: int, mac: str) -> LearnedEndpoint | None:
+        table = self.by_instance.get(instance)
+        return table.get(mac) if table else None
+
+    def get_by_ip(self, instance: int, ip: IPv4Address) -> LearnedEndpoint | None:
+        mac = self.by_ip.get((instance, ip))
+        return self.get(instance, mac) if mac else None
+
+    def put(self, entry: LearnedEndpoint) -> tuple[LearnedEndpoint | None, list[LearnedEndpoint]]:
+        """Store an entry; returns (the entry it replaced, entries evicted to make room)."""
+        ep = entry.endpoint
+        table = self.by_instance.setdefault(ep.instance, OrderedDict())
+        old = table.pop(ep.mac, None)
+        if old:
+            self._unindex(old.endpoint)
+        evicted = []
+        while len(table) >= self.max_per_instance:
+            _, victim = table.popitem(last=False)
+            self._unindex(victim.endpoint)
+            evicted.append(victim)
+        table[ep.mac] = entry
+        for ip in ep.ips:
+            stale_mac = self.by_ip.get((ep.instance, ip))
+            if stale_mac and stale_mac != ep.mac:
+                # The address moved to another MAC: the older claim loses it.
+                stale = table.get(stale_mac)
+                if stale:
+                    stale.endpoint = stale.endpoint.without_ips([ip])
+            self.by_ip[(ep.instance, ip)] = ep.mac
+        return old, evicted
+
+    def remove(self, instance: int, mac: str) -> LearnedEndpoint | None:
+        table = self.by_instance.get(instance)
+        if not table or mac not in table:
+            return None
+        entry = table.pop(mac)
+        self._unindex(entry.endpoint)
+        if not table:
+            del self.by_instance[instance]
+        return entry
+
+    def _unindex(self, ep: Endpoint) -> None:
+        for ip in ep.ips:
+            if self.by_ip.get((ep.instance, ip)) == ep.mac:
+                del self.by_ip[(ep.instance, ip)]
+
+    def entries(self) -> list[LearnedEndpoint]:
+        return [e for t in self.by_instance.values() for e in t.values()]
+
+    def __len__(self) -> int:
+        return sum(len(t) for t in self.by_instance.values())
+
+
+class LearnedEndpoints:
+    def __init__(
+        self,
+        stats: Stats,
+        link: SwitchLink,
+        flows: EndpointFlows,
+        max_per_instance: int,
+        local: LocalPorts | None = None,
+    ) -> None:
+        self.stats = stats
+        self.link = link
+        self.flows = flows
+        self.local = local  # a host's VM ports, which always win over what is learned
+        self.table = LearnedTable(max_per_instance)
+        # (instance, MAC) -> (sequence, until): endpoints just un-learned by their host
+        self._unlearned: OrderedDict[tuple[int, str], tuple[int, float]] = OrderedDict()
+
+    # ------------------------------------------------------------- reading
+
+    def get(self, instance: int, mac: str) -> LearnedEndpoint | None:
+        return self.table.get(instance, mac)
+
+    def get_by_ip(self, instance: int, ip: IPv4Address) -> LearnedEndpoint | None:
+        return self.table.get_by_ip(instance, ip)
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def entries(self) -> list[LearnedEndpoint]:
+        return self.table.entries()
+
+    def of_instance(self, instance: int) -> Mapping[str, LearnedEndpoint]:
+        return self.table.by_instance.get(instance, {})
+
+    def instances(self) -> set[int]:
+        return set(self.table.by_instance)
+
+    def newest(self, ep: Endpoint) -> Endpoint:
+        """``ep``, unless what we hold for its MAC is newer (a stale answer)."""
+        current = self.get(ep.instance, ep.mac)
+        if current and current.endpoint.seq > ep.seq:
+            self.stats.count("learn_reply_stale")
+            return current.endpoint
+        return ep
+
+    def rows(self, now: float, instance: int) -> list[dict[str, object]]:
+        """The instance's learned endpoints, for status."""
+        return [
+            {
+                "mac": e.endpoint.mac,
+                "ips": [str(i) for i in e.endpoint.ips],
+                "host": str(e.endpoint.host),
+                "seq": e.endpoint.seq,
+                "age": round(now - e.learned_at, 1),
+                "answered_by": str(e.answered_by),
+            }
+            for e in self.of_instance(instance).values()
+        ]
+
+    # ------------------------------------------------------------- changes
+
+    def remember(self, now: float, ep: Endpoint, answered_by: IPv4Address) -> list[OfMsg]:
+        """Store a remote endpoint and install its flows (replacing older ones).
+
+        A local VM always wins: a claim on a local MAC is refused and local IPs are
+        left out, so a learned flow never shadows a local one (same match, same
+        priority).  Multicast MACs are never endpoints."""
+        local = self.local
+        if (local is not None and (ep.instance, ep.mac) in local) or int(ep.mac[:2], 16) & 1:
+            self.stats.drop("learn_claims_local_mac", now, f"{ep.mac} from {answered_by}")
+            return []
+        if local is not None:
+            local_ips = [ip for ip in ep.ips if local.get_by_ip(ep.instance, ip) is not None]
+            if local_ips:
+                self.stats.count("learn_local_ips_ignored", len(local_ips))
+                ep = ep.without_ips(local_ips)
+        replaced, evicted = self.table.put(LearnedEndpoint(ep, now, answered_by))
+        if not self.link.connected:
+            return []
+        msgs: list[OfMsg] = []
+        for victim in evicted:
+            self.stats.count("learned_evicted")
+            msgs += self.flows.remove(victim.endpoint)
+        if replaced:
+            msgs += self.flows.remove(replaced.endpoint, keep_l2=True)
+        return msgs + self.flows.install(ep)
+
+    def glean(self, now: float, sender: IPv4Address, instance: int, who: Requester) -> list[OfMsg]:
+        """Learn the endpoint that asked (through ``sender``, a member of the instance)
+        as we answer: the reply traffic then needs no LEARN of its own.  What we hold
+        already wins if it is newer, or the same."""
+        current = self.get(instance, who.mac)
+        if current is not None and (
+            current.endpoint.seq > who.seq
+            or (current.endpoint.host == sender and current.endpoint.ips == who.ips)
+        ):
+            return []
+        self.stats.count("learned_from_request")
+        return self.remember(now, Endpoint(instance, who.mac, who.ips, sender, who.seq), sender)
+
+    def forget(self, instance: int, mac: str) -> list[OfMsg]:
+        entry = self.table.remove(instance, mac)
+        if entry is None or not self.link.connected:
+            return []
+        self.stats.count("unlearned")
+        return self.flows.remove(entry.endpoint)
+
+    def forget_behind(self, instance: int, host: IPv4Address) -> list[OfMsg]:
+        """What lived on a host that no longer serves the instance is gone with it."""
+        msgs: list[OfMsg] = []
+        for entry in list(self.of_instance(instance).values()):
+            if entry.endpoint.host == host:
+                msgs += self.forget(instance, entry.endpoint.mac)
+        return msgs
+
+    def drop_instance(self, instance: int) -> None:
+        """Forget the instance's endpoints without touching flows (they go with it)."""
+        for mac in list(self.of_instance(instance)):
+            self.table.remove(instance, mac)
+
+    def move_host(self, now: float, old: IPv4Address, new: IPv4Address) -> list[OfMsg]:
+        """Everything learned behind ``old`` is behind ``new`` now (a proxy failover)."""
+        msgs: list[OfMsg] = []
+        for entry in [e for e in self.entries() if e.endpoint.host == old]:
+            msgs += self.remember(now, entry.endpoint.at(new), new)
+        return msgs
+
+    def unlearn(self, now: float, msg: Unlearn, follow: bool = False) -> list[OfMsg] | None:
+        """The endpoint's host says it left: forget it if we have it there, at that
+        sequence number or older (else None).  With ``follow``, remember for a moment
+        that it left, so its next host's announcement is taken at once."""
+        entry = self.get(msg.instance, msg.mac)
+        if entry is None or entry.endpoint.host != msg.host or entry.endpoint.seq > msg.seq:
+            return None
+        if follow:
+            key = (msg.instance, msg.mac)
+            self._unlearned[key] = (msg.seq, now + RECENTLY_UNLEARNED)
+            self._unlearned.move_to_end(key)
+            while len(self._unlearned) > MAX_UNLEARNED:
+                self._unlearned.popitem(last=False)
+        return self.forget(msg.instance, msg.mac)
+
+    def just_unlearned(self, now: float, instance: int, mac: str, seq: int) -> bool:
+        """Whether the endpoint was un-learned a moment ago at a sequence number below
+        ``seq`` (the memory of it is used up either way)."""
+        gone_seq, until = self._unlearned.pop((instance, mac), (0, 0.0))
+        return until > now and seq > gone_seq
+
+    def idled_out(self, now: float, instance: int, mac: str, age: float) -> list[OfMsg]:
+        """The switch removed a learned forwarding flow that idled out ``age`` seconds
+        after it was installed.  An echo of a flow older than the entry we hold says
+        nothing about the entry."""
+        entry = self.get(instance, mac)
+        if entry is None or entry.learned_at > now - age + FLOW_AGE_SLACK:
+            return []
+        self.stats.count("learned_aged")
+        self.table.remove(instance, mac)
+        if not self.link.connected:
+            return []
+        return self.flows.remove(entry.endpoint, keep_l2=True)
+
+    def resync(self) -> list[OfMsg]:
+        """Every learned endpoint's flows, for a switch that (re)connected."""
+        return [msg for e in self.entries() for msg in self.flows.install(e.endpoint)]

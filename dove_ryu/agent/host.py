@@ -1,0 +1,511 @@
+"""The DOVE switch of a hypervisor: the host role, wired from the agent's parts.
+
+Nothing here talks to a switch or a socket.  Each handler takes the facts and the
+time (``now``) and returns a `CoreOutput`; `dove_ryu.adapters.shell` feeds it from
+os-ken, OVSDB and the control socket and sends what comes back.
+
+Made of:
+  `LocalPorts`        the VM ports on the bridge
+  `Membership`        which hosts serve which instance, the proxies heard
+  `HostInstances`     per instance: flood group, accepted members, lingering
+  `Resolver`          LEARNs in flight, retries, bounds
+  `LearnedEndpoints`  remote endpoints and their forwarding flows
+  `Mobility`          VMs that left: who learned them, where they went
+  `ControlChannel`    authenticated messages to and from other agents
+  `HostMisses`        the packet-in path (misses, packets for VMs not here)
+and adds the host's side of the protocol (paper IV-C): answering LEARNs for its VMs,
+announcing what it serves, ENDPOINT when a VM arrives and UN-LEARN when it leaves.
+"""
+
+from __future__ import annotations
+
+import logging
+from ipaddress import IPv4Address
+
+from dove_ryu.agent.channel import ControlChannel
+from dove_ryu.agent.endpoints import LearnedEndpoints
+from dove_ryu.agent.host_misses import HostMisses, TunnelFlows
+from dove_ryu.agent.instances import HostInstances
+from dove_ryu.agent.link import SwitchLink
+from dove_ryu.agent.membership import Membership
+from dove_ryu.agent.mobility import Mobility, next_seq
+from dove_ryu.agent.ports import LocalPorts
+from dove_ryu.agent.resolver import Pending, Resolver, Target
+from dove_ryu.agent.stats import InstanceCounts, Stats, StatsView
+from dove_ryu.config import DoveConfig
+from dove_ryu.model import Endpoint, VmPort
+from dove_ryu.openflow import flows
+from dove_ryu.openflow.ofmsg import CoreOutput, Datagram, OfMsg
+from dove_ryu.protocol.messages import (
+    Announce,
+    EndpointHere,
+    Envelope,
+    FrameFragment,
+    LearnReply,
+    LearnRequest,
+    Unlearn,
+)
+
+LOG = logging.getLogger("dove_ryu.core")
+
+ANNOUNCE_MAX_INSTANCES = 300
+
+
+class HostCore:
+    """State and decisions of one DOVE switch (one hypervisor)."""
+
+    role = "host"
+
+    def __init__(self, cfg: DoveConfig, now: float) -> None:
+        self.cfg = cfg
+        self.me = cfg.underlay_ip
+        self.stats = Stats(cfg.name, LOG)
+        self.link = SwitchLink()
+        self.channel = ControlChannel(cfg.auth_key, (self.me,), self.stats)
+        self.ports = LocalPorts()
+        self.members = Membership(cfg.announce_interval)
+        self.instances = HostInstances(self.ports, self.members, self.link, cfg.departure_memory)
+        self.resolver = Resolver(
+            self.stats,
+            timeout=cfg.learn_timeout,
+            retries=cfg.learn_retries,
+            max_pending_per_instance=cfg.max_pending_per_instance,
+            rate_per_instance=cfg.learn_rate_per_instance,
+        )
+        tunnel_flows = TunnelFlows(self.link, cfg.learn_idle_timeout)
+        self.learned = LearnedEndpoints(
+            self.stats, self.link, tunnel_flows, cfg.max_learned_per_instance, local=self.ports
+        )
+        self.mobility = Mobility(ttl=cfg.departure_memory)
+        self.misses = HostMisses(
+            self.me, self.stats, self.link, self.ports, self.learned, self.resolver,
+            self.mobility, self.channel, tunnel_flows, self._ask,
+        )  # fmt: skip
+        self.next_announce = now
+
+    @property
+    def counters(self) -> dict[str, int]:
+        return self.stats.counters
+
+    @property
+    def tunnel_ofport(self) -> int | None:
+        return self.link.tunnel_ofport
+
+    # ------------------------------------------------------------ the switch
+
+    def switch_connected(self, now: float, tunnel_ofport: int) -> CoreOutput:
+        """Resync: delete all our flows and groups, then install the whole state."""
+        self.link.tunnel_ofport = tunnel_ofport
+        out = CoreOutput(ofmsgs=[*flows.delete_all_ours(), *flows.pipeline_defaults(tunnel_ofport)])
+        for port in self.ports.all():
+            out.ofmsgs += flows.local_port_flows(port)
+        out.ofmsgs += self.instances.resync()
+        out.ofmsgs += self.learned.resync()
+        self.stats.count("switch_connected")
+        LOG.info(
+            "%s: switch connected, tunnel port %d, %d ports, %d learned",
+            self.cfg.name,
+            tunnel_ofport,
+            len(self.ports),
+            len(self.learned),
+        )
+        return out
+
+    def switch_disconnected(self) -> None:
+        self.link.tunnel_ofport = None
+
+    # ------------------------------------------------------------- VM ports
+
+    def ports_changed(self, now: float, ports: list[VmPort]) -> CoreOutput:
+        """Take the full set of marked VM ports from OVSDB and apply the difference."""
+        out = CoreOutput()
+        before = self.ports.instances
+        changed: set[int] = set()
+        gone, new = self.ports.differences(ports)
+        for port in gone:
+            self._remove_port(now, port, out)
+            changed.add(port.instance)
+        for port in new:
+            if (port.instance, port.mac) in self.ports:
+                self.stats.drop("duplicate_mac", now, f"port {port.name} mac {port.mac}")
+                continue
+            self._add_port(now, port, out)
+            changed.add(port.instance)
+        after = self.ports.instances
+        for instance in sorted(after - before):
+            out.ofmsgs += self.instances.up(instance)
+        for instance in sorted(before - after):
+            out.ofmsgs += self.instances.down(now, instance)
+            self.learned.drop_instance(instance)
+            self.resolver.drop_instance(instance)
+        for instance in sorted(changed & before & after):
+            out.ofmsgs += self.instances.ports_changed(instance)
+        if before != after:
+            out.datagrams += self._announce(now)
+        return out
+
+    def _add_port(self, now: float, port: VmPort, out: CoreOutput) -> None:
+        key = (port.instance, port.mac)
+        # Where it was before, if we knew: that host hears of the move at once.
+        before = self.learned.get(port.instance, port.mac)
+        departed = self.mobility.lookup(key, now)
+        known_seq = max(before.endpoint.seq if before else 0, departed.seq if departed else 0)
+        # A VM that arrives here replaces whatever was learned about its addresses.
+        stale = {port.mac} | {
+            e.endpoint.mac
+            for ip in port.ips
+            if (e := self.learned.get_by_ip(port.instance, ip)) is not None
+        }
+        for mac in sorted(stale):
+            out.ofmsgs += self.learned.forget(port.instance, mac)
+        seq = next_seq(known_seq, self.channel.wall_clock())
+        self.ports.add(port, seq)
+        self.mobility.arrived(key)
+        if self.link.connected:
+            out.ofmsgs += flows.local_port_flows(port)
+        self.stats.count("ports_added")
+        # The hosts serving the instance (and the VM's previous host) learn the new
+        # location now, with a sequence number above the old one.
+        here = EndpointHere(port.instance, port.mac, port.ips, self.me, seq)
+        targets = set(self.members.hosts(port.instance))
+        if before is not None:
+            targets.add(before.endpoint.host)
+        out.datagrams += self.channel.to_each(sorted(targets), here)
+        self.stats.count("endpoint_announced", len(targets))
+        LOG.info(
+            "%s: port %s up: instance %d mac %s ips %s ofport %d",
+            self.cfg.name,
+            port.name,
+            port.instance,
+            port.mac,
+            ",".join(map(str, port.ips)),
+            port.ofport,
+        )
+
+    def _remove_port(self, now: float, port: VmPort, out: CoreOutput) -> None:
+        key = (port.instance, port.mac)
+        seq = self.ports.remove(port)
+        # Un-learned everywhere it was learned, and by every host serving the instance
+        # (a VM that stops is gone for all of them; one that moves is re-learned).
+        learners = self.mobility.depart(key, seq, now)
+        unlearn = Unlearn(port.instance, port.mac, self.me, seq)
+        targets = learners | set(self.members.hosts(port.instance))
+        out.datagrams += self.channel.to_each(sorted(targets), unlearn)
+        self.stats.count("unlearn_sent", len(targets))
+        if self.link.connected:
+            out.ofmsgs += flows.delete_local_port(port)
+        self.stats.count("ports_removed")
+        LOG.info(
+            "%s: port %s down: instance %d mac %s",
+            self.cfg.name,
+            port.name,
+            port.instance,
+            port.mac,
+        )
+
+    # ------------------------------------------------------------ packet-in
+
+    def packet_in(
+        self,
+        now: float,
+        cookie: int,
+        in_port: int,
+        data: bytes,
+        metadata: int | None = None,
+        tunnel_src: IPv4Address | None = None,
+    ) -> CoreOutput:
+        """A miss punted by the pipeline, or an overlay packet for a VM not here."""
+        return self.misses.packet_in(now, cookie, in_port, data, metadata, tunnel_src)
+
+    def _ask(self, now: float, pending: Pending) -> list[Datagram]:
+        """Send a new LEARN to every host serving its instance (none yet: it waits
+        for the first member to announce, see `_on_announce`)."""
+        hosts = self.members.hosts(pending.instance)
+        if not hosts:
+            self.stats.count("learn_no_members")
+        return self._learn_requests(pending, hosts)
+
+    def _learn_requests(self, pending: Pending, hosts: list[IPv4Address]) -> list[Datagram]:
+        self.stats.count("learn_requests_sent", len(hosts))
+        return self.channel.to_each(hosts, pending.request())
+
+    def flow_removed(
+        self, now: float, cookie: int, match: dict[str, object], idle_timeout: bool, age: float
+    ) -> CoreOutput:
+        """A learned flow idled out: forget the endpoint and its ARP answers."""
+        return self.misses.flow_removed(now, cookie, match, idle_timeout, age)
+
+    # -------------------------------------------------------------- control
+
+    def control_message(self, now: float, data: bytes, src: IPv4Address) -> CoreOutput:
+        """A datagram from the underlay; anything wrong with it is counted and dropped."""
+        env = self.channel.receive(now, data, src)
+        if env is None:
+            return CoreOutput()
+        msg, sender = env.message, env.sender
+        if isinstance(msg, Announce):
+            return self._on_announce(now, env, msg)
+        if isinstance(msg, LearnRequest):
+            return self._on_learn_request(now, sender, msg)
+        if isinstance(msg, LearnReply):
+            return self._on_learn_reply(now, sender, msg)
+        if isinstance(msg, EndpointHere):
+            return self._on_endpoint_here(now, sender, msg)
+        if isinstance(msg, Unlearn):
+            return self._on_unlearn(now, sender, msg)
+        if isinstance(msg, FrameFragment):
+            self.stats.drop("frame_not_a_proxy", now, f"from {sender}")
+        return CoreOutput()
+
+    def _on_announce(self, now: float, env: Envelope, msg: Announce) -> CoreOutput:
+        self.stats.count("announce_received")
+        sender = env.sender
+        if not self.members.fresh(sender, env.counter):
+            self.stats.count("announce_stale")
+            return CoreOutput()
+        out = CoreOutput()
+        if msg.proxy is not None:
+            for old in self.members.proxy_heard(now, sender, msg.proxy):
+                out.ofmsgs += self._failover(now, msg.proxy.site, old, sender)
+        change = self.members.served_by(now, sender, msg.instances)
+        for instance in change.joined:
+            out.ofmsgs += self._member_changed(instance, sender, joined=True)
+            # LEARNs in flight for the instance go to the new member at once.
+            for pending in self.resolver.of_instance(instance):
+                out.datagrams += self._learn_requests(pending, [sender])
+        for instance in change.left:
+            out.ofmsgs += self._member_changed(instance, sender, joined=False)
+        if change.new_peer and msg.instances:
+            # A host we did not know (new or restarted): tell it at once what we serve.
+            out.datagrams += self._announce(now, only=[sender])
+        return out
+
+    def _failover(self, now: float, site: str, old: IPv4Address, new: IPv4Address) -> list[OfMsg]:
+        """A site's standby proxy took over: what was learned behind the old one moves
+        to the new one at once (which resolves what it does not know yet on the first
+        packet), and the old one serves nothing any more."""
+        self.stats.count("proxy_failover")
+        LOG.warning("%s: site %s now through proxy %s (was %s)", self.cfg.name, site, new, old)
+        msgs = self.learned.move_host(now, old, new)
+        for instance in self.members.instances():
+            if self.members.leave(instance, old):
+                msgs += self._member_changed(instance, old, joined=False)
+        return msgs
+
+    def _member_changed(self, instance: int, host: IPv4Address, joined: bool) -> list[OfMsg]:
+        verb = "joined" if joined else "left"
+        LOG.info("%s: member %s %s instance %d", self.cfg.name, host, verb, instance)
+        self.stats.count(f"member_{verb}")
+        msgs = [] if joined else self.learned.forget_behind(instance, host)
+        return msgs + self.instances.member_changed(instance, host, joined)
+
+    def _on_learn_request(self, now: float, sender: IPv4Address, msg: LearnRequest) -> CoreOutput:
+        self.stats.count("learn_requests_received")
+        if msg.mac is not None:
+            port = self.ports.get(msg.instance, msg.mac)
+        else:
+            assert msg.ip is not None
+            port = self.ports.get_by_ip(msg.instance, msg.ip)
+        if port is None:
+            return CoreOutput()
+        out = CoreOutput(ofmsgs=self._glean(now, sender, msg))
+        self.mobility.note_learner((port.instance, port.mac), sender)
+        seq = self.ports.seq(port.instance, port.mac)
+        reply = LearnReply(msg.instance, msg.request_id, port.mac, port.ips, self.me, seq)
+        self.stats.count("learn_replies_sent")
+        out.datagrams.append(self.channel.datagram(sender, reply))
+        return out
+
+    def _glean(self, now: float, sender: IPv4Address, msg: LearnRequest) -> list[OfMsg]:
+        """Learn who asked, as we answer: the reply traffic then needs no LEARN of its own.
+
+        Only requests we answer are gleaned, so a VM spraying random targets elsewhere
+        costs this host nothing."""
+        who = msg.requester
+        if who is None or (msg.instance, who.mac) in self.ports:
+            return []
+        if not self.members.serves(msg.instance, sender):
+            # A location is taken only from a host serving the instance, the same
+            # rule classify applies to tunnelled packets.
+            self.stats.drop("glean_nonmember", now, f"from {sender} instance {msg.instance}")
+            return []
+        return self.learned.glean(now, sender, msg.instance, who)
+
+    def _on_learn_reply(self, now: float, sender: IPv4Address, msg: LearnReply) -> CoreOutput:
+        pending = self.resolver.take_reply(now, sender, msg)
+        if pending is None:
+            return CoreOutput()
+        if not self.members.serves(msg.instance, sender):
+            self.stats.drop("learn_reply_nonmember", now, f"from {sender} instance {msg.instance}")
+            return CoreOutput()
+        if pending.requester is not None and (msg.instance, pending.requester.mac) in self.ports:
+            # The host that answered learned our VM from the request (see _glean).
+            self.mobility.note_learner((msg.instance, pending.requester.mac), sender)
+        ep = Endpoint(msg.instance, msg.mac, msg.ips, msg.host, msg.seq)
+        return self._resolved(now, pending, ep, sender)
+
+    def _resolved(
+        self, now: float, pending: Pending, ep: Endpoint, sender: IPv4Address
+    ) -> CoreOutput:
+        """A LEARN in flight has its answer: remember it and deliver what was held."""
+        took = self.resolver.answered(now, pending)
+        ep = self.learned.newest(ep)
+        LOG.info(
+            "%s: learned instance %d %s ips %s at %s (seq %d) in %.1f ms",
+            self.cfg.name,
+            ep.instance,
+            ep.mac,
+            ",".join(map(str, ep.ips)),
+            ep.host,
+            ep.seq,
+            took * 1000,
+        )
+        out = CoreOutput(ofmsgs=self.learned.remember(now, ep, sender))
+        out.ofmsgs += self.misses.release(pending, ep)
+        return out
+
+    def _on_endpoint_here(self, now: float, sender: IPv4Address, msg: EndpointHere) -> CoreOutput:
+        """A VM arrived on ``sender`` (moved there, or started): follow it if we knew it
+        elsewhere, forward to it if it left us, answer LEARNs waiting for it."""
+        self.stats.count("endpoint_received")
+        if msg.host != sender:
+            self.stats.drop("endpoint_for_other_host", now, f"from {sender} for {msg.host}")
+            return CoreOutput()
+        out = CoreOutput()
+        # Announcing a VM of the instance is serving the instance.
+        if not self.members.serves(msg.instance, sender):
+            self.members.join(now, msg.instance, sender)
+            out.ofmsgs += self._member_changed(msg.instance, sender, joined=True)
+        key = (msg.instance, msg.mac)
+        ep = Endpoint(msg.instance, msg.mac, msg.ips, msg.host, msg.seq)
+        if key in self.ports:
+            # OVSDB says it is here; the port will go when the move completes.
+            self.stats.count("endpoint_still_local")
+            return out
+        if self.mobility.went_to(key, sender, msg.seq, now):
+            self.stats.count("departed_now_at_known_host")
+        current = self.learned.get(msg.instance, msg.mac)
+        just_unlearned = self.learned.just_unlearned(now, msg.instance, msg.mac, msg.seq)
+        if current is None and just_unlearned:
+            # Un-learned a moment ago by its old host (a move unplugs first): follow it.
+            self.stats.count("endpoint_moved")
+            out.ofmsgs += self.learned.remember(now, ep, sender)
+        elif current is not None:
+            if msg.seq <= current.endpoint.seq:
+                self.stats.count("endpoint_stale")
+                return out
+            LOG.info(
+                "%s: instance %d %s moved %s -> %s (seq %d -> %d)",
+                self.cfg.name,
+                msg.instance,
+                msg.mac,
+                current.endpoint.host,
+                sender,
+                current.endpoint.seq,
+                msg.seq,
+            )
+            self.stats.count("endpoint_moved")
+            out.ofmsgs += self.learned.remember(now, ep, sender)
+        targets: list[Target] = [msg.mac, *msg.ips]
+        for target in targets:
+            pending = self.resolver.in_flight(msg.instance, target)
+            if pending is not None:
+                out.extend(self._resolved(now, pending, ep, sender))
+        return out
+
+    def _on_unlearn(self, now: float, sender: IPv4Address, msg: Unlearn) -> CoreOutput:
+        self.stats.count("unlearn_received")
+        if msg.host != sender:
+            self.stats.drop("unlearn_for_other_host", now, f"from {sender} for {msg.host}")
+            return CoreOutput()
+        # Kept for a moment: the VM's new host may announce it right after.
+        return CoreOutput(ofmsgs=self.learned.unlearn(now, msg, follow=True) or [])
+
+    # ----------------------------------------------------------------- time
+
+    def tick(self, now: float) -> CoreOutput:
+        """Retransmit or give up on LEARNs, expire members and lingering, announce."""
+        out = CoreOutput()
+        expired, lingering_ended = self.instances.expire(now)
+        out.ofmsgs += expired
+        for pending in self.resolver.due(now):
+            out.datagrams += self._learn_requests(pending, self.members.hosts(pending.instance))
+        for instance, host in self.members.expire(now):
+            out.ofmsgs += self._member_changed(instance, host, joined=False)
+        if lingering_ended or now >= self.next_announce:
+            out.datagrams += self._announce(now)
+        return out
+
+    def _announce(self, now: float, only: list[IPv4Address] | None = None) -> list[Datagram]:
+        if only is None:
+            self.next_announce = now + self.cfg.announce_interval
+        instances = self.instances.announced
+        if len(instances) > ANNOUNCE_MAX_INSTANCES:
+            # NOTE: one frame holds this many; splitting announcements is not done yet.
+            self.stats.drop("announce_truncated", now, f"{len(instances)} instances served")
+            instances = instances[:ANNOUNCE_MAX_INSTANCES]
+        targets = only if only is not None else list(self.cfg.peers)
+        self.stats.count("announce_sent", len(targets))
+        return self.channel.to_each(targets, Announce(instances=frozenset(instances)))
+
+    # --------------------------------------------------------------- status
+
+    def status(self, now: float) -> dict[str, object]:
+        """Everything an operator asks about, as plain data (for the admin socket)."""
+        return {
+            "host": self.cfg.name,
+            "role": "host",
+            "underlay_ip": str(self.me),
+            "connected": self.link.connected,
+            "proxies": {
+                str(h): {"site": k.role.site, "active": k.role.active}
+                for h, k in sorted(self.members.proxies.items())
+            },
+            "instances": {
+                str(instance): {
+                    "local": [
+                        {
+                            "port": p.name,
+                            "ofport": p.ofport,
+                            "mac": p.mac,
+                            "ips": [str(i) for i in p.ips],
+                            "seq": self.ports.seq(instance, p.mac),
+                            "learned_by": sorted(
+                                str(h) for h in self.mobility.learners_of((instance, p.mac))
+                            ),
+                        }
+                        for p in self.ports.of_instance(instance)
+                    ],
+                    "members": sorted(str(h) for h in self.members.hosts(instance)),
+                    "learned": self.learned.rows(now, instance),
+                }
+                for instance in sorted(self.ports.instances | self.learned.instances())
+            },
+            "pending": len(self.resolver),
+            "counters": dict(sorted(self.stats.counters.items())),
+        }
+
+    def stats_view(self) -> StatsView:
+        """What the metrics show (call under the lock that guards the core)."""
+        instances = self.ports.instances | self.learned.instances()
+        return StatsView(
+            host=self.cfg.name,
+            role=self.role,
+            site="",
+            underlay_ip=str(self.me),
+            wan_ip="",
+            connected=self.link.connected,
+            proxy_active=None,
+            pending=len(self.resolver),
+            counters=dict(self.stats.counters),
+            packet_ins=dict(self.stats.packet_ins),
+            instances={
+                i: InstanceCounts(
+                    local=len(self.ports.of_instance(i)),
+                    learned=len(self.learned.of_instance(i)),
+                    members=self.members.count(i),
+                )
+                for i in sorted(instances)
+            },
+            latency=self.stats.learn_latency.copy(),
+        )

@@ -1,0 +1,104 @@
+"""A host's per-instance datapath: flood group, accepted members, lingering.
+
+An instance has flows on a host while a VM of it is here: its flood group (local
+ports + one bucket per member host), the misses that punt to the agent, and one
+classify flow per member whose tunnelled packets are accepted.  When the last VM
+leaves, the instance lingers for `departure_memory` seconds: members' traffic is
+still taken in, to egress_check, so the agent can forward it to the VM's new host
+and tell the sender to un-learn (see `dove_ryu.agent.host`).
+"""
+
+from __future__ import annotations
+
+from ipaddress import IPv4Address
+
+from dove_ryu.agent.link import SwitchLink
+from dove_ryu.agent.membership import Membership
+from dove_ryu.agent.ports import LocalPorts
+from dove_ryu.openflow import flows
+from dove_ryu.openflow.ofmsg import GroupCommand, OfMsg
+
+
+class HostInstances:
+    def __init__(
+        self, ports: LocalPorts, members: Membership, link: SwitchLink, linger_for: float
+    ) -> None:
+        self.ports = ports
+        self.members = members
+        self.link = link
+        self.linger_for = linger_for
+        self.lingering: dict[int, float] = {}  # instance -> until
+
+    @property
+    def announced(self) -> list[int]:
+        """What this host announces: the instances it serves and those lingering (the
+        VM's new host must go on taking what this host forwards to it)."""
+        return sorted(self.ports.instances | set(self.lingering))
+
+    def _group(self, instance: int, command: GroupCommand) -> OfMsg:
+        return flows.flood_group(
+            instance,
+            self.ports.ofports(instance),
+            self.members.hosts(instance),
+            self.link.tunnel,
+            command,
+        )
+
+    def _member_flows(self, instance: int, lingering: bool = False) -> list[OfMsg]:
+        return [
+            flows.member_flow(instance, h, self.link.tunnel, lingering=lingering)
+            for h in self.members.hosts(instance)
+        ]
+
+    def resync(self) -> list[OfMsg]:
+        """Every instance's flows and groups, for a switch that (re)connected."""
+        msgs: list[OfMsg] = []
+        for instance in sorted(self.ports.instances):
+            msgs += self.up(instance)
+        for instance in self.lingering:
+            msgs += self._member_flows(instance, lingering=True)
+        return msgs
+
+    def up(self, instance: int) -> list[OfMsg]:
+        """The instance's first VM arrived."""
+        self.lingering.pop(instance, None)
+        if not self.link.connected:
+            return []
+        return [
+            self._group(instance, GroupCommand.ADD),
+            *flows.instance_flows(instance),
+            *self._member_flows(instance),
+        ]
+
+    def down(self, now: float, instance: int) -> list[OfMsg]:
+        """The instance's last VM left: its flows go, and it lingers."""
+        self.lingering[instance] = now + self.linger_for
+        if not self.link.connected:
+            return []
+        return [*flows.delete_instance(instance), *self._member_flows(instance, lingering=True)]
+
+    def ports_changed(self, instance: int) -> list[OfMsg]:
+        """The instance's set of local ports changed (it had some before and after)."""
+        return [self._group(instance, GroupCommand.MODIFY)] if self.link.connected else []
+
+    def member_changed(self, instance: int, host: IPv4Address, joined: bool) -> list[OfMsg]:
+        if not self.link.connected:
+            return []
+        tunnel = self.link.tunnel
+        if instance in self.lingering:
+            if joined:
+                return [flows.member_flow(instance, host, tunnel, lingering=True)]
+            return [flows.delete_member_flow(instance, host, tunnel)]
+        if instance not in self.ports.instances:
+            return []
+        flow = (flows.member_flow if joined else flows.delete_member_flow)(instance, host, tunnel)
+        return [flow, self._group(instance, GroupCommand.MODIFY)]
+
+    def expire(self, now: float) -> tuple[list[OfMsg], bool]:
+        """Lingering that ran out: (flows to delete, whether any ended)."""
+        ended = [i for i, until in self.lingering.items() if until <= now]
+        msgs: list[OfMsg] = []
+        for instance in ended:
+            del self.lingering[instance]
+            msgs += flows.delete_instance(instance)
+        return msgs, bool(ended)

@@ -1,0 +1,133 @@
+"""Which hosts serve which instance, and the VAN proxies heard (paper IV-C).
+
+Membership comes from announcements: each one lists every instance its sender
+serves, and a member that stops announcing is gone after `lifetime` seconds.
+It decides which tunnel sources classify accepts, the flood groups' buckets, and
+where LEARN requests go.  Announcements can arrive out of order; an older one never
+undoes a newer one.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address
+
+from dove_ryu.protocol.messages import ProxyRole
+
+LIFETIME_INTERVALS = 3.5  # a member that missed 3 announcements is gone
+MAX_PEERS_TRACKED = 4096  # senders whose last announcement counter is kept
+
+
+@dataclass
+class KnownProxy:
+    role: ProxyRole
+    expires: float
+
+
+@dataclass
+class Change:
+    """What one announcement changed."""
+
+    joined: list[int] = field(default_factory=list)  # instances the sender now serves
+    left: list[int] = field(default_factory=list)  # instances it no longer serves
+    new_peer: bool = False  # we had not heard of the sender at all
+
+
+class Membership:
+    def __init__(self, announce_interval: float) -> None:
+        self.lifetime = announce_interval * LIFETIME_INTERVALS
+        self._hosts: dict[int, dict[IPv4Address, float]] = {}  # instance -> host -> expiry
+        self._last_counter: OrderedDict[IPv4Address, int] = OrderedDict()
+        self._proxies: dict[IPv4Address, KnownProxy] = {}
+
+    # ------------------------------------------------------------- reading
+
+    def hosts(self, instance: int) -> list[IPv4Address]:
+        return list(self._hosts.get(instance, {}))
+
+    def serves(self, instance: int, host: IPv4Address) -> bool:
+        return host in self._hosts.get(instance, {})
+
+    def instances(self) -> list[int]:
+        """Instances with at least one member, in order."""
+        return sorted(i for i, hosts in self._hosts.items() if hosts)
+
+    def count(self, instance: int) -> int:
+        return len(self._hosts.get(instance, {}))
+
+    @property
+    def proxies(self) -> dict[IPv4Address, KnownProxy]:
+        return dict(self._proxies)
+
+    # ------------------------------------------------------------- changes
+
+    def fresh(self, sender: IPv4Address, counter: int) -> bool:
+        """Whether an announcement is newer than the last one taken from its sender
+        (and if so, remember it)."""
+        if counter <= self._last_counter.get(sender, -1):
+            return False
+        self._last_counter[sender] = counter
+        self._last_counter.move_to_end(sender)
+        if len(self._last_counter) > MAX_PEERS_TRACKED:
+            self._last_counter.popitem(last=False)
+        return True
+
+    def join(self, now: float, instance: int, host: IPv4Address) -> bool:
+        """``host`` serves ``instance`` (for another lifetime); True if it is new."""
+        hosts = self._hosts.setdefault(instance, {})
+        joined = host not in hosts
+        hosts[host] = now + self.lifetime
+        return joined
+
+    def leave(self, instance: int, host: IPv4Address) -> bool:
+        hosts = self._hosts.get(instance)
+        if hosts is None or hosts.pop(host, None) is None:
+            return False
+        if not hosts:
+            del self._hosts[instance]
+        return True
+
+    def served_by(self, now: float, sender: IPv4Address, instances: frozenset[int]) -> Change:
+        """``sender`` serves exactly ``instances`` now."""
+        change = Change(new_peer=not any(sender in h for h in self._hosts.values()))
+        for instance in sorted(instances):
+            if self.join(now, instance, sender):
+                change.joined.append(instance)
+        for instance in [i for i, h in self._hosts.items() if sender in h]:
+            if instance not in instances:
+                self.leave(instance, sender)
+                change.left.append(instance)
+        return change
+
+    def expire(self, now: float) -> list[tuple[int, IPv4Address]]:
+        """Members (and proxies) that stopped announcing; returns the (instance, host)
+        pairs that ended."""
+        gone = [
+            (instance, host)
+            for instance, hosts in self._hosts.items()
+            for host, expires in hosts.items()
+            if expires <= now
+        ]
+        for instance, host in gone:
+            self.leave(instance, host)
+        for host in [h for h, k in self._proxies.items() if k.expires <= now]:
+            del self._proxies[host]
+        return gone
+
+    def proxy_heard(self, now: float, sender: IPv4Address, role: ProxyRole) -> list[IPv4Address]:
+        """A VAN proxy announced itself.  When it says it is its site's active one,
+        returns the proxies of that site that were active before (now standby)."""
+        self._proxies[sender] = KnownProxy(role, now + self.lifetime)
+        if not role.active:
+            return []
+        displaced = [
+            other
+            for other, known in self._proxies.items()
+            if other != sender and known.role.site == role.site and known.role.active
+        ]
+        for other in displaced:
+            known = self._proxies[other]
+            standby = ProxyRole(known.role.site, False, known.role.priority)
+            self._proxies[other] = KnownProxy(standby, known.expires)
+        return displaced
