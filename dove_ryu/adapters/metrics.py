@@ -1,26 +1,38 @@
-"""The agent's Prometheus metrics: text exposition format 0.0.4, from a copy of the core.
+"""The agent's Prometheus metrics, from a copy of the core, through prometheus_client.
 
-Pure: `snapshot` copies what the metrics need out of a core (the shell calls it under
-its lock; counts per instance, never the endpoints, so it stays cheap at scale) and
-`render` turns the copy into text outside the lock.  The core keeps two things only
-for this module: `LatencyHistogram`, observed when a LEARN is answered, and a count of
-packet-ins by `packet_in_reason`.  `TableFlows` is the shell's cache of the switch's
-per-table flow counts.
+`snapshot` copies what the metrics need out of a core: its `StatsView` (the shell
+calls it under its lock; counts per instance, never the endpoints, so it stays cheap
+at scale), with the switch's flow counts.  Each agent has its own `registry`, whose
+collector asks the shell for a snapshot at every scrape and builds the metric
+families from it outside the lock.  `TableFlows` is the shell's cache of the
+switch's per-table flow counts.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from dove_ryu.agent.stats import PACKET_IN_REASONS, InstanceCounts, LatencyHistogram
 
 if TYPE_CHECKING:
     from dove_ryu.agent import AgentCore
 
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+# What `generate_latest` writes (CONTENT_TYPE_LATEST is now 1.0.0, which prometheus_client
+# itself sends only to a scraper that asks for it).
+CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
 
 
 class TableFlows:
@@ -111,135 +123,126 @@ _NOT_EVENTS = {
     *(counter for _, counter in _UNLEARN_CAUSES),
 }
 
-Labels = Mapping[str, str]
+
+class SnapshotCollector(Collector):
+    """The agent's metric families, built at each scrape from ``take()``'s snapshot.
+
+    ``take`` is the shell's: it copies the core under the shell's lock; the families
+    are built outside it."""
+
+    def __init__(self, take: Callable[[], Snapshot]) -> None:
+        self.take = take
+
+    def collect(self) -> Iterator[Metric]:
+        return families(self.take())
 
 
-def escape_label(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
-
-
-def _escape_help(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("\n", "\\n")
-
-
-def _number(value: float) -> str:
-    if isinstance(value, int):
-        return str(int(value))  # bool too
-    if math.isnan(value):
-        return "NaN"
-    if math.isinf(value):
-        return "+Inf" if value > 0 else "-Inf"
-    return repr(float(value))
-
-
-class _Text:
-    def __init__(self) -> None:
-        self.lines: list[str] = []
-
-    def family(
-        self, name: str, kind: str, help_text: str, samples: Iterable[tuple[Labels, float]]
-    ) -> None:
-        self.lines += [f"# HELP {name} {_escape_help(help_text)}", f"# TYPE {name} {kind}"]
-        for labels, value in samples:
-            self.sample(name, labels, value)
-
-    def sample(self, name: str, labels: Labels, value: float) -> None:
-        text = ",".join(f'{k}="{escape_label(v)}"' for k, v in labels.items())
-        self.lines.append(
-            f"{name}{{{text}}} {_number(value)}" if text else f"{name} {_number(value)}"
-        )
+def registry(take: Callable[[], Snapshot]) -> CollectorRegistry:
+    """One agent's registry (never the global default: two agents in a process, as in
+    the tests, must not share one)."""
+    reg = CollectorRegistry(auto_describe=False)
+    reg.register(SnapshotCollector(take))
+    return reg
 
 
 def render(snap: Snapshot) -> str:
     """The exposition text of one snapshot."""
-    out = _Text()
+    return generate_latest(registry(lambda: snap)).decode()
+
+
+def families(snap: Snapshot) -> Iterator[Metric]:
+    """The metric families of one snapshot, in exposition order."""
     c = snap.counters
     info = {"host": snap.host, "role": snap.role, "underlay_ip": snap.underlay_ip}
     if snap.site:
         info |= {"site": snap.site, "wan_ip": snap.wan_ip}
-    out.family("dove_agent_info", "gauge", "The agent: host, role, its legs, site.", [(info, 1)])
-    out.family(
+    agent = GaugeMetricFamily(
+        "dove_agent_info", "The agent: host, role, its legs, site.", labels=list(info)
+    )
+    agent.add_metric(list(info.values()), 1)
+    yield agent
+    yield GaugeMetricFamily(
         "dove_switch_connected",
-        "gauge",
         "1 while the agent has its bridge connected and programmed.",
-        [({}, int(snap.connected))],
+        value=int(snap.connected),
     )
     if snap.proxy_active is not None:
-        out.family(
+        yield GaugeMetricFamily(
             "dove_proxy_active",
-            "gauge",
             "1 while this proxy is its site's active one.",
-            [({}, int(snap.proxy_active))],
+            value=int(snap.proxy_active),
         )
-    out.family(
+    # A counter family drops its name's "_total" and the exposition adds it back; with no
+    # `created` given there are no "_created" samples.
+    packet_ins = CounterMetricFamily(
         "dove_packet_ins_total",
-        "counter",
         "Packets the pipeline sent to the agent, by the flow that sent them.",
-        [({"reason": r}, snap.packet_ins.get(r, 0)) for r in PACKET_IN_REASONS],
+        labels=["reason"],
     )
+    for reason in PACKET_IN_REASONS:
+        packet_ins.add_metric([reason], snap.packet_ins.get(reason, 0))
+    yield packet_ins
     for counter, help_text in _NAMED_COUNTERS.items():
-        out.family(f"dove_{counter}_total", "counter", help_text, [({}, c.get(counter, 0))])
-    out.family(
-        "dove_unlearn_sent_total",
-        "counter",
-        "UN-LEARN messages sent, by cause.",
-        [({"cause": cause}, c.get(counter, 0)) for cause, counter in _UNLEARN_CAUSES],
+        yield CounterMetricFamily(f"dove_{counter}_total", help_text, value=c.get(counter, 0))
+    unlearn = CounterMetricFamily(
+        "dove_unlearn_sent_total", "UN-LEARN messages sent, by cause.", labels=["cause"]
     )
-    out.family("dove_learn_pending", "gauge", "LEARNs in flight.", [({}, snap.pending)])
-    out.family(
+    for cause, counter in _UNLEARN_CAUSES:
+        unlearn.add_metric([cause], c.get(counter, 0))
+    yield unlearn
+    yield GaugeMetricFamily("dove_learn_pending", "LEARNs in flight.", value=snap.pending)
+    yield HistogramMetricFamily(
         "dove_learn_latency_seconds",
-        "histogram",
         "From a LEARN's first request to its answer.",
-        [],
+        buckets=[(floatToGoString(le), n) for le, n in snap.latency.cumulative()],
+        sum_value=snap.latency.sum,
     )
-    for bound, n in snap.latency.cumulative():
-        out.sample("dove_learn_latency_seconds_bucket", {"le": _number(bound)}, n)
-    out.sample("dove_learn_latency_seconds_sum", {}, snap.latency.sum)
-    out.sample("dove_learn_latency_seconds_count", {}, snap.latency.count)
-    drops = sorted((k.removeprefix("drop_"), v) for k, v in c.items() if k.startswith("drop_"))
-    out.family(
+    drops = CounterMetricFamily(
         "dove_drops_total",
-        "counter",
         "Control messages, packet-ins and requests dropped, by reason "
         "(control_* are control messages that failed decoding or authentication).",
-        [({"reason": reason}, n) for reason, n in drops],
+        labels=["reason"],
     )
-    events = sorted(
-        (k, v) for k, v in c.items() if not k.startswith("drop_") and k not in _NOT_EVENTS
-    )
-    out.family(
+    for name, n in sorted(c.items()):
+        if name.startswith("drop_"):
+            drops.add_metric([name.removeprefix("drop_")], n)
+    yield drops
+    events = CounterMetricFamily(
         "dove_events_total",
-        "counter",
         "Every other core counter, by name (as dovectl counters shows them).",
-        [({"event": event}, n) for event, n in events],
+        labels=["event"],
     )
-    out.family(
+    for name, n in sorted(c.items()):
+        if not name.startswith("drop_") and name not in _NOT_EVENTS:
+            events.add_metric([name], n)
+    yield events
+    yield GaugeMetricFamily(
         "dove_ports_rejected",
-        "gauge",
         "VM ports ignored for bad OVSDB marks.",
-        [({}, c.get("ports_rejected", 0))],
+        value=c.get("ports_rejected", 0),
     )
     per_instance = sorted(snap.instances.items())
-    out.family(
+    endpoints = GaugeMetricFamily(
         "dove_instance_endpoints",
-        "gauge",
         "Endpoints per instance: VM ports here (local) and remote ones learned.",
-        [
-            ({"instance": str(i), "kind": kind}, n)
-            for i, counts in per_instance
-            for kind, n in (("local", counts.local), ("learned", counts.learned))
-        ],
+        labels=["instance", "kind"],
     )
-    out.family(
+    members = GaugeMetricFamily(
         "dove_instance_members",
-        "gauge",
         "Other hosts (and, for a proxy, remote proxies) serving the instance.",
-        [({"instance": str(i)}, counts.members) for i, counts in per_instance],
+        labels=["instance"],
     )
-    out.family(
+    for i, counts in per_instance:
+        endpoints.add_metric([str(i), "local"], counts.local)
+        endpoints.add_metric([str(i), "learned"], counts.learned)
+        members.add_metric([str(i)], counts.members)
+    yield endpoints
+    yield members
+    flows = GaugeMetricFamily(
         "dove_table_flows",
-        "gauge",
         "Our flows in each table, as the switch counts them (refreshed every few seconds).",
-        [({"table": t}, n) for t, n in snap.table_flows.items()],
+        labels=["table"],
     )
-    return "\n".join(out.lines) + "\n"
+    for table, n in snap.table_flows.items():
+        flows.add_metric([table], n)
+    yield flows

@@ -1,18 +1,26 @@
-"""The agent's Prometheus endpoint: ``GET /metrics`` over HTTP, stdlib only.
+"""The agent's Prometheus endpoint: ``GET /metrics`` over HTTP.
 
-A thin adapter: ``render`` (the shell's) copies the core's numbers under the shell's
-lock and renders them outside it.  Each connection is served by its own daemon
-thread with a socket timeout, so a slow or broken client costs a thread for a few
-seconds, never the agent; anything but ``GET``/``HEAD /metrics`` gets a 404 or 405.
+A thin adapter around prometheus_client's exposition: each scrape writes the agent's
+registry with `generate_latest` (its collector copies the core under the shell's
+lock).  Each connection is served by its own daemon thread with a socket timeout, so
+a slow or broken client costs a thread for a few seconds, never the agent; anything
+but ``GET``/``HEAD /metrics`` gets a 404 or 405.
+
+NOTE: prometheus_client 0.26.0's own server (`start_http_server`, `make_wsgi_app`) is
+not used: it serves the metrics on every path (no 404), refuses HEAD, sets no timeout
+on a client that never finishes its request (each holds a thread for good), prints a
+failing collector's traceback to stderr instead of our log, and listens as soon as it
+is made, before the agent starts.  This module keeps only the HTTP side.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+from prometheus_client import CollectorRegistry, generate_latest
 
 from dove_ryu.adapters.metrics import CONTENT_TYPE
 
@@ -42,12 +50,12 @@ class _Handler(BaseHTTPRequestHandler):
             self._reply(404, f"not found; the metrics are at {PATH}\n".encode(), with_body)
             return
         try:
-            text = self.server.render()
+            data = generate_latest(self.server.registry)
         except Exception:  # a bug must not end the thread without an answer
             LOG.exception("metrics: cannot render")
             self._reply(500, b"cannot render the metrics\n", with_body)
             return
-        self._reply(200, text.encode(), with_body, content_type=CONTENT_TYPE)
+        self._reply(200, data, with_body, content_type=CONTENT_TYPE)
 
     def _reply(
         self,
@@ -73,8 +81,8 @@ class _Handler(BaseHTTPRequestHandler):
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, address: tuple[str, int], render: Callable[[], str]) -> None:
-        self.render = render
+    def __init__(self, address: tuple[str, int], registry: CollectorRegistry) -> None:
+        self.registry = registry
         super().__init__(address, _Handler)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
@@ -83,10 +91,10 @@ class _Server(ThreadingHTTPServer):
 
 
 class MetricsServer:
-    """Serves ``render()`` at /metrics on (host, port); raises OSError if it cannot bind."""
+    """Serves ``registry`` at /metrics on (host, port); raises OSError if it cannot bind."""
 
-    def __init__(self, host: str, port: int, render: Callable[[], str]) -> None:
-        self.httpd = _Server((host, port), render)
+    def __init__(self, host: str, port: int, registry: CollectorRegistry) -> None:
+        self.httpd = _Server((host, port), registry)
         self.thread = threading.Thread(target=self.httpd.serve_forever, name="metrics", daemon=True)
 
     @property

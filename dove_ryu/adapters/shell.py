@@ -76,7 +76,7 @@ class DoveApp(app_manager.OSKenApp):  # type: ignore[misc]
         if self.cfg.metrics_port:
             host, port = str(self.cfg.metrics_host), self.cfg.metrics_port
             try:
-                self.metrics_server = MetricsServer(host, port, self._metrics)
+                self.metrics_server = MetricsServer(host, port, metrics.registry(self._metrics))
             except OSError as e:  # forwarding matters more than metrics
                 LOG.error(
                     "%s: no metrics: cannot listen on %s:%d: %s", self.cfg.name, host, port, e
@@ -296,16 +296,15 @@ class DoveApp(app_manager.OSKenApp):  # type: ignore[misc]
 
     # ------------------------------------------------------------- metrics
 
-    def _metrics(self) -> str:
+    def _metrics(self) -> metrics.Snapshot:
         """One scrape (on the metrics server's thread): fresh flow counts when due, the
-        core's numbers copied under the lock, rendered outside it."""
+        core's numbers copied under the lock (the collector builds the families outside it)."""
         with self.lock:
             asked = self._ask_table_flows(time.monotonic())
         if asked:
             self.table_flows_fresh.wait(TABLE_FLOWS_WAIT)
         with self.lock:
-            snap = metrics.snapshot(self.core, self.table_flows.counts)
-        return metrics.render(snap)
+            return metrics.snapshot(self.core, self.table_flows.counts)
 
     def _ask_table_flows(self, now: float) -> bool:
         """Ask the switch how many of our flows each table holds (call with the lock)."""

@@ -2,8 +2,9 @@
 
 Strict on what the agent promises: every family declared by ``# HELP`` then ``# TYPE``
 before its samples, each family's samples together, label values escaped, histogram
-buckets cumulative and ending in ``+Inf`` equal to ``_count``.  `Scrape.value` looks
-a sample up by name and labels.
+buckets cumulative and ending in ``+Inf`` equal to ``_count``; and prometheus_client's
+own parser must read the same samples.  `Scrape.value` looks a sample up by name and
+labels.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
+
+from prometheus_client.parser import text_string_to_metric_families
 
 KINDS = ("counter", "gauge", "histogram", "summary", "untyped")
 _NAME = r"[a-zA-Z_:][a-zA-Z0-9_:]*"
@@ -111,6 +114,14 @@ def parse(text: str) -> Scrape:
     for family in families.values():
         if family.kind == "histogram":
             _check_histogram(family)
+    ours = {key: v for family in families.values() for key, v in family.samples.items()}
+    theirs = {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+    if ours != theirs:
+        raise FormatError(f"prometheus_client reads other samples: {theirs} != {ours}")
     return Scrape(families)
 
 

@@ -15,6 +15,8 @@ from contextlib import contextmanager
 from ipaddress import IPv4Address
 
 import pytest
+from prometheus_client import REGISTRY, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 
 from dove_ryu.adapters import metrics
 from dove_ryu.adapters.metrics import Snapshot, TableFlows, render
@@ -197,10 +199,27 @@ def test_label_values_are_escaped() -> None:
     odd = 'hv "one"\\two\nthree'
     text = render(_snapshot(host=odd, counters={"drop_a\\b": 1}))
 
-    assert 'host="hv \\"one\\"\\\\two\\nthree"' in text
+    # prometheus_client's own parser reads back what its exposition wrote.
+    read = {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+    info = {"host": odd, "role": "host", "underlay_ip": "10.99.0.1"}
+    assert read[("dove_agent_info", frozenset(info.items()))] == 1
+    assert read[("dove_drops_total", frozenset({("reason", "a\\b")}))] == 1
     scrape = promtext.parse(text)
     assert scrape.value("dove_agent_info", host=odd, role="host", underlay_ip="10.99.0.1") == 1
     assert scrape.value("dove_drops_total", reason="a\\b") == 1
+
+
+def test_each_agent_has_a_registry_of_its_own() -> None:
+    one, two = (metrics.registry(lambda h=h: _snapshot(host=h)) for h in ("hv1", "hv2"))
+    assert REGISTRY not in (one, two)
+    for reg, host in ((one, "hv1"), (two, "hv2")):
+        scrape = promtext.parse(generate_latest(reg).decode())
+        assert [dict(k)["host"] for k in scrape.samples("dove_agent_info")] == [host]
+    assert b"dove_" not in generate_latest(REGISTRY)
 
 
 def test_every_line_is_a_comment_or_a_sample_and_families_come_whole() -> None:
@@ -285,8 +304,8 @@ def test_metrics_are_off_by_default_and_on_loopback_when_on() -> None:
 
 
 @contextmanager
-def serving(render_text: Callable[[], str]) -> Iterator[str]:
-    server = MetricsServer("127.0.0.1", 0, render_text)
+def serving(take: Callable[[], Snapshot]) -> Iterator[str]:
+    server = MetricsServer("127.0.0.1", 0, metrics.registry(take))
     server.start()
     try:
         host, port = server.address
@@ -307,13 +326,13 @@ def fetch(url: str, method: str = "GET") -> tuple[int, dict[str, str], bytes]:
 def test_the_endpoint_serves_the_text_and_refuses_the_rest() -> None:
     calls: list[int] = []
 
-    def render_text() -> str:
+    def take() -> Snapshot:
         calls.append(1)
         if len(calls) == 2:
             raise RuntimeError("a bug")
-        return render(_snapshot())
+        return _snapshot()
 
-    with serving(render_text) as base:
+    with serving(take) as base:
         status, headers, body = fetch(f"{base}/metrics")
         assert status == 200 and headers["Content-Type"] == metrics.CONTENT_TYPE
         promtext.parse(body.decode())
@@ -330,7 +349,7 @@ def test_the_endpoint_serves_the_text_and_refuses_the_rest() -> None:
 
 
 def test_a_silent_or_garbled_client_does_not_hold_up_a_scrape() -> None:
-    with serving(lambda: render(_snapshot())) as base:
+    with serving(_snapshot) as base:
         port = int(base.rsplit(":", 1)[1])
         silent = [socket.create_connection(("127.0.0.1", port)) for _ in range(3)]
         garbled = socket.create_connection(("127.0.0.1", port))
@@ -346,14 +365,14 @@ def test_a_silent_or_garbled_client_does_not_hold_up_a_scrape() -> None:
 
 
 def test_stopping_a_server_that_never_started_returns() -> None:
-    server = MetricsServer("127.0.0.1", 0, lambda: "")
+    server = MetricsServer("127.0.0.1", 0, metrics.registry(_snapshot))
     done = threading.Event()
     threading.Thread(target=lambda: (server.stop(), done.set()), daemon=True).start()
     assert done.wait(2.0)
 
 
 def test_a_taken_port_is_an_os_error_for_the_shell_to_report() -> None:
-    with serving(lambda: "") as base:
+    with serving(_snapshot) as base:
         port = int(base.rsplit(":", 1)[1])
         with pytest.raises(OSError):
-            MetricsServer("127.0.0.1", port, lambda: "")
+            MetricsServer("127.0.0.1", port, metrics.registry(_snapshot))
