@@ -73,7 +73,7 @@ class Out(Enum):
 
     PORT = "a local port"
     TUNNEL = "the tunnel"  # tunnel_id and tun_ipv4_dst set, then out (any port)
-    IN_PORT = "back out in_port"
+    IN_PORT = "in_port"  # back where it came from
     GROUP = "a group"
     CONTROLLER = "the agent"
 
@@ -135,13 +135,15 @@ def goto(table: str) -> Miss:
     return Miss(goto=table)
 
 
-def _miss_of(actions: tuple[Action, ...], goto_table: Table | None) -> Miss | None:
-    """The miss behaviour a flow has, or None when it is not one a miss can be."""
-    name = goto_table.name if goto_table else None
-    if not actions:
+def miss_of(fm: FlowMod) -> Miss | None:
+    """The miss behaviour a flow has, or None when a miss cannot be like it."""
+    name = BY_ID[fm.goto_table].name if fm.goto_table is not None else None
+    if fm.write_metadata is not None:
+        return None
+    if not fm.actions:
         return Miss(goto=name)
-    if len(actions) == 1 and isinstance(actions[0], Output) and name is None:
-        return Miss(output=outputs_of(actions)[0])
+    if len(fm.actions) == 1 and isinstance(fm.actions[0], Output) and name is None:
+        return Miss(output=outputs_of(fm.actions)[0])
     return None
 
 
@@ -208,13 +210,7 @@ class Table:
                     f"(only bits {self.metadata:#x})"
                 )
         _check_actions(f"table {self.name}", actions, self.sets, self.registers, self.outputs)
-        if priority == 0 and not match:
-            miss = _miss_of(actions, goto)
-            if miss != self.miss:
-                raise ValueError(
-                    f"table {self.name} misses with {self.miss}, not {miss or 'this flow'}"
-                )
-        return FlowMod(
+        fm = FlowMod(
             table_id=self.table_id,
             priority=priority,
             match=dict(match),
@@ -225,6 +221,11 @@ class Table:
             idle_timeout=idle_timeout,
             send_flow_removed=send_flow_removed,
         )
+        if priority == 0 and not match and miss_of(fm) != self.miss:
+            raise ValueError(
+                f"table {self.name} misses with {self.miss}, not {miss_of(fm) or 'this flow'}"
+            )
+        return fm
 
     def delete(self, *, match: Match, priority: int) -> FlowMod:
         """Delete the one flow of this table with this match and priority (a wider
@@ -246,8 +247,6 @@ class Table:
             raise ValueError(f"table {self.name} may not match on {sorted(unknown)}")
 
 
-_ETH = ("eth_src", "eth_dst", "eth_type")
-_ARP = ("arp_op", "arp_spa", "arp_tpa", "arp_sha")
 _TUNNEL_KEY = ("tunnel_id", "tun_ipv4_dst")  # what sending into the overlay sets
 
 # ------------------------------------------------------------------ the tables
@@ -270,7 +269,7 @@ PORT_SECURITY = Table(
     roles=(HOST,),
     miss=DROP,
     cookies=(Purpose.LOCAL_PORT, Purpose.DROP_SPOOF),
-    matches=("in_port", *_ETH, *_ARP),
+    matches=("in_port", "eth_src", "eth_type", "arp_sha", "arp_spa"),
     next_tables=("arp_nd",),
 )
 ARP_ND = Table(
@@ -280,7 +279,7 @@ ARP_ND = Table(
     roles=(HOST,),
     miss=goto("l2_forward"),
     cookies=(Purpose.PIPELINE, Purpose.ARP_LOCAL, Purpose.ARP_LEARNED, Purpose.INSTANCE),
-    matches=("metadata", "in_port", *_ETH, *_ARP),
+    matches=("metadata", "in_port", "eth_type", "arp_op", "arp_tpa"),
     next_tables=("l2_forward",),
     # The request turned into its reply.
     sets=("eth_src", "eth_dst", "arp_op", "arp_sha", "arp_spa", "arp_tha", "arp_tpa"),
@@ -333,7 +332,7 @@ EGRESS_CHECK = Table(
     roles=(HOST,),
     miss=TO_AGENT,
     cookies=(Purpose.EGRESS_MISS,),
-    matches=("metadata",),
+    matches=(),  # its miss is its only flow
     outputs=(Out.CONTROLLER,),
 )
 
@@ -373,8 +372,6 @@ def delete_by_cookie(cookie: Cookie | None, mask: int) -> FlowMod:
             raise ValueError("a delete of more than all our flows needs a cookie")
         value = cookies.OURS << cookies.OURS_SHIFT
     else:
-        if not any(cookie.purpose in t.cookies for t in TABLES):
-            raise ValueError(f"no table holds {cookie.purpose.name.lower()} flows")
         value = cookie.value
     return FlowMod(
         table_id=ALL_TABLES,
@@ -415,6 +412,8 @@ def _check_declaration() -> None:
                 table.name,
                 reg,
             )
+    # Every kind of flow lives somewhere, so a delete by any cookie can find it.
+    assert {p for t in TABLES for p in t.cookies} == set(Purpose)
 
 
 _check_declaration()
