@@ -288,7 +288,7 @@ ARP_ND = Table(
 L2_FORWARD = Table(
     40,
     "l2_forward",
-    "(instance, dst MAC) -> local port or tunnel; miss -> agent",
+    "(instance, dst MAC) -> local port or tunnel; unknown MAC -> agent",
     roles=(HOST, PROXY),
     miss=DROP,
     cookies=(
