@@ -170,6 +170,9 @@ def _check_actions(
 
 @dataclass(frozen=True)
 class Table:
+    """One table: what its flows may match, set, output to and jump to, what they
+    are for (cookie purposes) and its miss.  Flows and deletes are built here."""
+
     table_id: int
     name: str
     purpose: str
