@@ -1,5 +1,6 @@
-"""Flow builders: state in, flow-mods out.  Pure; every flow goes through a
-table declared in `dove_ryu.openflow.pipeline`."""
+"""Flow builders: state in, flow-mods out.  Pure; every flow, delete and group
+goes through the declaration in `dove_ryu.openflow.pipeline`, which refuses what
+the pipeline does not allow."""
 
 from __future__ import annotations
 
@@ -15,7 +16,6 @@ from dove_ryu.openflow.ofmsg import (
     OFPP_IN_PORT,
     Action,
     CheckLarger,
-    FlowCommand,
     FlowMod,
     Group,
     GroupCommand,
@@ -39,10 +39,11 @@ from dove_ryu.openflow.pipeline import (
     OVERSIZE_REGISTER,
     PORT_SECURITY,
     WAN_EGRESS,
+    delete_by_cookie,
+    group_mod,
     metadata_for,
 )
 
-OFPTT_ALL = 0xFF
 MULTICAST = ("01:00:00:00:00:00", "01:00:00:00:00:00")
 
 # Tags of the per-instance flows that punt to the agent.
@@ -116,15 +117,8 @@ def pipeline_defaults(tunnel_ofport: int) -> list[FlowMod]:
 def delete_all_ours() -> list[FlowMod | GroupMod]:
     """Remove every flow we own (by cookie) and every group: the start of a resync."""
     return [
-        FlowMod(
-            table_id=OFPTT_ALL,
-            priority=0,
-            match={},
-            cookie=cookies.OURS << cookies.OURS_SHIFT,
-            cookie_mask=cookies.MASK_OURS,
-            command=FlowCommand.DELETE,
-        ),
-        GroupMod(group_id=OFPG_ANY, command=GroupCommand.DELETE),
+        delete_by_cookie(None, cookies.MASK_OURS),
+        group_mod(OFPG_ANY, GroupCommand.DELETE),
     ]
 
 
@@ -226,14 +220,7 @@ def delete_local_port(port: VmPort) -> list[FlowMod]:
     """Delete every flow made for a VM port, by its exact cookies."""
     purposes = (Purpose.LOCAL_PORT, Purpose.LOCAL_ENDPOINT, Purpose.ARP_LOCAL, Purpose.DROP_SPOOF)
     return [
-        FlowMod(
-            table_id=OFPTT_ALL,
-            priority=0,
-            match={},
-            cookie=Cookie(p, port.instance, port.ofport).value,
-            cookie_mask=cookies.MASK_EXACT,
-            command=FlowCommand.DELETE,
-        )
+        delete_by_cookie(Cookie(p, port.instance, port.ofport), cookies.MASK_EXACT)
         for p in purposes
     ]
 
@@ -270,16 +257,9 @@ def instance_flows(instance: int) -> list[FlowMod]:
 
 def delete_instance(instance: int) -> list[FlowMod | GroupMod]:
     return [
-        FlowMod(
-            table_id=OFPTT_ALL,
-            priority=0,
-            match={},
-            cookie=Cookie(p, instance).value,
-            cookie_mask=cookies.MASK_PURPOSE_INSTANCE,
-            command=FlowCommand.DELETE,
-        )
+        delete_by_cookie(Cookie(p, instance), cookies.MASK_PURPOSE_INSTANCE)
         for p in (Purpose.INSTANCE, Purpose.MEMBER, Purpose.LEARNED, Purpose.ARP_LEARNED)
-    ] + [GroupMod(group_id=instance, command=GroupCommand.DELETE)]
+    ] + [group_mod(instance, GroupCommand.DELETE)]
 
 
 def tunnel_actions(tunnel_ofport: int, instance: int, host: IPv4Address) -> tuple[Action, ...]:
@@ -302,7 +282,7 @@ def flood_group(
     OpenFlow never outputs to the in_port."""
     buckets: list[tuple[Action, ...]] = [(Output(p),) for p in sorted(local_ofports)]
     buckets += [tunnel_actions(tunnel_ofport, instance, h) for h in sorted(members)]
-    return GroupMod(group_id=instance, command=command, buckets=tuple(buckets))
+    return group_mod(instance, command, buckets)
 
 
 def _member_match(instance: int, host: IPv4Address, tunnel_ofport: int) -> dict[str, MatchValue]:
@@ -484,10 +464,8 @@ def proxy_groups(
     """Broadcast from a remote proxy to each site member; from the site, once to each
     remote site's proxy."""
     return [
-        GroupMod(
-            group_id=group_id,
-            command=command,
-            buckets=tuple(tunnel_actions(OFPP_IN_PORT, instance, h) for h in sorted(hosts)),
+        group_mod(
+            group_id, command, (tunnel_actions(OFPP_IN_PORT, instance, h) for h in sorted(hosts))
         )
         for group_id, hosts in (
             (instance, site_members),
@@ -497,10 +475,7 @@ def proxy_groups(
 
 
 def delete_proxy_groups(instance: int) -> list[GroupMod]:
-    return [
-        GroupMod(group_id=g, command=GroupCommand.DELETE)
-        for g in (instance, instance | WAN_GROUP_BIT)
-    ]
+    return [group_mod(g, GroupCommand.DELETE) for g in (instance, instance | WAN_GROUP_BIT)]
 
 
 def proxied_flow(ep: Endpoint, behind_wan: bool, idle_timeout: int, wan_mtu: int) -> FlowMod:

@@ -1,7 +1,11 @@
 """The OpenFlow pipeline of a DOVE switch, declared once.
 
-Every flow is built through a `Table` below, which refuses a match field or a
-jump the declaration does not allow.  The agent tells OVS these names, so
+Each `Table` below says what its flows may do: which roles have it, what they
+match, which fields, metadata bits and registers they set, where they send a
+packet, which tables they jump to, what the table does on a miss, and which
+cookie purposes its flows carry.  Every flow and every delete is built through
+a table (or `delete_by_cookie`, every group through `group_mod`), which refuses
+anything the declaration does not allow.  The agent tells OVS these names, so
 ``ovs-ofctl dump-flows --names`` and ``ofproto/trace`` show them.
 
 Packet path::
@@ -24,11 +28,28 @@ wan_egress, which hands frames too big for the inter-site path to the agent::
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from enum import Enum
 
-from dove_ryu.openflow.cookies import Cookie
-from dove_ryu.openflow.ofmsg import Action, FlowCommand, FlowMod, Match
+from dove_ryu.openflow import cookies
+from dove_ryu.openflow.cookies import Cookie, Purpose
+from dove_ryu.openflow.ofmsg import (
+    OFPP_CONTROLLER,
+    OFPP_IN_PORT,
+    Action,
+    CheckLarger,
+    FlowCommand,
+    FlowMod,
+    Group,
+    GroupCommand,
+    GroupMod,
+    Match,
+    Move,
+    Output,
+    SetField,
+)
 
 INSTANCE_MASK = 0xFFFFFF
 FROM_TUNNEL = 1 << 24
@@ -36,19 +57,134 @@ FROM_WAN = 1 << 25  # proxy only: came from another site's proxy
 METADATA_MASK = INSTANCE_MASK | FROM_TUNNEL | FROM_WAN
 OVERSIZE_REGISTER = "reg0"  # wan_egress: bit 0 set when the frame is too big
 
+HOST = "host"
+PROXY = "proxy"
+ALL_TABLES = 0xFF  # OFPTT_ALL: a delete by cookie looks in every table
+_OFPP_MAX = 0xFFFFFF00  # ports above it are reserved (OpenFlow 1.3)
+_REGISTER = re.compile(r"reg\d+")
+
 
 def metadata_for(instance: int, from_tunnel: bool = False, from_wan: bool = False) -> int:
     return instance | (FROM_TUNNEL if from_tunnel else 0) | (FROM_WAN if from_wan else 0)
 
 
+class Out(Enum):
+    """Where a flow's actions send a packet."""
+
+    PORT = "a local port"
+    TUNNEL = "the tunnel"  # tunnel_id and tun_ipv4_dst set, then out (any port)
+    IN_PORT = "in_port"  # back where it came from
+    GROUP = "a group"
+    CONTROLLER = "the agent"
+
+
+def outputs_of(actions: Iterable[Action]) -> list[Out]:
+    """Where ``actions`` send a packet, in order."""
+    tunnelled = False
+    kinds: list[Out] = []
+    for action in actions:
+        if isinstance(action, SetField) and action.field == "tun_ipv4_dst":
+            tunnelled = True
+        elif isinstance(action, Group):
+            kinds.append(Out.GROUP)
+        elif isinstance(action, Output):
+            if action.port == OFPP_CONTROLLER:
+                kinds.append(Out.CONTROLLER)
+            elif tunnelled:
+                kinds.append(Out.TUNNEL)
+            elif action.port == OFPP_IN_PORT:
+                kinds.append(Out.IN_PORT)
+            elif action.port < _OFPP_MAX:
+                kinds.append(Out.PORT)
+            else:
+                raise ValueError(f"output to reserved port {action.port:#x}")
+    return kinds
+
+
+def _written(action: Action) -> str | None:
+    """The field or register an action writes."""
+    if isinstance(action, SetField):
+        return action.field
+    if isinstance(action, Move):
+        return action.dst
+    if isinstance(action, CheckLarger):
+        return action.register
+    return None
+
+
+@dataclass(frozen=True)
+class Miss:
+    """What a table does with a packet no other flow takes: its priority-0,
+    match-all flow either drops, outputs (and nothing else) or jumps."""
+
+    output: Out | None = None
+    goto: str | None = None
+
+    def __str__(self) -> str:
+        if self.goto:
+            return f"goto {self.goto}"
+        return f"output to {self.output.value}" if self.output else "drop"
+
+
+DROP = Miss()
+TO_AGENT = Miss(output=Out.CONTROLLER)
+BACK_OUT = Miss(output=Out.IN_PORT)
+
+
+def goto(table: str) -> Miss:
+    return Miss(goto=table)
+
+
+def miss_of(fm: FlowMod) -> Miss | None:
+    """The miss behaviour a flow has, or None when a miss cannot be like it."""
+    name = BY_ID[fm.goto_table].name if fm.goto_table is not None else None
+    if fm.write_metadata is not None:
+        return None
+    if not fm.actions:
+        return Miss(goto=name)
+    if len(fm.actions) == 1 and isinstance(fm.actions[0], Output) and name is None:
+        return Miss(output=outputs_of(fm.actions)[0])
+    return None
+
+
+def _check_actions(
+    owner: str,
+    actions: tuple[Action, ...],
+    sets: tuple[str, ...],
+    registers: tuple[str, ...],
+    outputs: tuple[Out, ...],
+) -> None:
+    for action in actions:
+        written = _written(action)
+        if written is None:
+            continue
+        if _REGISTER.fullmatch(written):
+            if written not in registers:
+                raise ValueError(f"{owner} may not set register {written}")
+        elif written not in sets:
+            raise ValueError(f"{owner} may not set {written}")
+    for kind in outputs_of(actions):
+        if kind not in outputs:
+            raise ValueError(f"{owner} may not output to {kind.value}")
+
+
 @dataclass(frozen=True)
 class Table:
+    """One table: what its flows may match, set, output to and jump to, what they
+    are for (cookie purposes) and its miss.  Flows and deletes are built here."""
+
     table_id: int
     name: str
     purpose: str
-    matches: frozenset[str]
+    roles: tuple[str, ...]  # which agents have the table (HOST, PROXY)
+    miss: Miss  # its priority-0 match-all flow, in every role that has it
+    cookies: tuple[Purpose, ...]  # what its flows are for
+    matches: tuple[str, ...]
     next_tables: tuple[str, ...] = ()
-    may_output: bool = True
+    sets: tuple[str, ...] = ()  # header fields (set_field, move)
+    metadata: int = 0  # the metadata bits it may write
+    registers: tuple[str, ...] = ()  # registers (check_pkt_larger, set_field, move)
+    outputs: tuple[Out, ...] = ()
 
     def flow(
         self,
@@ -63,15 +199,21 @@ class Table:
         send_flow_removed: bool = False,
     ) -> FlowMod:
         """An ADD flow-mod in this table, checked against the declaration."""
-        unknown = set(match) - self.matches
-        if unknown:
-            raise ValueError(f"table {self.name} may not match on {sorted(unknown)}")
+        actions = tuple(actions)
+        self._check_match(match)
+        if cookie.purpose not in self.cookies:
+            raise ValueError(f"table {self.name} holds no {cookie.purpose.name.lower()} flows")
         if goto is not None and goto.name not in self.next_tables:
             raise ValueError(f"table {self.name} may not jump to {goto.name}")
-        actions = tuple(actions)
-        if actions and not self.may_output:
-            raise ValueError(f"table {self.name} may not have actions")
-        return FlowMod(
+        if write_metadata is not None:
+            value, mask = write_metadata
+            if mask & ~self.metadata or value & ~mask:
+                raise ValueError(
+                    f"table {self.name} may not write metadata {value:#x}/{mask:#x} "
+                    f"(only bits {self.metadata:#x})"
+                )
+        _check_actions(f"table {self.name}", actions, self.sets, self.registers, self.outputs)
+        fm = FlowMod(
             table_id=self.table_id,
             priority=priority,
             match=dict(match),
@@ -82,68 +224,125 @@ class Table:
             idle_timeout=idle_timeout,
             send_flow_removed=send_flow_removed,
         )
+        if priority == 0 and not match and miss_of(fm) != self.miss:
+            raise ValueError(
+                f"table {self.name} misses with {self.miss}, not {miss_of(fm) or 'this flow'}"
+            )
+        return fm
 
-    def delete(self, *, match: Match, priority: int | None = None) -> FlowMod:
-        """Delete flows of this table by match (strict when a priority is given)."""
+    def delete(self, *, match: Match, priority: int) -> FlowMod:
+        """Delete the one flow of this table with this match and priority (a wider
+        delete by match would take other states' flows: delete by cookie instead)."""
+        self._check_match(match)
+        if priority == 0 and not match:
+            raise ValueError(f"table {self.name}: its miss flow ({self.miss}) is never deleted")
         return FlowMod(
             table_id=self.table_id,
-            priority=priority or 0,
+            priority=priority,
             match=dict(match),
             cookie=0,
-            command=FlowCommand.DELETE_STRICT if priority is not None else FlowCommand.DELETE,
+            command=FlowCommand.DELETE_STRICT,
         )
 
+    def _check_match(self, match: Match) -> None:
+        unknown = set(match) - set(self.matches)
+        if unknown:
+            raise ValueError(f"table {self.name} may not match on {sorted(unknown)}")
 
-_ETH = frozenset({"eth_src", "eth_dst", "eth_type"})
-_ARP = frozenset({"arp_op", "arp_spa", "arp_tpa", "arp_sha"})
+
+_TUNNEL_KEY = ("tunnel_id", "tun_ipv4_dst")  # what sending into the overlay sets
+
+# ------------------------------------------------------------------ the tables
 
 CLASSIFY = Table(
     0,
     "classify",
     "VM port -> instance; tunnel -> instance, only from member hosts; else drop",
-    frozenset({"in_port", "tunnel_id", "tun_ipv4_src", "tun_ipv4_dst"}),
-    ("port_security", "l2_forward", "egress_check"),
+    roles=(HOST, PROXY),
+    miss=DROP,
+    cookies=(Purpose.LOCAL_PORT, Purpose.MEMBER, Purpose.DROP_NONMEMBER, Purpose.DROP_UNCLASSIFIED),
+    matches=("in_port", "tunnel_id", "tun_ipv4_src", "tun_ipv4_dst"),
+    next_tables=("port_security", "l2_forward", "egress_check"),
+    metadata=INSTANCE_MASK | FROM_TUNNEL | FROM_WAN,
 )
 PORT_SECURITY = Table(
     10,
     "port_security",
     "a VM sends only from its own MAC (and its own IPs in ARP)",
-    frozenset({"in_port"}) | _ETH | _ARP,
-    ("arp_nd",),
+    roles=(HOST,),
+    miss=DROP,
+    cookies=(Purpose.LOCAL_PORT, Purpose.DROP_SPOOF),
+    matches=("in_port", "eth_src", "eth_type", "arp_sha", "arp_spa"),
+    next_tables=("arp_nd",),
 )
 ARP_ND = Table(
     20,
     "arp_nd",
     "ARP requests answered on the host; unknown targets resolved by the agent",
-    frozenset({"metadata", "in_port"}) | _ETH | _ARP,
-    ("l2_forward",),
+    roles=(HOST,),
+    miss=goto("l2_forward"),
+    cookies=(Purpose.PIPELINE, Purpose.ARP_LOCAL, Purpose.ARP_LEARNED, Purpose.INSTANCE),
+    matches=("metadata", "in_port", "eth_type", "arp_op", "arp_tpa"),
+    next_tables=("l2_forward",),
+    # The request turned into its reply.
+    sets=("eth_src", "eth_dst", "arp_op", "arp_sha", "arp_spa", "arp_tha", "arp_tpa"),
+    outputs=(Out.IN_PORT, Out.CONTROLLER),
 )
 L2_FORWARD = Table(
     40,
     "l2_forward",
-    "(instance, dst MAC) -> local port or tunnel; miss -> agent",
-    frozenset({"metadata", "eth_dst"}),
-    ("wan_egress", "flood", "egress_check"),
+    "(instance, dst MAC) -> local port or tunnel; unknown MAC -> agent",
+    roles=(HOST, PROXY),
+    miss=DROP,
+    cookies=(
+        Purpose.PIPELINE,
+        Purpose.LOCAL_ENDPOINT,
+        Purpose.LEARNED,
+        Purpose.INSTANCE,
+        Purpose.DROP_MISS,
+    ),
+    matches=("metadata", "eth_dst"),
+    next_tables=("wan_egress", "flood", "egress_check"),
+    sets=_TUNNEL_KEY,
+    registers=(OVERSIZE_REGISTER,),  # proxy: the size check before wan_egress
+    outputs=(Out.PORT, Out.TUNNEL, Out.CONTROLLER),
 )
 WAN_EGRESS = Table(
     45,
     "wan_egress",
     "proxy: to another site's proxy (or, broadcast, to each); too big for the inter-site "
     "path -> agent",
-    frozenset({OVERSIZE_REGISTER, "metadata", "eth_dst"}),
+    roles=(PROXY,),
+    miss=BACK_OUT,  # into the tunnel l2_forward addressed it to
+    cookies=(Purpose.PIPELINE, Purpose.WAN_OVERSIZE, Purpose.INSTANCE),
+    matches=(OVERSIZE_REGISTER, "metadata", "eth_dst"),
+    outputs=(Out.IN_PORT, Out.GROUP, Out.CONTROLLER),
 )
 FLOOD = Table(
     50,
     "flood",
     "broadcast/multicast -> the instance's group (local ports + member hosts)",
-    frozenset({"metadata"}),
+    roles=(HOST, PROXY),
+    miss=DROP,
+    cookies=(Purpose.INSTANCE, Purpose.DROP_MISS),
+    matches=("metadata",),
+    outputs=(Out.GROUP,),
 )
 EGRESS_CHECK = Table(
     60,
     "egress_check",
     "overlay packet for no local endpoint of its instance: punted, the sender un-learns",
-    frozenset({"metadata"}),
+    roles=(HOST,),
+    miss=TO_AGENT,
+    cookies=(Purpose.EGRESS_MISS,),
+    matches=(),  # its miss is its only flow
+    outputs=(Out.CONTROLLER,),
 )
+
+# The buckets of the ALL groups flood and wan_egress send to: local ports and
+# member hosts (or, on a proxy, back out the tunnel to each member or remote proxy).
+GROUP_SETS = _TUNNEL_KEY
+GROUP_OUTPUTS = (Out.PORT, Out.TUNNEL)
 
 TABLES: tuple[Table, ...] = (
     CLASSIFY,
@@ -157,13 +356,67 @@ TABLES: tuple[Table, ...] = (
 BY_NAME = {t.name: t for t in TABLES}
 BY_ID = {t.table_id: t for t in TABLES}
 
+# Deletes by cookie select all our flows, or one purpose of one instance, or one
+# state's flows exactly; the mask always keeps the "ours" byte.
+COOKIE_MASKS = (cookies.MASK_OURS, cookies.MASK_PURPOSE_INSTANCE, cookies.MASK_EXACT)
+
+
+def tables_of(role: str) -> tuple[Table, ...]:
+    return tuple(t for t in TABLES if role in t.roles)
+
+
+def delete_by_cookie(cookie: Cookie | None, mask: int) -> FlowMod:
+    """Delete our flows in every table: all of them (``cookie`` None, MASK_OURS), or
+    those of one purpose and instance, or one state's, by a mask of COOKIE_MASKS."""
+    if mask not in COOKIE_MASKS:
+        raise ValueError(f"cookie mask {mask:#x} is not one of {[hex(m) for m in COOKIE_MASKS]}")
+    if cookie is None:
+        if mask != cookies.MASK_OURS:
+            raise ValueError("a delete of more than all our flows needs a cookie")
+        value = cookies.OURS << cookies.OURS_SHIFT
+    else:
+        value = cookie.value
+    return FlowMod(
+        table_id=ALL_TABLES,
+        priority=0,
+        match={},
+        cookie=value,
+        cookie_mask=mask,
+        command=FlowCommand.DELETE,
+    )
+
+
+def group_mod(
+    group_id: int, command: GroupCommand, buckets: Iterable[tuple[Action, ...]] = ()
+) -> GroupMod:
+    """A group-mod whose buckets do only what the declaration lets a group do."""
+    buckets = tuple(buckets)
+    if command is GroupCommand.DELETE and buckets:
+        raise ValueError(f"group {group_id}: a delete has no buckets")
+    for bucket in buckets:
+        _check_actions(f"group {group_id}", bucket, GROUP_SETS, (), GROUP_OUTPUTS)
+    return GroupMod(group_id=group_id, command=command, buckets=buckets)
+
 
 def _check_declaration() -> None:
     for table in TABLES:
-        for name in table.next_tables:
+        assert table.roles and set(table.roles) <= {HOST, PROXY}, table.name
+        jumps = [*table.next_tables, *([table.miss.goto] if table.miss.goto else [])]
+        for name in jumps:
             target = BY_NAME[name]
-            # OpenFlow only jumps forward.
+            # OpenFlow only jumps forward, and to a table the same agents have.
             assert target.table_id > table.table_id, (table.name, name)
+            assert set(target.roles) & set(table.roles), (table.name, name)
+        assert table.miss.goto is None or table.miss.goto in table.next_tables, table.name
+        assert table.miss.output is None or table.miss.output in table.outputs, table.name
+        # A register is matched only where a table that sets it jumps.
+        for reg in filter(_REGISTER.fullmatch, table.matches):
+            assert any(reg in t.registers and table.name in t.next_tables for t in TABLES), (
+                table.name,
+                reg,
+            )
+    # Every kind of flow lives somewhere, so a delete by any cookie can find it.
+    assert {p for t in TABLES for p in t.cookies} == set(Purpose)
 
 
 _check_declaration()
