@@ -11,10 +11,11 @@ Made of:
   `Resolver`          LEARNs in flight, retries, bounds
   `LearnedEndpoints`  remote endpoints and their forwarding flows
   `Mobility`          VMs that left: who learned them, where they went
+  `Arrivals`          a VM arriving (ENDPOINT) or leaving (UN-LEARN)
   `ControlChannel`    authenticated messages to and from other agents
   `HostMisses`        the packet-in path (misses, packets for VMs not here)
 and adds the host's side of the protocol (paper IV-C): answering LEARNs for its VMs,
-announcing what it serves, ENDPOINT when a VM arrives and UN-LEARN when it leaves.
+announcing what it serves, following VMs that moved.
 """
 
 from __future__ import annotations
@@ -22,13 +23,14 @@ from __future__ import annotations
 import logging
 from ipaddress import IPv4Address
 
+from dove_ryu.agent.arrivals import Arrivals
 from dove_ryu.agent.channel import ControlChannel
 from dove_ryu.agent.endpoints import LearnedEndpoints
 from dove_ryu.agent.host_misses import HostMisses, TunnelFlows
 from dove_ryu.agent.instances import HostInstances
 from dove_ryu.agent.link import SwitchLink
 from dove_ryu.agent.membership import Membership
-from dove_ryu.agent.mobility import Mobility, next_seq
+from dove_ryu.agent.mobility import Mobility
 from dove_ryu.agent.ports import LocalPorts
 from dove_ryu.agent.resolver import Pending, Resolver, Target
 from dove_ryu.agent.stats import InstanceCounts, Stats, StatsView
@@ -77,6 +79,10 @@ class HostCore:
             self.stats, self.link, tunnel_flows, cfg.max_learned_per_instance, local=self.ports
         )
         self.mobility = Mobility(ttl=cfg.departure_memory)
+        self.arrivals = Arrivals(
+            cfg.name, self.me, self.stats, self.link, self.ports, self.members,
+            self.learned, self.mobility, self.channel,
+        )  # fmt: skip
         self.misses = HostMisses(
             self.me, self.stats, self.link, self.ports, self.learned, self.resolver,
             self.mobility, self.channel, tunnel_flows, self._ask,
@@ -123,13 +129,13 @@ class HostCore:
         changed: set[int] = set()
         gone, new = self.ports.differences(ports)
         for port in gone:
-            self._remove_port(now, port, out)
+            out.extend(self.arrivals.depart(now, port))
             changed.add(port.instance)
         for port in new:
             if (port.instance, port.mac) in self.ports:
                 self.stats.drop("duplicate_mac", now, f"port {port.name} mac {port.mac}")
                 continue
-            self._add_port(now, port, out)
+            out.extend(self.arrivals.arrive(now, port))
             changed.add(port.instance)
         after = self.ports.instances
         for instance in sorted(after - before):
@@ -143,65 +149,6 @@ class HostCore:
         if before != after:
             out.datagrams += self._announce(now)
         return out
-
-    def _add_port(self, now: float, port: VmPort, out: CoreOutput) -> None:
-        key = (port.instance, port.mac)
-        # Where it was before, if we knew: that host hears of the move at once.
-        before = self.learned.get(port.instance, port.mac)
-        departed = self.mobility.lookup(key, now)
-        known_seq = max(before.endpoint.seq if before else 0, departed.seq if departed else 0)
-        # A VM that arrives here replaces whatever was learned about its addresses.
-        stale = {port.mac} | {
-            e.endpoint.mac
-            for ip in port.ips
-            if (e := self.learned.get_by_ip(port.instance, ip)) is not None
-        }
-        for mac in sorted(stale):
-            out.ofmsgs += self.learned.forget(port.instance, mac)
-        seq = next_seq(known_seq, self.channel.wall_clock())
-        self.ports.add(port, seq)
-        self.mobility.arrived(key)
-        if self.link.connected:
-            out.ofmsgs += flows.local_port_flows(port)
-        self.stats.count("ports_added")
-        # The hosts serving the instance (and the VM's previous host) learn the new
-        # location now, with a sequence number above the old one.
-        here = EndpointHere(port.instance, port.mac, port.ips, self.me, seq)
-        targets = set(self.members.hosts(port.instance))
-        if before is not None:
-            targets.add(before.endpoint.host)
-        out.datagrams += self.channel.to_each(sorted(targets), here)
-        self.stats.count("endpoint_announced", len(targets))
-        LOG.info(
-            "%s: port %s up: instance %d mac %s ips %s ofport %d",
-            self.cfg.name,
-            port.name,
-            port.instance,
-            port.mac,
-            ",".join(map(str, port.ips)),
-            port.ofport,
-        )
-
-    def _remove_port(self, now: float, port: VmPort, out: CoreOutput) -> None:
-        key = (port.instance, port.mac)
-        seq = self.ports.remove(port)
-        # Un-learned everywhere it was learned, and by every host serving the instance
-        # (a VM that stops is gone for all of them; one that moves is re-learned).
-        learners = self.mobility.depart(key, seq, now)
-        unlearn = Unlearn(port.instance, port.mac, self.me, seq)
-        targets = learners | set(self.members.hosts(port.instance))
-        out.datagrams += self.channel.to_each(sorted(targets), unlearn)
-        self.stats.count("unlearn_sent", len(targets))
-        if self.link.connected:
-            out.ofmsgs += flows.delete_local_port(port)
-        self.stats.count("ports_removed")
-        LOG.info(
-            "%s: port %s down: instance %d mac %s",
-            self.cfg.name,
-            port.name,
-            port.instance,
-            port.mac,
-        )
 
     # ------------------------------------------------------------ packet-in
 
@@ -376,36 +323,11 @@ class HostCore:
         if not self.members.serves(msg.instance, sender):
             self.members.join(now, msg.instance, sender)
             out.ofmsgs += self._member_changed(msg.instance, sender, joined=True)
-        key = (msg.instance, msg.mac)
         ep = Endpoint(msg.instance, msg.mac, msg.ips, msg.host, msg.seq)
-        if key in self.ports:
-            # OVSDB says it is here; the port will go when the move completes.
-            self.stats.count("endpoint_still_local")
+        followed = self.arrivals.elsewhere(now, ep)
+        if followed is None:
             return out
-        if self.mobility.went_to(key, sender, msg.seq, now):
-            self.stats.count("departed_now_at_known_host")
-        current = self.learned.get(msg.instance, msg.mac)
-        just_unlearned = self.learned.just_unlearned(now, msg.instance, msg.mac, msg.seq)
-        if current is None and just_unlearned:
-            # Un-learned a moment ago by its old host (a move unplugs first): follow it.
-            self.stats.count("endpoint_moved")
-            out.ofmsgs += self.learned.remember(now, ep, sender)
-        elif current is not None:
-            if msg.seq <= current.endpoint.seq:
-                self.stats.count("endpoint_stale")
-                return out
-            LOG.info(
-                "%s: instance %d %s moved %s -> %s (seq %d -> %d)",
-                self.cfg.name,
-                msg.instance,
-                msg.mac,
-                current.endpoint.host,
-                sender,
-                current.endpoint.seq,
-                msg.seq,
-            )
-            self.stats.count("endpoint_moved")
-            out.ofmsgs += self.learned.remember(now, ep, sender)
+        out.ofmsgs += followed
         targets: list[Target] = [msg.mac, *msg.ips]
         for target in targets:
             pending = self.resolver.in_flight(msg.instance, target)
