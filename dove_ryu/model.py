@@ -7,22 +7,46 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 
+# An instance id is the VXLAN VNI of its traffic and fills the DOVE header's 24-bit
+# instance field.  0 is never an instance: cookies, the pipeline's metadata and a header
+# with the I flag clear use 0 for "no instance" (a flow or message of no instance).
 MAX_INSTANCE = (1 << 24) - 1
-_MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
+_MAC = re.compile(r"^[0-9a-f]{2}([:-])[0-9a-f]{2}(\1[0-9a-f]{2}){4}$")
 
 
-def normalize_mac(text: str) -> str:
-    mac = text.strip().lower().replace("-", ":")
+def normalize_mac(text: object, *, multicast: bool = False) -> str:
+    """``text`` as lowercase "aa:bb:cc:dd:ee:ff"; ValueError if it is not a MAC address.
+
+    Six pairs of hex digits in any case, split by ':' or by '-' (one kind throughout).
+    The one check for every MAC the package takes in: OVSDB port marks, dovectl's
+    arguments, control messages.  All of those name a VM (an endpoint), and a VM's MAC
+    is unicast, so the group bit (the lowest bit of the first octet) is refused.
+    ``multicast=True`` lets a group address through, for a destination an operator
+    names (a trace to ff:ff:ff:ff:ff:ff); never for an endpoint."""
+    if not isinstance(text, str):
+        raise ValueError(f"a MAC address must be a string, got {type(text).__name__}")
+    mac = text.strip().lower()
     if not _MAC.match(mac):
-        raise ValueError(f"{text!r} is not a MAC address")
-    if int(mac[:2], 16) & 1:
-        raise ValueError(f"{text!r} is a multicast MAC, not a VM address")
+        raise ValueError(f"{text!r} is not a MAC address (six hex pairs split by ':' or '-')")
+    mac = mac.replace("-", ":")
+    if not multicast and is_multicast(mac):
+        raise ValueError(f"{text!r} is a multicast MAC, not a VM's")
     return mac
 
 
-def check_instance(value: int) -> int:
-    if not 1 <= value <= MAX_INSTANCE:
-        raise ValueError(f"instance id {value} is not in 1..{MAX_INSTANCE}")
+def is_multicast(mac: str) -> bool:
+    """A group address (multicast or broadcast): the I/G bit of a normalised MAC."""
+    return bool(int(mac[:2], 16) & 1)
+
+
+def check_instance(value: object) -> int:
+    """``value`` if it is an instance id (an int in 1..MAX_INSTANCE); ValueError if not.
+
+    The one check for port marks, dovectl's ``--instance`` and every instance a control
+    message carries (in its header or an Announce's list): the same range everywhere,
+    since an id on the wire names an instance some port is marked with."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_INSTANCE:
+        raise ValueError(f"instance id {value!r} is not in 1..{MAX_INSTANCE}")
     return value
 
 

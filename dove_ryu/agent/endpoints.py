@@ -18,7 +18,7 @@ from typing import Protocol
 from dove_ryu.agent.link import SwitchLink
 from dove_ryu.agent.ports import LocalPorts
 from dove_ryu.agent.stats import Stats
-from dove_ryu.model import Endpoint, LearnedEndpoint
+from dove_ryu.model import Endpoint, LearnedEndpoint, is_multicast
 from dove_ryu.openflow.ofmsg import OfMsg
 from dove_ryu.protocol.messages import Requester, Unlearn
 
@@ -167,7 +167,7 @@ class LearnedEndpoints:
         left out, so a learned flow never shadows a local one (same match, same
         priority).  Multicast MACs are never endpoints."""
         local = self.local
-        if (local is not None and (ep.instance, ep.mac) in local) or int(ep.mac[:2], 16) & 1:
+        if (local is not None and (ep.instance, ep.mac) in local) or is_multicast(ep.mac):
             self.stats.drop("learn_claims_local_mac", now, f"{ep.mac} from {answered_by}")
             return []
         if local is not None:

@@ -192,6 +192,9 @@ class HostMisses:
             self.stats.drop("egress_without_tunnel", now)
             return CoreOutput()
         instance = metadata & INSTANCE_MASK
+        if not instance:
+            self.stats.drop("packet_in_unexpected", now, f"metadata {metadata:#x}")
+            return CoreOutput()
         try:
             frame = parse(data)
         except BadPacket as e:

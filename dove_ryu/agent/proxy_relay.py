@@ -309,7 +309,12 @@ class ProxyRelay:
         self.stats.count("packet_in")
         decoded = cookies.decode(cookie)
         self.stats.packet_ins[packet_in_reason(decoded)] += 1
-        if decoded is None or metadata is None or not self.link.connected:
+        if (
+            decoded is None
+            or not metadata
+            or not metadata & INSTANCE_MASK
+            or not self.link.connected
+        ):
             self.stats.drop("packet_in_unexpected", now, f"cookie {cookie:#x}")
             return CoreOutput()
         instance = metadata & INSTANCE_MASK

@@ -22,6 +22,7 @@ from dove_ryu.ctl.flowdump import (
     tunnel_ofport,
 )
 from dove_ryu.ctl.flowstate import AgentView, Origin, origin_of
+from dove_ryu.model import normalize_mac
 
 DEFAULT_BRIDGE = "br-dove"
 DEFAULT_SOCKET = "/var/run/dove-ryu/admin.sock"
@@ -144,17 +145,11 @@ def looks_like_mac(text: str) -> bool:
 
 
 def check_mac(text: str, multicast: bool = False) -> str:
-    value = text.strip().lower().replace("-", ":")
-    parts = value.split(":")
-    if len(parts) != 6 or not all(len(p) == 2 and hex_digits(p) for p in parts):
-        raise FlowsError(f"{text!r} is not a MAC address")
-    if not multicast and int(parts[0], 16) & 1:
-        raise FlowsError(f"{text!r} is a multicast MAC, not a VM's")
-    return value
-
-
-def hex_digits(text: str) -> bool:
-    return all(c in "0123456789abcdef" for c in text)
+    """dove_ryu.model.normalize_mac, failing with a FlowsError."""
+    try:
+        return normalize_mac(text, multicast=multicast)
+    except ValueError as e:
+        raise FlowsError(str(e)) from None
 
 
 def socket_of(args: argparse.Namespace) -> str:

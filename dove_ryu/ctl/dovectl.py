@@ -19,7 +19,7 @@ from dove_ryu.adapters.admin import query
 from dove_ryu.ctl import flows as ctl_flows
 from dove_ryu.ctl import graph as ctl_graph
 from dove_ryu.ctl import ports as ctl_ports
-from dove_ryu.model import MAX_INSTANCE
+from dove_ryu.model import check_instance, normalize_mac
 
 DEFAULT_SOCKET = "/var/run/dove-ryu/admin.sock"
 DEFAULT_OVSDB = "unix:/var/run/openvswitch/db.sock"
@@ -132,7 +132,7 @@ def cmd_endpoints(args: argparse.Namespace, status: dict[str, Any] | None = None
             )
     mac = getattr(args, "mac", None)
     if mac:
-        rows = [r for r in rows if r["mac"] == ctl_ports.check_mac(mac)]
+        rows = [r for r in rows if r["mac"] == normalize_mac(mac)]
     if args.json:
         return rows
     _table(
@@ -254,10 +254,14 @@ def cmd_graph(args: argparse.Namespace) -> Any:
 
 
 def cmd_attach(args: argparse.Namespace) -> Any:
-    instance = args.instance
-    if not 1 <= instance <= MAX_INSTANCE:
-        raise CtlError(f"--instance {instance}: not in 1..{MAX_INSTANCE}")
-    mac = ctl_ports.check_mac(args.mac)
+    try:
+        instance = check_instance(args.instance)
+    except ValueError as e:
+        raise CtlError(f"--instance {args.instance}: {e}") from None
+    try:
+        mac = normalize_mac(args.mac)
+    except ValueError as e:
+        raise CtlError(f"--mac {args.mac}: invalid MAC address: {e}") from None
     ips = [IPv4Address(ip) for ip in args.ip or []]
     ctl_ports.attach(args.ovsdb, args.bridge, args.port, instance, mac, ips)
     ofport = _wait_local(args, args.port, present=True)

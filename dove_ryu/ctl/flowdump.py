@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ovs.flow.decoders import EthMask, IntMask, IPMask, decode_int, decode_time
+from ovs.flow.decoders import EthMask, IntMask, IPMask, decode_int
 from ovs.flow.kv import KeyValue, KVDecoders, KVParser
 from ovs.flow.ofp import OFPFlow
 
@@ -29,26 +29,12 @@ class DumpError(ValueError):
     """A dump or a status that cannot be read; the message says which line or key."""
 
 
-# NOTE (ovs 3.1.2, python/ovs/flow/ofp.py): OFPFlow's info decoders spell the
-# counter "n_packet" and lack "idle_age", so in strict mode no dump with
-# statistics parses; later releases fix it.  We give the class the decoders it
-# caches (a superset of its own).  Dumps are taken with --no-names: the same
-# decoders read ``table=`` and ``goto_table:`` as integers, so table names would
-# not parse either; names come from our pipeline declaration instead.
-OFPFlow._info_decoders = KVDecoders(
-    {
-        "table": decode_int,
-        "duration": decode_time,
-        "n_packets": decode_int,
-        "n_bytes": decode_int,
-        "cookie": decode_int,
-        "idle_timeout": decode_time,
-        "hard_timeout": decode_time,
-        "idle_age": decode_time,
-        "hard_age": decode_time,
-        "importance": decode_int,
-    }
-)
+# NOTE (ovs 4.0.0, python/ovs/flow/ofp.py): OFPFlow decodes ``table=`` and
+# ``goto_table:`` as integers only, so a dump taken with --names (table names, some
+# quoted) does not parse.  Dumps are taken with --no-names; table and port names come
+# from our pipeline declaration and from dump-ports-desc instead.  (ovs 3.1.2 also
+# misspelt the "n_packets" counter and lacked "idle_age" among the info decoders; 4.0.0
+# fixed that, so the package's own decoders are used as they are.)
 
 
 # ------------------------------------------------------------------ fields

@@ -15,21 +15,13 @@ import time
 from collections.abc import Callable, Iterable
 from ipaddress import IPv4Address
 
-from dove_ryu.protocol.messages import normalize_mac
+from dove_ryu.model import check_instance, normalize_mac
 
 Run = Callable[[str], str]  # runs a shell command line in some namespace, returns output
 
 
 class PortError(Exception):
     """A port operation OVSDB or the kernel refused; the message says which."""
-
-
-def check_mac(text: str) -> str:
-    """A unicast MAC address, normalised; ValueError otherwise."""
-    mac = normalize_mac(text)
-    if int(mac[:2], 16) & 1:
-        raise ValueError(f"{text}: a multicast MAC cannot be a VM's")
-    return mac
 
 
 def vsctl(db: str, *args: str) -> str:
@@ -41,7 +33,9 @@ def vsctl(db: str, *args: str) -> str:
 
 
 def marks(instance: int, mac: str, ips: Iterable[IPv4Address]) -> list[str]:
-    """The Interface external_ids that make a port a VM port of ``instance``."""
+    """The Interface external_ids that make a port a VM port of ``instance``; ValueError
+    for an instance or MAC the agent would reject (the checks of dove_ryu.model)."""
+    instance, mac = check_instance(instance), normalize_mac(mac)
     out = [f'external_ids:dove-instance="{instance}"', f'external_ids:attached-mac="{mac}"']
     addresses = ",".join(str(ip) for ip in ips)
     if addresses:

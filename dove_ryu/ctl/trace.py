@@ -30,6 +30,7 @@ from dove_ryu.ctl.common import (
 from dove_ryu.ctl.flowdump import DumpError, parse_match
 from dove_ryu.ctl.flowstate import AgentView, LearnedEndpoint, LocalEndpoint
 from dove_ryu.ctl.flowtrace import Hop, HopInput, Outcome, Packet, RawTrace, explain, parse_trace
+from dove_ryu.model import is_multicast
 from dove_ryu.openflow.cookies import Purpose, decode
 from dove_ryu.openflow.flows import TAG_ARP_MISS, TAG_L2_MISS
 
@@ -135,7 +136,7 @@ def build_request(
     dst_ips = ep.ips if ep else ()
     l3 = f",icmp,nw_src={src_ip},nw_dst={dst_ips[0]}" if src_ip and dst_ips else ""
     known = _endpoint_text(ep) if ep else "not known here"
-    if int(mac[:2], 16) & 1:
+    if is_multicast(mac):
         known = "broadcast" if mac == BROADCAST else "multicast"
     return TraceRequest(f"{head},dl_dst={mac}{l3}", f"{what} to {mac} ({known})", instance)
 

@@ -6,6 +6,8 @@ import struct
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 
+from dove_ryu.model import is_multicast
+
 ETH_TYPE_ARP = 0x0806
 ETH_TYPE_IPV4 = 0x0800
 ETH_TYPE_VLAN = 0x8100
@@ -39,7 +41,7 @@ class Frame:
 
     @property
     def is_multicast(self) -> bool:
-        return int(self.dst[:2], 16) & 1 == 1
+        return is_multicast(self.dst)
 
 
 class BadPacket(ValueError):

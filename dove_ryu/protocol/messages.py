@@ -21,6 +21,10 @@ PROXY (non-critical) says the sender is a VAN proxy of a site, active or standby
 its priority.  Frame carries, between two proxies, an overlay frame too big for the
 inter-site path: the header's fragment ID, index and M flag (paper Fig. 3) put it back
 together on the far side.
+
+Every instance a message carries is an instance id (1..2**24-1) and every MAC a VM's
+(unicast), by the same checks as OVSDB port marks and dovectl (``dove_ryu.model``):
+building a message with anything else raises ValueError, decoding one MalformedMessage.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 from ipaddress import IPv4Address
 
+from dove_ryu.model import check_instance, normalize_mac
 from dove_ryu.protocol.auth import MAC_LEN, AuthError, compute_mac, verify_mac
 from dove_ryu.protocol.header import (
     FLAG_EXTENSIONS,
@@ -40,7 +45,6 @@ from dove_ryu.protocol.header import (
     HEADER_LEN,
     MAX_FRAG_INDEX,
     MAX_FRAME_LEN,
-    MAX_INSTANCE_ID,
     TLV_HEADER_LEN,
     DoveHeader,
     MalformedMessage,
@@ -97,18 +101,6 @@ _ANNOUNCE_OVERHEAD = (
 FRAME_OVERHEAD = HEADER_LEN + (3 + 4) + (3 + 8) + (3 + 4) + 3 + _AUTH_TLV_LEN
 MAX_ANNOUNCE_INSTANCES = (MAX_FRAME_LEN - _ANNOUNCE_OVERHEAD) // 3
 
-_MAC_RE = re.compile(r"^[0-9a-f]{2}([:-])[0-9a-f]{2}(\1[0-9a-f]{2}){4}$")
-
-
-def normalize_mac(mac: str) -> str:
-    """Return ``mac`` as lowercase "aa:bb:cc:dd:ee:ff"; accepts ':' or '-' separators."""
-    if not isinstance(mac, str):
-        raise ValueError(f"MAC must be a string, got {type(mac).__name__}")
-    low = mac.strip().lower()
-    if not _MAC_RE.match(low):
-        raise ValueError(f"invalid MAC address {mac!r}")
-    return low.replace("-", ":")
-
 
 def _check_ips(ips: object) -> None:
     """A tuple of distinct IPv4 addresses."""
@@ -123,10 +115,6 @@ def _check_ips(ips: object) -> None:
 def _check_range(name: str, value: int, low: int, high: int) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
         raise ValueError(f"{name} must be an integer in [{low}, {high}], got {value!r}")
-
-
-def _check_instance(value: int) -> None:
-    _check_range("instance", value, 0, MAX_INSTANCE_ID)
 
 
 def _check_ip(name: str, value: object) -> None:
@@ -163,7 +151,7 @@ class Announce:
         if not isinstance(self.instances, frozenset):
             raise ValueError("instances must be a frozenset")
         for inst in self.instances:
-            _check_instance(inst)
+            check_instance(inst)
         if len(self.instances) > MAX_ANNOUNCE_INSTANCES:
             raise ValueError(
                 f"{len(self.instances)} instances exceed {MAX_ANNOUNCE_INSTANCES} per Announce"
@@ -195,7 +183,7 @@ class LearnRequest:
     requester: Requester | None = None
 
     def __post_init__(self) -> None:
-        _check_instance(self.instance)
+        check_instance(self.instance)
         _check_range("request_id", self.request_id, 0, 0xFFFFFFFF)
         if (self.mac is None) == (self.ip is None):
             raise ValueError("exactly one of mac and ip must be set")
@@ -217,7 +205,7 @@ class LearnReply:
     seq: int
 
     def __post_init__(self) -> None:
-        _check_instance(self.instance)
+        check_instance(self.instance)
         _check_range("request_id", self.request_id, 0, 0xFFFFFFFF)
         object.__setattr__(self, "mac", normalize_mac(self.mac))
         _check_ips(self.ips)
@@ -235,7 +223,7 @@ class Unlearn:
     seq: int
 
     def __post_init__(self) -> None:
-        _check_instance(self.instance)
+        check_instance(self.instance)
         object.__setattr__(self, "mac", normalize_mac(self.mac))
         _check_ip("host", self.host)
         _check_range("seq", self.seq, 0, SEQ_LIMIT)
@@ -253,7 +241,7 @@ class EndpointHere:
     seq: int
 
     def __post_init__(self) -> None:
-        _check_instance(self.instance)
+        check_instance(self.instance)
         object.__setattr__(self, "mac", normalize_mac(self.mac))
         _check_ip("host", self.host)
         _check_range("seq", self.seq, 0, SEQ_LIMIT)
@@ -271,7 +259,7 @@ class FrameFragment:
     data: bytes
 
     def __post_init__(self) -> None:
-        _check_instance(self.instance)
+        check_instance(self.instance)
         _check_range("frag_id", self.frag_id, 0, 0xFFFF)
         _check_range("index", self.index, 0, MAX_FRAG_INDEX)
         if not isinstance(self.data, bytes) or not self.data:
@@ -453,8 +441,14 @@ class _Fields:
 
 
 def _instance(header: DoveHeader, want: bool) -> int:
+    """The header's instance, for a message type that has one (``want``)."""
     if header.has_instance != want:
         raise MalformedMessage("bad_instance", "I flag does not match message type")
+    if want:
+        try:
+            check_instance(header.instance_id)
+        except ValueError as e:
+            raise MalformedMessage("bad_instance", str(e)) from None
     return header.instance_id
 
 

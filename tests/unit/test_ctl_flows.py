@@ -17,7 +17,14 @@ from dove_ryu.ctl import common as ctl_common
 from dove_ryu.ctl import flows as ctl_flows
 from dove_ryu.ctl import trace as ctl_trace
 from dove_ryu.ctl.common import FlowsError, Node
-from dove_ryu.ctl.flowdump import parse_flow, parse_flows, parse_groups, parse_ports, tunnel_ofport
+from dove_ryu.ctl.flowdump import (
+    DumpError,
+    parse_flow,
+    parse_flows,
+    parse_groups,
+    parse_ports,
+    tunnel_ofport,
+)
 from dove_ryu.ctl.flowstate import AgentView, FlowFilter, origin_of
 from dove_ryu.ctl.flowtrace import HopInput, Packet, explain, parse_trace
 from dove_ryu.ctl.trace import Peer, Peers, build_request, trace_path
@@ -137,6 +144,16 @@ def test_a_flow_line_keeps_its_counters_timeouts_and_names() -> None:
     match, actions = flow.render({1: "vxlan0"})
     assert match == "priority=100,metadata=0x1389/0x3ffffff,dl_dst=02:00:00:00:02:01"
     assert actions.endswith("set_field:10.99.0.201->tun_dst,output:vxlan0")
+
+
+def test_a_dump_with_table_names_is_refused_so_dumps_are_taken_without_names() -> None:
+    """The NOTE in flowdump: ovs 4.0.0 reads ``table=`` and ``goto_table:`` as numbers.
+    Should a later ``ovs`` parse names, this fails and the --no-names dumps can go."""
+    with pytest.raises(DumpError, match="in_classify"):
+        parse_flow(
+            " cookie=0xd009000000000000, duration=5.1s, table=in_classify, n_packets=0,"
+            " n_bytes=0, priority=10,in_port=vxlan0 actions=goto_table:l2_lookup"
+        )
 
 
 def test_cookies_decode_to_the_state_that_made_them() -> None:

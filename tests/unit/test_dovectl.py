@@ -11,7 +11,7 @@ import pytest
 
 from dove_ryu.ctl import dovectl
 from dove_ryu.ctl import graph as ctl_graph
-from dove_ryu.ctl.ports import check_mac, marks
+from dove_ryu.ctl.ports import marks
 
 pytestmark = pytest.mark.unit
 
@@ -86,14 +86,15 @@ def test_dot_has_a_cluster_per_site_and_counts_per_instance(tmp_path: Path) -> N
 
 
 def test_port_marks_and_mac_checks() -> None:
-    assert check_mac("02-00-00-00-00-0A") == "02:00:00:00:00:0a"
+    assert marks(5001, "02-00-00-00-00-0A", []) == [
+        'external_ids:dove-instance="5001"',
+        'external_ids:attached-mac="02:00:00:00:00:0a"',
+    ]
     for bad in ("01:00:5e:00:00:01", "zz", "02:00:00:00:00"):
         with pytest.raises(ValueError):
-            check_mac(bad)
-    assert marks(5001, "02:00:00:00:00:01", []) == [
-        'external_ids:dove-instance="5001"',
-        'external_ids:attached-mac="02:00:00:00:00:01"',
-    ]
+            marks(5001, bad, [])
+    with pytest.raises(ValueError):
+        marks(0, "02:00:00:00:00:01", [])
 
 
 def test_every_read_command_takes_json() -> None:

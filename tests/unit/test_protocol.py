@@ -9,6 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from dove_ryu.model import MAX_INSTANCE, normalize_mac
 from dove_ryu.protocol.auth import (
     AuthError,
     CounterSource,
@@ -40,7 +41,6 @@ from dove_ryu.protocol.messages import (
     Unlearn,
     decode,
     encode,
-    normalize_mac,
 )
 
 pytestmark = pytest.mark.unit
@@ -54,10 +54,14 @@ FAST = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCh
 
 # --- strategies ---------------------------------------------------------------------------
 
-instances = st.integers(0, 2**24 - 1)
+header_instances = st.integers(0, 2**24 - 1)  # the field: 0 when the I flag is clear
+instances = st.integers(1, MAX_INSTANCE)  # what a message carries: an instance id
 u32 = st.integers(0, 2**32 - 1)
 ipv4 = st.integers(0, 2**32 - 1).map(IPv4Address)
-macs = st.binary(min_size=6, max_size=6).map(lambda b: ":".join(f"{x:02X}" for x in b))
+# A VM's MAC: any unicast address (the group bit of the first octet clear), upper case.
+macs = st.binary(min_size=6, max_size=6).map(
+    lambda b: ":".join(f"{x:02X}" for x in bytes([b[0] & 0xFE]) + b[1:])
+)
 
 announces = st.builds(
     Announce, st.frozensets(instances, max_size=MAX_ANNOUNCE_INSTANCES).map(frozenset)
@@ -123,7 +127,7 @@ def _unlearn_tlvs() -> list[Tlv]:
 
 
 @given(
-    instance=instances,
+    instance=header_instances,
     frag_id=st.integers(0, 0xFFFF),
     frag_index=st.integers(0, 0x7FFF),
     more=st.booleans(),
@@ -232,10 +236,13 @@ def test_message_round_trip(message: Message, sender: IPv4Address, counter: int)
 
 def test_mac_normalised() -> None:
     assert normalize_mac("AA-BB-CC-DD-EE-0F") == "aa:bb:cc:dd:ee:0f"
-    assert LearnRequest(1, 2, mac="AA:BB:CC:DD:EE:FF").mac == "aa:bb:cc:dd:ee:ff"
+    assert LearnRequest(1, 2, mac="AA:BB:CC:DD:EE:FE").mac == "aa:bb:cc:dd:ee:fe"
     for bad in ("aa:bb:cc:dd:ee", "aa:bb:cc:dd:ee:fg", "aa:bb-cc:dd:ee:ff", "aabbccddeeff"):
         with pytest.raises(ValueError):
             normalize_mac(bad)
+    for group in ("AB:BB:CC:DD:EE:FF", "ff:ff:ff:ff:ff:ff", "01:00:5e:00:00:01"):
+        with pytest.raises(ValueError, match="multicast"):
+            LearnRequest(1, 2, mac=group)
 
 
 def test_message_validation() -> None:
@@ -259,7 +266,7 @@ def test_encode_refuses_oversized_frame() -> None:
 
 
 def test_full_announce_fits() -> None:
-    announce = Announce(frozenset(range(MAX_ANNOUNCE_INSTANCES)))
+    announce = Announce(frozenset(range(1, MAX_ANNOUNCE_INSTANCES + 1)))
     frame = encode(announce, sender=SENDER, counter=1, key=KEY)
     assert len(frame) <= MAX_FRAME_LEN
     assert decode(frame, key=KEY).message == announce
@@ -319,6 +326,25 @@ def test_authentic_unknown_non_critical_tlv_skipped() -> None:
             _unlearn_header(),
             [*_common_tlvs(), *_unlearn_tlvs(), Tlv(TlvType.REQUEST_ID, bytes(4))],
             "unexpected_tlv",
+        ),
+        (
+            DoveHeader(flags=FLAG_INSTANCE | FLAG_EXTENSIONS, msg_type=MsgType.UNLEARN),
+            [*_common_tlvs(), *_unlearn_tlvs()],
+            "bad_instance",  # the I flag set but instance 0: no instance has that id
+        ),
+        (
+            _unlearn_header(),
+            [
+                *_common_tlvs(),
+                Tlv(TlvType.MAC, bytes.fromhex("01005e000001")),
+                *_unlearn_tlvs()[1:],
+            ],
+            "bad_tlv_value",  # a multicast MAC is never a VM's
+        ),
+        (
+            DoveHeader(flags=FLAG_EXTENSIONS, msg_type=MsgType.ANNOUNCE),
+            [*_common_tlvs(), Tlv(TlvType.INSTANCES, bytes.fromhex("001389000000"))],
+            "bad_tlv_value",  # 5001 and 0
         ),
         (
             DoveHeader(flags=FLAG_EXTENSIONS, msg_type=MsgType.ANNOUNCE),
