@@ -18,24 +18,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address
 from typing import Any
 
-from dove_ryu.openflow.ofmsg import (
-    OFPG_ANY,
-    OFPP_CONTROLLER,
-    OFPP_IN_PORT,
-    OFPP_TABLE,
-    Action,
-    Barrier,
-    FlowCommand,
-    FlowMod,
-    Group,
-    GroupCommand,
-    GroupMod,
-    Move,
-    OfMsg,
-    Output,
-    PacketOut,
-    SetField,
-)
+from dove_ryu.openflow import ofmsg as of
 from dove_ryu.openflow.packet import ETH_TYPE_ARP, build_arp, mac_bytes, parse
 
 OFPTT_ALL = 0xFF
@@ -89,7 +72,7 @@ class Flow:
     priority: int
     match: dict[str, Any]
     cookie: int
-    actions: tuple[Action, ...]
+    actions: tuple[of.Action, ...]
     goto_table: int | None
     write_metadata: tuple[int, int] | None
     idle_timeout: int
@@ -156,37 +139,37 @@ class FakeSwitch:
     def __init__(self, tunnel_port: int | None = None) -> None:
         self.tunnel_port = tunnel_port
         self.tables: dict[int, list[Flow]] = {}
-        self.groups: dict[int, tuple[tuple[Action, ...], ...]] = {}
+        self.groups: dict[int, tuple[tuple[of.Action, ...], ...]] = {}
         self.errors: list[str] = []
         self.in_port_drops = 0
 
     # ----------------------------------------------------------------- messages
 
-    def apply(self, msgs: Iterable[OfMsg]) -> list[Delivery]:
+    def apply(self, msgs: Iterable[of.OfMsg]) -> list[Delivery]:
         """Apply messages in order; returns what the packet-outs among them emitted."""
         out: list[Delivery] = []
         for msg in msgs:
-            if isinstance(msg, FlowMod):
+            if isinstance(msg, of.FlowMod):
                 self._flow_mod(msg)
-            elif isinstance(msg, GroupMod):
+            elif isinstance(msg, of.GroupMod):
                 self._group_mod(msg)
-            elif isinstance(msg, PacketOut):
+            elif isinstance(msg, of.PacketOut):
                 state = {**pkt_from_bytes(msg.data), "in_port": msg.in_port, "metadata": 0}
                 self._actions(msg.actions, state, out, cookie=None, packet_out=True)
-            elif not isinstance(msg, Barrier):
+            elif not isinstance(msg, of.Barrier):
                 raise TypeError(f"fake switch cannot apply {msg!r}")
         return out
 
-    def _flow_mod(self, fm: FlowMod) -> None:
-        if fm.command is FlowCommand.ADD:
+    def _flow_mod(self, fm: of.FlowMod) -> None:
+        if fm.command is of.FlowCommand.ADD:
             self._add(fm)
-        elif fm.command is FlowCommand.MODIFY_STRICT:
+        elif fm.command is of.FlowCommand.MODIFY_STRICT:
             for flow in self.tables.get(fm.table_id, []):
                 if flow.priority == fm.priority and flow.match == dict(fm.match):
                     flow.actions, flow.goto_table = fm.actions, fm.goto_table
                     flow.write_metadata = fm.write_metadata
         elif fm.is_delete:
-            strict = fm.command is FlowCommand.DELETE_STRICT
+            strict = fm.command is of.FlowCommand.DELETE_STRICT
             ids = list(self.tables) if fm.table_id == OFPTT_ALL else [fm.table_id]
             for table_id in ids:
                 self.tables[table_id] = [
@@ -196,21 +179,21 @@ class FakeSwitch:
             raise TypeError(f"unknown flow command {fm.command!r}")
 
     @staticmethod
-    def _doomed(flow: Flow, fm: FlowMod, strict: bool) -> bool:
+    def _doomed(flow: Flow, fm: of.FlowMod, strict: bool) -> bool:
         if flow.cookie & fm.cookie_mask != fm.cookie & fm.cookie_mask:
             return False
         if strict:
             return flow.priority == fm.priority and flow.match == dict(fm.match)
         return _covers(fm.match, flow.match)
 
-    def _add(self, fm: FlowMod) -> None:
+    def _add(self, fm: of.FlowMod) -> None:
         if fm.table_id == OFPTT_ALL:
             self.errors.append(f"add to table 0xff: {fm}")
             return
         if fm.goto_table is not None and fm.goto_table <= fm.table_id:
             self.errors.append(f"goto_table must go forward: {fm}")
             return
-        missing = [a.group_id for a in fm.actions if isinstance(a, Group)]
+        missing = [a.group_id for a in fm.actions if isinstance(a, of.Group)]
         missing = [g for g in missing if g not in self.groups]
         if missing:
             self.errors.append(f"OFPBAC_BAD_OUT_GROUP {missing}: {fm}")
@@ -234,19 +217,19 @@ class FakeSwitch:
         at = next((i for i, f in enumerate(table) if f.priority < fm.priority), len(table))
         table.insert(at, flow)
 
-    def _group_mod(self, gm: GroupMod) -> None:
-        if gm.command is GroupCommand.ADD:
-            if gm.group_id == OFPG_ANY or gm.group_id in self.groups:
+    def _group_mod(self, gm: of.GroupMod) -> None:
+        if gm.command is of.GroupCommand.ADD:
+            if gm.group_id == of.OFPG_ANY or gm.group_id in self.groups:
                 self.errors.append(f"OFPGMFC_GROUP_EXISTS {gm.group_id:#x}")
                 return
             self.groups[gm.group_id] = gm.buckets
-        elif gm.command is GroupCommand.MODIFY:
+        elif gm.command is of.GroupCommand.MODIFY:
             if gm.group_id not in self.groups:
                 self.errors.append(f"OFPGMFC_UNKNOWN_GROUP {gm.group_id:#x}")
                 return
             self.groups[gm.group_id] = gm.buckets
-        elif gm.command is GroupCommand.DELETE:
-            doomed = set(self.groups) if gm.group_id == OFPG_ANY else {gm.group_id}
+        elif gm.command is of.GroupCommand.DELETE:
+            doomed = set(self.groups) if gm.group_id == of.OFPG_ANY else {gm.group_id}
             for group_id in doomed:
                 self.groups.pop(group_id, None)
             # OpenFlow 1.3 (and OVS): deleting a group deletes the flows that use it.
@@ -254,7 +237,7 @@ class FakeSwitch:
                 self.tables[table_id] = [
                     f
                     for f in table
-                    if not any(isinstance(a, Group) and a.group_id in doomed for a in f.actions)
+                    if not any(isinstance(a, of.Group) and a.group_id in doomed for a in f.actions)
                 ]
         else:
             raise TypeError(f"unknown group command {gm.command!r}")
@@ -290,23 +273,23 @@ class FakeSwitch:
 
     def _actions(
         self,
-        actions: Iterable[Action],
+        actions: Iterable[of.Action],
         state: Packet,
         out: list[Delivery],
         cookie: int | None,
         packet_out: bool = False,
     ) -> None:
         for action in actions:
-            if isinstance(action, Output):
+            if isinstance(action, of.Output):
                 self._output(action.port, state, out, cookie, packet_out)
-            elif isinstance(action, SetField):
+            elif isinstance(action, of.SetField):
                 state[action.field] = action.value
-            elif isinstance(action, Move):
+            elif isinstance(action, of.Move):
                 if state.get(action.src) is None:
                     self.errors.append(f"move from absent field {action.src}")
                     return
                 state[action.dst] = state[action.src]
-            elif isinstance(action, Group):
+            elif isinstance(action, of.Group):
                 buckets = self.groups.get(action.group_id)
                 if buckets is None:
                     self.errors.append(f"output to missing group {action.group_id}")
@@ -321,7 +304,7 @@ class FakeSwitch:
     ) -> None:
         headers = {k: v for k, v in state.items() if k not in _PIPELINE_FIELDS}
         in_port = state["in_port"]
-        if port == OFPP_CONTROLLER:
+        if port == of.OFPP_CONTROLLER:
             out.append(
                 Delivery(
                     headers,
@@ -332,15 +315,15 @@ class FakeSwitch:
                     tun_src=state.get("tun_ipv4_src"),
                 )
             )
-        elif port == OFPP_TABLE:
+        elif port == of.OFPP_TABLE:
             if not packet_out:
-                self.errors.append("output to OFPP_TABLE outside a packet-out")
+                self.errors.append("output to of.OFPP_TABLE outside a packet-out")
                 return
             self._run(0, {**headers, "in_port": in_port, "metadata": 0}, out)
         elif port == in_port:
             self.in_port_drops += 1  # OpenFlow never sends a packet back out its in_port
         else:
-            port = in_port if port == OFPP_IN_PORT else port
+            port = in_port if port == of.OFPP_IN_PORT else port
             if port == self.tunnel_port:
                 out.append(
                     Delivery(

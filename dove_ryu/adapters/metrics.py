@@ -11,7 +11,7 @@ switch's per-table flow counts.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -25,7 +25,7 @@ from prometheus_client.metrics_core import (
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-from dove_ryu.agent.stats import PACKET_IN_REASONS, InstanceCounts, LatencyHistogram
+from dove_ryu.agent.stats import PACKET_IN_REASONS, StatsView
 
 if TYPE_CHECKING:
     from dove_ryu.agent import AgentCore
@@ -68,22 +68,11 @@ class TableFlows:
 
 
 @dataclass(frozen=True)
-class Snapshot:
-    """What one scrape shows, copied out of the core."""
+class Snapshot(StatsView):
+    """What one scrape shows: the core's numbers, and the switch's flows per table."""
 
-    host: str
-    role: str
-    site: str
-    underlay_ip: str
-    wan_ip: str  # a proxy's inter-site leg; "" on a host
-    connected: bool
-    proxy_active: bool | None  # None on a host
-    pending: int
-    counters: Mapping[str, int]
-    packet_ins: Mapping[str, int]
-    instances: Mapping[int, InstanceCounts]
-    latency: LatencyHistogram
-    table_flows: Mapping[str, int]  # in pipeline order; empty until the switch answers
+    table_flows: Mapping[str, int] = field(default_factory=dict)  # in pipeline order;
+    # empty until the switch answers
 
 
 def snapshot(core: AgentCore, table_flows: Mapping[str, int]) -> Snapshot:

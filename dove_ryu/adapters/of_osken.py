@@ -12,47 +12,33 @@ from typing import Any
 from os_ken.ofproto import ofproto_v1_3 as ofp
 from os_ken.ofproto import ofproto_v1_3_parser as parser
 
-from dove_ryu.openflow.ofmsg import (
-    Action,
-    Barrier,
-    CheckLarger,
-    FlowCommand,
-    FlowMod,
-    Group,
-    GroupCommand,
-    GroupMod,
-    Move,
-    OfMsg,
-    Output,
-    PacketOut,
-    SetField,
-)
+from dove_ryu.openflow import ofmsg as of
 
 _FLOW_COMMANDS = {
-    FlowCommand.ADD: ofp.OFPFC_ADD,
-    FlowCommand.MODIFY_STRICT: ofp.OFPFC_MODIFY_STRICT,
-    FlowCommand.DELETE: ofp.OFPFC_DELETE,
-    FlowCommand.DELETE_STRICT: ofp.OFPFC_DELETE_STRICT,
+    of.FlowCommand.ADD: ofp.OFPFC_ADD,
+    of.FlowCommand.MODIFY_STRICT: ofp.OFPFC_MODIFY_STRICT,
+    of.FlowCommand.DELETE: ofp.OFPFC_DELETE,
+    of.FlowCommand.DELETE_STRICT: ofp.OFPFC_DELETE_STRICT,
 }
 _GROUP_COMMANDS = {
-    GroupCommand.ADD: ofp.OFPGC_ADD,
-    GroupCommand.MODIFY: ofp.OFPGC_MODIFY,
-    GroupCommand.DELETE: ofp.OFPGC_DELETE,
+    of.GroupCommand.ADD: ofp.OFPGC_ADD,
+    of.GroupCommand.MODIFY: ofp.OFPGC_MODIFY,
+    of.GroupCommand.DELETE: ofp.OFPGC_DELETE,
 }
 
 
-def _action(action: Action) -> Any:
-    if isinstance(action, Output):
+def _action(action: of.Action) -> Any:
+    if isinstance(action, of.Output):
         return parser.OFPActionOutput(action.port, action.max_len)
-    if isinstance(action, SetField):
+    if isinstance(action, of.SetField):
         return parser.OFPActionSetField(**{action.field: action.value})
-    if isinstance(action, Move):
+    if isinstance(action, of.Move):
         return parser.NXActionRegMove(
             src_field=action.src, dst_field=action.dst, n_bits=action.n_bits
         )
-    if isinstance(action, Group):
+    if isinstance(action, of.Group):
         return parser.OFPActionGroup(action.group_id)
-    if isinstance(action, CheckLarger):
+    if isinstance(action, of.CheckLarger):
         return _check_pkt_larger(action)
     raise TypeError(f"unknown action {action!r}")
 
@@ -60,7 +46,7 @@ def _action(action: Action) -> Any:
 NXAST_CHECK_PKT_LARGER = 49
 
 
-def _check_pkt_larger(action: CheckLarger) -> Any:
+def _check_pkt_larger(action: of.CheckLarger) -> Any:
     """os-ken 4.2 has no class for it; the body is packed as OVS defines it
     (nx_action_check_pkt_larger): pkt_len, result bit offset, the destination's
     NXM header, padded to 24 bytes in all."""
@@ -71,7 +57,7 @@ def _check_pkt_larger(action: CheckLarger) -> Any:
     return parser.NXActionUnknown(NXAST_CHECK_PKT_LARGER, body)
 
 
-def _flow_mod(dp: Any, fm: FlowMod) -> Any:
+def _flow_mod(dp: Any, fm: of.FlowMod) -> Any:
     instructions = []
     if fm.actions:
         instructions.append(
@@ -100,16 +86,16 @@ def _flow_mod(dp: Any, fm: FlowMod) -> Any:
     )
 
 
-def to_osken(dp: Any, msg: OfMsg) -> Any:
+def to_osken(dp: Any, msg: of.OfMsg) -> Any:
     """One os-ken message for one neutral message."""
-    if isinstance(msg, FlowMod):
+    if isinstance(msg, of.FlowMod):
         return _flow_mod(dp, msg)
-    if isinstance(msg, GroupMod):
+    if isinstance(msg, of.GroupMod):
         buckets = [parser.OFPBucket(actions=[_action(a) for a in b]) for b in msg.buckets]
         return parser.OFPGroupMod(
             dp, _GROUP_COMMANDS[msg.command], ofp.OFPGT_ALL, msg.group_id, buckets
         )
-    if isinstance(msg, PacketOut):
+    if isinstance(msg, of.PacketOut):
         return parser.OFPPacketOut(
             dp,
             buffer_id=ofp.OFP_NO_BUFFER,
@@ -117,7 +103,7 @@ def to_osken(dp: Any, msg: OfMsg) -> Any:
             actions=[_action(a) for a in msg.actions],
             data=msg.data,
         )
-    if isinstance(msg, Barrier):
+    if isinstance(msg, of.Barrier):
         return parser.OFPBarrierRequest(dp)
     raise TypeError(f"unknown message {msg!r}")
 
@@ -140,13 +126,13 @@ _OXM_TUNNEL_ID = (0x8000 << 16) | (38 << 9) | 8  # OXM_OF_TUNNEL_ID
 _OXM_TUN_IPV4_DST = (0x0001 << 16) | (32 << 9) | 4  # NXM_NX_TUN_IPV4_DST
 
 
-def _fast_action(action: Action) -> bytes | None:
-    if isinstance(action, Output):
+def _fast_action(action: of.Action) -> bytes | None:
+    if isinstance(action, of.Output):
         return _OUTPUT.pack(ofp.OFPAT_OUTPUT, _OUTPUT.size, action.port, action.max_len)
-    if isinstance(action, SetField) and action.field == "tunnel_id":
+    if isinstance(action, of.SetField) and action.field == "tunnel_id":
         assert isinstance(action.value, int)
         return struct.pack("!HHIQ", ofp.OFPAT_SET_FIELD, 16, _OXM_TUNNEL_ID, action.value)
-    if isinstance(action, SetField) and action.field == "tun_ipv4_dst":
+    if isinstance(action, of.SetField) and action.field == "tun_ipv4_dst":
         addr = socket.inet_aton(str(action.value))
         return struct.pack("!HHI4s4x", ofp.OFPAT_SET_FIELD, 16, _OXM_TUN_IPV4_DST, addr)
     return None
@@ -158,7 +144,7 @@ def next_xid(dp: Any) -> int:
     return int(dp.xid)
 
 
-def packet_out_bytes(msg: PacketOut, xid: int) -> bytes | None:
+def packet_out_bytes(msg: of.PacketOut, xid: int) -> bytes | None:
     """The wire form of a packet-out, or None when it has an action not packed here."""
     actions = [_fast_action(a) for a in msg.actions]
     if any(a is None for a in actions):

@@ -11,15 +11,9 @@ and every host serving the instance; its departure is remembered for a while (se
 from __future__ import annotations
 
 import logging
-from ipaddress import IPv4Address
 
-from dove_ryu.agent.channel import ControlChannel
-from dove_ryu.agent.endpoints import LearnedEndpoints
-from dove_ryu.agent.link import SwitchLink
-from dove_ryu.agent.membership import Membership
-from dove_ryu.agent.mobility import Mobility, next_seq
-from dove_ryu.agent.ports import LocalPorts
-from dove_ryu.agent.stats import Stats
+from dove_ryu.agent.mobility import next_seq
+from dove_ryu.agent.parts import HostParts
 from dove_ryu.model import Endpoint, VmPort
 from dove_ryu.openflow import flows
 from dove_ryu.openflow.ofmsg import CoreOutput, OfMsg
@@ -29,61 +23,42 @@ LOG = logging.getLogger("dove_ryu.core")
 
 
 class Arrivals:
-    def __init__(
-        self,
-        name: str,
-        me: IPv4Address,
-        stats: Stats,
-        link: SwitchLink,
-        ports: LocalPorts,
-        members: Membership,
-        learned: LearnedEndpoints,
-        mobility: Mobility,
-        channel: ControlChannel,
-    ) -> None:
-        self.name = name
-        self.me = me
-        self.stats = stats
-        self.link = link
-        self.ports = ports
-        self.members = members
-        self.learned = learned
-        self.mobility = mobility
-        self.channel = channel
+    def __init__(self, p: HostParts) -> None:
+        self.p = p
 
     def arrive(self, now: float, port: VmPort) -> CoreOutput:
         """A VM's port appeared here (started, or migrated in)."""
         out = CoreOutput()
         key = (port.instance, port.mac)
         # Where it was before, if we knew: that host hears of the move at once.
-        before = self.learned.get(port.instance, port.mac)
-        departed = self.mobility.lookup(key, now)
+        before = self.p.learned.get(port.instance, port.mac)
+        departed = self.p.mobility.lookup(key, now)
         known_seq = max(before.endpoint.seq if before else 0, departed.seq if departed else 0)
         # A VM that arrives here replaces whatever was learned about its addresses.
         stale = {port.mac} | {
             e.endpoint.mac
             for ip in port.ips
-            if (e := self.learned.get_by_ip(port.instance, ip)) is not None
+            if (e := self.p.learned.get_by_ip(port.instance, ip)) is not None
         }
         for mac in sorted(stale):
-            out.ofmsgs += self.learned.forget(port.instance, mac)
-        seq = next_seq(known_seq, self.channel.wall_clock())
-        self.ports.add(port, seq)
-        self.mobility.arrived(key)
-        if self.link.connected:
+            out.ofmsgs += self.p.learned.forget(port.instance, mac)
+        seq = next_seq(known_seq, self.p.channel.wall_clock())
+        self.p.ports.add(port, seq)
+        self.p.mobility.arrived(key)
+        if self.p.link.connected:
             out.ofmsgs += flows.local_port_flows(port)
-        self.stats.count("ports_added")
+        self.p.stats.count("ports_added")
         # The hosts serving the instance (and the VM's previous host) learn the new
         # location now, with a sequence number above the old one.
-        here = EndpointHere(port.instance, port.mac, port.ips, self.me, seq)
-        targets = set(self.members.hosts(port.instance))
+        here = EndpointHere(port.instance, port.mac, port.ips, self.p.me, seq)
+        targets = set(self.p.members.hosts(port.instance))
         if before is not None:
             targets.add(before.endpoint.host)
-        out.datagrams += self.channel.to_each(sorted(targets), here)
-        self.stats.count("endpoint_announced", len(targets))
+        out.datagrams += self.p.channel.to_each(sorted(targets), here)
+        self.p.stats.count("endpoint_announced", len(targets))
         LOG.info(
             "%s: port %s up: instance %d mac %s ips %s ofport %d",
-            self.name,
+            self.p.name,
             port.name,
             port.instance,
             port.mac,
@@ -96,20 +71,20 @@ class Arrivals:
         """A VM's port went (stopped, detached, or migrated away)."""
         out = CoreOutput()
         key = (port.instance, port.mac)
-        seq = self.ports.remove(port)
+        seq = self.p.ports.remove(port)
         # Un-learned everywhere it was learned, and by every host serving the instance
         # (a VM that stops is gone for all of them; one that moves is re-learned).
-        learners = self.mobility.depart(key, seq, now)
-        unlearn = Unlearn(port.instance, port.mac, self.me, seq)
-        targets = learners | set(self.members.hosts(port.instance))
-        out.datagrams += self.channel.to_each(sorted(targets), unlearn)
-        self.stats.count("unlearn_sent", len(targets))
-        if self.link.connected:
+        learners = self.p.mobility.depart(key, seq, now)
+        unlearn = Unlearn(port.instance, port.mac, self.p.me, seq)
+        targets = learners | set(self.p.members.hosts(port.instance))
+        out.datagrams += self.p.channel.to_each(sorted(targets), unlearn)
+        self.p.stats.count("unlearn_sent", len(targets))
+        if self.p.link.connected:
             out.ofmsgs += flows.delete_local_port(port)
-        self.stats.count("ports_removed")
+        self.p.stats.count("ports_removed")
         LOG.info(
             "%s: port %s down: instance %d mac %s",
-            self.name,
+            self.p.name,
             port.name,
             port.instance,
             port.mac,
@@ -121,26 +96,26 @@ class Arrivals:
         there or had just been told it left; forward to it if it left us.  None when
         the announcement changes nothing here (the VM is still local, or it is stale)."""
         key = (ep.instance, ep.mac)
-        if key in self.ports:
+        if key in self.p.ports:
             # OVSDB says it is here; the port will go when the move completes.
-            self.stats.count("endpoint_still_local")
+            self.p.stats.count("endpoint_still_local")
             return None
-        if self.mobility.went_to(key, ep.host, ep.seq, now):
-            self.stats.count("departed_now_at_known_host")
-        current = self.learned.get(ep.instance, ep.mac)
-        just_unlearned = self.learned.just_unlearned(now, ep.instance, ep.mac, ep.seq)
+        if self.p.mobility.went_to(key, ep.host, ep.seq, now):
+            self.p.stats.count("departed_now_at_known_host")
+        current = self.p.learned.get(ep.instance, ep.mac)
+        just_unlearned = self.p.learned.just_unlearned(now, ep.instance, ep.mac, ep.seq)
         if current is None:
             if not just_unlearned:
                 return []
             # Un-learned a moment ago by its old host (a move unplugs first): follow it.
-            self.stats.count("endpoint_moved")
-            return self.learned.remember(now, ep, ep.host)
+            self.p.stats.count("endpoint_moved")
+            return self.p.learned.remember(now, ep, ep.host)
         if ep.seq <= current.endpoint.seq:
-            self.stats.count("endpoint_stale")
+            self.p.stats.count("endpoint_stale")
             return None
         LOG.info(
             "%s: instance %d %s moved %s -> %s (seq %d -> %d)",
-            self.name,
+            self.p.name,
             ep.instance,
             ep.mac,
             current.endpoint.host,
@@ -148,5 +123,5 @@ class Arrivals:
             current.endpoint.seq,
             ep.seq,
         )
-        self.stats.count("endpoint_moved")
-        return self.learned.remember(now, ep, ep.host)
+        self.p.stats.count("endpoint_moved")
+        return self.p.learned.remember(now, ep, ep.host)

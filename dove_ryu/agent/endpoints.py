@@ -136,13 +136,26 @@ class LearnedEndpoints:
     def instances(self) -> set[int]:
         return set(self.table.by_instance)
 
-    def newest(self, ep: Endpoint) -> Endpoint:
-        """``ep``, unless what we hold for its MAC is newer (a stale answer)."""
+    def answered(
+        self, now: float, ep: Endpoint, answered_by: IPv4Address, took: float
+    ) -> tuple[Endpoint, list[OfMsg]]:
+        """A LEARN's answer (after ``took`` seconds): the endpoint as we now hold it
+        (what we held wins if it is newer: a stale answer) and the flows to it."""
         current = self.get(ep.instance, ep.mac)
         if current and current.endpoint.seq > ep.seq:
             self.stats.count("learn_reply_stale")
-            return current.endpoint
-        return ep
+            ep = current.endpoint
+        self.stats.log.info(
+            "%s: learned instance %d %s ips %s at %s (seq %d) in %.1f ms",
+            self.stats.name,
+            ep.instance,
+            ep.mac,
+            ",".join(map(str, ep.ips)),
+            ep.host,
+            ep.seq,
+            took * 1000,
+        )
+        return ep, self.remember(now, ep, answered_by)
 
     def rows(self, now: float, instance: int) -> list[dict[str, object]]:
         """The instance's learned endpoints, for status."""

@@ -4,18 +4,10 @@ Nothing here talks to a switch or a socket.  Each handler takes the facts and th
 time (``now``) and returns a `CoreOutput`; `dove_ryu.adapters.shell` feeds it from
 os-ken, OVSDB and the control socket and sends what comes back.
 
-Made of:
-  `LocalPorts`        the VM ports on the bridge
-  `Membership`        which hosts serve which instance, the proxies heard
-  `HostInstances`     per instance: flood group, accepted members, lingering
-  `Resolver`          LEARNs in flight, retries, bounds
-  `LearnedEndpoints`  remote endpoints and their forwarding flows
-  `Mobility`          VMs that left: who learned them, where they went
-  `Arrivals`          a VM arriving (ENDPOINT) or leaving (UN-LEARN)
-  `ControlChannel`    authenticated messages to and from other agents
-  `HostMisses`        the packet-in path (misses, packets for VMs not here)
-and adds the host's side of the protocol (paper IV-C): answering LEARNs for its VMs,
-announcing what it serves, following VMs that moved.
+It is made of the parts `dove_ryu.agent.parts.HostParts` lists; `HostMisses` takes
+the packet-in path and `Arrivals` VMs coming and going.  This file adds the host's
+side of the protocol (paper IV-C): answering LEARNs for its VMs, taking answers and
+announcements, following VMs that moved.
 """
 
 from __future__ import annotations
@@ -24,20 +16,14 @@ import logging
 from ipaddress import IPv4Address
 
 from dove_ryu.agent.arrivals import Arrivals
-from dove_ryu.agent.channel import ControlChannel
-from dove_ryu.agent.endpoints import LearnedEndpoints
-from dove_ryu.agent.host_misses import HostMisses, TunnelFlows
-from dove_ryu.agent.instances import HostInstances
-from dove_ryu.agent.link import SwitchLink
-from dove_ryu.agent.membership import Membership
-from dove_ryu.agent.mobility import Mobility
-from dove_ryu.agent.ports import LocalPorts
-from dove_ryu.agent.resolver import Pending, Resolver, Target
-from dove_ryu.agent.stats import InstanceCounts, Stats, StatsView
+from dove_ryu.agent.host_misses import HostMisses
+from dove_ryu.agent.parts import host_parts
+from dove_ryu.agent.resolver import Pending, Target
+from dove_ryu.agent.stats import InstanceCounts, StatsView
 from dove_ryu.config import DoveConfig
 from dove_ryu.model import Endpoint, VmPort
 from dove_ryu.openflow import flows
-from dove_ryu.openflow.ofmsg import CoreOutput, Datagram, OfMsg
+from dove_ryu.openflow.ofmsg import CoreOutput, Datagram, OfMsg, PacketIn
 from dove_ryu.protocol.messages import (
     Announce,
     EndpointHere,
@@ -59,93 +45,68 @@ class HostCore:
     role = "host"
 
     def __init__(self, cfg: DoveConfig, now: float) -> None:
-        self.cfg = cfg
-        self.me = cfg.underlay_ip
-        self.stats = Stats(cfg.name, LOG)
-        self.link = SwitchLink()
-        self.channel = ControlChannel(cfg.auth_key, (self.me,), self.stats)
-        self.ports = LocalPorts()
-        self.members = Membership(cfg.announce_interval)
-        self.instances = HostInstances(self.ports, self.members, self.link, cfg.departure_memory)
-        self.resolver = Resolver(
-            self.stats,
-            timeout=cfg.learn_timeout,
-            retries=cfg.learn_retries,
-            max_pending_per_instance=cfg.max_pending_per_instance,
-            rate_per_instance=cfg.learn_rate_per_instance,
-        )
-        tunnel_flows = TunnelFlows(self.link, cfg.learn_idle_timeout)
-        self.learned = LearnedEndpoints(
-            self.stats, self.link, tunnel_flows, cfg.max_learned_per_instance, local=self.ports
-        )
-        self.mobility = Mobility(ttl=cfg.departure_memory)
-        self.arrivals = Arrivals(
-            cfg.name, self.me, self.stats, self.link, self.ports, self.members,
-            self.learned, self.mobility, self.channel,
-        )  # fmt: skip
-        self.misses = HostMisses(
-            self.me, self.stats, self.link, self.ports, self.learned, self.resolver,
-            self.mobility, self.channel, tunnel_flows, self._ask,
-        )  # fmt: skip
+        self.p = host_parts(cfg, LOG)  # what a host is made of (`dove_ryu.agent.parts`)
+        self.misses = HostMisses(self.p, self._ask)
+        self.arrivals = Arrivals(self.p)
         self.next_announce = now
 
     @property
     def counters(self) -> dict[str, int]:
-        return self.stats.counters
+        return self.p.stats.counters
 
     @property
     def tunnel_ofport(self) -> int | None:
-        return self.link.tunnel_ofport
+        return self.p.link.tunnel_ofport
 
     # ------------------------------------------------------------ the switch
 
     def switch_connected(self, now: float, tunnel_ofport: int) -> CoreOutput:
         """Resync: delete all our flows and groups, then install the whole state."""
-        self.link.tunnel_ofport = tunnel_ofport
+        self.p.link.tunnel_ofport = tunnel_ofport
         out = CoreOutput(ofmsgs=[*flows.delete_all_ours(), *flows.pipeline_defaults(tunnel_ofport)])
-        for port in self.ports.all():
+        for port in self.p.ports.all():
             out.ofmsgs += flows.local_port_flows(port)
-        out.ofmsgs += self.instances.resync()
-        out.ofmsgs += self.learned.resync()
-        self.stats.count("switch_connected")
+        out.ofmsgs += self.p.instances.resync()
+        out.ofmsgs += self.p.learned.resync()
+        self.p.stats.count("switch_connected")
         LOG.info(
             "%s: switch connected, tunnel port %d, %d ports, %d learned",
-            self.cfg.name,
+            self.p.cfg.name,
             tunnel_ofport,
-            len(self.ports),
-            len(self.learned),
+            len(self.p.ports),
+            len(self.p.learned),
         )
         return out
 
     def switch_disconnected(self) -> None:
-        self.link.tunnel_ofport = None
+        self.p.link.tunnel_ofport = None
 
     # ------------------------------------------------------------- VM ports
 
     def ports_changed(self, now: float, ports: list[VmPort]) -> CoreOutput:
         """Take the full set of marked VM ports from OVSDB and apply the difference."""
         out = CoreOutput()
-        before = self.ports.instances
+        before = self.p.ports.instances
         changed: set[int] = set()
-        gone, new = self.ports.differences(ports)
+        gone, new = self.p.ports.differences(ports)
         for port in gone:
             out.extend(self.arrivals.depart(now, port))
             changed.add(port.instance)
         for port in new:
-            if (port.instance, port.mac) in self.ports:
-                self.stats.drop("duplicate_mac", now, f"port {port.name} mac {port.mac}")
+            if (port.instance, port.mac) in self.p.ports:
+                self.p.stats.drop("duplicate_mac", now, f"port {port.name} mac {port.mac}")
                 continue
             out.extend(self.arrivals.arrive(now, port))
             changed.add(port.instance)
-        after = self.ports.instances
+        after = self.p.ports.instances
         for instance in sorted(after - before):
-            out.ofmsgs += self.instances.up(instance)
+            out.ofmsgs += self.p.instances.up(instance)
         for instance in sorted(before - after):
-            out.ofmsgs += self.instances.down(now, instance)
-            self.learned.drop_instance(instance)
-            self.resolver.drop_instance(instance)
+            out.ofmsgs += self.p.instances.down(now, instance)
+            self.p.learned.drop_instance(instance)
+            self.p.resolver.drop_instance(instance)
         for instance in sorted(changed & before & after):
-            out.ofmsgs += self.instances.ports_changed(instance)
+            out.ofmsgs += self.p.instances.ports_changed(instance)
         if before != after:
             out.datagrams += self._announce(now)
         return out
@@ -162,19 +123,19 @@ class HostCore:
         tunnel_src: IPv4Address | None = None,
     ) -> CoreOutput:
         """A miss punted by the pipeline, or an overlay packet for a VM not here."""
-        return self.misses.packet_in(now, cookie, in_port, data, metadata, tunnel_src)
+        return self.misses.packet_in(now, PacketIn(cookie, in_port, data, metadata, tunnel_src))
 
     def _ask(self, now: float, pending: Pending) -> list[Datagram]:
         """Send a new LEARN to every host serving its instance (none yet: it waits
         for the first member to announce, see `_on_announce`)."""
-        hosts = self.members.hosts(pending.instance)
+        hosts = self.p.members.hosts(pending.instance)
         if not hosts:
-            self.stats.count("learn_no_members")
+            self.p.stats.count("learn_no_members")
         return self._learn_requests(pending, hosts)
 
     def _learn_requests(self, pending: Pending, hosts: list[IPv4Address]) -> list[Datagram]:
-        self.stats.count("learn_requests_sent", len(hosts))
-        return self.channel.to_each(hosts, pending.request())
+        self.p.stats.count("learn_requests_sent", len(hosts))
+        return self.p.channel.to_each(hosts, pending.request())
 
     def flow_removed(
         self, now: float, cookie: int, match: dict[str, object], idle_timeout: bool, age: float
@@ -186,7 +147,7 @@ class HostCore:
 
     def control_message(self, now: float, data: bytes, src: IPv4Address) -> CoreOutput:
         """A datagram from the underlay; anything wrong with it is counted and dropped."""
-        env = self.channel.receive(now, data, src)
+        env = self.p.channel.receive(now, data, src)
         if env is None:
             return CoreOutput()
         msg, sender = env.message, env.sender
@@ -201,24 +162,24 @@ class HostCore:
         if isinstance(msg, Unlearn):
             return self._on_unlearn(now, sender, msg)
         if isinstance(msg, FrameFragment):
-            self.stats.drop("frame_not_a_proxy", now, f"from {sender}")
+            self.p.stats.drop("frame_not_a_proxy", now, f"from {sender}")
         return CoreOutput()
 
     def _on_announce(self, now: float, env: Envelope, msg: Announce) -> CoreOutput:
-        self.stats.count("announce_received")
+        self.p.stats.count("announce_received")
         sender = env.sender
-        if not self.members.fresh(sender, env.counter):
-            self.stats.count("announce_stale")
+        if not self.p.members.fresh(sender, env.counter):
+            self.p.stats.count("announce_stale")
             return CoreOutput()
         out = CoreOutput()
         if msg.proxy is not None:
-            for old in self.members.proxy_heard(now, sender, msg.proxy):
+            for old in self.p.members.proxy_heard(now, sender, msg.proxy):
                 out.ofmsgs += self._failover(now, msg.proxy.site, old, sender)
-        change = self.members.served_by(now, sender, msg.instances)
+        change = self.p.members.served_by(now, sender, msg.instances)
         for instance in change.joined:
             out.ofmsgs += self._member_changed(instance, sender, joined=True)
             # LEARNs in flight for the instance go to the new member at once.
-            for pending in self.resolver.of_instance(instance):
+            for pending in self.p.resolver.of_instance(instance):
                 out.datagrams += self._learn_requests(pending, [sender])
         for instance in change.left:
             out.ofmsgs += self._member_changed(instance, sender, joined=False)
@@ -231,36 +192,36 @@ class HostCore:
         """A site's standby proxy took over: what was learned behind the old one moves
         to the new one at once (which resolves what it does not know yet on the first
         packet), and the old one serves nothing any more."""
-        self.stats.count("proxy_failover")
-        LOG.warning("%s: site %s now through proxy %s (was %s)", self.cfg.name, site, new, old)
-        msgs = self.learned.move_host(now, old, new)
-        for instance in self.members.instances():
-            if self.members.leave(instance, old):
+        self.p.stats.count("proxy_failover")
+        LOG.warning("%s: site %s now through proxy %s (was %s)", self.p.cfg.name, site, new, old)
+        msgs = self.p.learned.move_host(now, old, new)
+        for instance in self.p.members.instances():
+            if self.p.members.leave(instance, old):
                 msgs += self._member_changed(instance, old, joined=False)
         return msgs
 
     def _member_changed(self, instance: int, host: IPv4Address, joined: bool) -> list[OfMsg]:
         verb = "joined" if joined else "left"
-        LOG.info("%s: member %s %s instance %d", self.cfg.name, host, verb, instance)
-        self.stats.count(f"member_{verb}")
-        msgs = [] if joined else self.learned.forget_behind(instance, host)
-        return msgs + self.instances.member_changed(instance, host, joined)
+        LOG.info("%s: member %s %s instance %d", self.p.cfg.name, host, verb, instance)
+        self.p.stats.count(f"member_{verb}")
+        msgs = [] if joined else self.p.learned.forget_behind(instance, host)
+        return msgs + self.p.instances.member_changed(instance, host, joined)
 
     def _on_learn_request(self, now: float, sender: IPv4Address, msg: LearnRequest) -> CoreOutput:
-        self.stats.count("learn_requests_received")
+        self.p.stats.count("learn_requests_received")
         if msg.mac is not None:
-            port = self.ports.get(msg.instance, msg.mac)
+            port = self.p.ports.get(msg.instance, msg.mac)
         else:
             assert msg.ip is not None
-            port = self.ports.get_by_ip(msg.instance, msg.ip)
+            port = self.p.ports.get_by_ip(msg.instance, msg.ip)
         if port is None:
             return CoreOutput()
         out = CoreOutput(ofmsgs=self._glean(now, sender, msg))
-        self.mobility.note_learner((port.instance, port.mac), sender)
-        seq = self.ports.seq(port.instance, port.mac)
-        reply = LearnReply(msg.instance, msg.request_id, port.mac, port.ips, self.me, seq)
-        self.stats.count("learn_replies_sent")
-        out.datagrams.append(self.channel.datagram(sender, reply))
+        self.p.mobility.note_learner((port.instance, port.mac), sender)
+        seq = self.p.ports.seq(port.instance, port.mac)
+        reply = LearnReply(msg.instance, msg.request_id, port.mac, port.ips, self.p.me, seq)
+        self.p.stats.count("learn_replies_sent")
+        out.datagrams.append(self.p.channel.datagram(sender, reply))
         return out
 
     def _glean(self, now: float, sender: IPv4Address, msg: LearnRequest) -> list[OfMsg]:
@@ -269,25 +230,27 @@ class HostCore:
         Only requests we answer are gleaned, so a VM spraying random targets elsewhere
         costs this host nothing."""
         who = msg.requester
-        if who is None or (msg.instance, who.mac) in self.ports:
+        if who is None or (msg.instance, who.mac) in self.p.ports:
             return []
-        if not self.members.serves(msg.instance, sender):
+        if not self.p.members.serves(msg.instance, sender):
             # A location is taken only from a host serving the instance, the same
             # rule classify applies to tunnelled packets.
-            self.stats.drop("glean_nonmember", now, f"from {sender} instance {msg.instance}")
+            self.p.stats.drop("glean_nonmember", now, f"from {sender} instance {msg.instance}")
             return []
-        return self.learned.glean(now, sender, msg.instance, who)
+        return self.p.learned.glean(now, sender, msg.instance, who)
 
     def _on_learn_reply(self, now: float, sender: IPv4Address, msg: LearnReply) -> CoreOutput:
-        pending = self.resolver.take_reply(now, sender, msg)
+        pending = self.p.resolver.take_reply(now, sender, msg)
         if pending is None:
             return CoreOutput()
-        if not self.members.serves(msg.instance, sender):
-            self.stats.drop("learn_reply_nonmember", now, f"from {sender} instance {msg.instance}")
+        if not self.p.members.serves(msg.instance, sender):
+            self.p.stats.drop(
+                "learn_reply_nonmember", now, f"from {sender} instance {msg.instance}"
+            )
             return CoreOutput()
-        if pending.requester is not None and (msg.instance, pending.requester.mac) in self.ports:
+        if pending.requester is not None and (msg.instance, pending.requester.mac) in self.p.ports:
             # The host that answered learned our VM from the request (see _glean).
-            self.mobility.note_learner((msg.instance, pending.requester.mac), sender)
+            self.p.mobility.note_learner((msg.instance, pending.requester.mac), sender)
         ep = Endpoint(msg.instance, msg.mac, msg.ips, msg.host, msg.seq)
         return self._resolved(now, pending, ep, sender)
 
@@ -295,33 +258,21 @@ class HostCore:
         self, now: float, pending: Pending, ep: Endpoint, sender: IPv4Address
     ) -> CoreOutput:
         """A LEARN in flight has its answer: remember it and deliver what was held."""
-        took = self.resolver.answered(now, pending)
-        ep = self.learned.newest(ep)
-        LOG.info(
-            "%s: learned instance %d %s ips %s at %s (seq %d) in %.1f ms",
-            self.cfg.name,
-            ep.instance,
-            ep.mac,
-            ",".join(map(str, ep.ips)),
-            ep.host,
-            ep.seq,
-            took * 1000,
-        )
-        out = CoreOutput(ofmsgs=self.learned.remember(now, ep, sender))
-        out.ofmsgs += self.misses.release(pending, ep)
-        return out
+        took = self.p.resolver.answered(now, pending)
+        ep, msgs = self.p.learned.answered(now, ep, sender, took)
+        return CoreOutput(ofmsgs=msgs + self.misses.release(pending, ep))
 
     def _on_endpoint_here(self, now: float, sender: IPv4Address, msg: EndpointHere) -> CoreOutput:
         """A VM arrived on ``sender`` (moved there, or started): follow it if we knew it
         elsewhere, forward to it if it left us, answer LEARNs waiting for it."""
-        self.stats.count("endpoint_received")
+        self.p.stats.count("endpoint_received")
         if msg.host != sender:
-            self.stats.drop("endpoint_for_other_host", now, f"from {sender} for {msg.host}")
+            self.p.stats.drop("endpoint_for_other_host", now, f"from {sender} for {msg.host}")
             return CoreOutput()
         out = CoreOutput()
         # Announcing a VM of the instance is serving the instance.
-        if not self.members.serves(msg.instance, sender):
-            self.members.join(now, msg.instance, sender)
+        if not self.p.members.serves(msg.instance, sender):
+            self.p.members.join(now, msg.instance, sender)
             out.ofmsgs += self._member_changed(msg.instance, sender, joined=True)
         ep = Endpoint(msg.instance, msg.mac, msg.ips, msg.host, msg.seq)
         followed = self.arrivals.elsewhere(now, ep)
@@ -330,29 +281,29 @@ class HostCore:
         out.ofmsgs += followed
         targets: list[Target] = [msg.mac, *msg.ips]
         for target in targets:
-            pending = self.resolver.in_flight(msg.instance, target)
+            pending = self.p.resolver.in_flight(msg.instance, target)
             if pending is not None:
                 out.extend(self._resolved(now, pending, ep, sender))
         return out
 
     def _on_unlearn(self, now: float, sender: IPv4Address, msg: Unlearn) -> CoreOutput:
-        self.stats.count("unlearn_received")
+        self.p.stats.count("unlearn_received")
         if msg.host != sender:
-            self.stats.drop("unlearn_for_other_host", now, f"from {sender} for {msg.host}")
+            self.p.stats.drop("unlearn_for_other_host", now, f"from {sender} for {msg.host}")
             return CoreOutput()
         # Kept for a moment: the VM's new host may announce it right after.
-        return CoreOutput(ofmsgs=self.learned.unlearn(now, msg, follow=True) or [])
+        return CoreOutput(ofmsgs=self.p.learned.unlearn(now, msg, follow=True) or [])
 
     # ----------------------------------------------------------------- time
 
     def tick(self, now: float) -> CoreOutput:
         """Retransmit or give up on LEARNs, expire members and lingering, announce."""
         out = CoreOutput()
-        expired, lingering_ended = self.instances.expire(now)
+        expired, lingering_ended = self.p.instances.expire(now)
         out.ofmsgs += expired
-        for pending in self.resolver.due(now):
-            out.datagrams += self._learn_requests(pending, self.members.hosts(pending.instance))
-        for instance, host in self.members.expire(now):
+        for pending in self.p.resolver.due(now):
+            out.datagrams += self._learn_requests(pending, self.p.members.hosts(pending.instance))
+        for instance, host in self.p.members.expire(now):
             out.ofmsgs += self._member_changed(instance, host, joined=False)
         if lingering_ended or now >= self.next_announce:
             out.datagrams += self._announce(now)
@@ -360,28 +311,28 @@ class HostCore:
 
     def _announce(self, now: float, only: list[IPv4Address] | None = None) -> list[Datagram]:
         if only is None:
-            self.next_announce = now + self.cfg.announce_interval
-        instances = self.instances.announced
+            self.next_announce = now + self.p.cfg.announce_interval
+        instances = self.p.instances.announced
         if len(instances) > ANNOUNCE_MAX_INSTANCES:
             # NOTE: one frame holds this many; splitting announcements is not done yet.
-            self.stats.drop("announce_truncated", now, f"{len(instances)} instances served")
+            self.p.stats.drop("announce_truncated", now, f"{len(instances)} instances served")
             instances = instances[:ANNOUNCE_MAX_INSTANCES]
-        targets = only if only is not None else list(self.cfg.peers)
-        self.stats.count("announce_sent", len(targets))
-        return self.channel.to_each(targets, Announce(instances=frozenset(instances)))
+        targets = only if only is not None else list(self.p.cfg.peers)
+        self.p.stats.count("announce_sent", len(targets))
+        return self.p.channel.to_each(targets, Announce(instances=frozenset(instances)))
 
     # --------------------------------------------------------------- status
 
     def status(self, now: float) -> dict[str, object]:
         """Everything an operator asks about, as plain data (for the admin socket)."""
         return {
-            "host": self.cfg.name,
+            "host": self.p.cfg.name,
             "role": "host",
-            "underlay_ip": str(self.me),
-            "connected": self.link.connected,
+            "underlay_ip": str(self.p.me),
+            "connected": self.p.link.connected,
             "proxies": {
                 str(h): {"site": k.role.site, "active": k.role.active}
-                for h, k in sorted(self.members.proxies.items())
+                for h, k in sorted(self.p.members.proxies.items())
             },
             "instances": {
                 str(instance): {
@@ -391,43 +342,43 @@ class HostCore:
                             "ofport": p.ofport,
                             "mac": p.mac,
                             "ips": [str(i) for i in p.ips],
-                            "seq": self.ports.seq(instance, p.mac),
+                            "seq": self.p.ports.seq(instance, p.mac),
                             "learned_by": sorted(
-                                str(h) for h in self.mobility.learners_of((instance, p.mac))
+                                str(h) for h in self.p.mobility.learners_of((instance, p.mac))
                             ),
                         }
-                        for p in self.ports.of_instance(instance)
+                        for p in self.p.ports.of_instance(instance)
                     ],
-                    "members": sorted(str(h) for h in self.members.hosts(instance)),
-                    "learned": self.learned.rows(now, instance),
+                    "members": sorted(str(h) for h in self.p.members.hosts(instance)),
+                    "learned": self.p.learned.rows(now, instance),
                 }
-                for instance in sorted(self.ports.instances | self.learned.instances())
+                for instance in sorted(self.p.ports.instances | self.p.learned.instances())
             },
-            "pending": len(self.resolver),
-            "counters": dict(sorted(self.stats.counters.items())),
+            "pending": len(self.p.resolver),
+            "counters": dict(sorted(self.p.stats.counters.items())),
         }
 
     def stats_view(self) -> StatsView:
         """What the metrics show (call under the lock that guards the core)."""
-        instances = self.ports.instances | self.learned.instances()
+        instances = self.p.ports.instances | self.p.learned.instances()
         return StatsView(
-            host=self.cfg.name,
+            host=self.p.cfg.name,
             role=self.role,
             site="",
-            underlay_ip=str(self.me),
+            underlay_ip=str(self.p.me),
             wan_ip="",
-            connected=self.link.connected,
+            connected=self.p.link.connected,
             proxy_active=None,
-            pending=len(self.resolver),
-            counters=dict(self.stats.counters),
-            packet_ins=dict(self.stats.packet_ins),
+            pending=len(self.p.resolver),
+            counters=dict(self.p.stats.counters),
+            packet_ins=dict(self.p.stats.packet_ins),
             instances={
                 i: InstanceCounts(
-                    local=len(self.ports.of_instance(i)),
-                    learned=len(self.learned.of_instance(i)),
-                    members=self.members.count(i),
+                    local=len(self.p.ports.of_instance(i)),
+                    learned=len(self.p.learned.of_instance(i)),
+                    members=self.p.members.count(i),
                 )
                 for i in sorted(instances)
             },
-            latency=self.stats.learn_latency.copy(),
+            latency=self.p.stats.learn_latency.copy(),
         )

@@ -15,17 +15,21 @@ from __future__ import annotations
 from collections.abc import Callable
 from ipaddress import IPv4Address
 
-from dove_ryu.agent.channel import ControlChannel
-from dove_ryu.agent.endpoints import LearnedEndpoints
-from dove_ryu.agent.link import SwitchLink
-from dove_ryu.agent.mobility import SEQ_MAX, Mobility
-from dove_ryu.agent.ports import LocalPorts
-from dove_ryu.agent.resolver import Pending, Resolver, Target
-from dove_ryu.agent.stats import Stats, packet_in_reason
+from dove_ryu.agent.mobility import SEQ_MAX
+from dove_ryu.agent.parts import HostParts
+from dove_ryu.agent.resolver import Pending, Target
 from dove_ryu.model import Endpoint, VmPort
 from dove_ryu.openflow import cookies, flows
 from dove_ryu.openflow.cookies import Purpose
-from dove_ryu.openflow.ofmsg import OFPP_CONTROLLER, CoreOutput, Datagram, OfMsg, Output, PacketOut
+from dove_ryu.openflow.ofmsg import (
+    OFPP_CONTROLLER,
+    CoreOutput,
+    Datagram,
+    OfMsg,
+    Output,
+    PacketIn,
+    PacketOut,
+)
 from dove_ryu.openflow.packet import ARP_REPLY, ARP_REQUEST, BadPacket, build_arp, parse
 from dove_ryu.openflow.pipeline import INSTANCE_MASK
 from dove_ryu.protocol.messages import Requester, Unlearn
@@ -33,93 +37,46 @@ from dove_ryu.protocol.messages import Requester, Unlearn
 REINSTALL_HOLDOFF = 0.5  # seconds a reinstalled forwarding flow is trusted to be there
 
 
-class TunnelFlows:
-    """A host forwards to a learned endpoint by tunnelling to its host, and answers
-    ARP for its addresses (`dove_ryu.agent.endpoints.EndpointFlows`)."""
-
-    def __init__(self, link: SwitchLink, idle_timeout: int) -> None:
-        self.link = link
-        self.idle_timeout = idle_timeout
-
-    def install(self, ep: Endpoint) -> list[OfMsg]:
-        return list(flows.learned_flows(ep, self.link.tunnel, self.idle_timeout))
-
-    def remove(self, ep: Endpoint, keep_l2: bool = False) -> list[OfMsg]:
-        return list(flows.delete_learned(ep, keep_l2=keep_l2))
-
-    def forwarding(self, ep: Endpoint) -> OfMsg:
-        return flows.learned_l2_flow(ep, self.link.tunnel, self.idle_timeout)
-
-
 class HostMisses:
-    def __init__(
-        self,
-        me: IPv4Address,
-        stats: Stats,
-        link: SwitchLink,
-        ports: LocalPorts,
-        learned: LearnedEndpoints,
-        resolver: Resolver,
-        mobility: Mobility,
-        channel: ControlChannel,
-        tunnel_flows: TunnelFlows,
-        ask: Callable[[float, Pending], list[Datagram]],
-    ) -> None:
-        self.me = me
-        self.stats = stats
-        self.link = link
-        self.ports = ports
-        self.learned = learned
-        self.resolver = resolver
-        self.mobility = mobility
-        self.channel = channel
-        self.tunnel_flows = tunnel_flows
+    def __init__(self, p: HostParts, ask: Callable[[float, Pending], list[Datagram]]) -> None:
+        self.p = p
         self.ask = ask  # sends a new LEARN (the host knows where)
 
-    def packet_in(
-        self,
-        now: float,
-        cookie: int,
-        in_port: int,
-        data: bytes,
-        metadata: int | None,
-        tunnel_src: IPv4Address | None,
-    ) -> CoreOutput:
-        self.stats.count("packet_in")
-        decoded = cookies.decode(cookie)
-        self.stats.packet_ins[packet_in_reason(decoded)] += 1
+    def packet_in(self, now: float, punted: PacketIn) -> CoreOutput:
+        decoded = self.p.stats.punted(punted.cookie)
         if decoded is not None and decoded.purpose is Purpose.EGRESS_MISS:
-            return self._not_here(now, data, metadata, tunnel_src)
+            return self._not_here(now, punted.data, punted.metadata, punted.tunnel_src)
         if decoded is None or decoded.purpose is not Purpose.INSTANCE:
-            self.stats.drop("packet_in_unexpected", now, f"cookie {cookie:#x}")
+            self.p.stats.drop("packet_in_unexpected", now, f"cookie {punted.cookie:#x}")
             return CoreOutput()
+        in_port, data = punted.in_port, punted.data
         instance = decoded.instance
         try:
             frame = parse(data)
         except BadPacket as e:
-            self.stats.drop("packet_in_malformed", now, str(e))
+            self.p.stats.drop("packet_in_malformed", now, str(e))
             return CoreOutput()
-        source = self.ports.get(instance, frame.src)
+        source = self.p.ports.get(instance, frame.src)
         if source is None or source.ofport != in_port:
-            self.stats.drop("packet_in_foreign", now, f"in_port {in_port} src {frame.src}")
+            self.p.stats.drop("packet_in_foreign", now, f"in_port {in_port} src {frame.src}")
             return CoreOutput()
         target: Target
         if decoded.tag == flows.TAG_ARP_MISS and frame.arp is not None:
-            self.stats.count("packet_in_arp_miss")
+            self.p.stats.count("packet_in_arp_miss")
             target = frame.arp.tpa
-            known = self.learned.get_by_ip(instance, target)
+            known = self.p.learned.get_by_ip(instance, target)
         elif decoded.tag == flows.TAG_L2_MISS:
-            self.stats.count("packet_in_l2_miss")
+            self.p.stats.count("packet_in_l2_miss")
             target = frame.dst
-            known = self.learned.get(instance, target)
+            known = self.p.learned.get(instance, target)
         else:
-            self.stats.drop("packet_in_unexpected", now, f"tag {decoded.tag}")
+            self.p.stats.drop("packet_in_unexpected", now, f"tag {decoded.tag}")
             return CoreOutput()
         if known is None:
             return self._resolve(now, source, target, in_port, data)
         # Learned but this flow is missing (a race with an idle timeout): put back
         # just the flow that missed, then the packet.
-        self.stats.count("packet_in_known")
+        self.p.stats.count("packet_in_known")
         ep = known.endpoint
         missing: list[OfMsg]
         if isinstance(target, IPv4Address):
@@ -127,27 +84,27 @@ class HostMisses:
         elif now - known.reinstalled_at < REINSTALL_HOLDOFF:
             # Packets already on their way when the flow went back in: send each
             # straight into the tunnel, without a flow-mod per packet.
-            self.stats.count("packet_in_known_in_flight")
-            actions = flows.tunnel_actions(self.link.tunnel, ep.instance, ep.host)
+            self.p.stats.count("packet_in_known_in_flight")
+            actions = flows.tunnel_actions(self.p.link.tunnel, ep.instance, ep.host)
             return CoreOutput(ofmsgs=[PacketOut(in_port, data, actions)])
         else:
             known.reinstalled_at = now
-            missing = [self.tunnel_flows.forwarding(ep)]
+            missing = [self.p.tunnel_flows.forwarding(ep)]
         return CoreOutput(ofmsgs=[*missing, *self._packet_outs([(in_port, data)])])
 
     def _resolve(
         self, now: float, source: VmPort, target: Target, in_port: int, data: bytes
     ) -> CoreOutput:
         instance = source.instance
-        pending = self.resolver.in_flight(instance, target)
+        pending = self.p.resolver.in_flight(instance, target)
         if pending is not None:
-            self.resolver.hold(pending, (in_port, data))
+            self.p.resolver.hold(pending, (in_port, data))
             return CoreOutput()
-        if not self.resolver.may_ask(now, instance, target):
+        if not self.p.resolver.may_ask(now, instance, target):
             return CoreOutput()
-        seq = self.ports.seq(instance, source.mac)
+        seq = self.p.ports.seq(instance, source.mac)
         requester = Requester(source.mac, source.ips, seq)
-        pending = self.resolver.start(now, instance, target, [(in_port, data)], requester)
+        pending = self.p.resolver.start(now, instance, target, [(in_port, data)], requester)
         return CoreOutput(datagrams=self.ask(now, pending))
 
     def release(self, pending: Pending, ep: Endpoint) -> list[OfMsg]:
@@ -164,9 +121,9 @@ class HostMisses:
 
     def _packet_outs(self, held: list[tuple[int, bytes]]) -> list[OfMsg]:
         """Re-inject packets through the pipeline (its flows now know the way)."""
-        if not self.link.connected:
+        if not self.p.link.connected:
             return []
-        self.stats.count("packets_released", len(held))
+        self.p.stats.count("packets_released", len(held))
         return [PacketOut(in_port=port, data=data) for port, data in held]
 
     def _arp_answer(self, in_port: int, data: bytes, ep: Endpoint) -> PacketOut | None:
@@ -178,7 +135,7 @@ class HostMisses:
         if arp is None or arp.op != ARP_REQUEST or arp.tpa not in ep.ips:
             return None
         reply = build_arp(ARP_REPLY, ep.mac, arp.sha, ep.mac, arp.tpa, arp.sha, arp.spa)
-        self.stats.count("arp_answered_by_agent")
+        self.p.stats.count("arp_answered_by_agent")
         return PacketOut(OFPP_CONTROLLER, reply, (Output(in_port),), after_flows=False)
 
     def _not_here(
@@ -189,42 +146,42 @@ class HostMisses:
         The sender is told to un-learn it, at most a few times a second; if the VM
         left for a known host, the packet goes on there."""
         if metadata is None or tunnel_src is None:
-            self.stats.drop("egress_without_tunnel", now)
+            self.p.stats.drop("egress_without_tunnel", now)
             return CoreOutput()
         instance = metadata & INSTANCE_MASK
         if not instance:
-            self.stats.drop("packet_in_unexpected", now, f"metadata {metadata:#x}")
+            self.p.stats.drop("packet_in_unexpected", now, f"metadata {metadata:#x}")
             return CoreOutput()
         try:
             frame = parse(data)
         except BadPacket as e:
-            self.stats.drop("packet_in_malformed", now, str(e))
+            self.p.stats.drop("packet_in_malformed", now, str(e))
             return CoreOutput()
-        self.stats.count("packet_in_not_here")
+        self.p.stats.count("packet_in_not_here")
         if frame.is_multicast:
             return CoreOutput()  # flooded to a lingering instance: nothing to correct
         key = (instance, frame.dst)
-        local = self.ports.get(*key)
+        local = self.p.ports.get(*key)
         if local is not None:
             # It is here: the packet raced the flows of a port that just came up.
-            self.stats.count("not_here_but_local")
+            self.p.stats.count("not_here_but_local")
             return CoreOutput(ofmsgs=[PacketOut(OFPP_CONTROLLER, data, (Output(local.ofport),))])
         out = CoreOutput()
-        departed = self.mobility.lookup(key, now)
-        if departed is not None and departed.new_host is not None and self.link.connected:
-            actions = flows.tunnel_actions(self.link.tunnel, instance, departed.new_host)
+        departed = self.p.mobility.lookup(key, now)
+        if departed is not None and departed.new_host is not None and self.p.link.connected:
+            actions = flows.tunnel_actions(self.p.link.tunnel, instance, departed.new_host)
             out.ofmsgs.append(PacketOut(OFPP_CONTROLLER, data, actions, after_flows=False))
-            self.stats.count("forwarded_to_new_host")
+            self.p.stats.count("forwarded_to_new_host")
         if departed is None:
             # Never here, or long gone: whatever the sender holds for it is wrong.
-            unlearn = Unlearn(instance, frame.dst, self.me, SEQ_MAX)
-            tell = self.stats.log_limit.allow(f"unlearn {tunnel_src}", now)
+            unlearn = Unlearn(instance, frame.dst, self.p.me, SEQ_MAX)
+            tell = self.p.stats.log_limit.allow(f"unlearn {tunnel_src}", now)
         else:
-            unlearn = Unlearn(instance, frame.dst, self.me, departed.seq)
-            tell = self.mobility.should_tell(departed, tunnel_src, now)
+            unlearn = Unlearn(instance, frame.dst, self.p.me, departed.seq)
+            tell = self.p.mobility.should_tell(departed, tunnel_src, now)
         if tell:
-            out.datagrams.append(self.channel.datagram(tunnel_src, unlearn))
-            self.stats.count("unlearn_sent_reactive")
+            out.datagrams.append(self.p.channel.datagram(tunnel_src, unlearn))
+            self.p.stats.count("unlearn_sent_reactive")
         return out
 
     def flow_removed(
@@ -239,4 +196,4 @@ class HostMisses:
         mac = match.get("eth_dst")
         if not isinstance(mac, str):
             return CoreOutput()
-        return CoreOutput(ofmsgs=self.learned.idled_out(now, decoded.instance, mac, age))
+        return CoreOutput(ofmsgs=self.p.learned.idled_out(now, decoded.instance, mac, age))

@@ -11,14 +11,9 @@ and re-encapsulated in the datapath.  The agent relays what the hosts would have
 said to each other: LEARN requests and replies, ENDPOINT, UN-LEARN, with the VM's
 sequence number unchanged.
 
-Made of:
-  `Sides`, `ProxyInstances`, `ProxyFlows`   the two legs and the datapath for them
-  `Membership`        site members and remote proxies per instance
-  `Resolver`          LEARNs in flight, scoped by side (True: towards the WAN)
-  `LearnedEndpoints`  endpoints on either side, with their forwarding flows
-  `Election`          active/standby between the site's proxies
-  `Fragmenter`, `Reassembly`   frames too big for the WAN, in DOVE fragments
-  `ControlChannel`    messages on two legs
+It is made of the parts `dove_ryu.agent.parts.ProxyParts` lists; `ProxyRelay` relays
+between the sides.  This file adds membership on both sides, the election between
+the site's proxies, and what the proxy announces.
 """
 
 from __future__ import annotations
@@ -26,20 +21,14 @@ from __future__ import annotations
 import logging
 from ipaddress import IPv4Address
 
-from dove_ryu.agent.channel import ControlChannel
-from dove_ryu.agent.election import Election, Outcome
-from dove_ryu.agent.endpoints import LearnedEndpoints
-from dove_ryu.agent.fragments import Fragmenter, Reassembly
-from dove_ryu.agent.link import SwitchLink
-from dove_ryu.agent.membership import Membership
+from dove_ryu.agent.election import Outcome
+from dove_ryu.agent.parts import proxy_parts
 from dove_ryu.agent.proxy_relay import ProxyRelay
-from dove_ryu.agent.resolver import Resolver
-from dove_ryu.agent.sides import ProxyFlows, ProxyInstances, Sides
-from dove_ryu.agent.stats import InstanceCounts, Stats, StatsView
+from dove_ryu.agent.stats import InstanceCounts, StatsView
 from dove_ryu.config import DoveConfig
 from dove_ryu.model import VmPort
 from dove_ryu.openflow import flows
-from dove_ryu.openflow.ofmsg import CoreOutput, Datagram
+from dove_ryu.openflow.ofmsg import CoreOutput, Datagram, PacketIn
 from dove_ryu.protocol.messages import (
     Announce,
     EndpointHere,
@@ -62,70 +51,40 @@ class ProxyCore:
     role = "proxy"
 
     def __init__(self, cfg: DoveConfig, now: float) -> None:
-        if cfg.role != "proxy" or cfg.wan_ip is None:
-            raise ValueError("ProxyCore needs role = proxy and a wan_ip")
-        self.cfg = cfg
-        self.me = cfg.underlay_ip
-        self.wan_ip: IPv4Address = cfg.wan_ip
-        self.stats = Stats(cfg.name, LOG)
-        self.link = SwitchLink()
-        self.sides = Sides(self.me, self.wan_ip, frozenset(cfg.wan_peers))
-        self.channel = ControlChannel(
-            cfg.auth_key, (self.me, self.wan_ip), self.stats, leg_for=self.sides.leg
-        )
-        self.members = Membership(cfg.announce_interval)
-        self.instances = ProxyInstances(self.sides, self.members, self.link, cfg.wan_mtu)
-        self.resolver = Resolver(
-            self.stats,
-            timeout=cfg.learn_timeout,
-            retries=cfg.learn_retries,
-            max_pending_per_instance=cfg.max_pending_per_instance,
-            rate_per_instance=cfg.learn_rate_per_instance,
-        )
-        proxy_flows = ProxyFlows(self.sides, cfg.learn_idle_timeout, cfg.wan_mtu)
-        self.learned = LearnedEndpoints(
-            self.stats, self.link, proxy_flows, cfg.max_learned_per_instance
-        )
-        self.election = Election(
-            cfg.name, self.me, cfg.proxy_priority, cfg.proxy_hello_interval, now
-        )
-        self.reassembly = Reassembly()
-        self.relay = ProxyRelay(
-            cfg, self.stats, self.link, self.sides, self.channel, self.members,
-            self.instances, self.resolver, self.learned, self.election,
-            Fragmenter(cfg.wan_mtu), self.reassembly,
-        )  # fmt: skip
+        self.p = proxy_parts(cfg, LOG, now)  # what a proxy is made of (`dove_ryu.agent.parts`)
+        self.relay = ProxyRelay(self.p)
+        self.wan_ip = self.p.sides.wan_leg
         self.next_announce = now
 
     @property
     def counters(self) -> dict[str, int]:
-        return self.stats.counters
+        return self.p.stats.counters
 
     @property
     def tunnel_ofport(self) -> int | None:
-        return self.link.tunnel_ofport
+        return self.p.link.tunnel_ofport
 
     @property
     def active(self) -> bool:
-        return self.election.active
+        return self.p.election.active
 
     # ------------------------------------------------------------- switch
 
     def switch_connected(self, now: float, tunnel_ofport: int) -> CoreOutput:
-        self.link.tunnel_ofport = tunnel_ofport
+        self.p.link.tunnel_ofport = tunnel_ofport
         out = CoreOutput(ofmsgs=[*flows.delete_all_ours(), *flows.proxy_defaults(tunnel_ofport)])
-        out.ofmsgs += self.instances.resync()
-        out.ofmsgs += self.learned.resync()
-        self.stats.count("switch_connected")
-        LOG.info("%s: switch connected, tunnel port %d (proxy)", self.cfg.name, tunnel_ofport)
+        out.ofmsgs += self.p.instances.resync()
+        out.ofmsgs += self.p.learned.resync()
+        self.p.stats.count("switch_connected")
+        LOG.info("%s: switch connected, tunnel port %d (proxy)", self.p.cfg.name, tunnel_ofport)
         return out
 
     def switch_disconnected(self) -> None:
-        self.link.tunnel_ofport = None
+        self.p.link.tunnel_ofport = None
 
     def ports_changed(self, now: float, ports: list[VmPort]) -> CoreOutput:
         if ports:
-            self.stats.drop("proxy_vm_ports", now, f"{len(ports)} VM ports on a proxy ignored")
+            self.p.stats.drop("proxy_vm_ports", now, f"{len(ports)} VM ports on a proxy ignored")
         return CoreOutput()
 
     def packet_in(
@@ -137,7 +96,7 @@ class ProxyCore:
         metadata: int | None = None,
         tunnel_src: IPv4Address | None = None,
     ) -> CoreOutput:
-        return self.relay.packet_in(now, cookie, data, metadata, tunnel_src)
+        return self.relay.packet_in(now, PacketIn(cookie, in_port, data, metadata, tunnel_src))
 
     def flow_removed(
         self, now: float, cookie: int, match: dict[str, object], idle_timeout: bool, age: float
@@ -147,14 +106,14 @@ class ProxyCore:
     # -------------------------------------------------------------- control
 
     def control_message(self, now: float, data: bytes, src: IPv4Address) -> CoreOutput:
-        env = self.channel.receive(now, data, src)
+        env = self.p.channel.receive(now, data, src)
         if env is None:
             return CoreOutput()
         msg, sender = env.message, env.sender
-        wan = self.sides.wan(sender)
+        wan = self.p.sides.wan(sender)
         if wan != (env.receiver == self.wan_ip):
             # A site host must not reach us on the WAN leg, nor a remote proxy on the site's.
-            self.stats.drop("control_wrong_leg", now, f"from {sender} to {env.receiver}")
+            self.p.stats.drop("control_wrong_leg", now, f"from {sender} to {env.receiver}")
             return CoreOutput()
         if isinstance(msg, Announce):
             return self._on_announce(now, env, msg)
@@ -171,23 +130,23 @@ class ProxyCore:
         return CoreOutput()
 
     def _on_announce(self, now: float, env: Envelope, msg: Announce) -> CoreOutput:
-        self.stats.count("announce_received")
+        self.p.stats.count("announce_received")
         sender, role = env.sender, msg.proxy
-        if not self.members.fresh(sender, env.counter):
-            self.stats.count("announce_stale")
+        if not self.p.members.fresh(sender, env.counter):
+            self.p.stats.count("announce_stale")
             return CoreOutput()
-        wan = self.sides.wan(sender)
+        wan = self.p.sides.wan(sender)
         if not wan and role is not None:
             return self._partner_heard(now, sender, role)
         if wan and role is None:
-            self.stats.drop("wan_announce_without_role", now, f"from {sender}")
+            self.p.stats.drop("wan_announce_without_role", now, f"from {sender}")
             return CoreOutput()
-        before = (self.instances.served(False), self.instances.served(True))
+        before = (self.p.instances.served(False), self.p.instances.served(True))
         out = CoreOutput()
         if role is not None:
-            for old in self.members.proxy_heard(now, sender, role):
+            for old in self.p.members.proxy_heard(now, sender, role):
                 out.ofmsgs += self.relay.failover(now, role.site, old, sender)
-        change = self.members.served_by(now, sender, msg.instances)
+        change = self.p.members.served_by(now, sender, msg.instances)
         for instance in change.joined:
             out.ofmsgs += self.relay.member_changed(instance, sender, joined=True)
             out.datagrams += self.relay.ask_new_member(instance, sender)
@@ -195,17 +154,17 @@ class ProxyCore:
             out.ofmsgs += self.relay.member_changed(instance, sender, joined=False)
         if change.new_peer and msg.instances:
             out.datagrams += self._announce(now, only=[sender])
-        if self.active and self.instances.served(False) != before[0]:
-            out.datagrams += self._announce(now, only=sorted(self.sides.wan_peers))
-        if self.active and self.instances.served(True) != before[1]:
-            out.datagrams += self._announce(now, only=list(self.cfg.peers))
+        if self.active and self.p.instances.served(False) != before[0]:
+            out.datagrams += self._announce(now, only=sorted(self.p.sides.wan_peers))
+        if self.active and self.p.instances.served(True) != before[1]:
+            out.datagrams += self._announce(now, only=list(self.p.cfg.peers))
         return out
 
     def _partner_heard(self, now: float, sender: IPv4Address, role: ProxyRole) -> CoreOutput:
-        if role.site != self.cfg.site:
-            self.stats.drop("proxy_of_other_site", now, f"{sender} says site {role.site}")
+        if role.site != self.p.cfg.site:
+            self.p.stats.drop("proxy_of_other_site", now, f"{sender} says site {role.site}")
             return CoreOutput()
-        new = self.election.heard(now, sender, role)
+        new = self.p.election.heard(now, sender, role)
         out = self._elect(now)
         if new and self.active:
             out.datagrams += self._announce(now, only=[sender])
@@ -214,17 +173,17 @@ class ProxyCore:
     # ---------------------------------------------------------- redundancy
 
     def _elect(self, now: float) -> CoreOutput:
-        outcome = self.election.decide(now)
+        outcome = self.p.election.decide(now)
         if outcome is Outcome.UNCHANGED:
             return CoreOutput()
-        self.stats.count(f"proxy_{outcome.value}")
+        self.p.stats.count(f"proxy_{outcome.value}")
         if outcome is Outcome.BECAME_ACTIVE:
-            LOG.warning("%s: now the active proxy of site %s", self.cfg.name, self.cfg.site)
+            LOG.warning("%s: now the active proxy of site %s", self.p.cfg.name, self.p.cfg.site)
         else:
             LOG.warning(
                 "%s: stepping down, another proxy of site %s is active",
-                self.cfg.name,
-                self.cfg.site,
+                self.p.cfg.name,
+                self.p.cfg.site,
             )
         return CoreOutput(datagrams=self._announce(now))
 
@@ -232,31 +191,31 @@ class ProxyCore:
         """To site peers: the instances other sites serve; to remote proxies: those our
         site serves.  A standby proxy announces itself with none."""
         if only is None:
-            self.next_announce = now + self.cfg.announce_interval
-        targets = only if only is not None else [*self.cfg.peers, *sorted(self.sides.wan_peers)]
-        role = ProxyRole(self.cfg.site, self.active, self.cfg.proxy_priority)
-        served = {wan: self.instances.served(not wan) if self.active else [] for wan in (0, 1)}
+            self.next_announce = now + self.p.cfg.announce_interval
+        targets = only if only is not None else [*self.p.cfg.peers, *sorted(self.p.sides.wan_peers)]
+        role = ProxyRole(self.p.cfg.site, self.active, self.p.cfg.proxy_priority)
+        served = {wan: self.p.instances.served(not wan) if self.active else [] for wan in (0, 1)}
         out = []
         for host in targets:
-            instances = served[self.sides.wan(host)]
+            instances = served[self.p.sides.wan(host)]
             if len(instances) > ANNOUNCE_MAX_INSTANCES:
-                self.stats.drop("announce_truncated", now, f"{len(instances)} instances")
+                self.p.stats.drop("announce_truncated", now, f"{len(instances)} instances")
                 instances = instances[:ANNOUNCE_MAX_INSTANCES]
-            out.append(self.channel.datagram(host, Announce(frozenset(instances), role)))
-        self.stats.count("announce_sent", len(out))
+            out.append(self.p.channel.datagram(host, Announce(frozenset(instances), role)))
+        self.p.stats.count("announce_sent", len(out))
         return out
 
     def tick(self, now: float) -> CoreOutput:
         out = self._elect(now)
         # Both ways: the standby watches the active one, and the active one knows
         # whether it still has a standby.
-        if self.election.hello_due(now):
-            out.datagrams += self._announce(now, only=sorted(self.election.partners))
-        dropped = self.reassembly.expire(now)
+        if self.p.election.hello_due(now):
+            out.datagrams += self._announce(now, only=sorted(self.p.election.partners))
+        dropped = self.p.reassembly.expire(now)
         if dropped:
-            self.stats.count("drop_reassembly_timeout", dropped)
+            self.p.stats.count("drop_reassembly_timeout", dropped)
         out.datagrams += self.relay.retransmit(now)
-        for instance, host in self.members.expire(now):
+        for instance, host in self.p.members.expire(now):
             out.ofmsgs += self.relay.member_changed(instance, host, joined=False)
         if now >= self.next_announce:
             out.datagrams += self._announce(now)
@@ -266,60 +225,60 @@ class ProxyCore:
 
     def status(self, now: float) -> dict[str, object]:
         def side(row: dict[str, object]) -> str:
-            return "remote" if self.sides.wan(IPv4Address(str(row["host"]))) else "site"
+            return "remote" if self.p.sides.wan(IPv4Address(str(row["host"]))) else "site"
 
         return {
-            "host": self.cfg.name,
+            "host": self.p.cfg.name,
             "role": "proxy",
-            "site": self.cfg.site,
+            "site": self.p.cfg.site,
             "active": self.active,
-            "underlay_ip": str(self.me),
+            "underlay_ip": str(self.p.me),
             "wan_ip": str(self.wan_ip),
-            "connected": self.link.connected,
+            "connected": self.p.link.connected,
             "partners": {
                 str(h): {"active": p.role.active, "priority": p.role.priority}
-                for h, p in sorted(self.election.partners.items())
+                for h, p in sorted(self.p.election.partners.items())
             },
             "remote_proxies": {
                 str(h): {"site": k.role.site, "active": k.role.active}
-                for h, k in sorted(self.members.proxies.items())
+                for h, k in sorted(self.p.members.proxies.items())
             },
             "instances": {
                 str(instance): {
                     "local": [],
-                    "members": sorted(str(h) for h in self.instances.side(instance, False)),
-                    "remote_proxies": sorted(str(h) for h in self.instances.side(instance, True)),
-                    "learned": [{**r, "side": side(r)} for r in self.learned.rows(now, instance)],
+                    "members": sorted(str(h) for h in self.p.instances.side(instance, False)),
+                    "remote_proxies": sorted(str(h) for h in self.p.instances.side(instance, True)),
+                    "learned": [{**r, "side": side(r)} for r in self.p.learned.rows(now, instance)],
                 }
                 for instance in self._carried()
             },
-            "pending": len(self.resolver),
-            "counters": dict(sorted(self.stats.counters.items())),
+            "pending": len(self.p.resolver),
+            "counters": dict(sorted(self.p.stats.counters.items())),
         }
 
     def _carried(self) -> list[int]:
         """Every instance the proxy carries: with a member, or with something learned."""
-        return sorted(set(self.members.instances()) | self.learned.instances())
+        return sorted(set(self.p.members.instances()) | self.p.learned.instances())
 
     def stats_view(self) -> StatsView:
         return StatsView(
-            host=self.cfg.name,
+            host=self.p.cfg.name,
             role=self.role,
-            site=self.cfg.site,
-            underlay_ip=str(self.me),
+            site=self.p.cfg.site,
+            underlay_ip=str(self.p.me),
             wan_ip=str(self.wan_ip),
-            connected=self.link.connected,
+            connected=self.p.link.connected,
             proxy_active=self.active,
-            pending=len(self.resolver),
-            counters=dict(self.stats.counters),
-            packet_ins=dict(self.stats.packet_ins),
+            pending=len(self.p.resolver),
+            counters=dict(self.p.stats.counters),
+            packet_ins=dict(self.p.stats.packet_ins),
             instances={
                 i: InstanceCounts(
                     local=0,
-                    learned=len(self.learned.of_instance(i)),
-                    members=self.members.count(i),
+                    learned=len(self.p.learned.of_instance(i)),
+                    members=self.p.members.count(i),
                 )
                 for i in self._carried()
             },
-            latency=self.stats.learn_latency.copy(),
+            latency=self.p.stats.learn_latency.copy(),
         )

@@ -16,20 +16,19 @@ from __future__ import annotations
 import logging
 from ipaddress import IPv4Address
 
-from dove_ryu.agent.channel import ControlChannel
-from dove_ryu.agent.election import Election
-from dove_ryu.agent.endpoints import LearnedEndpoints
-from dove_ryu.agent.fragments import Fragmenter, Reassembly
-from dove_ryu.agent.link import SwitchLink
-from dove_ryu.agent.membership import Membership
-from dove_ryu.agent.resolver import Pending, Resolver, Target
-from dove_ryu.agent.sides import ProxyInstances, Sides
-from dove_ryu.agent.stats import Stats, packet_in_reason
-from dove_ryu.config import DoveConfig
+from dove_ryu.agent.parts import ProxyParts
+from dove_ryu.agent.resolver import Pending, Target
 from dove_ryu.model import Endpoint
 from dove_ryu.openflow import cookies, flows
 from dove_ryu.openflow.cookies import Purpose
-from dove_ryu.openflow.ofmsg import OFPP_CONTROLLER, CoreOutput, Datagram, OfMsg, PacketOut
+from dove_ryu.openflow.ofmsg import (
+    OFPP_CONTROLLER,
+    CoreOutput,
+    Datagram,
+    OfMsg,
+    PacketIn,
+    PacketOut,
+)
 from dove_ryu.openflow.packet import BadPacket, frag_needed, parse
 from dove_ryu.openflow.pipeline import FROM_WAN, INSTANCE_MASK
 from dove_ryu.protocol.messages import (
@@ -49,33 +48,8 @@ Waiter = tuple[IPv4Address, int]  # (who asked us, their request id)
 
 
 class ProxyRelay:
-    def __init__(
-        self,
-        cfg: DoveConfig,
-        stats: Stats,
-        link: SwitchLink,
-        sides: Sides,
-        channel: ControlChannel,
-        members: Membership,
-        instances: ProxyInstances,
-        resolver: Resolver,
-        learned: LearnedEndpoints,
-        election: Election,
-        fragmenter: Fragmenter,
-        reassembly: Reassembly,
-    ) -> None:
-        self.cfg = cfg
-        self.stats = stats
-        self.link = link
-        self.sides = sides
-        self.channel = channel
-        self.members = members
-        self.instances = instances
-        self.resolver = resolver
-        self.learned = learned
-        self.election = election
-        self.fragmenter = fragmenter
-        self.reassembly = reassembly
+    def __init__(self, p: ProxyParts) -> None:
+        self.p = p
         # Who asked us what we are resolving (by our request id): they get the answer.
         self.waiters: dict[int, list[Waiter]] = {}
 
@@ -84,73 +58,73 @@ class ProxyRelay:
     def _tell(self, hosts: list[IPv4Address], make: type, *args: object, **kw: object) -> list:
         """One message per host, each naming us by the leg that host reaches."""
         return [
-            self.channel.datagram(h, make(*args, host=self.sides.leg(h), **kw))
+            self.p.channel.datagram(h, make(*args, host=self.p.sides.leg(h), **kw))
             for h in sorted(hosts)
         ]
 
     def _reply(self, host: IPv4Address, request_id: int, ep: Endpoint) -> Datagram:
         """Where ``ep`` is, as ``host`` sees it: behind us."""
-        self.stats.count("learn_replies_sent")
-        leg = self.sides.leg(host)
+        self.p.stats.count("learn_replies_sent")
+        leg = self.p.sides.leg(host)
         msg = LearnReply(ep.instance, request_id, ep.mac, ep.ips, leg, ep.seq)
-        return self.channel.datagram(host, msg)
+        return self.p.channel.datagram(host, msg)
 
     def _say(self, hosts: list[IPv4Address], msg: Message) -> list[Datagram]:
-        return self.channel.to_each(hosts, msg)
+        return self.p.channel.to_each(hosts, msg)
 
     # ------------------------------------------------------------ members
 
     def member_changed(self, instance: int, host: IPv4Address, joined: bool) -> list[OfMsg]:
-        side = "remote proxy" if self.sides.wan(host) else "member"
+        side = "remote proxy" if self.p.sides.wan(host) else "member"
         verb = "joined" if joined else "left"
-        LOG.info("%s: %s %s %s instance %d", self.cfg.name, side, host, verb, instance)
-        self.stats.count(f"member_{verb}")
-        msgs = [] if joined else self.learned.forget_behind(instance, host)
-        if not self.members.count(instance):
-            self.learned.drop_instance(instance)
-        return msgs + self.instances.member_changed(instance, host, joined)
+        LOG.info("%s: %s %s %s instance %d", self.p.cfg.name, side, host, verb, instance)
+        self.p.stats.count(f"member_{verb}")
+        msgs = [] if joined else self.p.learned.forget_behind(instance, host)
+        if not self.p.members.count(instance):
+            self.p.learned.drop_instance(instance)
+        return msgs + self.p.instances.member_changed(instance, host, joined)
 
     def failover(self, now: float, site: str, old: IPv4Address, new: IPv4Address) -> list[OfMsg]:
         """Another site's standby proxy took over: what was behind the old one is
         behind the new one now."""
-        self.stats.count("proxy_failover")
-        LOG.warning("%s: site %s now through proxy %s (was %s)", self.cfg.name, site, new, old)
-        msgs = self.learned.move_host(now, old, new)
-        for instance in self.members.instances():
-            if self.members.leave(instance, old):
+        self.p.stats.count("proxy_failover")
+        LOG.warning("%s: site %s now through proxy %s (was %s)", self.p.cfg.name, site, new, old)
+        msgs = self.p.learned.move_host(now, old, new)
+        for instance in self.p.members.instances():
+            if self.p.members.leave(instance, old):
                 msgs += self.member_changed(instance, old, joined=False)
         return msgs
 
     def ask_new_member(self, instance: int, host: IPv4Address) -> list[Datagram]:
         """LEARNs in flight towards ``host``'s side go to it at once."""
-        wan = self.sides.wan(host)
+        wan = self.p.sides.wan(host)
         return [
             dgram
-            for pending in self.resolver.of_instance(instance)
+            for pending in self.p.resolver.of_instance(instance)
             if pending.scope == wan
             for dgram in self._learn_requests(pending, [host])
         ]
 
     def _join(self, now: float, instance: int, host: IPv4Address) -> list[OfMsg]:
         """``host`` spoke for an endpoint of the instance: it serves the instance."""
-        if self.members.serves(instance, host):
+        if self.p.members.serves(instance, host):
             return []
-        self.members.join(now, instance, host)
+        self.p.members.join(now, instance, host)
         return self.member_changed(instance, host, joined=True)
 
     # ---------------------------------------------------------- resolving
 
     def _learn_requests(self, pending: Pending, hosts: list[IPv4Address]) -> list[Datagram]:
-        self.stats.count("learn_requests_sent", len(hosts))
+        self.p.stats.count("learn_requests_sent", len(hosts))
         return self._say(hosts, pending.request())
 
     def retransmit(self, now: float) -> list[Datagram]:
         out = []
-        for pending in self.resolver.due(now):
-            hosts = self.instances.side(pending.instance, bool(pending.scope))
+        for pending in self.p.resolver.due(now):
+            hosts = self.p.instances.side(pending.instance, bool(pending.scope))
             out += self._learn_requests(pending, hosts)
         # Questions given up are not waited on any more.
-        for request_id in [r for r in self.waiters if self.resolver.by_request(r) is None]:
+        for request_id in [r for r in self.waiters if self.p.resolver.by_request(r) is None]:
             del self.waiters[request_id]
         return out
 
@@ -165,72 +139,63 @@ class ProxyRelay:
         request: LearnRequest | None = None,
     ) -> CoreOutput:
         """Ask the other side for ``target``, holding a frame or a host's question."""
-        pending = self.resolver.in_flight(instance, target, toward_wan)
+        pending = self.p.resolver.in_flight(instance, target, toward_wan)
         if pending is not None:
             if held is not None:
-                self.resolver.hold(pending, (0, held))
+                self.p.resolver.hold(pending, (0, held))
             waiting = self.waiters.setdefault(pending.request_id, [])
             if waiter is not None and waiter not in waiting:
                 waiting.append(waiter)
             return CoreOutput()
-        if not self.resolver.may_ask(now, instance, target, toward_wan):
+        if not self.p.resolver.may_ask(now, instance, target, toward_wan):
             return CoreOutput()
         requester = request.requester if request else None
         holding = [(0, held)] if held is not None else []
-        pending = self.resolver.start(now, instance, target, holding, requester, toward_wan)
+        pending = self.p.resolver.start(now, instance, target, holding, requester, toward_wan)
         if waiter:
             self.waiters[pending.request_id] = [waiter]
-        self.stats.count("learn_relayed" if waiter else "learn_for_miss")
-        hosts = self.instances.side(instance, toward_wan)
+        self.p.stats.count("learn_relayed" if waiter else "learn_for_miss")
+        hosts = self.p.instances.side(instance, toward_wan)
         return CoreOutput(datagrams=self._learn_requests(pending, hosts))
 
     def _resolved(
         self, now: float, pending: Pending, ep: Endpoint, sender: IPv4Address
     ) -> CoreOutput:
         """Answer who asked us and send on the frames we held."""
-        took = self.resolver.answered(now, pending)
-        ep = self.learned.newest(ep)
-        LOG.info(
-            "%s: learned instance %d %s at %s (seq %d) in %.1f ms",
-            self.cfg.name,
-            ep.instance,
-            ep.mac,
-            ep.host,
-            ep.seq,
-            took * 1000,
-        )
-        out = CoreOutput(ofmsgs=self.learned.remember(now, ep, sender))
+        took = self.p.resolver.answered(now, pending)
+        ep, msgs = self.p.learned.answered(now, ep, sender, took)
+        out = CoreOutput(ofmsgs=msgs)
         for host, request_id in self.waiters.pop(pending.request_id, []):
             out.datagrams.append(self._reply(host, request_id, ep))
-        if self.link.connected:
+        if self.p.link.connected:
             for _, data in pending.held:
                 out.extend(self._forward(ep, data, now))
         return out
 
     def on_learn_request(self, now: float, sender: IPv4Address, msg: LearnRequest) -> CoreOutput:
-        self.stats.count("learn_requests_received")
-        if not self.election.active:
+        self.p.stats.count("learn_requests_received")
+        if not self.p.election.active:
             return CoreOutput()
-        if not self.members.serves(msg.instance, sender):
-            self.stats.drop(
+        if not self.p.members.serves(msg.instance, sender):
+            self.p.stats.drop(
                 "learn_request_nonmember", now, f"from {sender} instance {msg.instance}"
             )
             return CoreOutput()
         who = msg.requester
         out = CoreOutput()
         if who is not None:
-            out.ofmsgs += self.learned.glean(now, sender, msg.instance, who)
+            out.ofmsgs += self.p.learned.glean(now, sender, msg.instance, who)
         target: Target
         if msg.mac is not None:
             target = msg.mac
-            known = self.learned.get(msg.instance, msg.mac)
+            known = self.p.learned.get(msg.instance, msg.mac)
         else:
             assert msg.ip is not None
             target = msg.ip
-            known = self.learned.get_by_ip(msg.instance, msg.ip)
-        wan = self.sides.wan(sender)
+            known = self.p.learned.get_by_ip(msg.instance, msg.ip)
+        wan = self.p.sides.wan(sender)
         if known is not None:
-            if self.sides.wan(known.endpoint.host) != wan:
+            if self.p.sides.wan(known.endpoint.host) != wan:
                 # On the other side: we are where it is, as the asker sees it.
                 out.datagrams.append(self._reply(sender, msg.request_id, known.endpoint))
             return out  # on the asker's side, it answers for itself
@@ -240,11 +205,13 @@ class ProxyRelay:
         )
 
     def on_learn_reply(self, now: float, sender: IPv4Address, msg: LearnReply) -> CoreOutput:
-        pending = self.resolver.take_reply(now, sender, msg, scope=self.sides.wan(sender))
+        pending = self.p.resolver.take_reply(now, sender, msg, scope=self.p.sides.wan(sender))
         if pending is None:
             return CoreOutput()
-        if not self.members.serves(msg.instance, sender):
-            self.stats.drop("learn_reply_nonmember", now, f"from {sender} instance {msg.instance}")
+        if not self.p.members.serves(msg.instance, sender):
+            self.p.stats.drop(
+                "learn_reply_nonmember", now, f"from {sender} instance {msg.instance}"
+            )
             return CoreOutput()
         ep = Endpoint(msg.instance, msg.mac, msg.ips, msg.host, msg.seq)
         return self._resolved(now, pending, ep, sender)
@@ -252,28 +219,28 @@ class ProxyRelay:
     def on_endpoint_here(self, now: float, sender: IPv4Address, msg: EndpointHere) -> CoreOutput:
         """A VM arrived (in our site, or behind a remote proxy): follow it, tell the
         other side, answer LEARNs waiting for it."""
-        self.stats.count("endpoint_received")
+        self.p.stats.count("endpoint_received")
         if msg.host != sender:
-            self.stats.drop("endpoint_for_other_host", now, f"from {sender} for {msg.host}")
+            self.p.stats.drop("endpoint_for_other_host", now, f"from {sender} for {msg.host}")
             return CoreOutput()
         out = CoreOutput(ofmsgs=self._join(now, msg.instance, sender))
-        current = self.learned.get(msg.instance, msg.mac)
+        current = self.p.learned.get(msg.instance, msg.mac)
         if current is not None and current.endpoint.seq >= msg.seq:
-            self.stats.count("endpoint_stale")
+            self.p.stats.count("endpoint_stale")
             return out
         ep = Endpoint(msg.instance, msg.mac, msg.ips, sender, msg.seq)
-        out.ofmsgs += self.learned.remember(now, ep, sender)
-        self.stats.count("endpoint_moved" if current else "endpoint_learned")
-        if self.election.active:
-            other_side = self.instances.side(msg.instance, not self.sides.wan(sender))
+        out.ofmsgs += self.p.learned.remember(now, ep, sender)
+        self.p.stats.count("endpoint_moved" if current else "endpoint_learned")
+        if self.p.election.active:
+            other_side = self.p.instances.side(msg.instance, not self.p.sides.wan(sender))
             out.datagrams += self._tell(
                 other_side, EndpointHere, msg.instance, msg.mac, msg.ips, seq=msg.seq
             )
-            self.stats.count("endpoint_relayed", len(other_side))
+            self.p.stats.count("endpoint_relayed", len(other_side))
         targets: list[Target] = [msg.mac, *msg.ips]
         for toward_wan in (False, True):
             for target in targets:
-                pending = self.resolver.in_flight(msg.instance, target, toward_wan)
+                pending = self.p.resolver.in_flight(msg.instance, target, toward_wan)
                 if pending is not None:
                     out.extend(self._resolved(now, pending, ep, sender))
         return out
@@ -283,62 +250,52 @@ class ProxyRelay:
 
         From the site it always goes on to the remote proxies: they may have learned
         it through us after our own entry aged out."""
-        self.stats.count("unlearn_received")
+        self.p.stats.count("unlearn_received")
         if msg.host != sender:
-            self.stats.drop("unlearn_for_other_host", now, f"from {sender} for {msg.host}")
+            self.p.stats.drop("unlearn_for_other_host", now, f"from {sender} for {msg.host}")
             return CoreOutput()
-        forgotten = self.learned.unlearn(now, msg)
+        forgotten = self.p.learned.unlearn(now, msg)
         out = CoreOutput(ofmsgs=forgotten or [])
-        wan = self.sides.wan(sender)
-        if self.election.active and (forgotten is not None or not wan):
-            other_side = self.instances.side(msg.instance, not wan)
+        wan = self.p.sides.wan(sender)
+        if self.p.election.active and (forgotten is not None or not wan):
+            other_side = self.p.instances.side(msg.instance, not wan)
             out.datagrams += self._tell(other_side, Unlearn, msg.instance, msg.mac, seq=msg.seq)
-            self.stats.count("unlearn_relayed", len(other_side))
+            self.p.stats.count("unlearn_relayed", len(other_side))
         return out
 
     # ---------------------------------------------------------- datapath
 
-    def packet_in(
-        self,
-        now: float,
-        cookie: int,
-        data: bytes,
-        metadata: int | None,
-        tunnel_src: IPv4Address | None,
-    ) -> CoreOutput:
-        self.stats.count("packet_in")
-        decoded = cookies.decode(cookie)
-        self.stats.packet_ins[packet_in_reason(decoded)] += 1
-        if (
-            decoded is None
-            or not metadata
-            or not metadata & INSTANCE_MASK
-            or not self.link.connected
-        ):
-            self.stats.drop("packet_in_unexpected", now, f"cookie {cookie:#x}")
+    def packet_in(self, now: float, punted: PacketIn) -> CoreOutput:
+        decoded = self.p.stats.punted(punted.cookie)
+        metadata, data, tunnel_src = punted.metadata, punted.data, punted.tunnel_src
+        if decoded is None or not metadata or not metadata & INSTANCE_MASK:
+            self.p.stats.drop("packet_in_unexpected", now, f"cookie {punted.cookie:#x}")
+            return CoreOutput()
+        if not self.p.link.connected:
+            self.p.stats.drop("packet_in_unexpected", now, "switch not connected")
             return CoreOutput()
         instance = metadata & INSTANCE_MASK
         from_wan = bool(metadata & FROM_WAN)
         try:
             frame = parse(data)
         except BadPacket as e:
-            self.stats.drop("packet_in_malformed", now, str(e))
+            self.p.stats.drop("packet_in_malformed", now, str(e))
             return CoreOutput()
-        known = self.learned.get(instance, frame.dst)
+        known = self.p.learned.get(instance, frame.dst)
         if decoded.purpose is Purpose.WAN_OVERSIZE:
             return self._oversize(now, instance, frame.dst, frame.is_multicast, data, tunnel_src)
         if decoded.purpose is not Purpose.INSTANCE or decoded.tag != flows.TAG_L2_MISS:
-            self.stats.drop("packet_in_unexpected", now, f"cookie {cookie:#x}")
+            self.p.stats.drop("packet_in_unexpected", now, f"cookie {punted.cookie:#x}")
             return CoreOutput()
-        self.stats.count("packet_in_l2_miss")
+        self.p.stats.count("packet_in_l2_miss")
         if known is None:
             return self._resolve_for(now, instance, frame.dst, not from_wan, held=data)
-        if self.sides.wan(known.endpoint.host) == from_wan:
+        if self.p.sides.wan(known.endpoint.host) == from_wan:
             # It would go back where it came from: two sites disagree for a moment.
-            self.stats.drop("proxy_wrong_side", now, f"instance {instance} {frame.dst}")
+            self.p.stats.drop("proxy_wrong_side", now, f"instance {instance} {frame.dst}")
             return CoreOutput()
         # The flow was just (re)installed or idled out: put it back, send this one.
-        out = CoreOutput(ofmsgs=self.learned.flows.install(known.endpoint))
+        out = CoreOutput(ofmsgs=self.p.learned.flows.install(known.endpoint))
         return out.extend(self._forward(known.endpoint, data, now))
 
     def _oversize(
@@ -354,65 +311,65 @@ class ProxyRelay:
         or, if the operator chose so, ICMP "fragmentation needed" to its sender."""
         if multicast:
             out = CoreOutput()
-            for proxy in self.instances.side(instance, True):
+            for proxy in self.p.instances.side(instance, True):
                 out.extend(self._fragment(now, instance, proxy, data))
             return out
-        known = self.learned.get(instance, dst)
-        if known is None or not self.sides.wan(known.endpoint.host):
-            self.stats.drop("oversize_unknown", now, dst)
+        known = self.p.learned.get(instance, dst)
+        if known is None or not self.p.sides.wan(known.endpoint.host):
+            self.p.stats.drop("oversize_unknown", now, dst)
             return CoreOutput()
-        if self.cfg.wan_oversize == "icmp" and tunnel_src is not None:
-            icmp = frag_needed(data, self.cfg.wan_mtu - ICMP_MTU_MARGIN)
+        if self.p.cfg.wan_oversize == "icmp" and tunnel_src is not None:
+            icmp = frag_needed(data, self.p.cfg.wan_mtu - ICMP_MTU_MARGIN)
             if icmp is not None:
-                self.stats.count("wan_icmp_frag_needed_sent")
-                actions = flows.tunnel_actions(self.link.tunnel, instance, tunnel_src)
+                self.p.stats.count("wan_icmp_frag_needed_sent")
+                actions = flows.tunnel_actions(self.p.link.tunnel, instance, tunnel_src)
                 return CoreOutput(ofmsgs=[PacketOut(OFPP_CONTROLLER, icmp, actions)])
         return self._fragment(now, instance, known.endpoint.host, data)
 
     def _forward(self, ep: Endpoint, data: bytes, now: float) -> CoreOutput:
         """Send one frame the agent holds on to ``ep``'s next hop."""
-        if self.sides.wan(ep.host) and len(data) > flows.wan_frame_limit(self.cfg.wan_mtu):
+        if self.p.sides.wan(ep.host) and len(data) > flows.wan_frame_limit(self.p.cfg.wan_mtu):
             return self._fragment(now, ep.instance, ep.host, data)
-        actions = flows.tunnel_actions(self.link.tunnel, ep.instance, ep.host)
-        self.stats.count("packets_released")
+        actions = flows.tunnel_actions(self.p.link.tunnel, ep.instance, ep.host)
+        self.p.stats.count("packets_released")
         return CoreOutput(ofmsgs=[PacketOut(OFPP_CONTROLLER, data, actions)])
 
     def _fragment(self, now: float, instance: int, proxy: IPv4Address, data: bytes) -> CoreOutput:
         """Carry a frame too big for the inter-site path in DOVE-layer pieces."""
-        pieces = self.fragmenter.split(instance, data)
+        pieces = self.p.fragmenter.split(instance, data)
         if pieces is None:
-            self.stats.drop("frame_too_long", now, f"{len(data)} bytes")
+            self.p.stats.drop("frame_too_long", now, f"{len(data)} bytes")
             return CoreOutput()
-        self.stats.count("wan_frames_fragmented")
-        self.stats.count("wan_fragments_sent", len(pieces))
-        return CoreOutput(datagrams=[self.channel.datagram(proxy, p) for p in pieces])
+        self.p.stats.count("wan_frames_fragmented")
+        self.p.stats.count("wan_fragments_sent", len(pieces))
+        return CoreOutput(datagrams=[self.p.channel.datagram(proxy, p) for p in pieces])
 
     def on_fragment(self, now: float, sender: IPv4Address, msg: FrameFragment) -> CoreOutput:
-        if not self.sides.wan(sender):
-            self.stats.drop("fragment_from_site", now, f"from {sender}")
+        if not self.p.sides.wan(sender):
+            self.p.stats.drop("fragment_from_site", now, f"from {sender}")
             return CoreOutput()
-        if not self.members.serves(msg.instance, sender):
-            self.stats.drop("fragment_nonmember", now, f"from {sender} instance {msg.instance}")
+        if not self.p.members.serves(msg.instance, sender):
+            self.p.stats.drop("fragment_nonmember", now, f"from {sender} instance {msg.instance}")
             return CoreOutput()
-        self.stats.count("wan_fragments_received")
-        result = self.reassembly.add(now, sender, msg)
+        self.p.stats.count("wan_fragments_received")
+        result = self.p.reassembly.add(now, sender, msg)
         if isinstance(result, str):
             if result != "pending":
-                self.stats.drop(result, now, f"from {sender}")
+                self.p.stats.drop(result, now, f"from {sender}")
             return CoreOutput()
-        self.stats.count("wan_frames_reassembled")
+        self.p.stats.count("wan_frames_reassembled")
         try:
             frame = parse(result)
         except BadPacket as e:
-            self.stats.drop("reassembled_malformed", now, str(e))
+            self.p.stats.drop("reassembled_malformed", now, str(e))
             return CoreOutput()
         if frame.is_multicast:
             out = CoreOutput()
-            for host in self.instances.side(msg.instance, False):
+            for host in self.p.instances.side(msg.instance, False):
                 out.extend(self._forward(Endpoint(msg.instance, "", (), host, 0), result, now))
             return out
-        known = self.learned.get(msg.instance, frame.dst)
-        if known is not None and not self.sides.wan(known.endpoint.host):
+        known = self.p.learned.get(msg.instance, frame.dst)
+        if known is not None and not self.p.sides.wan(known.endpoint.host):
             return self._forward(known.endpoint, result, now)
         return self._resolve_for(now, msg.instance, frame.dst, False, held=result)
 
@@ -426,4 +383,4 @@ class ProxyRelay:
         mac = match.get("eth_dst")
         if not isinstance(mac, str):
             return CoreOutput()
-        return CoreOutput(ofmsgs=self.learned.idled_out(now, decoded.instance, mac, age))
+        return CoreOutput(ofmsgs=self.p.learned.idled_out(now, decoded.instance, mac, age))

@@ -13,7 +13,7 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from dove_ryu.openflow.cookies import Cookie, Purpose
+from dove_ryu.openflow.cookies import Cookie, Purpose, decode
 from dove_ryu.openflow.flows import TAG_ARP_MISS, TAG_L2_MISS
 
 # Seconds, 1 ms .. 2 s.  An answer at the first try takes milliseconds; one that
@@ -104,6 +104,13 @@ class Stats:
 
     def count(self, event: str, n: int = 1) -> None:
         self.counters[event] += n
+
+    def punted(self, cookie: int) -> Cookie | None:
+        """Count a packet-in, by why it came; returns its decoded cookie (None: not ours)."""
+        self.counters["packet_in"] += 1
+        decoded = decode(cookie)
+        self.packet_ins[packet_in_reason(decoded)] += 1
+        return decoded
 
     def drop(self, reason: str, now: float, detail: str = "") -> None:
         """Something was refused: count it, and say so (a few lines per reason)."""

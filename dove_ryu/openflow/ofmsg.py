@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
+from ipaddress import IPv4Address
 
 MatchValue = int | str | tuple[int, int] | tuple[str, str]
 Match = Mapping[str, MatchValue]
@@ -116,6 +117,17 @@ class PacketOut:
     # it needs no barrier.  It still follows the flow changes of its batch, which OVS
     # applies in order: the VM's next packet must find its forwarding flow.
     after_flows: bool = True
+
+
+@dataclass(frozen=True)
+class PacketIn:
+    """A packet the pipeline sent to the agent, with what the switch said of it."""
+
+    cookie: int  # of the flow that sent it: why it came (`dove_ryu.openflow.cookies`)
+    in_port: int
+    data: bytes
+    metadata: int | None = None
+    tunnel_src: IPv4Address | None = None  # for a packet that came through the tunnel
 
 
 @dataclass(frozen=True)

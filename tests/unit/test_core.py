@@ -236,7 +236,7 @@ def three_hosts(**settings: str) -> Net:
 def test_unicast_miss_is_learned_from_members_only_and_released_into_the_tunnel() -> None:
     net = three_hosts()
     h1 = net.hosts[1]
-    assert set(h1.core.members.hosts(5001)) == {ip(2)}
+    assert set(h1.core.p.members.hosts(5001)) == {ip(2)}
     net.sent.clear()
 
     held = net.send(1, 1, eth(MAC_A, MAC_B))
@@ -299,7 +299,7 @@ def test_answering_host_learns_the_requester_so_replies_need_no_learn() -> None:
     net.send(1, 1, arp_request(MAC_A, "192.168.1.1", "192.168.1.2"))
     net.deliver()
     assert len(net.packet_ins) == 1
-    learned = net.hosts[2].core.learned.get(5001, MAC_A)
+    learned = net.hosts[2].core.p.learned.get(5001, MAC_A)
     assert learned is not None and learned.endpoint.host == ip(1)
 
     # b answers a: its ARP and its unicast go straight into the tunnel, no packet-in.
@@ -314,7 +314,7 @@ def test_a_request_nobody_answers_teaches_nobody() -> None:
     net = three_hosts()
     net.send(1, 1, eth(MAC_A, "02:00:00:00:09:09"))
     net.deliver()
-    assert net.hosts[2].core.learned.get(5001, MAC_A) is None
+    assert net.hosts[2].core.p.learned.get(5001, MAC_A) is None
 
 
 def test_arp_for_local_vm_is_answered_without_the_agent() -> None:
@@ -486,7 +486,7 @@ def test_bad_control_messages_are_counted_not_raised() -> None:
     out = core.control_message(net.now, _frame(reply, ip(2)), ip(2))
     assert out.ofmsgs == [] and out.datagrams == []
     assert core.counters["learn_reply_unsolicited"] == 1
-    assert core.learned.get(5001, MAC_B) is None
+    assert core.p.learned.get(5001, MAC_B) is None
 
 
 # ------------------------------------------------------------------------- bounds
@@ -516,7 +516,7 @@ def test_spraying_random_destinations_stays_bounded() -> None:
             if answered % 2 or msg.mac is None:
                 continue
             reply = LearnReply(5001, msg.request_id, msg.mac, (IPv4Address(answered),), ip(2), 1)
-            data = h2.core.channel.datagram(ip(1), reply).payload
+            data = h2.core.p.channel.datagram(ip(1), reply).payload
             net.apply(h1, h1.core.control_message(net.now, data, ip(2)))
 
     for i in range(10_000):
@@ -524,7 +524,7 @@ def test_spraying_random_destinations_stays_bounded() -> None:
         net.now += 0.001
         net.send(1, 1, eth(MAC_A, dst))
         answer_half()
-        max_pending = max(max_pending, len(h1.core.resolver))
+        max_pending = max(max_pending, len(h1.core.p.resolver))
         if i % 100 == 99:
             for host in net.hosts.values():
                 net.apply(host, host.core.tick(net.now))
@@ -539,7 +539,7 @@ def test_spraying_random_destinations_stays_bounded() -> None:
     assert len(first_sends) <= 30 + 30 * elapsed  # token bucket: burst + rate * time
     assert h1.core.counters["drop_learn_rate_limited"] > 0
     assert h1.core.counters["drop_pending_full"] > 0
-    assert len(h1.core.learned) <= 32
+    assert len(h1.core.p.learned) <= 32
     assert h1.core.counters["learned"] > 32  # it was full and evicted
     # One l2 flow and one ARP answer per learned endpoint, no leftovers.
     assert max_flows <= baseline + 2 * 32
@@ -554,7 +554,7 @@ def test_unanswered_learn_is_retried_then_given_up_and_negatively_cached() -> No
     for _ in range(3):
         net.send(1, 1, eth(MAC_A, ghost))
     net.deliver()
-    assert len(core.resolver) == 1
+    assert len(core.p.resolver) == 1
     assert len(net.learn_requests(src=1)) == 1
 
     net.advance(3.5)
@@ -562,7 +562,7 @@ def test_unanswered_learn_is_retried_then_given_up_and_negatively_cached() -> No
     assert core.counters["learn_retransmits"] == 3
     assert core.counters["learn_timeouts"] == 1
     assert core.counters["held_dropped"] == 3
-    assert len(core.resolver) == 0
+    assert len(core.p.resolver) == 0
     sent = net.learn_requests(src=1)
     assert len(sent) == 4 and {s.dst for s in sent} == {ip(2)}
     assert [s for s in net.seen if s.delivery.pkt.get("eth_dst") == ghost] == []
@@ -586,13 +586,13 @@ def test_idle_learned_flow_is_forgotten() -> None:
 
     removed = h1.switch.expire(purpose_is(Purpose.LEARNED))
     assert len(removed) == 1
-    entry = h1.core.learned.get(5001, MAC_B)
+    entry = h1.core.p.learned.get(5001, MAC_B)
     assert entry is not None
     age = net.now - entry.learned_at  # the flow was installed when the entry was learned
     for flow in removed:
         net.apply(h1, h1.core.flow_removed(net.now, flow.cookie, dict(flow.match), True, age))
 
-    assert h1.core.learned.get(5001, MAC_B) is None
+    assert h1.core.p.learned.get(5001, MAC_B) is None
     assert not any(map(purpose_is(Purpose.ARP_LEARNED), h1.switch.flows()))
     assert net.send(1, 1, eth(MAC_A, MAC_B)) == []
     assert len(net.packet_ins) == 2
@@ -608,9 +608,9 @@ def test_removal_echoes_do_not_forget() -> None:
     net.deliver()
     flow = next(f for f in h1.switch.flows() if purpose_is(Purpose.LEARNED)(f))
     deleted = h1.core.flow_removed(net.now, flow.cookie, dict(flow.match), False, 1.0)
-    assert deleted.ofmsgs == [] and h1.core.learned.get(5001, MAC_B) is not None
+    assert deleted.ofmsgs == [] and h1.core.p.learned.get(5001, MAC_B) is not None
     older_flow = h1.core.flow_removed(net.now + 10, flow.cookie, dict(flow.match), True, 300.0)
-    assert older_flow.ofmsgs == [] and h1.core.learned.get(5001, MAC_B) is not None
+    assert older_flow.ofmsgs == [] and h1.core.p.learned.get(5001, MAC_B) is not None
 
 
 def test_a_local_vm_wins_over_what_was_learned_about_it() -> None:
@@ -619,10 +619,10 @@ def test_a_local_vm_wins_over_what_was_learned_about_it() -> None:
     h1 = net.hosts[1]
     net.send(1, 1, arp_request(MAC_A, "192.168.1.1", "192.168.1.2"))
     net.deliver()
-    assert h1.core.learned.get(5001, MAC_B) is not None
-    ports = [*h1.core.ports.by_name.values(), vm("b-here", 9, 5001, MAC_B, "192.168.1.2")]
+    assert h1.core.p.learned.get(5001, MAC_B) is not None
+    ports = [*h1.core.p.ports.by_name.values(), vm("b-here", 9, 5001, MAC_B, "192.168.1.2")]
     net.apply(h1, h1.core.ports_changed(net.now, ports))
-    assert h1.core.learned.get(5001, MAC_B) is None
+    assert h1.core.p.learned.get(5001, MAC_B) is None
     assert not any(map(purpose_is(Purpose.LEARNED, 5001), h1.switch.flows()))
     assert local(net.send(1, 1, eth(MAC_A, MAC_B))) == [(1, 9)]
     arp = net.send(1, 1, arp_request(MAC_A, "192.168.1.1", "192.168.1.2"))
@@ -637,7 +637,7 @@ def test_port_removal_deletes_its_flows_and_last_port_takes_the_instance() -> No
     h1, h2 = net.hosts[1], net.hosts[2]
     net.send(1, 1, arp_request(MAC_A, "192.168.1.1", "192.168.1.2"))
     net.deliver()
-    a, a2, x = (h1.core.ports.by_name[n] for n in ("a", "a2", "x"))
+    a, a2, x = (h1.core.p.ports.by_name[n] for n in ("a", "a2", "x"))
 
     net.apply(h1, h1.core.ports_changed(net.now, [a, x]))
     net.deliver()
@@ -676,7 +676,7 @@ def test_port_removal_deletes_its_flows_and_last_port_takes_the_instance() -> No
     ] == []
     assert 5002 in h1.switch.groups
     # Host 2 heard that host 1 left 5001: no member flow, no flood bucket towards it.
-    assert not h2.core.members.serves(5001, ip(1))
+    assert not h2.core.p.members.serves(5001, ip(1))
     buckets = h2.switch.groups[5001]
     assert SetField("tun_ipv4_dst", str(ip(1))) not in {a for b in buckets for a in b}
     assert SetField("tun_ipv4_dst", str(ip(1))) in {
@@ -740,7 +740,7 @@ def test_an_older_announcement_arriving_late_does_not_undo_a_newer_one() -> None
     older = encode(Announce(frozenset()), sender=ip(2), counter=t + 5, key=KEY, receiver=ip(1))
     core.control_message(net.now, newer, ip(2))
     core.control_message(net.now, older, ip(2))
-    assert core.members.serves(5001, ip(2))
+    assert core.p.members.serves(5001, ip(2))
     assert core.counters["announce_stale"] == 1
 
 
@@ -773,7 +773,7 @@ def test_a_miss_before_any_member_is_known_is_held_until_one_announces() -> None
     core.ports_changed(T0, [vm("a", 1, 5001, MAC_A, "192.168.1.1")])
     cookie = Cookie(Purpose.INSTANCE, 5001, 2).value
     held = core.packet_in(T0, cookie, 1, pkt_to_bytes(eth(MAC_A, MAC_B)))
-    assert held.datagrams == [] and len(core.resolver) == 1
+    assert held.datagrams == [] and len(core.p.resolver) == 1
     announce = encode(
         Announce(frozenset({5001})),
         sender=ip(2),

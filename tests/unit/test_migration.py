@@ -36,7 +36,7 @@ def two_talking() -> Net:
     )
     net.send(1, 1, arp_request(MAC_A, "192.168.1.1", "192.168.1.2"))
     net.deliver()
-    assert net.hosts[1].core.learned.get(5001, MAC_B).endpoint.host == ip(2)
+    assert net.hosts[1].core.p.learned.get(5001, MAC_B).endpoint.host == ip(2)
     return net
 
 
@@ -45,7 +45,7 @@ def move_b(net: Net, to: int, frm: int = 2) -> None:
     on two hosts may well report it)."""
     net.now += 0.2
     new = net.hosts[to]
-    new_ports = [p for p in new.core.ports.by_name.values()] + [
+    new_ports = [p for p in new.core.p.ports.by_name.values()] + [
         vm("b", 7, 5001, MAC_B, "192.168.1.2")
     ]
     net.apply(new, new.core.ports_changed(net.now, new_ports))
@@ -53,17 +53,17 @@ def move_b(net: Net, to: int, frm: int = 2) -> None:
     net.apply(
         old,
         old.core.ports_changed(
-            net.now, [p for p in old.core.ports.by_name.values() if p.mac != MAC_B]
+            net.now, [p for p in old.core.p.ports.by_name.values() if p.mac != MAC_B]
         ),
     )
 
 
 def test_a_move_is_followed_by_hosts_that_had_learned_the_vm() -> None:
     net = two_talking()
-    before = net.hosts[1].core.learned.get(5001, MAC_B).endpoint.seq
+    before = net.hosts[1].core.p.learned.get(5001, MAC_B).endpoint.seq
     move_b(net, to=3)
     net.deliver()
-    entry = net.hosts[1].core.learned.get(5001, MAC_B)
+    entry = net.hosts[1].core.p.learned.get(5001, MAC_B)
     assert entry is not None and entry.endpoint.host == ip(3) and entry.endpoint.seq > before
     seen = net.send(1, 1, eth(MAC_A, MAC_B))
     assert local(seen) == [(3, 7)]
@@ -72,7 +72,7 @@ def test_a_move_is_followed_by_hosts_that_had_learned_the_vm() -> None:
 
 def test_an_older_location_never_overrides_a_newer_one() -> None:
     net = two_talking()
-    old_seq = net.hosts[1].core.learned.get(5001, MAC_B).endpoint.seq
+    old_seq = net.hosts[1].core.p.learned.get(5001, MAC_B).endpoint.seq
     move_b(net, to=3)
     net.deliver()
     h1 = net.hosts[1].core
@@ -84,7 +84,7 @@ def test_an_older_location_never_overrides_a_newer_one() -> None:
     for i, msg in enumerate(stale):
         frame = encode(msg, sender=ip(2), receiver=ip(1), counter=t + i, key=KEY)
         net.apply(net.hosts[1], h1.control_message(net.now, frame, ip(2)))
-    assert h1.learned.get(5001, MAC_B).endpoint.host == ip(3)
+    assert h1.p.learned.get(5001, MAC_B).endpoint.host == ip(3)
     assert h1.counters["endpoint_stale"] == 1
 
 
@@ -94,16 +94,16 @@ def test_traffic_still_sent_to_the_old_host_is_forwarded_and_the_sender_unlearns
     move_b(net, to=3)
     net.queue = [(src, d) for src, d in net.queue if d.dst != str(ip(1))]  # lost
     net.deliver()
-    assert net.hosts[1].core.learned.get(5001, MAC_B).endpoint.host == ip(2)  # stale
+    assert net.hosts[1].core.p.learned.get(5001, MAC_B).endpoint.host == ip(2)  # stale
 
     seen = net.send(1, 1, eth(MAC_A, MAC_B))
     assert (3, 7) in local(seen)  # host 2 sent it on to host 3: not lost
     assert net.hosts[2].core.counters["forwarded_to_new_host"] == 1
     net.deliver()  # host 2's UNLEARN reaches host 1
-    assert net.hosts[1].core.learned.get(5001, MAC_B) is None
+    assert net.hosts[1].core.p.learned.get(5001, MAC_B) is None
     net.send(1, 1, eth(MAC_A, MAC_B))
     net.deliver()
-    assert net.hosts[1].core.learned.get(5001, MAC_B).endpoint.host == ip(3)
+    assert net.hosts[1].core.p.learned.get(5001, MAC_B).endpoint.host == ip(3)
 
 
 def test_a_stopped_vm_is_unlearned_everywhere() -> None:
@@ -113,7 +113,7 @@ def test_a_stopped_vm_is_unlearned_everywhere() -> None:
     told = {s.dst for s in net.sent if isinstance(s.message, Unlearn) and s.src == ip(2)}
     assert told == {ip(1), ip(3)}  # the host that learned b, and every member
     net.deliver()
-    assert net.hosts[1].core.learned.get(5001, MAC_B) is None
+    assert net.hosts[1].core.p.learned.get(5001, MAC_B) is None
 
 
 def test_unlearn_about_another_host_is_refused() -> None:
@@ -127,7 +127,7 @@ def test_unlearn_about_another_host_is_refused() -> None:
         key=KEY,
     )
     h1.control_message(net.now, frame, ip(3))
-    assert h1.learned.get(5001, MAC_B) is not None
+    assert h1.p.learned.get(5001, MAC_B) is not None
     assert h1.counters["drop_unlearn_for_other_host"] == 1
 
 
@@ -147,7 +147,7 @@ def test_moving_back_and_forth_leaves_nothing_behind() -> None:
 
     talk(2, 1)
     flows_before = {n: h.switch.flow_count() for n, h in net.hosts.items()}
-    learned_before = {n: len(h.core.learned) for n, h in net.hosts.items()}
+    learned_before = {n: len(h.core.p.learned) for n, h in net.hosts.items()}
     where = 2
     for _ in range(20):
         to = 3 if where == 2 else 2
@@ -156,7 +156,7 @@ def test_moving_back_and_forth_leaves_nothing_behind() -> None:
         where = to
     net.advance(61)  # departures and lingering instances are forgotten
     talk(2, 7)
-    assert {n: len(h.core.learned) for n, h in net.hosts.items()} == learned_before
+    assert {n: len(h.core.p.learned) for n, h in net.hosts.items()} == learned_before
     assert {n: h.switch.flow_count() for n, h in net.hosts.items()} == flows_before
 
 
@@ -167,12 +167,12 @@ def test_unplugged_before_plugged_is_followed_too() -> None:
     old, new = net.hosts[2], net.hosts[3]
     net.apply(old, old.core.ports_changed(net.now, []))
     net.deliver()
-    assert net.hosts[1].core.learned.get(5001, MAC_B) is None
+    assert net.hosts[1].core.p.learned.get(5001, MAC_B) is None
     net.now += 0.2
-    ports = [*new.core.ports.by_name.values(), vm("b", 7, 5001, MAC_B, "192.168.1.2")]
+    ports = [*new.core.p.ports.by_name.values(), vm("b", 7, 5001, MAC_B, "192.168.1.2")]
     net.apply(new, new.core.ports_changed(net.now, ports))
     net.deliver()
-    entry = net.hosts[1].core.learned.get(5001, MAC_B)
+    entry = net.hosts[1].core.p.learned.get(5001, MAC_B)
     assert entry is not None and entry.endpoint.host == ip(3)
     asked = len(net.learn_requests(src=1))
     assert local(net.send(1, 1, eth(MAC_A, MAC_B))) == [(3, 7)]

@@ -13,22 +13,8 @@ import pytest
 
 from dove_ryu.model import Endpoint, VmPort
 from dove_ryu.openflow import cookies, flows
+from dove_ryu.openflow import ofmsg as of
 from dove_ryu.openflow.cookies import Cookie, Purpose
-from dove_ryu.openflow.ofmsg import (
-    OFPP_CONTROLLER,
-    OFPP_IN_PORT,
-    OFPP_TABLE,
-    CheckLarger,
-    FlowCommand,
-    FlowMod,
-    Group,
-    GroupCommand,
-    GroupMod,
-    Move,
-    OfMsg,
-    Output,
-    SetField,
-)
 from dove_ryu.openflow.pipeline import (
     ALL_TABLES,
     ARP_ND,
@@ -73,7 +59,7 @@ SITE_EP = REMOTE
 WAN_EP = Endpoint(INSTANCE, "02:00:00:00:03:01", (IPv4Address("10.0.0.31"),), PEER_PROXY, 1)
 
 
-def host_messages() -> list[OfMsg]:
+def host_messages() -> list[of.OfMsg]:
     """Every kind of message a host's builders make: a resync with two VM ports,
     members (one lingering), a learned endpoint, and the deletes of all of it."""
     return [
@@ -84,8 +70,8 @@ def host_messages() -> list[OfMsg]:
         *flows.instance_flows(INSTANCE),
         flows.member_flow(INSTANCE, HOST2, TUNNEL),
         flows.member_flow(INSTANCE, HOST3, TUNNEL, lingering=True),
-        flows.flood_group(INSTANCE, [5, 6], [HOST2, HOST3], TUNNEL, GroupCommand.ADD),
-        flows.flood_group(INSTANCE, [5], [HOST2], TUNNEL, GroupCommand.MODIFY),
+        flows.flood_group(INSTANCE, [5, 6], [HOST2, HOST3], TUNNEL, of.GroupCommand.ADD),
+        flows.flood_group(INSTANCE, [5], [HOST2], TUNNEL, of.GroupCommand.MODIFY),
         *flows.learned_flows(REMOTE, TUNNEL, IDLE),
         *flows.learned_arp_flows(REMOTE, REMOTE.ips),
         *flows.delete_learned(REMOTE, keep_l2=True),
@@ -96,7 +82,7 @@ def host_messages() -> list[OfMsg]:
     ]
 
 
-def proxy_messages() -> list[OfMsg]:
+def proxy_messages() -> list[of.OfMsg]:
     """Every kind of message a proxy's builders make: members on both legs, both
     groups, endpoints on both sides, and their deletes."""
     return [
@@ -105,7 +91,7 @@ def proxy_messages() -> list[OfMsg]:
         flows.proxy_member_flow(INSTANCE, HOST2, SITE_LEG, False, TUNNEL),
         flows.proxy_member_flow(INSTANCE, PEER_PROXY, WAN_LEG, True, TUNNEL),
         *flows.proxy_instance_flows(INSTANCE, WAN_MTU),
-        *flows.proxy_groups(INSTANCE, [HOST2, HOST3], [PEER_PROXY], GroupCommand.ADD),
+        *flows.proxy_groups(INSTANCE, [HOST2, HOST3], [PEER_PROXY], of.GroupCommand.ADD),
         flows.proxied_flow(SITE_EP, False, IDLE, WAN_MTU),
         flows.proxied_flow(WAN_EP, True, IDLE, WAN_MTU),
         flows.delete_proxied(SITE_EP, False),
@@ -116,11 +102,11 @@ def proxy_messages() -> list[OfMsg]:
     ]
 
 
-ROLES: dict[str, Callable[[], list[OfMsg]]] = {HOST: host_messages, PROXY: proxy_messages}
+ROLES: dict[str, Callable[[], list[of.OfMsg]]] = {HOST: host_messages, PROXY: proxy_messages}
 
 
-def _adds(msgs: list[OfMsg]) -> list[FlowMod]:
-    return [m for m in msgs if isinstance(m, FlowMod) and not m.is_delete]
+def _adds(msgs: list[of.OfMsg]) -> list[of.FlowMod]:
+    return [m for m in msgs if isinstance(m, of.FlowMod) and not m.is_delete]
 
 
 @pytest.mark.parametrize("role", ROLES)
@@ -129,9 +115,9 @@ def test_every_flow_of_a_role_is_in_a_table_of_that_role(role: str) -> None:
     nothing in wan_egress, a proxy nothing in the VM-port tables."""
     ours = {t.table_id for t in tables_of(role)}
     for msg in ROLES[role]():
-        if isinstance(msg, FlowMod) and msg.is_delete:
+        if isinstance(msg, of.FlowMod) and msg.is_delete:
             assert msg.table_id in ours or msg.table_id == ALL_TABLES, msg
-        elif isinstance(msg, FlowMod):
+        elif isinstance(msg, of.FlowMod):
             assert msg.table_id in ours, msg
             assert msg.goto_table is None or msg.goto_table in ours, msg
 
@@ -150,11 +136,11 @@ def test_the_declaration_is_no_looser_than_the_flows_need() -> None:
         if fm.goto_table is not None:
             use["next_tables"].add(BY_ID[fm.goto_table].name)
         for a in fm.actions:
-            if isinstance(a, SetField):
+            if isinstance(a, of.SetField):
                 use["sets"].add(a.field)
-            elif isinstance(a, Move):
+            elif isinstance(a, of.Move):
                 use["sets"].add(a.dst)
-            elif isinstance(a, CheckLarger):
+            elif isinstance(a, of.CheckLarger):
                 use["registers"].add(a.register)
         if fm.write_metadata is not None:
             metadata[table.name] |= fm.write_metadata[1]
@@ -199,11 +185,11 @@ REFUSED: dict[str, tuple[Callable[[], object], str]] = {
     "goto": (_flow(CLASSIFY, goto=FLOOD), "classify may not jump to flood"),
     "goto backwards": (_flow(ARP_ND, goto=PORT_SECURITY), "arp_nd may not jump"),
     "set_field": (
-        _flow(FLOOD, actions=[SetField("eth_dst", VM1.mac), Group(INSTANCE)]),
+        _flow(FLOOD, actions=[of.SetField("eth_dst", VM1.mac), of.Group(INSTANCE)]),
         "flood may not set eth_dst",
     ),
     "move": (
-        _flow(L2_FORWARD, actions=[Move("eth_src", "eth_dst", 48), Output(5)]),
+        _flow(L2_FORWARD, actions=[of.Move("eth_src", "eth_dst", 48), of.Output(5)]),
         "l2_forward may not set eth_dst",
     ),
     "metadata bit": (
@@ -215,15 +201,15 @@ REFUSED: dict[str, tuple[Callable[[], object], str]] = {
         "classify may not write metadata",
     ),
     "register": (
-        _flow(ARP_ND, actions=[CheckLarger(1464, "reg0", 0)]),
+        _flow(ARP_ND, actions=[of.CheckLarger(1464, "reg0", 0)]),
         "arp_nd may not set register reg0",
     ),
     "register by set_field": (
-        _flow(L2_FORWARD, actions=[SetField("reg1", 1)], goto=FLOOD),
+        _flow(L2_FORWARD, actions=[of.SetField("reg1", 1)], goto=FLOOD),
         "l2_forward may not set register reg1",
     ),
     "output to a port": (
-        _flow(FLOOD, actions=[Output(5)]),
+        _flow(FLOOD, actions=[of.Output(5)]),
         "flood may not output to a local port",
     ),
     "output to the tunnel": (
@@ -231,19 +217,19 @@ REFUSED: dict[str, tuple[Callable[[], object], str]] = {
         "arp_nd may not set tunnel_id",
     ),
     "output to the agent": (
-        _flow(FLOOD, actions=[Output(OFPP_CONTROLLER)]),
+        _flow(FLOOD, actions=[of.Output(of.OFPP_CONTROLLER)]),
         "flood may not output to the agent",
     ),
     "output to a group": (
-        _flow(EGRESS_CHECK, actions=[Group(INSTANCE)]),
+        _flow(EGRESS_CHECK, actions=[of.Group(INSTANCE)]),
         "egress_check may not output to a group",
     ),
     "output to a reserved port": (
-        _flow(L2_FORWARD, actions=[Output(OFPP_TABLE)]),
+        _flow(L2_FORWARD, actions=[of.Output(of.OFPP_TABLE)]),
         "reserved port",
     ),
     "cookie purpose": (
-        _flow(FLOOD, cookie=Cookie(Purpose.LEARNED, INSTANCE), actions=[Group(INSTANCE)]),
+        _flow(FLOOD, cookie=Cookie(Purpose.LEARNED, INSTANCE), actions=[of.Group(INSTANCE)]),
         "flood holds no learned flows",
     ),
     "miss": (
@@ -255,7 +241,7 @@ REFUSED: dict[str, tuple[Callable[[], object], str]] = {
             WAN_EGRESS,
             priority=0,
             cookie=Cookie(Purpose.PIPELINE),
-            actions=[Output(OFPP_IN_PORT), Output(OFPP_CONTROLLER)],
+            actions=[of.Output(of.OFPP_IN_PORT), of.Output(of.OFPP_CONTROLLER)],
         ),
         "wan_egress misses with output to in_port, not this flow",
     ),
@@ -280,15 +266,17 @@ REFUSED: dict[str, tuple[Callable[[], object], str]] = {
         "needs a cookie",
     ),
     "group bucket setting a field": (
-        lambda: group_mod(INSTANCE, GroupCommand.ADD, [(SetField("eth_dst", VM1.mac), Output(5))]),
+        lambda: group_mod(
+            INSTANCE, of.GroupCommand.ADD, [(of.SetField("eth_dst", VM1.mac), of.Output(5))]
+        ),
         f"group {INSTANCE} may not set eth_dst",
     ),
     "group bucket to the agent": (
-        lambda: group_mod(INSTANCE, GroupCommand.ADD, [(Output(OFPP_CONTROLLER),)]),
+        lambda: group_mod(INSTANCE, of.GroupCommand.ADD, [(of.Output(of.OFPP_CONTROLLER),)]),
         f"group {INSTANCE} may not output to the agent",
     ),
     "group delete with buckets": (
-        lambda: group_mod(INSTANCE, GroupCommand.DELETE, [(Output(5),)]),
+        lambda: group_mod(INSTANCE, of.GroupCommand.DELETE, [(of.Output(5),)]),
         "a delete has no buckets",
     ),
 }
@@ -303,9 +291,9 @@ def test_what_the_declaration_does_not_allow_is_refused(case: str) -> None:
 
 def test_deletes_go_by_match_strictly_or_by_cookie_in_every_table() -> None:
     member = flows.delete_member_flow(INSTANCE, HOST2, TUNNEL)
-    assert (member.table_id, member.command) == (CLASSIFY.table_id, FlowCommand.DELETE_STRICT)
+    assert (member.table_id, member.command) == (CLASSIFY.table_id, of.FlowCommand.DELETE_STRICT)
     by_cookie = delete_by_cookie(Cookie(Purpose.LOCAL_PORT, INSTANCE, 5), cookies.MASK_EXACT)
-    assert (by_cookie.table_id, by_cookie.command) == (ALL_TABLES, FlowCommand.DELETE)
+    assert (by_cookie.table_id, by_cookie.command) == (ALL_TABLES, of.FlowCommand.DELETE)
     assert by_cookie.cookie == Cookie(Purpose.LOCAL_PORT, INSTANCE, 5).value
     everything = delete_by_cookie(None, cookies.MASK_OURS)
     assert cookies.decode(everything.cookie | 1 << 48) is not None
@@ -314,10 +302,10 @@ def test_deletes_go_by_match_strictly_or_by_cookie_in_every_table() -> None:
 
 def test_outputs_read_the_tunnel_from_the_actions() -> None:
     assert outputs_of(flows.tunnel_actions(TUNNEL, INSTANCE, HOST2)) == [Out.TUNNEL]
-    assert outputs_of(flows.tunnel_actions(OFPP_IN_PORT, INSTANCE, HOST2)) == [Out.TUNNEL]
-    assert outputs_of([Output(5), Output(OFPP_IN_PORT), Group(1)]) == [
+    assert outputs_of(flows.tunnel_actions(of.OFPP_IN_PORT, INSTANCE, HOST2)) == [Out.TUNNEL]
+    assert outputs_of([of.Output(5), of.Output(of.OFPP_IN_PORT), of.Group(1)]) == [
         Out.PORT,
         Out.IN_PORT,
         Out.GROUP,
     ]
-    assert all(isinstance(m, GroupMod) for m in flows.delete_proxy_groups(INSTANCE))
+    assert all(isinstance(m, of.GroupMod) for m in flows.delete_proxy_groups(INSTANCE))

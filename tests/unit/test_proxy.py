@@ -229,7 +229,7 @@ OWN_WAN = IPv4Address("172.31.0.11")
 
 def _proxy_core() -> Any:
     core = make_core(from_mapping(PROXY), 0.0)
-    core.channel.wall_clock = lambda: 1_000.0
+    core.p.channel.wall_clock = lambda: 1_000.0
     return core
 
 
@@ -250,9 +250,9 @@ def test_a_proxy_refuses_messages_on_the_wrong_leg_and_fragments_from_strangers(
     assert core.counters["drop_fragment_from_site"] == 1
     _from(core, B, OWN_WAN, piece, 3)
     assert core.counters["drop_fragment_nonmember"] == 1
-    assert not core.reassembly.partial
+    assert not core.p.reassembly.partial
     # None of it made anyone a member.
-    assert not core.members.instances()
+    assert not core.p.members.instances()
 
 
 def test_a_proxy_ignores_vm_ports_and_says_so() -> None:
