@@ -32,7 +32,7 @@ from dove_ryu.adapters.ovsdb import BridgeView, PortWatcher
 from dove_ryu.agent import make_core
 from dove_ryu.config import DoveConfig
 from dove_ryu.openflow import cookies
-from dove_ryu.openflow.ofmsg import CoreOutput, PacketOut, order_messages
+from dove_ryu.openflow.ofmsg import CoreOutput, PacketIn, PacketOut, order_messages
 from dove_ryu.openflow.pipeline import TABLES
 
 LOG = logging.getLogger("dove_ryu.adapters.shell")
@@ -214,14 +214,14 @@ class DoveApp(app_manager.OSKenApp):  # type: ignore[misc]
         if msg.datapath is self.dp:
             fields = match_fields(msg.match)
             tun_src = fields.get("tun_ipv4_src")
-            self._call(
-                self.core.packet_in,
+            punted = PacketIn(
                 msg.cookie,
                 fields["in_port"],
                 bytes(msg.data),
                 fields.get("metadata"),
                 IPv4Address(tun_src) if tun_src else None,
             )
+            self._call(self.core.packet_in, punted)
 
     @set_ev_cls(ofp_event.EventOFPFlowRemoved, MAIN_DISPATCHER)  # type: ignore[misc]
     def _flow_removed(self, ev: Any) -> None:
@@ -246,7 +246,7 @@ class DoveApp(app_manager.OSKenApp):  # type: ignore[misc]
     def _on_bridge_view(self, view: BridgeView) -> None:
         with self.lock:
             self.watcher_view = view
-            if self.synced and view.tunnel_ofport != self.core.tunnel_ofport:
+            if self.synced and view.tunnel_ofport != self.core.p.link.tunnel_ofport:
                 self.synced = False  # the tunnel port was re-created: resync
             if view.datapath_id is not None:
                 for dpid in [d for d in self.datapaths if d != view.datapath_id]:

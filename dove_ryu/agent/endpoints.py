@@ -19,6 +19,8 @@ from dove_ryu.agent.link import SwitchLink
 from dove_ryu.agent.ports import LocalPorts
 from dove_ryu.agent.stats import Stats
 from dove_ryu.model import Endpoint, LearnedEndpoint, is_multicast
+from dove_ryu.openflow import cookies
+from dove_ryu.openflow.cookies import Purpose
 from dove_ryu.openflow.ofmsg import OfMsg
 from dove_ryu.protocol.messages import Requester, Unlearn
 
@@ -260,10 +262,21 @@ class LearnedEndpoints:
         gone_seq, until = self._unlearned.pop((instance, mac), (0, 0.0))
         return until > now and seq > gone_seq
 
-    def idled_out(self, now: float, instance: int, mac: str, age: float) -> list[OfMsg]:
-        """The switch removed a learned forwarding flow that idled out ``age`` seconds
-        after it was installed.  An echo of a flow older than the entry we hold says
-        nothing about the entry."""
+    def flow_removed(
+        self, now: float, cookie: int, match: Mapping[str, object], idle: bool, age: float
+    ) -> list[OfMsg]:
+        """The switch removed a flow ``age`` seconds after it was installed: if it was a
+        learned endpoint's forwarding flow that idled out, the endpoint is forgotten
+        (resolved again on the next miss).  Removals by our own deletes (a resync, an
+        eviction) are echoes, not news; nor is the echo of a flow older than the
+        entry we hold."""
+        decoded = cookies.decode(cookie)
+        mac = match.get("eth_dst")
+        if not idle or decoded is None or decoded.purpose is not Purpose.LEARNED:
+            return []
+        if not isinstance(mac, str):
+            return []
+        instance = decoded.instance
         entry = self.get(instance, mac)
         if entry is None or entry.learned_at > now - age + FLOW_AGE_SLACK:
             return []

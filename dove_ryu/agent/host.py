@@ -54,10 +54,6 @@ class HostCore:
     def counters(self) -> dict[str, int]:
         return self.p.stats.counters
 
-    @property
-    def tunnel_ofport(self) -> int | None:
-        return self.p.link.tunnel_ofport
-
     # ------------------------------------------------------------ the switch
 
     def switch_connected(self, now: float, tunnel_ofport: int) -> CoreOutput:
@@ -113,17 +109,9 @@ class HostCore:
 
     # ------------------------------------------------------------ packet-in
 
-    def packet_in(
-        self,
-        now: float,
-        cookie: int,
-        in_port: int,
-        data: bytes,
-        metadata: int | None = None,
-        tunnel_src: IPv4Address | None = None,
-    ) -> CoreOutput:
+    def packet_in(self, now: float, punted: PacketIn) -> CoreOutput:
         """A miss punted by the pipeline, or an overlay packet for a VM not here."""
-        return self.misses.packet_in(now, PacketIn(cookie, in_port, data, metadata, tunnel_src))
+        return self.misses.packet_in(now, punted)
 
     def _ask(self, now: float, pending: Pending) -> list[Datagram]:
         """Send a new LEARN to every host serving its instance (none yet: it waits
@@ -141,7 +129,7 @@ class HostCore:
         self, now: float, cookie: int, match: dict[str, object], idle_timeout: bool, age: float
     ) -> CoreOutput:
         """A learned flow idled out: forget the endpoint and its ARP answers."""
-        return self.misses.flow_removed(now, cookie, match, idle_timeout, age)
+        return CoreOutput(ofmsgs=self.p.learned.flow_removed(now, cookie, match, idle_timeout, age))
 
     # -------------------------------------------------------------- control
 
@@ -174,7 +162,7 @@ class HostCore:
         out = CoreOutput()
         if msg.proxy is not None:
             for old in self.p.members.proxy_heard(now, sender, msg.proxy):
-                out.ofmsgs += self._failover(now, msg.proxy.site, old, sender)
+                out.ofmsgs += self.p.failover(now, msg.proxy.site, old, sender, self._member_left)
         change = self.p.members.served_by(now, sender, msg.instances)
         for instance in change.joined:
             out.ofmsgs += self._member_changed(instance, sender, joined=True)
@@ -188,17 +176,8 @@ class HostCore:
             out.datagrams += self._announce(now, only=[sender])
         return out
 
-    def _failover(self, now: float, site: str, old: IPv4Address, new: IPv4Address) -> list[OfMsg]:
-        """A site's standby proxy took over: what was learned behind the old one moves
-        to the new one at once (which resolves what it does not know yet on the first
-        packet), and the old one serves nothing any more."""
-        self.p.stats.count("proxy_failover")
-        LOG.warning("%s: site %s now through proxy %s (was %s)", self.p.cfg.name, site, new, old)
-        msgs = self.p.learned.move_host(now, old, new)
-        for instance in self.p.members.instances():
-            if self.p.members.leave(instance, old):
-                msgs += self._member_changed(instance, old, joined=False)
-        return msgs
+    def _member_left(self, instance: int, host: IPv4Address) -> list[OfMsg]:
+        return self._member_changed(instance, host, joined=False)
 
     def _member_changed(self, instance: int, host: IPv4Address, joined: bool) -> list[OfMsg]:
         verb = "joined" if joined else "left"

@@ -19,7 +19,7 @@ from dove_ryu.agent.mobility import SEQ_MAX
 from dove_ryu.agent.parts import HostParts
 from dove_ryu.agent.resolver import Pending, Target
 from dove_ryu.model import Endpoint, VmPort
-from dove_ryu.openflow import cookies, flows
+from dove_ryu.openflow import flows
 from dove_ryu.openflow.cookies import Purpose
 from dove_ryu.openflow.ofmsg import (
     OFPP_CONTROLLER,
@@ -183,17 +183,3 @@ class HostMisses:
             out.datagrams.append(self.p.channel.datagram(tunnel_src, unlearn))
             self.p.stats.count("unlearn_sent_reactive")
         return out
-
-    def flow_removed(
-        self, now: float, cookie: int, match: dict[str, object], idle_timeout: bool, age: float
-    ) -> CoreOutput:
-        """A learned flow idled out: forget the endpoint and its ARP answers.
-
-        Removals by our own deletes (a resync, an eviction) are echoes, not news."""
-        decoded = cookies.decode(cookie)
-        if not idle_timeout or decoded is None or decoded.purpose is not Purpose.LEARNED:
-            return CoreOutput()
-        mac = match.get("eth_dst")
-        if not isinstance(mac, str):
-            return CoreOutput()
-        return CoreOutput(ofmsgs=self.p.learned.idled_out(now, decoded.instance, mac, age))

@@ -27,6 +27,7 @@ from dove_ryu.agent.sides import ProxyFlows, ProxyInstances, Sides
 from dove_ryu.agent.stats import Stats
 from dove_ryu.agent.tunnel import TunnelFlows
 from dove_ryu.config import DoveConfig
+from dove_ryu.openflow.ofmsg import OfMsg
 
 
 @dataclass
@@ -46,6 +47,27 @@ class Common:
     @property
     def name(self) -> str:
         return self.cfg.name
+
+    def failover(
+        self,
+        now: float,
+        site: str,
+        old: IPv4Address,
+        new: IPv4Address,
+        member_left: Callable[[int, IPv4Address], list[OfMsg]],
+    ) -> list[OfMsg]:
+        """A site's standby proxy took over from ``old``: what was learned behind the
+        old one is behind ``new`` at once (which resolves what it does not know yet on
+        the first packet), and the old one serves nothing any more."""
+        self.stats.count("proxy_failover")
+        self.stats.log.warning(
+            "%s: site %s now through proxy %s (was %s)", self.name, site, new, old
+        )
+        msgs = self.learned.move_host(now, old, new)
+        for instance in self.members.instances():
+            if self.members.leave(instance, old):
+                msgs += member_left(instance, old)
+        return msgs
 
 
 @dataclass

@@ -61,10 +61,6 @@ class ProxyCore:
         return self.p.stats.counters
 
     @property
-    def tunnel_ofport(self) -> int | None:
-        return self.p.link.tunnel_ofport
-
-    @property
     def active(self) -> bool:
         return self.p.election.active
 
@@ -87,21 +83,13 @@ class ProxyCore:
             self.p.stats.drop("proxy_vm_ports", now, f"{len(ports)} VM ports on a proxy ignored")
         return CoreOutput()
 
-    def packet_in(
-        self,
-        now: float,
-        cookie: int,
-        in_port: int,
-        data: bytes,
-        metadata: int | None = None,
-        tunnel_src: IPv4Address | None = None,
-    ) -> CoreOutput:
-        return self.relay.packet_in(now, PacketIn(cookie, in_port, data, metadata, tunnel_src))
+    def packet_in(self, now: float, punted: PacketIn) -> CoreOutput:
+        return self.relay.packet_in(now, punted)
 
     def flow_removed(
         self, now: float, cookie: int, match: dict[str, object], idle_timeout: bool, age: float
     ) -> CoreOutput:
-        return self.relay.flow_removed(now, cookie, match, idle_timeout, age)
+        return CoreOutput(ofmsgs=self.p.learned.flow_removed(now, cookie, match, idle_timeout, age))
 
     # -------------------------------------------------------------- control
 
@@ -145,7 +133,7 @@ class ProxyCore:
         out = CoreOutput()
         if role is not None:
             for old in self.p.members.proxy_heard(now, sender, role):
-                out.ofmsgs += self.relay.failover(now, role.site, old, sender)
+                out.ofmsgs += self.p.failover(now, role.site, old, sender, self.relay.member_left)
         change = self.p.members.served_by(now, sender, msg.instances)
         for instance in change.joined:
             out.ofmsgs += self.relay.member_changed(instance, sender, joined=True)

@@ -19,7 +19,7 @@ from ipaddress import IPv4Address
 from dove_ryu.agent.parts import ProxyParts
 from dove_ryu.agent.resolver import Pending, Target
 from dove_ryu.model import Endpoint
-from dove_ryu.openflow import cookies, flows
+from dove_ryu.openflow import flows
 from dove_ryu.openflow.cookies import Purpose
 from dove_ryu.openflow.ofmsg import (
     OFPP_CONTROLLER,
@@ -84,16 +84,8 @@ class ProxyRelay:
             self.p.learned.drop_instance(instance)
         return msgs + self.p.instances.member_changed(instance, host, joined)
 
-    def failover(self, now: float, site: str, old: IPv4Address, new: IPv4Address) -> list[OfMsg]:
-        """Another site's standby proxy took over: what was behind the old one is
-        behind the new one now."""
-        self.p.stats.count("proxy_failover")
-        LOG.warning("%s: site %s now through proxy %s (was %s)", self.p.cfg.name, site, new, old)
-        msgs = self.p.learned.move_host(now, old, new)
-        for instance in self.p.members.instances():
-            if self.p.members.leave(instance, old):
-                msgs += self.member_changed(instance, old, joined=False)
-        return msgs
+    def member_left(self, instance: int, host: IPv4Address) -> list[OfMsg]:
+        return self.member_changed(instance, host, joined=False)
 
     def ask_new_member(self, instance: int, host: IPv4Address) -> list[Datagram]:
         """LEARNs in flight towards ``host``'s side go to it at once."""
@@ -372,15 +364,3 @@ class ProxyRelay:
         if known is not None and not self.p.sides.wan(known.endpoint.host):
             return self._forward(known.endpoint, result, now)
         return self._resolve_for(now, msg.instance, frame.dst, False, held=result)
-
-    def flow_removed(
-        self, now: float, cookie: int, match: dict[str, object], idle_timeout: bool, age: float
-    ) -> CoreOutput:
-        """A proxied flow idled out: forget the endpoint (resolved again on the next miss)."""
-        decoded = cookies.decode(cookie)
-        if not idle_timeout or decoded is None or decoded.purpose is not Purpose.LEARNED:
-            return CoreOutput()
-        mac = match.get("eth_dst")
-        if not isinstance(mac, str):
-            return CoreOutput()
-        return CoreOutput(ofmsgs=self.p.learned.idled_out(now, decoded.instance, mac, age))

@@ -21,7 +21,14 @@ from dove_ryu.config import ConfigError, from_mapping
 from dove_ryu.model import VmPort
 from dove_ryu.openflow import cookies
 from dove_ryu.openflow.cookies import Cookie, Purpose
-from dove_ryu.openflow.ofmsg import CoreOutput, Datagram, Output, SetField, order_messages
+from dove_ryu.openflow.ofmsg import (
+    CoreOutput,
+    Datagram,
+    Output,
+    PacketIn,
+    SetField,
+    order_messages,
+)
 from dove_ryu.openflow.packet import ARP_REPLY, ARP_REQUEST, ETH_TYPE_ARP, ETH_TYPE_IPV4
 from dove_ryu.protocol.messages import (
     Announce,
@@ -152,9 +159,8 @@ class Net:
                 assert d.cookie is not None
                 self.packet_ins.append((host.n, d))
                 tun_src = IPv4Address(d.tun_src) if d.tun_src else None
-                punted = host.core.packet_in(
-                    self.now, d.cookie, d.in_port, d.data, d.metadata, tun_src
-                )
+                punt = PacketIn(d.cookie, d.in_port, d.data, d.metadata, tun_src)
+                punted = host.core.packet_in(self.now, punt)
                 self.apply(host, punted)
                 continue
             self.seen.append(Seen(host.n, d))
@@ -753,14 +759,14 @@ def test_a_miss_for_a_learned_target_puts_back_one_flow_then_only_forwards() -> 
     net.deliver()
     cookie = Cookie(Purpose.INSTANCE, 5001, 2).value  # the instance's l2-miss flow
     frame = pkt_to_bytes(eth(MAC_A, MAC_B))
-    first = h1.core.packet_in(net.now, cookie, 1, frame)
+    first = h1.core.packet_in(net.now, PacketIn(cookie, 1, frame))
     kinds = [type(m).__name__ for m in first.ofmsgs]
     assert kinds.count("FlowMod") == 1 and kinds.count("PacketOut") == 1
-    second = h1.core.packet_in(net.now + 0.01, cookie, 1, frame)
+    second = h1.core.packet_in(net.now + 0.01, PacketIn(cookie, 1, frame))
     assert [type(m).__name__ for m in second.ofmsgs] == ["PacketOut"]
     actions = second.ofmsgs[0].actions  # type: ignore[union-attr]
     assert SetField("tun_ipv4_dst", str(ip(2))) in actions and Output(TUN) in actions
-    later = h1.core.packet_in(net.now + 5, cookie, 1, frame)
+    later = h1.core.packet_in(net.now + 5, PacketIn(cookie, 1, frame))
     assert [type(m).__name__ for m in later.ofmsgs].count("FlowMod") == 1
 
 
@@ -772,7 +778,7 @@ def test_a_miss_before_any_member_is_known_is_held_until_one_announces() -> None
     core.switch_connected(T0, TUN)
     core.ports_changed(T0, [vm("a", 1, 5001, MAC_A, "192.168.1.1")])
     cookie = Cookie(Purpose.INSTANCE, 5001, 2).value
-    held = core.packet_in(T0, cookie, 1, pkt_to_bytes(eth(MAC_A, MAC_B)))
+    held = core.packet_in(T0, PacketIn(cookie, 1, pkt_to_bytes(eth(MAC_A, MAC_B))))
     assert held.datagrams == [] and len(core.p.resolver) == 1
     announce = encode(
         Announce(frozenset({5001})),
