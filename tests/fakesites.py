@@ -85,14 +85,14 @@ def ipv4(src: str, dst: str, data: bytes, proto: int = ICMP, df: bool = False) -
     return header + data
 
 
-def echo(src: Vm, dst_mac: str, dst_ip: str, kind: int, size: int = 64) -> Packet:
+def echo(src: Vm, dst_mac: str, dst_ip: str, kind: int, size: int = 64, df: bool = False) -> Packet:
     """An ICMP echo request or reply from ``src``, ``size`` bytes of IP."""
-    icmp = bytes([kind, 0, 0, 0]) + b"\x00" * (size - 24)
+    icmp = bytes([kind, 0, 0, 0]) + bytes(i & 0xFF for i in range(size - 24))
     return {
         "eth_src": src.mac,
         "eth_dst": dst_mac,
         "eth_type": ETH_TYPE_IPV4,
-        "payload": ipv4(src.ip, dst_ip, icmp),
+        "payload": ipv4(src.ip, dst_ip, icmp, df=df),
     }
 
 
@@ -333,8 +333,7 @@ class Sites:
         for dgram in out.datagrams:
             self.queue.append((node, dgram))
             env = decode(dgram.payload, key=KEY)
-            src = IPv4Address(dgram.src or str(node.ip))
-            self.sent.append(Sent(src, IPv4Address(dgram.dst), env.message, node.site))
+            self.sent.append(Sent(env.sender, IPv4Address(dgram.dst), env.message, node.site))
         deliveries = node.switch.apply(order_messages(out.ofmsgs))
         assert not node.switch.errors, node.switch.errors
         self.handle(node, deliveries)
