@@ -22,10 +22,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dove_ryu.agent import make_core
-from dove_ryu.agent.core import DoveCore
 from dove_ryu.config import from_mapping
 from dove_ryu.ctl.common import Node as CtlNode
 from dove_ryu.ctl.common import Snapshot
@@ -37,6 +36,9 @@ from dove_ryu.openflow.packet import ARP_REPLY, ARP_REQUEST, ETH_TYPE_ARP, ETH_T
 from dove_ryu.protocol.messages import Message, decode
 from mininet_topos import flows_reference
 from tests.fakeswitch import Delivery, FakeSwitch, Packet, dump_flows, dump_groups
+
+if TYPE_CHECKING:
+    from dove_ryu.agent.core import DoveCore
 
 KEY_HEX = "00112233445566778899aabbccddeeff"
 KEY = bytes.fromhex(KEY_HEX)
