@@ -19,7 +19,8 @@ import pytest
 from dove_ryu.agent import make_core
 from dove_ryu.config import ConfigError, from_mapping
 from dove_ryu.model import Endpoint
-from dove_ryu.openflow import flows
+from dove_ryu.openflow import cookies, flows
+from dove_ryu.openflow.cookies import Purpose
 from dove_ryu.openflow.ofmsg import GroupCommand, OfMsg
 from dove_ryu.openflow.packet import ETH_TYPE_IPV4, frag_needed
 from dove_ryu.protocol.auth import AuthError
@@ -310,6 +311,15 @@ def test_the_proxy_datapath_forwards_each_way_and_floods_once_per_remote_site() 
     assert px.switch.process(TUN, back, stranger) == []
     wrong_leg = {**from_wan, "tun_ipv4_dst": str(PX1)}
     assert px.switch.process(TUN, back, wrong_leg) == []
+
+    # check_pkt_larger(1464): a frame of 1464 bytes fits the WAN, one byte more goes to
+    # the agent (wan_oversize), which fragments it.
+    fits = px.switch.process(TUN, echo(a, b.mac, b.ip, 8, size=1450), from_site)
+    assert tunnelled(fits) == [(5001, str(WAN21))]
+    (punted,) = px.switch.process(TUN, echo(a, b.mac, b.ip, 8, size=1451), from_site)
+    decoded = cookies.decode(punted.cookie or 0)
+    assert punted.controller and decoded is not None
+    assert decoded.purpose is Purpose.WAN_OVERSIZE
 
     bcast = {**frame, "eth_dst": "ff:ff:ff:ff:ff:ff"}
     assert tunnelled(px.switch.process(TUN, bcast, from_site)) == [
