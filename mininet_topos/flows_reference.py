@@ -1,36 +1,40 @@
 """The reference flow tables in flows/: what a hypervisor's and a proxy's bridge hold
-after a fixed scenario, so operators can read a real table and a test can see any
+after a fixed scenario, so operators can read a real table and tests can see any
 change to it.
 
-    sudo scripts/regen-flows.sh              # rewrites flows/
-    sudo .venv/bin/python -m mininet_topos.flows_reference --out /tmp/flows
+The scenario runs in two places and must come out the same, byte for byte: on fake
+switches (tests.fakesites, unprivileged: what `scripts/regen-flows.sh` and the unit
+test use) and in the two-site emulation on live Open vSwitch (this module's `regenerate`,
+as root: what the Mininet test uses). Both describe a node by a `Snapshot` (the agent's
+status, the bridge's ports, flows and groups as ovs-ofctl prints them, parsed by the
+`ovs` package) and turn it into text with `reference_texts`, the one normaliser.
 
-Builds the two-site emulation (mininet_topos.sites defaults), lets every VM ping
-every other VM of its tenant once, in plan order, waits until every agent is quiet
-and each dumped table agrees with its agent's state, and writes one file per node:
-flows/<role>-<node>.txt, made by dove_ryu.ctl.flows.reference_text.
+    scripts/regen-flows.sh                                  # rewrites flows/ (fake switches)
+    sudo scripts/regen-flows.sh --live --out /tmp/flows     # the same from live OVS
+
+Only the shared part imports nothing from Mininet, so the unit tests can use it.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from mininet.log import setLogLevel
-
-from dove_ryu.ctl import common as ctl_common
 from dove_ryu.ctl import flows as ctl_flows
-from dove_ryu.ctl.common import Node, Snapshot
+from dove_ryu.ctl.common import Snapshot
 from dove_ryu.openflow.cookies import Purpose
-from mininet_topos.agents import ADMIN_SOCKET, admin
-from mininet_topos.hypervisor import BR_DOVE, wait_until
-from mininet_topos.sites import SitesNet, SitesSpec, build_sites_net, wait_proxies_active
+
+if TYPE_CHECKING:
+    from mininet_topos.sites import SitesNet
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO / "flows"
-SPEC = SitesSpec()
+BRIDGE = "br-dove"
+# The scenario's shape: mininet_topos.sites.SitesSpec's defaults (checked in `regenerate`).
+SITES, HYPERVISORS, PROXIES, TENANTS, VMS_PER_TENANT = 2, 2, 2, 2, 2
 # (role, node): the tables kept in flows/.
 NODES = (("hypervisor", "s1hv1"), ("proxy", "s1px1"))
 ACTIVE_PROXIES = ("s1px1", "s2px1")  # the higher proxy_priority of each site
@@ -40,16 +44,37 @@ PING_TRIES = 3
 
 def header(role: str, node: str) -> list[str]:
     return [
-        f"The flow table of {node}, a {role}, on bridge {BR_DOVE}: a reference (flows/README.md).",
-        "Made by scripts/regen-flows.sh (mininet_topos.flows_reference); do not edit by hand.",
-        f"Scenario: the two-site emulation ({SPEC.sites} sites, each {SPEC.hypervisors} "
-        f"hypervisors and {SPEC.proxies} proxies; {SPEC.tenants} tenants, "
-        f"{SPEC.vms_per_tenant} VMs each per site),",
+        f"The flow table of {node}, a {role}, on bridge {BRIDGE}: a reference (flows/README.md).",
+        "Made by scripts/regen-flows.sh (fake switches; live OVS must agree); do not edit.",
+        f"Scenario: the two-site emulation ({SITES} sites, each {HYPERVISORS} "
+        f"hypervisors and {PROXIES} proxies; {TENANTS} tenants, "
+        f"{VMS_PER_TENANT} VMs each per site),",
         "where every VM pinged every other VM of its tenant once, in plan order.",
         "Stripped: duration, n_packets, n_bytes, idle_age, hard_age. Ports and tables by name;",
         "sorted by table, priority (highest first), match; groups last. '# ' decodes the cookie.",
         "",
     ]
+
+
+def reference_texts(snapshots: Mapping[str, Snapshot]) -> dict[str, str]:
+    """File name -> text for each node of `NODES`: the one normaliser of both sources."""
+    return {
+        f"{role}-{name}.txt": ctl_flows.reference_text(snapshots[name], header(role, name))
+        for role, name in NODES
+    }
+
+
+def write_tables(out: Path, tables: Mapping[str, str]) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, text in sorted(tables.items()):
+        path = out / name
+        path.write_text(text)
+        written.append(path)
+    return written
+
+
+# ------------------------------------------------------------------ live OVS (root)
 
 
 def ping_all(snet: SitesNet) -> None:
@@ -67,8 +92,12 @@ def ping_all(snet: SitesNet) -> None:
 
 
 def snapshot(snet: SitesNet, name: str) -> Snapshot:
+    from dove_ryu.ctl import common as ctl_common
+    from dove_ryu.ctl.common import Node
+    from mininet_topos.agents import ADMIN_SOCKET
+
     node = snet.hv(name)
-    where = Node(str(Path(str(node.rundir)) / ADMIN_SOCKET), BR_DOVE, node.ovs_env())
+    where = Node(str(Path(str(node.rundir)) / ADMIN_SOCKET), BRIDGE, node.ovs_env())
     return ctl_common.snapshot(where, ctl_common.run_tool, ctl_common.ask_agent)
 
 
@@ -104,24 +133,26 @@ def consistent(snap: Snapshot) -> bool:
 
 def quiet(snet: SitesNet) -> bool:
     """No agent is still resolving anything."""
+    from mininet_topos.agents import admin
+
     return all(admin(node).get("pending", 0) == 0 for node in snet.nodes if node.agent)
 
 
 def settled_tables(snet: SitesNet, timeout: float = SETTLE_TIMEOUT) -> dict[str, str]:
     """The reference texts, once every agent is quiet and every dumped table agrees with
     its agent on two reads in a row (the second read shows nothing was on its way)."""
+    from mininet_topos.hypervisor import wait_until
+
     last: dict[str, str] = {}
 
     def ready() -> dict[str, str] | None:
         nonlocal last
         if not quiet(snet):
             return None
-        texts = {}
-        for role, name in NODES:
-            snap = snapshot(snet, name)
-            if not consistent(snap):
-                return None
-            texts[f"{role}-{name}.txt"] = ctl_flows.reference_text(snap, header(role, name))
+        snaps = {name: snapshot(snet, name) for _, name in NODES}
+        if not all(consistent(snap) for snap in snaps.values()):
+            return None
+        texts = reference_texts(snaps)
         done = texts == last
         last = texts
         return texts if done else None
@@ -130,11 +161,16 @@ def settled_tables(snet: SitesNet, timeout: float = SETTLE_TIMEOUT) -> dict[str,
     return tables
 
 
-def regenerate(
-    out: Path, build: Callable[[], tuple[SitesNet, str]] = lambda: build_sites_net(SPEC)
-) -> list[Path]:
+def regenerate(out: Path, build: Callable[[], tuple[SitesNet, str]] | None = None) -> list[Path]:
     """Build the emulation, run the scenario, write the tables into ``out``."""
-    snet, _ = build()
+    from mininet_topos.agents import admin
+    from mininet_topos.sites import SitesSpec, build_sites_net, wait_proxies_active
+
+    spec = SitesSpec()
+    shape = (spec.sites, spec.hypervisors, spec.proxies, spec.tenants, spec.vms_per_tenant)
+    if shape != (SITES, HYPERVISORS, PROXIES, TENANTS, VMS_PER_TENANT):
+        raise RuntimeError(f"the emulation's defaults changed to {spec}: update the scenario")
+    snet, _ = (build or (lambda: build_sites_net(spec)))()
     try:
         wait_proxies_active(snet)
         active = [p.name for p in snet.proxies if admin(p).get("active")]
@@ -144,16 +180,12 @@ def regenerate(
         tables = settled_tables(snet)
     finally:
         snet.stop()
-    out.mkdir(parents=True, exist_ok=True)
-    written = []
-    for name, text in sorted(tables.items()):
-        path = out / name
-        path.write_text(text)
-        written.append(path)
-    return written
+    return write_tables(out, tables)
 
 
 def main(argv: list[str] | None = None) -> int:
+    from mininet.log import setLogLevel
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"default {DEFAULT_OUT}")
     args = parser.parse_args(argv)

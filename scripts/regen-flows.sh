@@ -1,8 +1,16 @@
 #!/usr/bin/env bash
 # Regenerate the reference flow tables in flows/ (a hypervisor's and a proxy's, see
-# flows/README.md): builds the two-site emulation, runs the fixed scenario, rewrites
-# the files. Run as root. Extra arguments go to mininet_topos.flows_reference.
+# flows/README.md): runs the fixed scenario on fake switches (tests.fakesites; no root,
+# a second) and rewrites the files. With --live, runs it in the two-site emulation on
+# live Open vSwitch instead (as root; mininet_topos.flows_reference), which must give
+# the same text. Other arguments (--out DIR) go to the generator.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/bootstrap.sh
-exec .venv/bin/python -m mininet_topos.flows_reference "$@"
+if [ "${1:-}" = "--live" ]; then
+    shift
+    bash scripts/bootstrap.sh
+    exec .venv/bin/python -m mininet_topos.flows_reference "$@"
+fi
+python=.venv/bin/python
+[ -x "$python" ] || python=python3
+exec "$python" -m tests.fakesites "$@"

@@ -4,7 +4,12 @@ It applies the neutral messages of `dove_ryu.openflow.ofmsg` and answers behavio
 "where does this packet go?".  A packet is a dict of header fields (``eth_src``,
 ``eth_dst``, ``eth_type``, ``arp_*``; MACs lowercase, IPv4 addresses as strings).
 While it walks the tables it also carries ``in_port``, ``metadata`` and the tunnel
-fields (``tunnel_id``, ``tun_ipv4_src``, ``tun_ipv4_dst``).
+fields (``tunnel_id``, ``tun_ipv4_src``, ``tun_ipv4_dst``) and the registers
+(``reg0``.. ``reg15``, zero on entry as in OVS).
+
+`dump_flows` and `dump_groups` print the tables as ``ovs-ofctl -O OpenFlow13 dump-flows
+--no-names`` and ``dump-groups`` do, so the text that describes a live bridge (the
+reference tables in ``flows/``) can be made from the simulator too.
 
 What an OpenFlow switch would answer with an error message is recorded in
 ``errors`` (the switch carries on, as OVS does); tests assert it stays empty.
@@ -25,7 +30,20 @@ OFPTT_ALL = 0xFF
 ZERO_MAC = "00:00:00:00:00:00"
 Packet = dict[str, Any]
 # Pipeline fields that are not packet headers.
-_PIPELINE_FIELDS = ("in_port", "metadata", "tunnel_id", "tun_ipv4_src", "tun_ipv4_dst")
+REGISTERS = tuple(f"reg{i}" for i in range(16))
+_PIPELINE_FIELDS = (
+    "in_port",
+    "metadata",
+    "tunnel_id",
+    "tun_ipv4_src",
+    "tun_ipv4_dst",
+    *REGISTERS,
+)
+
+
+def _entry(pkt: Mapping[str, Any], in_port: int) -> Packet:
+    """A packet as it enters the pipeline: metadata and registers zero."""
+    return {**pkt, **dict.fromkeys(REGISTERS, 0), "in_port": in_port, "metadata": 0}
 
 
 # ----------------------------------------------------------------- packets <-> bytes
@@ -154,7 +172,7 @@ class FakeSwitch:
             elif isinstance(msg, of.GroupMod):
                 self._group_mod(msg)
             elif isinstance(msg, of.PacketOut):
-                state = {**pkt_from_bytes(msg.data), "in_port": msg.in_port, "metadata": 0}
+                state = _entry(pkt_from_bytes(msg.data), msg.in_port)
                 self._actions(msg.actions, state, out, cookie=None, packet_out=True)
             elif not isinstance(msg, of.Barrier):
                 raise TypeError(f"fake switch cannot apply {msg!r}")
@@ -248,7 +266,7 @@ class FakeSwitch:
         self, in_port: int, pkt: Mapping[str, Any], tun: Mapping[str, Any] | None = None
     ) -> list[Delivery]:
         """Send a packet into the pipeline at table 0; returns everything it caused."""
-        state: Packet = {**pkt, **(tun or {}), "in_port": in_port, "metadata": 0}
+        state = _entry({**pkt, **(tun or {})}, in_port)
         out: list[Delivery] = []
         self._run(0, state, out)
         return out
@@ -289,6 +307,13 @@ class FakeSwitch:
                     self.errors.append(f"move from absent field {action.src}")
                     return
                 state[action.dst] = state[action.src]
+            elif isinstance(action, of.CheckLarger):
+                # NOTE (OVS 3.1, xlate_check_pkt_larger): the bit is written either way,
+                # 1 if the frame (Ethernet header included) is longer than the limit.
+                bit = 1 << action.bit
+                larger = len(pkt_to_bytes(state)) > action.length
+                reg = state.get(action.register, 0) & ~bit
+                state[action.register] = reg | (bit if larger else 0)
             elif isinstance(action, of.Group):
                 buckets = self.groups.get(action.group_id)
                 if buckets is None:
@@ -319,7 +344,7 @@ class FakeSwitch:
             if not packet_out:
                 self.errors.append("output to of.OFPP_TABLE outside a packet-out")
                 return
-            self._run(0, {**headers, "in_port": in_port, "metadata": 0}, out)
+            self._run(0, _entry(headers, in_port), out)
         elif port == in_port:
             self.in_port_drops += 1  # OpenFlow never sends a packet back out its in_port
         else:
@@ -357,3 +382,120 @@ class FakeSwitch:
         for flow in removed:
             self.tables[flow.table_id].remove(flow)
         return [f for f in removed if f.send_flow_removed]
+
+
+# ------------------------------------------------- the tables as ovs-ofctl prints them
+
+# Match fields in the order OVS's match_format prints them (lib/match.c), with the
+# names it prints; the protocol shorthand (``arp``) comes first.
+_MATCH_ORDER = (
+    *((r, r) for r in REGISTERS),
+    ("tunnel_id", "tun_id"),
+    ("tun_ipv4_src", "tun_src"),
+    ("tun_ipv4_dst", "tun_dst"),
+    ("metadata", "metadata"),
+    ("in_port", "in_port"),
+    ("eth_src", "dl_src"),
+    ("eth_dst", "dl_dst"),
+    ("arp_spa", "arp_spa"),
+    ("arp_tpa", "arp_tpa"),
+    ("arp_op", "arp_op"),
+    ("arp_sha", "arp_sha"),
+    ("arp_tha", "arp_tha"),
+)
+_SHORTHAND = {ETH_TYPE_ARP: "arp", 0x0800: "ip"}
+# Field names in set_field and move, as OVS prints them.
+_SET_NAMES = {"tunnel_id": "tun_id", "tun_ipv4_dst": "tun_dst", "tun_ipv4_src": "tun_src"}
+_NXM_NAMES = {
+    "eth_src": "NXM_OF_ETH_SRC",
+    "eth_dst": "NXM_OF_ETH_DST",
+    "arp_sha": "NXM_NX_ARP_SHA",
+    "arp_tha": "NXM_NX_ARP_THA",
+    "arp_spa": "NXM_OF_ARP_SPA",
+    "arp_tpa": "NXM_OF_ARP_TPA",
+}
+_HEX_FIELDS = {"tunnel_id", "metadata", *REGISTERS}
+_RESERVED_PORTS = {of.OFPP_IN_PORT: "IN_PORT", of.OFPP_TABLE: "TABLE"}
+
+
+def _hex(value: int) -> str:
+    """C's %#x: 0 has no prefix."""
+    return f"{value:#x}" if value else "0"
+
+
+def _value(name: str, value: int | str) -> str:
+    if name in _HEX_FIELDS and isinstance(value, int):
+        return _hex(value)
+    return str(value)
+
+
+def _match_text(match: Mapping[str, Any]) -> list[str]:
+    parts = []
+    eth_type = match.get("eth_type")
+    if eth_type is not None:
+        parts.append(_SHORTHAND.get(eth_type, f"dl_type={eth_type:#06x}"))
+    unknown = set(match) - {name for name, _ in _MATCH_ORDER} - {"eth_type"}
+    if unknown:
+        raise ValueError(f"no ovs-ofctl spelling for match fields {sorted(unknown)}")
+    for name, printed in _MATCH_ORDER:
+        if name not in match:
+            continue
+        want = match[name]
+        if isinstance(want, tuple):
+            parts.append(f"{printed}={_value(name, want[0])}/{_value(name, want[1])}")
+        else:
+            parts.append(f"{printed}={_value(name, want)}")
+    return parts
+
+
+def _action_text(action: of.Action) -> str:
+    if isinstance(action, of.Output):
+        if action.port == of.OFPP_CONTROLLER:
+            return f"CONTROLLER:{action.max_len}"
+        return _RESERVED_PORTS.get(action.port, f"output:{action.port}")
+    if isinstance(action, of.SetField):
+        name = _SET_NAMES.get(action.field, action.field)
+        return f"set_field:{_value(action.field, action.value)}->{name}"
+    if isinstance(action, of.Move):
+        return f"move:{_NXM_NAMES[action.src]}[]->{_NXM_NAMES[action.dst]}[]"
+    if isinstance(action, of.Group):
+        return f"group:{action.group_id}"
+    if isinstance(action, of.CheckLarger):
+        return f"check_pkt_larger({action.length})->NXM_NX_{action.register.upper()}[{action.bit}]"
+    raise TypeError(f"no ovs-ofctl spelling for {action!r}")
+
+
+def flow_text(flow: Flow) -> tuple[str, str]:
+    """A flow's match (priority first) and actions as ovs-ofctl prints them."""
+    match = ",".join([f"priority={flow.priority}", *_match_text(flow.match)])
+    actions = [_action_text(a) for a in flow.actions]
+    if flow.write_metadata is not None:
+        value, mask = flow.write_metadata
+        actions.append(f"write_metadata:{_hex(value)}/{_hex(mask)}")
+    if flow.goto_table is not None:
+        actions.append(f"goto_table:{flow.goto_table}")
+    return match, ",".join(actions) or "drop"
+
+
+def dump_flows(switch: FakeSwitch) -> str:
+    """``ovs-ofctl -O OpenFlow13 dump-flows --no-names``: the switch's flows, with their
+    packet counts (the simulator counts no bytes and no time)."""
+    lines = []
+    for flow in switch.flows():
+        info = [f"cookie={flow.cookie:#x}", f"table={flow.table_id}"]
+        info.append(f"n_packets={flow.packets}")
+        if flow.idle_timeout:
+            info.append(f"idle_timeout={flow.idle_timeout}")
+        flags = "send_flow_rem " if flow.send_flow_removed else ""
+        match, actions = flow_text(flow)
+        lines.append(f" {', '.join(info)}, {flags}{match} actions={actions}")
+    return "\n".join(lines) + "\n"
+
+
+def dump_groups(switch: FakeSwitch) -> str:
+    """``ovs-ofctl -O OpenFlow13 dump-groups --no-names``: every group is of type all."""
+    lines = []
+    for group_id, buckets in sorted(switch.groups.items()):
+        text = "".join(f",bucket=actions={','.join(_action_text(a) for a in b)}" for b in buckets)
+        lines.append(f" group_id={group_id},type=all{text}")
+    return "\n".join(lines) + "\n"

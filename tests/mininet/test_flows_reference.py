@@ -1,6 +1,8 @@
-"""The reference flow tables in flows/ are what the code makes today: regenerated into a
-temporary directory (mininet_topos.flows_reference, the two-site emulation and its fixed
-scenario) and compared exactly, failing with a unified diff."""
+"""The reference flow tables in flows/ hold on live Open vSwitch too: the two-site
+emulation runs the fixed scenario (mininet_topos.flows_reference), its bridges are dumped
+and normalised by the same function the fake switches' tables go through
+(tests/unit/test_flows_reference.py makes flows/ from those), and compared exactly,
+failing with a unified diff."""
 
 from __future__ import annotations
 
@@ -39,8 +41,8 @@ def test_the_reference_flow_tables_are_up_to_date(tmp_path: Path) -> None:
         shutil.rmtree(FAILURES, ignore_errors=True)
         shutil.copytree(tmp_path, FAILURES)
         pytest.fail(
-            f"the flow tables changed (the new ones are in {FAILURES}); if that is intended, "
-            "run `sudo scripts/regen-flows.sh` and commit flows/ with the change:\n"
+            f"live OVS disagrees with flows/ (its tables are in {FAILURES}); if the unit test "
+            "tests/unit/test_flows_reference.py passes, the fake switch and OVS differ:\n"
             + "".join(diffs),
             pytrace=False,
         )
