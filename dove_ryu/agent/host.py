@@ -219,13 +219,9 @@ class HostCore:
         return self.p.learned.glean(now, sender, msg.instance, who)
 
     def _on_learn_reply(self, now: float, sender: IPv4Address, msg: LearnReply) -> CoreOutput:
-        pending = self.p.resolver.take_reply(now, sender, msg)
+        member = self.p.members.serves(msg.instance, sender)
+        pending = self.p.resolver.take_reply(now, sender, msg, member)
         if pending is None:
-            return CoreOutput()
-        if not self.p.members.serves(msg.instance, sender):
-            self.p.stats.drop(
-                "learn_reply_nonmember", now, f"from {sender} instance {msg.instance}"
-            )
             return CoreOutput()
         if pending.requester is not None and (msg.instance, pending.requester.mac) in self.p.ports:
             # The host that answered learned our VM from the request (see _glean).

@@ -51,10 +51,8 @@ class HostMisses:
             return CoreOutput()
         in_port, data = punted.in_port, punted.data
         instance = decoded.instance
-        try:
-            frame = parse(data)
-        except BadPacket as e:
-            self.p.stats.drop("packet_in_malformed", now, str(e))
+        frame = self.p.stats.parsed(now, data)
+        if frame is None:
             return CoreOutput()
         source = self.p.ports.get(instance, frame.src)
         if source is None or source.ofport != in_port:
@@ -152,10 +150,8 @@ class HostMisses:
         if not instance:
             self.p.stats.drop("packet_in_unexpected", now, f"metadata {metadata:#x}")
             return CoreOutput()
-        try:
-            frame = parse(data)
-        except BadPacket as e:
-            self.p.stats.drop("packet_in_malformed", now, str(e))
+        frame = self.p.stats.parsed(now, data)
+        if frame is None:
             return CoreOutput()
         self.p.stats.count("packet_in_not_here")
         if frame.is_multicast:

@@ -29,7 +29,7 @@ from dove_ryu.openflow.ofmsg import (
     PacketIn,
     PacketOut,
 )
-from dove_ryu.openflow.packet import BadPacket, frag_needed, parse
+from dove_ryu.openflow.packet import frag_needed
 from dove_ryu.openflow.pipeline import FROM_WAN, INSTANCE_MASK
 from dove_ryu.protocol.messages import (
     EndpointHere,
@@ -197,13 +197,10 @@ class ProxyRelay:
         )
 
     def on_learn_reply(self, now: float, sender: IPv4Address, msg: LearnReply) -> CoreOutput:
-        pending = self.p.resolver.take_reply(now, sender, msg, scope=self.p.sides.wan(sender))
+        member = self.p.members.serves(msg.instance, sender)
+        scope = self.p.sides.wan(sender)
+        pending = self.p.resolver.take_reply(now, sender, msg, member, scope)
         if pending is None:
-            return CoreOutput()
-        if not self.p.members.serves(msg.instance, sender):
-            self.p.stats.drop(
-                "learn_reply_nonmember", now, f"from {sender} instance {msg.instance}"
-            )
             return CoreOutput()
         ep = Endpoint(msg.instance, msg.mac, msg.ips, msg.host, msg.seq)
         return self._resolved(now, pending, ep, sender)
@@ -268,10 +265,8 @@ class ProxyRelay:
             return CoreOutput()
         instance = metadata & INSTANCE_MASK
         from_wan = bool(metadata & FROM_WAN)
-        try:
-            frame = parse(data)
-        except BadPacket as e:
-            self.p.stats.drop("packet_in_malformed", now, str(e))
+        frame = self.p.stats.parsed(now, data)
+        if frame is None:
             return CoreOutput()
         known = self.p.learned.get(instance, frame.dst)
         if decoded.purpose is Purpose.WAN_OVERSIZE:
@@ -350,10 +345,8 @@ class ProxyRelay:
                 self.p.stats.drop(result, now, f"from {sender}")
             return CoreOutput()
         self.p.stats.count("wan_frames_reassembled")
-        try:
-            frame = parse(result)
-        except BadPacket as e:
-            self.p.stats.drop("reassembled_malformed", now, str(e))
+        frame = self.p.stats.parsed(now, result, "reassembled_malformed")
+        if frame is None:
             return CoreOutput()
         if frame.is_multicast:
             out = CoreOutput()

@@ -217,10 +217,16 @@ class Resolver:
         return resend
 
     def take_reply(
-        self, now: float, sender: IPv4Address, msg: LearnReply, scope: Hashable = None
+        self,
+        now: float,
+        sender: IPv4Address,
+        msg: LearnReply,
+        member: bool,
+        scope: Hashable = None,
     ) -> Pending | None:
-        """The LEARN a reply answers, if it is a well-formed answer to one in flight
-        from where that LEARN was asked (``scope`` of the sender); else None, counted."""
+        """The LEARN a reply answers, if it is a well-formed answer to one in flight,
+        from where that LEARN was asked (``scope`` of the sender) and from a ``member``
+        of the instance; else None, counted."""
         self.stats.count("learn_replies_received")
         pending = self._by_id.get(msg.request_id)
         if pending is None or pending.instance != msg.instance:
@@ -231,6 +237,10 @@ class Resolver:
             return None
         if pending.scope != scope:
             self.stats.drop("learn_reply_wrong_side", now, f"from {sender}")
+            return None
+        if not member:
+            detail = f"from {sender} instance {msg.instance}"
+            self.stats.drop("learn_reply_nonmember", now, detail)
             return None
         return pending
 

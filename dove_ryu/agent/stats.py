@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from dove_ryu.openflow.cookies import Cookie, Purpose, decode
 from dove_ryu.openflow.flows import TAG_ARP_MISS, TAG_L2_MISS
+from dove_ryu.openflow.packet import BadPacket, Frame, parse
 
 # Seconds, 1 ms .. 2 s.  An answer at the first try takes milliseconds; one that
 # needed retransmits comes after learn_timeout (0.3 s by default) and its multiples.
@@ -111,6 +112,14 @@ class Stats:
         decoded = decode(cookie)
         self.packet_ins[packet_in_reason(decoded)] += 1
         return decoded
+
+    def parsed(self, now: float, data: bytes, reason: str = "packet_in_malformed") -> Frame | None:
+        """The frame in ``data``, or None (dropped and counted as ``reason``)."""
+        try:
+            return parse(data)
+        except BadPacket as e:
+            self.drop(reason, now, str(e))
+            return None
 
     def drop(self, reason: str, now: float, detail: str = "") -> None:
         """Something was refused: count it, and say so (a few lines per reason)."""
