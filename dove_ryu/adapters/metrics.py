@@ -93,9 +93,9 @@ def snapshot(core: DoveCore, table_flows: Mapping[str, int]) -> Snapshot:
     return Snapshot(
         host=core.cfg.name,
         role=core.cfg.role,
-        site=core.cfg.site,
+        site=core.cfg.proxy.site,
         underlay_ip=str(core.me),
-        wan_ip=str(core.cfg.wan_ip or ""),
+        wan_ip=str(core.cfg.proxy.wan_ip or ""),
         connected=core.tunnel_ofport is not None,
         proxy_active=cast("ProxyCore", core).active if proxy else None,
         pending=len(core.pending),

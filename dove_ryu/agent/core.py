@@ -103,19 +103,19 @@ class DoveCore:
 
     def __init__(self, cfg: DoveConfig, now: float) -> None:
         self.cfg = cfg
-        self.me = cfg.underlay_ip
+        self.me = cfg.host.underlay_ip
         self.tunnel_ofport: int | None = None
         self.ports: dict[str, VmPort] = {}
         self.local: dict[tuple[int, str], VmPort] = {}
         self.local_ip: dict[tuple[int, IPv4Address], VmPort] = {}
         self.by_instance: dict[int, dict[str, VmPort]] = {}  # instance -> mac -> port
         self.members: dict[int, dict[IPv4Address, Member]] = {}
-        self.learned = LearnedTable(cfg.max_learned_per_instance)
-        self.pending = PendingTable(cfg.max_pending_per_instance)
+        self.learned = LearnedTable(cfg.learning.max_learned_per_instance)
+        self.pending = PendingTable(cfg.learning.max_pending_per_instance)
         self.negative = NegativeCache(NEGATIVE_SIZE, NEGATIVE_TTL)
         self.buckets: dict[int, TokenBucket] = {}
         self.seqs: dict[tuple[int, str], int] = {}  # location sequence of each local VM
-        self.mobility = Mobility(ttl=cfg.departure_memory)
+        self.mobility = Mobility(ttl=cfg.learning.departure_memory)
         # Instances this host stopped serving while a VM of theirs had just left:
         # members' traffic is still taken in, until then, for the reactive path.
         self.lingering: dict[int, float] = {}
@@ -374,7 +374,9 @@ class DoveCore:
                     return CoreOutput(ofmsgs=[PacketOut(in_port, data, actions)])
                 known.reinstalled_at = now
                 missing = [
-                    flows.learned_l2_flow(ep, self.tunnel_ofport, self.cfg.learn_idle_timeout)
+                    flows.learned_l2_flow(
+                        ep, self.tunnel_ofport, self.cfg.learning.learn_idle_timeout
+                    )
                 ]
             out = self._install(ep, [(in_port, data)], flows_too=False)
             out.ofmsgs[:0] = missing
@@ -447,7 +449,7 @@ class DoveCore:
             target,
             self._next_request_id(),
             now,
-            now + self.cfg.learn_timeout,
+            now + self.cfg.learning.learn_timeout,
             held=[(in_port, data)],
             requester=Requester(source.mac, source.ips, self.seqs.get((instance, source.mac), 1)),
         )
@@ -462,7 +464,7 @@ class DoveCore:
         if self.pending.full(instance):
             self._drop("pending_full", now, f"instance {instance}")
             return False
-        rate = self.cfg.learn_rate_per_instance
+        rate = self.cfg.learning.learn_rate_per_instance
         if not self.buckets.setdefault(instance, TokenBucket(rate, rate)).take(now):
             self._drop("learn_rate_limited", now, f"instance {instance}")
             return False
@@ -500,7 +502,7 @@ class DoveCore:
         """A datagram from the underlay; anything wrong with it is counted and dropped."""
         self.counters["control_received"] += 1
         try:
-            env = decode(data, key=self.cfg.auth_key)
+            env = decode(data, key=self.cfg.host.auth_key)
             if env.sender != src:
                 raise AuthError("sender_mismatch")
             if env.receiver is None or not self._is_me(env.receiver):
@@ -567,7 +569,7 @@ class DoveCore:
 
     def _membership(self, now: float, sender: IPv4Address, instances: frozenset[int]) -> CoreOutput:
         """``sender`` serves exactly ``instances`` now."""
-        expires = now + self.cfg.announce_interval * MEMBER_LIFETIME_INTERVALS
+        expires = now + self.cfg.learning.announce_interval * MEMBER_LIFETIME_INTERVALS
         out = CoreOutput()
         new_peer = not any(sender in hosts for hosts in self.members.values())
         for instance in instances:
@@ -590,7 +592,7 @@ class DoveCore:
         """A VAN proxy announced itself.  When a site's standby proxy becomes active
         (its active one stopped), what was learned behind the old one moves to it at
         once: the new one resolves what it does not know yet on the first packet."""
-        expires = now + self.cfg.announce_interval * MEMBER_LIFETIME_INTERVALS
+        expires = now + self.cfg.learning.announce_interval * MEMBER_LIFETIME_INTERVALS
         self.proxies[sender] = KnownProxy(role, expires)
         out = CoreOutput()
         if not role.active:
@@ -784,7 +786,7 @@ class DoveCore:
         out = CoreOutput()
         # Announcing a VM of the instance is serving the instance.
         if sender not in self.members.get(msg.instance, {}):
-            expires = now + self.cfg.announce_interval * MEMBER_LIFETIME_INTERVALS
+            expires = now + self.cfg.learning.announce_interval * MEMBER_LIFETIME_INTERVALS
             self.members.setdefault(msg.instance, {})[sender] = Member(expires)
             out.ofmsgs += self._member_changed(msg.instance, sender, joined=True)
         key = (msg.instance, msg.mac)
@@ -873,7 +875,9 @@ class DoveCore:
     def _endpoint_flows(self, ep: Endpoint) -> list[OfMsg]:
         """The flows that forward to a learned endpoint (and answer ARP for it)."""
         assert self.tunnel_ofport is not None
-        return list(flows.learned_flows(ep, self.tunnel_ofport, self.cfg.learn_idle_timeout))
+        return list(
+            flows.learned_flows(ep, self.tunnel_ofport, self.cfg.learning.learn_idle_timeout)
+        )
 
     def _endpoint_deletes(self, ep: Endpoint, keep_l2: bool = False) -> list[OfMsg]:
         return list(flows.delete_learned(ep, keep_l2=keep_l2))
@@ -938,14 +942,14 @@ class DoveCore:
         for pending in list(self.pending.by_key.values()):
             if pending.next_retry > now:
                 continue
-            if pending.attempts > self.cfg.learn_retries:
+            if pending.attempts > self.cfg.learning.learn_retries:
                 self.pending.remove(pending)
                 self.negative.add(pending.instance, pending.target, now, pending.toward_wan)
                 self.counters["learn_timeouts"] += 1
                 self.counters["held_dropped"] += len(pending.held)
                 continue
             pending.attempts += 1
-            pending.next_retry = now + self.cfg.learn_timeout * pending.attempts
+            pending.next_retry = now + self.cfg.learning.learn_timeout * pending.attempts
             self.counters["learn_retransmits"] += 1
             out.datagrams += self._learn_requests(now, pending, self._learn_targets(pending))
         for instance, hosts in list(self.members.items()):
@@ -964,7 +968,7 @@ class DoveCore:
 
     def _announce(self, now: float, only: list[IPv4Address] | None = None) -> list[Datagram]:
         if only is None:
-            self.next_announce = now + self.cfg.announce_interval
+            self.next_announce = now + self.cfg.learning.announce_interval
         # A lingering instance is still announced: the VM's new host must go on taking
         # the packets this host forwards to it, and senders go on reaching this host.
         instances = sorted(self.instances | set(self.lingering))
@@ -973,7 +977,7 @@ class DoveCore:
             self._drop("announce_truncated", now, f"{len(instances)} instances served")
             instances = instances[:ANNOUNCE_MAX_INSTANCES]
         msg = Announce(instances=frozenset(instances))
-        targets = only if only is not None else list(self.cfg.peers)
+        targets = only if only is not None else list(self.cfg.host.peers)
         self.counters["announce_sent"] += len(targets)
         return [self._datagram(now, host, msg) for host in targets]
 
@@ -983,7 +987,7 @@ class DoveCore:
             receiver=host,
             sender=self.me,
             counter=self.counter_source.next(self.wall_clock()),
-            key=self.cfg.auth_key,
+            key=self.cfg.host.auth_key,
         )
         return Datagram(str(host), payload)
 

@@ -124,16 +124,16 @@ class ProxyCore(DoveCore):
 
     def __init__(self, cfg: DoveConfig, now: float) -> None:
         super().__init__(cfg, now)
-        if cfg.role != "proxy" or cfg.wan_ip is None:
+        if cfg.role != "proxy" or cfg.proxy.wan_ip is None:
             raise ValueError("ProxyCore needs role = proxy and a wan_ip")
-        self.wan_ip: IPv4Address = cfg.wan_ip
-        self.wan_peers = frozenset(cfg.wan_peers)
+        self.wan_ip: IPv4Address = cfg.proxy.wan_ip
+        self.wan_peers = frozenset(cfg.proxy.wan_peers)
         self.active = False
         self.partners: dict[IPv4Address, Partner] = {}
-        self.dead_interval = cfg.proxy_hello_interval * MEMBER_LIFETIME_INTERVALS
+        self.dead_interval = cfg.proxy.proxy_hello_interval * MEMBER_LIFETIME_INTERVALS
         # Listen before claiming the site; the lower priority listens longer, so of
         # two proxies started together the higher one becomes active.
-        self.listen_until = now + self.dead_interval * (2 - cfg.proxy_priority / 255)
+        self.listen_until = now + self.dead_interval * (2 - cfg.proxy.proxy_priority / 255)
         self.next_hello = now
         self.reassembly = Reassembly()
         self.next_frag_id = 0
@@ -170,7 +170,7 @@ class ProxyCore(DoveCore):
             receiver=host,
             sender=leg,
             counter=self.counter_source.next(self.wall_clock()),
-            key=self.cfg.auth_key,
+            key=self.cfg.host.auth_key,
         )
         return Datagram(str(host), payload, src=str(leg))
 
@@ -213,7 +213,7 @@ class ProxyCore(DoveCore):
         """An instance has flows and groups while it has a member, on either side."""
         return [
             *self._groups(instance, GroupCommand.ADD),
-            *flows.proxy_instance_flows(instance, self.cfg.wan_mtu),
+            *flows.proxy_instance_flows(instance, self.cfg.proxy.wan_mtu),
             *(self._member_flow(instance, h) for h in self.members.get(instance, {})),
         ]
 
@@ -247,8 +247,8 @@ class ProxyCore(DoveCore):
         return msgs + list(self._groups(instance, GroupCommand.MODIFY))
 
     def _endpoint_flows(self, ep: Endpoint) -> list[OfMsg]:
-        idle = self.cfg.learn_idle_timeout
-        return [flows.proxied_flow(ep, self._wan(ep.host), idle, self.cfg.wan_mtu)]
+        idle = self.cfg.learning.learn_idle_timeout
+        return [flows.proxied_flow(ep, self._wan(ep.host), idle, self.cfg.proxy.wan_mtu)]
 
     def _endpoint_deletes(self, ep: Endpoint, keep_l2: bool = False) -> list[OfMsg]:
         return [] if keep_l2 else [flows.delete_proxied(ep, self._wan(ep.host))]
@@ -256,7 +256,7 @@ class ProxyCore(DoveCore):
     def _forward(self, ep: Endpoint, data: bytes, now: float) -> CoreOutput:
         """Send one frame the agent holds on to ``ep``'s next hop."""
         assert self.tunnel_ofport is not None
-        if self._wan(ep.host) and len(data) > flows.wan_frame_limit(self.cfg.wan_mtu):
+        if self._wan(ep.host) and len(data) > flows.wan_frame_limit(self.cfg.proxy.wan_mtu):
             return self._fragment(now, ep, data)
         actions = flows.tunnel_actions(self.tunnel_ofport, ep.instance, ep.host)
         self.counters["packets_released"] += 1
@@ -296,8 +296,8 @@ class ProxyCore(DoveCore):
             if known is None or not self._wan(known.endpoint.host):
                 self._drop("oversize_unknown", now, frame.dst)
                 return CoreOutput()
-            if self.cfg.wan_oversize == "icmp" and tunnel_src is not None:
-                icmp = frag_needed(data, self.cfg.wan_mtu - 50)
+            if self.cfg.proxy.wan_oversize == "icmp" and tunnel_src is not None:
+                icmp = frag_needed(data, self.cfg.proxy.wan_mtu - 50)
                 if icmp is not None:
                     self.counters["wan_icmp_frag_needed_sent"] += 1
                     actions = flows.tunnel_actions(self.tunnel_ofport, instance, tunnel_src)
@@ -342,7 +342,7 @@ class ProxyCore(DoveCore):
             target,
             self._next_request_id(),
             now,
-            now + self.cfg.learn_timeout,
+            now + self.cfg.learning.learn_timeout,
             held=[(0, held)] if held is not None else [],
             requester=request.requester if request else None,
             waiters=[waiter] if waiter else [],
@@ -369,7 +369,7 @@ class ProxyCore(DoveCore):
 
     def _fragment(self, now: float, ep: Endpoint, data: bytes) -> CoreOutput:
         """Carry a frame too big for the inter-site path in DOVE-layer pieces."""
-        room = min(self.cfg.wan_mtu - UDP_IP_OVERHEAD, MAX_FRAME_LEN) - FRAME_OVERHEAD
+        room = min(self.cfg.proxy.wan_mtu - UDP_IP_OVERHEAD, MAX_FRAME_LEN) - FRAME_OVERHEAD
         pieces = [data[i : i + room] for i in range(0, len(data), room)]
         if len(pieces) - 1 > MAX_FRAG_INDEX:
             self._drop("frame_too_long", now, f"{len(data)} bytes")
@@ -442,7 +442,7 @@ class ProxyCore(DoveCore):
         if not self._fresh_announce(env):
             return CoreOutput()
         if not self._wan(sender) and role is not None:
-            if role.site != self.cfg.site:
+            if role.site != self.cfg.proxy.site:
                 self._drop("proxy_of_other_site", now, f"{sender} says site {role.site}")
                 return CoreOutput()
             new = sender not in self.partners
@@ -463,14 +463,14 @@ class ProxyCore(DoveCore):
         if self.active and site_now != before[0]:
             out.datagrams += self._announce(now, only=list(self.wan_peers))
         if self.active and remote_now != before[1]:
-            out.datagrams += self._announce(now, only=list(self.cfg.peers))
+            out.datagrams += self._announce(now, only=list(self.cfg.host.peers))
         return out
 
     def _join(self, now: float, instance: int, host: IPv4Address) -> list[OfMsg]:
         """``host`` spoke for an endpoint of the instance: it serves the instance."""
         if host in self.members.get(instance, {}):
             return []
-        expires = now + self.cfg.announce_interval * MEMBER_LIFETIME_INTERVALS
+        expires = now + self.cfg.learning.announce_interval * MEMBER_LIFETIME_INTERVALS
         self.members.setdefault(instance, {})[host] = Member(expires)
         return self._member_changed(instance, host, joined=True)
 
@@ -592,7 +592,7 @@ class ProxyCore(DoveCore):
                 del self.partners[host]
                 LOG.warning("%s: partner proxy %s silent", self.cfg.name, host)
         active = [h for h, p in self.partners.items() if p.role.active]
-        me = (self.cfg.proxy_priority, int(self.me))
+        me = (self.cfg.proxy.proxy_priority, int(self.me))
         if self.active:
             if any((self.partners[h].role.priority, int(h)) > me for h in active):
                 self.active = False
@@ -600,14 +600,14 @@ class ProxyCore(DoveCore):
                 LOG.warning(
                     "%s: stepping down, another proxy of site %s is active",
                     self.cfg.name,
-                    self.cfg.site,
+                    self.cfg.proxy.site,
                 )
                 return CoreOutput(datagrams=self._announce(now))
             return CoreOutput()
         if now >= self.listen_until and not active:
             self.active = True
             self.counters["proxy_became_active"] += 1
-            LOG.warning("%s: now the active proxy of site %s", self.cfg.name, self.cfg.site)
+            LOG.warning("%s: now the active proxy of site %s", self.cfg.name, self.cfg.proxy.site)
             return CoreOutput(datagrams=self._announce(now))
         return CoreOutput()
 
@@ -615,9 +615,9 @@ class ProxyCore(DoveCore):
         """To site peers: the instances other sites serve; to remote proxies: those our
         site serves.  A standby proxy announces itself with none."""
         if only is None:
-            self.next_announce = now + self.cfg.announce_interval
-        targets = only if only is not None else [*self.cfg.peers, *sorted(self.wan_peers)]
-        role = ProxyRole(self.cfg.site, self.active, self.cfg.proxy_priority)
+            self.next_announce = now + self.cfg.learning.announce_interval
+        targets = only if only is not None else [*self.cfg.host.peers, *sorted(self.wan_peers)]
+        role = ProxyRole(self.cfg.proxy.site, self.active, self.cfg.proxy.proxy_priority)
         served = {wan: self._served(not wan) if self.active else [] for wan in (False, True)}
         out = []
         for host in targets:
@@ -634,7 +634,7 @@ class ProxyCore(DoveCore):
         # Both ways: the standby watches the active one, and the active one knows
         # whether it still has a standby.
         if now >= self.next_hello:
-            self.next_hello = now + self.cfg.proxy_hello_interval
+            self.next_hello = now + self.cfg.proxy.proxy_hello_interval
             out.datagrams += self._announce(now, only=sorted(self.partners))
         dropped = self.reassembly.expire(now)
         if dropped:
@@ -650,7 +650,7 @@ class ProxyCore(DoveCore):
         return {
             "host": self.cfg.name,
             "role": "proxy",
-            "site": self.cfg.site,
+            "site": self.cfg.proxy.site,
             "active": self.active,
             "underlay_ip": str(self.me),
             "wan_ip": str(self.wan_ip),
