@@ -142,7 +142,7 @@ def _settings() -> tuple[Setting, ...]:
     return tuple(found)
 
 
-# In file order: what an operator writes first comes first.
+# In the order settings are checked: host, learning, role, then what a proxy adds, metrics.
 SETTINGS = _settings()
 BY_NAME = {s.name: s for s in SETTINGS}
 
