@@ -1,22 +1,25 @@
 """The agent's configuration: the ``[dove]`` section of its ini file.
 
-Every setting is declared once in `DoveConfig` with its type and default;
-`load` validates the file and raises `ConfigError` naming the bad setting, so
-the launcher can stop with one clear line.
+Every setting is declared once, with its type, default and help line, as a field
+of one of `DoveConfig`'s small sections (host, learning, proxy, metrics); the field
+keeps the setting's name, so ``cfg.learning.learn_timeout`` is ``learn_timeout``.
+`parse` checks one setting's text and `from_values` checks them together, each
+raising `ConfigError` naming the bad setting, so the agent stops with one clear line.
+`dove_ryu.adapters.options` registers the same settings as oslo.config options;
+`from_mapping` takes them as plain text.
 """
 
 from __future__ import annotations
 
-import configparser
 import ipaddress
 import math
-import os
 import re
 import socket
-from dataclasses import dataclass, fields
+from collections.abc import Collection, Mapping
+from dataclasses import MISSING, dataclass, field, fields
 from ipaddress import IPv4Address
+from typing import Any
 
-SECTION = "dove"
 TUNNEL_TYPES = ("vxlan",)
 DATAPATH_TYPES = ("system", "netdev")
 DISCOVERY_MODES = ("static",)
@@ -24,54 +27,124 @@ ROLES = ("host", "proxy")
 OVERSIZE_ACTIONS = ("fragment", "icmp")
 
 
-class ConfigError(Exception):
-    """A missing or bad setting; the message names it."""
+class ConfigError(ValueError):
+    """A missing or bad setting; the message names it.  A ValueError, as oslo.config
+    expects of an option's type."""
+
+
+def _setting(default: object, doc: str) -> Any:
+    """A setting's default and the one line an operator reads about it."""
+    return field(default=default, metadata={"help": doc})
+
+
+@dataclass(frozen=True)
+class HostConfig:
+    """This hypervisor: its underlay leg, the deployment key, its peers, its local OVS."""
+
+    underlay_ip: IPv4Address = field(metadata={"help": "this host's address in the underlay"})
+    auth_key: bytes = field(metadata={"help": "the deployment key, 32 to 128 hex digits"})
+    peers: tuple[IPv4Address, ...] = _setting((), "the other hosts (and proxies) of the site")
+    discovery: str = _setting("static", "how peers are found")
+    bridge: str = _setting("br-dove", "the integration bridge")
+    datapath_type: str = _setting("system", "the bridge's datapath type")
+    tunnel_type: str = _setting("vxlan", "the encapsulation")
+    tunnel_port: str = _setting("dove-vxlan", "the tunnel port's name")
+    control_port: int = _setting(4799, "UDP port of the control protocol")
+    ovsdb: str = _setting("unix:/var/run/openvswitch/db.sock", "OVSDB connection")
+    admin_socket: str = _setting("/var/run/dove-ryu/admin.sock", "dovectl's unix socket")
+    host_name: str = _setting("", "the name in logs and status (default: the hostname)")
+
+
+@dataclass(frozen=True)
+class LearningConfig:
+    """Announcements and the LEARN protocol: timers, retries and per-instance limits."""
+
+    announce_interval: float = _setting(2.0, "seconds between announcements")
+    learn_timeout: float = _setting(0.3, "seconds before a LEARN is retried")
+    learn_retries: int = _setting(3, "retries of an unanswered LEARN")
+    learn_idle_timeout: int = _setting(300, "idle timeout (s) of a learned endpoint's flows")
+    max_learned_per_instance: int = _setting(1024, "learned endpoints kept per instance")
+    max_pending_per_instance: int = _setting(64, "LEARNs in flight per instance")
+    # How long a host answers for a VM that left it.
+    departure_memory: float = _setting(60.0, "seconds a host answers for a VM that left")
+    learn_rate_per_instance: float = _setting(100.0, "LEARNs per second per instance")
+    packet_in_rate_limit: int = _setting(500, "packet-ins per second the switch sends")
+
+
+@dataclass(frozen=True)
+class ProxyConfig:
+    """The VAN proxy role (paper section IV-C): a leg in the site underlay (underlay_ip)
+    and one in the inter-site network (wan_ip), towards the other sites' proxies."""
+
+    site: str = _setting("", "the proxy's site (role = proxy)")
+    wan_ip: IPv4Address | None = _setting(None, "the proxy's inter-site address")
+    wan_peers: tuple[IPv4Address, ...] = _setting((), "the other sites' proxies (their wan_ip)")
+    proxy_priority: int = _setting(100, "of two proxies of a site, the higher starts active")
+    proxy_hello_interval: float = _setting(0.2, "seconds between hellos of a site's proxies")
+    wan_mtu: int = _setting(1500, "IP MTU of the inter-site network")
+    wan_oversize: str = _setting("fragment", "frames too big for it: fragment or icmp")
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    """Prometheus metrics over HTTP (GET /metrics).  Off (0) unless the operator picks a
+    port (the emulation uses 9479): a new listener on every hypervisor is a deliberate
+    choice, and an upgrade changes nothing on a host.  Loopback unless opened up: the
+    metrics name the tenants' instances."""
+
+    metrics_port: int = _setting(0, "HTTP port of /metrics (0: off)")
+    metrics_host: IPv4Address = _setting(IPv4Address("127.0.0.1"), "address of /metrics")
 
 
 @dataclass(frozen=True)
 class DoveConfig:
-    underlay_ip: IPv4Address
-    auth_key: bytes
-    peers: tuple[IPv4Address, ...] = ()
-    discovery: str = "static"
-    bridge: str = "br-dove"
-    datapath_type: str = "system"
-    tunnel_type: str = "vxlan"
-    tunnel_port: str = "dove-vxlan"
-    control_port: int = 4799
-    ovsdb: str = "unix:/var/run/openvswitch/db.sock"
-    admin_socket: str = "/var/run/dove-ryu/admin.sock"
-    host_name: str = ""
-    announce_interval: float = 2.0
-    learn_timeout: float = 0.3
-    learn_retries: int = 3
-    learn_idle_timeout: int = 300
-    max_learned_per_instance: int = 1024
-    max_pending_per_instance: int = 64
-    departure_memory: float = 60.0  # how long a host answers for a VM that left it
-    learn_rate_per_instance: float = 100.0
-    packet_in_rate_limit: int = 500
-    # VAN proxy role (paper section IV-C): a leg in the site underlay (underlay_ip)
-    # and one in the inter-site network (wan_ip), towards the other sites' proxies.
+    host: HostConfig
     role: str = "host"
-    site: str = ""
-    wan_ip: IPv4Address | None = None
-    wan_peers: tuple[IPv4Address, ...] = ()  # the other sites' proxies (their wan_ip)
-    proxy_priority: int = 100  # of two proxies of a site, the higher one starts active
-    proxy_hello_interval: float = 0.2  # hellos between a site's proxies
-    wan_mtu: int = 1500  # IP MTU of the inter-site network
-    wan_oversize: str = "fragment"  # frames too big for it: DOVE-layer fragments or ICMP
-    # Prometheus metrics over HTTP (GET /metrics).  Off (0) unless the operator picks a
-    # port (the emulation uses 9479): a new listener on every hypervisor is a deliberate
-    # choice, and an upgrade changes nothing on a host.  Loopback unless opened up: the
-    # metrics name the tenants' instances.
-    metrics_port: int = 0
-    metrics_host: IPv4Address = IPv4Address("127.0.0.1")
+    learning: LearningConfig = field(default_factory=LearningConfig)
+    proxy: ProxyConfig = field(default_factory=ProxyConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
     @property
     def name(self) -> str:
-        return self.host_name or str(self.underlay_ip)
+        return self.host.host_name or str(self.host.underlay_ip)
 
+
+SECTIONS: dict[str, type] = {
+    "host": HostConfig,
+    "learning": LearningConfig,
+    "proxy": ProxyConfig,
+    "metrics": MetricsConfig,
+}
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One ``[dove]`` setting: its name, the section holding it, its type (as annotated)
+    and default (None: none), and its help line."""
+
+    name: str
+    section: str  # "" for DoveConfig's own (role)
+    type: str
+    default: object
+    help: str
+
+
+def _settings() -> tuple[Setting, ...]:
+    found = []
+    for section, cls in SECTIONS.items():
+        if section == "proxy":
+            found.append(Setting("role", "", "str", "host", "host, or proxy (a site's VAN proxy)"))
+        for f in fields(cls):
+            default = None if f.default is MISSING else f.default
+            found.append(Setting(f.name, section, str(f.type), default, f.metadata["help"]))
+            if f.name == "auth_key":
+                found.append(Setting("auth_key_file", "", "str", None, "a file holding auth_key"))
+    return tuple(found)
+
+
+# In the order settings are checked: host, learning, role, then what a proxy adds, metrics.
+SETTINGS = _settings()
+BY_NAME = {s.name: s for s in SETTINGS}
 
 _REQUIRED = ("underlay_ip", "auth_key")
 _IDENT = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
@@ -136,66 +209,88 @@ def parse_key(setting: str, text: str) -> bytes:
     return bytes.fromhex(text)
 
 
-def from_mapping(values: dict[str, str]) -> DoveConfig:
-    """Validate raw ``[dove]`` settings into a `DoveConfig`."""
-    known = {f.name for f in fields(DoveConfig)} | {"auth_key_file"}
-    for key in values:
-        if key not in known:
-            raise ConfigError(f"[dove] {key}: unknown setting")
-    if "auth_key_file" in values and "auth_key" not in values:
-        path = values["auth_key_file"]
-        try:
-            with open(path, encoding="ascii") as key_file:
-                values = {**values, "auth_key": key_file.read()}
-        except OSError as e:
-            raise ConfigError(f"[dove] auth_key_file: cannot read {path}: {e.strerror}") from None
+def parse(name: str, text: str) -> object:
+    """Check one setting's text: its value, or `ConfigError` naming it."""
+    text = text.strip()
+    kind = BY_NAME[name].type
+    if name in _REQUIRED and not text:
+        raise ConfigError(f"[dove] {name}: missing (required)")
+    if name in ("underlay_ip", "wan_ip", "metrics_host"):
+        return _ip(name, text)
+    if name == "auth_key":
+        return parse_key(name, text)
+    if name in ("peers", "wan_peers"):
+        return tuple(_ip(name, p) for p in re.split(r"[,\s]+", text) if p)
+    if name == "metrics_port":
+        return _port_or_off(name, text)
+    if name in _CHOICES:
+        return _choice(name, text, _CHOICES[name])
+    if name == "site":
+        if not _IDENT.match(text):
+            raise ConfigError(f"[dove] site: {text!r} must be 1-15 letters, digits, _.-")
+        return text
+    if name in ("bridge", "tunnel_port"):
+        if not _IDENT.match(text):
+            raise ConfigError(f"[dove] {name}: {text!r} is not a valid interface name")
+        return text
+    if kind == "int":
+        return _positive(name, text, int)
+    if kind == "float":
+        return _positive(name, text, float)
+    return text
+
+
+_CHOICES = {
+    "tunnel_type": TUNNEL_TYPES,
+    "datapath_type": DATAPATH_TYPES,
+    "discovery": DISCOVERY_MODES,
+    "role": ROLES,
+    "wan_oversize": OVERSIZE_ACTIONS,
+}
+
+
+def _check_required(given: Collection[str]) -> None:
     for key in _REQUIRED:
-        if not values.get(key, "").strip():
+        if key not in given and not (key == "auth_key" and "auth_key_file" in given):
             raise ConfigError(f"[dove] {key}: missing (required)")
 
-    kwargs: dict[str, object] = {}
-    for f in fields(DoveConfig):
-        if f.name not in values:
-            continue
-        text = values[f.name].strip()
-        if f.name in ("underlay_ip", "wan_ip", "metrics_host"):
-            kwargs[f.name] = _ip(f.name, text)
-        elif f.name == "auth_key":
-            kwargs[f.name] = parse_key(f.name, text)
-        elif f.name in ("peers", "wan_peers"):
-            kwargs[f.name] = tuple(_ip(f.name, p) for p in re.split(r"[,\s]+", text) if p)
-        elif f.name == "metrics_port":
-            kwargs[f.name] = _port_or_off(f.name, text)
-        elif f.name == "tunnel_type":
-            kwargs[f.name] = _choice(f.name, text, TUNNEL_TYPES)
-        elif f.name == "datapath_type":
-            kwargs[f.name] = _choice(f.name, text, DATAPATH_TYPES)
-        elif f.name == "discovery":
-            kwargs[f.name] = _choice(f.name, text, DISCOVERY_MODES)
-        elif f.name == "role":
-            kwargs[f.name] = _choice(f.name, text, ROLES)
-        elif f.name == "wan_oversize":
-            kwargs[f.name] = _choice(f.name, text, OVERSIZE_ACTIONS)
-        elif f.name == "site":
-            if not _IDENT.match(text):
-                raise ConfigError(f"[dove] site: {text!r} must be 1-15 letters, digits, _.-")
-            kwargs[f.name] = text
-        elif f.name in ("bridge", "tunnel_port"):
-            if not _IDENT.match(text):
-                raise ConfigError(f"[dove] {f.name}: {text!r} is not a valid interface name")
-            kwargs[f.name] = text
-        elif f.type in ("int", int):
-            kwargs[f.name] = _positive(f.name, text, int)
-        elif f.type in ("float", float):
-            kwargs[f.name] = _positive(f.name, text, float)
-        else:
-            kwargs[f.name] = text
+
+def from_mapping(values: dict[str, str]) -> DoveConfig:
+    """Validate raw ``[dove]`` settings (the text of each) into a `DoveConfig`."""
+    for key in values:
+        if key not in BY_NAME:
+            raise ConfigError(f"[dove] {key}: unknown setting")
+    _check_required(values)
+    return from_values(
+        {s.name: parse(s.name, values[s.name]) for s in SETTINGS if s.name in values}
+    )
+
+
+def from_values(values: Mapping[str, object]) -> DoveConfig:
+    """Check the settings together and assemble a `DoveConfig`.
+
+    `values` holds the settings given, each already checked by `parse`; the others
+    take their defaults.  `auth_key_file` stands in for `auth_key` when that is not given.
+    """
+    kwargs = dict(values)
+    path = kwargs.pop("auth_key_file", None)
+    if path is not None and "auth_key" not in kwargs:
+        try:
+            with open(str(path), encoding="ascii") as key_file:
+                kwargs["auth_key"] = parse("auth_key", key_file.read())
+        except OSError as e:
+            raise ConfigError(f"[dove] auth_key_file: cannot read {path}: {e.strerror}") from None
+    _check_required(kwargs)
     underlay = kwargs["underlay_ip"]
     # A shared peers list may name this host too; it is not its own peer.
     kwargs["peers"] = tuple(p for p in kwargs.get("peers", ()) if p != underlay)  # type: ignore[attr-defined]
     kwargs.setdefault("host_name", socket.gethostname())
     _check_role(kwargs)
-    return DoveConfig(**kwargs)  # type: ignore[arg-type]
+    sections = {
+        section: cls(**{f.name: kwargs[f.name] for f in fields(cls) if f.name in kwargs})
+        for section, cls in SECTIONS.items()
+    }
+    return DoveConfig(role=str(kwargs.get("role", "host")), **sections)
 
 
 def _check_role(kwargs: dict[str, object]) -> None:
@@ -218,25 +313,3 @@ def _check_role(kwargs: dict[str, object]) -> None:
     clash = site_peers & set(kwargs["wan_peers"])  # type: ignore[call-overload]
     if clash:
         raise ConfigError(f"[dove] wan_peers: {min(clash)} is also a site peer")
-
-
-def load(paths: list[str]) -> DoveConfig:
-    """Read the ``[dove]`` section from the given ini files (later files win)."""
-    if not paths:
-        raise ConfigError("no --config-file given; the [dove] section is required")
-    parser = configparser.ConfigParser(interpolation=None)
-    for path in paths:
-        if not os.path.exists(path):
-            raise ConfigError(f"config file {path}: does not exist")
-        try:
-            parser.read(path, encoding="utf-8")
-        except configparser.Error as e:
-            raise ConfigError(f"config file {path}: {e.message}") from None
-    if not parser.has_section(SECTION):
-        raise ConfigError(f"config file {', '.join(paths)}: no [dove] section")
-    values = dict(parser.items(SECTION, raw=True))
-    # configparser mixes [DEFAULT] into every section; those are os-ken's.
-    for key in parser.defaults():
-        if key not in parser._sections[SECTION]:  # type: ignore[attr-defined]
-            values.pop(key, None)
-    return from_mapping(values)

@@ -1,10 +1,11 @@
 """``dove-agent``: start the DOVE agent as ``ryu-manager`` would start an app.
 
 os-ken 4.x has no ``osken-manager``; like Neutron's native agent we parse the
-flags with ``os_ken.cfg`` and run the app with ``AppManager.run_apps``.  The
-flags operators know (``--config-file``, ``--ofp-tcp-listen-port``,
-``--ofp-listen-host``, ``--log-file``, ``--verbose``) work as there; the
-``[dove]`` section of the config file is validated before anything starts.
+flags with ``os_ken.cfg`` and run the app with ``AppManager``.  The flags
+operators know (``--config-file``, ``--ofp-tcp-listen-port``,
+``--ofp-listen-host``, ``--log-file``, ``--verbose``) work as there.  The app
+(`dove_ryu.adapters.shell`) reads its ``[dove]`` options itself; we check them
+first only to stop with one line before anything starts, and set up the bridge.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import signal
 import sys
 import warnings
 
-from dove_ryu import config as dove_config
+from dove_ryu.config import ConfigError
 
 DEFAULT_OF_PORT = 6653
 APPS = ["dove_ryu.adapters.shell", "os_ken.controller.ofp_handler"]
@@ -34,7 +35,10 @@ def main(argv: list[str] | None = None) -> int:
     log.early_init_log(logging.INFO)
     import os_ken.base.app_manager  # noqa: F401  imports the controller: the --ofp-* flags
 
+    from dove_ryu.adapters import options
+
     conf = cfg.CONF
+    options.register(conf)
     # The controller only ever serves the local bridge: listen on loopback unless
     # the operator says otherwise (os-ken's own default is every address).
     conf.set_default("ofp_listen_host", "127.0.0.1")
@@ -49,22 +53,21 @@ def main(argv: list[str] | None = None) -> int:
         print(f"dove-agent: {e}", file=sys.stderr)
         return 2
     try:
-        dove_cfg = dove_config.load(list(conf.config_file))
-    except dove_config.ConfigError as e:
+        dove_cfg = options.dove_config(conf)
+    except ConfigError as e:
         print(f"dove-agent: configuration error: {e}", file=sys.stderr)
         return 2
     if conf.ofp_tcp_listen_port is None:
         conf.set_override("ofp_tcp_listen_port", DEFAULT_OF_PORT)
     log.init_log()
 
-    from dove_ryu.adapters import ovsdb, shell
+    from dove_ryu.adapters import ovsdb
 
     try:
         ovsdb.ensure_bridge(dove_cfg, conf.ofp_listen_host, conf.ofp_tcp_listen_port)
     except ovsdb.OvsdbError as e:
-        print(f"dove-agent: cannot set up bridge {dove_cfg.bridge}: {e}", file=sys.stderr)
+        print(f"dove-agent: cannot set up bridge {dove_cfg.host.bridge}: {e}", file=sys.stderr)
         return 1
-    shell.CONFIG = dove_cfg
     # SIGTERM ends the agent like Ctrl-C.
     signal.signal(signal.SIGTERM, raise_keyboard_interrupt)
     return run_apps(APPS)

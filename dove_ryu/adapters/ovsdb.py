@@ -37,7 +37,7 @@ class OvsdbError(Exception):
 
 
 def _vsctl(cfg: DoveConfig, *args: str) -> str:
-    cmd = ["ovs-vsctl", f"--db={cfg.ovsdb}", "--timeout=10", *args]
+    cmd = ["ovs-vsctl", f"--db={cfg.host.ovsdb}", "--timeout=10", *args]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise OvsdbError(f"{' '.join(cmd)}: {proc.stderr.strip()}")
@@ -47,22 +47,22 @@ def _vsctl(cfg: DoveConfig, *args: str) -> str:
 def _tunnel_source(cfg: DoveConfig) -> list[str]:
     """A host tunnels from its underlay address.  A proxy has two legs: the source
     is left to the route towards each destination (OVS picks the leg's address)."""
-    port = cfg.tunnel_port
+    port = cfg.host.tunnel_port
     if cfg.role == "proxy":
         return ["--", "remove", "Interface", port, "options", "local_ip"]
-    return ["--", "set", "Interface", port, f"options:local_ip={cfg.underlay_ip}"]
+    return ["--", "set", "Interface", port, f"options:local_ip={cfg.host.underlay_ip}"]
 
 
 def ensure_bridge(cfg: DoveConfig, of_host: str, of_port: int) -> None:
     """Make the bridge, its one flow-based tunnel port, the controller and the
     table names exist as the agent needs them.  Safe to run on every start."""
-    br = cfg.bridge
+    br = cfg.host.bridge
     args = [
         "--", "--may-exist", "add-br", br,
-        "--", "set", "Bridge", br, f"datapath_type={cfg.datapath_type}",
+        "--", "set", "Bridge", br, f"datapath_type={cfg.host.datapath_type}",
         "protocols=OpenFlow13", "fail_mode=secure", "other-config:disable-in-band=true",
-        "--", "--may-exist", "add-port", br, cfg.tunnel_port,
-        "--", "set", "Interface", cfg.tunnel_port, f"type={cfg.tunnel_type}",
+        "--", "--may-exist", "add-port", br, cfg.host.tunnel_port,
+        "--", "set", "Interface", cfg.host.tunnel_port, f"type={cfg.host.tunnel_type}",
         "options:remote_ip=flow", "options:key=flow", f"options:dst_port={VXLAN_UDP_PORT}",
         *_tunnel_source(cfg),
         "--", "set-controller", br, f"tcp:{_connect_to(of_host)}:{of_port}",
@@ -78,8 +78,8 @@ def ensure_bridge(cfg: DoveConfig, of_host: str, of_port: int) -> None:
     # others' learning.  Seen on OVS 3.1.
     _vsctl(
         cfg, "set", "Controller", br,
-        f"controller_rate_limit={cfg.packet_in_rate_limit}",
-        f"controller_burst_limit={max(25, cfg.packet_in_rate_limit // 4)}",
+        f"controller_rate_limit={cfg.learning.packet_in_rate_limit}",
+        f"controller_burst_limit={max(25, cfg.learning.packet_in_rate_limit // 4)}",
     )  # fmt: skip
 
 
@@ -134,14 +134,14 @@ def _snapshot(idl: Any, cfg: DoveConfig) -> BridgeView:
     ports: list[VmPort] = []
     rejected: list[tuple[str, str]] = []
     for bridge in idl.tables["Bridge"].rows.values():
-        if bridge.name != cfg.bridge:
+        if bridge.name != cfg.host.bridge:
             continue
         if bridge.datapath_id:
             dpid = int(bridge.datapath_id[0], 16)
         for port in bridge.ports:
             for iface in port.interfaces:
                 ofport = _ofport(iface)
-                if iface.name == cfg.tunnel_port:
+                if iface.name == cfg.host.tunnel_port:
                     tunnel = ofport
                 elif EXT_INSTANCE in iface.external_ids and ofport is not None:
                     try:
@@ -175,7 +175,7 @@ class PortWatcher:
     def __init__(self, cfg: DoveConfig, on_change: Callable[[BridgeView], None]) -> None:
         self.cfg = cfg
         self.on_change = on_change
-        self.idl = ovs.db.idl.Idl(cfg.ovsdb, _schema_helper(cfg.ovsdb))
+        self.idl = ovs.db.idl.Idl(cfg.host.ovsdb, _schema_helper(cfg.host.ovsdb))
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=self._run, name="ovsdb-watch", daemon=True)
         self.reported: set[tuple[str, str]] = set()

@@ -14,6 +14,7 @@ import time
 from ipaddress import IPv4Address
 from typing import Any
 
+from os_ken import cfg as osken_cfg
 from os_ken.base import app_manager
 from os_ken.controller import ofp_event
 from os_ken.controller.handler import (
@@ -24,13 +25,12 @@ from os_ken.controller.handler import (
 )
 from os_ken.ofproto import ofproto_v1_3
 
-from dove_ryu.adapters import metrics
+from dove_ryu.adapters import metrics, options
 from dove_ryu.adapters.admin import AdminServer
 from dove_ryu.adapters.metrics_http import MetricsServer
 from dove_ryu.adapters.of_osken import match_fields, next_xid, packet_out_bytes, to_osken
 from dove_ryu.adapters.ovsdb import BridgeView, PortWatcher
 from dove_ryu.agent import make_core
-from dove_ryu.config import DoveConfig
 from dove_ryu.openflow import cookies
 from dove_ryu.openflow.ofmsg import CoreOutput, PacketIn, PacketOut, order_messages
 from dove_ryu.openflow.pipeline import TABLES
@@ -42,8 +42,8 @@ MAX_DATAGRAM = 2048
 TABLE_FLOWS_MAX_AGE = 5.0  # seconds a scrape may show the same per-table flow counts
 TABLE_FLOWS_WAIT = 1.0  # seconds a scrape waits for fresh ones (else shows the last)
 
-# Set by the launcher before os-ken instantiates the app.
-CONFIG: DoveConfig | None = None
+# The [dove] options, declared when os-ken loads this module, as any os-ken app does.
+options.register(osken_cfg.CONF)
 
 
 class DoveApp(app_manager.OSKenApp):  # type: ignore[misc]
@@ -51,9 +51,7 @@ class DoveApp(app_manager.OSKenApp):  # type: ignore[misc]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        if CONFIG is None:
-            raise RuntimeError("dove_ryu.adapters.shell.CONFIG is not set; start with dove-agent")
-        self.cfg = CONFIG
+        self.cfg = options.dove_config(self.CONF)
         self.lock = threading.RLock()
         self.core = make_core(self.cfg, time.monotonic())
         self.datapaths: dict[int, Any] = {}  # connected switches by datapath id
@@ -61,20 +59,23 @@ class DoveApp(app_manager.OSKenApp):  # type: ignore[misc]
         self.stopping = threading.Event()
         # One control socket per leg: a proxy talks to its site and to other sites'
         # proxies from different addresses, and each peer checks who sent.
-        legs = [self.cfg.underlay_ip, *([self.cfg.wan_ip] if self.cfg.wan_ip else [])]
+        legs = [
+            self.cfg.host.underlay_ip,
+            *([self.cfg.proxy.wan_ip] if self.cfg.proxy.wan_ip else []),
+        ]
         self.socks: dict[str, socket.socket] = {}
         for leg in legs:
             sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            sock.bind((str(leg), self.cfg.control_port))
+            sock.bind((str(leg), self.cfg.host.control_port))
             self.socks[str(leg)] = sock
-        self.sock = self.socks[str(self.cfg.underlay_ip)]
+        self.sock = self.socks[str(self.cfg.host.underlay_ip)]
         self.watcher = PortWatcher(self.cfg, self._on_bridge_view)
-        self.admin = AdminServer(self.cfg.admin_socket, self._admin)
+        self.admin = AdminServer(self.cfg.host.admin_socket, self._admin)
         self.table_flows = metrics.TableFlows(TABLE_FLOWS_MAX_AGE)
         self.table_flows_fresh = threading.Event()
         self.metrics_server: MetricsServer | None = None
-        if self.cfg.metrics_port:
-            host, port = str(self.cfg.metrics_host), self.cfg.metrics_port
+        if self.cfg.metrics.metrics_port:
+            host, port = str(self.cfg.metrics.metrics_host), self.cfg.metrics.metrics_port
             try:
                 self.metrics_server = MetricsServer(host, port, metrics.registry(self._metrics))
             except OSError as e:  # forwarding matters more than metrics
@@ -84,9 +85,9 @@ class DoveApp(app_manager.OSKenApp):  # type: ignore[misc]
         LOG.info(
             "%s: dove agent on %s, control port %d, peers %s",
             self.cfg.name,
-            self.cfg.underlay_ip,
-            self.cfg.control_port,
-            ",".join(map(str, self.cfg.peers)) or "none",
+            self.cfg.host.underlay_ip,
+            self.cfg.host.control_port,
+            ",".join(map(str, self.cfg.host.peers)) or "none",
         )
 
     def start(self) -> Any:
@@ -155,7 +156,7 @@ class DoveApp(app_manager.OSKenApp):  # type: ignore[misc]
         for dgram in out.datagrams:
             try:
                 sock = self.socks.get(dgram.src, self.sock)
-                sock.sendto(dgram.payload, (dgram.dst, self.cfg.control_port))
+                sock.sendto(dgram.payload, (dgram.dst, self.cfg.host.control_port))
             except OSError as e:
                 with self.lock:
                     self.core.counters["control_send_errors"] += 1
@@ -177,7 +178,10 @@ class DoveApp(app_manager.OSKenApp):  # type: ignore[misc]
                 # Only our bridge may be programmed; anything else is told nothing.
                 self.core.counters["switch_foreign"] += 1
                 LOG.warning(
-                    "%s: switch %016x is not %s; ignored", self.cfg.name, dp.id, self.cfg.bridge
+                    "%s: switch %016x is not %s; ignored",
+                    self.cfg.name,
+                    dp.id,
+                    self.cfg.host.bridge,
                 )
                 return
             self.datapaths[dp.id] = dp
@@ -251,7 +255,10 @@ class DoveApp(app_manager.OSKenApp):  # type: ignore[misc]
             if view.datapath_id is not None:
                 for dpid in [d for d in self.datapaths if d != view.datapath_id]:
                     LOG.warning(
-                        "%s: switch %016x is not %s; ignored", self.cfg.name, dpid, self.cfg.bridge
+                        "%s: switch %016x is not %s; ignored",
+                        self.cfg.name,
+                        dpid,
+                        self.cfg.host.bridge,
                     )
                     del self.datapaths[dpid]
             self._send(self.core.ports_changed(time.monotonic(), list(view.vm_ports)))

@@ -15,6 +15,7 @@ from enum import Enum
 from ipaddress import IPv4Address
 
 from dove_ryu.agent.membership import LIFETIME_INTERVALS
+from dove_ryu.config import ProxyConfig
 from dove_ryu.protocol.messages import ProxyRole
 
 LOG = logging.getLogger("dove_ryu.proxy")
@@ -35,16 +36,14 @@ class Outcome(Enum):
 
 
 class Election:
-    def __init__(
-        self, name: str, me: IPv4Address, priority: int, hello_interval: float, now: float
-    ) -> None:
+    def __init__(self, name: str, me: IPv4Address, settings: ProxyConfig, now: float) -> None:
         self.name = name
         self.me = me
-        self.priority = priority
-        self.hello_interval = hello_interval
+        self.priority = priority = settings.proxy_priority
+        self.hello_interval = settings.proxy_hello_interval
         self.active = False
         self.partners: dict[IPv4Address, Partner] = {}
-        self.dead_interval = hello_interval * LIFETIME_INTERVALS
+        self.dead_interval = self.hello_interval * LIFETIME_INTERVALS
         self.listen_until = now + self.dead_interval * (2 - priority / 255)
         self.next_hello = now
 

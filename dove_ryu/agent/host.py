@@ -286,13 +286,13 @@ class HostCore:
 
     def _announce(self, now: float, only: list[IPv4Address] | None = None) -> list[Datagram]:
         if only is None:
-            self.next_announce = now + self.p.cfg.announce_interval
+            self.next_announce = now + self.p.cfg.learning.announce_interval
         instances = self.p.instances.announced
         if len(instances) > ANNOUNCE_MAX_INSTANCES:
             # NOTE: one frame holds this many; splitting announcements is not done yet.
             self.p.stats.drop("announce_truncated", now, f"{len(instances)} instances served")
             instances = instances[:ANNOUNCE_MAX_INSTANCES]
-        targets = only if only is not None else list(self.p.cfg.peers)
+        targets = only if only is not None else list(self.p.cfg.host.peers)
         self.p.stats.count("announce_sent", len(targets))
         return self.p.channel.to_each(targets, Announce(instances=frozenset(instances)))
 

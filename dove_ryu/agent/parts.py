@@ -42,7 +42,7 @@ class Common:
 
     @property
     def me(self) -> IPv4Address:
-        return self.cfg.underlay_ip
+        return self.cfg.host.underlay_ip
 
     @property
     def name(self) -> str:
@@ -90,72 +90,59 @@ class ProxyParts(Common):
 def _common(
     cfg: DoveConfig,
     log: logging.Logger,
+    link: SwitchLink,
     legs: tuple[IPv4Address, ...],
-    make_flows: Callable[[SwitchLink], EndpointFlows],
+    flows: EndpointFlows,
     local: LocalPorts | None = None,
     leg_for: Callable[[IPv4Address], IPv4Address] | None = None,
-) -> Common:
+) -> dict[str, object]:
+    """The parts every role has, as keyword arguments for its bundle."""
     stats = Stats(cfg.name, log)
-    link = SwitchLink()
-    resolver = Resolver(
-        stats,
-        timeout=cfg.learn_timeout,
-        retries=cfg.learn_retries,
-        max_pending_per_instance=cfg.max_pending_per_instance,
-        rate_per_instance=cfg.learn_rate_per_instance,
-    )
-    learned = LearnedEndpoints(
-        stats, link, make_flows(link), cfg.max_learned_per_instance, local=local
-    )
-    return Common(
-        cfg=cfg,
-        stats=stats,
-        link=link,
-        channel=ControlChannel(cfg.auth_key, legs, stats, leg_for=leg_for),
-        members=Membership(cfg.announce_interval),
-        resolver=resolver,
-        learned=learned,
-    )
-
-
-def _fields(common: Common) -> dict[str, object]:
-    return {name: getattr(common, name) for name in Common.__dataclass_fields__}
+    learning = cfg.learning
+    return {
+        "cfg": cfg,
+        "stats": stats,
+        "link": link,
+        "channel": ControlChannel(cfg.host.auth_key, legs, stats, leg_for=leg_for),
+        "members": Membership(learning.announce_interval),
+        "resolver": Resolver(stats, learning),
+        "learned": LearnedEndpoints(
+            stats, link, flows, learning.max_learned_per_instance, local=local
+        ),
+    }
 
 
 def host_parts(cfg: DoveConfig, log: logging.Logger) -> HostParts:
-    ports = LocalPorts()
-
-    def tunnel_flows(link: SwitchLink) -> TunnelFlows:
-        return TunnelFlows(link, cfg.learn_idle_timeout)
-
-    common = _common(cfg, log, (cfg.underlay_ip,), tunnel_flows, local=ports)
-    flows = common.learned.flows
-    assert isinstance(flows, TunnelFlows)
+    link, ports = SwitchLink(), LocalPorts()
+    tunnel_flows = TunnelFlows(link, cfg.learning.learn_idle_timeout)
+    common = _common(cfg, log, link, (cfg.host.underlay_ip,), tunnel_flows, local=ports)
+    members = common["members"]
+    assert isinstance(members, Membership)
     return HostParts(
-        **_fields(common),  # type: ignore[arg-type]
+        **common,  # type: ignore[arg-type]
         ports=ports,
-        instances=HostInstances(ports, common.members, common.link, cfg.departure_memory),
-        mobility=Mobility(ttl=cfg.departure_memory),
-        tunnel_flows=flows,
+        instances=HostInstances(ports, members, link, cfg.learning.departure_memory),
+        mobility=Mobility(ttl=cfg.learning.departure_memory),
+        tunnel_flows=tunnel_flows,
     )
 
 
 def proxy_parts(cfg: DoveConfig, log: logging.Logger, now: float) -> ProxyParts:
-    if cfg.role != "proxy" or cfg.wan_ip is None:
+    wan_ip = cfg.proxy.wan_ip
+    if cfg.role != "proxy" or wan_ip is None:
         raise ValueError("a proxy needs role = proxy and a wan_ip")
-    sides = Sides(cfg.underlay_ip, cfg.wan_ip, frozenset(cfg.wan_peers))
-
-    def proxy_flows(link: SwitchLink) -> ProxyFlows:
-        return ProxyFlows(sides, cfg.learn_idle_timeout, cfg.wan_mtu)
-
-    common = _common(cfg, log, (cfg.underlay_ip, cfg.wan_ip), proxy_flows, leg_for=sides.leg)
+    link = SwitchLink()
+    sides = Sides(cfg.host.underlay_ip, wan_ip, frozenset(cfg.proxy.wan_peers))
+    flows = ProxyFlows(sides, cfg.learning.learn_idle_timeout, cfg.proxy.wan_mtu)
+    legs = (cfg.host.underlay_ip, wan_ip)
+    common = _common(cfg, log, link, legs, flows, leg_for=sides.leg)
+    members = common["members"]
+    assert isinstance(members, Membership)
     return ProxyParts(
-        **_fields(common),  # type: ignore[arg-type]
+        **common,  # type: ignore[arg-type]
         sides=sides,
-        instances=ProxyInstances(sides, common.members, common.link, cfg.wan_mtu),
-        election=Election(
-            cfg.name, cfg.underlay_ip, cfg.proxy_priority, cfg.proxy_hello_interval, now
-        ),  # fmt: skip
-        fragmenter=Fragmenter(cfg.wan_mtu),
+        instances=ProxyInstances(sides, members, link, cfg.proxy.wan_mtu),
+        election=Election(cfg.name, cfg.host.underlay_ip, cfg.proxy, now),
+        fragmenter=Fragmenter(cfg.proxy.wan_mtu),
         reassembly=Reassembly(),
     )

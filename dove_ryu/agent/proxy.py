@@ -145,11 +145,11 @@ class ProxyCore:
         if self.active and self.p.instances.served(False) != before[0]:
             out.datagrams += self._announce(now, only=sorted(self.p.sides.wan_peers))
         if self.active and self.p.instances.served(True) != before[1]:
-            out.datagrams += self._announce(now, only=list(self.p.cfg.peers))
+            out.datagrams += self._announce(now, only=list(self.p.cfg.host.peers))
         return out
 
     def _partner_heard(self, now: float, sender: IPv4Address, role: ProxyRole) -> CoreOutput:
-        if role.site != self.p.cfg.site:
+        if role.site != self.p.cfg.proxy.site:
             self.p.stats.drop("proxy_of_other_site", now, f"{sender} says site {role.site}")
             return CoreOutput()
         new = self.p.election.heard(now, sender, role)
@@ -166,22 +166,25 @@ class ProxyCore:
             return CoreOutput()
         self.p.stats.count(f"proxy_{outcome.value}")
         if outcome is Outcome.BECAME_ACTIVE:
-            LOG.warning("%s: now the active proxy of site %s", self.p.cfg.name, self.p.cfg.site)
+            LOG.warning(
+                "%s: now the active proxy of site %s", self.p.cfg.name, self.p.cfg.proxy.site
+            )
         else:
             LOG.warning(
                 "%s: stepping down, another proxy of site %s is active",
                 self.p.cfg.name,
-                self.p.cfg.site,
+                self.p.cfg.proxy.site,
             )
         return CoreOutput(datagrams=self._announce(now))
 
     def _announce(self, now: float, only: list[IPv4Address] | None = None) -> list[Datagram]:
         """To site peers: the instances other sites serve; to remote proxies: those our
         site serves.  A standby proxy announces itself with none."""
-        if only is None:
-            self.next_announce = now + self.p.cfg.announce_interval
-        targets = only if only is not None else [*self.p.cfg.peers, *sorted(self.p.sides.wan_peers)]
-        role = ProxyRole(self.p.cfg.site, self.active, self.p.cfg.proxy_priority)
+        targets = only
+        if targets is None:
+            self.next_announce = now + self.p.cfg.learning.announce_interval
+            targets = [*self.p.cfg.host.peers, *sorted(self.p.sides.wan_peers)]
+        role = ProxyRole(self.p.cfg.proxy.site, self.active, self.p.cfg.proxy.proxy_priority)
         served = {wan: self.p.instances.served(not wan) if self.active else [] for wan in (0, 1)}
         out = []
         for host in targets:
@@ -218,7 +221,7 @@ class ProxyCore:
         return {
             "host": self.p.cfg.name,
             "role": "proxy",
-            "site": self.p.cfg.site,
+            "site": self.p.cfg.proxy.site,
             "active": self.active,
             "underlay_ip": str(self.p.me),
             "wan_ip": str(self.wan_ip),
@@ -252,7 +255,7 @@ class ProxyCore:
         return StatsView(
             host=self.p.cfg.name,
             role=self.role,
-            site=self.p.cfg.site,
+            site=self.p.cfg.proxy.site,
             underlay_ip=str(self.p.me),
             wan_ip=str(self.wan_ip),
             connected=self.p.link.connected,

@@ -305,8 +305,8 @@ class ProxyRelay:
         if known is None or not self.p.sides.wan(known.endpoint.host):
             self.p.stats.drop("oversize_unknown", now, dst)
             return CoreOutput()
-        if self.p.cfg.wan_oversize == "icmp" and tunnel_src is not None:
-            icmp = frag_needed(data, self.p.cfg.wan_mtu - ICMP_MTU_MARGIN)
+        if self.p.cfg.proxy.wan_oversize == "icmp" and tunnel_src is not None:
+            icmp = frag_needed(data, self.p.cfg.proxy.wan_mtu - ICMP_MTU_MARGIN)
             if icmp is not None:
                 self.p.stats.count("wan_icmp_frag_needed_sent")
                 actions = flows.tunnel_actions(self.p.link.tunnel, instance, tunnel_src)
@@ -315,7 +315,9 @@ class ProxyRelay:
 
     def _forward(self, ep: Endpoint, data: bytes, now: float) -> CoreOutput:
         """Send one frame the agent holds on to ``ep``'s next hop."""
-        if self.p.sides.wan(ep.host) and len(data) > flows.wan_frame_limit(self.p.cfg.wan_mtu):
+        if self.p.sides.wan(ep.host) and len(data) > flows.wan_frame_limit(
+            self.p.cfg.proxy.wan_mtu
+        ):
             return self._fragment(now, ep.instance, ep.host, data)
         actions = flows.tunnel_actions(self.p.link.tunnel, ep.instance, ep.host)
         self.p.stats.count("packets_released")

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 
 from dove_ryu.agent.stats import Stats
+from dove_ryu.config import LearningConfig
 from dove_ryu.protocol.messages import LearnReply, LearnRequest, Requester
 
 Target = str | IPv4Address  # a MAC (str) or an IPv4 address
@@ -105,20 +106,12 @@ class NegativeCache:
 
 
 class Resolver:
-    def __init__(
-        self,
-        stats: Stats,
-        *,
-        timeout: float,
-        retries: int,
-        max_pending_per_instance: int,
-        rate_per_instance: float,
-    ) -> None:
+    def __init__(self, stats: Stats, settings: LearningConfig) -> None:
         self.stats = stats
-        self.timeout = timeout
-        self.retries = retries
-        self.max_pending_per_instance = max_pending_per_instance
-        self.rate = rate_per_instance
+        self.timeout = settings.learn_timeout
+        self.retries = settings.learn_retries
+        self.max_pending_per_instance = settings.max_pending_per_instance
+        self.rate = settings.learn_rate_per_instance
         self._by_key: dict[tuple[int, Target, Hashable], Pending] = {}
         self._by_id: dict[int, Pending] = {}
         self._per_instance: dict[int, int] = {}

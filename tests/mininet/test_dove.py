@@ -32,7 +32,7 @@ pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="Mininet needs root"),
 ]
 
-from dove_ryu.config import DoveConfig  # noqa: E402
+from dove_ryu.config import DoveConfig, HostConfig  # noqa: E402
 from dove_ryu.openflow.cookies import Purpose  # noqa: E402
 from dove_ryu.protocol.messages import LearnRequest, Requester, encode  # noqa: E402
 from mininet_topos.agents import admin  # noqa: E402
@@ -46,7 +46,7 @@ from tests.tools.forge import ping_through_forged_vxlan  # noqa: E402
 NETSEND = str(Path(netsend.__file__).resolve())
 PYTHON = sys.executable
 VXLAN_PORT = 4789
-CONTROL_PORT = DoveConfig.control_port
+CONTROL_PORT = HostConfig.control_port
 PROBE_IP = "10.99.0.250"
 IPERF_PORT = 5201
 
@@ -433,7 +433,7 @@ def test_address_spray_is_bounded(dove: Any) -> None:
     t2a, t2b = dove.net.tenant_vms(2)
     hv = t1b.hypervisor  # hv2 also carries t2vm1: the stressed hypervisor serves both tenants
     sprayer = _add_vm(dove, "t1vm3", hv, tenant=1, index=3)
-    cfg = DoveConfig(underlay_ip=IPv4Address(hv.underlay_ip), auth_key=dove.key)
+    cfg = DoveConfig(HostConfig(underlay_ip=IPv4Address(hv.underlay_ip), auth_key=dove.key))
     members = len(admin(hv)["instances"][str(sprayer.instance)]["members"])
     assert members >= 1
 
@@ -486,9 +486,9 @@ def test_address_spray_is_bounded(dove: Any) -> None:
     flows1 = ovs.flow_count(hv)
     spoof1 = flow_packets(hv, Purpose.DROP_SPOOF)
 
-    burst = max(25, cfg.packet_in_rate_limit // 4)  # as dove_ryu.adapters.ovsdb sets it
-    pi_bound = cfg.packet_in_rate_limit * pi_elapsed + burst
-    learn_rate = cfg.learn_rate_per_instance
+    burst = max(25, cfg.learning.packet_in_rate_limit // 4)  # as dove_ryu.adapters.ovsdb sets it
+    pi_bound = cfg.learning.packet_in_rate_limit * pi_elapsed + burst
+    learn_rate = cfg.learning.learn_rate_per_instance
     rounds = delta(c1, c0, "learn_requests_sent") / members
     first_requests = rounds - delta(c1, c0, "learn_retransmits")
     report = (
@@ -508,7 +508,7 @@ def test_address_spray_is_bounded(dove: Any) -> None:
     assert punted < count // 3, report
     # New LEARN requests within the per-instance rate; retransmits bounded by retries.
     assert first_requests <= learn_rate * elapsed + learn_rate, report
-    assert rounds <= (1 + cfg.learn_retries) * (learn_rate * elapsed + learn_rate), report
+    assert rounds <= (1 + cfg.learning.learn_retries) * (learn_rate * elapsed + learn_rate), report
     assert (rss1 - rss0) < 30 * 1024, report
     assert flows1 <= flows0 + 10, report
     # Frames from random source MACs died in port security.

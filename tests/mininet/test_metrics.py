@@ -26,7 +26,7 @@ pytestmark = [
 ]
 
 from dove_ryu.adapters.metrics import CONTENT_TYPE  # noqa: E402
-from dove_ryu.config import DoveConfig  # noqa: E402
+from dove_ryu.config import HostConfig  # noqa: E402
 from dove_ryu.openflow import cookies  # noqa: E402
 from dove_ryu.protocol.messages import LearnRequest, encode  # noqa: E402
 from mininet_topos.agents import METRICS_PORT, admin  # noqa: E402
@@ -196,7 +196,7 @@ def test_a_forged_control_message_counts_as_a_drop_by_reason(dove: Any) -> None:
     before = scrape(hv).value("dove_drops_total", 0, reason="control_bad_mac")
 
     out, err, rc = probe.pexec(
-        [PYTHON, NETSEND, "udp", "--dst", hv.underlay_ip, "--port", str(DoveConfig.control_port),
+        [PYTHON, NETSEND, "udp", "--dst", hv.underlay_ip, "--port", str(HostConfig.control_port),
          "--hex", forged.hex(), "--hex", forged.hex()]
     )  # fmt: skip
     assert rc == 0, out + err

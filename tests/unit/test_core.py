@@ -733,7 +733,7 @@ def test_config_accepts_a_good_mapping_and_drops_itself_from_peers() -> None:
     cfg = from_mapping(
         {"underlay_ip": "10.99.0.1", "auth_key": KEY_HEX, "peers": "10.99.0.1, 10.99.0.2"}
     )
-    assert cfg.peers == (ip(2),) and cfg.auth_key == KEY
+    assert cfg.host.peers == (ip(2),) and cfg.host.auth_key == KEY
 
 
 def test_an_older_announcement_arriving_late_does_not_undo_a_newer_one() -> None:

@@ -294,10 +294,12 @@ def test_metrics_settings_are_checked_and_named(values: dict[str, str], setting:
 
 def test_metrics_are_off_by_default_and_on_loopback_when_on() -> None:
     default = from_mapping(GOOD)
-    assert default.metrics_port == 0 and default.metrics_host == IPv4Address("127.0.0.1")
+    assert default.metrics.metrics_port == 0
+    assert default.metrics.metrics_host == IPv4Address("127.0.0.1")
     on = from_mapping({**GOOD, "metrics_port": " 9479 ", "metrics_host": "0.0.0.0"})
-    assert on.metrics_port == 9479 and on.metrics_host == IPv4Address("0.0.0.0")
-    assert from_mapping({**GOOD, "metrics_port": "0"}).metrics_port == 0
+    assert on.metrics.metrics_port == 9479
+    assert on.metrics.metrics_host == IPv4Address("0.0.0.0")
+    assert from_mapping({**GOOD, "metrics_port": "0"}).metrics.metrics_port == 0
 
 
 # -------------------------------------------------------------- HTTP adapter

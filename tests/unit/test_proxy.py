@@ -79,7 +79,7 @@ def test_proxy_settings_are_checked_and_named(values: dict[str, str], setting: s
 
 def test_a_proxy_is_not_its_own_wan_peer_and_gets_the_proxy_core() -> None:
     cfg = from_mapping(PROXY)
-    assert cfg.wan_peers == (B,)
+    assert cfg.proxy.wan_peers == (B,)
     assert make_core(cfg, 0.0).status(0.0)["role"] == "proxy"
 
 
