@@ -89,6 +89,12 @@ def knows_members(status: dict[str, Any], members: Mapping[int, set[str]]) -> bo
     return True
 
 
+def has_local(hv: Hypervisor, instance: int, mac: str) -> bool:
+    """The agent lists ``mac`` among the local endpoints of ``instance``."""
+    local = admin(hv)["instances"].get(str(instance), {}).get("local", [])
+    return any(ep["mac"] == mac for ep in local)
+
+
 def agent_ready(hv: Hypervisor, members: Mapping[int, set[str]]) -> bool:
     """The agent is connected and lists at least ``members`` (instance -> underlay IPs)."""
     status = connected_status(hv)

@@ -30,7 +30,7 @@ from mininet.topo import Topo
 from mininet.util import quietRun
 
 from mininet_topos import kernel_vxlan, learning, ovn
-from mininet_topos.dove_agent import agent_cmd, agent_config, agent_ready
+from mininet_topos.dove_agent import agent_cmd, agent_config, agent_ready, has_local
 from mininet_topos.emulation import (
     FIRST_INSTANCE,
     UNDERLAY_NET,
@@ -312,6 +312,29 @@ def build_dove_net(
         dnet.stop()
         raise
     return dnet, key
+
+
+def plug_vm(
+    dnet: DoveNet,
+    name: str,
+    hv: Hypervisor,
+    tenant: int,
+    mac: str,
+    ip_cidr: str,
+    timeout: float = 10.0,
+) -> VmRecord:
+    """Plug one more VM of ``tenant`` into ``hv`` of a running emulation with agents (its
+    port ``<name>-p``), add it to ``dnet.vms`` and wait until the agent has taken it."""
+    host = dnet.net.addHost(name, ip=None)
+    port = f"{name}-p"
+    dnet.net.addLink(host, hv, intfName1=f"{name}-eth0", intfName2=port)
+    instance = dnet.tenant_vms(tenant)[0].instance
+    attach_vm(hv, host, instance, mac, ip_cidr)
+    ip = ip_cidr.split("/")[0]
+    vm = VmRecord(name, host, hv, tenant, instance, mac, ip, ip_cidr, port)
+    dnet.vms.append(vm)
+    wait_until(partial(has_local, hv, instance, mac), timeout, f"{hv.name} agent to take {name}")
+    return vm
 
 
 def main(argv: list[str] | None = None) -> None:
