@@ -40,32 +40,16 @@ from mininet_topos.emulation import (
     VmRecord,
     address_probe,
     attach_vm,
-    detach_vm,
+    detach_vm,  # noqa: F401 - re-exported: its import path before emulation.py
     instance_peers,
     new_mininet,
     prepare_vm,
-    warm_legs,
+    warm_legs,  # noqa: F401 - re-exported: its import path before emulation.py
     warm_underlay,
 )
 from mininet_topos.hypervisor import MODES, Hypervisor, cleanup_stale, wait_until
 from mininet_topos.migration import cli_class
 from mininet_topos.underlay import UnderlayBridge
-
-# Also importable from here, as before they moved to emulation (the pieces both builders share).
-__all__ = [
-    "FIRST_INSTANCE",
-    "UNDERLAY_NET",
-    "VM_MTU",
-    "RunningNet",
-    "VmPlan",
-    "VmRecord",
-    "attach_vm",
-    "detach_vm",
-    "new_mininet",
-    "prepare_vm",
-    "warm_legs",
-    "warm_underlay",
-]
 
 UNDERLAY_SWITCH = "ul1"
 # A host on the underlay that serves no instance: tests send forged tunnel and
