@@ -25,6 +25,7 @@ from mininet_topos.learning import (
 __all__ = [
     "LEARNING_LOG",
     "LEARNING_OUT",
+    "OFFLOAD_FEATURES",
     "REPO",
     "describe",
     "learning_switch_cmd",
