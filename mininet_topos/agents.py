@@ -1,144 +1,37 @@
-"""Run real dove-agent processes on the emulated hypervisors.
+"""The dove agents of the emulations, under the import paths they have always had.
 
-Each hypervisor's agent gets a dove.ini naming its own underlay address, its
-private OVSDB and admin socket, every other hypervisor as a peer, the
-deployment key of this emulation run, and its metrics port.
+What runs an agent on one node (its command, dove.ini, admin socket, readiness) lives in
+mininet_topos.dove_agent, below the builders; the one-site emulation with an agent on every
+hypervisor (build_dove_net, wait_ready) lives in mininet_topos.dove_topo, as the multi-site
+one lives in mininet_topos.sites. Both stay importable from here.
 """
 
 from __future__ import annotations
 
-import os
-import secrets
-import sys
-from collections.abc import Mapping
-from pathlib import Path
-from typing import Any
+from mininet_topos.dove_agent import (
+    ADMIN_SOCKET,
+    METRICS_PORT,
+    admin,
+    agent_binary,
+    agent_cmd,
+    agent_config,
+    agent_ready,
+    connected_status,
+    knows_members,
+)
+from mininet_topos.dove_topo import build_dove_net, underlay_ip, wait_ready
 
-from dove_ryu.adapters.admin import query
-from mininet_topos.dove_topo import UNDERLAY_NET, DoveNet, build_net
-from mininet_topos.hypervisor import AGENT_OFP_PORT, TUNNEL_PORT, Hypervisor, wait_until
-
-ADMIN_SOCKET = "admin/admin.sock"  # relative to the hypervisor's rundir
-METRICS_PORT = 9479  # on the namespace's loopback: every hypervisor can use the same one
-
-
-def agent_binary() -> str:
-    """dove-agent from the same environment as this Python."""
-    candidate = Path(sys.executable).parent / "dove-agent"
-    if not candidate.exists():
-        raise FileNotFoundError(f"{candidate} not found: run scripts/bootstrap.sh first")
-    return str(candidate)
-
-
-def agent_cmd() -> list[str]:
-    # The agent runs with the hypervisor's rundir as its working directory.
-    return [
-        agent_binary(),
-        "--config-file",
-        "dove.ini",
-        "--log-file",
-        "agent.log",
-        "--ofp-tcp-listen-port",
-        str(AGENT_OFP_PORT),
-    ]
-
-
-def agent_config(
-    hv: Hypervisor, peers: list[str], key: str, extra: dict[str, Any] | None = None
-) -> str:
-    settings: dict[str, Any] = {
-        "host_name": hv.name,
-        "underlay_ip": hv.underlay_ip,
-        "peers": ", ".join(p for p in peers if p != hv.underlay_ip),
-        "auth_key": key,
-        "datapath_type": "netdev",
-        "tunnel_port": TUNNEL_PORT,
-        "ovsdb": f"unix:{hv.db_sock}",
-        "admin_socket": str(Path(hv.rundir) / ADMIN_SOCKET),
-        "announce_interval": 1.0,
-        "metrics_port": METRICS_PORT,
-        **(extra or {}),
-    }
-    return "[dove]\n" + "".join(f"{k} = {v}\n" for k, v in settings.items())
-
-
-def underlay_ip(index: int) -> str:
-    return f"{UNDERLAY_NET}.{index}"
-
-
-def admin(hv: Hypervisor, cmd: str = "status") -> dict[str, Any]:
-    """Ask a hypervisor's agent over its admin socket."""
-    return query(str(Path(hv.rundir) / ADMIN_SOCKET), {"cmd": cmd})
-
-
-def connected_status(hv: Hypervisor) -> dict[str, Any] | None:
-    """The agent's status once it answers and is connected to its bridge, else None.
-
-    Raises if the agent has exited, with the end of its output: waiting longer is useless."""
-    if hv.agent is not None and hv.agent.poll() is not None:
-        out = (hv._dir() / "agent.out").read_text(errors="replace")[-2000:]
-        raise RuntimeError(f"{hv.name}: agent exited with {hv.agent.returncode}:\n{out}")
-    try:
-        status = admin(hv)
-    except (OSError, ValueError):
-        return None
-    return status if status.get("connected") else None
-
-
-def knows_members(status: dict[str, Any], members: Mapping[int, set[str]]) -> bool:
-    """``status`` serves every instance of ``members`` and lists at least those members."""
-    for instance, expected in members.items():
-        info = status["instances"].get(str(instance))
-        if info is None or not expected <= set(info["members"]):
-            return False
-    return True
-
-
-def _agent_ready(dnet: DoveNet, hv: Hypervisor) -> bool:
-    status = connected_status(hv)
-    if status is None:
-        return False
-    members = {
-        vm.instance: {
-            v.hypervisor.underlay_ip
-            for v in dnet.vms
-            if v.instance == vm.instance and v.hypervisor is not hv
-        }
-        for vm in dnet.vms
-        if vm.hypervisor is hv
-    }
-    return knows_members(status, members)
-
-
-def wait_ready(dnet: DoveNet, timeout: float = 30.0) -> None:
-    """Until every agent is connected and knows the members of its instances."""
-    for hv in dnet.hypervisors:
-        wait_until(lambda hv=hv: _agent_ready(dnet, hv), timeout, f"{hv.name} agent ready")
-
-
-def build_dove_net(
-    hypervisors: int = 3,
-    tenants: int = 2,
-    vms_per_tenant: int = 2,
-    extra: dict[str, Any] | None = None,
-    timeout: float = 60.0,
-) -> tuple[DoveNet, str]:
-    """The emulation with an agent on every hypervisor, ready to forward.
-
-    Returns the net and the deployment key (tests forge messages with it)."""
-    key = os.environ.get("DOVE_AUTH_KEY") or secrets.token_hex(16)
-    peers = [underlay_ip(n) for n in range(1, hypervisors + 1)]
-    dnet = build_net(
-        hypervisors,
-        tenants,
-        vms_per_tenant,
-        mode="dove",
-        agent_cmd=agent_cmd(),
-        agent_config=lambda hv: agent_config(hv, peers, key, extra),
-    )
-    try:
-        wait_ready(dnet, timeout)
-    except BaseException:
-        dnet.stop()
-        raise
-    return dnet, key
+__all__ = [
+    "ADMIN_SOCKET",
+    "METRICS_PORT",
+    "admin",
+    "agent_binary",
+    "agent_cmd",
+    "agent_config",
+    "agent_ready",
+    "build_dove_net",
+    "connected_status",
+    "knows_members",
+    "underlay_ip",
+    "wait_ready",
+]

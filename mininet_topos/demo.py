@@ -32,8 +32,10 @@ from mininet.log import setLogLevel
 
 from dove_ryu.openflow import cookies
 from dove_ryu.openflow.cookies import Purpose
-from mininet_topos.agents import admin, build_dove_net
-from mininet_topos.dove_topo import UNDERLAY_SWITCH, DoveNet, VmRecord
+from mininet_topos import sites
+from mininet_topos.dove_agent import admin
+from mininet_topos.dove_topo import UNDERLAY_SWITCH, DoveNet, build_dove_net
+from mininet_topos.emulation import VmRecord
 
 RTT = re.compile(r"time=([\d.]+) ms")
 VOLATILE = re.compile(r" (duration|n_packets|n_bytes|idle_age|hard_age)=[^,]+,")
@@ -131,8 +133,6 @@ def _build(args: argparse.Namespace) -> tuple[Any, list[Any], list[str]]:
     if args.sites == 1:
         dnet, _key = build_dove_net(args.hypervisors, args.tenants, args.vms_per_tenant)
         return dnet, dnet.hypervisors, [UNDERLAY_SWITCH]
-    from mininet_topos import sites
-
     spec = sites.SitesSpec(
         sites=args.sites,
         hypervisors=args.hypervisors,

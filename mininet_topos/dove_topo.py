@@ -6,19 +6,22 @@ hypervisor (i + t) % H, so each tenant spans several hypervisors.
 
     sudo python -m mininet_topos.dove_topo --hypervisors 3 --tenants 2 --vms-per-tenant 2
 
-Besides 'dove' and its 'normal' baseline, the benchmark peers 'learning' (mininet_topos.peers),
-'kernel' (mininet_topos.kernel_vxlan) and 'ovn' (mininet_topos.ovn) build the same VMs with the
-same names and addresses on other forwarding planes.
+Besides 'dove' and its 'normal' baseline, the benchmark peers 'learning'
+(mininet_topos.learning), 'kernel' (mininet_topos.kernel_vxlan) and 'ovn' (mininet_topos.ovn)
+build the same VMs with the same names and addresses on other forwarding planes.
+``build_net`` builds any mode; ``build_dove_net`` adds an agent on every hypervisor and
+returns once they are ready.
 """
 
 from __future__ import annotations
 
 import argparse
-import ipaddress
+import os
+import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any
 
 from mininet.log import setLogLevel
 from mininet.net import Mininet
@@ -26,18 +29,33 @@ from mininet.node import Host
 from mininet.topo import Topo
 from mininet.util import quietRun
 
-from mininet_topos import kernel_vxlan, ovn, peers
-from mininet_topos.hypervisor import BR_DOVE, MODES, Hypervisor, cleanup_stale, wait_until
+from mininet_topos import kernel_vxlan, learning, ovn
+from mininet_topos.dove_agent import agent_cmd, agent_config, agent_ready, has_local
+from mininet_topos.emulation import (
+    FIRST_INSTANCE,
+    UNDERLAY_NET,
+    VM_MTU,
+    RunningNet,
+    VmPlan,
+    VmRecord,
+    address_probe,
+    attach_vm,
+    detach_vm,  # noqa: F401 - re-exported: its import path before emulation.py
+    instance_peers,
+    new_mininet,
+    prepare_vm,
+    warm_legs,  # noqa: F401 - re-exported: its import path before emulation.py
+    warm_underlay,
+)
+from mininet_topos.hypervisor import MODES, Hypervisor, cleanup_stale, wait_until
+from mininet_topos.migration import cli_class
 from mininet_topos.underlay import UnderlayBridge
 
-FIRST_INSTANCE = 5001
-UNDERLAY_NET = "10.99.0"
 UNDERLAY_SWITCH = "ul1"
 # A host on the underlay that serves no instance: tests send forged tunnel and
 # control traffic from it; operators can capture the underlay there.
 PROBE = "probe"
 PROBE_CIDR = f"{UNDERLAY_NET}.250/24"
-VM_MTU = 1450  # VXLAN over a 1500-byte underlay
 SINGLE_TENANT_MODES = ("normal", "learning")  # one fixed VXLAN mesh with one key
 
 
@@ -59,39 +77,6 @@ class TopoSpec:
             raise ValueError("at most 250 VMs per tenant (one /24 per tenant)")
         if self.mode in SINGLE_TENANT_MODES and self.tenants != 1:
             raise ValueError(f"mode={self.mode!r} (one fixed VXLAN mesh) supports one tenant only")
-
-
-@dataclass(frozen=True)
-class VmPlan:
-    """One VM as planned, before Mininet exists."""
-
-    name: str
-    tenant: int  # 1-based
-    index: int  # 1-based within the tenant
-    hypervisor: str
-    instance: int
-    mac: str
-    ip_cidr: str
-    port: str  # hypervisor-side veth name, unique machine-wide so it can migrate
-
-    @property
-    def ip(self) -> str:
-        return self.ip_cidr.split("/")[0]
-
-
-@dataclass
-class VmRecord:
-    """A running VM: its Mininet host, the hypervisor it is plugged into, its DOVE identity."""
-
-    name: str
-    host: Host
-    hypervisor: Hypervisor
-    tenant: int
-    instance: int
-    mac: str
-    ip: str
-    ip_cidr: str
-    port: str  # hypervisor-side interface (an OVS Interface on br-dove)
 
 
 def vm_mtu(mode: str) -> int:
@@ -150,72 +135,6 @@ class DoveTopo(Topo):
             self.addLink(vm.name, vm.hypervisor, intfName1=f"{vm.name}-eth0", intfName2=vm.port)
 
 
-def prepare_vm(
-    hv: Hypervisor, vm: Host, mac: str, ip_cidr: str, mtu: int = VM_MTU, tx_off: bool = True
-) -> str:
-    """Give an already-linked VM its MAC, address and MTU; return the hypervisor-side veth."""
-    links = vm.connectionsTo(hv)
-    if not links:
-        raise ValueError(f"{vm.name} has no link to {hv.name}")
-    vm_intf, hv_intf = links[0]
-    vm_intf.setMAC(mac)
-    vm_intf.setIP(ip_cidr)
-    vm.cmd(f"ip link set {vm_intf.name} mtu {mtu}")
-    if tx_off:
-        out, err, rc = vm.pexec(["ethtool", "-K", vm_intf.name, "tx", "off"])
-        if rc != 0:
-            raise RuntimeError(f"{vm.name}: ethtool -K {vm_intf.name} tx off: {err or out}")
-    return str(hv_intf.name)
-
-
-def attach_vm(hv: Hypervisor, vm: Host, instance: int, mac: str, ip_cidr: str) -> str:
-    """Plug an already-linked VM into br-dove and mark its port with its DOVE identity.
-
-    The marks go on the OVS Interface row (design.md section 2), in the same transaction as
-    the add-port, so the agent never sees an unmarked VM port. Returns the port name.
-    """
-    port = prepare_vm(hv, vm, mac, ip_cidr)
-    hv.make_port_only(port)
-    ip = str(ipaddress.ip_interface(ip_cidr).ip)
-    hv.vsctl(
-        "add-port",
-        BR_DOVE,
-        port,
-        "--",
-        "set",
-        "Interface",
-        port,
-        f'external_ids:dove-instance="{instance}"',
-        f'external_ids:attached-mac="{mac}"',
-        f'external_ids:dove-ips="{ip}"',
-    )
-    return port
-
-
-def detach_vm(hv: Hypervisor, port: str) -> None:
-    """Unplug a VM port from br-dove (the veth itself stays)."""
-    hv.vsctl("--if-exists", "del-port", BR_DOVE, port)
-
-
-class RunningNet:
-    """What every running emulation offers: tearing it all down (VMs, nodes with their
-    agent, OVS and rundir, the bridges), also as a context manager."""
-
-    net: Mininet
-
-    def stop(self) -> None:
-        self.net.stop()
-
-    def __enter__(self: _Net) -> _Net:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-
-_Net = TypeVar("_Net", bound=RunningNet)
-
-
 @dataclass
 class DoveNet(RunningNet):
     """A running emulation: the Mininet net, its hypervisors and VMs."""
@@ -251,45 +170,6 @@ class DoveNet(RunningNet):
         return iter(self.vms)
 
 
-def warm_underlay(hypervisors: list[Hypervisor], timeout: float = 10.0) -> None:
-    """Ping every peer over the underlay until it answers (see warm_legs)."""
-    warm_legs([(hv, hv.underlay_dev, hv.underlay_ip) for hv in hypervisors], timeout)
-
-
-def warm_legs(legs: list[tuple[Hypervisor, str, str]], timeout: float = 10.0) -> None:
-    """Ping, between every two of ``legs`` (node, device owning the address, address), until
-    the other answers.
-
-    Proves the underlay works and fills both the kernel ARP table and OVS's tunnel neighbour
-    cache (tnl/neigh), so the first tunnelled packet is not lost to underlay ARP resolution.
-    All legs must share one network; a node with several (a VAN proxy) is warmed once per
-    network.
-
-    NOTE (OVS 3.1.0): pings alone did not reliably fill tnl/neigh: the side that answers the
-    ARP request learns its peer from that request in the kernel, never ARPs itself, and its
-    OVS was then left without the entry about 1 time in 2 (seen with OVN, where the first
-    tunnelled packet is the echo reply, which was dropped). The entries are set explicitly.
-    """
-    for hv, dev, _ip in legs:
-        for peer, peer_dev, peer_ip in legs:
-            if peer is hv:
-                continue
-            wait_until(
-                partial(_pings, hv, dev, peer_ip),
-                timeout,
-                f"underlay {hv.name} -> {peer.name} ({peer_ip})",
-                step=0.05,
-            )
-            if hv.rundir is not None and peer.rundir is not None:  # both run userspace OVS
-                mac = peer.run("cat", f"/sys/class/net/{peer_dev}/address").strip()
-                hv.appctl("tnl/neigh/set", dev, peer_ip, mac)
-
-
-def _pings(hv: Hypervisor, dev: str, ip: str) -> bool:
-    """One ping from ``dev`` to ``ip`` is answered within a second."""
-    return bool(hv.pexec(["ping", "-c1", "-W1", "-I", dev, ip])[2] == 0)
-
-
 def _attach(mode: str, hv: Hypervisor, host: Host, plan: VmPlan) -> str:
     """Plug one planned VM into its hypervisor the way ``mode`` forwards; return the port."""
     if mode == "kernel":
@@ -313,19 +193,6 @@ def _program_kernel_fdb(dnet: DoveNet) -> None:
                 if v.instance == instance and v.hypervisor is not hv
             ]
             kernel_vxlan.program_fdb(hv, instance, remote)
-
-
-def new_mininet(topo: Topo) -> Mininet:
-    """A Mininet for our topologies: no controller (agents or peers come later), our own
-    MACs and addresses, nothing waits for switches to connect."""
-    return Mininet(
-        topo=topo,
-        controller=None,
-        build=False,
-        autoSetMacs=False,
-        autoStaticArp=False,
-        waitConnected=False,
-    )
 
 
 def build_net(
@@ -353,8 +220,7 @@ def build_net(
         net.start()
         dnet = DoveNet(net, spec, [net.get(hv_name(n)) for n in range(1, hypervisors + 1)])
         probe = net.get(PROBE)
-        probe.cmd(f"ip addr add {PROBE_CIDR} dev {PROBE}-eth0; ip link set {PROBE}-eth0 up")
-        probe.cmd(f"ethtool -K {PROBE}-eth0 tx off")
+        address_probe(probe, PROBE_CIDR)
         if mode in SINGLE_TENANT_MODES:
             for hv in dnet.hypervisors:
                 mesh = {p.name: p.underlay_ip for p in dnet.hypervisors if p is not hv}
@@ -370,26 +236,14 @@ def build_net(
         for plan in plans:
             hv, host = net.get(plan.hypervisor), net.get(plan.name)
             port = _attach(mode, hv, host, plan)
-            dnet.vms.append(
-                VmRecord(
-                    plan.name,
-                    host,
-                    hv,
-                    plan.tenant,
-                    plan.instance,
-                    plan.mac,
-                    plan.ip,
-                    plan.ip_cidr,
-                    port,
-                )
-            )
+            dnet.vms.append(VmRecord.plugged(plan, host, hv, port))
         if mode == "kernel":
             _program_kernel_fdb(dnet)
         warm_underlay(dnet.hypervisors)
         if mode == "learning":
             for hv in dnet.hypervisors:
-                peers.start_learning_switch(hv)
-            peers.wait_learning_connected(dnet.hypervisors)
+                learning.start_learning_switch(hv)
+            learning.wait_learning_connected(dnet.hypervisors)
         if mode == "ovn":
             ovn.wait_ready(probe, dnet.hypervisors, [p.name for p in plans])
         if agent_cmd:
@@ -400,6 +254,71 @@ def build_net(
     except BaseException:
         net.stop()
         raise
+
+
+def underlay_ip(index: int) -> str:
+    return f"{UNDERLAY_NET}.{index}"
+
+
+def _agent_ready(dnet: DoveNet, hv: Hypervisor) -> bool:
+    return agent_ready(hv, instance_peers(hv, dnet.vms))
+
+
+def wait_ready(dnet: DoveNet, timeout: float = 30.0) -> None:
+    """Until every agent is connected and knows the members of its instances."""
+    for hv in dnet.hypervisors:
+        wait_until(partial(_agent_ready, dnet, hv), timeout, f"{hv.name} agent ready")
+
+
+def build_dove_net(
+    hypervisors: int = 3,
+    tenants: int = 2,
+    vms_per_tenant: int = 2,
+    extra: dict[str, Any] | None = None,
+    timeout: float = 60.0,
+) -> tuple[DoveNet, str]:
+    """The emulation with an agent on every hypervisor, ready to forward.
+
+    Returns the net and the deployment key (tests forge messages with it)."""
+    key = os.environ.get("DOVE_AUTH_KEY") or secrets.token_hex(16)
+    peers = [underlay_ip(n) for n in range(1, hypervisors + 1)]
+    dnet = build_net(
+        hypervisors,
+        tenants,
+        vms_per_tenant,
+        mode="dove",
+        agent_cmd=agent_cmd(),
+        agent_config=lambda hv: agent_config(hv, peers, key, extra),
+    )
+    try:
+        wait_ready(dnet, timeout)
+    except BaseException:
+        dnet.stop()
+        raise
+    return dnet, key
+
+
+def plug_vm(
+    dnet: DoveNet,
+    name: str,
+    hv: Hypervisor,
+    tenant: int,
+    mac: str,
+    ip_cidr: str,
+    timeout: float = 10.0,
+) -> VmRecord:
+    """Plug one more VM of ``tenant`` into ``hv`` of a running emulation with agents (its
+    port ``<name>-p``), add it to ``dnet.vms`` and wait until the agent has taken it."""
+    host = dnet.net.addHost(name, ip=None)
+    port = f"{name}-p"
+    dnet.net.addLink(host, hv, intfName1=f"{name}-eth0", intfName2=port)
+    instance = dnet.tenant_vms(tenant)[0].instance
+    attach_vm(hv, host, instance, mac, ip_cidr)
+    ip = ip_cidr.split("/")[0]
+    vm = VmRecord(name, host, hv, tenant, instance, mac, ip, ip_cidr, port)
+    dnet.vms.append(vm)
+    wait_until(partial(has_local, hv, instance, mac), timeout, f"{hv.name} agent to take {name}")
+    return vm
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -419,8 +338,6 @@ def main(argv: list[str] | None = None) -> None:
         quietRun(f"ip link del {UNDERLAY_SWITCH}")
         return
     if args.mode == "dove":
-        from mininet_topos.agents import build_dove_net  # agents builds on this module
-
         dnet, _ = build_dove_net(args.hypervisors, args.tenants, args.vms_per_tenant)
     else:
         dnet = build_net(args.hypervisors, args.tenants, args.vms_per_tenant, args.mode)
@@ -429,8 +346,6 @@ def main(argv: list[str] | None = None) -> None:
         + ", ".join(f"{hv.name} ({hv.underlay_ip}, rundir {hv.rundir})" for hv in dnet.hypervisors)
     )
     try:
-        from mininet_topos.migration import cli_class  # builds on this module
-
         cli_class(dnet)(dnet.net)
     finally:
         dnet.stop()

@@ -101,6 +101,22 @@ def dpid_for(index: int, bridge: str) -> str:
     return f"{(prefix << 48) | index:016x}"
 
 
+def stop_daemons(rundir: Path | None, daemons: tuple[str, ...]) -> None:
+    """Kill ``daemons`` (in that order) by their pidfiles in ``rundir`` and wait for them."""
+    if rundir is None:
+        return
+    for daemon in daemons:
+        pid = read_pidfile(rundir / f"{daemon}.pid")
+        if pid is not None:
+            kill_pid(pid)
+
+
+def remove_rundir(rundir: Path | None) -> None:
+    """Remove a node's run directory, unless DOVE_KEEP_RUNDIR=1 keeps it for a post-mortem."""
+    if rundir is not None and os.environ.get("DOVE_KEEP_RUNDIR") != "1":
+        shutil.rmtree(rundir, ignore_errors=True)
+
+
 def cleanup_stale(base: str | None = None) -> list[Path]:
     """Kill OVS daemons left in dove-* rundirs by a crashed run and remove those rundirs."""
     return reap_rundirs("dove-hv*-*", DAEMONS, base)
@@ -182,6 +198,10 @@ class Hypervisor(Host):
         if self.rundir is None:
             raise RuntimeError(f"{self.name}: OVS not started")
         return self.rundir
+
+    def in_rundir(self, name: str) -> Path:
+        """A file of this node's run directory (raises if OVS has not been started)."""
+        return self._dir() / name
 
     def ovs_env(self) -> dict[str, str]:
         """Environment that points every OVS tool (and the agent) at the private OVS.
@@ -477,12 +497,7 @@ class Hypervisor(Host):
 
     def stop_ovs(self) -> None:
         """Kill ovn-controller, ovs-vswitchd, then ovsdb-server, by pidfile, and wait for them."""
-        if self.rundir is None:
-            return
-        for daemon in DAEMONS:
-            pid = read_pidfile(self.rundir / f"{daemon}.pid")
-            if pid is not None:
-                kill_pid(pid)
+        stop_daemons(self.rundir, DAEMONS)
 
     def terminate(self) -> None:
         """Stop agent and OVS, remove the rundir (kept if DOVE_KEEP_RUNDIR=1), end the shell."""
@@ -490,6 +505,5 @@ class Hypervisor(Host):
             self.stop_agent()
             self.stop_ovs()
         finally:
-            if self.rundir is not None and os.environ.get("DOVE_KEEP_RUNDIR") != "1":
-                shutil.rmtree(self.rundir, ignore_errors=True)
+            remove_rundir(self.rundir)
             super().terminate()

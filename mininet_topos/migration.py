@@ -11,8 +11,10 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from mininet.cli import CLI
+
 from dove_ryu.ctl.ports import move_port
-from mininet_topos.dove_topo import VmRecord
+from mininet_topos.emulation import VmRecord
 from mininet_topos.hypervisor import Hypervisor
 
 MIGRATABLE_MODES = ("dove", "normal", "ovn")
@@ -53,7 +55,7 @@ def migrate(dnet: Net, vm: VmRecord, to: Hypervisor, announce: bool = True) -> f
         run_there=to.cmd,
         require_marks=False,  # the benchmark peers (NORMAL, OVN) mark ports their own way
     )
-    _hand_over(old, to, vm.port)
+    hand_over(old, to, vm.port)
     vm.hypervisor = to
     if announce:
         intf = vm.host.intf().name
@@ -61,7 +63,7 @@ def migrate(dnet: Net, vm: VmRecord, to: Hypervisor, announce: bool = True) -> f
     return unplugged
 
 
-def _hand_over(old: Hypervisor, to: Hypervisor, name: str) -> None:
+def hand_over(old: Hypervisor, to: Hypervisor, name: str) -> None:
     """Mininet's own record of which node owns the interface (teardown deletes it there)."""
     intf = old.nameToIntf[name]
     old.delIntf(intf)
@@ -71,7 +73,6 @@ def _hand_over(old: Hypervisor, to: Hypervisor, name: str) -> None:
 
 def cli_class(dnet: Net) -> type:
     """The Mininet CLI with a ``migrate <vm> <hypervisor>`` command for this net."""
-    from mininet.cli import CLI
 
     class DoveCLI(CLI):  # type: ignore[misc]
         def do_migrate(self, line: str) -> None:

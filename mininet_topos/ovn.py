@@ -12,7 +12,6 @@ Nothing of OVN runs in the root namespace (bootstrap.sh keeps Debian's services 
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import tempfile
 from collections.abc import Iterable
@@ -25,10 +24,11 @@ from mininet_topos.hypervisor import (
     BR_INT,
     Hypervisor,
     OvsCommandError,
-    kill_pid,
     pid_alive,
     read_pidfile,
     reap_rundirs,
+    remove_rundir,
+    stop_daemons,
     wait_until,
 )
 
@@ -128,19 +128,13 @@ class OvnCentral(Host):
         self.nbctl("--no-wait", "init")
 
     def stop_central(self) -> None:
-        if self.rundir is None:
-            return
-        for daemon in CENTRAL_DAEMONS:
-            pid = read_pidfile(self.rundir / f"{daemon}.pid")
-            if pid is not None:
-                kill_pid(pid)
+        stop_daemons(self.rundir, CENTRAL_DAEMONS)
 
     def terminate(self) -> None:
         try:
             self.stop_central()
         finally:
-            if self.rundir is not None and os.environ.get("DOVE_KEEP_RUNDIR") != "1":
-                shutil.rmtree(self.rundir, ignore_errors=True)
+            remove_rundir(self.rundir)
             super().terminate()
 
 
@@ -173,15 +167,14 @@ def start_controller(hv: Hypervisor, sb_remote: str) -> None:
 
 
 def _run_controller(hv: Hypervisor) -> None:
-    d = hv._dir()
     hv.run(
         "ovn-controller",
         f"unix:{hv.db_sock}",
-        f"--pidfile={d / 'ovn-controller.pid'}",
-        f"--log-file={d / 'ovn-controller.log'}",
+        f"--pidfile={hv.in_rundir('ovn-controller.pid')}",
+        f"--log-file={hv.in_rundir('ovn-controller.log')}",
         "--detach",
         "--no-chdir",
-        env={**hv.ovs_env(), "OVN_RUNDIR": str(d)},
+        env={**hv.ovs_env(), "OVN_RUNDIR": str(hv.rundir)},
     )
 
 
@@ -265,11 +258,11 @@ def _ensure_controller(hv: Hypervisor) -> None:
     signal message and no kernel trace. It is stateless, so one restart is safe; restarts
     are counted in ``hv.ovn_restarts`` (and reported by peers.describe()).
     """
-    pid = read_pidfile(hv._dir() / "ovn-controller.pid")
+    pid = read_pidfile(hv.in_rundir("ovn-controller.pid"))
     if pid is not None and pid_alive(pid):
         return
     restarts = getattr(hv, "ovn_restarts", 0)
-    log = hv._dir() / "ovn-controller.log"
+    log = hv.in_rundir("ovn-controller.log")
     if restarts >= 1:
         tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
         raise RuntimeError(f"{hv.name}: ovn-controller is not running:\n{tail}")

@@ -36,20 +36,16 @@ from mininet.topo import Topo
 from mininet.util import quietRun
 
 from dove_ryu.config import OVERSIZE_ACTIONS
-from mininet_topos.agents import (
-    admin,
-    agent_cmd,
-    agent_config,
-    connected_status,
-    knows_members,
-)
-from mininet_topos.dove_topo import (
+from mininet_topos.dove_agent import admin, agent_cmd, agent_config, agent_ready
+from mininet_topos.emulation import (
     FIRST_INSTANCE,
     UNDERLAY_NET,
     RunningNet,
     VmPlan,
     VmRecord,
+    address_probe,
     attach_vm,
+    instance_peers,
     new_mininet,
     warm_legs,
 )
@@ -157,7 +153,7 @@ class SitesSpec:
 
 @dataclass(frozen=True)
 class SiteVmPlan(VmPlan):
-    """One VM as planned: a dove_topo.VmPlan plus its site."""
+    """One VM as planned: an emulation.VmPlan plus its site."""
 
     site: int
 
@@ -277,7 +273,7 @@ class Proxy(SiteHypervisor):
 
 @dataclass
 class SiteVm(VmRecord):
-    """A running VM: a dove_topo.VmRecord plus the site whose addresses it has."""
+    """A running VM: an emulation.VmRecord plus the site whose addresses it has."""
 
     home: int
 
@@ -391,22 +387,9 @@ class SitesTopo(Topo):
             self.addLink(vm.name, vm.hypervisor, intfName1=f"{vm.name}-eth0", intfName2=vm.port)
 
 
-def _address_probe(host: Host, cidr: str, mtu: int | None = None) -> None:
-    """A probe's one interface: address, MTU, tx off (it may send to userspace OVS), up."""
-    intf = f"{host.name}-eth0"
-    cmds = [["ip", "addr", "add", cidr, "dev", intf], ["ethtool", "-K", intf, "tx", "off"]]
-    if mtu is not None:
-        cmds.append(["ip", "link", "set", intf, "mtu", str(mtu)])
-    cmds.append(["ip", "link", "set", intf, "up"])
-    for cmd in cmds:
-        out, err, rc = host.pexec(cmd)
-        if rc != 0:
-            raise RuntimeError(f"{host.name}: {' '.join(cmd)}: {err or out}")
-
-
 def warm_sites(snet: SitesNet, timeout: float = 10.0) -> None:
     """Each site's underlay among its hypervisors and proxies, then the WAN among all
-    proxies: pinged until answered, OVS tunnel neighbours set (dove_topo.warm_legs)."""
+    proxies: pinged until answered, OVS tunnel neighbours set (emulation.warm_legs)."""
     for s in snet.spec.site_numbers:
         nodes = [*snet.site_hvs(s), *snet.site_proxies(s)]
         warm_legs([(n, n.underlay_dev, n.underlay_ip) for n in nodes], timeout)
@@ -446,21 +429,9 @@ def _site_ready(snet: SitesNet, node: SiteHypervisor) -> bool:
 
     Proxies are not required as members (nor checked for members): their protocol role
     is still being written."""
-    status = connected_status(node)
-    if status is None:
-        return False
     if isinstance(node, Proxy):
-        return True
-    members = {
-        vm.instance: {
-            v.hypervisor.underlay_ip
-            for v in snet.vms
-            if v.instance == vm.instance and v.hypervisor is not node and v.site == node.site
-        }
-        for vm in snet.vms
-        if vm.hypervisor is node
-    }
-    return knows_members(status, members)
+        return agent_ready(node, {})
+    return agent_ready(node, instance_peers(node, [v for v in snet.vms if v.site == node.site]))
 
 
 def wait_sites_ready(snet: SitesNet, timeout: float = 30.0) -> None:
@@ -536,25 +507,12 @@ def build_sites_net(
             ],
         )
         for s in spec.site_numbers:
-            _address_probe(snet.probe(s), f"{UNDERLAY_NET}.{PROBE_OCTET}/24")
-        _address_probe(snet.wan_probe, f"{WAN_NET}.{PROBE_OCTET}/24", mtu=spec.wan_mtu)
+            address_probe(snet.probe(s), f"{UNDERLAY_NET}.{PROBE_OCTET}/24")
+        address_probe(snet.wan_probe, f"{WAN_NET}.{PROBE_OCTET}/24", mtu=spec.wan_mtu)
         for plan in plan_sites(spec):
             hv, host = net.get(plan.hypervisor), net.get(plan.name)
             port = attach_vm(hv, host, plan.instance, plan.mac, plan.ip_cidr)
-            snet.vms.append(
-                SiteVm(
-                    plan.name,
-                    host,
-                    hv,
-                    plan.tenant,
-                    plan.instance,
-                    plan.mac,
-                    plan.ip,
-                    plan.ip_cidr,
-                    port,
-                    home=plan.site,
-                )
-            )
+            snet.vms.append(SiteVm.plugged(plan, host, hv, port, home=plan.site))
         warm_sites(snet)
         if cmd:
             for node in snet.nodes:

@@ -6,7 +6,7 @@ import json
 import subprocess
 from typing import Any
 
-from mininet_topos.dove_topo import VmRecord
+from mininet_topos.emulation import VmRecord
 from mininet_topos.hypervisor import wait_until
 
 IPERF_PORT = 5201

@@ -2,8 +2,9 @@
 
 Only root can open it (the socket is 0600 in a 0700 directory), and the server
 checks the peer's credentials too (SO_PEERCRED), so a socket file whose mode was
-loosened still answers only root and the agent's own user.  dovectl and the demo
-read the agent's state through it.
+loosened still answers only root and the agent's own user (another user gets a
+refusal, which ``query`` raises as PermissionError).  dovectl and the demo read the
+agent's state through it.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 
 LOG = logging.getLogger("dove_ryu.adapters.admin")
 MAX_REQUEST = 4096
+REFUSED = "refused"  # the one key of the answer a caller of another user gets
 
 Handler = Callable[[dict[str, Any]], dict[str, Any]]
 
@@ -63,6 +65,7 @@ class AdminServer:
                 uid = peer_uid(conn)
                 if uid not in (0, os.getuid()):
                     LOG.warning("admin: refused a client with uid %s", uid)
+                    _send(conn, {REFUSED: f"uid {uid} may not use this socket"})
                     continue
                 try:
                     raw = conn.makefile("rb").readline(MAX_REQUEST)
@@ -72,10 +75,15 @@ class AdminServer:
                     answer = self.handler(request)
                 except Exception as e:  # a bad request must not end the admin thread
                     answer = {"error": f"{type(e).__name__}: {e}"}
-                try:
-                    conn.sendall(json.dumps(answer).encode() + b"\n")
-                except OSError:
-                    pass
+                _send(conn, answer)
+
+
+def _send(conn: socket.socket, answer: dict[str, Any]) -> None:
+    """One answer line; a caller that has gone away is not an error of ours."""
+    try:
+        conn.sendall(json.dumps(answer).encode() + b"\n")
+    except OSError:
+        pass
 
 
 def peer_uid(conn: socket.socket) -> int | None:
@@ -89,13 +97,26 @@ def peer_uid(conn: socket.socket) -> int | None:
 
 
 def query(path: str, request: dict[str, Any], timeout: float = 5.0) -> dict[str, Any]:
-    """Ask an agent over its admin socket."""
+    """Ask an agent over its admin socket.
+
+    Raises OSError when the agent cannot be asked (PermissionError when it refuses this
+    user), ValueError when its answer is not a JSON object."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(timeout)
         sock.connect(path)
-        sock.sendall(json.dumps(request).encode() + b"\n")
+        try:
+            sock.sendall(json.dumps(request).encode() + b"\n")
+        except BrokenPipeError:
+            # The server refuses without reading the request: it may have answered and
+            # closed before we wrote. Its answer is still there to read (an empty read if
+            # it closed without one, which fails below).
+            pass
         data = sock.makefile("rb").readline()
+    if not data:
+        raise ConnectionError(f"{path}: closed without an answer")
     answer = json.loads(data)
     if not isinstance(answer, dict):
         raise ValueError("admin answer is not a JSON object")
+    if set(answer) == {REFUSED}:
+        raise PermissionError(f"{path}: {answer[REFUSED]}")
     return answer

@@ -22,9 +22,9 @@ pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="Mininet needs root"),
 ]
 
-from mininet_topos.agents import ADMIN_SOCKET, admin  # noqa: E402
-from mininet_topos.dove_topo import VmRecord, attach_vm  # noqa: E402
-from mininet_topos.hypervisor import Hypervisor, wait_until  # noqa: E402
+from mininet_topos.agents import ADMIN_SOCKET  # noqa: E402
+from mininet_topos.dove_topo import VmRecord, plug_vm  # noqa: E402
+from mininet_topos.hypervisor import Hypervisor  # noqa: E402
 
 DOVECTL = str(Path(sys.executable).parent / "dovectl")
 OTHER_MAC, OTHER_IP = "02:00:00:00:00:09", "10.0.0.9"
@@ -57,22 +57,7 @@ def ping(vm: VmRecord, ip: str) -> int:
 
 def add_vm(dove: Any, name: str, hv: Hypervisor, tenant: int, mac: str, ip: str) -> VmRecord:
     """Plug one more VM of ``tenant`` into ``hv`` and wait until its agent has it."""
-    net = dove.net.net
-    host = net.addHost(name, ip=None)
-    port = f"{name}-p"
-    net.addLink(host, hv, intfName1=f"{name}-eth0", intfName2=port)
-    instance = dove.net.tenant_vms(tenant)[0].instance
-    attach_vm(hv, host, instance, mac, f"{ip}/24")
-    vm = VmRecord(name, host, hv, tenant, instance, mac, ip, f"{ip}/24", port)
-    dove.net.vms.append(vm)
-    wait_until(
-        lambda: any(
-            p["mac"] == mac for p in admin(hv)["instances"].get(str(instance), {}).get("local", [])
-        ),
-        10.0,
-        f"{hv.name} agent to take {name}",
-    )
-    return vm
+    return plug_vm(dove.net, name, hv, tenant, mac, f"{ip}/24")
 
 
 def test_flows_of_one_instance_show_only_that_instance(dove: Any) -> None:

@@ -36,7 +36,7 @@ from dove_ryu.config import DoveConfig, HostConfig  # noqa: E402
 from dove_ryu.openflow.cookies import Purpose  # noqa: E402
 from dove_ryu.protocol.messages import LearnRequest, Requester, encode  # noqa: E402
 from mininet_topos.agents import admin  # noqa: E402
-from mininet_topos.dove_topo import PROBE, VmRecord, attach_vm  # noqa: E402
+from mininet_topos.dove_topo import PROBE, VmRecord, plug_vm  # noqa: E402
 from mininet_topos.hypervisor import Hypervisor, wait_until  # noqa: E402
 from mininet_topos.traffic import iperf3  # noqa: E402
 from tests.tools import netsend, ovs  # noqa: E402
@@ -407,23 +407,8 @@ def test_frames_from_a_foreign_mac_are_dropped(dove: Any) -> None:
 
 def _add_vm(dove: Any, name: str, hv: Hypervisor, tenant: int, index: int) -> VmRecord:
     """Plug one more VM of ``tenant`` into ``hv`` at run time (same address plan)."""
-    net = dove.net.net
-    host = net.addHost(name, ip=None)
-    port = f"{name}-p"
-    net.addLink(host, hv, intfName1=f"{name}-eth0", intfName2=port)
-    instance = dove.net.tenant_vms(tenant)[0].instance
     mac, ip_cidr = f"02:00:00:00:00:{index:02x}", f"10.0.0.{index}/24"
-    attach_vm(hv, host, instance, mac, ip_cidr)
-    vm = VmRecord(name, host, hv, tenant, instance, mac, ip_cidr.split("/")[0], ip_cidr, port)
-    dove.net.vms.append(vm)
-    wait_until(
-        lambda: any(
-            p["mac"] == mac for p in admin(hv)["instances"].get(str(instance), {}).get("local", [])
-        ),
-        10.0,
-        f"{hv.name} agent to take {name}",
-    )
-    return vm
+    return plug_vm(dove.net, name, hv, tenant, mac, ip_cidr)
 
 
 def test_address_spray_is_bounded(dove: Any) -> None:

@@ -127,7 +127,7 @@ def test_bad_input_is_refused_with_a_clear_message(sites: SitesNet) -> None:
 
 
 def test_migrate_moves_a_vm_and_traffic_follows(sites: SitesNet) -> None:
-    from mininet_topos.migration import _hand_over
+    from mininet_topos.migration import hand_over
 
     a, mover = sites.vm("t1s1vm1"), sites.vm("t1s1vm2")
     old = mover.hypervisor
@@ -137,7 +137,7 @@ def test_migrate_moves_a_vm_and_traffic_follows(sites: SitesNet) -> None:
         old, "migrate", mover.port, "--to-netns", str(to.pid), "--to-ovsdb", f"unix:{to.db_sock}"
     )
     assert "moved" in text
-    _hand_over(old, to, mover.port)  # Mininet's own record, for teardown
+    hand_over(old, to, mover.port)  # Mininet's own record, for teardown
     mover.hypervisor = to
     mover.host.cmd(f"arping -q -c1 -U -I {mover.host.intf().name} {mover.ip}")
     assert mover.mac in {e["mac"] for e in as_json(to, "endpoints") if e["kind"] == "local"}

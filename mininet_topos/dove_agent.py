@@ -1,0 +1,101 @@
+"""A dove-agent process on an emulated node: its command line, its dove.ini, its admin
+socket and when it is ready.
+
+Each hypervisor's agent gets a dove.ini naming its own underlay address, its private OVSDB
+and admin socket, its peers, the deployment key of this emulation run, and its metrics
+port. The builders (dove_topo, sites) start agents with these; tests and the demo ask them
+through ``admin``.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from dove_ryu.adapters.admin import query
+from mininet_topos.hypervisor import AGENT_OFP_PORT, TUNNEL_PORT, Hypervisor
+
+ADMIN_SOCKET = "admin/admin.sock"  # relative to the hypervisor's rundir
+METRICS_PORT = 9479  # on the namespace's loopback: every hypervisor can use the same one
+
+
+def agent_binary() -> str:
+    """dove-agent from the same environment as this Python."""
+    candidate = Path(sys.executable).parent / "dove-agent"
+    if not candidate.exists():
+        raise FileNotFoundError(f"{candidate} not found: run scripts/bootstrap.sh first")
+    return str(candidate)
+
+
+def agent_cmd() -> list[str]:
+    # The agent runs with the hypervisor's rundir as its working directory.
+    return [
+        agent_binary(),
+        "--config-file",
+        "dove.ini",
+        "--log-file",
+        "agent.log",
+        "--ofp-tcp-listen-port",
+        str(AGENT_OFP_PORT),
+    ]
+
+
+def agent_config(
+    hv: Hypervisor, peers: list[str], key: str, extra: dict[str, Any] | None = None
+) -> str:
+    settings: dict[str, Any] = {
+        "host_name": hv.name,
+        "underlay_ip": hv.underlay_ip,
+        "peers": ", ".join(p for p in peers if p != hv.underlay_ip),
+        "auth_key": key,
+        "datapath_type": "netdev",
+        "tunnel_port": TUNNEL_PORT,
+        "ovsdb": f"unix:{hv.db_sock}",
+        "admin_socket": str(hv.in_rundir(ADMIN_SOCKET)),
+        "announce_interval": 1.0,
+        "metrics_port": METRICS_PORT,
+        **(extra or {}),
+    }
+    return "[dove]\n" + "".join(f"{k} = {v}\n" for k, v in settings.items())
+
+
+def admin(hv: Hypervisor, cmd: str = "status") -> dict[str, Any]:
+    """Ask a hypervisor's agent over its admin socket."""
+    return query(str(Path(hv.rundir) / ADMIN_SOCKET), {"cmd": cmd})
+
+
+def connected_status(hv: Hypervisor) -> dict[str, Any] | None:
+    """The agent's status once it answers and is connected to its bridge, else None.
+
+    Raises if the agent has exited, with the end of its output: waiting longer is useless."""
+    if hv.agent is not None and hv.agent.poll() is not None:
+        out = hv.in_rundir("agent.out").read_text(errors="replace")[-2000:]
+        raise RuntimeError(f"{hv.name}: agent exited with {hv.agent.returncode}:\n{out}")
+    try:
+        status = admin(hv)
+    except (OSError, ValueError):
+        return None
+    return status if status.get("connected") else None
+
+
+def knows_members(status: dict[str, Any], members: Mapping[int, set[str]]) -> bool:
+    """``status`` serves every instance of ``members`` and lists at least those members."""
+    for instance, expected in members.items():
+        info = status["instances"].get(str(instance))
+        if info is None or not expected <= set(info["members"]):
+            return False
+    return True
+
+
+def has_local(hv: Hypervisor, instance: int, mac: str) -> bool:
+    """The agent lists ``mac`` among the local endpoints of ``instance``."""
+    local = admin(hv)["instances"].get(str(instance), {}).get("local", [])
+    return any(ep["mac"] == mac for ep in local)
+
+
+def agent_ready(hv: Hypervisor, members: Mapping[int, set[str]]) -> bool:
+    """The agent is connected and lists at least ``members`` (instance -> underlay IPs)."""
+    status = connected_status(hv)
+    return status is not None and knows_members(status, members)
