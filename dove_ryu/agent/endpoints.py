@@ -241,20 +241,22 @@ class LearnedEndpoints:
             msgs += self.remember(now, entry.endpoint.at(new), new)
         return msgs
 
-    def unlearn(self, now: float, msg: Unlearn, follow: bool = False) -> list[OfMsg] | None:
-        """The endpoint's host says it left: forget it if we have it there, at that
-        sequence number or older (else None).  With ``follow``, remember for a moment
-        that it left, so its next host's announcement is taken at once."""
+    def held_at(self, msg: Unlearn) -> bool:
+        """Whether an UN-LEARN concerns what we hold: the endpoint at its sender, at
+        that sequence number or older."""
         entry = self.get(msg.instance, msg.mac)
-        if entry is None or entry.endpoint.host != msg.host or entry.endpoint.seq > msg.seq:
-            return None
-        if follow:
-            key = (msg.instance, msg.mac)
-            self._unlearned[key] = (msg.seq, now + RECENTLY_UNLEARNED)
-            self._unlearned.move_to_end(key)
-            while len(self._unlearned) > MAX_UNLEARNED:
-                self._unlearned.popitem(last=False)
-        return self.forget(msg.instance, msg.mac)
+        return (
+            entry is not None and entry.endpoint.host == msg.host and entry.endpoint.seq <= msg.seq
+        )
+
+    def note_unlearned(self, now: float, msg: Unlearn) -> None:
+        """Remember for a moment that the endpoint left its host, so that its next
+        host's announcement is followed at once (a move unplugs first)."""
+        key = (msg.instance, msg.mac)
+        self._unlearned[key] = (msg.seq, now + RECENTLY_UNLEARNED)
+        self._unlearned.move_to_end(key)
+        while len(self._unlearned) > MAX_UNLEARNED:
+            self._unlearned.popitem(last=False)
 
     def just_unlearned(self, now: float, instance: int, mac: str, seq: int) -> bool:
         """Whether the endpoint was un-learned a moment ago at a sequence number below

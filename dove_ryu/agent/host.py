@@ -17,6 +17,7 @@ from ipaddress import IPv4Address
 
 from dove_ryu.agent.arrivals import Arrivals
 from dove_ryu.agent.host_misses import HostMisses
+from dove_ryu.agent.membership import ANNOUNCE_MAX_INSTANCES
 from dove_ryu.agent.parts import host_parts
 from dove_ryu.agent.resolver import Pending, Target
 from dove_ryu.agent.stats import InstanceCounts, StatsView
@@ -35,8 +36,6 @@ from dove_ryu.protocol.messages import (
 )
 
 LOG = logging.getLogger("dove_ryu.core")
-
-ANNOUNCE_MAX_INSTANCES = 300
 
 
 class HostCore:
@@ -182,7 +181,7 @@ class HostCore:
     def _member_changed(self, instance: int, host: IPv4Address, joined: bool) -> list[OfMsg]:
         verb = "joined" if joined else "left"
         LOG.info("%s: member %s %s instance %d", self.p.cfg.name, host, verb, instance)
-        self.p.stats.count(f"member_{verb}")
+        self.p.stats.count("member_joined" if joined else "member_left")
         msgs = [] if joined else self.p.learned.forget_behind(instance, host)
         return msgs + self.p.instances.member_changed(instance, host, joined)
 
@@ -266,8 +265,11 @@ class HostCore:
         if msg.host != sender:
             self.p.stats.drop("unlearn_for_other_host", now, f"from {sender} for {msg.host}")
             return CoreOutput()
+        if not self.p.learned.held_at(msg):
+            return CoreOutput()
         # Kept for a moment: the VM's new host may announce it right after.
-        return CoreOutput(ofmsgs=self.p.learned.unlearn(now, msg, follow=True) or [])
+        self.p.learned.note_unlearned(now, msg)
+        return CoreOutput(ofmsgs=self.p.learned.forget(msg.instance, msg.mac))
 
     # ----------------------------------------------------------------- time
 
@@ -278,8 +280,10 @@ class HostCore:
         out.ofmsgs += expired
         for pending in self.p.resolver.due(now):
             out.datagrams += self._learn_requests(pending, self.p.members.hosts(pending.instance))
-        for instance, host in self.p.members.expire(now):
+        for instance, host in self.p.members.expired(now):
+            self.p.members.leave(instance, host)
             out.ofmsgs += self._member_changed(instance, host, joined=False)
+        self.p.members.expire_proxies(now)
         if lingering_ended or now >= self.next_announce:
             out.datagrams += self._announce(now)
         return out
@@ -289,7 +293,6 @@ class HostCore:
             self.next_announce = now + self.p.cfg.learning.announce_interval
         instances = self.p.instances.announced
         if len(instances) > ANNOUNCE_MAX_INSTANCES:
-            # NOTE: one frame holds this many; splitting announcements is not done yet.
             self.p.stats.drop("announce_truncated", now, f"{len(instances)} instances served")
             instances = instances[:ANNOUNCE_MAX_INSTANCES]
         targets = only if only is not None else list(self.p.cfg.host.peers)

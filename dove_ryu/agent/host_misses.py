@@ -18,7 +18,7 @@ from ipaddress import IPv4Address
 from dove_ryu.agent.mobility import SEQ_MAX
 from dove_ryu.agent.parts import HostParts
 from dove_ryu.agent.resolver import Pending, Target
-from dove_ryu.model import Endpoint, VmPort
+from dove_ryu.model import Endpoint, VmPort, is_multicast
 from dove_ryu.openflow import flows
 from dove_ryu.openflow.cookies import Purpose
 from dove_ryu.openflow.ofmsg import (
@@ -44,6 +44,9 @@ class HostMisses:
 
     def packet_in(self, now: float, punted: PacketIn) -> CoreOutput:
         decoded = self.p.stats.punted(punted.cookie)
+        if not self.p.link.connected:  # before its resync: the flows are not ours yet
+            self.p.stats.drop("packet_in_unexpected", now, "switch not synced")
+            return CoreOutput()
         if decoded is not None and decoded.purpose is Purpose.EGRESS_MISS:
             return self._not_here(now, punted.data, punted.metadata, punted.tunnel_src)
         if decoded is None or decoded.purpose is not Purpose.INSTANCE:
@@ -94,6 +97,9 @@ class HostMisses:
         self, now: float, source: VmPort, target: Target, in_port: int, data: bytes
     ) -> CoreOutput:
         instance = source.instance
+        if isinstance(target, str) and is_multicast(target):  # flooded, never resolved
+            self.p.stats.drop("packet_in_unexpected", now, f"multicast {target}")
+            return CoreOutput()
         pending = self.p.resolver.in_flight(instance, target)
         if pending is not None:
             self.p.resolver.hold(pending, (in_port, data))

@@ -16,6 +16,9 @@ from ipaddress import IPv4Address
 from dove_ryu.protocol.messages import ProxyRole
 
 LIFETIME_INTERVALS = 3.5  # a member that missed 3 announcements is gone
+# NOTE: one announcement frame holds this many instances; splitting announcements
+# over several messages is not done yet (the rest are dropped and counted).
+ANNOUNCE_MAX_INSTANCES = 300
 MAX_PEERS_TRACKED = 4096  # senders whose last announcement counter is kept
 
 
@@ -100,20 +103,20 @@ class Membership:
                 change.left.append(instance)
         return change
 
-    def expire(self, now: float) -> list[tuple[int, IPv4Address]]:
-        """Members (and proxies) that stopped announcing; returns the (instance, host)
-        pairs that ended."""
-        gone = [
+    def expired(self, now: float) -> list[tuple[int, IPv4Address]]:
+        """The (instance, host) pairs whose member stopped announcing.  They are still
+        listed: the role lets each `leave` in turn and updates the datapath after each,
+        so every change sees the members that remain."""
+        return [
             (instance, host)
             for instance, hosts in self._hosts.items()
             for host, expires in hosts.items()
             if expires <= now
         ]
-        for instance, host in gone:
-            self.leave(instance, host)
+
+    def expire_proxies(self, now: float) -> None:
         for host in [h for h, k in self._proxies.items() if k.expires <= now]:
             del self._proxies[host]
-        return gone
 
     def proxy_heard(self, now: float, sender: IPv4Address, role: ProxyRole) -> list[IPv4Address]:
         """A VAN proxy announced itself.  When it says it is its site's active one,

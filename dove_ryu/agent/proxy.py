@@ -22,6 +22,7 @@ import logging
 from ipaddress import IPv4Address
 
 from dove_ryu.agent.election import Outcome
+from dove_ryu.agent.membership import ANNOUNCE_MAX_INSTANCES
 from dove_ryu.agent.parts import proxy_parts
 from dove_ryu.agent.proxy_relay import ProxyRelay
 from dove_ryu.agent.stats import InstanceCounts, StatsView
@@ -41,8 +42,6 @@ from dove_ryu.protocol.messages import (
 )
 
 LOG = logging.getLogger("dove_ryu.proxy")
-
-ANNOUNCE_MAX_INSTANCES = 300
 
 
 class ProxyCore:
@@ -162,19 +161,15 @@ class ProxyCore:
 
     def _elect(self, now: float) -> CoreOutput:
         outcome = self.p.election.decide(now)
+        site = self.p.cfg.proxy.site
         if outcome is Outcome.UNCHANGED:
             return CoreOutput()
-        self.p.stats.count(f"proxy_{outcome.value}")
         if outcome is Outcome.BECAME_ACTIVE:
-            LOG.warning(
-                "%s: now the active proxy of site %s", self.p.cfg.name, self.p.cfg.proxy.site
-            )
+            self.p.stats.count("proxy_became_active")
+            LOG.warning("%s: now the active proxy of site %s", self.p.name, site)
         else:
-            LOG.warning(
-                "%s: stepping down, another proxy of site %s is active",
-                self.p.cfg.name,
-                self.p.cfg.proxy.site,
-            )
+            self.p.stats.count("proxy_stepped_down")
+            LOG.warning("%s: stepping down, another proxy of site %s is active", self.p.name, site)
         return CoreOutput(datagrams=self._announce(now))
 
     def _announce(self, now: float, only: list[IPv4Address] | None = None) -> list[Datagram]:
@@ -185,7 +180,9 @@ class ProxyCore:
             self.next_announce = now + self.p.cfg.learning.announce_interval
             targets = [*self.p.cfg.host.peers, *sorted(self.p.sides.wan_peers)]
         role = ProxyRole(self.p.cfg.proxy.site, self.active, self.p.cfg.proxy.proxy_priority)
-        served = {wan: self.p.instances.served(not wan) if self.active else [] for wan in (0, 1)}
+        served = {
+            wan: self.p.instances.served(not wan) if self.active else [] for wan in (False, True)
+        }
         out = []
         for host in targets:
             instances = served[self.p.sides.wan(host)]
@@ -206,8 +203,10 @@ class ProxyCore:
         if dropped:
             self.p.stats.count("drop_reassembly_timeout", dropped)
         out.datagrams += self.relay.retransmit(now)
-        for instance, host in self.p.members.expire(now):
+        for instance, host in self.p.members.expired(now):
+            self.p.members.leave(instance, host)
             out.ofmsgs += self.relay.member_changed(instance, host, joined=False)
+        self.p.members.expire_proxies(now)
         if now >= self.next_announce:
             out.datagrams += self._announce(now)
         return out

@@ -45,6 +45,7 @@ LOG = logging.getLogger("dove_ryu.proxy")
 ICMP_MTU_MARGIN = 50  # the inner MTU a VM is told: wan_mtu less the VXLAN overhead
 
 Waiter = tuple[IPv4Address, int]  # (who asked us, their request id)
+MAX_WAITERS = 16  # askers answered per question in flight; more are dropped and counted
 
 
 class ProxyRelay:
@@ -78,7 +79,7 @@ class ProxyRelay:
         side = "remote proxy" if self.p.sides.wan(host) else "member"
         verb = "joined" if joined else "left"
         LOG.info("%s: %s %s %s instance %d", self.p.cfg.name, side, host, verb, instance)
-        self.p.stats.count(f"member_{verb}")
+        self.p.stats.count("member_joined" if joined else "member_left")
         msgs = [] if joined else self.p.learned.forget_behind(instance, host)
         if not self.p.members.count(instance):
             self.p.learned.drop_instance(instance)
@@ -113,7 +114,8 @@ class ProxyRelay:
     def retransmit(self, now: float) -> list[Datagram]:
         out = []
         for pending in self.p.resolver.due(now):
-            hosts = self.p.instances.side(pending.instance, bool(pending.scope))
+            toward_wan = pending.scope is True  # a proxy asks into its site or towards the WAN
+            hosts = self.p.instances.side(pending.instance, toward_wan)
             out += self._learn_requests(pending, hosts)
         # Questions given up are not waited on any more.
         for request_id in [r for r in self.waiters if self.p.resolver.by_request(r) is None]:
@@ -137,7 +139,10 @@ class ProxyRelay:
                 self.p.resolver.hold(pending, (0, held))
             waiting = self.waiters.setdefault(pending.request_id, [])
             if waiter is not None and waiter not in waiting:
-                waiting.append(waiter)
+                if len(waiting) < MAX_WAITERS:
+                    waiting.append(waiter)
+                else:
+                    self.p.stats.drop("relay_waiters_full", now, f"instance {instance}")
             return CoreOutput()
         if not self.p.resolver.may_ask(now, instance, target, toward_wan):
             return CoreOutput()
@@ -243,10 +248,10 @@ class ProxyRelay:
         if msg.host != sender:
             self.p.stats.drop("unlearn_for_other_host", now, f"from {sender} for {msg.host}")
             return CoreOutput()
-        forgotten = self.p.learned.unlearn(now, msg)
-        out = CoreOutput(ofmsgs=forgotten or [])
+        held = self.p.learned.held_at(msg)
+        out = CoreOutput(ofmsgs=self.p.learned.forget(msg.instance, msg.mac) if held else [])
         wan = self.p.sides.wan(sender)
-        if self.p.election.active and (forgotten is not None or not wan):
+        if self.p.election.active and (held or not wan):
             other_side = self.p.instances.side(msg.instance, not wan)
             out.datagrams += self._tell(other_side, Unlearn, msg.instance, msg.mac, seq=msg.seq)
             self.p.stats.count("unlearn_relayed", len(other_side))
@@ -334,6 +339,9 @@ class ProxyRelay:
         return CoreOutput(datagrams=[self.p.channel.datagram(proxy, p) for p in pieces])
 
     def on_fragment(self, now: float, sender: IPv4Address, msg: FrameFragment) -> CoreOutput:
+        if not self.p.link.connected:  # nowhere to send the frame on
+            self.p.stats.drop("fragment_switch_down", now, f"from {sender}")
+            return CoreOutput()
         if not self.p.sides.wan(sender):
             self.p.stats.drop("fragment_from_site", now, f"from {sender}")
             return CoreOutput()

@@ -702,6 +702,25 @@ def test_reconnect_resync_keeps_flooding() -> None:
     assert local(net.send(1, 1, eth(MAC_A, BROADCAST))) == [(1, 2), (2, 1)]
 
 
+def test_a_vm_back_in_its_instance_while_the_switch_was_away_keeps_its_instance() -> None:
+    """The instance's VMs left (it lingers), then one came back while the controller
+    connection was down: after the resync the instance is served as before, and is
+    not deleted when its (cancelled) lingering would have ended."""
+    net = three_hosts(departure_memory="5")
+    h1 = net.hosts[1]
+    ports = list(h1.core.p.ports.by_name.values())
+    net.apply(h1, h1.core.ports_changed(net.now, [p for p in ports if p.instance != 5001]))
+    h1.core.switch_disconnected()
+    net.apply(h1, h1.core.ports_changed(net.now, ports))
+    net.apply(h1, h1.core.switch_connected(net.now, TUN))
+    net.deliver()
+
+    net.advance(6.0)  # past departure_memory
+
+    assert 5001 in h1.core.p.ports.instances
+    assert local(net.send(2, 1, eth(MAC_B, BROADCAST))) == [(1, 1), (1, 2)]
+
+
 # -------------------------------------------------------------------------- config
 
 
