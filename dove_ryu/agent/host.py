@@ -45,7 +45,7 @@ class HostCore:
 
     def __init__(self, cfg: DoveConfig, now: float) -> None:
         self.p = host_parts(cfg, LOG)  # what a host is made of (`dove_ryu.agent.parts`)
-        self.misses = HostMisses(self.p, self._ask)
+        self.misses = HostMisses(self.p)
         self.arrivals = Arrivals(self.p)
         self.next_announce = now
 
@@ -112,18 +112,6 @@ class HostCore:
         """A miss punted by the pipeline, or an overlay packet for a VM not here."""
         return self.misses.packet_in(now, punted)
 
-    def _ask(self, now: float, pending: Pending) -> list[Datagram]:
-        """Send a new LEARN to every host serving its instance (none yet: it waits
-        for the first member to announce, see `_on_announce`)."""
-        hosts = self.p.members.hosts(pending.instance)
-        if not hosts:
-            self.p.stats.count("learn_no_members")
-        return self._learn_requests(pending, hosts)
-
-    def _learn_requests(self, pending: Pending, hosts: list[IPv4Address]) -> list[Datagram]:
-        self.p.stats.count("learn_requests_sent", len(hosts))
-        return self.p.channel.to_each(hosts, pending.request())
-
     def flow_removed(
         self, now: float, cookie: int, match: dict[str, object], idle_timeout: bool, age: float
     ) -> CoreOutput:
@@ -167,7 +155,7 @@ class HostCore:
             out.ofmsgs += self._member_changed(instance, sender, joined=True)
             # LEARNs in flight for the instance go to the new member at once.
             for pending in self.p.resolver.of_instance(instance):
-                out.datagrams += self._learn_requests(pending, [sender])
+                out.datagrams += self.p.ask(pending, [sender])
         for instance in change.left:
             out.ofmsgs += self._member_changed(instance, sender, joined=False)
         if change.new_peer and msg.instances:
@@ -279,7 +267,7 @@ class HostCore:
         expired, lingering_ended = self.p.instances.expire(now)
         out.ofmsgs += expired
         for pending in self.p.resolver.due(now):
-            out.datagrams += self._learn_requests(pending, self.p.members.hosts(pending.instance))
+            out.datagrams += self.p.ask(pending, self.p.members.hosts(pending.instance))
         for instance, host in self.p.members.expired(now):
             self.p.members.leave(instance, host)
             out.ofmsgs += self._member_changed(instance, host, joined=False)

@@ -12,7 +12,6 @@ held ARP requests are answered at once by the agent: the first packet's latency.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from ipaddress import IPv4Address
 
 from dove_ryu.agent.mobility import SEQ_MAX
@@ -24,7 +23,6 @@ from dove_ryu.openflow.cookies import Purpose
 from dove_ryu.openflow.ofmsg import (
     OFPP_CONTROLLER,
     CoreOutput,
-    Datagram,
     OfMsg,
     Output,
     PacketIn,
@@ -38,9 +36,8 @@ REINSTALL_HOLDOFF = 0.5  # seconds a reinstalled forwarding flow is trusted to b
 
 
 class HostMisses:
-    def __init__(self, p: HostParts, ask: Callable[[float, Pending], list[Datagram]]) -> None:
+    def __init__(self, p: HostParts) -> None:
         self.p = p
-        self.ask = ask  # sends a new LEARN (the host knows where)
 
     def packet_in(self, now: float, punted: PacketIn) -> CoreOutput:
         decoded = self.p.stats.punted(punted.cookie)
@@ -109,7 +106,12 @@ class HostMisses:
         seq = self.p.ports.seq(instance, source.mac)
         requester = Requester(source.mac, source.ips, seq)
         pending = self.p.resolver.start(now, instance, target, [(in_port, data)], requester)
-        return CoreOutput(datagrams=self.ask(now, pending))
+        # To every host serving the instance; if none does yet (this VM, or its peers,
+        # just came up) the LEARN waits and goes to the first member that announces.
+        hosts = self.p.members.hosts(instance)
+        if not hosts:
+            self.p.stats.count("learn_no_members")
+        return CoreOutput(datagrams=self.p.ask(pending, hosts))
 
     def release(self, pending: Pending, ep: Endpoint) -> list[OfMsg]:
         """The packets a LEARN held, now that ``ep`` answers it."""

@@ -22,12 +22,12 @@ from dove_ryu.agent.link import SwitchLink
 from dove_ryu.agent.membership import Membership
 from dove_ryu.agent.mobility import Mobility
 from dove_ryu.agent.ports import LocalPorts
-from dove_ryu.agent.resolver import Resolver
+from dove_ryu.agent.resolver import Pending, Resolver
 from dove_ryu.agent.sides import ProxyFlows, ProxyInstances, Sides
 from dove_ryu.agent.stats import Stats
 from dove_ryu.agent.tunnel import TunnelFlows
 from dove_ryu.config import DoveConfig
-from dove_ryu.openflow.ofmsg import OfMsg
+from dove_ryu.openflow.ofmsg import Datagram, OfMsg
 
 
 @dataclass
@@ -47,6 +47,11 @@ class Common:
     @property
     def name(self) -> str:
         return self.cfg.name
+
+    def ask(self, pending: Pending, hosts: list[IPv4Address]) -> list[Datagram]:
+        """A LEARN request for ``pending`` to each of ``hosts``."""
+        self.stats.count("learn_requests_sent", len(hosts))
+        return self.channel.to_each(hosts, pending.request())
 
     def failover(
         self,

@@ -95,7 +95,7 @@ class ProxyRelay:
             dgram
             for pending in self.p.resolver.of_instance(instance)
             if pending.scope == wan
-            for dgram in self._learn_requests(pending, [host])
+            for dgram in self.p.ask(pending, [host])
         ]
 
     def _join(self, now: float, instance: int, host: IPv4Address) -> list[OfMsg]:
@@ -107,16 +107,12 @@ class ProxyRelay:
 
     # ---------------------------------------------------------- resolving
 
-    def _learn_requests(self, pending: Pending, hosts: list[IPv4Address]) -> list[Datagram]:
-        self.p.stats.count("learn_requests_sent", len(hosts))
-        return self._say(hosts, pending.request())
-
     def retransmit(self, now: float) -> list[Datagram]:
         out = []
         for pending in self.p.resolver.due(now):
             toward_wan = pending.scope is True  # a proxy asks into its site or towards the WAN
             hosts = self.p.instances.side(pending.instance, toward_wan)
-            out += self._learn_requests(pending, hosts)
+            out += self.p.ask(pending, hosts)
         # Questions given up are not waited on any more.
         for request_id in [r for r in self.waiters if self.p.resolver.by_request(r) is None]:
             del self.waiters[request_id]
@@ -153,7 +149,7 @@ class ProxyRelay:
             self.waiters[pending.request_id] = [waiter]
         self.p.stats.count("learn_relayed" if waiter else "learn_for_miss")
         hosts = self.p.instances.side(instance, toward_wan)
-        return CoreOutput(datagrams=self._learn_requests(pending, hosts))
+        return CoreOutput(datagrams=self.p.ask(pending, hosts))
 
     def _resolved(
         self, now: float, pending: Pending, ep: Endpoint, sender: IPv4Address
