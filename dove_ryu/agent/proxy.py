@@ -30,16 +30,7 @@ from dove_ryu.config import DoveConfig
 from dove_ryu.model import VmPort
 from dove_ryu.openflow import flows
 from dove_ryu.openflow.ofmsg import CoreOutput, Datagram, PacketIn
-from dove_ryu.protocol.messages import (
-    Announce,
-    EndpointHere,
-    Envelope,
-    FrameFragment,
-    LearnReply,
-    LearnRequest,
-    ProxyRole,
-    Unlearn,
-)
+from dove_ryu.protocol import messages as msgs
 
 LOG = logging.getLogger("dove_ryu.proxy")
 
@@ -102,21 +93,21 @@ class ProxyCore:
             # A site host must not reach us on the WAN leg, nor a remote proxy on the site's.
             self.p.stats.drop("control_wrong_leg", now, f"from {sender} to {env.receiver}")
             return CoreOutput()
-        if isinstance(msg, Announce):
+        if isinstance(msg, msgs.Announce):
             return self._on_announce(now, env, msg)
-        if isinstance(msg, FrameFragment):
+        if isinstance(msg, msgs.FrameFragment):
             return self.relay.on_fragment(now, sender, msg)
-        if isinstance(msg, LearnRequest):
+        if isinstance(msg, msgs.LearnRequest):
             return self.relay.on_learn_request(now, sender, msg)
-        if isinstance(msg, LearnReply):
+        if isinstance(msg, msgs.LearnReply):
             return self.relay.on_learn_reply(now, sender, msg)
-        if isinstance(msg, EndpointHere):
+        if isinstance(msg, msgs.EndpointHere):
             return self.relay.on_endpoint_here(now, sender, msg)
-        if isinstance(msg, Unlearn):
+        if isinstance(msg, msgs.Unlearn):
             return self.relay.on_unlearn(now, sender, msg)
         return CoreOutput()
 
-    def _on_announce(self, now: float, env: Envelope, msg: Announce) -> CoreOutput:
+    def _on_announce(self, now: float, env: msgs.Envelope, msg: msgs.Announce) -> CoreOutput:
         self.p.stats.count("announce_received")
         sender, role = env.sender, msg.proxy
         if not self.p.members.fresh(sender, env.counter):
@@ -147,7 +138,7 @@ class ProxyCore:
             out.datagrams += self._announce(now, only=list(self.p.cfg.host.peers))
         return out
 
-    def _partner_heard(self, now: float, sender: IPv4Address, role: ProxyRole) -> CoreOutput:
+    def _partner_heard(self, now: float, sender: IPv4Address, role: msgs.ProxyRole) -> CoreOutput:
         if role.site != self.p.cfg.proxy.site:
             self.p.stats.drop("proxy_of_other_site", now, f"{sender} says site {role.site}")
             return CoreOutput()
@@ -179,7 +170,7 @@ class ProxyCore:
         if targets is None:
             self.next_announce = now + self.p.cfg.learning.announce_interval
             targets = [*self.p.cfg.host.peers, *sorted(self.p.sides.wan_peers)]
-        role = ProxyRole(self.p.cfg.proxy.site, self.active, self.p.cfg.proxy.proxy_priority)
+        role = msgs.ProxyRole(self.p.cfg.proxy.site, self.active, self.p.cfg.proxy.proxy_priority)
         served = {
             wan: self.p.instances.served(not wan) if self.active else [] for wan in (False, True)
         }
@@ -189,7 +180,7 @@ class ProxyCore:
             if len(instances) > ANNOUNCE_MAX_INSTANCES:
                 self.p.stats.drop("announce_truncated", now, f"{len(instances)} instances")
                 instances = instances[:ANNOUNCE_MAX_INSTANCES]
-            out.append(self.p.channel.datagram(host, Announce(frozenset(instances), role)))
+            out.append(self.p.channel.datagram(host, msgs.Announce(frozenset(instances), role)))
         self.p.stats.count("announce_sent", len(out))
         return out
 

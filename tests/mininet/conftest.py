@@ -25,6 +25,17 @@ if str(REPO) not in sys.path:  # tests/mininet has no __init__.py; `tests.tools`
     sys.path.insert(0, str(REPO))
 
 FAILURES = REPO / "results" / "failures"
+HERE = Path(__file__).resolve().parent
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test in this folder is of the Mininet tier, and needs root."""
+    for item in items:
+        if HERE in item.path.parents:
+            item.add_marker(pytest.mark.mininet)
+            if os.geteuid() != 0:
+                item.add_marker(pytest.mark.skip(reason="Mininet needs root"))
 
 
 @dataclass

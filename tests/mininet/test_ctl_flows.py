@@ -10,17 +10,9 @@ t2vm9 (02:00:00:00:00:09, 10.0.0.9) on hv3, has a MAC no VM of tenant 1 has.
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
-
-import pytest
-
-pytestmark = [
-    pytest.mark.mininet,
-    pytest.mark.skipif(os.geteuid() != 0, reason="Mininet needs root"),
-]
 
 from mininet_topos.agents import ADMIN_SOCKET  # noqa: E402
 from mininet_topos.dove_topo import VmRecord, plug_vm  # noqa: E402

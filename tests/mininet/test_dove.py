@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import random
 import subprocess
 import sys
@@ -24,13 +23,6 @@ from collections.abc import Iterable
 from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any
-
-import pytest
-
-pytestmark = [
-    pytest.mark.mininet,
-    pytest.mark.skipif(os.geteuid() != 0, reason="Mininet needs root"),
-]
 
 from dove_ryu.config import DoveConfig, HostConfig  # noqa: E402
 from dove_ryu.openflow.cookies import Purpose  # noqa: E402

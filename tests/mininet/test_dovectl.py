@@ -8,12 +8,9 @@ operator would run it on the hypervisor itself.
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from mininet_topos.agents import ADMIN_SOCKET
 from mininet_topos.sites import (
@@ -21,11 +18,6 @@ from mininet_topos.sites import (
     SitesSpec,
     active_proxy,
 )
-
-pytestmark = [
-    pytest.mark.mininet,
-    pytest.mark.skipif(os.geteuid() != 0, reason="Mininet needs root"),
-]
 
 DOVECTL = str(Path(sys.executable).parent / "dovectl")
 

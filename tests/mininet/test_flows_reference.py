@@ -7,7 +7,6 @@ failing with a unified diff."""
 from __future__ import annotations
 
 import difflib
-import os
 import shutil
 import sys
 from pathlib import Path
@@ -19,11 +18,6 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from mininet_topos.flows_reference import DEFAULT_OUT, regenerate  # noqa: E402
-
-pytestmark = [
-    pytest.mark.mininet,
-    pytest.mark.skipif(os.geteuid() != 0, reason="Mininet needs root"),
-]
 
 FAILURES = REPO / "results" / "failures" / "test_flows_reference"
 

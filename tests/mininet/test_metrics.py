@@ -9,7 +9,6 @@ emulation and run in file order: the learning test needs VMs that never talked.
 from __future__ import annotations
 
 import json
-import os
 import random
 import sys
 import time
@@ -17,13 +16,6 @@ from collections import Counter
 from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any
-
-import pytest
-
-pytestmark = [
-    pytest.mark.mininet,
-    pytest.mark.skipif(os.geteuid() != 0, reason="Mininet needs root"),
-]
 
 from dove_ryu.adapters.metrics import CONTENT_TYPE  # noqa: E402
 from dove_ryu.config import HostConfig  # noqa: E402

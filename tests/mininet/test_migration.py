@@ -6,21 +6,13 @@ hv3 also holds t2vm2, which has the same MAC and IP in the other tenant.
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from tests.tools.transfer import transfer
-
-pytestmark = [
-    pytest.mark.mininet,
-    pytest.mark.skipif(os.geteuid() != 0, reason="Mininet needs root"),
-]
 
 REPO = Path(__file__).resolve().parents[2]
 PYTHON = sys.executable

@@ -8,7 +8,6 @@ tenant 2's VMs have the same addresses in every site.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
@@ -29,11 +28,6 @@ from tests.tools import netsend, ovs
 from tests.tools.capture import Capture, settle
 from tests.tools.forge import ping_through_forged_vxlan
 from tests.tools.transfer import transfer
-
-pytestmark = [
-    pytest.mark.mininet,
-    pytest.mark.skipif(os.geteuid() != 0, reason="Mininet needs root"),
-]
 
 PYTHON = sys.executable
 NETSEND = str(Path(netsend.__file__).resolve())

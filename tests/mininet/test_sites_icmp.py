@@ -4,21 +4,12 @@ VM lowers its path MTU and its next packets fit."""
 
 from __future__ import annotations
 
-import os
-
-import pytest
-
 from mininet_topos.agents import admin
 from mininet_topos.sites import (
     SitesNet,
     SitesSpec,
     active_proxy,
 )
-
-pytestmark = [
-    pytest.mark.mininet,
-    pytest.mark.skipif(os.geteuid() != 0, reason="Mininet needs root"),
-]
 
 WAN_MTU = 1400
 INNER_MTU = WAN_MTU - 50  # outer IPv4, UDP, VXLAN and the inner Ethernet header

@@ -11,19 +11,12 @@ answers. Both builds must leave nothing behind.
 
 from __future__ import annotations
 
-import os
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-
-pytestmark = [
-    pytest.mark.mininet,
-    pytest.mark.skipif(os.geteuid() != 0, reason="Mininet needs root"),
-]
-
 from mininet.node import Node  # noqa: E402
 
 from mininet_topos.agents import admin  # noqa: E402

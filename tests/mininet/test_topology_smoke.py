@@ -9,16 +9,10 @@ nothing behind.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import pytest
-
-pytestmark = [
-    pytest.mark.mininet,
-    pytest.mark.skipif(os.geteuid() != 0, reason="Mininet needs root"),
-]
 
 from mininet_topos import ovn  # noqa: E402
 from mininet_topos.dove_topo import DoveNet, VmRecord, build_net  # noqa: E402
