@@ -201,7 +201,7 @@ def pack_multipart_reply(xid: int, mp_type: int, body: bytes = b"", flags: int =
     return pack_message(OFPT_MULTIPART_REPLY, xid, MULTIPART_HEADER.pack(mp_type, flags) + body)
 
 
-def _desc_body(dpid: int) -> bytes:
+def desc_body(dpid: int) -> bytes:
     def text(value: str, size: int) -> bytes:
         return value.encode()[: size - 1].ljust(size, b"\0")
 
@@ -526,7 +526,7 @@ class Switch(asyncio.Protocol):
                 self.out.append(pack_multipart_reply(xid, mp_type, port_desc_body(self.index)))
                 self._set_ready()
             elif mp_type == OFPMP_DESC:
-                self.out.append(pack_multipart_reply(xid, mp_type, _desc_body(self.dpid)))
+                self.out.append(pack_multipart_reply(xid, mp_type, desc_body(self.dpid)))
             else:
                 self.out.append(pack_multipart_reply(xid, mp_type))
         elif msg_type == OFPT_GET_CONFIG_REQUEST:

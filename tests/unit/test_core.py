@@ -444,7 +444,7 @@ def test_broadcast_reaches_instance_ports_and_member_hosts_only() -> None:
 # ------------------------------------------------------------------ control plane
 
 
-def _frame(
+def signed_frame(
     msg: Message, sender: IPv4Address, key: bytes = KEY, receiver: IPv4Address | None = None
 ) -> bytes:
     """A frame for host 1 (unless told otherwise)."""
@@ -456,15 +456,19 @@ def _frame(
 def test_bad_control_messages_are_counted_not_raised() -> None:
     net = three_hosts()
     core = net.hosts[1].core
-    good = _frame(Announce(frozenset({5001})), ip(2))
+    good = signed_frame(Announce(frozenset({5001})), ip(2))
 
     cases: list[tuple[bytes, IPv4Address, str]] = [
-        (_frame(Announce(frozenset({5001})), ip(2), OTHER_KEY), ip(2), "drop_control_bad_mac"),
+        (
+            signed_frame(Announce(frozenset({5001})), ip(2), OTHER_KEY),
+            ip(2),
+            "drop_control_bad_mac",
+        ),
         (good, ip(3), "drop_control_sender_mismatch"),
         (good, ip(2), ""),
         (good, ip(2), "drop_control_replay"),
         (
-            _frame(Announce(frozenset({5001})), ip(2), receiver=ip(3)),
+            signed_frame(Announce(frozenset({5001})), ip(2), receiver=ip(3)),
             ip(2),
             "drop_control_wrong_receiver",
         ),
@@ -489,7 +493,7 @@ def test_bad_control_messages_are_counted_not_raised() -> None:
             assert any(k.startswith("drop_control_") for k in drops), drops
 
     reply = LearnReply(5001, 999_999, MAC_B, (), ip(2), 1)
-    out = core.control_message(net.now, _frame(reply, ip(2)), ip(2))
+    out = core.control_message(net.now, signed_frame(reply, ip(2)), ip(2))
     assert out.ofmsgs == [] and out.datagrams == []
     assert core.counters["learn_reply_unsolicited"] == 1
     assert core.p.learned.get(5001, MAC_B) is None

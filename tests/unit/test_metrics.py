@@ -33,7 +33,16 @@ from dove_ryu.openflow.cookies import Cookie, Purpose
 from dove_ryu.openflow.flows import TAG_ARP_MISS, TAG_FLOOD, TAG_L2_MISS
 from dove_ryu.protocol.messages import Announce
 from tests.tools import promtext
-from tests.unit.test_core import KEY_HEX, MAC_A, MAC_B, OTHER_KEY, _frame, eth, ip, three_hosts
+from tests.unit.test_core import (
+    KEY_HEX,
+    MAC_A,
+    MAC_B,
+    OTHER_KEY,
+    eth,
+    ip,
+    signed_frame,
+    three_hosts,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -144,7 +153,7 @@ def test_dropped_control_messages_are_one_metric_by_reason() -> None:
     core = net.hosts[1].core
     assert scrape_of(core).samples("dove_drops_total") == {}
 
-    forged = _frame(Announce(frozenset({5001})), ip(2), OTHER_KEY)
+    forged = signed_frame(Announce(frozenset({5001})), ip(2), OTHER_KEY)
     core.control_message(net.now, forged, ip(2))
     core.control_message(net.now, forged, ip(2))
     core.control_message(net.now, b"\x00garbage", ip(2))

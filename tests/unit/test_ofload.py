@@ -81,7 +81,7 @@ def test_handshake_replies_parse_with_os_ken() -> None:
     assert isinstance(ports, parser.OFPPortDescStatsReply)
     assert [p.port_no for p in ports.body] == [1, 2]
     assert ports.body[0].name == b"s2-eth1" and ports.flags == 0
-    desc = parse(ofload.pack_multipart_reply(7, ofp.OFPMP_DESC, ofload._desc_body(0xD0BE)))
+    desc = parse(ofload.pack_multipart_reply(7, ofp.OFPMP_DESC, ofload.desc_body(0xD0BE)))
     assert desc.body.serial_num == b"000000000000d0be"
     hello = parse(ofload.pack_hello())
     assert hello.elements[0].versions == [ofp.OFP_VERSION]
