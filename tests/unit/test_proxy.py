@@ -222,7 +222,9 @@ def said(sites: Sites, kind: type) -> list[tuple[int, IPv4Address, IPv4Address, 
 
 def forge(sites: Sites, to: str, sender: IPv4Address, receiver: IPv4Address, msg: Any) -> None:
     """A message with the deployment's key, as ``sender`` would send it, to node ``to``."""
-    _counter[0] += 1
+    # Anti-replay counters are wall-clock microseconds: taken now, not when the module
+    # was imported (a long run of other tests would make them stale).
+    _counter[0] = max(_counter[0] + 1, int(time.time() * 1_000_000))
     frame = encode(msg, sender=sender, counter=_counter[0], key=KEY, receiver=receiver)
     node = sites.node(to)
     sites.apply(node, node.core.control_message(sites.now, frame, sender))
