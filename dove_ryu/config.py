@@ -22,7 +22,7 @@ from typing import Any
 
 TUNNEL_TYPES = ("vxlan",)
 DATAPATH_TYPES = ("system", "netdev")
-DISCOVERY_MODES = ("static",)
+DISCOVERY_MODES = ("static", "directory")
 ROLES = ("host", "proxy")
 OVERSIZE_ACTIONS = ("fragment", "icmp")
 
@@ -44,7 +44,10 @@ class HostConfig:
     underlay_ip: IPv4Address = field(metadata={"help": "this host's address in the underlay"})
     auth_key: bytes = field(metadata={"help": "the deployment key, 32 to 128 hex digits"})
     peers: tuple[IPv4Address, ...] = _setting((), "the other hosts (and proxies) of the site")
-    discovery: str = _setting("static", "how peers are found")
+    discovery: str = _setting("static", "how peers are found: static (peers) or directory")
+    directory: tuple[str, ...] = _setting(
+        (), "the directory cluster's OVSDB remotes, tcp:IP:PORT or ssl:IP:PORT, comma-separated"
+    )
     bridge: str = _setting("br-dove", "the integration bridge")
     datapath_type: str = _setting("system", "the bridge's datapath type")
     tunnel_type: str = _setting("vxlan", "the encapsulation")
@@ -188,6 +191,16 @@ def _positive(setting: str, text: str, kind: type) -> int | float:
     return value
 
 
+def _remote(setting: str, text: str) -> str:
+    """An OVSDB remote of the directory: tcp:IP:PORT or ssl:IP:PORT."""
+    method, _, rest = text.partition(":")
+    address, _, port = rest.rpartition(":")
+    if method not in ("tcp", "ssl") or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"[dove] {setting}: {text!r} is not tcp:IP:PORT or ssl:IP:PORT")
+    _ip(setting, address)
+    return text
+
+
 def _port_or_off(setting: str, text: str) -> int:
     if not re.fullmatch(r"[0-9]{1,5}", text) or int(text) > 65535:
         raise ConfigError(f"[dove] {setting}: {text!r} is not a port (1-65535, or 0 for off)")
@@ -221,6 +234,8 @@ def parse(name: str, text: str) -> object:
         return parse_key(name, text)
     if name in ("peers", "wan_peers"):
         return tuple(_ip(name, p) for p in re.split(r"[,\s]+", text) if p)
+    if name == "directory":
+        return tuple(_remote(name, r) for r in re.split(r"[,\s]+", text) if r)
     if name == "metrics_port":
         return _port_or_off(name, text)
     if name in _CHOICES:
@@ -286,11 +301,24 @@ def from_values(values: Mapping[str, object]) -> DoveConfig:
     kwargs["peers"] = tuple(p for p in kwargs.get("peers", ()) if p != underlay)  # type: ignore[attr-defined]
     kwargs.setdefault("host_name", socket.gethostname())
     _check_role(kwargs)
+    _check_discovery(kwargs)
     sections = {
         section: cls(**{f.name: kwargs[f.name] for f in fields(cls) if f.name in kwargs})
         for section, cls in SECTIONS.items()
     }
     return DoveConfig(role=str(kwargs.get("role", "host")), **sections)
+
+
+def _check_discovery(kwargs: dict[str, object]) -> None:
+    """The directory mode needs the directory's remotes; the static mode has none."""
+    directory = kwargs.get("discovery", "static") == "directory"
+    if directory and not kwargs.get("directory"):
+        raise ConfigError("[dove] directory: missing (required with discovery = directory)")
+    if not directory and "directory" in kwargs:
+        raise ConfigError("[dove] directory: only with discovery = directory")
+    if directory and kwargs.get("role", "host") != "host":
+        # NOTE: a proxy stands for sites the directory does not list yet (issue 11).
+        raise ConfigError("[dove] discovery: a proxy uses discovery = static for now")
 
 
 def _check_role(kwargs: dict[str, object]) -> None:

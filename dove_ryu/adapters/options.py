@@ -25,6 +25,7 @@ _TYPE_NAMES = {
     "IPv4Address": "IPv4 address",
     "IPv4Address | None": "IPv4 address",
     "tuple[IPv4Address, ...]": "list of IPv4 addresses",
+    "tuple[str, ...]": "list of OVSDB remotes",
     "bytes": "hex key",
     "int": "integer value",
     "float": "floating point value",

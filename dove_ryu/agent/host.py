@@ -16,6 +16,7 @@ import logging
 from ipaddress import IPv4Address
 
 from dove_ryu.agent.arrivals import Arrivals
+from dove_ryu.agent.directory import HostRow
 from dove_ryu.agent.host_misses import HostMisses
 from dove_ryu.agent.membership import ANNOUNCE_MAX_INSTANCES
 from dove_ryu.agent.parts import host_parts
@@ -140,6 +141,38 @@ class HostCore:
             self.p.stats.drop("frame_not_a_proxy", now, f"from {sender}")
         return CoreOutput()
 
+    # ------------------------------------------------------------ directory
+
+    def served(self) -> frozenset[int]:
+        """The instances this host serves, as it registers them in the directory."""
+        return frozenset(self.p.instances.announced)
+
+    def directory_rows(self, now: float, rows: list[HostRow]) -> CoreOutput:
+        """The directory's Host rows of the hosts that serve what we serve."""
+        assert self.p.directory is not None, "discovery = directory only"
+        self.p.directory.rows(now, rows)
+        return self._directory_members(now)
+
+    def directory_unreachable(self, now: float) -> None:
+        """The directory stopped answering: members stay as they are meanwhile."""
+        if self.p.directory is not None and self.p.directory.reachable:
+            self.p.stats.count("directory_lost")
+            LOG.warning("%s: directory unreachable; members kept as they are", self.p.name)
+            self.p.directory.unreachable(now)
+
+    def _directory_members(self, now: float) -> CoreOutput:
+        """Members are the live hosts the directory shows, each serving what its row
+        says; a host whose heartbeat stopped serves nothing any more."""
+        assert self.p.directory is not None
+        alive = self.p.directory.alive(now)
+        out = CoreOutput()
+        gone = {h for i in self.p.members.instances() for h in self.p.members.hosts(i)}
+        for host, instances in sorted(alive.items()):
+            out.extend(self._members_changed(now, host, instances)[0])
+        for host in sorted(gone - set(alive)):
+            out.extend(self._members_changed(now, host, frozenset())[0])
+        return out
+
     def _on_announce(self, now: float, env: Envelope, msg: Announce) -> CoreOutput:
         self.p.stats.count("announce_received")
         sender = env.sender
@@ -150,18 +183,28 @@ class HostCore:
         if msg.proxy is not None:
             for old in self.p.members.proxy_heard(now, sender, msg.proxy):
                 out.ofmsgs += self.p.failover(now, msg.proxy.site, old, sender, self._member_left)
-        change = self.p.members.served_by(now, sender, msg.instances)
-        for instance in change.joined:
-            out.ofmsgs += self._member_changed(instance, sender, joined=True)
-            # LEARNs in flight for the instance go to the new member at once.
-            for pending in self.p.resolver.of_instance(instance):
-                out.datagrams += self.p.ask(pending, [sender])
-        for instance in change.left:
-            out.ofmsgs += self._member_changed(instance, sender, joined=False)
-        if change.new_peer and msg.instances:
+        changed, new_peer = self._members_changed(now, sender, msg.instances)
+        out.extend(changed)
+        if new_peer and msg.instances:
             # A host we did not know (new or restarted): tell it at once what we serve.
             out.datagrams += self._announce(now, only=[sender])
         return out
+
+    def _members_changed(
+        self, now: float, host: IPv4Address, instances: frozenset[int]
+    ) -> tuple[CoreOutput, bool]:
+        """``host`` serves exactly ``instances`` now (it announced so, or the directory
+        shows so); and whether we had not known it at all."""
+        change = self.p.members.served_by(now, host, instances)
+        out = CoreOutput()
+        for instance in change.joined:
+            out.ofmsgs += self._member_changed(instance, host, joined=True)
+            # LEARNs in flight for the instance go to the new member at once.
+            for pending in self.p.resolver.of_instance(instance):
+                out.datagrams += self.p.ask(pending, [host])
+        for instance in change.left:
+            out.ofmsgs += self._member_changed(instance, host, joined=False)
+        return out, change.new_peer
 
     def _member_left(self, instance: int, host: IPv4Address) -> list[OfMsg]:
         return self._member_changed(instance, host, joined=False)
@@ -273,6 +316,8 @@ class HostCore:
             out.ofmsgs += self._member_changed(instance, host, joined=False)
         self.p.members.expire_proxies(now)
         if lingering_ended or now >= self.next_announce:
+            if self.p.directory is not None:
+                out.extend(self._directory_members(now))
             out.datagrams += self._announce(now)
         return out
 

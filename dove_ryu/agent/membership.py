@@ -9,6 +9,7 @@ undoes a newer one.
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
@@ -38,8 +39,10 @@ class Change:
 
 
 class Membership:
-    def __init__(self, announce_interval: float) -> None:
-        self.lifetime = announce_interval * LIFETIME_INTERVALS
+    def __init__(self, announce_interval: float, by_directory: bool = False) -> None:
+        # From the directory, a member stays until the directory says otherwise
+        # (`dove_ryu.agent.directory`); from announcements, for 3.5 of their intervals.
+        self.lifetime = math.inf if by_directory else announce_interval * LIFETIME_INTERVALS
         self._hosts: dict[int, dict[IPv4Address, float]] = {}  # instance -> host -> expiry
         self._last_counter: OrderedDict[IPv4Address, int] = OrderedDict()
         self._proxies: dict[IPv4Address, KnownProxy] = {}

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address
 
 from dove_ryu.agent.channel import ControlChannel
+from dove_ryu.agent.directory import DirectoryMembers
 from dove_ryu.agent.election import Election
 from dove_ryu.agent.endpoints import EndpointFlows, LearnedEndpoints
 from dove_ryu.agent.fragments import Fragmenter, Reassembly
@@ -81,6 +82,7 @@ class HostParts(Common):
     instances: HostInstances  # per instance: flood group, accepted members, lingering
     mobility: Mobility  # VMs that left: who learned them, where they went
     tunnel_flows: TunnelFlows  # how a learned endpoint is reached: its host's tunnel
+    directory: DirectoryMembers | None  # the hosts the directory shows (discovery = directory)
 
 
 @dataclass
@@ -103,13 +105,14 @@ def _common(
 ) -> dict[str, object]:
     """The parts every role has, as keyword arguments for its bundle."""
     stats = Stats(cfg.name, log)
+    by_directory = cfg.host.discovery == "directory"
     learning = cfg.learning
     return {
         "cfg": cfg,
         "stats": stats,
         "link": link,
         "channel": ControlChannel(cfg.host.auth_key, legs, stats, leg_for=leg_for),
-        "members": Membership(learning.announce_interval),
+        "members": Membership(learning.announce_interval, by_directory),
         "resolver": Resolver(stats, learning),
         "learned": LearnedEndpoints(
             stats, link, flows, learning.max_learned_per_instance, local=local
@@ -129,6 +132,9 @@ def host_parts(cfg: DoveConfig, log: logging.Logger) -> HostParts:
         instances=HostInstances(ports, members, link, cfg.learning.departure_memory),
         mobility=Mobility(ttl=cfg.learning.departure_memory),
         tunnel_flows=tunnel_flows,
+        directory=(
+            DirectoryMembers(cfg.host.underlay_ip) if cfg.host.discovery == "directory" else None
+        ),
     )
 
 
