@@ -119,9 +119,12 @@ class PacketOut:
     after_flows: bool = True
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class PacketIn:
-    """A packet the pipeline sent to the agent, with what the switch said of it."""
+    """A packet the pipeline sent to the agent, with what the switch said of it.
+
+    Not frozen: made once per packet-in on the agent's busiest path, and a frozen
+    dataclass's constructor costs several times a plain one's."""
 
     cookie: int  # of the flow that sent it: why it came (`dove_ryu.openflow.cookies`)
     in_port: int
