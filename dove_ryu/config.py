@@ -46,7 +46,7 @@ class HostConfig:
     peers: tuple[IPv4Address, ...] = _setting((), "the other hosts (and proxies) of the site")
     discovery: str = _setting("static", "how peers are found: static (peers) or directory")
     directory: tuple[str, ...] = _setting(
-        (), "the directory cluster's OVSDB remotes, tcp:IP:PORT or ssl:IP:PORT, comma-separated"
+        (), "the directory cluster's OVSDB remotes (tcp:IP:PORT, ssl:IP:PORT, unix:/PATH)"
     )
     bridge: str = _setting("br-dove", "the integration bridge")
     datapath_type: str = _setting("system", "the bridge's datapath type")
@@ -192,11 +192,16 @@ def _positive(setting: str, text: str, kind: type) -> int | float:
 
 
 def _remote(setting: str, text: str) -> str:
-    """An OVSDB remote of the directory: tcp:IP:PORT or ssl:IP:PORT."""
+    """An OVSDB remote of the directory: tcp:IP:PORT, ssl:IP:PORT, or unix:PATH (a
+    directory member on the same machine)."""
     method, _, rest = text.partition(":")
+    if method == "unix" and rest.startswith("/"):
+        return text
     address, _, port = rest.rpartition(":")
     if method not in ("tcp", "ssl") or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ConfigError(f"[dove] {setting}: {text!r} is not tcp:IP:PORT or ssl:IP:PORT")
+        raise ConfigError(
+            f"[dove] {setting}: {text!r} is not tcp:IP:PORT, ssl:IP:PORT or unix:/PATH"
+        )
     _ip(setting, address)
     return text
 

@@ -27,10 +27,13 @@ from os_ken.ofproto import ofproto_v1_3
 
 from dove_ryu.adapters import metrics, options
 from dove_ryu.adapters.admin import AdminServer
+from dove_ryu.adapters.directory import DirectoryClient
 from dove_ryu.adapters.metrics_http import MetricsServer
 from dove_ryu.adapters.of_osken import match_fields, next_xid, packet_out_bytes, to_osken
 from dove_ryu.adapters.ovsdb import BridgeView, PortWatcher
 from dove_ryu.agent import make_core
+from dove_ryu.agent.directory import HostRow
+from dove_ryu.agent.host import HostCore
 from dove_ryu.openflow import cookies
 from dove_ryu.openflow.ofmsg import CoreOutput, PacketIn, PacketOut, order_messages
 from dove_ryu.openflow.pipeline import TABLES
@@ -70,6 +73,11 @@ class DoveApp(app_manager.OSKenApp):  # type: ignore[misc]
             self.socks[str(leg)] = sock
         self.sock = self.socks[str(self.cfg.host.underlay_ip)]
         self.watcher = PortWatcher(self.cfg, self._on_bridge_view)
+        self.directory: DirectoryClient | None = None
+        if self.cfg.host.discovery == "directory":
+            self.directory = DirectoryClient(
+                self.cfg, self._served, self._on_directory_rows, self._on_directory_lost
+            )
         self.admin = AdminServer(self.cfg.host.admin_socket, self._admin)
         self.table_flows = metrics.TableFlows(TABLE_FLOWS_MAX_AGE)
         self.table_flows_fresh = threading.Event()
@@ -98,6 +106,8 @@ class DoveApp(app_manager.OSKenApp):  # type: ignore[misc]
             ).start()
         threading.Thread(target=self._tick_loop, name="tick", daemon=True).start()
         self.watcher.start()
+        if self.directory is not None:
+            self.directory.start()
         self.admin.start()
         if self.metrics_server is not None:
             self.metrics_server.start()
@@ -107,6 +117,8 @@ class DoveApp(app_manager.OSKenApp):  # type: ignore[misc]
         """Stop our threads and remove the admin socket (the process is exiting)."""
         self.stopping.set()
         self.watcher.stop()
+        if self.directory is not None:
+            self.directory.stop()
         self.admin.stop()
         if self.metrics_server is not None:
             self.metrics_server.stop()
@@ -291,6 +303,22 @@ class DoveApp(app_manager.OSKenApp):  # type: ignore[misc]
                 LOG.exception("%s: tick", self.cfg.name)
 
     # --------------------------------------------------------------- admin
+
+    # ----------------------------------------------------------- directory
+
+    def _served(self) -> frozenset[int]:
+        with self.lock:
+            assert isinstance(self.core, HostCore)
+            return self.core.served()
+
+    def _on_directory_rows(self, rows: list[HostRow]) -> None:
+        assert isinstance(self.core, HostCore)
+        self._call(self.core.directory_rows, rows)
+
+    def _on_directory_lost(self) -> None:
+        with self.lock:
+            assert isinstance(self.core, HostCore)
+            self.core.directory_unreachable(time.monotonic())
 
     def _admin(self, request: dict[str, Any]) -> dict[str, Any]:
         cmd = request.get("cmd")

@@ -367,6 +367,19 @@ class HostCore:
             },
             "pending": len(self.p.resolver),
             "counters": dict(sorted(self.p.stats.counters.items())),
+            **self._directory_status(now),
+        }
+
+    def _directory_status(self, now: float) -> dict[str, object]:
+        directory = self.p.directory
+        if directory is None:
+            return {}
+        names = directory.names()
+        return {
+            "directory": {
+                "reachable": directory.reachable,
+                "alive": {str(h): names.get(h, "") for h in sorted(directory.alive(now))},
+            }
         }
 
     def stats_view(self) -> StatsView:

@@ -1,0 +1,145 @@
+"""Membership from the directory (discovery = directory), against fake switches.
+
+The directory's Host rows are handed to each core as the directory client would;
+time is driven by the test."""
+
+from __future__ import annotations
+
+import pytest
+
+from dove_ryu.agent.directory import HostRow
+from dove_ryu.config import ConfigError, from_mapping
+from tests.unit.test_core import (
+    BROADCAST,
+    KEY_HEX,
+    MAC_A,
+    MAC_B,
+    Net,
+    eth,
+    ip,
+    local,
+    three_hosts,
+    tunnelled,
+)
+
+pytestmark = pytest.mark.unit
+
+INTERVAL = 2.0  # announce_interval: the hosts' heartbeat interval
+
+
+def directory_net() -> Net:
+    return three_hosts(discovery="directory", directory="tcp:10.99.0.250:6641", peers="")
+
+
+def publish(net: Net, beat: int, silent: tuple[int, ...] = ()) -> None:
+    """Every host's row as the directory shows it; hosts in ``silent`` keep the
+    heartbeat they had at beat 1 (they died after registering)."""
+    rows = [
+        HostRow(f"h{n}", ip(n), h.core.served(), 1 if n in silent else beat, INTERVAL)
+        for n, h in net.hosts.items()
+    ]
+    for h in net.hosts.values():
+        net.apply(h, h.core.directory_rows(net.now, rows))
+    net.deliver()
+
+
+def beat_for(net: Net, seconds: float, silent: tuple[int, ...] = ()) -> None:
+    """Let time pass with the live hosts raising their heartbeats every interval."""
+    beat = 2
+    end = net.now + seconds
+    while net.now < end:
+        net.advance(INTERVAL)
+        publish(net, beat, silent)
+        beat += 1
+
+
+def test_members_come_from_the_directory_without_peers_or_announcements() -> None:
+    net = directory_net()
+    h1 = net.hosts[1]
+    assert h1.core.p.members.hosts(5001) == []  # no peers, no announcements
+
+    publish(net, 1)
+
+    assert h1.core.p.members.hosts(5001) == [ip(2)]
+    assert local(net.send(1, 1, eth(MAC_A, BROADCAST))) == [(1, 2), (2, 1)]
+    net.send(1, 1, eth(MAC_A, MAC_B))
+    released = net.deliver()
+    assert [(s.host, s.delivery.tun_dst) for s in tunnelled(released)] == [(1, str(ip(2)))]
+    assert h1.core.status(net.now)["directory"] == {
+        "reachable": True,
+        "alive": {str(ip(2)): "h2", str(ip(3)): "h3"},
+    }
+
+
+def test_a_host_whose_heartbeat_stops_is_no_member_after_three_and_a_half_intervals() -> None:
+    net = directory_net()
+    publish(net, 1)
+    h1 = net.hosts[1]
+
+    beat_for(net, 3 * INTERVAL, silent=(2,))
+    assert h1.core.p.members.serves(5001, ip(2))  # still within its lifetime
+
+    beat_for(net, 2 * INTERVAL, silent=(2,))
+    assert not h1.core.p.members.serves(5001, ip(2))
+    assert local(net.send(1, 1, eth(MAC_A, BROADCAST))) == [(1, 2)]
+
+
+def test_while_the_directory_is_away_members_stay_and_get_a_fresh_lifetime_back() -> None:
+    net = directory_net()
+    publish(net, 1)
+    h1 = net.hosts[1]
+    h1.core.directory_unreachable(net.now)
+
+    net.advance(10 * INTERVAL)  # no rows at all meanwhile
+
+    assert h1.core.p.members.serves(5001, ip(2))
+    assert h1.core.status(net.now)["directory"]["reachable"] is False  # type: ignore[index]
+    assert h1.core.counters["directory_lost"] == 1
+    publish(net, 1)  # back, same heartbeats: everyone gets a fresh lifetime
+    net.advance(3 * INTERVAL)
+    assert h1.core.p.members.serves(5001, ip(2))
+
+
+def test_a_host_added_to_the_directory_is_a_member_at_once() -> None:
+    net = directory_net()
+    publish(net, 1)
+    h1 = net.hosts[1]
+    newcomer = HostRow("h9", ip(9), frozenset({5001}), 1, INTERVAL)
+    rows = [HostRow(f"h{n}", ip(n), h.core.served(), 1, INTERVAL) for n, h in net.hosts.items()]
+
+    net.apply(h1, h1.core.directory_rows(net.now, [*rows, newcomer]))
+
+    assert h1.core.p.members.serves(5001, ip(9))
+    net.apply(h1, h1.core.directory_rows(net.now, rows))  # and gone when its row goes
+    assert not h1.core.p.members.serves(5001, ip(9))
+
+
+@pytest.mark.parametrize(
+    ("values", "error"),
+    [
+        ({"discovery": "directory"}, "directory: missing"),
+        ({"directory": "tcp:10.0.0.1:6641"}, "directory: only with discovery = directory"),
+        ({"discovery": "directory", "directory": "tcp:10.0.0.1"}, "is not tcp:IP:PORT"),
+        ({"discovery": "directory", "directory": "udp:10.0.0.1:6641"}, "is not tcp:IP:PORT"),
+        ({"discovery": "directory", "directory": "tcp:host:6641"}, "not an IPv4 address"),
+    ],
+)
+def test_directory_settings_are_checked(values: dict[str, str], error: str) -> None:
+    with pytest.raises(ConfigError, match=error):
+        from_mapping({"underlay_ip": "10.99.0.1", "auth_key": KEY_HEX, **values})
+
+
+def test_directory_settings_are_taken() -> None:
+    cfg = from_mapping(
+        {
+            "underlay_ip": "10.99.0.1",
+            "auth_key": KEY_HEX,
+            "discovery": "directory",
+            "directory": "tcp:10.99.0.241:6641, tcp:10.99.0.242:6641,ssl:10.99.0.243:6641",
+        }
+    )
+    assert cfg.host.directory == (
+        "tcp:10.99.0.241:6641",
+        "tcp:10.99.0.242:6641",
+        "ssl:10.99.0.243:6641",
+    )
