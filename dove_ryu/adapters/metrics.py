@@ -161,6 +161,12 @@ def families(snap: Snapshot) -> Iterator[Metric]:
             "1 while this proxy is its site's active one.",
             value=int(snap.proxy_active),
         )
+    if snap.directory_reachable is not None:
+        yield GaugeMetricFamily(
+            "dove_directory_reachable",
+            "1 while the directory answers (discovery = directory).",
+            value=int(snap.directory_reachable),
+        )
     # A counter family drops its name's "_total" and the exposition adds it back; with no
     # `created` given there are no "_created" samples.
     packet_ins = CounterMetricFamily(

@@ -393,6 +393,7 @@ class HostCore:
             wan_ip="",
             connected=self.p.link.connected,
             proxy_active=None,
+            directory_reachable=self.p.directory.reachable if self.p.directory else None,
             pending=len(self.p.resolver),
             counters=dict(self.p.stats.counters),
             packet_ins=dict(self.p.stats.packet_ins),

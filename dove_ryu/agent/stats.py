@@ -152,3 +152,4 @@ class StatsView:
     packet_ins: Mapping[str, int]
     instances: Mapping[int, InstanceCounts]
     latency: LatencyHistogram
+    directory_reachable: bool | None = None  # None unless discovery = directory

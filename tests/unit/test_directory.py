@@ -21,6 +21,7 @@ from tests.unit.test_core import (
     three_hosts,
     tunnelled,
 )
+from tests.unit.test_metrics import scrape_of
 
 pytestmark = pytest.mark.unit
 
@@ -95,6 +96,7 @@ def test_while_the_directory_is_away_members_stay_and_get_a_fresh_lifetime_back(
     assert h1.core.p.members.serves(5001, ip(2))
     assert h1.core.status(net.now)["directory"]["reachable"] is False  # type: ignore[index]
     assert h1.core.counters["directory_lost"] == 1
+    assert scrape_of(h1.core).value("dove_directory_reachable") == 0
     publish(net, 1)  # back, same heartbeats: everyone gets a fresh lifetime
     net.advance(3 * INTERVAL)
     assert h1.core.p.members.serves(5001, ip(2))
