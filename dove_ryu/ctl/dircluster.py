@@ -11,17 +11,15 @@ from __future__ import annotations
 
 import json
 import re
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 from ipaddress import IPv4Address
 from pathlib import Path
+from types import ModuleType
 from typing import Any
-
-from ovs.db import data as ovs_data
-from ovs.db import error as ovs_error
-from ovs.db import schema as ovs_schema
 
 DB_NAME = "DOVE_Directory"
 CLIENT_PORT = 6641  # agents and operators (OVSDB clients)
@@ -317,13 +315,28 @@ def member_view(remote: str, rows: Sequence[Mapping[str, Any]]) -> MemberView:
 
 
 @cache
-def _schema() -> ovs_schema.DbSchema:
-    return ovs_schema.DbSchema.from_json(json.loads(schema_path().read_text()))
+def _ovs_db() -> tuple[ModuleType, ModuleType, ModuleType]:
+    """``ovs.db``'s data, error and schema modules, imported when a table is read.
+
+    NOTE (ovs 4.0.0): importing ovs imports eventlet when it is installed (os-ken 4.2
+    depends on it), and eventlet and the dnspython it pulls in warn on import; we never
+    use either, and every other dovectl command would print the warnings."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from ovs.db import data, error, schema
+    return data, error, schema
+
+
+@cache
+def _schema() -> Any:
+    schema = _ovs_db()[2]
+    return schema.DbSchema.from_json(json.loads(schema_path().read_text()))
 
 
 def decode_rows(table: str, rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """Rows of a DOVE_Directory table from OVSDB's wire JSON into plain Python, with the
     ``ovs`` library's typed decoding (sets and optional values as lists, maps as dicts)."""
+    ovs_data, ovs_error, _ = _ovs_db()
     columns = _schema().tables[table].columns
     out = []
     for row in rows:

@@ -79,6 +79,9 @@ def test_the_emulation_comes_up_with_a_leader_that_every_member_names(dnet: Any)
     for m in cluster.members:
         s = m.cluster_status()
         assert s is not None and s.status == "cluster member" and s.leader == status["leader"]
+    # As an operator types it in the Mininet CLI (README): the shell has OVS_RUNDIR.
+    text = leader.cmd("ovs-appctl -t $OVS_RUNDIR/ovsdb-server.ctl cluster/status DOVE_Directory")
+    assert "Role: leader" in text
 
 
 def test_status_from_a_hypervisor_shows_three_members_and_the_leader(dnet: Any) -> None:
