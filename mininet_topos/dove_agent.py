@@ -2,9 +2,9 @@
 socket and when it is ready.
 
 Each hypervisor's agent gets a dove.ini naming its own underlay address, its private OVSDB
-and admin socket, its peers, the deployment key of this emulation run, and its metrics
-port. The builders (dove_topo, sites) start agents with these; tests and the demo ask them
-through ``admin``.
+and admin socket, its peers (or the directory that lists them), the deployment key of this
+emulation run, and its metrics port. The builders (dove_topo, sites) start agents with
+these; tests and the demo ask them through ``admin``.
 """
 
 from __future__ import annotations
@@ -43,12 +43,24 @@ def agent_cmd() -> list[str]:
 
 
 def agent_config(
-    hv: Hypervisor, peers: list[str], key: str, extra: dict[str, Any] | None = None
+    hv: Hypervisor,
+    peers: list[str],
+    key: str,
+    extra: dict[str, Any] | None = None,
+    directory: str | None = None,
 ) -> str:
+    """The agent's dove.ini.  With ``directory`` (the cluster's remotes,
+    tcp:A:6641,tcp:B:6641,...) the agent finds its peers there (``discovery =
+    directory``) and gets no ``peers`` line."""
+    found: dict[str, Any] = (
+        {"discovery": "directory", "directory": directory}
+        if directory
+        else {"peers": ", ".join(p for p in peers if p != hv.underlay_ip)}
+    )
     settings: dict[str, Any] = {
         "host_name": hv.name,
         "underlay_ip": hv.underlay_ip,
-        "peers": ", ".join(p for p in peers if p != hv.underlay_ip),
+        **found,
         "auth_key": key,
         "datapath_type": "netdev",
         "tunnel_port": TUNNEL_PORT,

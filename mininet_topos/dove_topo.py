@@ -10,7 +10,9 @@ Besides 'dove' and its 'normal' baseline, the benchmark peers 'learning'
 (mininet_topos.learning), 'kernel' (mininet_topos.kernel_vxlan) and 'ovn' (mininet_topos.ovn)
 build the same VMs with the same names and addresses on other forwarding planes.
 ``build_net`` builds any mode; ``build_dove_net`` adds an agent on every hypervisor and
-returns once they are ready.
+returns once they are ready. ``--directory`` (``directory=True``) adds the directory of
+issue 11 beside the hypervisors: a 3-member OVSDB cluster (mininet_topos.directory), and
+the agents find their peers there instead of in a ``peers`` list.
 """
 
 from __future__ import annotations
@@ -29,7 +31,11 @@ from mininet.node import Host
 from mininet.topo import Topo
 from mininet.util import quietRun
 
+from dove_ryu.ctl.dircluster import cluster_remotes
 from mininet_topos import kernel_vxlan, learning, ovn
+from mininet_topos.directory import MEMBERS as DIRECTORY_MEMBERS
+from mininet_topos.directory import DirectoryCluster, DirectoryMember, member_name
+from mininet_topos.directory import cleanup_stale as cleanup_directory
 from mininet_topos.dove_agent import agent_cmd, agent_config, agent_ready, has_local
 from mininet_topos.emulation import (
     FIRST_INSTANCE,
@@ -56,6 +62,7 @@ UNDERLAY_SWITCH = "ul1"
 # control traffic from it; operators can capture the underlay there.
 PROBE = "probe"
 PROBE_CIDR = f"{UNDERLAY_NET}.250/24"
+DIRECTORY_FIRST = 241  # directory member n gets <UNDERLAY_NET>.(240 + n)
 SINGLE_TENANT_MODES = ("normal", "learning")  # one fixed VXLAN mesh with one key
 
 
@@ -67,6 +74,7 @@ class TopoSpec:
     tenants: int = 2
     vms_per_tenant: int = 2
     mode: str = "dove"
+    directory: bool = False  # a 3-member directory cluster on the underlay
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -86,6 +94,16 @@ def vm_mtu(mode: str) -> int:
 
 def hv_name(index: int) -> str:
     return f"hv{index}"
+
+
+def directory_address(index: int) -> str:
+    """Directory member ``index``'s (1-based) underlay address."""
+    return f"{UNDERLAY_NET}.{DIRECTORY_FIRST + index - 1}"
+
+
+def directory_remotes() -> str:
+    """What the emulation's agents get as ``directory =``."""
+    return cluster_remotes(directory_address(n) for n in range(1, DIRECTORY_MEMBERS + 1))
 
 
 def plan_vms(spec: TopoSpec) -> list[VmPlan]:
@@ -130,6 +148,12 @@ class DoveTopo(Topo):
         # In OVN mode the probe also hosts OVN's central part (NB, SB, northd).
         self.addHost(PROBE, cls=ovn.OvnCentral if spec.mode == "ovn" else Host, ip=None)
         self.addLink(PROBE, underlay, intfName1=f"{PROBE}-eth0")
+        if spec.directory:
+            for n in range(1, DIRECTORY_MEMBERS + 1):
+                name = member_name(n)
+                cidr = f"{directory_address(n)}/24"
+                self.addHost(name, cls=DirectoryMember, index=n, cidr=cidr, ip=None)
+                self.addLink(name, underlay, intfName1=f"{name}-eth0")
         for vm in plan_vms(spec):
             self.addHost(vm.name, ip=None)
             self.addLink(vm.name, vm.hypervisor, intfName1=f"{vm.name}-eth0", intfName2=vm.port)
@@ -137,12 +161,14 @@ class DoveTopo(Topo):
 
 @dataclass
 class DoveNet(RunningNet):
-    """A running emulation: the Mininet net, its hypervisors and VMs."""
+    """A running emulation: the Mininet net, its hypervisors and VMs, and its directory
+    cluster when it has one."""
 
     net: Mininet
     spec: TopoSpec
     hypervisors: list[Hypervisor]
     vms: list[VmRecord] = field(default_factory=list)
+    directory: DirectoryCluster | None = None
 
     @property
     def probe(self) -> Host:
@@ -202,6 +228,7 @@ def build_net(
     mode: str = "dove",
     agent_cmd: list[str] | None = None,
     agent_config: Any = None,
+    directory: bool = False,
 ) -> DoveNet:
     """Build and start the emulation; tear it down again if any step fails.
 
@@ -210,8 +237,10 @@ def build_net(
     Returns once the peer forwards (controllers connected, OVN ports up and synced).
     ``agent_cmd``/``agent_config`` (dove mode only) start an agent on every hypervisor:
     ``agent_config`` is the dove.ini text, or a callable ``(hv) -> text``.
+    ``directory`` adds a 3-member directory cluster on the underlay, with a leader before
+    any agent starts (``dnet.directory``).
     """
-    spec = TopoSpec(hypervisors, tenants, vms_per_tenant, mode)
+    spec = TopoSpec(hypervisors, tenants, vms_per_tenant, mode, directory)
     if agent_cmd and mode != "dove":
         raise ValueError("agents run in mode='dove' only")
     net = new_mininet(DoveTopo(spec=spec))
@@ -221,6 +250,11 @@ def build_net(
         dnet = DoveNet(net, spec, [net.get(hv_name(n)) for n in range(1, hypervisors + 1)])
         probe = net.get(PROBE)
         address_probe(probe, PROBE_CIDR)
+        if directory:
+            dnet.directory = DirectoryCluster(
+                net.get(member_name(n)) for n in range(1, DIRECTORY_MEMBERS + 1)
+            )
+            dnet.directory.start()
         if mode in SINGLE_TENANT_MODES:
             for hv in dnet.hypervisors:
                 mesh = {p.name: p.underlay_ip for p in dnet.hypervisors if p is not hv}
@@ -276,19 +310,24 @@ def build_dove_net(
     vms_per_tenant: int = 2,
     extra: dict[str, Any] | None = None,
     timeout: float = 60.0,
+    directory: bool = False,
 ) -> tuple[DoveNet, str]:
     """The emulation with an agent on every hypervisor, ready to forward.
 
+    With ``directory`` the agents are configured with ``discovery = directory`` and the
+    cluster's remotes instead of a peers list.
     Returns the net and the deployment key (tests forge messages with it)."""
     key = os.environ.get("DOVE_AUTH_KEY") or secrets.token_hex(16)
     peers = [underlay_ip(n) for n in range(1, hypervisors + 1)]
+    remotes = directory_remotes() if directory else None
     dnet = build_net(
         hypervisors,
         tenants,
         vms_per_tenant,
         mode="dove",
         agent_cmd=agent_cmd(),
-        agent_config=lambda hv: agent_config(hv, peers, key, extra),
+        agent_config=lambda hv: agent_config(hv, peers, key, extra, directory=remotes),
+        directory=directory,
     )
     try:
         wait_ready(dnet, timeout)
@@ -328,23 +367,37 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--tenants", type=int, default=2)
     p.add_argument("--vms-per-tenant", type=int, default=2)
     p.add_argument("--mode", choices=MODES, default="dove")
+    p.add_argument(
+        "--directory",
+        action="store_true",
+        help="a 3-member directory cluster beside the hypervisors; agents use it for discovery",
+    )
     p.add_argument("--log-level", default="info")
     p.add_argument("--clean", action="store_true", help="only clean up after a crashed run")
     args = p.parse_args(argv)
     setLogLevel(args.log_level)
     if args.clean:
-        for d in cleanup_stale() + ovn.cleanup_stale():
+        for d in cleanup_stale() + ovn.cleanup_stale() + cleanup_directory():
             print(f"removed {d}")
         quietRun(f"ip link del {UNDERLAY_SWITCH}")
         return
     if args.mode == "dove":
-        dnet, _ = build_dove_net(args.hypervisors, args.tenants, args.vms_per_tenant)
+        dnet, _ = build_dove_net(
+            args.hypervisors, args.tenants, args.vms_per_tenant, directory=args.directory
+        )
     else:
-        dnet = build_net(args.hypervisors, args.tenants, args.vms_per_tenant, args.mode)
+        dnet = build_net(
+            args.hypervisors, args.tenants, args.vms_per_tenant, args.mode, directory=args.directory
+        )
     print(
         "hypervisors: "
         + ", ".join(f"{hv.name} ({hv.underlay_ip}, rundir {hv.rundir})" for hv in dnet.hypervisors)
     )
+    if dnet.directory is not None:
+        print(
+            f"directory {dnet.directory.remotes}: "
+            + ", ".join(f"{m.name} (ctl {m.ctl})" for m in dnet.directory.members)
+        )
     try:
         cli_class(dnet)(dnet.net)
     finally:

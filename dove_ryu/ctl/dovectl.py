@@ -2,7 +2,8 @@
 
 Reads go to the agent's admin socket (root only) and, for flows and traces, to
 the local Open vSwitch; attach, detach and migrate change OVSDB, which the agent
-watches, exactly as a hypervisor's tooling would.  Every read has ``--json``.
+watches, exactly as a hypervisor's tooling would; ``directory`` works on the
+directory cluster (dove_ryu.ctl.directory).  Every read has ``--json``.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from ipaddress import IPv4Address
 from typing import Any
 
 from dove_ryu.adapters.admin import query
+from dove_ryu.ctl import directory as ctl_directory
 from dove_ryu.ctl import flows as ctl_flows
 from dove_ryu.ctl import graph as ctl_graph
 from dove_ryu.ctl import ports as ctl_ports
@@ -368,6 +370,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--to-ovsdb", required=True, help="the target hypervisor's OVSDB")
     ctl_flows.add_commands(sub)
     COMMANDS["flows"] = COMMANDS["trace"] = ctl_flows.run
+    ctl_directory.add_commands(sub)
+    COMMANDS["directory"] = ctl_directory.run
     return parser
 
 

@@ -1,0 +1,148 @@
+"""The directory cluster of issue 11 in the emulation: three ovsdb-server members on the
+underlay elect a leader, dovectl reads the cluster and its tables from a hypervisor's
+namespace (through br-phy, the agents' path), a killed leader is replaced within
+seconds, and a restarted member rejoins and catches up.
+
+The emulation is built without agents: the agent side of ``discovery = directory``
+comes separately; this module is about the cluster and the operator's tools.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mininet_topos.hypervisor import wait_until
+
+DOVECTL = str(Path(sys.executable).parent / "dovectl")
+
+
+@pytest.fixture(scope="module")
+def dnet() -> Iterator[Any]:
+    if os.geteuid() != 0:
+        pytest.skip("Mininet needs root")
+    from mininet_topos.dove_topo import build_net
+
+    net = build_net(hypervisors=2, tenants=1, vms_per_tenant=2, mode="dove", directory=True)
+    try:
+        yield net
+    finally:
+        net.stop()
+
+
+def run(node: Any, *argv: str) -> str:
+    out, err, rc = node.pexec(list(argv))
+    assert rc == 0, f"{node.name}: {' '.join(argv)}: rc {rc}\n{out}{err}"
+    return str(out)
+
+
+def dovectl(node: Any, *args: str) -> Any:
+    """``dovectl directory ... --json`` in ``node``'s namespace."""
+    return json.loads(run(node, DOVECTL, "directory", *args, "--json"))
+
+
+def insert_host(node: Any, remotes: str, name: str, ip: str) -> None:
+    """A Host row, as an agent will register itself."""
+    row = {
+        "name": name,
+        "underlay_ip": ip,
+        "site": "s1",
+        "role": "host",
+        "instances": ["set", [5001]],
+        "heartbeat": 1,
+        "heartbeat_interval": 1.0,
+    }
+    txn = ["DOVE_Directory", {"op": "insert", "table": "Host", "row": row}]
+    run(node, "ovsdb-client", "--timeout=10", "transact", remotes, json.dumps(txn))
+
+
+def host_names(node: Any, db: str) -> set[str]:
+    return {r["name"] for r in dovectl(node, "hosts", "--db", db)}
+
+
+def test_the_emulation_comes_up_with_a_leader_that_every_member_names(dnet: Any) -> None:
+    cluster = dnet.directory
+    leader = cluster.wait_leader()
+    status = dovectl(leader, "status", "--ctl", leader.ctl)
+    assert status["role"] == "leader" and status["term"] >= 1
+    assert len(status["members"]) == 3
+    assert {m["address"] for m in status["members"]} == {
+        f"tcp:{m.address}:6643" for m in cluster.members
+    }
+    for m in cluster.members:
+        s = m.cluster_status()
+        assert s is not None and s.status == "cluster member" and s.leader == status["leader"]
+    # As an operator types it in the Mininet CLI (README): the shell has OVS_RUNDIR.
+    text = leader.cmd("ovs-appctl -t $OVS_RUNDIR/ovsdb-server.ctl cluster/status DOVE_Directory")
+    assert "Role: leader" in text
+
+
+def test_status_from_a_hypervisor_shows_three_members_and_the_leader(dnet: Any) -> None:
+    cluster, hv = dnet.directory, dnet.hypervisors[0]
+    leader = cluster.wait_leader()
+    status = dovectl(hv, "status", "--db", cluster.remotes)
+    roles = {m["remote"]: m["role"] for m in status["members"]}
+    assert roles == {
+        f"tcp:{m.address}:6641": ("leader" if m is leader else "follower") for m in cluster.members
+    }
+    assert status["leader_address"] == f"tcp:{leader.address}:6641"
+    text = run(hv, DOVECTL, "directory", "status", "--db", cluster.remotes)
+    assert f"leader {status['leader']} at tcp:{leader.address}:6641" in text
+
+
+def test_hosts_written_with_ovsdb_client_are_read_back_by_dovectl(dnet: Any) -> None:
+    cluster, hv = dnet.directory, dnet.hypervisors[0]
+    insert_host(hv, cluster.remotes, "hv1", hv.underlay_ip)
+    (row,) = [r for r in dovectl(hv, "hosts", "--db", cluster.remotes) if r["name"] == "hv1"]
+    assert row["underlay_ip"] == hv.underlay_ip and row["instances"] == [5001]
+    text = run(hv, DOVECTL, "directory", "hosts", "--db", cluster.remotes)
+    assert text.splitlines()[0].split()[:2] == ["NAME", "UNDERLAY"]
+    assert any(line.split()[:2] == ["hv1", hv.underlay_ip] for line in text.splitlines())
+    assert dovectl(hv, "endpoints", "--db", cluster.remotes, "--instance", "5001") == []
+
+
+def test_killing_the_leader_elects_another_within_seconds(dnet: Any) -> None:
+    cluster, hv = dnet.directory, dnet.hypervisors[0]
+    old = cluster.wait_leader()
+    insert_host(hv, cluster.remotes, "before-kill", "10.99.0.101")
+    started = time.monotonic()
+    cluster.kill(old)
+    new = cluster.wait_leader(timeout=10.0)
+    took = time.monotonic() - started
+    assert new is not old and took < 10.0, cluster.describe()
+    status = dovectl(hv, "status", "--db", cluster.remotes)
+    roles = {m["remote"]: m["role"] for m in status["members"]}
+    assert roles[f"tcp:{old.address}:6641"] == "unreachable"
+    assert roles[f"tcp:{new.address}:6641"] == "leader"
+    # What was committed survives, and the two left can still commit.
+    insert_host(hv, cluster.remotes, "after-kill", "10.99.0.102")
+    assert {"before-kill", "after-kill"} <= host_names(hv, cluster.remotes)
+    print(f"leader {old.name} killed; {new.name} leads after {took:.2f}s")
+
+
+def test_a_restarted_member_rejoins_and_catches_up(dnet: Any) -> None:
+    cluster, hv = dnet.directory, dnet.hypervisors[0]
+    down = [m for m in cluster.members if m.server_pid is None]
+    if not down:  # this test alone: make a member go down first
+        down = [next(m for m in cluster.members if m is not cluster.wait_leader())]
+        cluster.kill(down[0])
+    member = down[0]
+    insert_host(hv, cluster.remotes, "while-down", "10.99.0.103")
+    cluster.restart(member)
+    status = member.cluster_status()
+    assert status is not None and status.status == "cluster member", cluster.describe()
+    assert len(status.servers) == 3
+    # Its own socket serves what was written while it was down.
+    wait_until(
+        lambda: "while-down" in host_names(member, f"unix:{member.sock}"),
+        10.0,
+        f"{member.name} to catch up",
+        step=0.1,
+    )
