@@ -11,6 +11,7 @@ is judged on this agent's clock only, so hosts' clocks need not agree.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 
@@ -76,6 +77,15 @@ class DirectoryMembers:
             for ip, s in self._seen.items()
             if now - s.moved_at <= s.row.heartbeat_interval * LIFETIME_INTERVALS
         }
+
+    def next_expiry(self, now: float) -> float:
+        """When the first of the live hosts expires if its heartbeat stays put."""
+        if not self.reachable:
+            return math.inf
+        ends = [
+            s.moved_at + s.row.heartbeat_interval * LIFETIME_INTERVALS for s in self._seen.values()
+        ]
+        return min((e for e in ends if e >= now), default=math.inf)
 
     def names(self) -> dict[IPv4Address, str]:
         return {ip: s.row.name for ip, s in self._seen.items()}

@@ -49,6 +49,7 @@ class HostCore:
         self.misses = HostMisses(self.p)
         self.arrivals = Arrivals(self.p)
         self.next_announce = now
+        self.last_tick = now
 
     @property
     def counters(self) -> dict[str, int]:
@@ -315,9 +316,11 @@ class HostCore:
             self.p.members.leave(instance, host)
             out.ofmsgs += self._member_changed(instance, host, joined=False)
         self.p.members.expire_proxies(now)
+        directory = self.p.directory
+        if directory is not None and now > directory.next_expiry(self.last_tick):
+            out.extend(self._directory_members(now))  # a host's heartbeat stopped
+        self.last_tick = now
         if lingering_ended or now >= self.next_announce:
-            if self.p.directory is not None:
-                out.extend(self._directory_members(now))
             out.datagrams += self._announce(now)
         return out
 

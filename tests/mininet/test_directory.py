@@ -1,10 +1,11 @@
-"""The directory cluster of issue 11 in the emulation: three ovsdb-server members on the
-underlay elect a leader, dovectl reads the cluster and its tables from a hypervisor's
-namespace (through br-phy, the agents' path), a killed leader is replaced within
-seconds, and a restarted member rejoins and catches up.
+"""The directory of issue 11 in the emulation: three ovsdb-server members on the underlay
+elect a leader, and the agents run with ``discovery = directory`` (no peers list).
 
-The emulation is built without agents: the agent side of ``discovery = directory``
-comes separately; this module is about the cluster and the operator's tools.
+Agents register and find each other through the directory; a hypervisor whose agent
+stops stops being a member, and one that starts is a member at once, with no change
+anywhere else.  dovectl reads the cluster and its tables from a hypervisor's namespace
+(through br-phy, the agents' path); a killed leader is replaced within seconds, and a
+restarted member rejoins and catches up.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from mininet_topos.dove_agent import admin, agent_cmd
 from mininet_topos.hypervisor import wait_until
 
 DOVECTL = str(Path(sys.executable).parent / "dovectl")
@@ -28,9 +30,9 @@ DOVECTL = str(Path(sys.executable).parent / "dovectl")
 def dnet() -> Iterator[Any]:
     if os.geteuid() != 0:
         pytest.skip("Mininet needs root")
-    from mininet_topos.dove_topo import build_net
+    from mininet_topos.dove_topo import build_dove_net
 
-    net = build_net(hypervisors=2, tenants=1, vms_per_tenant=2, mode="dove", directory=True)
+    net, _ = build_dove_net(hypervisors=3, tenants=2, vms_per_tenant=2, directory=True)
     try:
         yield net
     finally:
@@ -67,6 +69,60 @@ def host_names(node: Any, db: str) -> set[str]:
     return {r["name"] for r in dovectl(node, "hosts", "--db", db)}
 
 
+def alive(hv: Any) -> set[str]:
+    """The hosts ``hv``'s agent takes as alive members, by name."""
+    return set(admin(hv)["directory"]["alive"].values())
+
+
+def pings(vm: Any, ip: str) -> bool:
+    return " 0% packet loss" in vm.host.cmd(f"ping -c1 -W1 {ip}")
+
+
+# ------------------------------------------------------------------ agents
+
+
+def test_agents_register_and_reach_each_other_through_the_directory(dnet: Any) -> None:
+    cluster = dnet.directory
+    rows = {r["name"]: r for r in dovectl(dnet.hypervisors[0], "hosts", "--db", cluster.remotes)}
+    assert {"hv1", "hv2", "hv3"} <= set(rows)
+    for hv in dnet.hypervisors:
+        config = hv.in_rundir("dove.ini").read_text()
+        assert "discovery = directory" in config and "peers" not in config
+        served = {int(i) for i in admin(hv)["instances"] if admin(hv)["instances"][i]["local"]}
+        assert set(rows[hv.name]["instances"]) == served
+    for tenant in (1, 2):
+        vms = dnet.tenant_vms(tenant)
+        for a in vms:
+            for b in vms:
+                if a is not b:
+                    assert pings(a, b.ip), f"{a.name} -> {b.name}"
+
+
+def test_a_stopped_hypervisor_leaves_and_a_started_one_joins_with_no_change_elsewhere(
+    dnet: Any,
+) -> None:
+    # A tenant with VMs on two hypervisors: ``peer`` stays, ``vm``'s hypervisor goes.
+    peer, vm = next(
+        (a, b)
+        for a in dnet
+        for b in dnet
+        if a.tenant == b.tenant and a.hypervisor is not b.hypervisor
+    )
+    stays, goes = peer.hypervisor, vm.hypervisor
+    assert goes.name in alive(stays)
+    goes.stop_agent()
+    # Its heartbeat stops: gone after 3.5 of its 2 s intervals, judged on the other's clock.
+    wait_until(lambda: goes.name not in alive(stays), 15.0, "the stopped one to go", step=0.2)
+    members = {m for i in admin(stays)["instances"].values() for m in i["members"]}
+    assert goes.underlay_ip not in members
+    goes.start_agent(None, agent_cmd())
+    wait_until(lambda: goes.name in alive(stays), 15.0, "the started one to join", step=0.1)
+    wait_until(lambda: pings(peer, vm.ip), 15.0, f"{peer.name} to reach {vm.name} again")
+
+
+# ----------------------------------------------------------------- cluster
+
+
 def test_the_emulation_comes_up_with_a_leader_that_every_member_names(dnet: Any) -> None:
     cluster = dnet.directory
     leader = cluster.wait_leader()
@@ -99,12 +155,12 @@ def test_status_from_a_hypervisor_shows_three_members_and_the_leader(dnet: Any) 
 
 def test_hosts_written_with_ovsdb_client_are_read_back_by_dovectl(dnet: Any) -> None:
     cluster, hv = dnet.directory, dnet.hypervisors[0]
-    insert_host(hv, cluster.remotes, "hv1", hv.underlay_ip)
-    (row,) = [r for r in dovectl(hv, "hosts", "--db", cluster.remotes) if r["name"] == "hv1"]
-    assert row["underlay_ip"] == hv.underlay_ip and row["instances"] == [5001]
+    insert_host(hv, cluster.remotes, "fake1", "10.99.0.201")
+    (row,) = [r for r in dovectl(hv, "hosts", "--db", cluster.remotes) if r["name"] == "fake1"]
+    assert row["underlay_ip"] == "10.99.0.201" and row["instances"] == [5001]
     text = run(hv, DOVECTL, "directory", "hosts", "--db", cluster.remotes)
     assert text.splitlines()[0].split()[:2] == ["NAME", "UNDERLAY"]
-    assert any(line.split()[:2] == ["hv1", hv.underlay_ip] for line in text.splitlines())
+    assert any(line.split()[:2] == ["fake1", "10.99.0.201"] for line in text.splitlines())
     assert dovectl(hv, "endpoints", "--db", cluster.remotes, "--instance", "5001") == []
 
 
