@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from mininet_topos.dove_agent import admin, agent_cmd
+from mininet_topos.dove_agent import admin, agent_cmd, connected_status
 from mininet_topos.hypervisor import wait_until
 
 DOVECTL = str(Path(sys.executable).parent / "dovectl")
@@ -72,6 +72,12 @@ def host_names(node: Any, db: str) -> set[str]:
 def alive(hv: Any) -> set[str]:
     """The hosts ``hv``'s agent takes as alive members, by name."""
     return set(admin(hv)["directory"]["alive"].values())
+
+
+def reachable(hv: Any) -> bool | None:
+    """Whether ``hv``'s agent has the directory (None: the agent is not up yet)."""
+    status = connected_status(hv)
+    return None if status is None else bool(status["directory"]["reachable"])
 
 
 def pings(vm: Any, ip: str) -> bool:
@@ -202,3 +208,91 @@ def test_a_restarted_member_rejoins_and_catches_up(dnet: Any) -> None:
         f"{member.name} to catch up",
         step=0.1,
     )
+
+
+# ------------------------------------------------------------------ faults
+
+
+def whole(cluster: Any) -> Any:
+    """Every member serving again; returns the leader."""
+    for m in cluster.members:
+        if m.server_pid is None:
+            cluster.restart(m)
+    return cluster.wait_leader()
+
+
+def cross_pair(dnet: Any) -> tuple[Any, Any]:
+    """Two VMs of one tenant on different hypervisors."""
+    return next(
+        (a, b)
+        for a in dnet
+        for b in dnet
+        if a.tenant == b.tenant and a.hypervisor is not b.hypervisor
+    )
+
+
+def ping_stream(vm: Any, ip: str, count: int) -> Any:
+    """``count`` pings 10 ms apart, in the background; `.communicate()` gives the summary."""
+    return vm.host.popen(["ping", "-i", "0.01", "-c", str(count), "-W", "1", ip])
+
+
+def received(summary: str) -> tuple[int, int]:
+    line = next(x for x in summary.splitlines() if "packets transmitted" in x)
+    sent, got = (int(x.split()[0]) for x in line.split(", ")[:2])
+    return sent, got
+
+
+def test_the_leader_killed_under_traffic_loses_no_packet_and_agents_follow(dnet: Any) -> None:
+    cluster = dnet.directory
+    whole(cluster)
+    a, b = cross_pair(dnet)
+    assert pings(a, b.ip)
+    stream = ping_stream(a, b.ip, 400)  # 4 s
+    old = cluster.wait_leader()
+    cluster.kill(old)
+    new = cluster.wait_leader(timeout=10.0)
+    out, _ = stream.communicate(timeout=30)
+    sent, got = received(out.decode())
+    assert got == sent, out.decode()
+    # The agents reconnected to the new leader: a hypervisor that restarts now is
+    # registered and taken back by the others within seconds.
+    goes = b.hypervisor
+    goes.stop_agent()
+    goes.start_agent(None, agent_cmd())
+    started = time.monotonic()
+    wait_until(lambda: reachable(goes), 15.0, "the agent to reconnect")
+    rows = {r["name"]: r for r in dovectl(a.hypervisor, "hosts", "--db", cluster.remotes)}
+    assert goes.name in rows
+    wait_until(lambda: pings(a, b.ip), 15.0, f"{a.name} to reach {b.name}")
+    print(
+        f"leader {old.name} killed, {new.name} leads; rejoined in {time.monotonic() - started:.1f}s"
+    )
+
+
+def test_with_the_directory_down_traffic_flows_and_its_return_changes_no_flow(
+    dnet: Any,
+) -> None:
+    cluster = dnet.directory
+    whole(cluster)
+    a, b = cross_pair(dnet)
+    hv = a.hypervisor
+    assert pings(a, b.ip)
+    connects = admin(hv)["counters"].get("switch_connected", 0)
+    for m in cluster.members:
+        cluster.kill(m)
+    wait_until(lambda: reachable(hv) is False, 15.0, "the loss to show")
+    scrape = hv.cmd("curl -s http://127.0.0.1:9479/metrics")
+    assert "dove_directory_reachable 0.0" in scrape
+    # Longer than a heartbeat's lifetime (3.5 x 2 s): nobody is judged meanwhile.
+    stream = ping_stream(a, b.ip, 900)  # 9 s
+    out, _ = stream.communicate(timeout=40)
+    sent, got = received(out.decode())
+    assert got == sent, out.decode()
+    assert b.hypervisor.name in alive(hv)
+    for m in cluster.members:  # all at once: one alone has no majority to elect with
+        m.start_server()
+    cluster.wait_leader(timeout=20.0)
+    wait_until(lambda: reachable(hv), 20.0, "the directory to return")
+    assert pings(a, b.ip)
+    assert b.hypervisor.name in alive(hv)
+    assert admin(hv)["counters"].get("switch_connected", 0) == connects  # no resync, no flush
