@@ -5,9 +5,11 @@ The directory is a clustered (Raft) OVSDB served by several ovsdb-servers
 of the ``directory`` setting and follows it when it changes.  The client
 
 - registers the agent: one Host row named after it (address, role, site, the
-  instances it serves) whose ``heartbeat`` it raises every ``announce_interval``;
+  instances it serves) whose ``heartbeat`` it raises every ``announce_interval``,
+  and one Endpoint row per VM here (a host writes only its own rows);
 - monitors only the Host rows of hosts that serve an instance this agent serves,
-  and its own (conditional monitoring: never the whole directory);
+  its own, and those instances' Instance and Endpoint rows (conditional monitoring:
+  never the whole directory);
 - hands every change to the core (`HostCore.directory_rows`), and says when the
   directory cannot be reached (`HostCore.directory_unreachable`).
 """
@@ -25,13 +27,15 @@ from typing import Any
 import ovs.db.idl
 import ovs.poller
 
-from dove_ryu.agent.directory import HostRow
+from dove_ryu.agent.directory import DirectoryView, EndpointRow, HostRow
 from dove_ryu.config import DoveConfig
+from dove_ryu.model import check_instance, normalize_mac
 
 LOG = logging.getLogger("dove_ryu.adapters.directory")
 
 SCHEMA = Path(__file__).with_name("dove-directory.ovsschema")
 DATABASE = "DOVE_Directory"
+RECONNECT_MIN_MS, RECONNECT_MAX_MS = 250, 1000  # between attempts to reach a member
 
 
 def host_rows(idl: Any) -> list[HostRow]:
@@ -53,34 +57,70 @@ def host_rows(idl: Any) -> list[HostRow]:
     return rows
 
 
-def conditions(name: str, served: frozenset[int]) -> list[list[Any]]:
-    """The Host rows to monitor: ours, and those serving any instance we serve (the
-    clauses of a monitor condition are alternatives)."""
-    return [["name", "==", name]] + [
-        ["instances", "includes", ["set", [instance]]] for instance in sorted(served)
-    ]
+def endpoint_rows(idl: Any) -> list[EndpointRow]:
+    rows = []
+    for row in idl.tables["Endpoint"].rows.values():
+        try:
+            rows.append(
+                EndpointRow(
+                    instance=check_instance(int(row.instance)),
+                    mac=normalize_mac(row.mac),
+                    ips=tuple(IPv4Address(i) for i in sorted(row.ips)),
+                    host=row.host,
+                    seq=int(row.seq),
+                )
+            )
+        except ValueError as e:
+            LOG.warning("directory: Endpoint row %s skipped: %s", row.mac, e)
+    return rows
+
+
+def view(idl: Any) -> DirectoryView:
+    resolution = {int(r.id): str(r.resolution) for r in idl.tables["Instance"].rows.values()}
+    return DirectoryView(host_rows(idl), endpoint_rows(idl), resolution)
+
+
+def conditions(name: str, served: frozenset[int]) -> dict[str, list[list[Any]]]:
+    """What to monitor, per table (the clauses of a condition are alternatives): our
+    Host row and those of hosts serving an instance we serve; those instances' rows
+    and endpoints."""
+    ours = sorted(served)
+    return {
+        "Host": [["name", "==", name]] + [["instances", "includes", ["set", [i]]] for i in ours],
+        "Instance": [["id", "==", i] for i in ours],
+        "Endpoint": [["instance", "==", i] for i in ours],
+    }
 
 
 class DirectoryClient:
-    """Runs the IDL loop in a thread; calls back the shell with what changed."""
+    """Runs the IDL loop in a thread; calls back the shell with what changed.
+
+    ``local()`` tells what this agent serves and its VMs (read under the shell's lock)."""
 
     def __init__(
         self,
         cfg: DoveConfig,
-        served: Callable[[], frozenset[int]],
-        on_rows: Callable[[list[HostRow]], None],
+        local: Callable[[], tuple[frozenset[int], list[EndpointRow]]],
+        on_view: Callable[[DirectoryView], None],
         on_lost: Callable[[], None],
     ) -> None:
         self.cfg = cfg
-        self.served = served
-        self.on_rows = on_rows
+        self.local = local
+        self.on_view = on_view
         self.on_lost = on_lost
         self.interval = cfg.learning.announce_interval
         helper = ovs.db.idl.SchemaHelper(location=str(SCHEMA))
-        helper.register_table("Host")
+        for table in ("Host", "Instance", "Endpoint"):
+            helper.register_table(table)
         self.idl = ovs.db.idl.Idl(",".join(cfg.host.directory), helper, leader_only=True)
-        self.idl.cond_change("Host", conditions(cfg.name, frozenset()))
+        # NOTE (ovs 4.0.0): the session backs off up to 8 s between attempts; with the
+        # whole directory down a while, its return would go unnoticed that long.  The
+        # Python Idl has no setter for it (the C IDL takes it from the remote); its
+        # session's Reconnect (a public class) has.
+        self.idl._session.reconnect.set_backoff(RECONNECT_MIN_MS, RECONNECT_MAX_MS)
+        self._watch(frozenset())
         self.watching: frozenset[int] = frozenset()
+        self.published: list[EndpointRow] = []
         self.heartbeat = 0
         self.next_beat = 0.0
         self.txn: Any = None
@@ -94,6 +134,10 @@ class DirectoryClient:
 
     def stop(self) -> None:
         self.stopping.set()
+
+    def _watch(self, served: frozenset[int]) -> None:
+        for table, clauses in conditions(self.cfg.name, served).items():
+            self.idl.cond_change(table, clauses)
 
     def _run(self) -> None:
         seen_seqno = -1
@@ -118,13 +162,13 @@ class DirectoryClient:
                 self.on_lost()
         if connected and self.idl.change_seqno != seen_seqno:
             seen_seqno = self.idl.change_seqno
-            self.on_rows(host_rows(self.idl))
+            self.on_view(view(self.idl))
         if connected:
-            self._keep_registered()
+            self._keep_published()
         poller = ovs.poller.Poller()
         self.idl.wait(poller)
         poller.timer_wait(max(1, int((self.next_beat - time.monotonic()) * 1000)))
-        poller.timer_wait(500)  # to notice stop()
+        poller.timer_wait(200)  # to notice stop(), and VMs coming and going
         poller.block()
         return seen_seqno
 
@@ -135,8 +179,9 @@ class DirectoryClient:
         session = self.idl._session
         return bool(session.is_connected()) and self.idl.state == self.idl.IDL_S_MONITORING
 
-    def _keep_registered(self) -> None:
-        """Our row, with what we serve, and its heartbeat raised every interval."""
+    def _keep_published(self) -> None:
+        """Our Host row (what we serve, a heartbeat raised every interval) and one
+        Endpoint row per VM here, in one transaction at a time."""
         if self.txn is not None:
             status = self.txn.commit()
             if status == ovs.db.idl.Transaction.INCOMPLETE:
@@ -145,36 +190,59 @@ class DirectoryClient:
                 LOG.warning("%s: directory write: %s %s", self.cfg.name, status,
                             self.txn.get_error())  # fmt: skip
                 self.next_beat = 0.0  # try again at once
+                self.published = []
             self.txn = None
-        served = self.served()
+        served, endpoints = self.local()
         if served != self.watching:
             self.watching = served
-            self.idl.cond_change("Host", conditions(self.cfg.name, served))
+            self._watch(served)
         now = time.monotonic()
-        if now < self.next_beat and self._ours_is(served):
-            return
-        self.next_beat = now + self.interval
         ours = self._ours()
-        # A restarted agent goes on from its row's heartbeat: others see it move.
-        self.heartbeat = max(self.heartbeat, int(ours.heartbeat) if ours else 0) + 1
+        beat_due = now >= self.next_beat or ours is None or frozenset(ours.instances) != served
+        if not beat_due and endpoints == self.published:
+            return
         self.txn = ovs.db.idl.Transaction(self.idl)
+        if beat_due:
+            self.next_beat = now + self.interval
+            # A restarted agent goes on from its row's heartbeat: others see it move.
+            self.heartbeat = max(self.heartbeat, int(ours.heartbeat) if ours else 0) + 1
+            self._write_host(ours, served)
+        if endpoints != self.published:
+            self._write_endpoints(endpoints)
+            self.published = endpoints
+        self.txn.commit()
+
+    def _write_host(self, ours: Any, served: frozenset[int]) -> None:
         row = ours or self.txn.insert(self.idl.tables["Host"])
-        host = self.cfg.host
         row.name = self.cfg.name
-        row.underlay_ip = str(host.underlay_ip)
+        row.underlay_ip = str(self.cfg.host.underlay_ip)
         row.role = self.cfg.role
         row.site = self.cfg.proxy.site
         row.instances = sorted(served)
         row.heartbeat = self.heartbeat
         row.heartbeat_interval = self.interval
-        self.txn.commit()
+
+    def _write_endpoints(self, endpoints: list[EndpointRow]) -> None:
+        """Our Endpoint rows become ``endpoints``: the others' rows are not touched."""
+        mine = {
+            (int(r.instance), r.mac): r
+            for r in self.idl.tables["Endpoint"].rows.values()
+            if r.host == self.cfg.name
+        }
+        wanted = {(e.instance, e.mac): e for e in endpoints}
+        for key, row in mine.items():
+            if key not in wanted:
+                row.delete()
+        for key, e in wanted.items():
+            row = mine.get(key) or self.txn.insert(self.idl.tables["Endpoint"])
+            row.instance = e.instance
+            row.mac = e.mac
+            row.ips = [str(i) for i in e.ips]
+            row.host = self.cfg.name
+            row.seq = e.seq
 
     def _ours(self) -> Any:
         for row in self.idl.tables["Host"].rows.values():
             if row.name == self.cfg.name:
                 return row
         return None
-
-    def _ours_is(self, served: frozenset[int]) -> bool:
-        row = self._ours()
-        return row is not None and frozenset(row.instances) == served

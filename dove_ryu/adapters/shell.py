@@ -32,7 +32,7 @@ from dove_ryu.adapters.metrics_http import MetricsServer
 from dove_ryu.adapters.of_osken import match_fields, next_xid, packet_out_bytes, to_osken
 from dove_ryu.adapters.ovsdb import BridgeView, PortWatcher
 from dove_ryu.agent import make_core
-from dove_ryu.agent.directory import HostRow
+from dove_ryu.agent.directory import DirectoryView, EndpointRow
 from dove_ryu.agent.host import HostCore
 from dove_ryu.openflow import cookies
 from dove_ryu.openflow.ofmsg import CoreOutput, PacketIn, PacketOut, order_messages
@@ -76,7 +76,7 @@ class DoveApp(app_manager.OSKenApp):  # type: ignore[misc]
         self.directory: DirectoryClient | None = None
         if self.cfg.host.discovery == "directory":
             self.directory = DirectoryClient(
-                self.cfg, self._served, self._on_directory_rows, self._on_directory_lost
+                self.cfg, self._local, self._on_directory_view, self._on_directory_lost
             )
         self.admin = AdminServer(self.cfg.host.admin_socket, self._admin)
         self.table_flows = metrics.TableFlows(TABLE_FLOWS_MAX_AGE)
@@ -306,14 +306,14 @@ class DoveApp(app_manager.OSKenApp):  # type: ignore[misc]
 
     # ----------------------------------------------------------- directory
 
-    def _served(self) -> frozenset[int]:
+    def _local(self) -> tuple[frozenset[int], list[EndpointRow]]:
         with self.lock:
             assert isinstance(self.core, HostCore)
-            return self.core.served()
+            return self.core.served(), self.core.local_endpoints()
 
-    def _on_directory_rows(self, rows: list[HostRow]) -> None:
+    def _on_directory_view(self, view: DirectoryView) -> None:
         assert isinstance(self.core, HostCore)
-        self._call(self.core.directory_rows, rows)
+        self._call(self.core.directory_rows, view)
 
     def _on_directory_lost(self) -> None:
         with self.lock:

@@ -1,4 +1,4 @@
-"""Membership from the directory (``discovery = directory``, paper IV-B).
+"""Membership and endpoints from the directory (``discovery = directory``, paper IV-B).
 
 Every agent keeps its own row in the directory's Host table: its address, what it
 serves, and a heartbeat counter it raises every ``announce_interval``.  An agent
@@ -7,15 +7,24 @@ monitoring, `dove_ryu.adapters.directory`) and takes a host as a member while it
 heartbeat moves: a row whose heartbeat stood still for 3.5 of its intervals belongs
 to a host that died (its row may stay; the host is no member any more).  Liveness
 is judged on this agent's clock only, so hosts' clocks need not agree.
+
+Every host also publishes its VMs as Endpoint rows (instance, MAC, IPs, its name,
+location sequence number).  An instance whose Instance row says ``resolution = push``
+has its endpoints sent to every host that serves it ahead of time, as OVN does: the
+host installs their flows before the first packet (`Published`); ``learn`` (the
+default, and for instances with no row) resolves by LEARN as in static mode.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 
 from dove_ryu.agent.membership import LIFETIME_INTERVALS
+from dove_ryu.model import Endpoint
+
+RESOLUTIONS = ("learn", "lookup", "push")
 
 
 @dataclass(frozen=True)
@@ -27,6 +36,64 @@ class HostRow:
     instances: frozenset[int]
     heartbeat: int
     heartbeat_interval: float  # seconds between the host's heartbeats
+
+
+@dataclass(frozen=True)
+class EndpointRow:
+    """An Endpoint row: a VM, as the host it runs on published it."""
+
+    instance: int
+    mac: str
+    ips: tuple[IPv4Address, ...]
+    host: str  # the host's name (its Host row)
+    seq: int
+
+
+@dataclass(frozen=True)
+class DirectoryView:
+    """What the agent monitors of the directory: the Host rows of the hosts serving
+    what it serves, those instances' Endpoint rows, and their resolution modes."""
+
+    hosts: list[HostRow]
+    endpoints: list[EndpointRow] = field(default_factory=list)
+    resolution: dict[int, str] = field(default_factory=dict)  # instance -> mode
+
+
+class Published:
+    """The endpoints of ``push`` instances, as the directory has them now: per MAC the
+    row with the highest sequence number, on a host whose row we see."""
+
+    def __init__(self, me: str) -> None:
+        self.me = me
+        self.resolution: dict[int, str] = {}
+        self.installed: dict[tuple[int, str], Endpoint] = {}  # what the host put in flows
+        self._by_mac: dict[tuple[int, str], Endpoint] = {}
+        self._by_ip: dict[tuple[int, IPv4Address], Endpoint] = {}
+
+    def mode(self, instance: int) -> str:
+        return self.resolution.get(instance, "learn")
+
+    def update(self, view: DirectoryView) -> None:
+        self.resolution = dict(view.resolution)
+        where = {h.name: h.underlay_ip for h in view.hosts}
+        best: dict[tuple[int, str], Endpoint] = {}
+        for row in view.endpoints:
+            host = where.get(row.host)
+            if host is None or row.host == self.me or self.mode(row.instance) != "push":
+                continue
+            key = (row.instance, row.mac)
+            if key not in best or best[key].seq < row.seq:
+                best[key] = Endpoint(row.instance, row.mac, row.ips, host, row.seq)
+        self._by_mac = best
+        self._by_ip = {(e.instance, ip): e for e in best.values() for ip in e.ips}
+
+    def endpoints(self) -> dict[tuple[int, str], Endpoint]:
+        return dict(self._by_mac)
+
+    def find(self, instance: int, target: str | IPv4Address) -> Endpoint | None:
+        if isinstance(target, str):
+            return self._by_mac.get((instance, target))
+        return self._by_ip.get((instance, target))
 
 
 @dataclass

@@ -16,7 +16,7 @@ import logging
 from ipaddress import IPv4Address
 
 from dove_ryu.agent.arrivals import Arrivals
-from dove_ryu.agent.directory import HostRow
+from dove_ryu.agent.directory import DirectoryView, EndpointRow
 from dove_ryu.agent.host_misses import HostMisses
 from dove_ryu.agent.membership import ANNOUNCE_MAX_INSTANCES
 from dove_ryu.agent.parts import host_parts
@@ -148,11 +148,45 @@ class HostCore:
         """The instances this host serves, as it registers them in the directory."""
         return frozenset(self.p.instances.announced)
 
-    def directory_rows(self, now: float, rows: list[HostRow]) -> CoreOutput:
-        """The directory's Host rows of the hosts that serve what we serve."""
-        assert self.p.directory is not None, "discovery = directory only"
-        self.p.directory.rows(now, rows)
-        return self._directory_members(now)
+    def local_endpoints(self) -> list[EndpointRow]:
+        """The VMs here, as this host publishes them in the directory."""
+        return [
+            EndpointRow(p.instance, p.mac, p.ips, self.p.name, self.p.ports.seq(p.instance, p.mac))
+            for p in sorted(self.p.ports.all(), key=lambda p: (p.instance, p.mac))
+        ]
+
+    def directory_rows(self, now: float, view: DirectoryView) -> CoreOutput:
+        """What the directory shows of the hosts, endpoints and instances we serve."""
+        assert self.p.directory is not None and self.p.published is not None
+        self.p.directory.rows(now, view.hosts)
+        self.p.published.update(view)
+        out = self._directory_members(now)
+        out.ofmsgs += self._push(now)
+        return out
+
+    def _push(self, now: float) -> list[OfMsg]:
+        """Install what the directory pushes for our ``push`` instances, ahead of any
+        packet; forget what it pushed before and no longer does."""
+        assert self.p.directory is not None and self.p.published is not None
+        alive = self.p.directory.alive(now)
+        served = self.p.ports.instances
+        wanted = {
+            key: ep
+            for key, ep in self.p.published.endpoints().items()
+            if ep.host in alive and ep.instance in served
+        }
+        msgs: list[OfMsg] = []
+        for (instance, mac), ep in sorted(wanted.items()):
+            current = self.p.learned.get(instance, mac)
+            if current is None or (current.endpoint != ep and current.endpoint.seq <= ep.seq):
+                self.p.stats.count("endpoint_pushed")
+                msgs += self.p.learned.remember(now, ep, ep.host)
+        for key, ep in sorted(self.p.published.installed.items()):
+            current = self.p.learned.get(*key)
+            if key not in wanted and current is not None and current.endpoint == ep:
+                msgs += self.p.learned.forget(*key)
+        self.p.published.installed = wanted
+        return msgs
 
     def directory_unreachable(self, now: float) -> None:
         """The directory stopped answering: members stay as they are meanwhile."""
@@ -266,7 +300,7 @@ class HostCore:
         """A LEARN in flight has its answer: remember it and deliver what was held."""
         took = self.p.resolver.answered(now, pending)
         ep, msgs = self.p.learned.answered(now, ep, sender, took)
-        return CoreOutput(ofmsgs=msgs + self.misses.release(pending, ep))
+        return CoreOutput(ofmsgs=msgs + self.misses.release(pending.target, pending.held, ep))
 
     def _on_endpoint_here(self, now: float, sender: IPv4Address, msg: EndpointHere) -> CoreOutput:
         """A VM arrived on ``sender`` (moved there, or started): follow it if we knew it

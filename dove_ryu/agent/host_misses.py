@@ -16,7 +16,7 @@ from ipaddress import IPv4Address
 
 from dove_ryu.agent.mobility import SEQ_MAX
 from dove_ryu.agent.parts import HostParts
-from dove_ryu.agent.resolver import Pending, Target
+from dove_ryu.agent.resolver import Target
 from dove_ryu.model import Endpoint, VmPort, is_multicast
 from dove_ryu.openflow import flows
 from dove_ryu.openflow.cookies import Purpose
@@ -101,6 +101,13 @@ class HostMisses:
         if pending is not None:
             self.p.resolver.hold(pending, (in_port, data))
             return CoreOutput()
+        pushed = self.p.published.find(instance, target) if self.p.published else None
+        if pushed is not None:
+            # The directory sent it ahead (push): its flows went idle and were removed;
+            # they come back from our copy, with no round trip.
+            self.p.stats.count("resolved_from_directory")
+            msgs = self.p.learned.remember(now, pushed, pushed.host)
+            return CoreOutput(ofmsgs=msgs + self.release(target, [(in_port, data)], pushed))
         if not self.p.resolver.may_ask(now, instance, target):
             return CoreOutput()
         seq = self.p.ports.seq(instance, source.mac)
@@ -113,11 +120,10 @@ class HostMisses:
             self.p.stats.count("learn_no_members")
         return CoreOutput(datagrams=self.p.ask(pending, hosts))
 
-    def release(self, pending: Pending, ep: Endpoint) -> list[OfMsg]:
-        """The packets a LEARN held, now that ``ep`` answers it."""
-        held = pending.held
+    def release(self, target: Target, held: list[tuple[int, bytes]], ep: Endpoint) -> list[OfMsg]:
+        """The packets held for ``target``, now that ``ep`` answers for it."""
         msgs: list[OfMsg] = []
-        if isinstance(pending.target, IPv4Address):
+        if isinstance(target, IPv4Address):
             # The held ARP requests are answered at once by the agent, without waiting
             # for the responder flow just installed: the first packet's latency.
             answers = [self._arp_answer(port, data, ep) for port, data in held]

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address
 
 from dove_ryu.agent.channel import ControlChannel
-from dove_ryu.agent.directory import DirectoryMembers
+from dove_ryu.agent.directory import DirectoryMembers, Published
 from dove_ryu.agent.election import Election
 from dove_ryu.agent.endpoints import EndpointFlows, LearnedEndpoints
 from dove_ryu.agent.fragments import Fragmenter, Reassembly
@@ -83,6 +83,7 @@ class HostParts(Common):
     mobility: Mobility  # VMs that left: who learned them, where they went
     tunnel_flows: TunnelFlows  # how a learned endpoint is reached: its host's tunnel
     directory: DirectoryMembers | None  # the hosts the directory shows (discovery = directory)
+    published: Published | None  # the endpoints it pushes (instances in push mode)
 
 
 @dataclass
@@ -122,6 +123,7 @@ def _common(
 
 def host_parts(cfg: DoveConfig, log: logging.Logger) -> HostParts:
     link, ports = SwitchLink(), LocalPorts()
+    by_directory = cfg.host.discovery == "directory"
     tunnel_flows = TunnelFlows(link, cfg.learning.learn_idle_timeout)
     common = _common(cfg, log, link, (cfg.host.underlay_ip,), tunnel_flows, local=ports)
     members = common["members"]
@@ -132,9 +134,8 @@ def host_parts(cfg: DoveConfig, log: logging.Logger) -> HostParts:
         instances=HostInstances(ports, members, link, cfg.learning.departure_memory),
         mobility=Mobility(ttl=cfg.learning.departure_memory),
         tunnel_flows=tunnel_flows,
-        directory=(
-            DirectoryMembers(cfg.host.underlay_ip) if cfg.host.discovery == "directory" else None
-        ),
+        directory=DirectoryMembers(cfg.host.underlay_ip) if by_directory else None,
+        published=Published(cfg.name) if by_directory else None,
     )
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from dove_ryu.adapters.directory import SCHEMA, DirectoryClient
-from dove_ryu.agent.directory import HostRow
+from dove_ryu.agent.directory import DirectoryView, HostRow
 from dove_ryu.config import DoveConfig, from_mapping
 
 pytestmark = [
@@ -99,10 +99,12 @@ class Agent:
         self.serving = frozenset(served)
         self.rows: list[HostRow] = []
         self.lost = threading.Event()
-        self.client = DirectoryClient(self.cfg, lambda: self.serving, self._rows, self.lost.set)
+        self.client = DirectoryClient(
+            self.cfg, lambda: (self.serving, []), self._view, self.lost.set
+        )
 
-    def _rows(self, rows: list[HostRow]) -> None:
-        self.rows = rows
+    def _view(self, view: DirectoryView) -> None:
+        self.rows = view.hosts
         self.lost.clear()
 
     def seen(self) -> set[str]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from dove_ryu.agent.directory import HostRow
+from dove_ryu.agent.directory import DirectoryView, HostRow
 from dove_ryu.config import ConfigError, from_mapping
 from tests.unit.test_core import (
     BROADCAST,
@@ -40,7 +40,7 @@ def publish(net: Net, beat: int, silent: tuple[int, ...] = ()) -> None:
         for n, h in net.hosts.items()
     ]
     for h in net.hosts.values():
-        net.apply(h, h.core.directory_rows(net.now, rows))
+        net.apply(h, h.core.directory_rows(net.now, DirectoryView(rows)))
     net.deliver()
 
 
@@ -109,10 +109,10 @@ def test_a_host_added_to_the_directory_is_a_member_at_once() -> None:
     newcomer = HostRow("h9", ip(9), frozenset({5001}), 1, INTERVAL)
     rows = [HostRow(f"h{n}", ip(n), h.core.served(), 1, INTERVAL) for n, h in net.hosts.items()]
 
-    net.apply(h1, h1.core.directory_rows(net.now, [*rows, newcomer]))
+    net.apply(h1, h1.core.directory_rows(net.now, DirectoryView([*rows, newcomer])))
 
     assert h1.core.p.members.serves(5001, ip(9))
-    net.apply(h1, h1.core.directory_rows(net.now, rows))  # and gone when its row goes
+    net.apply(h1, h1.core.directory_rows(net.now, DirectoryView(rows)))  # and gone with its row
     assert not h1.core.p.members.serves(5001, ip(9))
 
 
