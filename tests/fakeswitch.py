@@ -237,7 +237,7 @@ class FakeSwitch:
 
     def _group_mod(self, gm: of.GroupMod) -> None:
         if gm.command is of.GroupCommand.ADD:
-            if gm.group_id == of.OFPG_ANY or gm.group_id in self.groups:
+            if gm.group_id == of.OFPG_ALL or gm.group_id in self.groups:
                 self.errors.append(f"OFPGMFC_GROUP_EXISTS {gm.group_id:#x}")
                 return
             self.groups[gm.group_id] = gm.buckets
@@ -247,7 +247,7 @@ class FakeSwitch:
                 return
             self.groups[gm.group_id] = gm.buckets
         elif gm.command is of.GroupCommand.DELETE:
-            doomed = set(self.groups) if gm.group_id == of.OFPG_ANY else {gm.group_id}
+            doomed = set(self.groups) if gm.group_id == of.OFPG_ALL else {gm.group_id}
             for group_id in doomed:
                 self.groups.pop(group_id, None)
             # OpenFlow 1.3 (and OVS): deleting a group deletes the flows that use it.

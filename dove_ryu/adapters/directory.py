@@ -82,13 +82,14 @@ def view(idl: Any) -> DirectoryView:
 
 def conditions(name: str, served: frozenset[int]) -> dict[str, list[list[Any]]]:
     """What to monitor, per table (the clauses of a condition are alternatives): our
-    Host row and those of hosts serving an instance we serve; those instances' rows
-    and endpoints."""
+    Host row and those of hosts serving an instance we serve; those instances' rows;
+    their endpoints and ours."""
     ours = sorted(served)
     return {
         "Host": [["name", "==", name]] + [["instances", "includes", ["set", [i]]] for i in ours],
         "Instance": [["id", "==", i] for i in ours],
-        "Endpoint": [["instance", "==", i] for i in ours],
+        # Ours too, whatever they serve: a restarted agent updates the rows it left.
+        "Endpoint": [["host", "==", name]] + [["instance", "==", i] for i in ours],
     }
 
 

@@ -30,6 +30,7 @@ EXT_INSTANCE = "dove-instance"
 EXT_MAC = "attached-mac"
 EXT_IPS = "dove-ips"
 VXLAN_UDP_PORT = 4789
+CONTROLLER_MAX_BACKOFF_MS = 1000
 
 
 class OvsdbError(Exception):
@@ -76,10 +77,14 @@ def ensure_bridge(cfg: DoveConfig, of_host: str, of_port: int) -> None:
     # NOTE: OVS queues packet-ins per input port and serves the ports round-robin
     # under this limit (pinsched), so one VM spraying misses cannot starve the
     # others' learning.  Seen on OVS 3.1.
+    # NOTE: OVS backs off up to 8 s between attempts to reach a controller that went
+    # away (OVS 3.1's default max_backoff): a restarted agent would wait that long for
+    # its switch.  The controller is on this machine; one second is plenty.
     _vsctl(
         cfg, "set", "Controller", br,
         f"controller_rate_limit={cfg.learning.packet_in_rate_limit}",
         f"controller_burst_limit={max(25, cfg.learning.packet_in_rate_limit // 4)}",
+        f"max_backoff={CONTROLLER_MAX_BACKOFF_MS}",
     )  # fmt: skip
 
 

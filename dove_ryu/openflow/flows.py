@@ -11,7 +11,7 @@ from dove_ryu.model import Endpoint, VmPort
 from dove_ryu.openflow import cookies
 from dove_ryu.openflow.cookies import Cookie, Purpose
 from dove_ryu.openflow.ofmsg import (
-    OFPG_ANY,
+    OFPG_ALL,
     OFPP_CONTROLLER,
     OFPP_IN_PORT,
     Action,
@@ -118,7 +118,9 @@ def delete_all_ours() -> list[FlowMod | GroupMod]:
     """Remove every flow we own (by cookie) and every group: the start of a resync."""
     return [
         delete_by_cookie(None, cookies.MASK_OURS),
-        group_mod(OFPG_ANY, GroupCommand.DELETE),
+        # NOTE: OFPG_ALL, not OFPG_ANY: OVS 3.1 takes OFPG_ANY as one (absent) group,
+        # and a restarted agent's group adds then failed with GROUP_EXISTS.
+        group_mod(OFPG_ALL, GroupCommand.DELETE),
     ]
 
 

@@ -21,7 +21,8 @@ OFPP_IN_PORT = 0xFFFFFFF8
 OFPP_TABLE = 0xFFFFFFF9
 OFPP_CONTROLLER = 0xFFFFFFFD
 OFPP_ANY = 0xFFFFFFFF
-OFPG_ANY = 0xFFFFFFFF
+OFPG_ANY = 0xFFFFFFFF  # any group: a wildcard of stats requests only
+OFPG_ALL = 0xFFFFFFFC  # every group, for a group delete
 OFPCML_NO_BUFFER = 0xFFFF
 
 
@@ -168,7 +169,7 @@ def _rank(msg: OfMsg) -> float:
         return 0 if msg.is_delete else 3
     if isinstance(msg, GroupMod):
         # Groups must exist before flows that use them.  Deletes go before adds: a
-        # resync deletes every group (OFPG_ANY) and re-adds them in one batch, and
+        # resync deletes every group (OFPG_ALL) and re-adds them in one batch, and
         # a delete after the adds would take the new groups and, in OVS, the flows
         # that point at them.  Deleting a group before the flows that use it is
         # harmless: OVS deletes those flows with it.

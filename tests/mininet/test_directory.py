@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 from mininet_topos.dove_agent import admin, agent_cmd, connected_status
+from mininet_topos.dove_topo import plug_vm
 from mininet_topos.hypervisor import wait_until
 
 DOVECTL = str(Path(sys.executable).parent / "dovectl")
@@ -130,8 +131,42 @@ def test_a_stopped_hypervisor_leaves_and_a_started_one_joins_with_no_change_else
         wait_until(lambda: not knows(stays, goes), 15.0, "the stopped one to go", step=0.1)
     finally:
         goes.start_agent(None, agent_cmd())
+    wait_until(lambda: connected_status(goes), 15.0, "the started one to have its switch")
     wait_until(lambda: goes.name in alive(stays), 15.0, "the started one to join", step=0.1)
     wait_until(lambda: pings(peer, vm.ip), 15.0, f"{peer.name} to reach {vm.name} again")
+
+
+def set_resolution(node: Any, remotes: str, instance: int, mode: str) -> None:
+    """An Instance row, as an operator writes it with the standard tools."""
+    row = {"id": instance, "name": f"instance-{instance}", "resolution": mode}
+    txn = ["DOVE_Directory", {"op": "insert", "table": "Instance", "row": row}]
+    run(node, "ovsdb-client", "--timeout=10", "transact", remotes, json.dumps(txn))
+
+
+def learned_macs(hv: Any, instance: int) -> set[str]:
+    rows = admin(hv)["instances"].get(str(instance), {}).get("learned", [])
+    return {r["mac"] for r in rows}
+
+
+def test_in_push_mode_a_new_vm_is_known_everywhere_before_its_first_packet(dnet: Any) -> None:
+    cluster = dnet.directory
+    a = dnet.tenant_vms(1)[0]
+    here = a.hypervisor
+    there = next(h for h in dnet.hypervisors if h is not here)
+    set_resolution(here, cluster.remotes, a.instance, "push")
+    vm = plug_vm(dnet, "t1vm9", there, 1, "02:00:00:00:00:99", "10.0.0.99/24")
+    # Sent ahead, both ways: each side has the other's flows before any packet.
+    wait_until(lambda: vm.mac in learned_macs(here, a.instance), 15.0, "the push to arrive")
+    wait_until(lambda: a.mac in learned_macs(there, a.instance), 15.0, "the push back")
+    before = {hv.name: admin(hv)["counters"] for hv in (here, there)}
+
+    out = a.host.cmd(f"ping -c3 -W1 {vm.ip}")
+    assert " 0% packet loss" in out, out
+
+    for hv in (here, there):
+        counters = admin(hv)["counters"]
+        for name in ("learn_requests_sent", "packet_in_l2_miss", "packet_in_arp_miss"):
+            assert counters.get(name, 0) == before[hv.name].get(name, 0), (hv.name, name)
 
 
 # ----------------------------------------------------------------- cluster
@@ -271,6 +306,7 @@ def test_the_leader_killed_under_traffic_loses_no_packet_and_agents_follow(dnet:
     goes.stop_agent()
     goes.start_agent(None, agent_cmd())
     started = time.monotonic()
+    wait_until(lambda: connected_status(goes), 15.0, "the restarted agent to have its switch")
     wait_until(lambda: reachable(goes), 15.0, "the agent to reconnect")
     rows = {r["name"]: r for r in dovectl(a.hypervisor, "hosts", "--db", cluster.remotes)}
     assert goes.name in rows

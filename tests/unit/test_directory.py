@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import pytest
 
-from dove_ryu.agent.directory import DirectoryView, HostRow
+from dove_ryu.agent.directory import DirectoryView, EndpointRow, HostRow
 from dove_ryu.config import ConfigError, from_mapping
 from tests.unit.test_core import (
     BROADCAST,
     KEY_HEX,
     MAC_A,
     MAC_B,
+    MAC_C,
     Net,
     eth,
     ip,
@@ -145,3 +146,69 @@ def test_directory_settings_are_taken() -> None:
         "tcp:10.99.0.242:6641",
         "ssl:10.99.0.243:6641",
     )
+
+
+# ------------------------------------------------------------------- push
+
+
+def push_view(net: Net, beat: int = 1, skip: tuple[str, ...] = ()) -> DirectoryView:
+    """The directory as every host sees it: hosts, their VMs, instance 5001 in push mode."""
+    hosts = [HostRow(f"h{n}", ip(n), h.core.served(), beat, INTERVAL) for n, h in net.hosts.items()]
+    endpoints = [
+        row for h in net.hosts.values() for row in h.core.local_endpoints() if row.mac not in skip
+    ]
+    return DirectoryView(hosts, endpoints, {5001: "push"})
+
+
+def show(net: Net, view: DirectoryView) -> None:
+    for h in net.hosts.values():
+        net.apply(h, h.core.directory_rows(net.now, view))
+    net.deliver()
+
+
+def test_push_installs_the_instances_endpoints_before_the_first_packet() -> None:
+    net = directory_net()
+    show(net, push_view(net))
+    h1 = net.hosts[1]
+    assert h1.core.p.learned.get(5001, MAC_B) is not None  # before any packet
+    assert h1.core.p.learned.get(5002, MAC_C) is None  # 5002 resolves by LEARN
+    asked = len(net.learn_requests())
+
+    seen = net.send(1, 1, eth(MAC_A, MAC_B))
+
+    assert net.packet_ins == [] and len(net.learn_requests()) == asked
+    assert local(seen) == [(2, 1)]
+    assert h1.core.counters["endpoint_pushed"] == 1  # b: a and a2 are h1's own
+
+
+def test_a_pushed_endpoint_idled_out_comes_back_from_the_copy_without_a_learn() -> None:
+    net = directory_net()
+    show(net, push_view(net))
+    h1 = net.hosts[1]
+    entry = h1.core.p.learned.get(5001, MAC_B)
+    assert entry is not None
+    net.now += 400
+    (flow,) = h1.switch.expire(lambda f: f.match.get("eth_dst") == MAC_B)
+    net.apply(h1, h1.core.flow_removed(net.now, flow.cookie, dict(flow.match), True, 400.0))
+    assert h1.core.p.learned.get(5001, MAC_B) is None
+    asked = len(net.learn_requests())
+
+    seen = net.send(1, 1, eth(MAC_A, MAC_B))
+
+    assert local(seen) == [(2, 1)] and len(net.learn_requests()) == asked
+    assert h1.core.counters["resolved_from_directory"] == 1
+
+
+def test_a_row_that_goes_takes_its_flows_and_a_newer_location_moves_them() -> None:
+    net = directory_net()
+    show(net, push_view(net))
+    h1 = net.hosts[1]
+    show(net, push_view(net, skip=(MAC_B,)))
+    assert h1.core.p.learned.get(5001, MAC_B) is None
+    moved = push_view(net)
+    b = next(e for e in moved.endpoints if e.mac == MAC_B)
+    newer = EndpointRow(b.instance, b.mac, b.ips, "h3", b.seq + 1)
+    older = EndpointRow(b.instance, b.mac, b.ips, "h2", b.seq)
+    show(net, DirectoryView(moved.hosts, [*moved.endpoints, newer, older], moved.resolution))
+    entry = h1.core.p.learned.get(5001, MAC_B)
+    assert entry is not None and entry.endpoint.host == ip(3)
