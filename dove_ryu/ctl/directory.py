@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from dove_ryu.agent.directory import RESOLUTIONS
 from dove_ryu.ctl.dircluster import (
     DB_NAME,
     ClusterStatus,
@@ -37,6 +38,7 @@ from dove_ryu.ctl.dircluster import (
     transact_argv,
     transact_result,
 )
+from dove_ryu.model import check_instance
 
 DEFAULT_RUNDIR = "/var/run/dove-ryu/directory"
 DEFAULT_DB = f"unix:{DEFAULT_RUNDIR}/db.sock"  # the local member's socket (server_argv)
@@ -195,6 +197,36 @@ def cmd_endpoints(args: argparse.Namespace, run: Run) -> Any:
     return None
 
 
+def cmd_instances(args: argparse.Namespace, run: Run) -> Any:
+    rows = sorted(_select(args, run, "Instance", []), key=lambda r: r["id"])
+    if args.json:
+        return rows
+    _table(
+        [[str(r["id"]), r["name"] or "-", r["resolution"]] for r in rows],
+        ["INSTANCE", "NAME", "RESOLUTION"],
+    )
+    return None
+
+
+def cmd_resolution(args: argparse.Namespace, run: Run) -> Any:
+    """Set how an instance's addresses are resolved: its Instance row, made if absent."""
+    instance = check_instance(args.instance)
+    where = [["id", "==", instance]]
+    update = [DB_NAME, {"op": "update", "table": "Instance", "where": where,
+                        "row": {"resolution": args.mode}}]  # fmt: skip
+    answer = json.loads(run(transact_argv(args.db, update, args.timeout), None))
+    if not isinstance(answer, list) or not answer or "error" in answer[0]:
+        raise DirectoryError(f"{args.db} Instance: {answer}")
+    if answer[0].get("count", 0) == 0:
+        row = {"id": instance, "name": args.name or f"instance-{instance}", "resolution": args.mode}
+        insert = [DB_NAME, {"op": "insert", "table": "Instance", "row": row}]
+        answer = json.loads(run(transact_argv(args.db, insert, args.timeout), None))
+        if not isinstance(answer, list) or not answer or "error" in answer[0]:
+            raise DirectoryError(f"{args.db} Instance: {answer}")
+    print(f"instance {instance}: resolution {args.mode}")
+    return None
+
+
 # ---------------------------------------------------------------- create and join
 
 
@@ -237,6 +269,8 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Run], Any]] = {
     "status": cmd_status,
     "hosts": cmd_hosts,
     "endpoints": cmd_endpoints,
+    "instances": cmd_instances,
+    "resolution": cmd_resolution,
     "create": cmd_create,
     "join": cmd_join,
 }
@@ -265,6 +299,11 @@ def add_commands(subparsers: Any) -> None:
     read("endpoints", "the Endpoint rows: instance, MAC, IPs, host, seq").add_argument(
         "--instance", type=int
     )
+    read("instances", "the Instance rows: how each instance's addresses are resolved")
+    p = read("resolution", "set an instance's resolution: learn, lookup or push")
+    p.add_argument("--instance", type=int, required=True)
+    p.add_argument("--mode", required=True, choices=RESOLUTIONS)
+    p.add_argument("--name", help="the instance's name, if its row is made now")
 
     def write(name: str, text: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=text, description=text)

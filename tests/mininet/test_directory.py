@@ -137,10 +137,12 @@ def test_a_stopped_hypervisor_leaves_and_a_started_one_joins_with_no_change_else
 
 
 def set_resolution(node: Any, remotes: str, instance: int, mode: str) -> None:
-    """An Instance row, as an operator writes it with the standard tools."""
-    row = {"id": instance, "name": f"instance-{instance}", "resolution": mode}
-    txn = ["DOVE_Directory", {"op": "insert", "table": "Instance", "row": row}]
-    run(node, "ovsdb-client", "--timeout=10", "transact", remotes, json.dumps(txn))
+    """As an operator sets it."""
+    args = ["--db", remotes, "--instance", str(instance), "--mode", mode]
+    run(node, DOVECTL, "directory", "resolution", *args)
+    assert {"id": instance, "resolution": mode}.items() <= next(
+        r for r in dovectl(node, "instances", "--db", remotes) if r["id"] == instance
+    ).items()
 
 
 def learned_macs(hv: Any, instance: int) -> set[str]:

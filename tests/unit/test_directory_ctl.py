@@ -304,3 +304,42 @@ def test_every_directory_read_takes_json() -> None:
         assert parser.parse_args(["directory", cmd, "--json"]).json is True
         assert parser.parse_args(["--json", "directory", cmd]).json is True
         assert parser.parse_args(["directory", cmd]).json is False
+
+
+class InstanceTools(FakeTools):
+    """An Instance table: update answers how many rows it changed."""
+
+    def __init__(self, existing: Sequence[int] = ()) -> None:
+        super().__init__()
+        self.rows = {i: "learn" for i in existing}
+
+    def __call__(self, argv: Sequence[str], env: Mapping[str, str] | None) -> str:
+        self.calls.append(list(argv))
+        _, op = json.loads(argv[4])
+        if op["op"] == "update":
+            ((_, _, instance),) = op["where"]
+            if instance in self.rows:
+                self.rows[instance] = op["row"]["resolution"]
+                return json.dumps([{"count": 1}])
+            return json.dumps([{"count": 0}])
+        if op["op"] == "insert":
+            self.rows[op["row"]["id"]] = op["row"]["resolution"]
+            return json.dumps([{"uuid": ["uuid", CID]}])
+        return json.dumps([{"rows": []}])
+
+
+def test_resolution_updates_an_instance_row_or_makes_it(capsys: pytest.CaptureFixture[str]) -> None:
+    tools = InstanceTools(existing=[5001])
+    assert (
+        dovectl_run(tools, "directory", "resolution", "--instance", "5001", "--mode", "push") == 0
+    )
+    assert tools.rows == {5001: "push"} and len(tools.calls) == 1
+    assert (
+        dovectl_run(tools, "directory", "resolution", "--instance", "5002", "--mode", "push") == 0
+    )
+    assert tools.rows == {5001: "push", 5002: "push"}
+    assert json.loads(tools.calls[-1][4])[1]["row"]["name"] == "instance-5002"
+    assert "instance 5002: resolution push" in capsys.readouterr().out
+    assert dovectl_run(tools, "directory", "resolution", "--instance", "0", "--mode", "push") == 1
+    with pytest.raises(SystemExit):
+        dovectl_run(tools, "directory", "resolution", "--instance", "1", "--mode", "guess")
