@@ -83,7 +83,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     if not report.failed or item.get_closest_marker("mininet") is None:
         return
     funcargs = getattr(item, "funcargs", {})
-    env = funcargs.get("dove") or funcargs.get("sites")
+    # dove, sites: the shared fixtures; dnet: a module's own one-site emulation.
+    env = funcargs.get("dove") or funcargs.get("sites") or funcargs.get("dnet")
     if env is None:
         return
     net = env.net if isinstance(env, Dove) else env
