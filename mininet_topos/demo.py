@@ -13,6 +13,11 @@ tears everything down, checking that nothing is left behind.
 With ``--sites N`` the tenants span N sites that cannot reach each other, each
 with two VAN proxies (mininet_topos.sites): pings across sites go through the
 active proxy of each site, and the proxies' flow tables are shown too.
+
+With ``--directory`` the hosts find each other through a 3-member directory cluster
+(no peers lists), and ``--push T`` (repeatable) puts tenant T's instance in ``push``
+resolution: its endpoints reach every host before the first ping.  The report says
+which mode each instance used, with its first-ping RTT.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from mininet_topos import sites
 from mininet_topos.dove_agent import admin
 from mininet_topos.dove_topo import UNDERLAY_SWITCH, DoveNet, build_dove_net
 from mininet_topos.emulation import VmRecord
+from mininet_topos.hypervisor import wait_until
 
 RTT = re.compile(r"time=([\d.]+) ms")
 VOLATILE = re.compile(r" (duration|n_packets|n_bytes|idle_age|hard_age)=[^,]+,")
@@ -131,7 +137,15 @@ def _build(args: argparse.Namespace) -> tuple[Any, list[Any], list[str]]:
     """The emulation, the nodes that run agents, and the bridges it makes in the root
     namespace (checked at teardown)."""
     if args.sites == 1:
-        dnet, _key = build_dove_net(args.hypervisors, args.tenants, args.vms_per_tenant)
+        dnet, _key = build_dove_net(
+            args.hypervisors, args.tenants, args.vms_per_tenant, directory=args.directory
+        )
+        try:
+            for tenant in args.push:
+                push_instance(dnet, tenant)
+        except BaseException:
+            dnet.stop()
+            raise
         return dnet, dnet.hypervisors, [UNDERLAY_SWITCH]
     spec = sites.SitesSpec(
         sites=args.sites,
@@ -148,6 +162,47 @@ def _build(args: argparse.Namespace) -> tuple[Any, list[Any], list[str]]:
         raise
     bridges = [sites.site_switch(s) for s in spec.site_numbers] + [sites.WAN_SWITCH]
     return snet, snet.nodes, bridges
+
+
+def push_instance(dnet: DoveNet, tenant: int) -> None:
+    """Set the tenant's instance to ``push`` (as an operator would, with dovectl) and wait
+    until every host of the tenant has the others' endpoints, before any packet."""
+    vms = dnet.tenant_vms(tenant)
+    hv = dnet.hypervisors[0]
+    dovectl = str(Path(sys.executable).parent / "dovectl")
+    argv = [dovectl, "directory", "resolution", "--db", dnet.directory.remotes,
+            "--instance", str(vms[0].instance), "--mode", "push"]  # fmt: skip
+    out, err, rc = hv.pexec(argv)
+    if rc != 0:
+        raise RuntimeError(f"{' '.join(argv)}: {err or out}")
+
+    def pushed() -> bool:
+        for vm in vms:
+            status = admin(vm.hypervisor)["instances"].get(str(vm.instance), {})
+            macs = {r["mac"] for r in status.get("learned", [])}
+            if any(o.mac not in macs for o in vms if o.hypervisor is not vm.hypervisor):
+                return False
+        return True
+
+    wait_until(pushed, 15.0, f"tenant {tenant}'s endpoints to be pushed")
+
+
+def resolution(report: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    """Per instance: how its addresses were resolved, and the median RTT of the first
+    ping of each of its pairs (whether or not the source's host knew the target)."""
+    out: dict[str, Any] = {}
+    for v in report["layout"]:
+        mode = "push" if v["tenant"] in args.push else "learn"
+        out.setdefault(str(v["instance"]), {"tenant": v["tenant"], "mode": mode})
+    for instance, row in out.items():
+        vms = {v["vm"] for v in report["layout"] if str(v["instance"]) == instance}
+        firsts = sorted(
+            p["first_rtt_ms"]
+            for p in report["pings"]
+            if p["src"] in vms and p["first_rtt_ms"] is not None
+        )
+        row["first_rtt_ms_median"] = firsts[len(firsts) // 2] if firsts else None
+    return out
 
 
 def run_demo(args: argparse.Namespace) -> dict[str, Any]:
@@ -179,6 +234,8 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         dnet.stop()
     report["leftovers"] = leftovers(rundirs, bridges)
+    if args.directory:
+        report["resolution"] = resolution(report, args)
     return report
 
 
@@ -241,6 +298,15 @@ def print_report(report: dict[str, Any]) -> None:
         print(f"\n{hv}: br-dove has {flows['count']} flows; the overlay state among them:")
         for line in flows["excerpt"]:
             print(f"  {line}")
+    if "resolution" in report:
+        print("\nResolution, through the directory (--directory):")
+        for instance, row in report["resolution"].items():
+            rtt = row["first_rtt_ms_median"]
+            shown = f"{rtt:.2f} ms" if rtt is not None else "-"
+            print(
+                f"  instance {instance} (tenant {row['tenant']}): {row['mode']:5} "
+                f"first-ping RTT median {shown}"
+            )
     print(f"\nteardown: {'clean' if not report['leftovers'] else report['leftovers']}")
 
 
@@ -260,11 +326,26 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     parser.add_argument(
+        "--directory", action="store_true", help="hosts find each other through a directory"
+    )
+    parser.add_argument(
+        "--push",
+        type=int,
+        action="append",
+        default=[],
+        metavar="TENANT",
+        help="with --directory: this tenant's instance in push resolution (repeatable)",
+    )
+    parser.add_argument(
         "--cli", action="store_true", help="open the Mininet CLI before tearing down"
     )
     args = parser.parse_args(argv)
     if args.hypervisors is None:
         args.hypervisors = 3 if args.sites == 1 else 2
+    if (args.directory or args.push) and args.sites != 1:
+        parser.error("--directory and --push are for one site (no --sites) for now")
+    if args.push and not args.directory:
+        parser.error("--push needs --directory")
     if args.vms_per_tenant < 2:
         parser.error("--vms-per-tenant must be at least 2 so tenants span hypervisors")
     setLogLevel("warning")
