@@ -5,7 +5,8 @@ time (``now``) and returns a `CoreOutput`; `dove_ryu.adapters.shell` feeds it fr
 os-ken, OVSDB and the control socket and sends what comes back.
 
 It is made of the parts `dove_ryu.agent.parts.HostParts` lists; `HostMisses` takes
-the packet-in path and `Arrivals` VMs coming and going.  This file adds the host's
+the packet-in path, `Arrivals` VMs coming and going, `HostMembers` what a member
+joining or leaving changes, and `DirectorySync` the directory's rows (directory mode).  This file adds the host's
 side of the protocol (paper IV-C): answering LEARNs for its VMs, taking answers and
 announcements, following VMs that moved.
 """
@@ -17,6 +18,8 @@ from ipaddress import IPv4Address
 
 from dove_ryu.agent.arrivals import Arrivals
 from dove_ryu.agent.directory import DirectoryView, EndpointRow
+from dove_ryu.agent.host_directory import DirectorySync
+from dove_ryu.agent.host_members import HostMembers
 from dove_ryu.agent.host_misses import HostMisses
 from dove_ryu.agent.membership import ANNOUNCE_MAX_INSTANCES
 from dove_ryu.agent.parts import host_parts
@@ -48,6 +51,8 @@ class HostCore:
         self.p = host_parts(cfg, LOG)  # what a host is made of (`dove_ryu.agent.parts`)
         self.misses = HostMisses(self.p)
         self.arrivals = Arrivals(self.p)
+        self.members = HostMembers(self.p)
+        self.sync = DirectorySync(self.p, self.members)
         self.next_announce = now
         self.last_tick = now
 
@@ -146,67 +151,18 @@ class HostCore:
 
     def served(self) -> frozenset[int]:
         """The instances this host serves, as it registers them in the directory."""
-        return frozenset(self.p.instances.announced)
+        return self.sync.served()
 
     def local_endpoints(self) -> list[EndpointRow]:
         """The VMs here, as this host publishes them in the directory."""
-        return [
-            EndpointRow(p.instance, p.mac, p.ips, self.p.name, self.p.ports.seq(p.instance, p.mac))
-            for p in sorted(self.p.ports.all(), key=lambda p: (p.instance, p.mac))
-        ]
+        return self.sync.local_endpoints()
 
     def directory_rows(self, now: float, view: DirectoryView) -> CoreOutput:
         """What the directory shows of the hosts, endpoints and instances we serve."""
-        assert self.p.directory is not None and self.p.published is not None
-        self.p.directory.rows(now, view.hosts)
-        self.p.published.update(view)
-        out = self._directory_members(now)
-        out.ofmsgs += self._push(now)
-        return out
-
-    def _push(self, now: float) -> list[OfMsg]:
-        """Install what the directory pushes for our ``push`` instances, ahead of any
-        packet; forget what it pushed before and no longer does."""
-        assert self.p.directory is not None and self.p.published is not None
-        alive = self.p.directory.alive(now)
-        served = self.p.ports.instances
-        wanted = {
-            key: ep
-            for key, ep in self.p.published.endpoints().items()
-            if ep.host in alive and ep.instance in served
-        }
-        msgs: list[OfMsg] = []
-        for (instance, mac), ep in sorted(wanted.items()):
-            current = self.p.learned.get(instance, mac)
-            if current is None or (current.endpoint != ep and current.endpoint.seq <= ep.seq):
-                self.p.stats.count("endpoint_pushed")
-                msgs += self.p.learned.remember(now, ep, ep.host)
-        for key, ep in sorted(self.p.published.installed.items()):
-            current = self.p.learned.get(*key)
-            if key not in wanted and current is not None and current.endpoint == ep:
-                msgs += self.p.learned.forget(*key)
-        self.p.published.installed = wanted
-        return msgs
+        return self.sync.rows(now, view)
 
     def directory_unreachable(self, now: float) -> None:
-        """The directory stopped answering: members stay as they are meanwhile."""
-        if self.p.directory is not None and self.p.directory.reachable:
-            self.p.stats.count("directory_lost")
-            LOG.warning("%s: directory unreachable; members kept as they are", self.p.name)
-            self.p.directory.unreachable(now)
-
-    def _directory_members(self, now: float) -> CoreOutput:
-        """Members are the live hosts the directory shows, each serving what its row
-        says; a host whose heartbeat stopped serves nothing any more."""
-        assert self.p.directory is not None
-        alive = self.p.directory.alive(now)
-        out = CoreOutput()
-        gone = {h for i in self.p.members.instances() for h in self.p.members.hosts(i)}
-        for host, instances in sorted(alive.items()):
-            out.extend(self._members_changed(now, host, instances)[0])
-        for host in sorted(gone - set(alive)):
-            out.extend(self._members_changed(now, host, frozenset())[0])
-        return out
+        self.sync.unreachable(now)
 
     def _on_announce(self, now: float, env: Envelope, msg: Announce) -> CoreOutput:
         self.p.stats.count("announce_received")
@@ -217,39 +173,15 @@ class HostCore:
         out = CoreOutput()
         if msg.proxy is not None:
             for old in self.p.members.proxy_heard(now, sender, msg.proxy):
-                out.ofmsgs += self.p.failover(now, msg.proxy.site, old, sender, self._member_left)
-        changed, new_peer = self._members_changed(now, sender, msg.instances)
+                out.ofmsgs += self.p.failover(
+                    now, msg.proxy.site, old, sender, self.members.member_left
+                )
+        changed, new_peer = self.members.changed(now, sender, msg.instances)
         out.extend(changed)
         if new_peer and msg.instances:
             # A host we did not know (new or restarted): tell it at once what we serve.
             out.datagrams += self._announce(now, only=[sender])
         return out
-
-    def _members_changed(
-        self, now: float, host: IPv4Address, instances: frozenset[int]
-    ) -> tuple[CoreOutput, bool]:
-        """``host`` serves exactly ``instances`` now (it announced so, or the directory
-        shows so); and whether we had not known it at all."""
-        change = self.p.members.served_by(now, host, instances)
-        out = CoreOutput()
-        for instance in change.joined:
-            out.ofmsgs += self._member_changed(instance, host, joined=True)
-            # LEARNs in flight for the instance go to the new member at once.
-            for pending in self.p.resolver.of_instance(instance):
-                out.datagrams += self.p.ask(pending, [host])
-        for instance in change.left:
-            out.ofmsgs += self._member_changed(instance, host, joined=False)
-        return out, change.new_peer
-
-    def _member_left(self, instance: int, host: IPv4Address) -> list[OfMsg]:
-        return self._member_changed(instance, host, joined=False)
-
-    def _member_changed(self, instance: int, host: IPv4Address, joined: bool) -> list[OfMsg]:
-        verb = "joined" if joined else "left"
-        LOG.info("%s: member %s %s instance %d", self.p.cfg.name, host, verb, instance)
-        self.p.stats.count("member_joined" if joined else "member_left")
-        msgs = [] if joined else self.p.learned.forget_behind(instance, host)
-        return msgs + self.p.instances.member_changed(instance, host, joined)
 
     def _on_learn_request(self, now: float, sender: IPv4Address, msg: LearnRequest) -> CoreOutput:
         self.p.stats.count("learn_requests_received")
@@ -313,7 +245,7 @@ class HostCore:
         # Announcing a VM of the instance is serving the instance.
         if not self.p.members.serves(msg.instance, sender):
             self.p.members.join(now, msg.instance, sender)
-            out.ofmsgs += self._member_changed(msg.instance, sender, joined=True)
+            out.ofmsgs += self.members.member_changed(msg.instance, sender, joined=True)
         ep = Endpoint(msg.instance, msg.mac, msg.ips, msg.host, msg.seq)
         followed = self.arrivals.elsewhere(now, ep)
         if followed is None:
@@ -348,11 +280,11 @@ class HostCore:
             out.datagrams += self.p.ask(pending, self.p.members.hosts(pending.instance))
         for instance, host in self.p.members.expired(now):
             self.p.members.leave(instance, host)
-            out.ofmsgs += self._member_changed(instance, host, joined=False)
+            out.ofmsgs += self.members.member_changed(instance, host, joined=False)
         self.p.members.expire_proxies(now)
         directory = self.p.directory
         if directory is not None and now > directory.next_expiry(self.last_tick):
-            out.extend(self._directory_members(now))  # a host's heartbeat stopped
+            out.extend(self.sync.judge(now))  # a host's heartbeat stopped
         self.last_tick = now
         if lingering_ended or now >= self.next_announce:
             out.datagrams += self._announce(now)
@@ -404,19 +336,7 @@ class HostCore:
             },
             "pending": len(self.p.resolver),
             "counters": dict(sorted(self.p.stats.counters.items())),
-            **self._directory_status(now),
-        }
-
-    def _directory_status(self, now: float) -> dict[str, object]:
-        directory = self.p.directory
-        if directory is None:
-            return {}
-        names = directory.names()
-        return {
-            "directory": {
-                "reachable": directory.reachable,
-                "alive": {str(h): names.get(h, "") for h in sorted(directory.alive(now))},
-            }
+            **self.sync.status(now),
         }
 
     def stats_view(self) -> StatsView:

@@ -1,0 +1,100 @@
+"""A host in directory mode (``discovery = directory``): what it registers, and what the
+directory's rows change here: members (`dove_ryu.agent.directory.DirectoryMembers`
+judges who is alive) and, for instances in ``push`` resolution, endpoints installed
+before any packet (`dove_ryu.agent.directory.Published`).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from dove_ryu.agent.directory import DirectoryView, EndpointRow
+from dove_ryu.agent.host_members import HostMembers
+from dove_ryu.openflow.ofmsg import CoreOutput, OfMsg
+
+if TYPE_CHECKING:
+    from dove_ryu.agent.parts import HostParts
+
+
+class DirectorySync:
+    def __init__(self, p: HostParts, members: HostMembers) -> None:
+        self.p = p
+        self.members = members
+
+    def served(self) -> frozenset[int]:
+        """The instances this host serves, as it registers them in the directory."""
+        return frozenset(self.p.instances.announced)
+
+    def local_endpoints(self) -> list[EndpointRow]:
+        """The VMs here, as this host publishes them in the directory."""
+        return [
+            EndpointRow(p.instance, p.mac, p.ips, self.p.name, self.p.ports.seq(p.instance, p.mac))
+            for p in sorted(self.p.ports.all(), key=lambda p: (p.instance, p.mac))
+        ]
+
+    def rows(self, now: float, view: DirectoryView) -> CoreOutput:
+        """What the directory shows of the hosts, endpoints and instances we serve."""
+        assert self.p.directory is not None and self.p.published is not None
+        self.p.directory.rows(now, view.hosts)
+        self.p.published.update(view)
+        out = self.judge(now)
+        out.ofmsgs += self.push(now)
+        return out
+
+    def push(self, now: float) -> list[OfMsg]:
+        """Install what the directory pushes for our ``push`` instances, ahead of any
+        packet; forget what it pushed before and no longer does."""
+        assert self.p.directory is not None and self.p.published is not None
+        alive = self.p.directory.alive(now)
+        served = self.p.ports.instances
+        wanted = {
+            key: ep
+            for key, ep in self.p.published.endpoints().items()
+            if ep.host in alive and ep.instance in served
+        }
+        msgs: list[OfMsg] = []
+        for (instance, mac), ep in sorted(wanted.items()):
+            current = self.p.learned.get(instance, mac)
+            if current is None or (current.endpoint != ep and current.endpoint.seq <= ep.seq):
+                self.p.stats.count("endpoint_pushed")
+                msgs += self.p.learned.remember(now, ep, ep.host)
+        for key, ep in sorted(self.p.published.installed.items()):
+            current = self.p.learned.get(*key)
+            if key not in wanted and current is not None and current.endpoint == ep:
+                msgs += self.p.learned.forget(*key)
+        self.p.published.installed = wanted
+        return msgs
+
+    def unreachable(self, now: float) -> None:
+        """The directory stopped answering: members stay as they are meanwhile."""
+        if self.p.directory is not None and self.p.directory.reachable:
+            self.p.stats.count("directory_lost")
+            self.p.stats.log.warning(
+                "%s: directory unreachable; members kept as they are", self.p.name
+            )
+            self.p.directory.unreachable(now)
+
+    def judge(self, now: float) -> CoreOutput:
+        """Members are the live hosts the directory shows, each serving what its row
+        says; a host whose heartbeat stopped serves nothing any more."""
+        assert self.p.directory is not None
+        alive = self.p.directory.alive(now)
+        out = CoreOutput()
+        gone = {h for i in self.p.members.instances() for h in self.p.members.hosts(i)}
+        for host, instances in sorted(alive.items()):
+            out.extend(self.members.changed(now, host, instances)[0])
+        for host in sorted(gone - set(alive)):
+            out.extend(self.members.changed(now, host, frozenset())[0])
+        return out
+
+    def status(self, now: float) -> dict[str, object]:
+        directory = self.p.directory
+        if directory is None:
+            return {}
+        names = directory.names()
+        return {
+            "directory": {
+                "reachable": directory.reachable,
+                "alive": {str(h): names.get(h, "") for h in sorted(directory.alive(now))},
+            }
+        }
