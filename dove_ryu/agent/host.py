@@ -6,9 +6,9 @@ os-ken, OVSDB and the control socket and sends what comes back.
 
 It is made of the parts `dove_ryu.agent.parts.HostParts` lists; `HostMisses` takes
 the packet-in path, `Arrivals` VMs coming and going, `HostMembers` what a member
-joining or leaving changes, and `DirectorySync` the directory's rows (directory mode).  This file adds the host's
-side of the protocol (paper IV-C): answering LEARNs for its VMs, taking answers and
-announcements, following VMs that moved.
+joining or leaving changes, and `DirectorySync` the directory's rows (directory mode).
+This file adds the host's side of the protocol (paper IV-C): answering LEARNs for its
+VMs, taking answers and announcements, following VMs that moved.
 """
 
 from __future__ import annotations
