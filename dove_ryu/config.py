@@ -48,6 +48,9 @@ class HostConfig:
     directory: tuple[str, ...] = _setting(
         (), "the directory cluster's OVSDB remotes (tcp:IP:PORT, ssl:IP:PORT, unix:/PATH)"
     )
+    directory_private_key: str = _setting("", "this host's key for ssl: directory remotes")
+    directory_certificate: str = _setting("", "its certificate (CN: its host_name)")
+    directory_ca_cert: str = _setting("", "the CA that signed the directory members'")
     bridge: str = _setting("br-dove", "the integration bridge")
     datapath_type: str = _setting("system", "the bridge's datapath type")
     tunnel_type: str = _setting("vxlan", "the encapsulation")
@@ -321,6 +324,11 @@ def _check_discovery(kwargs: dict[str, object]) -> None:
         raise ConfigError("[dove] directory: missing (required with discovery = directory)")
     if not directory and "directory" in kwargs:
         raise ConfigError("[dove] directory: only with discovery = directory")
+    ssl_files = ("directory_private_key", "directory_certificate", "directory_ca_cert")
+    if any(str(r).startswith("ssl:") for r in kwargs.get("directory", ())):  # type: ignore[attr-defined]
+        for name in ssl_files:
+            if not kwargs.get(name):
+                raise ConfigError(f"[dove] {name}: missing (required with ssl: directory remotes)")
     if directory and kwargs.get("role", "host") != "host":
         # NOTE: a proxy stands for sites the directory does not list yet (issue 11).
         raise ConfigError("[dove] discovery: a proxy uses discovery = static for now")

@@ -13,8 +13,11 @@ restarts it.  Nothing runs in the root namespace.
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import signal
+import subprocess
 import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -25,12 +28,15 @@ from mininet.node import Host
 from dove_ryu.ctl.dircluster import (
     ClusterStatus,
     DirectoryError,
+    Pki,
     ServerFiles,
+    agent_remotes,
     cluster_remotes,
     cluster_status_argv,
     create_argv,
     join_argv,
     parse_cluster_status,
+    rbac_txn,
     server_argv,
 )
 from mininet_topos.hypervisor import (
@@ -52,6 +58,37 @@ def member_name(index: int) -> str:
     return f"dir{index}"
 
 
+class ClusterPki:
+    """One certificate authority for the emulation's directory (``ovs-pki``): a key and
+    certificate per member and per agent, the CN each one's name (``-u``), which is
+    what the cluster's RBAC compares a host's rows with."""
+
+    def __init__(self) -> None:
+        base = os.environ.get("DOVE_RUNDIR_BASE") or None
+        self.dir = Path(tempfile.mkdtemp(prefix="dove-dirpki-", dir=base))
+        self._tool("init", "--force")
+
+    def _tool(self, *args: str) -> None:
+        argv = ["ovs-pki", "-u", f"--dir={self.dir / 'pki'}", *args]
+        proc = subprocess.run(argv, cwd=self.dir, capture_output=True, text=True, check=False)
+        if proc.returncode != 0:
+            raise RuntimeError(f"{' '.join(argv)}: {proc.stderr.strip()}")
+
+    @property
+    def ca_cert(self) -> Path:
+        return self.dir / "pki" / "switchca" / "cacert.pem"
+
+    def issue(self, name: str) -> Pki:
+        """``name``'s key and certificate (made once)."""
+        files = Pki(self.dir / f"{name}-privkey.pem", self.dir / f"{name}-cert.pem", self.ca_cert)
+        if not files.certificate.exists():
+            self._tool("req+sign", name, "switch")
+        return files
+
+    def remove(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
 class DirectoryMember(Host):
     """One member: its underlay address (``cidr``) and, once started, its ovsdb-server.
 
@@ -65,6 +102,7 @@ class DirectoryMember(Host):
         self, name: str, index: int = 1, cidr: str = "10.99.0.241/24", **params: Any
     ) -> None:
         self.index = index
+        self.pki: Pki | None = None  # given by its cluster: agents then speak SSL to it
         self.cidr = cidr
         self.address = cidr.split("/")[0]
         self.rundir: Path | None = None
@@ -143,7 +181,7 @@ class DirectoryMember(Host):
         """ovsdb-server on the database file (returns once it has detached, i.e. listens)."""
         if self.server_pid is not None:
             raise RuntimeError(f"{self.name}: ovsdb-server already running (pid {self.server_pid})")
-        self.run(*server_argv(str(self.db_file), self.address, self.files))
+        self.run(*server_argv(str(self.db_file), self.address, self.files, self.pki))
 
     def kill(self) -> None:
         """As a crash: SIGKILL, no goodbye to the cluster; the database file stays."""
@@ -187,10 +225,13 @@ def cleanup_stale(base: str | None = None) -> list[Path]:
 class DirectoryCluster:
     """The members of one directory, started together; who leads, kill, restart."""
 
-    def __init__(self, members: Iterable[DirectoryMember]) -> None:
+    def __init__(self, members: Iterable[DirectoryMember], pki: ClusterPki | None = None) -> None:
         self.members = list(members)
         if not self.members:
             raise ValueError("a directory cluster needs at least one member")
+        self.pki = pki
+        for m in self.members:
+            m.pki = pki.issue(m.name) if pki is not None else None
 
     @property
     def addresses(self) -> list[str]:
@@ -213,7 +254,17 @@ class DirectoryCluster:
         for m in others:
             m.join_db([first.address])
             m.start_server()
-        return self.wait_leader(timeout)
+        leader = self.wait_leader(timeout)
+        if self.pki is not None:
+            # The agents' SSL remote and their RBAC role, through the leader's socket.
+            txn = json.dumps(rbac_txn())
+            leader.run("ovsdb-client", "--timeout=10", "transact", f"unix:{leader.sock}", txn)
+        return leader
+
+    @property
+    def agent_remotes(self) -> str:
+        """What agents get as ``directory =``: SSL when the cluster has a PKI."""
+        return agent_remotes(self.addresses) if self.pki is not None else self.remotes
 
     def statuses(self) -> dict[str, ClusterStatus | None]:
         return {m.name: m.cluster_status() for m in self.members}

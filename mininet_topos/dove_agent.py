@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from dove_ryu.adapters.admin import query
+from dove_ryu.ctl.dircluster import Pki
 from mininet_topos.hypervisor import AGENT_OFP_PORT, TUNNEL_PORT, Hypervisor
 
 ADMIN_SOCKET = "admin/admin.sock"  # relative to the hypervisor's rundir
@@ -48,6 +49,7 @@ def agent_config(
     key: str,
     extra: dict[str, Any] | None = None,
     directory: str | None = None,
+    ssl: Pki | None = None,
 ) -> str:
     """The agent's dove.ini.  With ``directory`` (the cluster's remotes,
     tcp:A:6641,tcp:B:6641,...) the agent finds its peers there (``discovery =
@@ -57,6 +59,12 @@ def agent_config(
         if directory
         else {"peers": ", ".join(p for p in peers if p != hv.underlay_ip)}
     )
+    if ssl is not None:  # the host's identity for the directory's RBAC
+        found |= {
+            "directory_private_key": ssl.private_key,
+            "directory_certificate": ssl.certificate,
+            "directory_ca_cert": ssl.ca_cert,
+        }
     settings: dict[str, Any] = {
         "host_name": hv.name,
         "underlay_ip": hv.underlay_ip,

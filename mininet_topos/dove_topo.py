@@ -31,10 +31,10 @@ from mininet.node import Host
 from mininet.topo import Topo
 from mininet.util import quietRun
 
-from dove_ryu.ctl.dircluster import cluster_remotes
+from dove_ryu.ctl.dircluster import agent_remotes, cluster_remotes
 from mininet_topos import kernel_vxlan, learning, ovn
 from mininet_topos.directory import MEMBERS as DIRECTORY_MEMBERS
-from mininet_topos.directory import DirectoryCluster, DirectoryMember, member_name
+from mininet_topos.directory import ClusterPki, DirectoryCluster, DirectoryMember, member_name
 from mininet_topos.directory import cleanup_stale as cleanup_directory
 from mininet_topos.dove_agent import agent_cmd, agent_config, agent_ready, has_local
 from mininet_topos.emulation import (
@@ -195,6 +195,13 @@ class DoveNet(RunningNet):
     def __iter__(self) -> Iterator[VmRecord]:
         return iter(self.vms)
 
+    def stop(self) -> None:
+        try:
+            super().stop()
+        finally:
+            if self.directory is not None and self.directory.pki is not None:
+                self.directory.pki.remove()
+
 
 def _attach(mode: str, hv: Hypervisor, host: Host, plan: VmPlan) -> str:
     """Plug one planned VM into its hypervisor the way ``mode`` forwards; return the port."""
@@ -229,6 +236,7 @@ def build_net(
     agent_cmd: list[str] | None = None,
     agent_config: Any = None,
     directory: bool = False,
+    directory_pki: ClusterPki | None = None,
 ) -> DoveNet:
     """Build and start the emulation; tear it down again if any step fails.
 
@@ -252,7 +260,7 @@ def build_net(
         address_probe(probe, PROBE_CIDR)
         if directory:
             dnet.directory = DirectoryCluster(
-                net.get(member_name(n)) for n in range(1, DIRECTORY_MEMBERS + 1)
+                (net.get(member_name(n)) for n in range(1, DIRECTORY_MEMBERS + 1)), directory_pki
             )
             dnet.directory.start()
         if mode in SINGLE_TENANT_MODES:
@@ -319,15 +327,25 @@ def build_dove_net(
     Returns the net and the deployment key (tests forge messages with it)."""
     key = os.environ.get("DOVE_AUTH_KEY") or secrets.token_hex(16)
     peers = [underlay_ip(n) for n in range(1, hypervisors + 1)]
-    remotes = directory_remotes() if directory else None
+    # The directory's agents speak SSL, each with its own certificate (RBAC).
+    pki = ClusterPki() if directory else None
+    remotes = agent_remotes(directory_address(n) for n in range(1, DIRECTORY_MEMBERS + 1))
     dnet = build_net(
         hypervisors,
         tenants,
         vms_per_tenant,
         mode="dove",
         agent_cmd=agent_cmd(),
-        agent_config=lambda hv: agent_config(hv, peers, key, extra, directory=remotes),
+        agent_config=lambda hv: agent_config(
+            hv,
+            peers,
+            key,
+            extra,
+            directory=remotes if pki else None,
+            ssl=pki.issue(hv.name) if pki else None,
+        ),
         directory=directory,
+        directory_pki=pki,
     )
     try:
         wait_ready(dnet, timeout)

@@ -26,6 +26,7 @@ from typing import Any
 
 import ovs.db.idl
 import ovs.poller
+import ovs.stream
 
 from dove_ryu.agent.directory import DirectoryView, EndpointRow, HostRow
 from dove_ryu.config import DoveConfig
@@ -110,6 +111,11 @@ class DirectoryClient:
         self.on_view = on_view
         self.on_lost = on_lost
         self.interval = cfg.learning.announce_interval
+        if cfg.host.directory_private_key:
+            # The host's identity for the cluster's RBAC: its certificate's CN is its name.
+            ovs.stream.Stream.ssl_set_private_key_file(cfg.host.directory_private_key)
+            ovs.stream.Stream.ssl_set_certificate_file(cfg.host.directory_certificate)
+            ovs.stream.Stream.ssl_set_ca_cert_file(cfg.host.directory_ca_cert)
         helper = ovs.db.idl.SchemaHelper(location=str(SCHEMA))
         for table in ("Host", "Instance", "Endpoint"):
             helper.register_table(table)
@@ -190,7 +196,7 @@ class DirectoryClient:
             if status not in (ovs.db.idl.Transaction.SUCCESS, ovs.db.idl.Transaction.UNCHANGED):
                 LOG.warning("%s: directory write: %s %s", self.cfg.name, status,
                             self.txn.get_error())  # fmt: skip
-                self.next_beat = 0.0  # try again at once
+                self.next_beat = time.monotonic() + self.interval  # again, a beat later
                 self.published = []
             self.txn = None
         served, endpoints = self.local()
@@ -214,8 +220,12 @@ class DirectoryClient:
         self.txn.commit()
 
     def _write_host(self, ours: Any, served: frozenset[int]) -> None:
-        row = ours or self.txn.insert(self.idl.tables["Host"])
-        row.name = self.cfg.name
+        # The key columns are set once, at insert: the cluster's RBAC lets a host
+        # update its row's other columns, not what identifies the row.
+        row = ours
+        if row is None:
+            row = self.txn.insert(self.idl.tables["Host"])
+            row.name = self.cfg.name
         row.underlay_ip = str(self.cfg.host.underlay_ip)
         row.role = self.cfg.role
         row.site = self.cfg.proxy.site
@@ -235,11 +245,11 @@ class DirectoryClient:
             if key not in wanted:
                 row.delete()
         for key, e in wanted.items():
-            row = mine.get(key) or self.txn.insert(self.idl.tables["Endpoint"])
-            row.instance = e.instance
-            row.mac = e.mac
+            row = mine.get(key)
+            if row is None:
+                row = self.txn.insert(self.idl.tables["Endpoint"])
+                row.instance, row.mac, row.host = e.instance, e.mac, self.cfg.name
             row.ips = [str(i) for i in e.ips]
-            row.host = self.cfg.name
             row.seq = e.seq
 
     def _ours(self) -> Any:

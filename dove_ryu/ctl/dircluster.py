@@ -22,7 +22,9 @@ from types import ModuleType
 from typing import Any
 
 DB_NAME = "DOVE_Directory"
-CLIENT_PORT = 6641  # agents and operators (OVSDB clients)
+CLIENT_PORT = 6641  # operators' tools (OVSDB clients, no role: not for agents)
+AGENT_PORT = 6642  # agents, over SSL with per-host certificates, role dove-host (RBAC)
+HOST_ROLE = "dove-host"
 RAFT_PORT = 6643  # members among themselves
 SCHEMA_FILE = "dove-directory.ovsschema"  # shipped in dove_ryu.adapters (setup.cfg package_data)
 TABLES = ("Host", "Endpoint", "Instance", "RBAC_Role", "RBAC_Permission")
@@ -117,21 +119,96 @@ class ServerFiles:
         return self.rundir / "ovsdb-server.ctl"
 
 
-def server_argv(db_file: str, address: str, files: ServerFiles) -> list[str]:
-    """ovsdb-server for one member: clients on ``address``:6641 and a local unix socket.
+@dataclass(frozen=True)
+class Pki:
+    """A member's SSL files: its key and certificate, and the CA every peer is signed by."""
+
+    private_key: Path
+    certificate: Path
+    ca_cert: Path
+
+
+def server_argv(
+    db_file: str, address: str, files: ServerFiles, pki: Pki | None = None
+) -> list[str]:
+    """ovsdb-server for one member: clients on ``address``:6641 and a local unix socket;
+    with ``pki``, also the remotes the database's Directory row lists (agents over SSL
+    on 6642, role dove-host, see `rbac_txn`).
 
     The Raft port is not a flag: it is in the database file (create or join)."""
+    ssl = (
+        [
+            f"--remote=db:{DB_NAME},Directory,connections",
+            f"--private-key={pki.private_key}",
+            f"--certificate={pki.certificate}",
+            f"--ca-cert={pki.ca_cert}",
+        ]
+        if pki is not None
+        else []
+    )
     return [
         "ovsdb-server",
         db_file,
         f"--remote=punix:{files.sock}",
         f"--remote=ptcp:{CLIENT_PORT}:{address}",
+        *ssl,
         f"--pidfile={files.pidfile}",
         f"--log-file={files.log}",
         f"--unixctl={files.ctl}",
         "--detach",
         "--no-chdir",
     ]
+
+
+# What an agent (role dove-host) may do: write its own Host row (its name is its
+# certificate's CN) and its own Endpoint rows (host = its name); read everything.
+HOST_PERMISSIONS = {
+    "Host": {
+        "authorization": ["name"],
+        "insert_delete": True,
+        "update": ["underlay_ip", "site", "role", "wan_ip", "instances", "heartbeat",
+                   "heartbeat_interval", "external_ids"],
+    },
+    "Endpoint": {
+        "authorization": ["host"],
+        "insert_delete": True,
+        "update": ["ips", "seq", "external_ids"],
+    },
+}  # fmt: skip
+
+
+def rbac_txn() -> list[Any]:
+    """The RBAC role of agents and the SSL remote they use: one transaction, run once
+    when the cluster is made (it replaces any earlier Directory row and role)."""
+    ops: list[Any] = [
+        {"op": "delete", "table": "RBAC_Role", "where": [["name", "==", HOST_ROLE]]},
+        {"op": "delete", "table": "Directory", "where": []},
+    ]
+    perms = {}
+    for n, (table, perm) in enumerate(HOST_PERMISSIONS.items()):
+        row = {
+            "table": table,
+            "authorization": ["set", perm["authorization"]],
+            "insert_delete": perm["insert_delete"],
+            "update": ["set", perm["update"]],
+        }
+        ops.append({"op": "insert", "table": "RBAC_Permission", "row": row, "uuid-name": f"p{n}"})
+        perms[table] = f"p{n}"
+    role = {
+        "name": HOST_ROLE,
+        "permissions": ["map", [[t, ["named-uuid", u]] for t, u in perms.items()]],
+    }
+    ops.append({"op": "insert", "table": "RBAC_Role", "row": role})
+    target = {"target": f"pssl:{AGENT_PORT}", "role": HOST_ROLE, "read_only": False}
+    ops.append({"op": "insert", "table": "Connection", "row": target, "uuid-name": "c"})
+    row = {"connections": ["set", [["named-uuid", "c"]]]}
+    ops.append({"op": "insert", "table": "Directory", "row": row})
+    return [DB_NAME, *ops]
+
+
+def agent_remotes(addresses: Iterable[str]) -> str:
+    """What agents get as ``directory =`` with SSL: ssl:A:6642,ssl:B:6642,..."""
+    return ",".join(f"ssl:{a}:{AGENT_PORT}" for a in addresses)
 
 
 def cluster_status_argv(ctl: str) -> list[str]:

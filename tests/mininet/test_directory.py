@@ -171,6 +171,42 @@ def test_in_push_mode_a_new_vm_is_known_everywhere_before_its_first_packet(dnet:
             assert counters.get(name, 0) == before[hv.name].get(name, 0), (hv.name, name)
 
 
+def as_host(hv: Any, cluster: Any, *ops: dict[str, Any]) -> str:
+    """A transaction over the agents' SSL remote with ``hv``'s certificate: what a host
+    (or a process holding its key) may do there.  Returns ovsdb-client's answer."""
+    files = cluster.pki.issue(hv.name)
+    argv = [
+        "ovsdb-client",
+        "--timeout=10",
+        f"--private-key={files.private_key}",
+        f"--certificate={files.certificate}",
+        f"--ca-cert={files.ca_cert}",
+        "transact",
+        cluster.agent_remotes,
+        json.dumps(["DOVE_Directory", *ops]),
+    ]
+    out, err, _ = hv.pexec(argv)
+    return str(out) + str(err)
+
+
+def test_a_host_may_write_its_own_rows_and_no_other_hosts(dnet: Any) -> None:
+    cluster = dnet.directory
+    hv1, hv2 = dnet.hypervisors[:2]
+    for host, refused in (("hv1", True), ("hv2", False)):
+        row = {"instance": 5001, "mac": "02:00:00:00:00:77", "host": host, "seq": 1}
+        answer = as_host(hv2, cluster, {"op": "insert", "table": "Endpoint", "row": row})
+        assert ("permission error" in answer) is refused, answer
+    where = [["name", "==", "hv1"]]
+    update = {"op": "update", "table": "Host", "where": where, "row": {"heartbeat": 0}}
+    assert "permission error" in as_host(hv2, cluster, update)
+    rows = dovectl(hv1, "endpoints", "--db", cluster.remotes, "--instance", "5001")
+    forged = {(r["host"], r["mac"]) for r in rows if r["mac"] == "02:00:00:00:00:77"}
+    assert forged == {("hv2", "02:00:00:00:00:77")}
+    gone = {"op": "delete", "table": "Endpoint", "where": [["mac", "==", "02:00:00:00:00:77"]]}
+    assert "permission error" not in as_host(hv2, cluster, gone)
+    assert "hv1" in alive(hv2)  # hv1's heartbeat untouched
+
+
 # ----------------------------------------------------------------- cluster
 
 

@@ -125,6 +125,10 @@ def test_a_host_added_to_the_directory_is_a_member_at_once() -> None:
         ({"discovery": "directory", "directory": "tcp:10.0.0.1"}, "is not tcp:IP:PORT"),
         ({"discovery": "directory", "directory": "udp:10.0.0.1:6641"}, "is not tcp:IP:PORT"),
         ({"discovery": "directory", "directory": "tcp:host:6641"}, "not an IPv4 address"),
+        (
+            {"discovery": "directory", "directory": "ssl:10.0.0.1:6642"},
+            "directory_private_key: missing",
+        ),
     ],
 )
 def test_directory_settings_are_checked(values: dict[str, str], error: str) -> None:
@@ -139,6 +143,9 @@ def test_directory_settings_are_taken() -> None:
             "auth_key": KEY_HEX,
             "discovery": "directory",
             "directory": "tcp:10.99.0.241:6641, tcp:10.99.0.242:6641,ssl:10.99.0.243:6641",
+            "directory_private_key": "/etc/dove-ryu/hv1-privkey.pem",
+            "directory_certificate": "/etc/dove-ryu/hv1-cert.pem",
+            "directory_ca_cert": "/etc/dove-ryu/cacert.pem",
         }
     )
     assert cfg.host.directory == (

@@ -134,7 +134,7 @@ REMOTES = cluster_remotes(["10.99.0.241", "10.99.0.242", "10.99.0.243"])
 def test_the_agents_remotes_and_the_shipped_schema() -> None:
     assert REMOTES == "tcp:10.99.0.241:6641,tcp:10.99.0.242:6641,tcp:10.99.0.243:6641"
     schema = json.loads(schema_path().read_text())
-    assert (schema["name"], schema["version"]) == ("DOVE_Directory", "1.0.0")
+    assert (schema["name"], schema["version"]) == ("DOVE_Directory", "1.1.0")
 
 
 def test_cluster_status_text_is_read_into_role_leader_term_and_members() -> None:
