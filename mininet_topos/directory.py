@@ -13,11 +13,11 @@ restarts it.  Nothing runs in the root namespace.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -36,7 +36,6 @@ from dove_ryu.ctl.dircluster import (
     create_argv,
     join_argv,
     parse_cluster_status,
-    rbac_txn,
     server_argv,
 )
 from mininet_topos.hypervisor import (
@@ -256,9 +255,9 @@ class DirectoryCluster:
             m.start_server()
         leader = self.wait_leader(timeout)
         if self.pki is not None:
-            # The agents' SSL remote and their RBAC role, through the leader's socket.
-            txn = json.dumps(rbac_txn())
-            leader.run("ovsdb-client", "--timeout=10", "transact", f"unix:{leader.sock}", txn)
+            # The agents' SSL remote and their RBAC role, as an operator makes them.
+            dovectl = str(Path(sys.executable).parent / "dovectl")
+            leader.run(dovectl, "directory", "rbac", "--db", f"unix:{leader.sock}")
         return leader
 
     @property

@@ -20,7 +20,9 @@ from typing import Any
 
 from dove_ryu.agent.directory import RESOLUTIONS
 from dove_ryu.ctl.dircluster import (
+    AGENT_PORT,
     DB_NAME,
+    HOST_ROLE,
     ClusterStatus,
     DirectoryError,
     MemberView,
@@ -32,6 +34,7 @@ from dove_ryu.ctl.dircluster import (
     join_argv,
     member_view,
     parse_cluster_status,
+    rbac_txn,
     select_txn,
     server_argv,
     split_remotes,
@@ -227,6 +230,19 @@ def cmd_resolution(args: argparse.Namespace, run: Run) -> Any:
     return None
 
 
+def cmd_rbac(args: argparse.Namespace, run: Run) -> Any:
+    """The agents' SSL remote and their RBAC role, in the cluster (once, after create)."""
+    answer = json.loads(run(transact_argv(args.db, rbac_txn(), args.timeout), None))
+    errors = [r for r in answer if isinstance(r, dict) and "error" in r] if answer else [answer]
+    if errors:
+        raise DirectoryError(f"{args.db}: {errors[0]}")
+    print(
+        f"agents connect with ssl:<member>:{AGENT_PORT} and their own certificates "
+        f"(role {HOST_ROLE}: each writes only its own Host and Endpoint rows)"
+    )
+    return None
+
+
 # ---------------------------------------------------------------- create and join
 
 
@@ -237,10 +253,15 @@ def _refuse_existing(db_file: str) -> None:
 
 def _next_step(args: argparse.Namespace, address: str) -> None:
     files = ServerFiles(Path(args.rundir))
-    print("serve it with (add --remote=pssl:... and certificates for SSL):")
+    print("serve it with:")
     print(f"  mkdir -p {shlex.quote(args.rundir)}")
     print(f"  {shlex.join(server_argv(args.db_file, address, files))}")
+    print(
+        "  and, for agents over SSL with RBAC, --remote=db:DOVE_Directory,Directory,connections"
+        " --private-key=KEY --certificate=CERT --ca-cert=CA"
+    )
     print(f"then: dovectl directory status --ctl {files.ctl}")
+    print("and once for the cluster: dovectl directory rbac (the agents' remote and role)")
 
 
 def cmd_create(args: argparse.Namespace, run: Run) -> Any:
@@ -271,6 +292,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Run], Any]] = {
     "endpoints": cmd_endpoints,
     "instances": cmd_instances,
     "resolution": cmd_resolution,
+    "rbac": cmd_rbac,
     "create": cmd_create,
     "join": cmd_join,
 }
@@ -304,6 +326,7 @@ def add_commands(subparsers: Any) -> None:
     p.add_argument("--instance", type=int, required=True)
     p.add_argument("--mode", required=True, choices=RESOLUTIONS)
     p.add_argument("--name", help="the instance's name, if its row is made now")
+    read("rbac", "make the agents' SSL remote (port 6642) and their RBAC role, dove-host")
 
     def write(name: str, text: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=text, description=text)

@@ -343,3 +343,25 @@ def test_resolution_updates_an_instance_row_or_makes_it(capsys: pytest.CaptureFi
     assert dovectl_run(tools, "directory", "resolution", "--instance", "0", "--mode", "push") == 1
     with pytest.raises(SystemExit):
         dovectl_run(tools, "directory", "resolution", "--instance", "1", "--mode", "guess")
+
+
+class RbacTools(FakeTools):
+    def __call__(self, argv: Sequence[str], env: Mapping[str, str] | None) -> str:
+        self.calls.append(list(argv))
+        _, *ops = json.loads(argv[4])
+        return json.dumps(
+            [{"count": 0} if op["op"] == "delete" else {"uuid": ["uuid", CID]} for op in ops]
+        )
+
+
+def test_rbac_makes_the_agents_role_and_ssl_remote(capsys: pytest.CaptureFixture[str]) -> None:
+    tools = RbacTools()
+    assert dovectl_run(tools, "directory", "rbac", "--db", REMOTES) == 0
+    db, *ops = json.loads(tools.calls[0][4])
+    assert db == "DOVE_Directory"
+    (role,) = [op["row"] for op in ops if op["op"] == "insert" and op["table"] == "RBAC_Role"]
+    assert role["name"] == "dove-host"
+    assert {t for t, _ in role["permissions"][1]} == {"Host", "Endpoint"}
+    (remote,) = [op["row"] for op in ops if op["op"] == "insert" and op["table"] == "Connection"]
+    assert remote == {"target": "pssl:6642", "role": "dove-host", "read_only": False}
+    assert "ssl:<member>:6642" in capsys.readouterr().out
