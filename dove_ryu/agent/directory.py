@@ -60,8 +60,13 @@ class DirectoryView:
 
 
 class Published:
-    """The endpoints of ``push`` instances, as the directory has them now: per MAC the
-    row with the highest sequence number, on a host whose row we see."""
+    """The endpoints of ``push`` and ``lookup`` instances, as the directory has them now:
+    per MAC the row with the highest sequence number, on a host whose row we see.
+
+    A ``push`` instance's endpoints get their flows ahead of any packet; a ``lookup``
+    instance's are looked up here on a miss, instead of asking the members (paper IV-B:
+    the directory answers; the agent monitors the rows of the instances it serves, so
+    the question costs no round trip), and get their flows then."""
 
     def __init__(self, me: str) -> None:
         self.me = me
@@ -79,7 +84,7 @@ class Published:
         best: dict[tuple[int, str], Endpoint] = {}
         for row in view.endpoints:
             host = where.get(row.host)
-            if host is None or row.host == self.me or self.mode(row.instance) != "push":
+            if host is None or row.host == self.me or self.mode(row.instance) == "learn":
                 continue
             key = (row.instance, row.mac)
             if key not in best or best[key].seq < row.seq:
@@ -87,8 +92,9 @@ class Published:
         self._by_mac = best
         self._by_ip = {(e.instance, ip): e for e in best.values() for ip in e.ips}
 
-    def endpoints(self) -> dict[tuple[int, str], Endpoint]:
-        return dict(self._by_mac)
+    def pushed(self) -> dict[tuple[int, str], Endpoint]:
+        """The endpoints of ``push`` instances: their flows go in ahead."""
+        return {k: e for k, e in self._by_mac.items() if self.mode(e.instance) == "push"}
 
     def find(self, instance: int, target: str | IPv4Address) -> Endpoint | None:
         if isinstance(target, str):

@@ -49,7 +49,7 @@ class DirectorySync:
         served = self.p.ports.instances
         wanted = {
             key: ep
-            for key, ep in self.p.published.endpoints().items()
+            for key, ep in self.p.published.pushed().items()
             if ep.host in alive and ep.instance in served
         }
         msgs: list[OfMsg] = []

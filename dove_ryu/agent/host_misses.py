@@ -101,13 +101,13 @@ class HostMisses:
         if pending is not None:
             self.p.resolver.hold(pending, (in_port, data))
             return CoreOutput()
-        pushed = self.p.published.find(instance, target) if self.p.published else None
-        if pushed is not None:
-            # The directory sent it ahead (push): its flows went idle and were removed;
-            # they come back from our copy, with no round trip.
+        found = self.p.published.find(instance, target) if self.p.published else None
+        if found is not None:
+            # The directory has it (lookup; or push, whose flows idled out): its flows
+            # go in from our copy of the directory, with no LEARN round trip.
             self.p.stats.count("resolved_from_directory")
-            msgs = self.p.learned.remember(now, pushed, pushed.host)
-            return CoreOutput(ofmsgs=msgs + self.release(target, [(in_port, data)], pushed))
+            msgs = self.p.learned.remember(now, found, found.host)
+            return CoreOutput(ofmsgs=msgs + self.release(target, [(in_port, data)], found))
         if not self.p.resolver.may_ask(now, instance, target):
             return CoreOutput()
         seq = self.p.ports.seq(instance, source.mac)

@@ -171,6 +171,30 @@ def test_in_push_mode_a_new_vm_is_known_everywhere_before_its_first_packet(dnet:
             assert counters.get(name, 0) == before[hv.name].get(name, 0), (hv.name, name)
 
 
+def test_in_lookup_mode_a_miss_is_answered_from_the_directory_not_by_learn(dnet: Any) -> None:
+    cluster = dnet.directory
+    a = dnet.tenant_vms(2)[0]
+    here = a.hypervisor
+    there = next(h for h in dnet.hypervisors if h is not here)
+    set_resolution(here, cluster.remotes, a.instance, "lookup")
+    vm = plug_vm(dnet, "t2vm9", there, 2, "02:00:00:00:00:98", "10.0.0.98/24")
+    rows = lambda: dovectl(here, "endpoints", "--db", cluster.remotes, "--instance", "5002")  # noqa: E731
+    wait_until(lambda: any(r["mac"] == vm.mac for r in rows()), 15.0, "the VM's row")
+    assert vm.mac not in learned_macs(here, a.instance)  # nothing ahead of the packet
+    before = {hv.name: admin(hv)["counters"] for hv in (here, there)}
+
+    out = a.host.cmd(f"ping -c3 -W1 {vm.ip}")
+
+    assert " 0% packet loss" in out, out
+    for hv in (here, there):
+        counters = admin(hv)["counters"]
+        assert counters.get("learn_requests_sent", 0) == before[hv.name].get(
+            "learn_requests_sent", 0
+        ), hv.name
+    resolved = admin(here)["counters"].get("resolved_from_directory", 0)
+    assert resolved > before[here.name].get("resolved_from_directory", 0)
+
+
 def as_host(hv: Any, cluster: Any, *ops: dict[str, Any]) -> str:
     """A transaction over the agents' SSL remote with ``hv``'s certificate: what a host
     (or a process holding its key) may do there.  Returns ovsdb-client's answer."""

@@ -16,6 +16,7 @@ from tests.unit.test_core import (
     MAC_B,
     MAC_C,
     Net,
+    arp_request,
     eth,
     ip,
     local,
@@ -219,3 +220,20 @@ def test_a_row_that_goes_takes_its_flows_and_a_newer_location_moves_them() -> No
     show(net, DirectoryView(moved.hosts, [*moved.endpoints, newer, older], moved.resolution))
     entry = h1.core.p.learned.get(5001, MAC_B)
     assert entry is not None and entry.endpoint.host == ip(3)
+
+
+def test_lookup_resolves_a_miss_from_the_directory_without_a_learn() -> None:
+    net = directory_net()
+    view = push_view(net)
+    show(net, DirectoryView(view.hosts, view.endpoints, {5001: "lookup"}))
+    h1 = net.hosts[1]
+    assert h1.core.p.learned.get(5001, MAC_B) is None  # nothing ahead of the packet
+    asked = len(net.learn_requests())
+
+    arp = net.send(1, 1, arp_request(MAC_A, "192.168.1.1", "192.168.1.2"))
+    seen = net.send(1, 1, eth(MAC_A, MAC_B))
+
+    assert local(arp) == [(1, 1)] and local(seen) == [(2, 1)]
+    assert len(net.learn_requests()) == asked
+    assert h1.core.counters["resolved_from_directory"] == 1  # the ARP; then the flows knew
+    assert len(net.packet_ins) == 1
