@@ -5,6 +5,7 @@ operator types."""
 from __future__ import annotations
 
 import argparse
+import shlex
 import subprocess
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -35,8 +36,14 @@ class FlowsError(Exception):
     """What dovectl flows or trace cannot do; the message says what and why."""
 
 
-def run_tool(argv: Sequence[str], env: Mapping[str, str] | None) -> str:
-    """Run an OVS tool; its stdout, or FlowsError with its stderr."""
+def run_command(
+    argv: Sequence[str],
+    env: Mapping[str, str] | None,
+    error: type[Exception],
+    detail: Callable[[str], str] = str.strip,
+) -> str:
+    """Run a tool; its stdout, or ``error`` naming the command and ``detail(stderr)``
+    (its stdout, or its exit status, when that says nothing)."""
     try:
         proc = subprocess.run(
             list(argv),
@@ -46,10 +53,16 @@ def run_tool(argv: Sequence[str], env: Mapping[str, str] | None) -> str:
             env=dict(env) if env is not None else None,
         )
     except OSError as e:
-        raise FlowsError(f"{argv[0]}: {e}") from None
+        raise error(f"{argv[0]}: {e}") from None
     if proc.returncode != 0:
-        raise FlowsError(f"{' '.join(argv)}: {proc.stderr.strip() or proc.stdout.strip()}")
+        said = detail(proc.stderr) or proc.stdout.strip() or f"exit status {proc.returncode}"
+        raise error(f"{shlex.join(argv)}: {said}")
     return proc.stdout
+
+
+def run_tool(argv: Sequence[str], env: Mapping[str, str] | None) -> str:
+    """Run an OVS tool; its stdout, or FlowsError with its stderr."""
+    return run_command(argv, env, FlowsError)
 
 
 def ask_agent(path: str, request: dict[str, Any]) -> dict[str, Any]:

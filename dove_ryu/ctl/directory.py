@@ -12,13 +12,13 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
-import subprocess
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from dove_ryu.agent.directory import RESOLUTIONS
+from dove_ryu.ctl.common import run_command
 from dove_ryu.ctl.dircluster import (
     AGENT_PORT,
     DB_NAME,
@@ -52,20 +52,7 @@ Run = Callable[[Sequence[str], Mapping[str, str] | None], str]
 
 def run_tool(argv: Sequence[str], env: Mapping[str, str] | None = None) -> str:
     """Run an OVSDB tool; its stdout, or DirectoryError naming the command and its error."""
-    try:
-        proc = subprocess.run(
-            list(argv),
-            capture_output=True,
-            text=True,
-            check=False,
-            env=dict(env) if env is not None else None,
-        )
-    except OSError as e:
-        raise DirectoryError(f"{argv[0]}: {e}") from None
-    if proc.returncode != 0:
-        err = _last_error(proc.stderr) or proc.stdout.strip() or f"exit status {proc.returncode}"
-        raise DirectoryError(f"{shlex.join(argv)}: {err}")
-    return proc.stdout
+    return run_command(argv, env, DirectoryError, _last_error)
 
 
 def _last_error(stderr: str) -> str:

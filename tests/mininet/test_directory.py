@@ -150,13 +150,19 @@ def learned_macs(hv: Any, instance: int) -> set[str]:
     return {r["mac"] for r in rows}
 
 
-def test_in_push_mode_a_new_vm_is_known_everywhere_before_its_first_packet(dnet: Any) -> None:
-    cluster = dnet.directory
-    a = dnet.tenant_vms(1)[0]
+def new_vm_in_mode(dnet: Any, tenant: int, mode: str, n: int) -> tuple[Any, Any, Any, Any]:
+    """The tenant's instance set to ``mode``, then a new VM of it plugged into another
+    hypervisor than the tenant's first VM: (that first VM, its host, the new VM, its host)."""
+    a = dnet.tenant_vms(tenant)[0]
     here = a.hypervisor
     there = next(h for h in dnet.hypervisors if h is not here)
-    set_resolution(here, cluster.remotes, a.instance, "push")
-    vm = plug_vm(dnet, "t1vm9", there, 1, "02:00:00:00:00:99", "10.0.0.99/24")
+    set_resolution(here, dnet.directory.remotes, a.instance, mode)
+    mac, cidr = f"02:00:00:00:00:{n:02x}", f"10.0.0.{n}/24"
+    return a, here, plug_vm(dnet, f"t{tenant}vm9", there, tenant, mac, cidr), there
+
+
+def test_in_push_mode_a_new_vm_is_known_everywhere_before_its_first_packet(dnet: Any) -> None:
+    a, here, vm, there = new_vm_in_mode(dnet, 1, "push", 0x99)
     # Sent ahead, both ways: each side has the other's flows before any packet.
     wait_until(lambda: vm.mac in learned_macs(here, a.instance), 15.0, "the push to arrive")
     wait_until(lambda: a.mac in learned_macs(there, a.instance), 15.0, "the push back")
@@ -173,11 +179,7 @@ def test_in_push_mode_a_new_vm_is_known_everywhere_before_its_first_packet(dnet:
 
 def test_in_lookup_mode_a_miss_is_answered_from_the_directory_not_by_learn(dnet: Any) -> None:
     cluster = dnet.directory
-    a = dnet.tenant_vms(2)[0]
-    here = a.hypervisor
-    there = next(h for h in dnet.hypervisors if h is not here)
-    set_resolution(here, cluster.remotes, a.instance, "lookup")
-    vm = plug_vm(dnet, "t2vm9", there, 2, "02:00:00:00:00:98", "10.0.0.98/24")
+    a, here, vm, there = new_vm_in_mode(dnet, 2, "lookup", 0x98)
     rows = lambda: dovectl(here, "endpoints", "--db", cluster.remotes, "--instance", "5002")  # noqa: E731
     wait_until(lambda: any(r["mac"] == vm.mac for r in rows()), 15.0, "the VM's row")
     assert vm.mac not in learned_macs(here, a.instance)  # nothing ahead of the packet
