@@ -326,7 +326,8 @@ class DoveApp(app_manager.OSKenApp):  # type: ignore[misc]
             if cmd == "status":
                 return self.core.status(time.monotonic())
             if cmd == "counters":
-                return dict(self.core.counters)
+                counts = dict(self.directory.counts) if self.directory is not None else {}
+                return {**self.core.counters, **counts}
         return {"error": f"unknown command {cmd!r}"}
 
     # ------------------------------------------------------------- metrics
