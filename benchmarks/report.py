@@ -15,6 +15,12 @@ Where we mean to stand (issue #3), shown honestly, met or not:
 - first-packet RTT within 3 ms, and never a lost first packet;
 - throughput at least 95% of OVS NORMAL's on the same bridges, zero packet-ins in steady state;
 - at scale, every endpoint reachable sooner than OVN brings it up, with fewer flows per host.
+
+And for the directory (issue 11), at 1,000 VMs on 10 hypervisors and 2,000 on 20:
+- in `push` mode, the first packet within 1.2x of OVN's, and every pair reachable after
+  the mass re-plug no later than OVN's;
+- in `learn` mode, the first packet within 2 ms;
+- agent memory at most 1.5x ovn-controller's, in every mode.
 """
 
 
@@ -88,7 +94,57 @@ def _verdicts(results: dict[str, Any]) -> list[str]:
             f"{d['flows_per_host']['median']:.0f} vs "
             f"{o['flows_per_host']['median']:.0f}",
         )
+    lines += _directory_verdicts(results.get("directory", []), say)
     return lines
+
+
+def _by_size(samples: list[dict[str, Any]]) -> dict[int, dict[str, dict[str, Any]]]:
+    """The directory section's samples that ran, by number of VMs, then by system."""
+    sizes: dict[int, dict[str, dict[str, Any]]] = {}
+    for s in samples:
+        if "error" not in s:
+            sizes.setdefault(s["vms"], {})[s["system"]] = s
+    return sizes
+
+
+def _directory_verdicts(samples: list[dict[str, Any]], say: Any) -> list[str]:
+    """Issue 11's targets, per size (``say`` appends to the verdict lines)."""
+    for vms, got in sorted(_by_size(samples).items()):
+        ovn, push, learn = got.get("ovn"), got.get("dove-push"), got.get("dove-learn")
+        if push and ovn:
+            r = ratio(push["first_packet_ms"], ovn["first_packet_ms"])
+            say(
+                r is not None and r <= 1.2 and push.get("first_packets_lost") == 0,
+                f"at {vms} VMs, push: first packet {fmt(push['first_packet_ms'])} ms, "
+                f"{r:.2f}x OVN's {fmt(ovn['first_packet_ms'])} ms (target <= 1.2x)"
+                if r is not None
+                else f"at {vms} VMs, push: no first-packet figure",
+            )
+            p, o = push.get("reachable_s"), ovn.get("reachable_s")
+            say(
+                p is not None and (o is None or p <= o),
+                f"at {vms} VMs, push: reachable after the re-plug {_secs(push)} vs "
+                f"OVN {_secs(ovn)} (target: no later)",
+            )
+        if learn:
+            first = learn["first_packet_ms"]
+            say(
+                first.get("median") is not None and first["median"] <= 2,
+                f"at {vms} VMs, learn: first packet {fmt(first)} ms (target <= 2 ms)",
+            )
+        if ovn and ovn["agent_rss_kb"].get("median"):
+            rows = [
+                (system.removeprefix("dove-"), ratio(s["agent_rss_kb"], ovn["agent_rss_kb"]))
+                for system, s in sorted(got.items())
+                if system.startswith("dove-")
+            ]
+            say(
+                bool(rows) and all(r is not None and r <= 1.5 for _, r in rows),
+                f"at {vms} VMs, agent memory / ovn-controller's: "
+                + ", ".join(f"{m} {r:.2f}x" for m, r in rows if r is not None)
+                + " (target <= 1.5x)",
+            )
+    return []
 
 
 def _pairs_section(pairs: dict[str, Any]) -> list[str]:
@@ -267,6 +323,61 @@ def _scale_section(scale: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def _directory_section(samples: list[dict[str, Any]]) -> list[str]:
+    lines = [
+        "## Directory: the three resolution modes and OVN at scale",
+        "",
+        "The same work on each system, one build per system and size: first the first "
+        "ping of never-contacted cross-hypervisor pairs, one at a time; then every VM port "
+        "removed and added back at once (one OVSDB transaction per hypervisor) and the time "
+        "until every sampled pair answers (pinging every 50 ms), median (min-max) over the "
+        "rounds. `dove-<mode>`: agents with `discovery = directory` on a 3-member cluster, "
+        "every instance in that resolution. Messages per endpoint: LEARN requests and "
+        "replies, directory monitor updates taken in and transactions sent, over the "
+        "endpoints the agents came to know during the rounds.",
+        "",
+        "| system | hypervisors | VMs | first packet ms | first lost | / OVN "
+        "| reachable after s | / OVN | unreachable pairs | flows per host | agent RSS MB "
+        "| / OVN | messages per endpoint (LEARN + directory) | directory member RSS MB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    sizes = _by_size(samples)
+    for s in samples:
+        if "error" in s:
+            lines.append(f"| {s['system']} | {s.get('hypervisors', '')} | {s.get('vms', '')} "
+                         f"| failed: `{s['error'][:150]}` |")  # fmt: skip
+            continue
+        ovn = sizes.get(s["vms"], {}).get("ovn")
+
+        def over(key: str, s: dict[str, Any] = s, ovn: dict[str, Any] | None = ovn) -> str:
+            r = ratio(s[key], ovn[key]) if ovn and s.get(key) and ovn.get(key) else None
+            return f"{r:.2f}x" if r is not None else "n/a"
+
+        rss, drss = s.get("agent_rss_kb", {}), s.get("directory_rss_kb", {})
+        per = s.get("messages_per_endpoint")
+        directory = s.get("directory_updates", 0) + s.get("directory_transactions", 0)
+        messages = f"{per:.2f} ({s['learn_messages']} + {directory})" if per is not None else "n/a"
+        reach = s.get("reachable") or {"n": 0}
+        cells = [
+            s["system"],
+            s["hypervisors"],
+            s["vms"],
+            fmt(s.get("first_packet_ms", {})),
+            s.get("first_packets_lost", "n/a"),
+            over("first_packet_ms"),
+            fmt(reach) if reach.get("n") else "not within timeout",
+            over("reachable"),
+            f"{s['unreachable_pairs']} of {s['pairs']}",
+            fmt(s["flows_per_host"], 0),
+            f"{rss['median'] / 1024:.0f}" if rss.get("n") else "n/a",
+            over("agent_rss_kb"),
+            messages if s["system"] != "ovn" else "n/a",
+            f"{drss['median'] / 1024:.0f}" if drss.get("n") else "n/a",
+        ]
+        lines.append("| " + " | ".join(map(str, cells)) + " |")
+    return lines
+
+
 def _plots(results: dict[str, Any], out: Path) -> list[str]:
     try:
         import matplotlib
@@ -330,6 +441,8 @@ def write_report(results: dict[str, Any], out: Path) -> None:
         lines += _migration_section(results["migration"]) + [""]
     if "scale" in results:
         lines += _scale_section(results["scale"]) + [""]
+    if "directory" in results:
+        lines += _directory_section(results["directory"]) + [""]
     if "sites" in results:
         lines += _sites_section(results["sites"]) + [""]
     plots = _plots(results, out)

@@ -1,6 +1,7 @@
 """dove-ryu side by side with OVN, OVS NORMAL, kernel VXLAN and a learning switch.
 
-    sudo scripts/bench.sh [--quick] [--sections controller,first,dataplane,migration,scale,sites]
+    sudo scripts/bench.sh [--quick]
+        [--sections controller,first,dataplane,migration,scale,sites,directory]
                           [--out DIR]
 
 Every system runs in the same emulation (namespaced hypervisors with their own
@@ -25,9 +26,10 @@ from typing import Any
 
 from mininet.log import setLogLevel
 
+from benchmarks.scale import build, run_directory, scale_sample
 from benchmarks.stats import summary
-from mininet_topos.agents import admin, build_dove_net
-from mininet_topos.dove_topo import MODES, DoveNet, VmRecord, build_net
+from mininet_topos.agents import admin
+from mininet_topos.dove_topo import MODES, DoveNet
 from mininet_topos.peers import describe
 from mininet_topos.traffic import TrafficError, iperf3, mbits
 
@@ -47,13 +49,6 @@ def progress(text: str) -> None:
 
 def available(system: str) -> bool:
     return system == "dove" or system in MODES
-
-
-def build(system: str, hypervisors: int, tenants: int, vms_per_tenant: int) -> DoveNet:
-    if system == "dove":
-        dnet, _ = build_dove_net(hypervisors, tenants, vms_per_tenant)
-        return dnet
-    return build_net(hypervisors, tenants, vms_per_tenant, mode=system)
 
 
 def rtts(output: str) -> list[float]:
@@ -164,166 +159,6 @@ def run_controller(quick: bool, out: Path) -> dict[str, Any]:
     return result
 
 
-# ------------------------------------------------------------------------- scale
-
-
-def _vm_ports(dnet: DoveNet) -> dict[Any, list[tuple[str, str, str]]]:
-    """Per hypervisor: (bridge, port, external_ids) of its VM ports, as they are now."""
-    found: dict[Any, list[tuple[str, str, str]]] = {}
-    for vm in dnet.vms:
-        hv = vm.hypervisor
-        bridge = hv.vsctl("port-to-br", vm.port).strip()
-        ids = hv.vsctl("get", "Interface", vm.port, "external_ids").strip()
-        found.setdefault(hv, []).append((bridge, vm.port, ids))
-    return found
-
-
-def _replug(ports: dict[Any, list[tuple[str, str, str]]], unplug: bool) -> None:
-    """Remove or re-add every VM port, one OVSDB transaction per hypervisor."""
-    for hv, rows in ports.items():
-        args: list[str] = []
-        for bridge, port, ids in rows:
-            if unplug:
-                args += ["--", "--if-exists", "del-port", bridge, port]
-            else:
-                args += [
-                    "--",
-                    "add-port",
-                    bridge,
-                    port,
-                    "--",
-                    "set",
-                    "Interface",
-                    port,
-                    f"external_ids={ids}",
-                ]
-        hv.vsctl(*args)
-
-
-def _sample_pairs(dnet: DoveNet, per_tenant: int) -> list[tuple[VmRecord, VmRecord]]:
-    pairs = []
-    for tenant in sorted({vm.tenant for vm in dnet.vms}):
-        vms = dnet.tenant_vms(tenant)
-        crossing = [
-            (a, b) for a in vms for b in vms if a is not b and a.hypervisor is not b.hypervisor
-        ]
-        step = max(1, len(crossing) // per_tenant)
-        pairs += crossing[::step][:per_tenant]
-    return pairs
-
-
-def _reach_times(
-    pairs: list[tuple[VmRecord, VmRecord]], t0: float, timeout: float
-) -> list[float | None]:
-    """Per pair, seconds from t0 until its first answered ping (None: never).
-
-    Every pair pings every 50 ms until one echo comes back, all pairs at once."""
-    procs = [
-        a.host.popen(
-            ["ping", "-c1", "-i0.05", "-w", str(int(timeout)), b.ip],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        for a, b in pairs
-    ]
-    done: list[float | None] = [None] * len(procs)
-    while any(d is None for d in done) and time.monotonic() - t0 < timeout + 2:
-        for i, proc in enumerate(procs):
-            if done[i] is None and proc.poll() is not None:
-                done[i] = time.monotonic() - t0 if proc.returncode == 0 else -1.0
-        time.sleep(0.005)
-    for proc in procs:
-        if proc.poll() is None:
-            proc.kill()
-    return [d if d is not None and d >= 0 else None for d in done]
-
-
-def _rss_kb(pattern: str) -> list[int]:
-    """Resident memory of the processes whose command line matches."""
-    found = []
-    for proc in Path("/proc").glob("[0-9]*"):
-        try:
-            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-            if pattern in cmdline and "pgrep" not in cmdline:
-                status = (proc / "status").read_text()
-                found.append(int(re.search(r"VmRSS:\s+(\d+)", status).group(1)))  # type: ignore[union-attr]
-        except (OSError, AttributeError):
-            continue
-    return found
-
-
-def scale_sample(
-    system: str,
-    hypervisors: int,
-    tenants: int,
-    vms_per_tenant: int,
-    pairs_per_tenant: int,
-    timeout: float,
-    reps: int,
-) -> dict[str, Any]:
-    progress(f"scale {system}: building {hypervisors} hypervisors, {tenants * vms_per_tenant} VMs")
-    started = time.monotonic()
-    dnet = build(system, hypervisors, tenants, vms_per_tenant)
-    sample: dict[str, Any] = {
-        "system": system,
-        "hypervisors": hypervisors,
-        "vms": len(dnet.vms),
-        "tenants": tenants,
-        "build_s": time.monotonic() - started,
-    }
-    try:
-        ports = _vm_ports(dnet)
-        pairs = _sample_pairs(dnet, pairs_per_tenant)
-        before = (
-            {hv.name: admin(hv)["counters"] for hv in dnet.hypervisors} if system == "dove" else {}
-        )
-        # The expensive build once; the measured event (every port gone, then back at
-        # once) several times on it.
-        rounds = []
-        for rep in range(reps):
-            _replug(ports, unplug=True)
-            time.sleep(2.0 if system == "dove" else 5.0)  # let the control plane forget them
-            t0 = time.monotonic()
-            _replug(ports, unplug=False)
-            times = _reach_times(pairs, t0, timeout)
-            reached = [t for t in times if t is not None]
-            rounds.append(
-                {
-                    "all_reached_s": max(reached) if len(reached) == len(times) else None,
-                    "median_pair_s": summary(reached)["median"],
-                    "unreachable": len(times) - len(reached),
-                }
-            )
-            progress(f"  {system} round {rep + 1}/{reps}: {rounds[-1]}")
-        sample["rounds"] = rounds
-        sample["reachable"] = summary([r["all_reached_s"] for r in rounds])
-        sample["reachable_s"] = sample["reachable"]["median"]
-        sample["pairs"] = len(pairs)
-        sample["unreachable_pairs"] = max(r["unreachable"] for r in rounds)
-        bridge = "br-dove" if system == "dove" else "br-int"
-        flow_counts = [
-            len(hv.ofctl("dump-flows", bridge).splitlines()) - 1 for hv in dnet.hypervisors
-        ]
-        sample["flows_per_host"] = summary(flow_counts)
-        if system == "dove":
-            sample["agent_rss_kb"] = summary(_rss_kb("dove-agent"))
-            after = {hv.name: admin(hv)["counters"] for hv in dnet.hypervisors}
-            learn_msgs = sum(
-                after[n].get(k, 0) - before[n].get(k, 0)
-                for n in after
-                for k in ("learn_requests_sent", "learn_replies_sent")
-            )
-            learned = sum(after[n].get("learned", 0) - before[n].get("learned", 0) for n in after)
-            sample["learn_messages"] = learn_msgs
-            sample["learned_endpoints"] = learned
-            sample["learn_messages_per_endpoint"] = learn_msgs / learned if learned else None
-        else:
-            sample["agent_rss_kb"] = summary(_rss_kb("ovn-controller"))
-        return sample
-    finally:
-        dnet.stop()
-
-
 # -------------------------------------------------------------------- migration
 
 PING_LINE = re.compile(r"^\[(\d+\.\d+)\] \d+ bytes from .* icmp_seq=(\d+)")
@@ -421,7 +256,9 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="fewer and shorter runs, small scale: a change's check (< 5 min)",
     )
-    parser.add_argument("--sections", default="controller,first,dataplane,migration,scale,sites")
+    parser.add_argument(
+        "--sections", default="controller,first,dataplane,migration,scale,sites,directory"
+    )
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--reps", type=int, default=None)
     args = parser.parse_args(argv)
@@ -470,6 +307,7 @@ def main(argv: list[str] | None = None) -> int:
                         pairs_per_tenant=2,
                         timeout=120 if args.quick else 600,
                         reps=2 if args.quick else 5,
+                        progress=progress,
                     )
                 )
             except Exception as e:
@@ -481,6 +319,9 @@ def main(argv: list[str] | None = None) -> int:
 
         results["sites"] = run_sites(2 if args.quick else 6, progress)
         progress(f"  failover gap ms {json.dumps(results['sites']['failover_gap_ms'])}")
+
+    if "directory" in sections:
+        results["directory"] = run_directory(args.quick, 2 if args.quick else 3, progress)
 
     (out / "samples.json").write_text(json.dumps(results, indent=2, default=str))
     from benchmarks.report import write_report

@@ -39,7 +39,13 @@ from dove_ryu.openflow import cookies
 from dove_ryu.openflow.cookies import Purpose
 from mininet_topos import sites
 from mininet_topos.dove_agent import admin
-from mininet_topos.dove_topo import UNDERLAY_SWITCH, DoveNet, build_dove_net
+from mininet_topos.dove_topo import (
+    UNDERLAY_SWITCH,
+    DoveNet,
+    build_dove_net,
+    pushed,
+    set_resolution,
+)
 from mininet_topos.emulation import VmRecord
 from mininet_topos.hypervisor import wait_until
 
@@ -167,24 +173,9 @@ def _build(args: argparse.Namespace) -> tuple[Any, list[Any], list[str]]:
 def push_instance(dnet: DoveNet, tenant: int) -> None:
     """Set the tenant's instance to ``push`` (as an operator would, with dovectl) and wait
     until every host of the tenant has the others' endpoints, before any packet."""
-    vms = dnet.tenant_vms(tenant)
-    hv = dnet.hypervisors[0]
-    dovectl = str(Path(sys.executable).parent / "dovectl")
-    argv = [dovectl, "directory", "resolution", "--db", dnet.directory.remotes,
-            "--instance", str(vms[0].instance), "--mode", "push"]  # fmt: skip
-    out, err, rc = hv.pexec(argv)
-    if rc != 0:
-        raise RuntimeError(f"{' '.join(argv)}: {err or out}")
-
-    def pushed() -> bool:
-        for vm in vms:
-            status = admin(vm.hypervisor)["instances"].get(str(vm.instance), {})
-            macs = {r["mac"] for r in status.get("learned", [])}
-            if any(o.mac not in macs for o in vms if o.hypervisor is not vm.hypervisor):
-                return False
-        return True
-
-    wait_until(pushed, 15.0, f"tenant {tenant}'s endpoints to be pushed")
+    instance = dnet.tenant_vms(tenant)[0].instance
+    set_resolution(dnet, instance, "push")
+    wait_until(lambda: pushed(dnet, instance), 15.0, f"tenant {tenant}'s endpoints to be pushed")
 
 
 def resolution(report: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:

@@ -20,9 +20,11 @@ from __future__ import annotations
 import argparse
 import os
 import secrets
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 from mininet.log import setLogLevel
@@ -36,7 +38,7 @@ from mininet_topos import kernel_vxlan, learning, ovn
 from mininet_topos.directory import MEMBERS as DIRECTORY_MEMBERS
 from mininet_topos.directory import ClusterPki, DirectoryCluster, DirectoryMember, member_name
 from mininet_topos.directory import cleanup_stale as cleanup_directory
-from mininet_topos.dove_agent import agent_cmd, agent_config, agent_ready, has_local
+from mininet_topos.dove_agent import admin, agent_cmd, agent_config, agent_ready, has_local
 from mininet_topos.emulation import (
     FIRST_INSTANCE,
     UNDERLAY_NET,
@@ -376,6 +378,28 @@ def plug_vm(
     dnet.vms.append(vm)
     wait_until(partial(has_local, hv, instance, mac), timeout, f"{hv.name} agent to take {name}")
     return vm
+
+
+def set_resolution(dnet: DoveNet, instance: int, mode: str) -> None:
+    """Set an instance's resolution in the directory, as an operator would (dovectl)."""
+    assert dnet.directory is not None, "resolution is a directory setting"
+    dovectl = str(Path(sys.executable).parent / "dovectl")
+    argv = [dovectl, "directory", "resolution", "--db", dnet.directory.remotes,
+            "--instance", str(instance), "--mode", mode]  # fmt: skip
+    out, err, rc = dnet.hypervisors[0].pexec(argv)
+    if rc != 0:
+        raise RuntimeError(f"{' '.join(argv)}: {err or out}")
+
+
+def pushed(dnet: DoveNet, instance: int) -> bool:
+    """Every host of the instance's VMs has learned the VMs of the others."""
+    vms = [vm for vm in dnet.vms if vm.instance == instance]
+    for hv in {vm.hypervisor for vm in vms}:
+        status = admin(hv)["instances"].get(str(instance), {})
+        macs = {r["mac"] for r in status.get("learned", [])}
+        if any(o.mac not in macs for o in vms if o.hypervisor is not hv):
+            return False
+    return True
 
 
 def main(argv: list[str] | None = None) -> None:
