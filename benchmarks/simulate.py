@@ -137,14 +137,16 @@ def plot(curves: dict[str, dict[str, list[float]]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    # Lines that coincide (push and lookup; both learns' starts) stay visible by style.
+    styles = dict(zip(m.SYSTEMS, ("s--", "o-", "^:", "x-", "d-"), strict=True))
     for system, s in curves.items():
         if system == "learn-static":
-            left.plot(SWEEP, s["host"], "--", label="learn-static: announcements+msgs/s")
+            left.plot(SWEEP, s["host"], styles[system], label="learn-static: host msgs/s")
         else:
-            left.plot(SWEEP, [max(v, 1e-3) for v in s["updates"]], marker="o", label=system)
+            left.plot(SWEEP, s["updates"], styles[system], label=system)
         pts = [(n, v) for n, v in zip(SWEEP, s["start_ms"], strict=True) if math.isfinite(v)]
         if pts:
-            right.plot(*zip(*pts, strict=True), marker="o", label=system)
+            right.plot(*zip(*pts, strict=True), styles[system], label=system)
     x = "hosts (100 endpoints each)"
     left.set(xscale="log", yscale="log", xlabel=x, ylabel="per second")
     left.set_title("directory monitor updates/s (static: host messages/s)", fontsize=9)
