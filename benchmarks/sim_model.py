@@ -213,12 +213,6 @@ def learners(d: Deployment, c: InstanceClass) -> float:
     return (c.span - 1) * (1 - (1 - 1 / c.span) ** peers) if c.span > 1 else 0.0
 
 
-def weighted(d: Deployment, f: object) -> float:
-    """An endpoint-weighted mean over the mix of a per-class quantity."""
-    assert callable(f)
-    return sum(c.share * f(c) for c in d.mix) / sum(c.share for c in d.mix)
-
-
 # -------------------------------------------------------- messages per event
 
 KINDS = (
