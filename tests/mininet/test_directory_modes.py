@@ -15,7 +15,9 @@ receive nothing; a TCP stream survives its receiver's move to another hypervisor
 back, and the directory shows where it is after each move.  Then one agent restarts and
 gets its members and its push and lookup endpoints back from the directory (no LEARN),
 and a fourth hypervisor, added to the running deployment, serves a VM of every mode that
-the others reach with no change to them.
+the others reach with no change to them; when its agent stops, the others forget it in
+every mode, and a miss for one of its VMs is not resolved to it again (its rows stay in
+the directory).
 """
 
 from __future__ import annotations
