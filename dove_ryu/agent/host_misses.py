@@ -101,7 +101,7 @@ class HostMisses:
         if pending is not None:
             self.p.resolver.hold(pending, (in_port, data))
             return CoreOutput()
-        found = self.p.published.find(instance, target) if self.p.published else None
+        found = self._published(instance, target)
         if found is not None:
             # The directory has it (lookup; or push, whose flows idled out): its flows
             # go in from our copy of the directory, with no LEARN round trip.
@@ -119,6 +119,17 @@ class HostMisses:
         if not hosts:
             self.p.stats.count("learn_no_members")
         return CoreOutput(datagrams=self.p.ask(pending, hosts))
+
+    def _published(self, instance: int, target: Target) -> Endpoint | None:
+        """The directory's answer for ``target``, if its host is a member of the
+        instance: a dead host's rows may stay in the directory, but it is no member
+        any more and the flows to it went when it left."""
+        if self.p.published is None:
+            return None
+        found = self.p.published.find(instance, target)
+        if found is None or not self.p.members.serves(instance, found.host):
+            return None
+        return found
 
     def release(self, target: Target, held: list[tuple[int, bytes]], ep: Endpoint) -> list[OfMsg]:
         """The packets held for ``target``, now that ``ep`` answers for it."""
