@@ -85,7 +85,7 @@ def test_the_site_agents_find_each_other_and_the_proxies_in_their_directory(
 ) -> None:
     for node in sites.nodes:
         config = node.in_rundir("dove.ini").read_text()
-        assert "discovery = directory" in config and "peers =" not in config, node.name
+        assert "discovery = directory" in config and "\npeers =" not in config, node.name
     for site in sites.spec.site_numbers:
         px = active_proxy(sites, site)
         hvs = sites.site_hvs(site)
