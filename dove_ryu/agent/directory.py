@@ -18,6 +18,7 @@ default, and for instances with no row) resolves by LEARN as in static mode.
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 
@@ -64,7 +65,7 @@ class DirectoryView:
 
 class Published:
     """The endpoints of ``push`` and ``lookup`` instances, as the directory has them now:
-    per MAC the row with the highest sequence number, on a host whose row we see.
+    per MAC the row with the highest sequence number, on a live host whose row we see.
 
     A ``push`` instance's endpoints get their flows ahead of any packet; a ``lookup``
     instance's are looked up here on a miss, instead of asking the members (paper IV-B:
@@ -74,6 +75,7 @@ class Published:
     def __init__(self, me: str) -> None:
         self.me = me
         self.resolution: dict[int, str] = {}
+        self._view = DirectoryView([])
         self.installed: dict[tuple[int, str], Endpoint] = {}  # what the host put in flows
         self._by_mac: dict[tuple[int, str], Endpoint] = {}
         self._by_ip: dict[tuple[int, IPv4Address], Endpoint] = {}
@@ -82,10 +84,17 @@ class Published:
         return self.resolution.get(instance, "learn")
 
     def update(self, view: DirectoryView) -> None:
+        """The rows as the directory shows them now; `live` then says which hosts are
+        alive (the endpoints of a host whose heartbeat stopped are not taken)."""
         self.resolution = dict(view.resolution)
-        where = {h.name: h.underlay_ip for h in view.hosts}
+        self._view = view
+
+    def live(self, alive: Collection[IPv4Address]) -> None:
+        """Take the endpoints of the hosts that are alive now (their rows may stay after
+        the host died: a lookup must then fall back to LEARN, not install a flow to it)."""
+        where = {h.name: h.underlay_ip for h in self._view.hosts if h.underlay_ip in alive}
         best: dict[tuple[int, str], Endpoint] = {}
-        for row in view.endpoints:
+        for row in self._view.endpoints:
             host = where.get(row.host)
             if host is None or row.host == self.me or self.mode(row.instance) == "learn":
                 continue

@@ -86,6 +86,8 @@ class DirectorySync:
         assert self.p.directory is not None
         out = CoreOutput()
         alive = self._serving(now, self.p.directory.alive_rows(now), out)
+        if self.p.published is not None:
+            self.p.published.live(alive)
         gone = {h for i in self.p.members.instances() for h in self.p.members.hosts(i)}
         for host, instances in sorted(alive.items()):
             out.extend(self.members.changed(now, host, instances)[0])
