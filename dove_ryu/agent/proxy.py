@@ -125,6 +125,10 @@ class ProxyCore:
         if wan and role is None:
             self.p.stats.drop("wan_announce_without_role", now, f"from {sender}")
             return CoreOutput()
+        if not wan and self.sync is not None:
+            # In directory mode the site's members are the directory's live rows only.
+            self.p.stats.drop("site_announce_in_directory_mode", now, f"from {sender}")
+            return CoreOutput()
         before = (self.p.instances.served(False), self.p.instances.served(True))
         out = CoreOutput()
         if role is not None:

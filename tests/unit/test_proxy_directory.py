@@ -11,8 +11,10 @@ import pytest
 
 from dove_ryu.agent.directory import DirectoryView, HostRow
 from dove_ryu.config import from_mapping
+from dove_ryu.protocol.messages import Announce
 from tests.fakesites import KEY_HEX, TUN, Node, Sites, echo, hv_ip, proxy_ip
 from tests.fakeswitch import Delivery
+from tests.unit.test_proxy import forge
 
 pytestmark = pytest.mark.unit
 
@@ -186,3 +188,13 @@ def test_after_a_failover_the_rows_change_and_hosts_move_what_they_learned() -> 
     assert str(PX1) not in members(sites, "s1hv1", 5001)
     assert str(PX1) not in sites.status("s1hv1")["proxies"]
     assert sites.ping(a, b)
+
+
+def test_in_directory_mode_a_site_hosts_announcement_changes_no_member() -> None:
+    sites, _ = started()
+    stranger = hv_ip(9)  # a host the site's directory does not list
+
+    forge(sites, "s1px1", stranger, PX1, Announce(frozenset({5001})))
+
+    assert str(stranger) not in members(sites, "s1px1", 5001)
+    assert sites.counters("s1px1")["drop_site_announce_in_directory_mode"] == 1
