@@ -190,19 +190,27 @@ class ActiveProxies:
     proxy dead and its heartbeat not yet judged stopped, or two proxies that have not
     settled their election yet), the one that said so last is taken, as in static mode
     an announcement saying "active" displaces the proxy before it; the other is a
-    standby here, serving nothing, until it is the only one."""
+    standby here, serving nothing, until it is the only one.  Two seen first together
+    (this agent just started) are told apart by their heartbeats: the one whose
+    heartbeat has moved since is alive."""
 
     def __init__(self) -> None:
-        self._since: dict[IPv4Address, float] = {}  # when each row began to list instances
+        # When each row began to list instances, and its heartbeat then.
+        self._since: dict[IPv4Address, tuple[float, int]] = {}
 
     def roles(self, now: float, rows: dict[IPv4Address, HostRow]) -> dict[IPv4Address, ProxyRole]:
         """The live proxies' roles, the active one of each site first."""
         claims = {ip: r for ip, r in rows.items() if r.role == "proxy" and r.instances}
-        self._since = {ip: self._since.get(ip, now) for ip in claims}
+        self._since = {ip: self._since.get(ip, (now, r.heartbeat)) for ip, r in claims.items()}
+
+        def rank(ip: IPv4Address) -> tuple[float, bool, int]:
+            since, heartbeat = self._since[ip]
+            return since, claims[ip].heartbeat != heartbeat, int(ip)
+
         active: dict[str, IPv4Address] = {}
         for ip, row in claims.items():
             best = active.get(row.site)
-            if best is None or (self._since[ip], int(ip)) > (self._since[best], int(best)):
+            if best is None or rank(ip) > rank(best):
                 active[row.site] = ip
         ordered = sorted(claims, key=lambda ip: (active[claims[ip].site] != ip, int(ip)))
         return {

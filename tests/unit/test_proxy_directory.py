@@ -7,6 +7,8 @@ sites stay in ``wan_peers``.  Time is driven by the test."""
 
 from __future__ import annotations
 
+from ipaddress import IPv4Address
+
 import pytest
 
 from dove_ryu.agent.directory import DirectoryView, HostRow
@@ -80,6 +82,19 @@ def started() -> tuple[Sites, Directories]:
     return sites, directories
 
 
+def restart_host(sites: Sites, name: str, ip: IPv4Address) -> Node:
+    """A fresh agent (a new core) on site 1's host ``name``, its VMs still there."""
+    old = sites.node(name)
+    fresh = sites._node(name, 1, ip)
+    for vm in sites.vms:
+        if vm.node is old:
+            vm.node = fresh
+    sites.nodes[name] = fresh
+    sites.down.discard(name)
+    sites.connect(fresh)
+    return fresh
+
+
 def members(sites: Sites, node: str, instance: int) -> list[str]:
     return list(sites.status(node)["instances"].get(str(instance), {}).get("members", []))
 
@@ -149,18 +164,11 @@ def test_traffic_crosses_the_sites_with_members_from_the_directories() -> None:
 
 def test_a_hypervisor_registering_in_its_site_is_reached_from_the_other_site() -> None:
     sites, directories = started()
-    hv2 = sites.node("s1hv2")
     sites.stop("s1hv2")
     directories.run(5 * INTERVAL)
     assert str(S1HV2) not in members(sites, "s1px1", 5001)
     # A fresh agent on s1hv2; nothing in either site is told of it but its directory.
-    fresh = sites._node("s1hv2", 1, S1HV2)
-    for vm in sites.vms:
-        if vm.node is hv2:
-            vm.node = fresh
-    sites.nodes["s1hv2"] = fresh
-    sites.down.discard("s1hv2")
-    sites.connect(fresh)
+    fresh = restart_host(sites, "s1hv2", S1HV2)
     directories.run(INTERVAL)
     assert str(S1HV2) in members(sites, "s1px1", 5001)
     b = next(v for v in sites.vms if v.node is fresh and v.instance == 5001)
@@ -198,3 +206,20 @@ def test_in_directory_mode_a_site_hosts_announcement_changes_no_member() -> None
 
     assert str(stranger) not in members(sites, "s1px1", 5001)
     assert sites.counters("s1px1")["drop_site_announce_in_directory_mode"] == 1
+
+
+def test_a_host_started_after_a_failover_takes_the_proxy_whose_heartbeat_moves() -> None:
+    sites, directories = started()
+    sites.stop("s1px1")
+    directories.run(1.0)
+    sites.start_proxy(1, 1)  # back as the standby
+    directories.run(2.0)
+    sites.stop("s1px2")  # now the dead row with the higher address lists the instances
+    directories.run(1.0)
+    assert sites.node("s1px1").core.served() and sites.node("s1px2").core.served()
+    restart_host(sites, "s1hv1", S1HV1)  # its fresh agent sees both rows list instances
+    directories.run(2 * INTERVAL)  # px1's heartbeat moves, px2's does not
+
+    assert sites.status("s1hv1")["proxies"][str(PX1)]["active"]
+    assert str(PX2) not in members(sites, "s1hv1", 5001)
+    assert sites.ping(sites.vm("t1s1vm1"), sites.vm("t1s2vm1"))
