@@ -12,13 +12,11 @@ from typing import TYPE_CHECKING
 from dove_ryu.agent.directory import ActiveProxies, DirectoryView, EndpointRow, HostRow
 from dove_ryu.agent.host_members import HostMembers
 from dove_ryu.openflow.ofmsg import CoreOutput, OfMsg
-from dove_ryu.protocol.messages import ProxyRole
 
 if TYPE_CHECKING:
     from dove_ryu.agent.parts import HostParts
 
 NONE: frozenset[int] = frozenset()
-STANDBY = ProxyRole("standby", active=False, priority=0)
 
 
 class DirectorySync:
@@ -107,8 +105,9 @@ class DirectorySync:
         for host, role in roles.items():
             for old in self.p.members.proxy_heard(now, host, role):
                 out.ofmsgs += self.p.failover(now, role.site, old, host, self.members.member_left)
+        active = {ip for ip, role in roles.items() if role.active}
         return {
-            ip: row.instances if row.role != "proxy" or roles.get(ip, STANDBY).active else NONE
+            ip: row.instances if row.role != "proxy" or ip in active else NONE
             for ip, row in rows.items()
         }
 
