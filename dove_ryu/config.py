@@ -318,7 +318,11 @@ def from_values(values: Mapping[str, object]) -> DoveConfig:
 
 
 def _check_discovery(kwargs: dict[str, object]) -> None:
-    """The directory mode needs the directory's remotes; the static mode has none."""
+    """The directory mode needs the directory's remotes; the static mode has none.
+
+    A proxy may use either: in directory mode its site's hosts (and its partner
+    proxies) come from its site's directory, the other sites' proxies from
+    ``wan_peers`` as in static mode."""
     directory = kwargs.get("discovery", "static") == "directory"
     if directory and not kwargs.get("directory"):
         raise ConfigError("[dove] directory: missing (required with discovery = directory)")
@@ -329,9 +333,6 @@ def _check_discovery(kwargs: dict[str, object]) -> None:
         for name in ssl_files:
             if not kwargs.get(name):
                 raise ConfigError(f"[dove] {name}: missing (required with ssl: directory remotes)")
-    if directory and kwargs.get("role", "host") != "host":
-        # NOTE: a proxy stands for sites the directory does not list yet (issue 11).
-        raise ConfigError("[dove] discovery: a proxy uses discovery = static for now")
 
 
 def _check_role(kwargs: dict[str, object]) -> None:

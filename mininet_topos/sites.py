@@ -15,6 +15,12 @@ Each tenant is one layer-2 overlay across all sites, with the same plan in every
 02:00:00:00:0s:0i, IP 10.0.0.(10s+i)/24, on the site's hypervisor (i + t - 2) % H + 1,
 so that each tenant spans the hypervisors of every site.
 
+With ``directory`` (``--directory``) every site has its own directory (issue 11): a
+3-member clustered OVSDB, ``s<s>dir1``-``s<s>dir3`` at 10.99.0.241-243 on the site's
+underlay, with its own CA; every agent of the site, hypervisors and proxies, registers
+there over SSL (RBAC role dove-host) with ``discovery = directory`` and no ``peers``.
+The proxies keep ``wan_peers``: the WAN carries only proxy-to-proxy traffic.
+
     sudo .venv/bin/python -m mininet_topos.sites --sites 2 --hypervisors 2 --proxies 2
 """
 
@@ -36,6 +42,9 @@ from mininet.topo import Topo
 from mininet.util import quietRun
 
 from dove_ryu.config import OVERSIZE_ACTIONS
+from dove_ryu.ctl.dircluster import agent_remotes
+from mininet_topos.directory import MEMBERS as DIRECTORY_MEMBERS
+from mininet_topos.directory import ClusterPki, DirectoryCluster, DirectoryMember
 from mininet_topos.dove_agent import admin, agent_cmd, agent_config, agent_ready
 from mininet_topos.emulation import (
     FIRST_INSTANCE,
@@ -67,6 +76,7 @@ PROBE_OCTET = 250  # the site probes' and the WAN probe's last octet
 PROXY_OCTET = 200  # proxy k of a site is <net>.(200 + k)
 PROXY_PRIORITY = {1: 200, 2: 100}  # proxy k's proxy_priority: px1 starts active
 MAX_SITES = 24  # keeps 10s + k (WAN) and 10s + i (VM IPs) below the probes' .250
+DIRECTORY_OCTET = 240  # directory member n of a site is <net>.(240 + n)
 RUNDIR_PATTERN = "dove-s[0-9]*-*"  # Hypervisor rundirs are dove-<node>-XXXX
 
 
@@ -105,6 +115,15 @@ def proxy_wan_ip(site: int, k: int) -> str:
     return f"{WAN_NET}.{10 * site + k}"
 
 
+def directory_name(site: int, n: int) -> str:
+    return f"s{site}dir{n}"
+
+
+def directory_ip(n: int) -> str:
+    """Directory member n's address in its site (the same in every site)."""
+    return f"{UNDERLAY_NET}.{DIRECTORY_OCTET + n}"
+
+
 def node_index(site: int, octet: int) -> int:
     """A machine-wide unique number for a node's datapath ids: site, then last octet."""
     return (site << 8) | octet
@@ -123,6 +142,7 @@ class SitesSpec:
     vms_per_tenant: int = 2
     wan_mtu: int = 1500
     wan_oversize: str = "fragment"
+    directory: bool = False  # a directory cluster per site; agents use discovery = directory
 
     def __post_init__(self) -> None:
         if not 1 <= self.sites <= MAX_SITES:
@@ -298,6 +318,15 @@ class SitesNet(RunningNet):
     hypervisors: list[SiteHypervisor]  # all sites'; the proxies are not among them
     proxies: list[Proxy]
     vms: list[SiteVm] = field(default_factory=list)
+    directories: dict[int, DirectoryCluster] = field(default_factory=dict)  # by site
+
+    def stop(self) -> None:
+        try:
+            super().stop()
+        finally:
+            for cluster in self.directories.values():
+                if cluster.pki is not None:
+                    cluster.pki.remove()
 
     @property
     def nodes(self) -> list[SiteHypervisor]:
@@ -375,6 +404,10 @@ class SitesTopo(Topo):
                 self.addLink(px, underlay, intfName1=f"{px}-eth0")
             probe = self.addHost(probe_name(s), ip=None)
             self.addLink(probe, underlay, intfName1=f"{probe}-eth0")
+            for n in range(1, DIRECTORY_MEMBERS + 1) if spec.directory else ():
+                name, cidr = directory_name(s, n), f"{directory_ip(n)}/24"
+                self.addHost(name, cls=DirectoryMember, index=n, cidr=cidr, ip=None)
+                self.addLink(name, underlay, intfName1=f"{name}-eth0")
         wan = self.addSwitch(WAN_SWITCH, cls=UnderlayBridge, mtu=spec.wan_mtu)
         for s in spec.site_numbers:
             for k in range(1, spec.proxies + 1):
@@ -403,10 +436,12 @@ def node_config(
     extra: dict[str, Any] | None = None,
     proxy_extra: dict[str, Any] | None = None,
 ) -> str:
-    """A node's dove.ini. Its site peers: the site's hypervisors and proxies (site legs).
+    """A node's dove.ini. Its site peers: the site's hypervisors and proxies (site legs),
+    or with directories its site's directory instead (SSL, its own certificate).
     A proxy also gets its role, site, WAN leg and the other sites' proxies."""
     site = node.site
     peers = [n.underlay_ip for n in (*snet.site_hvs(site), *snet.site_proxies(site))]
+    cluster = snet.directories.get(site)
     settings = dict(extra or {})
     if isinstance(node, Proxy):
         wan_peers = [p.wan_ip for p in snet.proxies if p.site != site]
@@ -421,7 +456,11 @@ def node_config(
             **settings,
             **(proxy_extra or {}),
         }
-    return agent_config(node, peers, key, settings)
+    if cluster is None:
+        return agent_config(node, peers, key, settings)
+    assert cluster.pki is not None
+    remotes = agent_remotes(cluster.addresses)
+    return agent_config(node, peers, key, settings, remotes, cluster.pki.issue(node.name))
 
 
 def _site_ready(snet: SitesNet, node: SiteHypervisor) -> bool:
@@ -508,6 +547,10 @@ def build_sites_net(
         )
         for s in spec.site_numbers:
             address_probe(snet.probe(s), f"{UNDERLAY_NET}.{PROBE_OCTET}/24")
+            if spec.directory:
+                members = [net.get(directory_name(s, n)) for n in range(1, DIRECTORY_MEMBERS + 1)]
+                snet.directories[s] = DirectoryCluster(members, ClusterPki())
+                snet.directories[s].start()
         address_probe(snet.wan_probe, f"{WAN_NET}.{PROBE_OCTET}/24", mtu=spec.wan_mtu)
         for plan in plan_sites(spec):
             hv, host = net.get(plan.hypervisor), net.get(plan.name)
@@ -546,6 +589,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--wan-mtu", type=int, default=1500)
     p.add_argument("--wan-oversize", choices=OVERSIZE_ACTIONS, default="fragment")
     p.add_argument("--no-agents", action="store_true", help="OVS only, no dove-agent")
+    p.add_argument(
+        "--directory",
+        action="store_true",
+        help="a 3-member directory cluster per site; agents use it for discovery",
+    )
     p.add_argument("--log-level", default="info")
     p.add_argument("--clean", action="store_true", help="only clean up after a crashed run")
     args = p.parse_args(argv)
@@ -562,6 +610,7 @@ def main(argv: list[str] | None = None) -> None:
         args.vms_per_tenant,
         args.wan_mtu,
         args.wan_oversize,
+        args.directory,
     )
     snet, _ = build_sites_net(spec, agents=not args.no_agents)
     try:

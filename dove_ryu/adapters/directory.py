@@ -9,9 +9,10 @@ of the ``directory`` setting and follows it when it changes.  The client
   and one Endpoint row per VM here (a host writes only its own rows);
 - monitors only the Host rows of hosts that serve an instance this agent serves,
   its own, and those instances' Instance and Endpoint rows (conditional monitoring:
-  never the whole directory);
-- hands every change to the core (`HostCore.directory_rows`), and says when the
-  directory cannot be reached (`HostCore.directory_unreachable`).
+  never the whole directory); a VAN proxy, which stands for its whole site, monitors
+  every Host row of its site's directory and no endpoint;
+- hands every change to the core (``directory_rows`` of `HostCore` or `ProxyCore`),
+  and says when the directory cannot be reached (``directory_unreachable``).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import ovs.stream
 from dove_ryu.agent.directory import DirectoryView, EndpointRow, HostRow
 from dove_ryu.config import DoveConfig
 from dove_ryu.model import check_instance, normalize_mac
+from dove_ryu.protocol.messages import ProxyRole
 
 LOG = logging.getLogger("dove_ryu.adapters.directory")
 
@@ -44,6 +46,9 @@ def host_rows(idl: Any) -> list[HostRow]:
     rows = []
     for row in idl.tables["Host"].rows.values():
         try:
+            role, site = str(row.role), str(row.site)
+            if role == "proxy":
+                ProxyRole(site, active=False, priority=0)  # a proxy's row names a valid site
             rows.append(
                 HostRow(
                     name=row.name,
@@ -51,6 +56,8 @@ def host_rows(idl: Any) -> list[HostRow]:
                     instances=frozenset(int(i) for i in row.instances),
                     heartbeat=int(row.heartbeat),
                     heartbeat_interval=float(row.heartbeat_interval),
+                    role=role,
+                    site=site,
                 )
             )
         except ValueError as e:
@@ -81,10 +88,13 @@ def view(idl: Any) -> DirectoryView:
     return DirectoryView(host_rows(idl), endpoint_rows(idl), resolution)
 
 
-def conditions(name: str, served: frozenset[int]) -> dict[str, list[list[Any]]]:
+def conditions(name: str, served: frozenset[int], proxy: bool = False) -> dict[str, list[Any]]:
     """What to monitor, per table (the clauses of a condition are alternatives): our
     Host row and those of hosts serving an instance we serve; those instances' rows;
-    their endpoints and ours."""
+    their endpoints and ours.  A proxy: every Host row (its site's hosts and proxies:
+    one directory per site), and only its own (no) endpoints."""
+    if proxy:
+        return {"Host": [True], "Instance": [], "Endpoint": [["host", "==", name]]}
     ours = sorted(served)
     return {
         "Host": [["name", "==", name]] + [["instances", "includes", ["set", [i]]] for i in ours],
@@ -146,7 +156,8 @@ class DirectoryClient:
         self.stopping.set()
 
     def _watch(self, served: frozenset[int]) -> None:
-        for table, clauses in conditions(self.cfg.name, served).items():
+        proxy = self.cfg.role == "proxy"
+        for table, clauses in conditions(self.cfg.name, served, proxy).items():
             self.idl.cond_change(table, clauses)
 
     def _run(self) -> None:
@@ -235,6 +246,7 @@ class DirectoryClient:
         row.underlay_ip = str(self.cfg.host.underlay_ip)
         row.role = self.cfg.role
         row.site = self.cfg.proxy.site
+        row.wan_ip = [str(self.cfg.proxy.wan_ip)] if self.cfg.proxy.wan_ip else []
         row.instances = sorted(served)
         row.heartbeat = self.heartbeat
         row.heartbeat_interval = self.interval

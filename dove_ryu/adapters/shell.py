@@ -33,7 +33,6 @@ from dove_ryu.adapters.of_osken import match_fields, next_xid, packet_out_bytes,
 from dove_ryu.adapters.ovsdb import BridgeView, PortWatcher
 from dove_ryu.agent import make_core
 from dove_ryu.agent.directory import DirectoryView, EndpointRow
-from dove_ryu.agent.host import HostCore
 from dove_ryu.openflow import cookies
 from dove_ryu.openflow.ofmsg import CoreOutput, PacketIn, PacketOut, order_messages
 from dove_ryu.openflow.pipeline import TABLES
@@ -306,18 +305,17 @@ class DoveApp(app_manager.OSKenApp):  # type: ignore[misc]
 
     # ----------------------------------------------------------- directory
 
+    # A host and a proxy both register a row; a proxy's lists what it stands for.
+
     def _local(self) -> tuple[frozenset[int], list[EndpointRow]]:
         with self.lock:
-            assert isinstance(self.core, HostCore)
             return self.core.served(), self.core.local_endpoints()
 
     def _on_directory_view(self, view: DirectoryView) -> None:
-        assert isinstance(self.core, HostCore)
         self._call(self.core.directory_rows, view)
 
     def _on_directory_lost(self) -> None:
         with self.lock:
-            assert isinstance(self.core, HostCore)
             self.core.directory_unreachable(time.monotonic())
 
     def _admin(self, request: dict[str, Any]) -> dict[str, Any]:

@@ -18,11 +18,13 @@ default, and for instances with no row) resolves by LEARN as in static mode.
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 
 from dove_ryu.agent.membership import LIFETIME_INTERVALS
 from dove_ryu.model import Endpoint
+from dove_ryu.protocol.messages import ProxyRole
 
 RESOLUTIONS = ("learn", "lookup", "push")
 
@@ -36,6 +38,8 @@ class HostRow:
     instances: frozenset[int]
     heartbeat: int
     heartbeat_interval: float  # seconds between the host's heartbeats
+    role: str = "host"  # or "proxy": a VAN proxy's row (site leg, what it stands for)
+    site: str = ""  # a proxy's site; hosts have none (one directory per site)
 
 
 @dataclass(frozen=True)
@@ -61,7 +65,7 @@ class DirectoryView:
 
 class Published:
     """The endpoints of ``push`` and ``lookup`` instances, as the directory has them now:
-    per MAC the row with the highest sequence number, on a host whose row we see.
+    per MAC the row with the highest sequence number, on a live host whose row we see.
 
     A ``push`` instance's endpoints get their flows ahead of any packet; a ``lookup``
     instance's are looked up here on a miss, instead of asking the members (paper IV-B:
@@ -71,6 +75,7 @@ class Published:
     def __init__(self, me: str) -> None:
         self.me = me
         self.resolution: dict[int, str] = {}
+        self._view = DirectoryView([])
         self.installed: dict[tuple[int, str], Endpoint] = {}  # what the host put in flows
         self._by_mac: dict[tuple[int, str], Endpoint] = {}
         self._by_ip: dict[tuple[int, IPv4Address], Endpoint] = {}
@@ -79,10 +84,17 @@ class Published:
         return self.resolution.get(instance, "learn")
 
     def update(self, view: DirectoryView) -> None:
+        """The rows as the directory shows them now; `live` then says which hosts are
+        alive (the endpoints of a host whose heartbeat stopped are not taken)."""
         self.resolution = dict(view.resolution)
-        where = {h.name: h.underlay_ip for h in view.hosts}
+        self._view = view
+
+    def live(self, alive: Collection[IPv4Address]) -> None:
+        """Take the endpoints of the hosts that are alive now (their rows may stay after
+        the host died: a lookup must then fall back to LEARN, not install a flow to it)."""
+        where = {h.name: h.underlay_ip for h in self._view.hosts if h.underlay_ip in alive}
         best: dict[tuple[int, str], Endpoint] = {}
-        for row in view.endpoints:
+        for row in self._view.endpoints:
             host = where.get(row.host)
             if host is None or row.host == self.me or self.mode(row.instance) == "learn":
                 continue
@@ -119,7 +131,7 @@ class DirectoryMembers:
         self.me = me
         self._seen: dict[IPv4Address, _Seen] = {}
         self.reachable = False  # whether the directory answers (the rows are current)
-        self._frozen: dict[IPv4Address, frozenset[int]] = {}  # alive when it went away
+        self._frozen: dict[IPv4Address, HostRow] = {}  # alive when it went away
 
     def rows(self, now: float, rows: list[HostRow]) -> None:
         """The Host rows the directory shows now (all of those we monitor)."""
@@ -138,15 +150,19 @@ class DirectoryMembers:
     def unreachable(self, now: float) -> None:
         """The directory stopped answering: keep what we know as it is."""
         if self.reachable:
-            self._frozen = self.alive(now)
+            self._frozen = self.alive_rows(now)
         self.reachable = False
 
     def alive(self, now: float) -> dict[IPv4Address, frozenset[int]]:
         """What each live host serves: a row counts while its heartbeat moves."""
+        return {ip: row.instances for ip, row in self.alive_rows(now).items()}
+
+    def alive_rows(self, now: float) -> dict[IPv4Address, HostRow]:
+        """The rows of the live hosts."""
         if not self.reachable:
             return dict(self._frozen)
         return {
-            ip: s.row.instances
+            ip: s.row
             for ip, s in self._seen.items()
             if now - s.moved_at <= s.row.heartbeat_interval * LIFETIME_INTERVALS
         }
@@ -162,3 +178,43 @@ class DirectoryMembers:
 
     def names(self) -> dict[IPv4Address, str]:
         return {ip: s.row.name for ip, s in self._seen.items()}
+
+
+class ActiveProxies:
+    """Which VAN proxy stands for the other sites, as a host judges from the live rows
+    it sees (directory mode).
+
+    A proxy's row lists the instances it stands for while it is its site's active
+    proxy; a standby's lists none (so a host, monitoring the rows that serve its
+    instances, sees only active ones).  Of two rows of one site that say so (the old
+    proxy dead and its heartbeat not yet judged stopped, or two proxies that have not
+    settled their election yet), the one that said so last is taken, as in static mode
+    an announcement saying "active" displaces the proxy before it; the other is a
+    standby here, serving nothing, until it is the only one.  Two seen first together
+    (this agent just started) are told apart by their heartbeats: the one whose
+    heartbeat has moved since is alive."""
+
+    def __init__(self) -> None:
+        # When each row began to list instances, and its heartbeat then.
+        self._since: dict[IPv4Address, tuple[float, int]] = {}
+
+    def roles(self, now: float, rows: dict[IPv4Address, HostRow]) -> dict[IPv4Address, ProxyRole]:
+        """The live proxies' roles, the active one of each site first."""
+        claims = {ip: r for ip, r in rows.items() if r.role == "proxy" and r.instances}
+        self._since = {ip: self._since.get(ip, (now, r.heartbeat)) for ip, r in claims.items()}
+
+        def rank(ip: IPv4Address) -> tuple[float, bool, int]:
+            since, heartbeat = self._since[ip]
+            return since, claims[ip].heartbeat != heartbeat, int(ip)
+
+        active: dict[str, IPv4Address] = {}
+        for ip, row in claims.items():
+            best = active.get(row.site)
+            if best is None or rank(ip) > rank(best):
+                active[row.site] = ip
+        ordered = sorted(claims, key=lambda ip: (active[claims[ip].site] != ip, int(ip)))
+        return {
+            ip: ProxyRole(claims[ip].site, active[claims[ip].site] == ip, 0)
+            for ip in ordered
+            if claims[ip].site  # a proxy's row always names its site; a bad one is skipped
+        }

@@ -6,20 +6,24 @@ before any packet (`dove_ryu.agent.directory.Published`).
 
 from __future__ import annotations
 
+from ipaddress import IPv4Address
 from typing import TYPE_CHECKING
 
-from dove_ryu.agent.directory import DirectoryView, EndpointRow
+from dove_ryu.agent.directory import ActiveProxies, DirectoryView, EndpointRow, HostRow
 from dove_ryu.agent.host_members import HostMembers
 from dove_ryu.openflow.ofmsg import CoreOutput, OfMsg
 
 if TYPE_CHECKING:
     from dove_ryu.agent.parts import HostParts
 
+NONE: frozenset[int] = frozenset()
+
 
 class DirectorySync:
     def __init__(self, p: HostParts, members: HostMembers) -> None:
         self.p = p
         self.members = members
+        self.proxies = ActiveProxies()  # the VAN proxies among the rows (directory mode)
 
     def served(self) -> frozenset[int]:
         """The instances this host serves, as it registers them in the directory."""
@@ -78,14 +82,34 @@ class DirectorySync:
         """Members are the live hosts the directory shows, each serving what its row
         says; a host whose heartbeat stopped serves nothing any more."""
         assert self.p.directory is not None
-        alive = self.p.directory.alive(now)
         out = CoreOutput()
+        alive = self._serving(now, self.p.directory.alive_rows(now), out)
+        if self.p.published is not None:
+            self.p.published.live(alive)
         gone = {h for i in self.p.members.instances() for h in self.p.members.hosts(i)}
         for host, instances in sorted(alive.items()):
             out.extend(self.members.changed(now, host, instances)[0])
         for host in sorted(gone - set(alive)):
             out.extend(self.members.changed(now, host, frozenset())[0])
         return out
+
+    def _serving(
+        self, now: float, rows: dict[IPv4Address, HostRow], out: CoreOutput
+    ) -> dict[IPv4Address, frozenset[int]]:
+        """What each live host serves.  A VAN proxy's row counts while it is its site's
+        active one (`ActiveProxies`); when another takes over, what was learned behind
+        the old one moves to the new one at once, as in static mode."""
+        roles = self.proxies.roles(now, rows)
+        for host in [h for h in self.p.members.proxies if h not in roles]:
+            self.p.members.forget_proxy(host)
+        for host, role in roles.items():
+            for old in self.p.members.proxy_heard(now, host, role):
+                out.ofmsgs += self.p.failover(now, role.site, old, host, self.members.member_left)
+        active = {ip for ip, role in roles.items() if role.active}
+        return {
+            ip: row.instances if row.role != "proxy" or ip in active else NONE
+            for ip, row in rows.items()
+        }
 
     def status(self, now: float) -> dict[str, object]:
         directory = self.p.directory

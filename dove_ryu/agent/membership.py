@@ -79,11 +79,15 @@ class Membership:
             self._last_counter.popitem(last=False)
         return True
 
-    def join(self, now: float, instance: int, host: IPv4Address) -> bool:
-        """``host`` serves ``instance`` (for another lifetime); True if it is new."""
+    def join(
+        self, now: float, instance: int, host: IPv4Address, lifetime: float | None = None
+    ) -> bool:
+        """``host`` serves ``instance`` (for another lifetime); True if it is new.
+        ``lifetime``: instead of the announcements' (a proxy's site members from the
+        directory stay until the directory says otherwise)."""
         hosts = self._hosts.setdefault(instance, {})
         joined = host not in hosts
-        hosts[host] = now + self.lifetime
+        hosts[host] = now + (self.lifetime if lifetime is None else lifetime)
         return joined
 
     def leave(self, instance: int, host: IPv4Address) -> bool:
@@ -94,11 +98,17 @@ class Membership:
             del self._hosts[instance]
         return True
 
-    def served_by(self, now: float, sender: IPv4Address, instances: frozenset[int]) -> Change:
+    def served_by(
+        self,
+        now: float,
+        sender: IPv4Address,
+        instances: frozenset[int],
+        lifetime: float | None = None,
+    ) -> Change:
         """``sender`` serves exactly ``instances`` now."""
         change = Change(new_peer=not any(sender in h for h in self._hosts.values()))
         for instance in sorted(instances):
-            if self.join(now, instance, sender):
+            if self.join(now, instance, sender, lifetime):
                 change.joined.append(instance)
         for instance in [i for i, h in self._hosts.items() if sender in h]:
             if instance not in instances:
@@ -120,6 +130,10 @@ class Membership:
     def expire_proxies(self, now: float) -> None:
         for host in [h for h, k in self._proxies.items() if k.expires <= now]:
             del self._proxies[host]
+
+    def forget_proxy(self, host: IPv4Address) -> None:
+        """A proxy the directory no longer shows alive (directory mode)."""
+        self._proxies.pop(host, None)
 
     def proxy_heard(self, now: float, sender: IPv4Address, role: ProxyRole) -> list[IPv4Address]:
         """A VAN proxy announced itself.  When it says it is its site's active one,

@@ -91,6 +91,7 @@ class ProxyParts(Common):
     sides: Sides  # the site leg and the inter-site leg
     instances: ProxyInstances  # per instance: groups by direction, members by leg
     election: Election  # active or standby among the site's proxies
+    directory: DirectoryMembers | None  # the site's hosts the directory shows (directory mode)
     fragmenter: Fragmenter  # frames too big for the WAN, cut into DOVE fragments
     reassembly: Reassembly  # and put back together
 
@@ -106,7 +107,8 @@ def _common(
 ) -> dict[str, object]:
     """The parts every role has, as keyword arguments for its bundle."""
     stats = Stats(cfg.name, log)
-    by_directory = cfg.host.discovery == "directory"
+    # A proxy's members from the other sites come from announcements in either mode.
+    by_directory = cfg.host.discovery == "directory" and cfg.role == "host"
     learning = cfg.learning
     return {
         "cfg": cfg,
@@ -155,6 +157,9 @@ def proxy_parts(cfg: DoveConfig, log: logging.Logger, now: float) -> ProxyParts:
         sides=sides,
         instances=ProxyInstances(sides, members, link, cfg.proxy.wan_mtu),
         election=Election(cfg.name, cfg.host.underlay_ip, cfg.proxy, now),
+        directory=(
+            DirectoryMembers(cfg.host.underlay_ip) if cfg.host.discovery == "directory" else None
+        ),
         fragmenter=Fragmenter(cfg.proxy.wan_mtu),
         reassembly=Reassembly(),
     )

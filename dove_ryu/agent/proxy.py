@@ -12,8 +12,9 @@ said to each other: LEARN requests and replies, ENDPOINT, UN-LEARN, with the VM'
 sequence number unchanged.
 
 It is made of the parts `dove_ryu.agent.parts.ProxyParts` lists; `ProxyRelay` relays
-between the sides.  This file adds membership on both sides, the election between
-the site's proxies, and what the proxy announces.
+between the sides; `ProxyDirectory` takes the site's hosts from the directory
+(``discovery = directory``).  This file adds membership on both sides, the election
+between the site's proxies, and what the proxy announces.
 """
 
 from __future__ import annotations
@@ -21,9 +22,11 @@ from __future__ import annotations
 import logging
 from ipaddress import IPv4Address
 
+from dove_ryu.agent.directory import DirectoryView, EndpointRow
 from dove_ryu.agent.election import Outcome
 from dove_ryu.agent.membership import ANNOUNCE_MAX_INSTANCES
 from dove_ryu.agent.parts import proxy_parts
+from dove_ryu.agent.proxy_directory import ProxyDirectory
 from dove_ryu.agent.proxy_relay import ProxyRelay
 from dove_ryu.agent.stats import InstanceCounts, StatsView
 from dove_ryu.config import DoveConfig
@@ -43,8 +46,11 @@ class ProxyCore:
     def __init__(self, cfg: DoveConfig, now: float) -> None:
         self.p = proxy_parts(cfg, LOG, now)  # what a proxy is made of (`dove_ryu.agent.parts`)
         self.relay = ProxyRelay(self.p)
+        directory = self.p.directory
+        self.sync = ProxyDirectory(self.p, self.relay, directory) if directory else None
         self.wan_ip = self.p.sides.wan_leg
         self.next_announce = now
+        self.last_tick = now
 
     @property
     def counters(self) -> dict[str, int]:
@@ -119,24 +125,58 @@ class ProxyCore:
         if wan and role is None:
             self.p.stats.drop("wan_announce_without_role", now, f"from {sender}")
             return CoreOutput()
+        if not wan and self.sync is not None:
+            # In directory mode the site's members are the directory's live rows only.
+            self.p.stats.drop("site_announce_in_directory_mode", now, f"from {sender}")
+            return CoreOutput()
         before = (self.p.instances.served(False), self.p.instances.served(True))
         out = CoreOutput()
         if role is not None:
             for old in self.p.members.proxy_heard(now, sender, role):
                 out.ofmsgs += self.p.failover(now, role.site, old, sender, self.relay.member_left)
-        change = self.p.members.served_by(now, sender, msg.instances)
-        for instance in change.joined:
-            out.ofmsgs += self.relay.member_changed(instance, sender, joined=True)
-            out.datagrams += self.relay.ask_new_member(instance, sender)
-        for instance in change.left:
-            out.ofmsgs += self.relay.member_changed(instance, sender, joined=False)
-        if change.new_peer and msg.instances:
+        changed, new_peer = self.relay.serves(now, sender, msg.instances)
+        out.extend(changed)
+        if new_peer and msg.instances:
             out.datagrams += self._announce(now, only=[sender])
+        return self._site_changed(now, before, out)
+
+    def _site_changed(
+        self, now: float, before: tuple[list[int], list[int]], out: CoreOutput
+    ) -> CoreOutput:
+        """What either side serves changed: the active proxy tells the other side (in
+        directory mode its site hears it from its row, `served`)."""
         if self.active and self.p.instances.served(False) != before[0]:
             out.datagrams += self._announce(now, only=sorted(self.p.sides.wan_peers))
         if self.active and self.p.instances.served(True) != before[1]:
             out.datagrams += self._announce(now, only=list(self.p.cfg.host.peers))
         return out
+
+    # ------------------------------------------------------------ directory
+
+    def served(self) -> frozenset[int]:
+        """What the proxy's Host row lists: the instances it stands for in its site
+        while it is the active proxy, none while standby."""
+        return self.sync.served(self.active) if self.sync else frozenset()
+
+    def local_endpoints(self) -> list[EndpointRow]:
+        return []
+
+    def directory_rows(self, now: float, view: DirectoryView) -> CoreOutput:
+        """The site's Host rows: its hosts are the site-side members; its other proxies
+        are told we are here (hellos then go both ways)."""
+        if self.sync is None:
+            return CoreOutput()
+        before = (self.p.instances.served(False), self.p.instances.served(True))
+        known = self.sync.partners | set(self.p.election.partners)
+        out = self.sync.rows(now, view)
+        new = sorted(self.sync.partners - known)
+        if new:
+            out.datagrams += self._announce(now, only=new)
+        return self._site_changed(now, before, out)
+
+    def directory_unreachable(self, now: float) -> None:
+        if self.sync is not None:
+            self.sync.unreachable(now)
 
     def _partner_heard(self, now: float, sender: IPv4Address, role: msgs.ProxyRole) -> CoreOutput:
         if role.site != self.p.cfg.proxy.site:
@@ -169,7 +209,9 @@ class ProxyCore:
         targets = only
         if targets is None:
             self.next_announce = now + self.p.cfg.learning.announce_interval
-            targets = [*self.p.cfg.host.peers, *sorted(self.p.sides.wan_peers)]
+            peers = self.p.cfg.host.peers
+            found = sorted(self.sync.partners - set(peers)) if self.sync else []
+            targets = [*peers, *found, *sorted(self.p.sides.wan_peers)]
         role = msgs.ProxyRole(self.p.cfg.proxy.site, self.active, self.p.cfg.proxy.proxy_priority)
         served = {
             wan: self.p.instances.served(not wan) if self.active else [] for wan in (False, True)
@@ -198,6 +240,11 @@ class ProxyCore:
             self.p.members.leave(instance, host)
             out.ofmsgs += self.relay.member_changed(instance, host, joined=False)
         self.p.members.expire_proxies(now)
+        directory = self.p.directory
+        if self.sync and directory and now > directory.next_expiry(self.last_tick):
+            before = (self.p.instances.served(False), self.p.instances.served(True))
+            out.extend(self._site_changed(now, before, self.sync.judge(now)))  # a heartbeat stopped
+        self.last_tick = now
         if now >= self.next_announce:
             out.datagrams += self._announce(now)
         return out
@@ -235,6 +282,7 @@ class ProxyCore:
             },
             "pending": len(self.p.resolver),
             "counters": dict(sorted(self.p.stats.counters.items())),
+            **(self.sync.status(now) if self.sync else {}),
         }
 
     def _carried(self) -> list[int]:
@@ -250,6 +298,7 @@ class ProxyCore:
             wan_ip=str(self.wan_ip),
             connected=self.p.link.connected,
             proxy_active=self.active,
+            directory_reachable=self.p.directory.reachable if self.p.directory else None,
             pending=len(self.p.resolver),
             counters=dict(self.p.stats.counters),
             packet_ins=dict(self.p.stats.packet_ins),

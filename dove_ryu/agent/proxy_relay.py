@@ -85,6 +85,25 @@ class ProxyRelay:
             self.p.learned.drop_instance(instance)
         return msgs + self.p.instances.member_changed(instance, host, joined)
 
+    def serves(
+        self,
+        now: float,
+        host: IPv4Address,
+        instances: frozenset[int],
+        lifetime: float | None = None,
+    ) -> tuple[CoreOutput, bool]:
+        """``host`` serves exactly ``instances`` now (it announced so, or the directory
+        shows so): the datapath follows, and LEARNs in flight towards its side go to it.
+        Also whether we had not known it at all."""
+        change = self.p.members.served_by(now, host, instances, lifetime)
+        out = CoreOutput()
+        for instance in change.joined:
+            out.ofmsgs += self.member_changed(instance, host, joined=True)
+            out.datagrams += self.ask_new_member(instance, host)
+        for instance in change.left:
+            out.ofmsgs += self.member_changed(instance, host, joined=False)
+        return out, change.new_peer
+
     def member_left(self, instance: int, host: IPv4Address) -> list[OfMsg]:
         return self.member_changed(instance, host, joined=False)
 

@@ -237,3 +237,24 @@ def test_lookup_resolves_a_miss_from_the_directory_without_a_learn() -> None:
     assert len(net.learn_requests()) == asked
     assert h1.core.counters["resolved_from_directory"] == 1  # the ARP; then the flows knew
     assert len(net.packet_ins) == 1
+
+
+def test_lookup_falls_back_to_learn_for_an_endpoint_whose_host_stopped() -> None:
+    net = directory_net()
+    endpoints = push_view(net).endpoints
+    h1 = net.hosts[1]
+    for beat in range(1, 6):  # h2's heartbeat stands still; its rows stay
+        hosts = [
+            HostRow(f"h{n}", ip(n), h.core.served(), 1 if n == 2 else beat, INTERVAL)
+            for n, h in net.hosts.items()
+        ]
+        show(net, DirectoryView(hosts, endpoints, {5001: "lookup"}))
+        net.advance(INTERVAL)
+    assert h1.core.p.members.hosts(5001) == []
+
+    net.send(1, 1, eth(MAC_A, MAC_B))
+
+    assert h1.core.counters.get("resolved_from_directory", 0) == 0
+    assert h1.core.p.learned.get(5001, MAC_B) is None
+    # A LEARN, waiting for a member of the instance (h2 was its only other one).
+    assert h1.core.status(net.now)["pending"] == 1 and h1.core.counters["learn_no_members"] == 1
