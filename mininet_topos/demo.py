@@ -14,10 +14,12 @@ With ``--sites N`` the tenants span N sites that cannot reach each other, each
 with two VAN proxies (mininet_topos.sites): pings across sites go through the
 active proxy of each site, and the proxies' flow tables are shown too.
 
-With ``--directory`` the hosts find each other through a 3-member directory cluster
-(no peers lists), and ``--push T`` (repeatable) puts tenant T's instance in ``push``
-resolution: its endpoints reach every host before the first ping.  The report says
-which mode each instance used, with its first-ping RTT.
+With ``--directory`` the hosts (and, with ``--sites``, the proxies) find each other
+through a 3-member directory cluster (one per site; no peers lists), and ``--push T``
+(repeatable) puts tenant T's instance in ``push`` resolution: its endpoints reach every
+host before the first ping; ``--lookup T`` in ``lookup``: a miss is answered from the
+agent's copy of the directory.  The report says which mode each instance used, with its
+first-ping RTT.
 """
 
 from __future__ import annotations
@@ -147,6 +149,8 @@ def _build(args: argparse.Namespace) -> tuple[Any, list[Any], list[str]]:
             args.hypervisors, args.tenants, args.vms_per_tenant, directory=args.directory
         )
         try:
+            for tenant in args.lookup:
+                set_resolution(dnet, dnet.tenant_vms(tenant)[0].instance, "lookup")
             for tenant in args.push:
                 push_instance(dnet, tenant)
         except BaseException:
@@ -159,6 +163,7 @@ def _build(args: argparse.Namespace) -> tuple[Any, list[Any], list[str]]:
         tenants=args.tenants,
         vms_per_tenant=args.vms_per_tenant,
         wan_mtu=args.wan_mtu,
+        directory=args.directory,
     )
     snet, _key = sites.build_sites_net(spec)
     try:
@@ -183,7 +188,13 @@ def resolution(report: dict[str, Any], args: argparse.Namespace) -> dict[str, An
     ping of each of its pairs (whether or not the source's host knew the target)."""
     out: dict[str, Any] = {}
     for v in report["layout"]:
-        mode = "push" if v["tenant"] in args.push else "learn"
+        mode = (
+            "push"
+            if v["tenant"] in args.push
+            else "lookup"
+            if v["tenant"] in args.lookup
+            else "learn"
+        )
         out.setdefault(str(v["instance"]), {"tenant": v["tenant"], "mode": mode})
     for instance, row in out.items():
         vms = {v["vm"] for v in report["layout"] if str(v["instance"]) == instance}
@@ -328,15 +339,25 @@ def main(argv: list[str] | None = None) -> int:
         help="with --directory: this tenant's instance in push resolution (repeatable)",
     )
     parser.add_argument(
+        "--lookup",
+        type=int,
+        action="append",
+        default=[],
+        metavar="TENANT",
+        help="with --directory: this tenant's instance in lookup resolution (repeatable)",
+    )
+    parser.add_argument(
         "--cli", action="store_true", help="open the Mininet CLI before tearing down"
     )
     args = parser.parse_args(argv)
     if args.hypervisors is None:
         args.hypervisors = 3 if args.sites == 1 else 2
-    if (args.directory or args.push) and args.sites != 1:
-        parser.error("--directory and --push are for one site (no --sites) for now")
-    if args.push and not args.directory:
-        parser.error("--push needs --directory")
+    if (args.push or args.lookup) and args.sites != 1:
+        parser.error("--push and --lookup are for one site (no --sites) for now")
+    if (args.push or args.lookup) and not args.directory:
+        parser.error("--push and --lookup need --directory")
+    if set(args.push) & set(args.lookup):
+        parser.error("a tenant's instance is in one resolution: --push or --lookup")
     if args.vms_per_tenant < 2:
         parser.error("--vms-per-tenant must be at least 2 so tenants span hypervisors")
     setLogLevel("warning")
