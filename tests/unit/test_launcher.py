@@ -69,7 +69,8 @@ def test_the_agent_loads_neither_eventlet_nor_what_it_brings() -> None:
         "from dove_ryu.adapters.launcher import without_eventlet\n"
         "without_eventlet()\n"
         "import ovs.db.idl, os_ken.base.app_manager, dove_ryu.adapters.shell\n"
-        "print(sorted({m.split('.')[0] for m in sys.modules} & {'eventlet', 'dns', 'cryptography'}))\n"
+        "loaded = {m.split('.')[0] for m, module in sys.modules.items() if module}\n"
+        "print(sorted(loaded & {'eventlet', 'dns', 'cryptography'}))\n"
     )
     env = {k: v for k, v in os.environ.items() if k != "OSKEN_HUB_TYPE"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
