@@ -18,6 +18,7 @@ of the ``directory`` setting and follows it when it changes.  The client
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -129,7 +130,10 @@ class DirectoryClient:
         helper = ovs.db.idl.SchemaHelper(location=str(SCHEMA))
         for table in ("Host", "Instance", "Endpoint"):
             helper.register_table(table)
-        self.idl = ovs.db.idl.Idl(",".join(cfg.host.directory), helper, leader_only=True)
+        # Any member that is in the cluster will do, as ovn-controller reads the
+        # southbound database: monitors spread over the members (the IDL shuffles the
+        # remotes), and a follower passes our transactions to the leader.
+        self.idl = ovs.db.idl.Idl(",".join(cfg.host.directory), helper, leader_only=False)
         # NOTE (ovs 4.0.0): the session backs off up to 8 s between attempts; with the
         # whole directory down a while, its return would go unnoticed that long.  The
         # Python Idl has no setter for it (the C IDL takes it from the remote); its
@@ -143,6 +147,10 @@ class DirectoryClient:
         self.txn: Any = None
         self.connected = False
         self.stopping = threading.Event()
+        # poke() wakes the loop at once (a VM came or went) rather than at its next poll.
+        self.wake_r, self.wake_w = os.pipe()
+        os.set_blocking(self.wake_r, False)
+        os.set_blocking(self.wake_w, False)
         self.thread = threading.Thread(target=self._run, name="directory", daemon=True)
         self.errors = 0
         # What the directory costs this agent, for dovectl counters and the benchmark:
@@ -154,6 +162,14 @@ class DirectoryClient:
 
     def stop(self) -> None:
         self.stopping.set()
+        self.poke()
+
+    def poke(self) -> None:
+        """What ``local()`` gives may have changed: publish it now."""
+        try:
+            os.write(self.wake_w, b"!")
+        except BlockingIOError:  # a wake-up is pending already
+            pass
 
     def _watch(self, served: frozenset[int]) -> None:
         proxy = self.cfg.role == "proxy"
@@ -191,12 +207,17 @@ class DirectoryClient:
         poller = ovs.poller.Poller()
         self.idl.wait(poller)
         poller.timer_wait(max(1, int((self.next_beat - time.monotonic()) * 1000)))
-        poller.timer_wait(200)  # to notice stop(), and VMs coming and going
+        poller.fd_wait(self.wake_r, ovs.poller.POLLIN)
+        poller.timer_wait(200)  # what changes without a poke (a proxy's instances)
         poller.block()
+        try:
+            os.read(self.wake_r, 512)
+        except BlockingIOError:
+            pass
         return seen_seqno
 
     def _connected(self) -> bool:
-        """Connected to a server that serves us (the leader, with ``leader_only``)."""
+        """Connected to a member that is in the cluster (the IDL checks ``_Server``)."""
         # NOTE (ovs 4.0.0): the Python Idl has no is_connected() (the C IDL has
         # ovsdb_idl_is_connected); its jsonrpc Session, a public class, says so.
         session = self.idl._session

@@ -275,6 +275,8 @@ class DoveApp(app_manager.OSKenApp):  # type: ignore[misc]
             self._send(self.core.ports_changed(time.monotonic(), list(view.vm_ports)))
             self.core.counters["ports_rejected"] = len(view.rejected)
             self._sync_if_ready()
+        if self.directory is not None:
+            self.directory.poke()  # VMs came or went: their Endpoint rows, now
 
     # ------------------------------------------------------ control socket
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -58,3 +59,20 @@ def test_missing_section_and_missing_file(tmp_path: Path) -> None:
         check=False,
     )
     assert missing.returncode != 0 and "nope.ini" in missing.stderr
+
+
+def test_the_agent_loads_neither_eventlet_nor_what_it_brings() -> None:
+    # ovs.poller would import eventlet (installed for os-ken), and with it dnspython and
+    # cryptography: memory the agent never uses.
+    code = (
+        "import sys\n"
+        "from dove_ryu.adapters.launcher import without_eventlet\n"
+        "without_eventlet()\n"
+        "import ovs.db.idl, os_ken.base.app_manager, dove_ryu.adapters.shell\n"
+        "loaded = {m.split('.')[0] for m, module in sys.modules.items() if module}\n"
+        "print(sorted(loaded & {'eventlet', 'dns', 'cryptography'}))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "OSKEN_HUB_TYPE"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
