@@ -259,6 +259,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--sections", default="controller,first,dataplane,migration,scale,sites,directory"
     )
+    parser.add_argument(
+        "--directory-vms",
+        default="1000,2000",
+        help="the directory section's sizes: 1000 (10 hypervisors), 2000 (20), or both",
+    )
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--reps", type=int, default=None)
     args = parser.parse_args(argv)
@@ -321,7 +326,9 @@ def main(argv: list[str] | None = None) -> int:
         progress(f"  failover gap ms {json.dumps(results['sites']['failover_gap_ms'])}")
 
     if "directory" in sections:
-        results["directory"] = run_directory(args.quick, 2 if args.quick else 3, progress)
+        vms = tuple(int(n) for n in args.directory_vms.split(","))
+        directory_reps = args.reps or (2 if args.quick else 3)
+        results["directory"] = run_directory(args.quick, directory_reps, progress, vms)
 
     (out / "samples.json").write_text(json.dumps(results, indent=2, default=str))
     from benchmarks.report import write_report
