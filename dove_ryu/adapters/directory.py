@@ -42,51 +42,83 @@ DATABASE = "DOVE_Directory"
 RECONNECT_MIN_MS, RECONNECT_MAX_MS = 250, 1000  # between attempts to reach a member
 
 
-def host_rows(idl: Any) -> list[HostRow]:
-    """The Host rows the IDL holds now, those that parse (a bad row is skipped)."""
-    rows = []
-    for row in idl.tables["Host"].rows.values():
-        try:
-            role, site = str(row.role), str(row.site)
-            if role == "proxy":
-                ProxyRole(site, active=False, priority=0)  # a proxy's row names a valid site
-            rows.append(
-                HostRow(
-                    name=row.name,
-                    underlay_ip=IPv4Address(row.underlay_ip),
-                    instances=frozenset(int(i) for i in row.instances),
-                    heartbeat=int(row.heartbeat),
-                    heartbeat_interval=float(row.heartbeat_interval),
-                    role=role,
-                    site=site,
-                )
-            )
-        except ValueError as e:
-            LOG.warning("directory: Host row %r skipped: %s", row.name, e)
-    return rows
+def host_row(row: Any) -> HostRow:
+    """A Host row as the agent needs it (ValueError: it does not parse)."""
+    role, site = str(row.role), str(row.site)
+    if role == "proxy":
+        ProxyRole(site, active=False, priority=0)  # a proxy's row names a valid site
+    return HostRow(
+        name=row.name,
+        underlay_ip=IPv4Address(row.underlay_ip),
+        instances=frozenset(int(i) for i in row.instances),
+        heartbeat=int(row.heartbeat),
+        heartbeat_interval=float(row.heartbeat_interval),
+        role=role,
+        site=site,
+    )
 
 
-def endpoint_rows(idl: Any) -> list[EndpointRow]:
-    rows = []
-    for row in idl.tables["Endpoint"].rows.values():
-        try:
-            rows.append(
-                EndpointRow(
-                    instance=check_instance(int(row.instance)),
-                    mac=normalize_mac(row.mac),
-                    ips=tuple(IPv4Address(i) for i in sorted(row.ips)),
-                    host=row.host,
-                    seq=int(row.seq),
-                )
-            )
-        except ValueError as e:
-            LOG.warning("directory: Endpoint row %s skipped: %s", row.mac, e)
-    return rows
+def endpoint_row(row: Any) -> EndpointRow:
+    return EndpointRow(
+        instance=check_instance(int(row.instance)),
+        mac=normalize_mac(row.mac),
+        ips=tuple(IPv4Address(i) for i in sorted(row.ips)),
+        host=row.host,
+        seq=int(row.seq),
+    )
 
 
-def view(idl: Any) -> DirectoryView:
+class ParsedTable:
+    """A table's rows parsed once each: a row is parsed again only when the IDL says
+    it changed (``touched``), and the list stays the same object while nothing in the
+    table changed, so the core can tell (a heartbeat must not cost a pass over every
+    endpoint)."""
+
+    def __init__(self, table: str, parse: Callable[[Any], Any]) -> None:
+        self.table = table
+        self.parse = parse
+        self.parsed: dict[Any, Any] = {}  # row uuid -> parsed row, None if it did not parse
+        self.touched: set[Any] = set()
+        self.listed: list[Any] = []
+
+    def rows(self, idl: Any) -> list[Any]:
+        current = idl.tables[self.table].rows
+        if not self.touched and current.keys() == self.parsed.keys():
+            return self.listed
+        for uuid in [u for u in self.parsed if u not in current]:
+            del self.parsed[uuid]
+        for uuid, row in current.items():
+            if uuid in self.touched or uuid not in self.parsed:
+                try:
+                    self.parsed[uuid] = self.parse(row)
+                except ValueError as e:
+                    LOG.warning("directory: %s row %s skipped: %s", self.table, uuid, e)
+                    self.parsed[uuid] = None
+        self.touched.clear()
+        self.listed = [r for r in self.parsed.values() if r is not None]
+        return self.listed
+
+
+class TrackingIdl(ovs.db.idl.Idl):  # type: ignore[misc]
+    """An IDL that notes which rows changed, for `ParsedTable`."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.parsed = {
+            "Host": ParsedTable("Host", host_row),
+            "Endpoint": ParsedTable("Endpoint", endpoint_row),
+        }
+        super().__init__(*args, **kwargs)
+
+    def notify(self, event: str, row: Any, updates: Any = None) -> None:
+        table = self.parsed.get(row._table.name)
+        if table is not None:
+            table.touched.add(row.uuid)
+
+
+def view(idl: TrackingIdl) -> DirectoryView:
+    hosts, endpoints = idl.parsed["Host"].rows(idl), idl.parsed["Endpoint"].rows(idl)
     resolution = {int(r.id): str(r.resolution) for r in idl.tables["Instance"].rows.values()}
-    return DirectoryView(host_rows(idl), endpoint_rows(idl), resolution)
+    return DirectoryView(hosts, endpoints, resolution)
 
 
 def conditions(name: str, served: frozenset[int], proxy: bool = False) -> dict[str, list[Any]]:
@@ -133,7 +165,7 @@ class DirectoryClient:
         # Any member that is in the cluster will do, as ovn-controller reads the
         # southbound database: monitors spread over the members (the IDL shuffles the
         # remotes), and a follower passes our transactions to the leader.
-        self.idl = ovs.db.idl.Idl(",".join(cfg.host.directory), helper, leader_only=False)
+        self.idl = TrackingIdl(",".join(cfg.host.directory), helper, leader_only=False)
         # NOTE (ovs 4.0.0): the session backs off up to 8 s between attempts; with the
         # whole directory down a while, its return would go unnoticed that long.  The
         # Python Idl has no setter for it (the C IDL takes it from the remote); its

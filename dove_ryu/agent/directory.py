@@ -79,6 +79,11 @@ class Published:
         self.installed: dict[tuple[int, str], Endpoint] = {}  # what the host put in flows
         self._by_mac: dict[tuple[int, str], Endpoint] = {}
         self._by_ip: dict[tuple[int, IPv4Address], Endpoint] = {}
+        # What `live` last computed from, and a count of its changes (`pushed` users
+        # skip their pass while it stands): a heartbeat must not cost a pass over
+        # every endpoint.
+        self._live_from: tuple[object, ...] = ()
+        self.generation = 0
 
     def mode(self, instance: int) -> str:
         return self.resolution.get(instance, "learn")
@@ -93,6 +98,13 @@ class Published:
         """Take the endpoints of the hosts that are alive now (their rows may stay after
         the host died: a lookup must then fall back to LEARN, not install a flow to it)."""
         where = {h.name: h.underlay_ip for h in self._view.hosts if h.underlay_ip in alive}
+        # The endpoint rows come as the same list while none changed (compared by
+        # identity first, so a heartbeat costs no pass over them).
+        source = (self._view.endpoints, where, self.resolution)
+        if source == self._live_from:
+            return
+        self._live_from = source
+        self.generation += 1
         best: dict[tuple[int, str], Endpoint] = {}
         for row in self._view.endpoints:
             host = where.get(row.host)

@@ -24,6 +24,7 @@ class DirectorySync:
         self.p = p
         self.members = members
         self.proxies = ActiveProxies()  # the VAN proxies among the rows (directory mode)
+        self.pushed_from: tuple[object, ...] = ()  # what `push` last worked from
 
     def served(self) -> frozenset[int]:
         """The instances this host serves, as it registers them in the directory."""
@@ -51,6 +52,10 @@ class DirectorySync:
         assert self.p.directory is not None and self.p.published is not None
         alive = self.p.directory.alive(now)
         served = self.p.ports.instances
+        source = (self.p.published.generation, frozenset(alive), frozenset(served))
+        if source == self.pushed_from:
+            return []  # nothing it depends on changed (a heartbeat, say)
+        self.pushed_from = source
         wanted = {
             key: ep
             for key, ep in self.p.published.pushed().items()
