@@ -121,11 +121,15 @@ def view(idl: TrackingIdl) -> DirectoryView:
     return DirectoryView(hosts, endpoints, resolution)
 
 
-def conditions(name: str, served: frozenset[int], proxy: bool = False) -> dict[str, list[Any]]:
+def conditions(
+    name: str, served: frozenset[int], proxy: bool = False, resolved: frozenset[int] = frozenset()
+) -> dict[str, list[Any]]:
     """What to monitor, per table (the clauses of a condition are alternatives): our
     Host row and those of hosts serving an instance we serve; those instances' rows;
-    their endpoints and ours.  A proxy: every Host row (its site's hosts and proxies:
-    one directory per site), and only its own (no) endpoints."""
+    the endpoints of those of them the directory resolves (``resolved``: in ``lookup``
+    or ``push``; a ``learn`` instance's are not needed here), and ours.  A proxy: every
+    Host row (its site's hosts and proxies: one directory per site), and only its own
+    (no) endpoints."""
     if proxy:
         return {"Host": [True], "Instance": [], "Endpoint": [["host", "==", name]]}
     ours = sorted(served)
@@ -133,7 +137,8 @@ def conditions(name: str, served: frozenset[int], proxy: bool = False) -> dict[s
         "Host": [["name", "==", name]] + [["instances", "includes", ["set", [i]]] for i in ours],
         "Instance": [["id", "==", i] for i in ours],
         # Ours too, whatever they serve: a restarted agent updates the rows it left.
-        "Endpoint": [["host", "==", name]] + [["instance", "==", i] for i in ours],
+        "Endpoint": [["host", "==", name]]
+        + [["instance", "==", i] for i in sorted(resolved & served)],
     }
 
 
@@ -171,8 +176,8 @@ class DirectoryClient:
         # Python Idl has no setter for it (the C IDL takes it from the remote); its
         # session's Reconnect (a public class) has.
         self.idl._session.reconnect.set_backoff(RECONNECT_MIN_MS, RECONNECT_MAX_MS)
-        self._watch(frozenset())
-        self.watching: frozenset[int] = frozenset()
+        self._watch(frozenset(), frozenset())
+        self.watching: tuple[frozenset[int], frozenset[int]] = (frozenset(), frozenset())
         self.published: list[EndpointRow] = []
         self.heartbeat = 0
         self.next_beat = 0.0
@@ -203,10 +208,15 @@ class DirectoryClient:
         except BlockingIOError:  # a wake-up is pending already
             pass
 
-    def _watch(self, served: frozenset[int]) -> None:
+    def _watch(self, served: frozenset[int], resolved: frozenset[int]) -> None:
         proxy = self.cfg.role == "proxy"
-        for table, clauses in conditions(self.cfg.name, served, proxy).items():
+        for table, clauses in conditions(self.cfg.name, served, proxy, resolved).items():
             self.idl.cond_change(table, clauses)
+
+    def _resolved(self) -> frozenset[int]:
+        """The instances the directory resolves (``lookup``, ``push``), as far as we see."""
+        rows = self.idl.tables["Instance"].rows.values()
+        return frozenset(int(r.id) for r in rows if str(r.resolution) != "learn")
 
     def _run(self) -> None:
         seen_seqno = -1
@@ -269,9 +279,10 @@ class DirectoryClient:
                 self.published = []
             self.txn = None
         served, endpoints = self.local()
-        if served != self.watching:
-            self.watching = served
-            self._watch(served)
+        resolved = self._resolved() & served
+        if (served, resolved) != self.watching:
+            self.watching = (served, resolved)
+            self._watch(served, resolved)
         now = time.monotonic()
         ours = self._ours()
         beat_due = now >= self.next_beat or ours is None or frozenset(ours.instances) != served

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from dove_ryu.adapters.directory import ParsedTable, endpoint_row
+from dove_ryu.adapters.directory import ParsedTable, conditions, endpoint_row
 from dove_ryu.agent.directory import DirectoryView, EndpointRow, HostRow, Published
 
 pytestmark = pytest.mark.unit
@@ -71,3 +71,9 @@ def test_published_skips_its_pass_while_the_endpoints_and_live_hosts_stand() -> 
     published.live(set())  # hv2 died
     assert published.generation == generation + 1
     assert published.pushed() == {}
+
+
+def test_an_agent_monitors_the_endpoints_of_the_instances_the_directory_resolves_only() -> None:
+    got = conditions("hv1", frozenset({5001, 5002, 5003}), resolved=frozenset({5002, 5009}))
+    assert got["Endpoint"] == [["host", "==", "hv1"], ["instance", "==", 5002]]
+    assert got["Instance"] == [["id", "==", i] for i in (5001, 5002, 5003)]
