@@ -9,6 +9,7 @@ and ``ovn``.
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import time
@@ -165,6 +166,22 @@ def pid_rss_kb(pid: int) -> int:
     return int(re.search(r"VmRSS:\s+(\d+)", status).group(1))  # type: ignore[union-attr]
 
 
+def cpu_s(pids: list[int]) -> float:
+    """User and system CPU seconds the processes have used so far."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / ticks
+
+
+def directory_pids(dnet: DoveNet) -> list[int]:
+    if dnet.directory is None:
+        return []
+    return [p for p in (m.server_pid for m in dnet.directory.members) if p]
+
+
 def counters(dnet: DoveNet) -> dict[str, dict[str, int]]:
     return {hv.name: admin(hv, "counters") for hv in dnet.hypervisors}
 
@@ -228,6 +245,7 @@ def scale_sample(
         ports = vm_ports(dnet)
         pairs = sample_pairs(dnet, pairs_per_tenant)
         before = counters(dnet) if is_dove(system) else {}
+        cpu_before = cpu_s(directory_pids(dnet))
         # The expensive build once; the measured event (every port gone, then back at
         # once) several times on it.
         rounds = []
@@ -276,6 +294,9 @@ def scale_sample(
                 sample["learn_messages"] / known if known else None
             )
             if dnet.directory is not None:
+                # The whole cluster's CPU over the rounds, what their transactions and
+                # monitor updates cost (the simulation fits its costs on it).
+                sample["directory_cpu_s"] = cpu_s(directory_pids(dnet)) - cpu_before
                 pids = [m.server_pid for m in dnet.directory.members]
                 sample["directory_rss_kb"] = summary([pid_rss_kb(p) for p in pids if p])
         else:
