@@ -26,7 +26,7 @@ from typing import Any
 
 from mininet.log import setLogLevel
 
-from benchmarks.scale import build, run_directory, scale_sample
+from benchmarks.scale import DIRECTORY_SYSTEMS, build, run_directory, scale_sample
 from benchmarks.stats import summary
 from mininet_topos.agents import admin
 from mininet_topos.dove_topo import MODES, DoveNet
@@ -264,6 +264,11 @@ def main(argv: list[str] | None = None) -> int:
         default="1000,2000",
         help="the directory section's sizes: 1000 (10 hypervisors), 2000 (20), or both",
     )
+    parser.add_argument(
+        "--directory-systems",
+        default=",".join(DIRECTORY_SYSTEMS),
+        help="the directory section's systems (default: the three modes and OVN)",
+    )
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--reps", type=int, default=None)
     args = parser.parse_args(argv)
@@ -328,7 +333,8 @@ def main(argv: list[str] | None = None) -> int:
     if "directory" in sections:
         vms = tuple(int(n) for n in args.directory_vms.split(","))
         directory_reps = args.reps or (2 if args.quick else 3)
-        results["directory"] = run_directory(args.quick, directory_reps, progress, vms)
+        systems = tuple(args.directory_systems.split(","))
+        results["directory"] = run_directory(args.quick, directory_reps, progress, vms, systems)
 
     (out / "samples.json").write_text(json.dumps(results, indent=2, default=str))
     from benchmarks.report import write_report
