@@ -133,6 +133,23 @@ def conditions(name: str, served: frozenset[int], proxy: bool = False) -> dict[s
     }
 
 
+class _Idl(ovs.db.idl.Idl):  # type: ignore[misc]
+    """The IDL, counting the changes to our own Host_Liveness row (``own_beats``): our
+    heartbeat coming back is no change to hand the core, nor to count.
+
+    NOTE (ovs 4.0.0): the Python IDL's way for a column a client writes but does not
+    read, ``column.alert = False``, holds for ``update`` (monitor v1) only; a
+    modification in ``update2``/``update3`` (monitor_cond, which the client uses)
+    raises ``change_seqno`` whatever the column.  ``notify``, which the IDL calls once
+    per changed row as it raises ``change_seqno``, is its hook for subclasses."""
+
+    own_beats = 0
+
+    def notify(self, event: str, row: Any, updates: Any = None) -> None:
+        if row._table.name == "Host_Liveness":
+            self.own_beats += 1
+
+
 def _differs(current: Any, wanted: Any) -> bool:
     if isinstance(wanted, list):  # a set column: the IDL gives a list, in its own order
         return sorted(current) != wanted
@@ -167,16 +184,12 @@ class DirectoryClient:
         # Any member that is in the cluster will do, as ovn-controller reads the
         # southbound database: monitors spread over the members (the IDL shuffles the
         # remotes), and a follower passes our transactions to the leader.
-        self.idl = ovs.db.idl.Idl(",".join(cfg.host.directory), helper, leader_only=False)
+        self.idl = _Idl(",".join(cfg.host.directory), helper, leader_only=False)
         # NOTE (ovs 4.0.0): the session backs off up to 8 s between attempts; with the
         # whole directory down a while, its return would go unnoticed that long.  The
         # Python Idl has no setter for it (the C IDL takes it from the remote); its
         # session's Reconnect (a public class) has.
         self.idl._session.reconnect.set_backoff(RECONNECT_MIN_MS, RECONNECT_MAX_MS)
-        # Our own heartbeat coming back is no change to hand the core (nor to count): the
-        # IDL's documented way for columns a client writes but does not read.
-        for column in self.idl.tables["Host_Liveness"].columns.values():
-            column.alert = False
         self._watch(frozenset())
         self.watching: frozenset[int] = frozenset()
         self.published: list[EndpointRow] = []
@@ -235,10 +248,11 @@ class DirectoryClient:
             if not connected:
                 self.txn = None
                 self.on_lost()
-        if connected and self.idl.change_seqno != seen_seqno:
-            # The IDL raises change_seqno once per update message that changed a row.
-            self.counts["directory_updates"] += self.idl.change_seqno - max(seen_seqno, 0)
-            seen_seqno = self.idl.change_seqno
+        seqno = self.idl.change_seqno - self.idl.own_beats
+        if connected and seqno != seen_seqno:
+            # The IDL raises change_seqno once per row an update changed.
+            self.counts["directory_updates"] += seqno - max(seen_seqno, 0)
+            seen_seqno = seqno
             self.on_view(view(self.idl))
         if connected:
             self._keep_published()
