@@ -375,6 +375,27 @@ class DirectoryClient:
         return None
 
 
+JUDGE_EVERY = 0.1  # seconds between a reaper's scans for stopped heartbeats
+
+
+class _ReaperIdl(ovs.db.idl.Idl):  # type: ignore[misc]
+    """The IDL, keeping the Host_Liveness rows changed since the reaper last looked
+    (``notify``, the IDL's hook for subclasses; None: the row went)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.changed: dict[str, LivenessRow | None] = {}
+
+    def notify(self, event: str, row: Any, updates: Any = None) -> None:
+        if row._table.name != "Host_Liveness":
+            return
+        if event == ovs.db.idl.ROW_DELETE:
+            self.changed[str(row.name)] = None
+        else:
+            beat = LivenessRow(str(row.name), int(row.heartbeat), float(row.heartbeat_interval))
+            self.changed[beat.name] = beat
+
+
 class Reaper:
     """Judges the hosts' heartbeats beside the cluster and marks the stopped ones dead.
 
@@ -391,9 +412,10 @@ class Reaper:
         helper = ovs.db.idl.SchemaHelper(location=str(SCHEMA))
         helper.register_columns("Host", ["name", "alive"])
         helper.register_table("Host_Liveness")
-        self.idl = ovs.db.idl.Idl(db, helper, leader_only=False)
+        self.idl = _ReaperIdl(db, helper, leader_only=False)
         self.idl._session.reconnect.set_backoff(RECONNECT_MIN_MS, RECONNECT_MAX_MS)
         self.judge = Liveness()
+        self.next_judgement = 0.0
         self.on_dead = on_dead or (lambda name: None)
         self.txn: Any = None
         self.marking: list[str] = []
@@ -419,16 +441,26 @@ class Reaper:
         if connected != self.connected:
             self.connected = connected
             LOG.warning("reaper: directory %s", "connected" if connected else "unreachable")
-        if connected:
+        changed, self.idl.changed = self.idl.changed, {}
+        if connected and not self.judge.reachable:  # (again): every row, fresh lifetimes
             self.judge.rows(now, liveness_rows(self.idl))
-            self._mark(now)
+        elif connected:  # only the rows that changed: a heartbeat costs O(1)
+            for name, row in changed.items():
+                if row is None:
+                    self.judge.forget(name)
+                else:
+                    self.judge.beat(now, row)
         else:
             self.judge.unreachable()
             self.txn = None
+        if connected and (self.txn is not None or now >= self.next_judgement):
+            # Judged at most every JUDGE_EVERY: a scan of every row, late by that at most.
+            self.next_judgement = now + JUDGE_EVERY
+            self._mark(now)
         poller = ovs.poller.Poller()
         self.idl.wait(poller)
-        wait = min(self.judge.next_expiry(now) - now, 1.0) if not self.txn else 0.05
-        poller.timer_wait(max(1, int(wait * 1000) + 1))
+        wait = JUDGE_EVERY if self.txn is None else 0.05
+        poller.timer_wait(max(1, int(wait * 1000)))
         poller.block()
 
     def _mark(self, now: float) -> None:
@@ -444,6 +476,8 @@ class Reaper:
                 LOG.info("reaper: marking %s: %s", self.marking, status)
             self.txn = None
         dead = self.judge.dead(now)
+        if not dead:
+            return
         beats = {r.name: r for r in self.idl.tables["Host_Liveness"].rows.values()}
         rows = [
             r for r in self.idl.tables["Host"].rows.values()

@@ -191,12 +191,22 @@ class Liveness:
         current = {r.name: r for r in rows}
         for name in [n for n in self._beats if n not in current]:
             del self._beats[name]
-        for name, row in current.items():
-            beat = self._beats.get(name)
-            if back or beat is None or beat.heartbeat != row.heartbeat:
-                self._beats[name] = _Beat(row.heartbeat, row.heartbeat_interval, now)
-            else:
-                beat.interval = row.heartbeat_interval
+        if back:
+            self._beats.clear()
+        for row in current.values():
+            self.beat(now, row)
+
+    def beat(self, now: float, row: LivenessRow) -> None:
+        """One row, new or changed (the reaper hands over only those, once connected)."""
+        beat = self._beats.get(row.name)
+        if beat is None or beat.heartbeat != row.heartbeat:
+            self._beats[row.name] = _Beat(row.heartbeat, row.heartbeat_interval, now)
+        else:
+            beat.interval = row.heartbeat_interval
+
+    def forget(self, name: str) -> None:
+        """A row that went."""
+        self._beats.pop(name, None)
 
     def unreachable(self) -> None:
         """The directory stopped answering: nobody is judged until it is back."""
