@@ -52,7 +52,7 @@ from mininet_topos.hypervisor import (
 )
 
 MEMBERS = 3
-RUNDIR_PATTERN = "dove-dir*-*"
+RUNDIR_PATTERNS = ("dove-dir*-*", "dove-s*dir*-*")
 REAPER = "dove-reaper"  # its pidfile, <rundir>/dove-reaper.pid, and log, dove-reaper.log
 DAEMONS = (REAPER, "ovsdb-server")
 
@@ -249,8 +249,9 @@ class DirectoryMember(Host):
 
 
 def cleanup_stale(base: str | None = None) -> list[Path]:
-    """Kill the ovsdb-servers a crashed run left in dove-dir* rundirs; remove the rundirs."""
-    return reap_rundirs(RUNDIR_PATTERN, DAEMONS, base)
+    """Kill the reapers and ovsdb-servers a crashed run left in the members' rundirs
+    (dove-dir*, and the two-site emulation's dove-s<N>dir*); remove the rundirs."""
+    return [d for pattern in RUNDIR_PATTERNS for d in reap_rundirs(pattern, DAEMONS, base)]
 
 
 class DirectoryCluster:
