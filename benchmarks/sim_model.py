@@ -16,13 +16,17 @@ host_misses.py, adapters/directory.py):
   replies; with ``discovery = static`` every host announces to every peer it lists
   (all hosts) every ``announce_interval``, and at once when what it serves changes;
 - ``discovery = directory`` (all of lookup, push, and learn so configured): no
-  announcements; every host raises its Host row's heartbeat once per interval (one
-  transaction), publishes its VMs as Endpoint rows (one transaction per change), and
-  monitors the Host rows of every host sharing an instance with it, its own, and
-  the Endpoint rows of the instances it serves, whatever their mode;
-- the agents' IDL connects with ``leader_only``: every monitor is served by the
-  Raft leader, which also writes every transaction and replicates it to the two
-  followers;
+  announcements; every host raises its Host_Liveness row's heartbeat once per
+  ``directory_heartbeat_interval`` (one transaction, sent back to its own client and
+  to the reapers beside the members, which alone monitor every Host_Liveness row),
+  publishes its VMs as Endpoint rows (one transaction per change), and monitors the
+  Host rows of every host sharing an instance with it, its own, and the Endpoint
+  rows of the instances it serves, whatever their mode; a Host row changes only when
+  what the host serves changes (or a reaper marks it dead: host deaths are not
+  modelled);
+- every monitor is served by the Raft leader, which also writes every transaction
+  and replicates it to the two followers (an upper bound: the agents' IDL connects
+  to any member, which spreads the monitors over the three);
 - ``lookup`` answers a miss from the monitored copy (no LEARN); ``push`` installs the
   copy's endpoints ahead of any packet.
 """
@@ -95,7 +99,9 @@ class Deployment:
     hosts: int = 10_000
     endpoints: int = 1_000_000
     mix: tuple[InstanceClass, ...] = DEFAULT_MIX
-    announce_interval: float = 2.0  # dove_ryu.config default: announcements, heartbeats
+    announce_interval: float = 2.0  # dove_ryu.config default: static announcements
+    heartbeat_interval: float = 2.0  # directory_heartbeat_interval (default: announce_interval)
+    reapers: int = 3  # one beside each member, each monitoring every Host_Liveness row
     talk_peers: int = 10  # other VMs of its instance a VM talks to (who learns it)
     # Churn, per endpoint: each VM lives a day (one start, one stop), 1 in 10 moves a day.
     starts_per_endpoint_s: float = 1 / 86400
@@ -276,6 +282,13 @@ class Load:
     leader_cores: float  # the leader's CPU for those, in cores
 
 
+def heartbeat_receivers(d: Deployment) -> float:
+    """Monitors a heartbeat is sent to: its host's own client (which writes its row
+    through the IDL, so monitors it) and every reaper; no other agent (until schema
+    1.1.0 the heartbeat was in the Host row, sent to ``neighbours(d) + 1`` clients)."""
+    return 1 + d.reapers
+
+
 def rates(d: Deployment) -> dict[str, float]:
     return {
         "start": d.starts_per_endpoint_s * d.endpoints,
@@ -290,8 +303,8 @@ def load(d: Deployment, costs: Costs, system: str) -> Load:
     if system == "learn-static":
         host = d.hosts * (d.hosts - 1) / d.announce_interval
     elif system != "ovn":  # OVN writes nothing periodic to its southbound database
-        txn = d.hosts / d.announce_interval
-        updates = d.hosts * (neighbours(d) + 1) / d.announce_interval
+        txn = d.hosts / d.heartbeat_interval
+        updates = d.hosts * heartbeat_receivers(d) / d.heartbeat_interval
     for event, rate in rates(d).items():
         m = messages(d, costs, system, event)
         txn += rate * m["directory transactions"]

@@ -39,13 +39,16 @@ def assumptions(d: m.Deployment, costs: m.Costs) -> list[str]:
         f"churn: {r['start']:.1f} starts, {r['stop']:.1f} stops, {r['move']:.2f} moves per "
         "second (each VM lives a day; one in ten moves once a day); a move stays among "
         "its instance's hosts",
-        f"heartbeats (directory) and announcements (static) every {d.announce_interval:g} s; "
-        "static discovery lists every host as a peer",
+        f"heartbeats (directory) every {d.heartbeat_interval:g} s, each a transaction sent "
+        f"to its own host's client and the {d.reapers} reapers only (Host_Liveness, schema "
+        "1.2.0); announcements (static) every "
+        f"{d.announce_interval:g} s, static discovery listing every host as a peer",
         f"a VM talks to {d.talk_peers} others of its instance: the hosts they run on learn it "
         "(learn) and are 'the hosts that need it'",
         "directory: a 3-member Raft cluster; the leader writes every transaction (replicated "
-        "to two followers, committed on one ack) and, as the agents connect `leader_only`, "
-        "serves every monitor; one update message per client per transaction touching "
+        "to two followers, committed on one ack) and serves every monitor (an upper bound: "
+        "the agents connect to any member); one update message per client per transaction "
+        "touching "
         f"its rows; leader CPU {costs.txn_cpu_us:g} us per transaction and "
         f"{costs.update_cpu_us:g} us per update, commit {costs.commit_ms:g} ms; "
         "updates are queued behind the load (x 1/(1 - utilisation))",
@@ -198,7 +201,10 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="benchmarks.simulate", description=__doc__.split("\n")[0])
     p.add_argument("--hosts", type=int, default=10_000)
     p.add_argument("--endpoints", type=int, default=1_000_000)
-    p.add_argument("--announce-interval", type=float, default=2.0)
+    p.add_argument("--announce-interval", type=float, default=2.0, help="static discovery's")
+    p.add_argument(
+        "--heartbeat-interval", type=float, default=2.0, help="directory_heartbeat_interval"
+    )
     p.add_argument("--calibration", type=Path, help="samples.json of a benchmark run")
     p.add_argument("--cores", type=int, default=2, help="CPUs of the calibration machine")
     p.add_argument("--out", type=Path, help="folder for report.md, simulation.json/.png")
@@ -207,7 +213,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.hosts < 2 or args.endpoints < args.hosts:
         p.error("need at least 2 hosts and one endpoint per host")
     d = m.Deployment(
-        hosts=args.hosts, endpoints=args.endpoints, announce_interval=args.announce_interval
+        hosts=args.hosts,
+        endpoints=args.endpoints,
+        announce_interval=args.announce_interval,
+        heartbeat_interval=args.heartbeat_interval,
     )
     d = replace(d, mix=tuple(replace(c, span=min(c.span, d.hosts)) for c in d.mix))
     if args.calibration:

@@ -51,6 +51,9 @@ class HostConfig:
     directory_private_key: str = _setting("", "this host's key for ssl: directory remotes")
     directory_certificate: str = _setting("", "its certificate (CN: its host_name)")
     directory_ca_cert: str = _setting("", "the CA that signed the directory members'")
+    directory_heartbeat_interval: float = _setting(
+        0.0, "seconds between heartbeats in the directory (default: announce_interval)"
+    )
     bridge: str = _setting("br-dove", "the integration bridge")
     datapath_type: str = _setting("system", "the bridge's datapath type")
     tunnel_type: str = _setting("vxlan", "the encapsulation")
@@ -114,6 +117,12 @@ class DoveConfig:
     def name(self) -> str:
         return self.host.host_name or str(self.host.underlay_ip)
 
+    @property
+    def heartbeat_interval(self) -> float:
+        """Seconds between this agent's heartbeats in the directory (directory mode): a
+        host is judged dead after 3.5 of them."""
+        return self.host.directory_heartbeat_interval or self.learning.announce_interval
+
 
 SECTIONS: dict[str, type] = {
     "host": HostConfig,
@@ -169,6 +178,7 @@ _MAXIMUM: dict[str, float] = {
     "learn_idle_timeout": 65535,  # OpenFlow's idle_timeout is 16 bits
     "learn_retries": 20,
     "announce_interval": 3600,
+    "directory_heartbeat_interval": 3600,
     "learn_timeout": 60,
     "departure_memory": 3600,
     "max_learned_per_instance": 1_000_000,
@@ -326,8 +336,9 @@ def _check_discovery(kwargs: dict[str, object]) -> None:
     directory = kwargs.get("discovery", "static") == "directory"
     if directory and not kwargs.get("directory"):
         raise ConfigError("[dove] directory: missing (required with discovery = directory)")
-    if not directory and "directory" in kwargs:
-        raise ConfigError("[dove] directory: only with discovery = directory")
+    for name in ("directory", "directory_heartbeat_interval"):
+        if not directory and name in kwargs:
+            raise ConfigError(f"[dove] {name}: only with discovery = directory")
     ssl_files = ("directory_private_key", "directory_certificate", "directory_ca_cert")
     if any(str(r).startswith("ssl:") for r in kwargs.get("directory", ())):  # type: ignore[attr-defined]
         for name in ssl_files:

@@ -8,7 +8,10 @@ is made with ``ovsdb-tool create-cluster``, the others' with ``join-cluster``; t
 command lines come from dove_ryu.ctl.dircluster, the ones ``dovectl directory`` prints
 for an operator.  ``DirectoryCluster`` starts the three, waits for a leader by polling
 ``cluster/status`` (never a fixed sleep), kills a member as a crash would and
-restarts it.  Nothing runs in the root namespace.
+restarts it.  Beside each member runs a reaper (``dovectl directory reap`` on the
+member's unix socket, as an operator runs one), which judges the hosts' heartbeats
+and marks the stopped ones dead; a member's kill leaves its reaper running, as a
+crash of ovsdb-server alone would.  Nothing runs in the root namespace.
 """
 
 from __future__ import annotations
@@ -49,8 +52,9 @@ from mininet_topos.hypervisor import (
 )
 
 MEMBERS = 3
-RUNDIR_PATTERN = "dove-dir*-*"
-DAEMONS = ("ovsdb-server",)
+RUNDIR_PATTERNS = ("dove-dir*-*", "dove-s*dir*-*")
+REAPER = "dove-reaper"  # its pidfile, <rundir>/dove-reaper.pid, and log, dove-reaper.log
+DAEMONS = (REAPER, "ovsdb-server")
 
 
 def member_name(index: int) -> str:
@@ -193,6 +197,34 @@ class DirectoryMember(Host):
         for stale in (self.files.sock, self.files.ctl, self.files.pidfile):
             stale.unlink(missing_ok=True)
 
+    @property
+    def reaper_pid(self) -> int | None:
+        pid = read_pidfile(self._dir() / f"{REAPER}.pid")
+        return pid if pid is not None and pid_alive(pid) else None
+
+    def start_reaper(self) -> None:
+        """``dovectl directory reap`` on this member's socket, in its namespace."""
+        if self.reaper_pid is not None:
+            raise RuntimeError(f"{self.name}: reaper already running (pid {self.reaper_pid})")
+        dovectl = str(Path(sys.executable).parent / "dovectl")
+        with open(self._dir() / f"{REAPER}.log", "ab") as log:
+            proc = self.popen(
+                [dovectl, "directory", "reap", "--db", f"unix:{self.sock}"],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=self.env(),
+            )
+        (self._dir() / f"{REAPER}.pid").write_text(f"{proc.pid}\n")
+
+    def kill_reaper(self) -> None:
+        """As a crash: SIGKILL."""
+        pid = self.reaper_pid
+        if pid is None:
+            return
+        os.kill(pid, signal.SIGKILL)
+        wait_until(lambda: not pid_alive(pid), 5.0, f"{self.name}: reaper {pid} to die")
+
     def cluster_status(self) -> ClusterStatus | None:
         """This member's own view (cluster/status), None while its server does not answer."""
         if self.server_pid is None:
@@ -217,8 +249,9 @@ class DirectoryMember(Host):
 
 
 def cleanup_stale(base: str | None = None) -> list[Path]:
-    """Kill the ovsdb-servers a crashed run left in dove-dir* rundirs; remove the rundirs."""
-    return reap_rundirs(RUNDIR_PATTERN, DAEMONS, base)
+    """Kill the reapers and ovsdb-servers a crashed run left in the members' rundirs
+    (dove-dir*, and the two-site emulation's dove-s<N>dir*); remove the rundirs."""
+    return [d for pattern in RUNDIR_PATTERNS for d in reap_rundirs(pattern, DAEMONS, base)]
 
 
 class DirectoryCluster:
@@ -258,6 +291,8 @@ class DirectoryCluster:
             # The agents' SSL remote and their RBAC role, as an operator makes them.
             dovectl = str(Path(sys.executable).parent / "dovectl")
             leader.run(dovectl, "directory", "rbac", "--db", f"unix:{leader.sock}")
+        for m in self.members:
+            m.start_reaper()
         return leader
 
     @property

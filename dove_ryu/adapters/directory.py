@@ -5,14 +5,21 @@ The directory is a clustered (Raft) OVSDB served by several ovsdb-servers
 of the ``directory`` setting and follows it when it changes.  The client
 
 - registers the agent: one Host row named after it (address, role, site, the
-  instances it serves) whose ``heartbeat`` it raises every ``announce_interval``,
-  and one Endpoint row per VM here (a host writes only its own rows);
+  instances it serves, ``alive``), one Host_Liveness row whose ``heartbeat`` it raises
+  every ``directory_heartbeat_interval``, and one Endpoint row per VM here (a host
+  writes only its own rows);
 - monitors only the Host rows of hosts that serve an instance this agent serves,
   its own, and those instances' Instance and Endpoint rows (conditional monitoring:
   never the whole directory); a VAN proxy, which stands for its whole site, monitors
-  every Host row of its site's directory and no endpoint;
+  every Host row of its site's directory and no endpoint.  Of Host_Liveness it
+  monitors its own row only (to update it), so no agent is sent another's heartbeat:
+  each would be a monitor update to every host sharing an instance with the sender;
 - hands every change to the core (``directory_rows`` of `HostCore` or `ProxyCore`),
   and says when the directory cannot be reached (``directory_unreachable``).
+
+`Reaper` (``dovectl directory reap``) runs beside the cluster: it alone monitors
+every Host_Liveness row, and marks dead (``alive = false``) the Host row of a host
+whose heartbeat stood still (`dove_ryu.agent.directory.Liveness`).
 """
 
 from __future__ import annotations
@@ -30,7 +37,14 @@ import ovs.db.idl
 import ovs.poller
 import ovs.stream
 
-from dove_ryu.agent.directory import DirectoryView, EndpointRow, HostRow
+from dove_ryu.agent.directory import (
+    DirectoryView,
+    EndpointRow,
+    HostRow,
+    Liveness,
+    LivenessRow,
+    proxy_claim,
+)
 from dove_ryu.config import DoveConfig
 from dove_ryu.model import check_instance, normalize_mac
 from dove_ryu.protocol.messages import ProxyRole
@@ -51,11 +65,23 @@ def host_row(row: Any) -> HostRow:
         name=row.name,
         underlay_ip=IPv4Address(row.underlay_ip),
         instances=frozenset(int(i) for i in row.instances),
-        heartbeat=int(row.heartbeat),
-        heartbeat_interval=float(row.heartbeat_interval),
+        alive=bool(row.alive),
         role=role,
         site=site,
+        claim=int(row.claim),
     )
+
+
+def host_rows(idl: Any) -> list[HostRow]:
+    """The Host rows the IDL holds now, those that parse (a bad row is skipped)."""
+    return ParsedTable("Host", host_row).rows(idl)
+
+
+def liveness_rows(idl: Any) -> list[LivenessRow]:
+    return [
+        LivenessRow(str(r.name), int(r.heartbeat), float(r.heartbeat_interval))
+        for r in idl.tables["Host_Liveness"].rows.values()
+    ]
 
 
 def endpoint_row(row: Any) -> EndpointRow:
@@ -100,7 +126,17 @@ class ParsedTable:
 
 
 class TrackingIdl(ovs.db.idl.Idl):  # type: ignore[misc]
-    """An IDL that notes which rows changed, for `ParsedTable`."""
+    """An IDL that notes which rows changed, for `ParsedTable`, and counts the changes
+    to our own Host_Liveness row (``own_beats``): our heartbeat coming back is no
+    change to hand the core, nor to count.
+
+    NOTE (ovs 4.0.0): the Python IDL's way for a column a client writes but does not
+    read, ``column.alert = False``, holds for ``update`` (monitor v1) only; a
+    modification in ``update2``/``update3`` (monitor_cond, which the client uses)
+    raises ``change_seqno`` whatever the column.  ``notify``, which the IDL calls once
+    per changed row as it raises ``change_seqno``, is its hook for subclasses."""
+
+    own_beats = 0
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self.parsed = {
@@ -110,6 +146,8 @@ class TrackingIdl(ovs.db.idl.Idl):  # type: ignore[misc]
         super().__init__(*args, **kwargs)
 
     def notify(self, event: str, row: Any, updates: Any = None) -> None:
+        if row._table.name == "Host_Liveness":
+            self.own_beats += 1
         table = self.parsed.get(row._table.name)
         if table is not None:
             table.touched.add(row.uuid)
@@ -130,16 +168,29 @@ def conditions(
     or ``push``; a ``learn`` instance's are not needed here), and ours.  A proxy: every
     Host row (its site's hosts and proxies: one directory per site), and only its own
     (no) endpoints."""
+    own = [["name", "==", name]]
     if proxy:
-        return {"Host": [True], "Instance": [], "Endpoint": [["host", "==", name]]}
+        return {
+            "Host": [True],
+            "Host_Liveness": own,
+            "Instance": [],
+            "Endpoint": [["host", "==", name]],
+        }
     ours = sorted(served)
     return {
-        "Host": [["name", "==", name]] + [["instances", "includes", ["set", [i]]] for i in ours],
+        "Host": own + [["instances", "includes", ["set", [i]]] for i in ours],
+        "Host_Liveness": own,  # only ours, to raise it: nobody else's heartbeat
         "Instance": [["id", "==", i] for i in ours],
         # Ours too, whatever they serve: a restarted agent updates the rows it left.
         "Endpoint": [["host", "==", name]]
         + [["instance", "==", i] for i in sorted(resolved & served)],
     }
+
+
+def _differs(current: Any, wanted: Any) -> bool:
+    if isinstance(wanted, list):  # a set column: the IDL gives a list, in its own order
+        return sorted(current) != wanted
+    return bool(current != wanted)
 
 
 class DirectoryClient:
@@ -158,14 +209,14 @@ class DirectoryClient:
         self.local = local
         self.on_view = on_view
         self.on_lost = on_lost
-        self.interval = cfg.learning.announce_interval
+        self.interval = cfg.heartbeat_interval
         if cfg.host.directory_private_key:
             # The host's identity for the cluster's RBAC: its certificate's CN is its name.
             ovs.stream.Stream.ssl_set_private_key_file(cfg.host.directory_private_key)
             ovs.stream.Stream.ssl_set_certificate_file(cfg.host.directory_certificate)
             ovs.stream.Stream.ssl_set_ca_cert_file(cfg.host.directory_ca_cert)
         helper = ovs.db.idl.SchemaHelper(location=str(SCHEMA))
-        for table in ("Host", "Instance", "Endpoint"):
+        for table in ("Host", "Host_Liveness", "Instance", "Endpoint"):
             helper.register_table(table)
         # Any member that is in the cluster will do, as ovn-controller reads the
         # southbound database: monitors spread over the members (the IDL shuffles the
@@ -239,10 +290,11 @@ class DirectoryClient:
             if not connected:
                 self.txn = None
                 self.on_lost()
-        if connected and self.idl.change_seqno != seen_seqno:
-            # The IDL raises change_seqno once per update message that changed a row.
-            self.counts["directory_updates"] += self.idl.change_seqno - max(seen_seqno, 0)
-            seen_seqno = self.idl.change_seqno
+        seqno = self.idl.change_seqno - self.idl.own_beats
+        if connected and seqno != seen_seqno:
+            # The IDL raises change_seqno once per row an update changed.
+            self.counts["directory_updates"] += seqno - max(seen_seqno, 0)
+            seen_seqno = seqno
             self.on_view(view(self.idl))
         if connected:
             self._keep_published()
@@ -266,8 +318,8 @@ class DirectoryClient:
         return bool(session.is_connected()) and self.idl.state == self.idl.IDL_S_MONITORING
 
     def _keep_published(self) -> None:
-        """Our Host row (what we serve, a heartbeat raised every interval) and one
-        Endpoint row per VM here, in one transaction at a time."""
+        """Our Host row (what we serve, alive), our Host_Liveness row (a heartbeat raised
+        every interval) and one Endpoint row per VM here, in one transaction at a time."""
         if self.txn is not None:
             status = self.txn.commit()
             if status == ovs.db.idl.Transaction.INCOMPLETE:
@@ -284,34 +336,58 @@ class DirectoryClient:
             self.watching = (served, resolved)
             self._watch(served, resolved)
         now = time.monotonic()
-        ours = self._ours()
-        beat_due = now >= self.next_beat or ours is None or frozenset(ours.instances) != served
+        ours, beating = self._own("Host"), self._own("Host_Liveness")
+        wanted = self._host_wanted(served)
+        host_due = ours is None or any(_differs(getattr(ours, k), v) for k, v in wanted.items())
+        # A row written (marked alive again, say) comes with a beat: the reapers then
+        # give it a fresh lifetime.
+        beat_due = now >= self.next_beat or beating is None or host_due
         if not beat_due and endpoints == self.published:
             return
         self.txn = ovs.db.idl.Transaction(self.idl)
+        if host_due:
+            self._write_host(ours, wanted)
         if beat_due:
             self.next_beat = now + self.interval
-            # A restarted agent goes on from its row's heartbeat: others see it move.
-            self.heartbeat = max(self.heartbeat, int(ours.heartbeat) if ours else 0) + 1
-            self._write_host(ours, served)
+            # A restarted agent goes on from its row's heartbeat: the reapers see it move.
+            self.heartbeat = max(self.heartbeat, int(beating.heartbeat) if beating else 0) + 1
+            self._beat(beating)
         if endpoints != self.published:
             self._write_endpoints(endpoints)
             self.published = endpoints
         self.counts["directory_transactions"] += 1
         self.txn.commit()
 
-    def _write_host(self, ours: Any, served: frozenset[int]) -> None:
+    def _host_wanted(self, served: frozenset[int]) -> dict[str, Any]:
+        """Our Host row's columns as they should be (as the IDL reads them back)."""
+        proxy = self.cfg.proxy
+        claim = 0
+        if self.cfg.role == "proxy":
+            claim = proxy_claim(self.cfg.name, proxy.site, served, host_rows(self.idl))
+        return {
+            "underlay_ip": str(self.cfg.host.underlay_ip),
+            "role": self.cfg.role,
+            "site": proxy.site,
+            "wan_ip": [str(proxy.wan_ip)] if proxy.wan_ip else [],
+            "instances": sorted(served),
+            "alive": True,  # a host that comes back says so itself
+            "claim": claim,
+        }
+
+    def _write_host(self, ours: Any, wanted: dict[str, Any]) -> None:
         # The key columns are set once, at insert: the cluster's RBAC lets a host
         # update its row's other columns, not what identifies the row.
         row = ours
         if row is None:
             row = self.txn.insert(self.idl.tables["Host"])
             row.name = self.cfg.name
-        row.underlay_ip = str(self.cfg.host.underlay_ip)
-        row.role = self.cfg.role
-        row.site = self.cfg.proxy.site
-        row.wan_ip = [str(self.cfg.proxy.wan_ip)] if self.cfg.proxy.wan_ip else []
-        row.instances = sorted(served)
+        for column, value in wanted.items():
+            setattr(row, column, value)
+
+    def _beat(self, row: Any) -> None:
+        if row is None:
+            row = self.txn.insert(self.idl.tables["Host_Liveness"])
+            row.name = self.cfg.name
         row.heartbeat = self.heartbeat
         row.heartbeat_interval = self.interval
 
@@ -334,8 +410,127 @@ class DirectoryClient:
             row.ips = [str(i) for i in e.ips]
             row.seq = e.seq
 
-    def _ours(self) -> Any:
-        for row in self.idl.tables["Host"].rows.values():
+    def _own(self, table: str) -> Any:
+        """Our row of ``table`` (Host or Host_Liveness), None before it is made."""
+        for row in self.idl.tables[table].rows.values():
             if row.name == self.cfg.name:
                 return row
         return None
+
+
+JUDGE_EVERY = 0.1  # seconds between a reaper's scans for stopped heartbeats
+
+
+class _ReaperIdl(ovs.db.idl.Idl):  # type: ignore[misc]
+    """The IDL, keeping the Host_Liveness rows changed since the reaper last looked
+    (``notify``, the IDL's hook for subclasses; None: the row went)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.changed: dict[str, LivenessRow | None] = {}
+
+    def notify(self, event: str, row: Any, updates: Any = None) -> None:
+        if row._table.name != "Host_Liveness":
+            return
+        if event == ovs.db.idl.ROW_DELETE:
+            self.changed[str(row.name)] = None
+        else:
+            beat = LivenessRow(str(row.name), int(row.heartbeat), float(row.heartbeat_interval))
+            self.changed[beat.name] = beat
+
+
+class Reaper:
+    """Judges the hosts' heartbeats beside the cluster and marks the stopped ones dead.
+
+    It monitors every Host_Liveness row and the Host rows' names and ``alive``; when a
+    host's heartbeat stood still for 3.5 of its intervals on this reaper's clock
+    (`Liveness`), it sets its Host row's ``alive`` to false, in a transaction that
+    also checks the heartbeat is still the one judged (a host that beat meanwhile is
+    not marked).  Only the host marks its row alive again.  Reapers are idempotent:
+    one runs beside each member, each marking what it judged; a Host row with no
+    Host_Liveness row (never written by an agent of this schema) is not judged.
+    ``on_dead(name)`` is called for each host it marked."""
+
+    def __init__(self, db: str, on_dead: Callable[[str], None] | None = None) -> None:
+        helper = ovs.db.idl.SchemaHelper(location=str(SCHEMA))
+        helper.register_columns("Host", ["name", "alive"])
+        helper.register_table("Host_Liveness")
+        self.idl = _ReaperIdl(db, helper, leader_only=False)
+        self.idl._session.reconnect.set_backoff(RECONNECT_MIN_MS, RECONNECT_MAX_MS)
+        self.judge = Liveness()
+        self.next_judgement = 0.0
+        self.on_dead = on_dead or (lambda name: None)
+        self.txn: Any = None
+        self.marking: list[str] = []
+        self.connected = False
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        """Until `stop`."""
+        while not self.stopping.is_set():
+            try:
+                self.step(time.monotonic())
+            except Exception:  # a reaper stays up: the next step judges again
+                LOG.exception("reaper")
+                self.stopping.wait(0.5)
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+    def step(self, now: float) -> None:
+        self.idl.run()
+        session = self.idl._session  # NOTE (ovs 4.0.0): see DirectoryClient._connected
+        connected = bool(session.is_connected()) and self.idl.state == self.idl.IDL_S_MONITORING
+        if connected != self.connected:
+            self.connected = connected
+            LOG.warning("reaper: directory %s", "connected" if connected else "unreachable")
+        changed, self.idl.changed = self.idl.changed, {}
+        if connected and not self.judge.reachable:  # (again): every row, fresh lifetimes
+            self.judge.rows(now, liveness_rows(self.idl))
+        elif connected:  # only the rows that changed: a heartbeat costs O(1)
+            for name, row in changed.items():
+                if row is None:
+                    self.judge.forget(name)
+                else:
+                    self.judge.beat(now, row)
+        else:
+            self.judge.unreachable()
+            self.txn = None
+        if connected and (self.txn is not None or now >= self.next_judgement):
+            # Judged at most every JUDGE_EVERY: a scan of every row, late by that at most.
+            self.next_judgement = now + JUDGE_EVERY
+            self._mark(now)
+        poller = ovs.poller.Poller()
+        self.idl.wait(poller)
+        wait = JUDGE_EVERY if self.txn is None else 0.05
+        poller.timer_wait(max(1, int(wait * 1000)))
+        poller.block()
+
+    def _mark(self, now: float) -> None:
+        if self.txn is not None:
+            status = self.txn.commit()
+            if status == ovs.db.idl.Transaction.INCOMPLETE:
+                return
+            if status == ovs.db.idl.Transaction.SUCCESS:
+                for name in self.marking:
+                    LOG.warning("reaper: %s marked dead: its heartbeat stood still", name)
+                    self.on_dead(name)
+            elif status != ovs.db.idl.Transaction.UNCHANGED:  # a host beat meanwhile: again
+                LOG.info("reaper: marking %s: %s", self.marking, status)
+            self.txn = None
+        dead = self.judge.dead(now)
+        if not dead:
+            return
+        beats = {r.name: r for r in self.idl.tables["Host_Liveness"].rows.values()}
+        rows = [
+            r for r in self.idl.tables["Host"].rows.values()
+            if r.alive and r.name in dead and r.name in beats
+        ]  # fmt: skip
+        if not rows:
+            return
+        self.txn = ovs.db.idl.Transaction(self.idl)
+        self.marking = sorted(r.name for r in rows)
+        for row in rows:
+            beats[row.name].verify("heartbeat")  # still the heartbeat judged stopped
+            row.alive = False
+        self.txn.commit()

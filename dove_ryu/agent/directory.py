@@ -1,12 +1,15 @@
 """Membership and endpoints from the directory (``discovery = directory``, paper IV-B).
 
-Every agent keeps its own row in the directory's Host table: its address, what it
-serves, and a heartbeat counter it raises every ``announce_interval``.  An agent
-sees the rows of the hosts that serve an instance it serves (conditional
-monitoring, `dove_ryu.adapters.directory`) and takes a host as a member while its
-heartbeat moves: a row whose heartbeat stood still for 3.5 of its intervals belongs
-to a host that died (its row may stay; the host is no member any more).  Liveness
-is judged on this agent's clock only, so hosts' clocks need not agree.
+Every agent keeps its own row in the directory's Host table (its address, what it
+serves, whether it is alive) and raises a heartbeat counter in its Host_Liveness row
+every ``directory_heartbeat_interval``.  Agents do not monitor Host_Liveness, so no
+agent hears another's heartbeat (as OVN moved ``nb_cfg`` from Chassis to
+Chassis_Private): a reaper beside the cluster (`Liveness`, run by ``dovectl directory
+reap``) watches the heartbeats and marks a host's row dead (``alive = false``) when
+its heartbeat stood still for 3.5 of its intervals, judged on the reaper's clock.  An
+agent sees the rows of the hosts that serve an instance it serves (conditional
+monitoring, `dove_ryu.adapters.directory`) and takes as members those whose rows say
+alive (`DirectoryMembers`); a host that comes back marks its row alive again.
 
 Every host also publishes its VMs as Endpoint rows (instance, MAC, IPs, its name,
 location sequence number).  An instance whose Instance row says ``resolution = push``
@@ -36,10 +39,19 @@ class HostRow:
     name: str
     underlay_ip: IPv4Address
     instances: frozenset[int]
-    heartbeat: int
-    heartbeat_interval: float  # seconds between the host's heartbeats
+    alive: bool = True  # false once a reaper judged its heartbeat stopped
     role: str = "host"  # or "proxy": a VAN proxy's row (site leg, what it stands for)
     site: str = ""  # a proxy's site; hosts have none (one directory per site)
+    claim: int = 0  # a proxy's: above its site's other proxies' when it became active
+
+
+@dataclass(frozen=True)
+class LivenessRow:
+    """A Host_Liveness row: a host's heartbeat, which only the reapers monitor."""
+
+    name: str
+    heartbeat: int
+    heartbeat_interval: float  # seconds between the host's heartbeats
 
 
 @dataclass(frozen=True)
@@ -126,70 +138,121 @@ class Published:
         return self._by_ip.get((instance, target))
 
 
-@dataclass
-class _Seen:
-    row: HostRow
-    moved_at: float  # when its heartbeat last changed (or the row first appeared)
-
-
 class DirectoryMembers:
-    """The hosts the directory shows, and which of them are alive.
+    """The hosts the directory shows, and which of them are alive: those whose rows
+    say so (the reapers judge the heartbeats, `Liveness`; no agent sees them).
 
-    While the directory cannot be reached nothing is judged: the members stay as they
-    were (established traffic keeps flowing), and when it answers again every host
-    gets a fresh lifetime to show its heartbeat moving."""
+    While the directory cannot be reached the members stay as they were (established
+    traffic keeps flowing); when it answers again, its rows say who is alive."""
 
     def __init__(self, me: IPv4Address) -> None:
         self.me = me
-        self._seen: dict[IPv4Address, _Seen] = {}
+        self._rows: dict[IPv4Address, HostRow] = {}
         self.reachable = False  # whether the directory answers (the rows are current)
-        self._frozen: dict[IPv4Address, HostRow] = {}  # alive when it went away
 
     def rows(self, now: float, rows: list[HostRow]) -> None:
         """The Host rows the directory shows now (all of those we monitor)."""
-        back = not self.reachable
         self.reachable = True
-        current = {r.underlay_ip: r for r in rows if r.underlay_ip != self.me}
-        for ip in [ip for ip in self._seen if ip not in current]:
-            del self._seen[ip]
-        for ip, row in current.items():
-            seen = self._seen.get(ip)
-            if back or seen is None or seen.row.heartbeat != row.heartbeat:
-                self._seen[ip] = _Seen(row, now)
-            else:
-                seen.row = row
+        self._rows = {r.underlay_ip: r for r in rows if r.underlay_ip != self.me}
 
     def unreachable(self, now: float) -> None:
         """The directory stopped answering: keep what we know as it is."""
-        if self.reachable:
-            self._frozen = self.alive_rows(now)
         self.reachable = False
 
     def alive(self, now: float) -> dict[IPv4Address, frozenset[int]]:
-        """What each live host serves: a row counts while its heartbeat moves."""
+        """What each live host serves."""
         return {ip: row.instances for ip, row in self.alive_rows(now).items()}
 
     def alive_rows(self, now: float) -> dict[IPv4Address, HostRow]:
-        """The rows of the live hosts."""
-        if not self.reachable:
-            return dict(self._frozen)
-        return {
-            ip: s.row
-            for ip, s in self._seen.items()
-            if now - s.moved_at <= s.row.heartbeat_interval * LIFETIME_INTERVALS
-        }
+        """The rows of the live hosts (as last seen, while the directory is away)."""
+        return {ip: row for ip, row in self._rows.items() if row.alive}
 
     def next_expiry(self, now: float) -> float:
-        """When the first of the live hosts expires if its heartbeat stays put."""
-        if not self.reachable:
-            return math.inf
-        ends = [
-            s.moved_at + s.row.heartbeat_interval * LIFETIME_INTERVALS for s in self._seen.values()
-        ]
-        return min((e for e in ends if e >= now), default=math.inf)
+        """Nothing expires here by time: the reapers judge, and the rows say so."""
+        return math.inf
 
     def names(self) -> dict[IPv4Address, str]:
-        return {ip: s.row.name for ip, s in self._seen.items()}
+        return {ip: row.name for ip, row in self._rows.items()}
+
+
+@dataclass
+class _Beat:
+    heartbeat: int
+    interval: float
+    moved_at: float  # on the reaper's clock: when its heartbeat last changed (or first seen)
+
+
+class Liveness:
+    """A reaper's judgement: whose heartbeat stood still for 3.5 of its intervals.
+
+    Pure: the reaper (``dovectl directory reap``, `dove_ryu.adapters.directory.Reaper`)
+    hands it the Host_Liveness rows with the time, and marks dead the rows `dead` names.
+    Judged on the reaper's clock only, so hosts' clocks need not agree.  A reaper that
+    just started, or whose directory was away, gives every host a fresh lifetime, so
+    several reapers (one beside each member) and restarted ones agree without talking:
+    none marks dead a host whose heartbeat it has not watched stand still."""
+
+    def __init__(self) -> None:
+        self._beats: dict[str, _Beat] = {}
+        self.reachable = False
+
+    def rows(self, now: float, rows: list[LivenessRow]) -> None:
+        """The Host_Liveness rows the directory shows now."""
+        back = not self.reachable
+        self.reachable = True
+        current = {r.name: r for r in rows}
+        for name in [n for n in self._beats if n not in current]:
+            del self._beats[name]
+        if back:
+            self._beats.clear()
+        for row in current.values():
+            self.beat(now, row)
+
+    def beat(self, now: float, row: LivenessRow) -> None:
+        """One row, new or changed (the reaper hands over only those, once connected)."""
+        beat = self._beats.get(row.name)
+        if beat is None or beat.heartbeat != row.heartbeat:
+            self._beats[row.name] = _Beat(row.heartbeat, row.heartbeat_interval, now)
+        else:
+            beat.interval = row.heartbeat_interval
+
+    def forget(self, name: str) -> None:
+        """A row that went."""
+        self._beats.pop(name, None)
+
+    def unreachable(self) -> None:
+        """The directory stopped answering: nobody is judged until it is back."""
+        self.reachable = False
+
+    def dead(self, now: float) -> set[str]:
+        """The hosts whose heartbeat stood still past its lifetime."""
+        if not self.reachable:
+            return set()
+        return {name for name, b in self._beats.items() if now > self._end(b)}
+
+    def next_expiry(self, now: float) -> float:
+        """When the first of the hosts still alive here expires if its heartbeat stays."""
+        if not self.reachable:
+            return math.inf
+        ends = [self._end(b) for b in self._beats.values()]
+        return min((e for e in ends if e >= now), default=math.inf)
+
+    @staticmethod
+    def _end(beat: _Beat) -> float:
+        return beat.moved_at + beat.interval * LIFETIME_INTERVALS
+
+
+def proxy_claim(me: str, site: str, served: frozenset[int], rows: Collection[HostRow]) -> int:
+    """A proxy's claim, for its row: unchanged while its row lists what it serves now,
+    and as it becomes its site's active one above every proxy's of the site (its own
+    too), so every host tells the newest active proxy without a clock."""
+    ours = next((r for r in rows if r.name == me), None)
+    if ours is not None and (ours.instances or not served):
+        return ours.claim
+    if not served:
+        return 0
+    claims = [r.claim for r in rows if r.role == "proxy" and r.site == site]
+    return max(claims, default=0) + 1
 
 
 class ActiveProxies:
@@ -199,25 +262,24 @@ class ActiveProxies:
     A proxy's row lists the instances it stands for while it is its site's active
     proxy; a standby's lists none (so a host, monitoring the rows that serve its
     instances, sees only active ones).  Of two rows of one site that say so (the old
-    proxy dead and its heartbeat not yet judged stopped, or two proxies that have not
-    settled their election yet), the one that said so last is taken, as in static mode
-    an announcement saying "active" displaces the proxy before it; the other is a
-    standby here, serving nothing, until it is the only one.  Two seen first together
-    (this agent just started) are told apart by their heartbeats: the one whose
-    heartbeat has moved since is alive."""
+    proxy dead and not yet judged so by the reapers, or two proxies that have not
+    settled their election yet), the newer claim is taken, as in static mode an
+    announcement saying "active" displaces the proxy before it: a proxy becoming
+    active writes a claim above its site's other proxies' (`next_claim`), so even a
+    host that just started and sees both rows at once tells them apart.  Of equal
+    claims, the one that said so last here, then the higher address."""
 
     def __init__(self) -> None:
-        # When each row began to list instances, and its heartbeat then.
-        self._since: dict[IPv4Address, tuple[float, int]] = {}
+        # When each row began to list instances, as this host saw it.
+        self._since: dict[IPv4Address, float] = {}
 
     def roles(self, now: float, rows: dict[IPv4Address, HostRow]) -> dict[IPv4Address, ProxyRole]:
         """The live proxies' roles, the active one of each site first."""
         claims = {ip: r for ip, r in rows.items() if r.role == "proxy" and r.instances}
-        self._since = {ip: self._since.get(ip, (now, r.heartbeat)) for ip, r in claims.items()}
+        self._since = {ip: self._since.get(ip, now) for ip in claims}
 
-        def rank(ip: IPv4Address) -> tuple[float, bool, int]:
-            since, heartbeat = self._since[ip]
-            return since, claims[ip].heartbeat != heartbeat, int(ip)
+        def rank(ip: IPv4Address) -> tuple[int, float, int]:
+            return claims[ip].claim, self._since[ip], int(ip)
 
         active: dict[str, IPv4Address] = {}
         for ip, row in claims.items():

@@ -1,7 +1,7 @@
 """A host in directory mode (``discovery = directory``): what it registers, and what the
-directory's rows change here: members (`dove_ryu.agent.directory.DirectoryMembers`
-judges who is alive) and, for instances in ``push`` resolution, endpoints installed
-before any packet (`dove_ryu.agent.directory.Published`).
+directory's rows change here: members (`dove_ryu.agent.directory.DirectoryMembers`:
+the live rows, as the reapers mark them) and, for instances in ``push`` resolution,
+endpoints installed before any packet (`dove_ryu.agent.directory.Published`).
 """
 
 from __future__ import annotations
@@ -85,7 +85,7 @@ class DirectorySync:
 
     def judge(self, now: float) -> CoreOutput:
         """Members are the live hosts the directory shows, each serving what its row
-        says; a host whose heartbeat stopped serves nothing any more."""
+        says; a host a reaper marked dead serves nothing any more."""
         assert self.p.directory is not None
         out = CoreOutput()
         alive = self._serving(now, self.p.directory.alive_rows(now), out)

@@ -3,15 +3,17 @@ hosts taken from the directory.
 
 Each site has its own directory cluster (sites have no route between them: the WAN
 carries only proxy-to-proxy traffic), so a proxy monitors every Host row of its
-directory.  The rows of hosts (role ``host``) are its site-side members, alive while
-their heartbeat moves (`dove_ryu.agent.directory.DirectoryMembers`, the hosts' rule);
+directory.  The rows of hosts (role ``host``) are its site-side members while they say alive
+(the reapers judge the heartbeats; `dove_ryu.agent.directory.DirectoryMembers`, the
+hosts' rule);
 the rows of its site's other proxies name the partners it sends hellos to, so neither
 a hypervisor nor a proxy of the site needs to be listed in ``peers``.  The other sites'
 proxies stay static (``wan_peers``) and keep announcing to each other.
 
 The proxy's own row (written by `dove_ryu.adapters.directory`) has role ``proxy``, its
-site, its site-leg address and a heartbeat; while it is its site's active proxy it
-lists the instances it stands for in the site (those the other sites serve), so the
+site, its site-leg address, a heartbeat in its Host_Liveness row; while it is its
+site's active proxy it lists the instances it stands for in the site (those the other
+sites serve) and a claim above its site's other proxies' (`proxy_claim`), so the
 site's hosts take it as a member of each, as they take a proxy's announcement in static
 mode; the standby's row lists none, so hosts send nothing to it.  On failover the two
 rows change and the hosts move what they had learned behind the old proxy to the new
@@ -61,7 +63,7 @@ class ProxyDirectory:
 
     def judge(self, now: float) -> CoreOutput:
         """The site's members are the live hosts the directory shows, each serving what
-        its row says; one whose heartbeat stopped serves nothing any more."""
+        its row says; one a reaper marked dead serves nothing any more."""
         alive = self.directory.alive(now)
         members = self.p.members
         site = {h for i in members.instances() for h in members.hosts(i) if not self.p.sides.wan(h)}

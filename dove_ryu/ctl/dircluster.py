@@ -27,7 +27,7 @@ AGENT_PORT = 6642  # agents, over SSL with per-host certificates, role dove-host
 HOST_ROLE = "dove-host"
 RAFT_PORT = 6643  # members among themselves
 SCHEMA_FILE = "dove-directory.ovsschema"  # shipped in dove_ryu.adapters (setup.cfg package_data)
-TABLES = ("Host", "Endpoint", "Instance", "RBAC_Role", "RBAC_Permission")
+TABLES = ("Host", "Host_Liveness", "Endpoint", "Instance", "RBAC_Role", "RBAC_Permission")
 
 
 class DirectoryError(Exception):
@@ -160,14 +160,21 @@ def server_argv(
     ]
 
 
-# What an agent (role dove-host) may do: write its own Host row (its name is its
-# certificate's CN) and its own Endpoint rows (host = its name); read everything.
+# What an agent (role dove-host) may do: write its own Host and Host_Liveness rows
+# (their name is its certificate's CN) and its own Endpoint rows (host = its name);
+# read everything.  It may mark its own row alive, never another's; the reapers, which
+# mark rows dead, use the members' unix sockets (no role).
 HOST_PERMISSIONS = {
     "Host": {
         "authorization": ["name"],
         "insert_delete": True,
-        "update": ["underlay_ip", "site", "role", "wan_ip", "instances", "heartbeat",
-                   "heartbeat_interval", "external_ids"],
+        "update": ["underlay_ip", "site", "role", "wan_ip", "instances", "alive", "claim",
+                   "external_ids"],
+    },
+    "Host_Liveness": {
+        "authorization": ["name"],
+        "insert_delete": True,
+        "update": ["heartbeat", "heartbeat_interval"],
     },
     "Endpoint": {
         "authorization": ["host"],

@@ -149,7 +149,22 @@ def _select(args: argparse.Namespace, run: Run, table: str, where: list[Any]) ->
 
 
 def cmd_hosts(args: argparse.Namespace, run: Run) -> Any:
-    rows = sorted(_select(args, run, "Host", []), key=lambda r: (r["site"], r["name"]))
+    """The Host rows, each with its Host_Liveness row's heartbeat and interval (None
+    while it has none)."""
+    txn = [DB_NAME, *(select_txn(DB_NAME, t)[1] for t in ("Host", "Host_Liveness"))]
+    answer = json.loads(run(transact_argv(args.db, txn, args.timeout), None))
+    if not isinstance(answer, list) or len(answer) < 2:
+        raise DirectoryError(f"{args.db} Host: unexpected answer {str(answer)[:200]!r}")
+    hosts, beating = (
+        decode_rows(t, transact_result(json.dumps([a]), f"{args.db} {t}"))
+        for t, a in zip(("Host", "Host_Liveness"), answer[:2], strict=True)
+    )
+    beats = {r["name"]: r for r in beating}
+    rows = sorted(hosts, key=lambda r: (r["site"], r["name"]))
+    for r in rows:
+        beat = beats.get(r["name"], {})
+        r["heartbeat"] = beat.get("heartbeat")
+        r["heartbeat_interval"] = beat.get("heartbeat_interval")
     if args.json:
         return rows
     _table(
@@ -160,12 +175,13 @@ def cmd_hosts(args: argparse.Namespace, run: Run) -> Any:
                 r["site"] or "-",
                 r["role"],
                 ",".join(str(i) for i in r["instances"]) or "-",
-                str(r["heartbeat"]),
-                f"{r['heartbeat_interval']:g}s",
+                "yes" if r["alive"] else "no",
+                "-" if r["heartbeat"] is None else str(r["heartbeat"]),
+                "-" if r["heartbeat_interval"] is None else f"{r['heartbeat_interval']:g}s",
             ]
             for r in rows
         ],
-        ["NAME", "UNDERLAY", "SITE", "ROLE", "INSTANCES", "HEARTBEAT", "INTERVAL"],
+        ["NAME", "UNDERLAY", "SITE", "ROLE", "INSTANCES", "ALIVE", "HEARTBEAT", "INTERVAL"],
     )
     return None
 
@@ -225,8 +241,30 @@ def cmd_rbac(args: argparse.Namespace, run: Run) -> Any:
         raise DirectoryError(f"{args.db}: {errors[0]}")
     print(
         f"agents connect with ssl:<member>:{AGENT_PORT} and their own certificates "
-        f"(role {HOST_ROLE}: each writes only its own Host and Endpoint rows)"
+        f"(role {HOST_ROLE}: each writes only its own Host, Host_Liveness and Endpoint rows)"
     )
+    return None
+
+
+def cmd_reap(args: argparse.Namespace, run: Run) -> Any:
+    """Judge the hosts' heartbeats and mark dead the rows of those that stopped, until
+    killed (one beside each member; they are idempotent)."""
+    import logging
+    import warnings
+
+    with warnings.catch_warnings():  # NOTE: see dircluster._ovs_db (ovs imports eventlet)
+        warnings.simplefilter("ignore")
+        from dove_ryu.adapters.directory import Reaper
+
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stdout
+    )
+    print(f"reaper: judging the heartbeats of {args.db}", flush=True)
+    reaper = Reaper(args.db)
+    try:
+        reaper.run()
+    except KeyboardInterrupt:
+        pass
     return None
 
 
@@ -280,6 +318,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Run], Any]] = {
     "instances": cmd_instances,
     "resolution": cmd_resolution,
     "rbac": cmd_rbac,
+    "reap": cmd_reap,
     "create": cmd_create,
     "join": cmd_join,
 }
@@ -304,7 +343,7 @@ def add_commands(subparsers: Any) -> None:
 
     p = read("status", "role, leader, term and members of the cluster")
     p.add_argument("--ctl", help="a member's ovsdb-server control socket: use cluster/status")
-    read("hosts", "the Host rows: name, underlay, site, role, instances, heartbeat")
+    read("hosts", "the Host rows: name, underlay, site, role, instances, alive, heartbeat")
     read("endpoints", "the Endpoint rows: instance, MAC, IPs, host, seq").add_argument(
         "--instance", type=int
     )
@@ -314,6 +353,11 @@ def add_commands(subparsers: Any) -> None:
     p.add_argument("--mode", required=True, choices=RESOLUTIONS)
     p.add_argument("--name", help="the instance's name, if its row is made now")
     read("rbac", "make the agents' SSL remote (port 6642) and their RBAC role, dove-host")
+    text = "judge the hosts' heartbeats; mark dead the rows of those that stopped (runs on)"
+    p = sub.add_parser("reap", help=text, description=text)
+    p.add_argument(
+        "--db", default=DEFAULT_DB, help=f"the member beside it, or several ({DEFAULT_DB})"
+    )
 
     def write(name: str, text: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=text, description=text)

@@ -2,10 +2,12 @@
 elect a leader, and the agents run with ``discovery = directory`` (no peers list).
 
 Agents register and find each other through the directory; a hypervisor whose agent
-stops stops being a member, and one that starts is a member at once, with no change
-anywhere else.  dovectl reads the cluster and its tables from a hypervisor's namespace
-(through br-phy, the agents' path); a killed leader is replaced within seconds, and a
-restarted member rejoins and catches up.
+stops stops being a member (the reapers beside the members mark its row dead), and one
+that starts is a member at once, with no change anywhere else.  No agent is sent
+another's heartbeat, and a reaper killed and restarted changes nothing.  dovectl reads
+the cluster and its tables from a hypervisor's namespace (through br-phy, the agents'
+path); a killed leader is replaced within seconds, and a restarted member rejoins and
+catches up.
 """
 
 from __future__ import annotations
@@ -52,17 +54,22 @@ def dovectl(node: Any, *args: str) -> Any:
 
 
 def insert_host(node: Any, remotes: str, name: str, ip: str) -> None:
-    """A Host row, as an agent will register itself."""
+    """A Host row and its Host_Liveness row, as an agent registers itself (whose
+    heartbeat then never moves: the reapers mark it dead after 3.5 s)."""
     row = {
         "name": name,
         "underlay_ip": ip,
         "site": "s1",
         "role": "host",
         "instances": ["set", [5001]],
-        "heartbeat": 1,
-        "heartbeat_interval": 1.0,
+        "alive": True,
     }
-    txn = ["DOVE_Directory", {"op": "insert", "table": "Host", "row": row}]
+    beat = {"name": name, "heartbeat": 1, "heartbeat_interval": 1.0}
+    txn = [
+        "DOVE_Directory",
+        {"op": "insert", "table": "Host", "row": row},
+        {"op": "insert", "table": "Host_Liveness", "row": beat},
+    ]
     run(node, "ovsdb-client", "--timeout=10", "transact", remotes, json.dumps(txn))
 
 
@@ -126,14 +133,67 @@ def test_a_stopped_hypervisor_leaves_and_a_started_one_joins_with_no_change_else
     assert goes.name in alive(stays)
     goes.stop_agent()
     try:
-        # Its heartbeat stops: after 3.5 of its 2 s intervals, judged on the other's
-        # clock, it is neither alive nor a member of any instance.
+        # Its heartbeat stops: after 3.5 of its 1 s intervals, judged on the reapers'
+        # clocks, its row is marked dead; it is neither alive nor a member anywhere.
         wait_until(lambda: not knows(stays, goes), 15.0, "the stopped one to go", step=0.1)
     finally:
         goes.start_agent(None, agent_cmd())
     wait_until(lambda: connected_status(goes), 15.0, "the started one to have its switch")
     wait_until(lambda: goes.name in alive(stays), 15.0, "the started one to join", step=0.1)
     wait_until(lambda: pings(peer, vm.ip), 15.0, f"{peer.name} to reach {vm.name} again")
+
+
+def directory_updates(hv: Any) -> int:
+    """Monitor updates the agent's directory client took in (``dovectl counters``)."""
+    return int(admin(hv, "counters").get("directory_updates", 0))
+
+
+def heartbeats(node: Any, remotes: str) -> dict[str, int]:
+    return {
+        r["name"]: r["heartbeat"]
+        for r in dovectl(node, "hosts", "--db", remotes)
+        if r["heartbeat"] is not None
+    }
+
+
+def test_heartbeats_reach_no_agent_and_a_restarted_reaper_changes_nothing(dnet: Any) -> None:
+    cluster, hvs = dnet.directory, dnet.hypervisors
+    names = {hv.name for hv in hvs}
+
+    def rows_alive() -> bool:
+        rows = {r["name"]: r for r in dovectl(hvs[0], "hosts", "--db", cluster.remotes)}
+        return all(n in rows and rows[n]["alive"] for n in names)
+
+    wait_until(rows_alive, 15.0, "every hypervisor's row alive", step=0.2)
+
+    def counts() -> dict[str, int]:
+        return {hv.name: directory_updates(hv) for hv in hvs}
+
+    # Quiet: nothing comes or goes (a row changed by the test before has arrived).
+    seen: list[dict[str, int]] = []
+
+    def settled() -> bool:
+        seen.append(counts())
+        return len(seen) > 1 and seen[-1] == seen[-2]
+
+    wait_until(settled, 15.0, "the deployment to be quiet", step=1.0)
+    before, start = seen[-1], heartbeats(hvs[0], cluster.remotes)
+    members = {hv.name: alive(hv) for hv in hvs}  # those sharing an instance with it
+    assert all(members.values())
+    for m in cluster.members:  # every reaper killed and started again
+        m.kill_reaper()
+        m.start_reaper()
+
+    def beaten(times: int) -> bool:
+        now = heartbeats(hvs[0], cluster.remotes)
+        return all(now[n] >= start[n] + times for n in names)
+
+    # Five heartbeats of every host: more than a lifetime (3.5 intervals), which the
+    # fresh reapers sat through, judging nothing they had not watched stand still.
+    wait_until(lambda: beaten(5), 20.0, "five heartbeats of every host", step=0.5)
+    assert counts() == before  # the heartbeats moved; no agent was sent one
+    assert rows_alive()
+    assert {hv.name: alive(hv) for hv in hvs} == members
 
 
 def set_resolution(node: Any, remotes: str, instance: int, mode: str) -> None:
@@ -223,8 +283,9 @@ def test_a_host_may_write_its_own_rows_and_no_other_hosts(dnet: Any) -> None:
         answer = as_host(hv2, cluster, {"op": "insert", "table": "Endpoint", "row": row})
         assert ("permission error" in answer) is refused, answer
     where = [["name", "==", "hv1"]]
-    update = {"op": "update", "table": "Host", "where": where, "row": {"heartbeat": 0}}
-    assert "permission error" in as_host(hv2, cluster, update)
+    for table, row in (("Host_Liveness", {"heartbeat": 0}), ("Host", {"alive": False})):
+        update = {"op": "update", "table": table, "where": where, "row": row}
+        assert "permission error" in as_host(hv2, cluster, update), table
     rows = dovectl(hv1, "endpoints", "--db", cluster.remotes, "--instance", "5001")
     forged = {(r["host"], r["mac"]) for r in rows if r["mac"] == "02:00:00:00:00:77"}
     assert forged == {("hv2", "02:00:00:00:00:77")}

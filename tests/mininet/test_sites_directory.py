@@ -93,7 +93,12 @@ def test_the_site_agents_find_each_other_and_the_proxies_in_their_directory(
         assert members(px, 5001) == {h.underlay_ip for h in hvs}
         assert admin(px)["directory"]["reachable"]
         for hv in hvs:
-            assert px.underlay_ip in members(hv, 5001)
+            # Its row lists what it stands for once its client wrote it (a poll later).
+            wait_until(
+                lambda hv=hv, px=px: px.underlay_ip in members(hv, 5001),
+                5.0,
+                f"{hv.name}: {px.name}",
+            )
             standby = [p for p in sites.site_proxies(site) if p is not px]
             assert not {p.underlay_ip for p in standby} & members(hv, 5001)
 

@@ -1,13 +1,15 @@
 """Membership from the directory (discovery = directory), against fake switches.
 
-The directory's Host rows are handed to each core as the directory client would;
-time is driven by the test."""
+The directory's Host rows are handed to each core as the directory client would, with
+``alive`` as a reaper beside the cluster judges the hosts' heartbeats (the pure
+`Liveness`, on the test's clock: no agent sees a heartbeat); time is driven by the
+test."""
 
 from __future__ import annotations
 
 import pytest
 
-from dove_ryu.agent.directory import DirectoryView, EndpointRow, HostRow
+from dove_ryu.agent.directory import DirectoryView, EndpointRow, HostRow, Liveness, LivenessRow
 from dove_ryu.config import ConfigError, from_mapping
 from tests.unit.test_core import (
     BROADCAST,
@@ -28,19 +30,37 @@ from tests.unit.test_metrics import scrape_of
 pytestmark = pytest.mark.unit
 
 INTERVAL = 2.0  # announce_interval: the hosts' heartbeat interval
+REAPERS: dict[int, Liveness] = {}  # the reaper beside each test's directory
 
 
 def directory_net() -> Net:
-    return three_hosts(discovery="directory", directory="tcp:10.99.0.250:6641", peers="")
+    net = three_hosts(discovery="directory", directory="tcp:10.99.0.250:6641", peers="")
+    REAPERS[id(net)] = Liveness()
+    return net
+
+
+def reaper(net: Net) -> Liveness:
+    return REAPERS[id(net)]
+
+
+def host_rows(net: Net, beat: int, silent: tuple[int, ...] = ()) -> list[HostRow]:
+    """Every host's row as the directory shows it, marked dead when the reaper judged
+    its heartbeat stopped; hosts in ``silent`` keep the heartbeat they had at beat 1
+    (they died after registering)."""
+    judge = reaper(net)
+    judge.rows(
+        net.now, [LivenessRow(f"h{n}", 1 if n in silent else beat, INTERVAL) for n in net.hosts]
+    )
+    dead = judge.dead(net.now)
+    return [
+        HostRow(f"h{n}", ip(n), h.core.served(), alive=f"h{n}" not in dead)
+        for n, h in net.hosts.items()
+    ]
 
 
 def publish(net: Net, beat: int, silent: tuple[int, ...] = ()) -> None:
-    """Every host's row as the directory shows it; hosts in ``silent`` keep the
-    heartbeat they had at beat 1 (they died after registering)."""
-    rows = [
-        HostRow(f"h{n}", ip(n), h.core.served(), 1 if n in silent else beat, INTERVAL)
-        for n, h in net.hosts.items()
-    ]
+    """Every host's row, as the directory shows it at heartbeat ``beat``."""
+    rows = host_rows(net, beat, silent)
     for h in net.hosts.values():
         net.apply(h, h.core.directory_rows(net.now, DirectoryView(rows)))
     net.deliver()
@@ -92,6 +112,7 @@ def test_while_the_directory_is_away_members_stay_and_get_a_fresh_lifetime_back(
     publish(net, 1)
     h1 = net.hosts[1]
     h1.core.directory_unreachable(net.now)
+    reaper(net).unreachable()  # the directory is down: its reapers see nothing either
 
     net.advance(10 * INTERVAL)  # no rows at all meanwhile
 
@@ -101,6 +122,7 @@ def test_while_the_directory_is_away_members_stay_and_get_a_fresh_lifetime_back(
     assert scrape_of(h1.core).value("dove_directory_reachable") == 0
     publish(net, 1)  # back, same heartbeats: everyone gets a fresh lifetime
     net.advance(3 * INTERVAL)
+    publish(net, 1)
     assert h1.core.p.members.serves(5001, ip(2))
 
 
@@ -108,8 +130,8 @@ def test_a_host_added_to_the_directory_is_a_member_at_once() -> None:
     net = directory_net()
     publish(net, 1)
     h1 = net.hosts[1]
-    newcomer = HostRow("h9", ip(9), frozenset({5001}), 1, INTERVAL)
-    rows = [HostRow(f"h{n}", ip(n), h.core.served(), 1, INTERVAL) for n, h in net.hosts.items()]
+    newcomer = HostRow("h9", ip(9), frozenset({5001}))
+    rows = host_rows(net, 1)
 
     net.apply(h1, h1.core.directory_rows(net.now, DirectoryView([*rows, newcomer])))
 
@@ -161,7 +183,7 @@ def test_directory_settings_are_taken() -> None:
 
 def push_view(net: Net, beat: int = 1, skip: tuple[str, ...] = ()) -> DirectoryView:
     """The directory as every host sees it: hosts, their VMs, instance 5001 in push mode."""
-    hosts = [HostRow(f"h{n}", ip(n), h.core.served(), beat, INTERVAL) for n, h in net.hosts.items()]
+    hosts = host_rows(net, beat)
     endpoints = [
         row for h in net.hosts.values() for row in h.core.local_endpoints() if row.mac not in skip
     ]
@@ -244,10 +266,7 @@ def test_lookup_falls_back_to_learn_for_an_endpoint_whose_host_stopped() -> None
     endpoints = push_view(net).endpoints
     h1 = net.hosts[1]
     for beat in range(1, 6):  # h2's heartbeat stands still; its rows stay
-        hosts = [
-            HostRow(f"h{n}", ip(n), h.core.served(), 1 if n == 2 else beat, INTERVAL)
-            for n, h in net.hosts.items()
-        ]
+        hosts = host_rows(net, beat, silent=(2,))
         show(net, DirectoryView(hosts, endpoints, {5001: "lookup"}))
         net.advance(INTERVAL)
     assert h1.core.p.members.hosts(5001) == []

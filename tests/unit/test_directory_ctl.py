@@ -56,14 +56,20 @@ HOST_ROW = {
     "_uuid": ["uuid", "afd298e0-132a-49e3-8412-baa21d316b1d"],
     "_version": ["uuid", "712790f8-e563-49b2-b820-26b3b80fc1af"],
     "external_ids": ["map", [["owner", "hv1"]]],
-    "heartbeat": 3,
-    "heartbeat_interval": 1,
+    "alive": True,
+    "claim": 0,
     "instances": ["set", [5001, 5002]],
     "name": "hv1",
     "role": "host",
     "site": "s1",
     "underlay_ip": "10.99.0.1",
     "wan_ip": ["set", []],
+}
+LIVENESS_ROW = {
+    "_uuid": ["uuid", "bfd298e0-132a-49e3-8412-baa21d316b1d"],
+    "name": "hv1",
+    "heartbeat": 3,
+    "heartbeat_interval": 1,
 }
 ENDPOINT_ROWS = [
     {
@@ -101,13 +107,13 @@ class FakeTools:
         if argv[0] == "ovsdb-tool":
             return ""
         assert argv[0] == "ovsdb-client" and argv[2] == "transact", argv
-        remote, (db, op) = argv[3], json.loads(argv[4])
+        remote, (db, op, *_) = argv[3], json.loads(argv[4])
         if remote in self.down:
             raise DirectoryError(f"ovsdb-client transact {remote}: Connection refused")
         if db == "_Server":
             return json.dumps([{"rows": [self._server_row(remote)]}])
-        if op["table"] == "Host":
-            return json.dumps([{"rows": [HOST_ROW]}])
+        if op["table"] == "Host":  # with Host_Liveness, in one transaction
+            return json.dumps([{"rows": [HOST_ROW]}, {"rows": [LIVENESS_ROW]}])
         rows = [r for r in ENDPOINT_ROWS if all(r[c] == v for c, _, v in op["where"])]
         return json.dumps([{"rows": rows}])
 
@@ -134,7 +140,14 @@ REMOTES = cluster_remotes(["10.99.0.241", "10.99.0.242", "10.99.0.243"])
 def test_the_agents_remotes_and_the_shipped_schema() -> None:
     assert REMOTES == "tcp:10.99.0.241:6641,tcp:10.99.0.242:6641,tcp:10.99.0.243:6641"
     schema = json.loads(schema_path().read_text())
-    assert (schema["name"], schema["version"]) == ("DOVE_Directory", "1.1.0")
+    assert (schema["name"], schema["version"]) == ("DOVE_Directory", "1.2.0")
+    # 1.2.0: the heartbeat left Host for Host_Liveness, which agents do not monitor.
+    assert "heartbeat" not in schema["tables"]["Host"]["columns"]
+    assert set(schema["tables"]["Host_Liveness"]["columns"]) == {
+        "name",
+        "heartbeat",
+        "heartbeat_interval",
+    }
 
 
 def test_cluster_status_text_is_read_into_role_leader_term_and_members() -> None:
@@ -202,6 +215,7 @@ def test_hosts_are_decoded_with_the_schema_and_printed(
     (row,) = json.loads(capsys.readouterr().out)
     assert row["instances"] == [5001, 5002] and row["wan_ip"] == []
     assert row["external_ids"] == {"owner": "hv1"} and row["_uuid"].startswith("afd298e0")
+    assert row["alive"] is True and (row["heartbeat"], row["heartbeat_interval"]) == (3, 1)
     assert dovectl_run(tools, "directory", "hosts", "--db", REMOTES) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split() == [
@@ -210,10 +224,11 @@ def test_hosts_are_decoded_with_the_schema_and_printed(
         "SITE",
         "ROLE",
         "INSTANCES",
+        "ALIVE",
         "HEARTBEAT",
         "INTERVAL",
     ]
-    assert lines[1].split() == ["hv1", "10.99.0.1", "s1", "host", "5001,5002", "3", "1s"]
+    assert lines[1].split() == ["hv1", "10.99.0.1", "s1", "host", "5001,5002", "yes", "3", "1s"]
 
 
 def test_endpoints_filtered_by_instance_in_the_query(capsys: pytest.CaptureFixture[str]) -> None:
@@ -361,7 +376,7 @@ def test_rbac_makes_the_agents_role_and_ssl_remote(capsys: pytest.CaptureFixture
     assert db == "DOVE_Directory"
     (role,) = [op["row"] for op in ops if op["op"] == "insert" and op["table"] == "RBAC_Role"]
     assert role["name"] == "dove-host"
-    assert {t for t, _ in role["permissions"][1]} == {"Host", "Endpoint"}
+    assert {t for t, _ in role["permissions"][1]} == {"Host", "Host_Liveness", "Endpoint"}
     (remote,) = [op["row"] for op in ops if op["op"] == "insert" and op["table"] == "Connection"]
     assert remote == {"target": "pssl:6642", "role": "dove-host", "read_only": False}
     assert "ssl:<member>:6642" in capsys.readouterr().out

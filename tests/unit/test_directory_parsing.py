@@ -54,7 +54,7 @@ def test_a_touched_row_is_parsed_again_a_deleted_one_goes_a_bad_one_is_skipped()
 
 
 def test_published_skips_its_pass_while_the_endpoints_and_live_hosts_stand() -> None:
-    hosts = [HostRow("hv2", IPv4Address("10.99.0.2"), frozenset({5001}), 1, 2.0)]
+    hosts = [HostRow("hv2", IPv4Address("10.99.0.2"), frozenset({5001}))]
     endpoints = [EndpointRow(5001, "02:00:00:00:00:02", (IPv4Address("10.0.0.2"),), "hv2", 1)]
     published = Published("hv1")
     published.update(DirectoryView(hosts, endpoints, {5001: "push"}))
@@ -62,8 +62,8 @@ def test_published_skips_its_pass_while_the_endpoints_and_live_hosts_stand() -> 
     assert len(published.pushed()) == 1
     generation = published.generation
 
-    # A heartbeat: a new Host row, the same endpoint list.
-    beat = [HostRow("hv2", IPv4Address("10.99.0.2"), frozenset({5001}), 2, 2.0)]
+    # A Host row written again (the same), the same endpoint list.
+    beat = [HostRow("hv2", IPv4Address("10.99.0.2"), frozenset({5001}))]
     published.update(DirectoryView(beat, endpoints, {5001: "push"}))
     published.live({IPv4Address("10.99.0.2")})
     assert published.generation == generation

@@ -1,7 +1,8 @@
 """VAN proxies in directory mode, on fake switches (tests.fakesites): each site has its
 own directory, faked here as the directory client would hand the rows to each core
 (every node of a site sees its own row and, a host, the rows serving an instance it
-serves; a proxy every row of its site).  Hosts and proxies have no ``peers``: the
+serves; a proxy every row of its site), each row's ``alive`` as the site's reaper
+judges the heartbeats (`Liveness`, on the test's clock).  Hosts and proxies have no ``peers``: the
 site's hosts and proxies find each other in the directory, the proxies of the other
 sites stay in ``wan_peers``.  Time is driven by the test."""
 
@@ -11,7 +12,7 @@ from ipaddress import IPv4Address
 
 import pytest
 
-from dove_ryu.agent.directory import DirectoryView, HostRow
+from dove_ryu.agent.directory import DirectoryView, HostRow, Liveness, LivenessRow, proxy_claim
 from dove_ryu.config import from_mapping
 from dove_ryu.protocol.messages import Announce
 from tests.fakesites import KEY_HEX, TUN, Node, Sites, echo, hv_ip, proxy_ip
@@ -32,18 +33,23 @@ class Directories:
     def __init__(self, sites: Sites) -> None:
         self.sites = sites
         self.beats: dict[str, int] = {}  # a stopped node's heartbeat stands still
+        self.reapers = {site: Liveness() for site in range(1, sites.spec.sites + 1)}
+        self.rows: dict[str, HostRow] = {}  # as last written
 
-    def row(self, node: Node) -> HostRow:
-        proxy = node.is_proxy
-        return HostRow(
-            node.name,
-            node.ip,
-            node.core.served(),
-            self.beats[node.name],
-            INTERVAL,
-            role="proxy" if proxy else "host",
-            site=f"s{node.site}" if proxy else "",
-        )
+    def row(self, node: Node, dead: set[str]) -> HostRow:
+        """The node's row: as it wrote it last (a stopped node writes nothing), marked
+        dead once its site's reaper judged its heartbeat stopped."""
+        before = self.rows.get(node.name)
+        if node.name not in self.sites.down or before is None:
+            proxy, served = node.is_proxy, node.core.served()
+            site = f"s{node.site}" if proxy else ""
+            others = [r for n, r in self.rows.items() if self.sites.nodes[n].site == node.site]
+            claim = proxy_claim(node.name, site, served, others) if proxy else 0
+            role = "proxy" if proxy else "host"
+            before = HostRow(node.name, node.ip, served, True, role, site, claim)
+        row = HostRow(**{**before.__dict__, "alive": node.name not in dead})
+        self.rows[node.name] = row
+        return row
 
     def visible(self, node: Node, rows: list[HostRow]) -> list[HostRow]:
         """What the node's conditions select (dove_ryu.adapters.directory.conditions)."""
@@ -59,7 +65,15 @@ class Directories:
                 self.beats[name] = self.beats.get(name, 0) + 1
         for site in range(1, self.sites.spec.sites + 1):
             nodes = [n for n in self.sites.nodes.values() if n.site == site]
-            rows = [self.row(n) for n in nodes if n.name in self.beats]
+            reaper = self.reapers[site]
+            beats = [
+                LivenessRow(n.name, self.beats[n.name], INTERVAL)
+                for n in nodes
+                if n.name in self.beats
+            ]
+            reaper.rows(self.sites.now, beats)
+            dead = reaper.dead(self.sites.now)
+            rows = [self.row(n, dead) for n in nodes if n.name in self.beats]
             for node in nodes:
                 if node.name not in self.sites.down:
                     view = DirectoryView(self.visible(node, rows))
@@ -208,7 +222,7 @@ def test_in_directory_mode_a_site_hosts_announcement_changes_no_member() -> None
     assert sites.counters("s1px1")["drop_site_announce_in_directory_mode"] == 1
 
 
-def test_a_host_started_after_a_failover_takes_the_proxy_whose_heartbeat_moves() -> None:
+def test_a_host_started_after_a_failover_takes_the_proxy_that_claimed_last() -> None:
     sites, directories = started()
     sites.stop("s1px1")
     directories.run(1.0)
@@ -218,7 +232,7 @@ def test_a_host_started_after_a_failover_takes_the_proxy_whose_heartbeat_moves()
     directories.run(1.0)
     assert sites.node("s1px1").core.served() and sites.node("s1px2").core.served()
     restart_host(sites, "s1hv1", S1HV1)  # its fresh agent sees both rows list instances
-    directories.run(2 * INTERVAL)  # px1's heartbeat moves, px2's does not
+    directories.run(2 * INTERVAL)  # px1 claimed after px2 (px2 not yet judged dead)
 
     assert sites.status("s1hv1")["proxies"][str(PX1)]["active"]
     assert str(PX2) not in members(sites, "s1hv1", 5001)

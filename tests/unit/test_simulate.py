@@ -63,21 +63,24 @@ def test_push_event_load_scales_with_the_span_not_the_deployment() -> None:
     assert per_start(10_000, 64) == pytest.approx(2 * per_start(10_000, 32), rel=1e-6)
 
 
-def test_heartbeats_reach_the_hosts_sharing_an_instance() -> None:
+def test_heartbeats_reach_only_their_sender_and_the_reapers() -> None:
     # Every host serves the one instance that spans them all: each heartbeat goes to
-    # all N hosts (its own monitor too); static announcements go to all N-1 peers.
+    # its own host's client and the 3 reapers, not to the 7 others (schema 1.2.0);
+    # static announcements go to all N-1 peers.
     d = replace(one_class(span=8, vms=5000), starts_per_endpoint_s=0, stops_per_endpoint_s=0,
                 moves_per_endpoint_s=0)  # fmt: skip
     assert m.neighbours(d) == pytest.approx(7)
     push = m.load(d, m.defaults(), "push")
     assert push.txn_per_s == pytest.approx(8 / 2.0)
-    assert push.updates_per_s == pytest.approx(8 * 8 / 2.0)
+    assert push.updates_per_s == pytest.approx(8 * (1 + 3) / 2.0)
+    slower = m.load(replace(d, heartbeat_interval=10.0), m.defaults(), "push")
+    assert slower.updates_per_s == pytest.approx(push.updates_per_s / 5)
     assert m.load(d, m.defaults(), "learn-static").host_msgs_per_s == pytest.approx(8 * 7 / 2.0)
     assert m.load(d, m.defaults(), "ovn").txn_per_s == 0
 
 
 def test_a_saturated_leader_never_converges() -> None:
-    d = m.Deployment()  # 10,000 hosts: heartbeats alone exceed one core here
+    d = m.Deployment()  # 10,000 hosts: their heartbeats' transactions fill one core
     costs = m.defaults()
     assert m.load(d, costs, "push").leader_cores > 1
     assert math.isinf(m.convergence_ms(d, costs, "push", "start"))
@@ -85,6 +88,8 @@ def test_a_saturated_leader_never_converges() -> None:
     assert math.isfinite(m.convergence_ms(d, costs, "push", "move"))
     small = d.scaled(100)
     assert m.convergence_ms(small, costs, "push", "start") < 200
+    slower = replace(d, heartbeat_interval=6.0)  # a third of the transactions
+    assert m.convergence_ms(slower, costs, "push", "start") < 200
 
 
 def test_linear_fit() -> None:
