@@ -34,7 +34,7 @@ from dove_ryu.adapters.ovsdb import BridgeView, PortWatcher
 from dove_ryu.agent import make_core
 from dove_ryu.agent.directory import DirectoryView, EndpointRow
 from dove_ryu.openflow import cookies
-from dove_ryu.openflow.ofmsg import CoreOutput, PacketIn, PacketOut, order_messages
+from dove_ryu.openflow.ofmsg import CoreOutput, OfMsg, PacketIn, PacketOut, order_messages
 from dove_ryu.openflow.pipeline import TABLES
 
 LOG = logging.getLogger("dove_ryu.adapters.shell")
@@ -143,25 +143,38 @@ class DoveApp(app_manager.OSKenApp):  # type: ignore[misc]
 
         Datagrams first: a LEARN reply should not wait while os-ken builds the flows
         gleaned from its request (a few hundred microseconds of the first packet).
+        The switch messages go out as one write, in order: os-ken hands each send to
+        its own sender thread, and one hand-off per batch instead of one per message
+        is what the first packet waits for (a thread wake-up and the GIL each).
         Returns False if a switch message could not be sent (the caller resyncs)."""
         self._send_datagrams(out)
         dp = self.dp
+        if dp is None or not out.ofmsgs:
+            return True
         sent = True
-        if dp is not None and out.ofmsgs:
-            for msg in order_messages(out.ofmsgs):
-                try:
-                    wire = None
-                    if isinstance(msg, PacketOut):
-                        wire = packet_out_bytes(msg, next_xid(dp))
-                    if wire is not None:
-                        dp.send(wire)
-                    else:
-                        dp.send_msg(to_osken(dp, msg))
-                except Exception:  # one bad message must not lose the rest
-                    sent = False
-                    self.core.counters["openflow_send_errors"] += 1
-                    LOG.exception("%s: cannot send %r", self.cfg.name, msg)
+        wire: list[bytes] = []
+        for msg in order_messages(out.ofmsgs):
+            try:
+                wire.append(self._wire(dp, msg))
+            except Exception:  # one bad message must not lose the rest
+                sent = False
+                self.core.counters["openflow_send_errors"] += 1
+                LOG.exception("%s: cannot send %r", self.cfg.name, msg)
+        if wire:
+            dp.send(b"".join(wire))  # False only while the switch is going: it resyncs
         return sent
+
+    @staticmethod
+    def _wire(dp: Any, msg: OfMsg) -> bytes:
+        """One message's bytes, with the datapath's next transaction id."""
+        if isinstance(msg, PacketOut):
+            wire = packet_out_bytes(msg, next_xid(dp))
+            if wire is not None:
+                return wire
+        osken_msg = to_osken(dp, msg)
+        dp.set_xid(osken_msg)
+        osken_msg.serialize()
+        return bytes(osken_msg.buf)
 
     def _send_datagrams(self, out: CoreOutput) -> None:
         for dgram in out.datagrams:
