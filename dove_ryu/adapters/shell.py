@@ -29,12 +29,25 @@ from dove_ryu.adapters import metrics, options
 from dove_ryu.adapters.admin import AdminServer
 from dove_ryu.adapters.directory import DirectoryClient
 from dove_ryu.adapters.metrics_http import MetricsServer
-from dove_ryu.adapters.of_osken import match_fields, next_xid, packet_out_bytes, to_osken
+from dove_ryu.adapters.of_osken import (
+    flow_mod_bytes,
+    match_fields,
+    next_xid,
+    packet_out_bytes,
+    to_osken,
+)
 from dove_ryu.adapters.ovsdb import BridgeView, PortWatcher
 from dove_ryu.agent import make_core
 from dove_ryu.agent.directory import DirectoryView, EndpointRow
 from dove_ryu.openflow import cookies
-from dove_ryu.openflow.ofmsg import CoreOutput, OfMsg, PacketIn, PacketOut, order_messages
+from dove_ryu.openflow.ofmsg import (
+    CoreOutput,
+    FlowMod,
+    OfMsg,
+    PacketIn,
+    PacketOut,
+    order_messages,
+)
 from dove_ryu.openflow.pipeline import TABLES
 
 LOG = logging.getLogger("dove_ryu.adapters.shell")
@@ -166,13 +179,18 @@ class DoveApp(app_manager.OSKenApp):  # type: ignore[misc]
 
     @staticmethod
     def _wire(dp: Any, msg: OfMsg) -> bytes:
-        """One message's bytes, with the datapath's next transaction id."""
+        """One message's bytes, with the datapath's next transaction id: packed by
+        hand for the shapes the first packet waits for, else built by os-ken."""
+        xid = next_xid(dp)
+        wire = None
         if isinstance(msg, PacketOut):
-            wire = packet_out_bytes(msg, next_xid(dp))
-            if wire is not None:
-                return wire
+            wire = packet_out_bytes(msg, xid)
+        elif isinstance(msg, FlowMod):
+            wire = flow_mod_bytes(msg, xid)
+        if wire is not None:
+            return wire
         osken_msg = to_osken(dp, msg)
-        dp.set_xid(osken_msg)
+        osken_msg.set_xid(xid)
         osken_msg.serialize()
         return bytes(osken_msg.buf)
 
