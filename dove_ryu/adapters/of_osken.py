@@ -157,3 +157,149 @@ def packet_out_bytes(msg: of.PacketOut, xid: int) -> bytes | None:
         + body
         + msg.data
     )
+
+
+# Flow mods answer LEARNs: a learned endpoint's forwarding flow and its ARP responder
+# go in before the held packets are released, and os-ken takes ~100 us to build each.
+# Matches, set-fields and register moves on the fields below, output actions and the
+# apply-actions, write-metadata and goto-table instructions are packed here; a flow
+# with anything else (a group, check_pkt_larger, another field) goes through os-ken.
+
+_FLOW_MOD = struct.Struct("!QQBBHHHIIIH2x")
+_OXM_BASIC, _OXM_NXM1 = 0x8000, 0x0001
+# name: (class, field, length in bytes, how the value is packed)
+_OXM_FIELDS: dict[str, tuple[int, int, int, str]] = {
+    "in_port": (_OXM_BASIC, 0, 4, "int"),
+    "metadata": (_OXM_BASIC, 2, 8, "int"),
+    "eth_dst": (_OXM_BASIC, 3, 6, "mac"),
+    "eth_src": (_OXM_BASIC, 4, 6, "mac"),
+    "eth_type": (_OXM_BASIC, 5, 2, "int"),
+    "arp_op": (_OXM_BASIC, 21, 2, "int"),
+    "arp_spa": (_OXM_BASIC, 22, 4, "ipv4"),
+    "arp_tpa": (_OXM_BASIC, 23, 4, "ipv4"),
+    "arp_sha": (_OXM_BASIC, 24, 6, "mac"),
+    "arp_tha": (_OXM_BASIC, 25, 6, "mac"),
+    "tunnel_id": (_OXM_BASIC, 38, 8, "int"),
+    "tun_ipv4_src": (_OXM_NXM1, 31, 4, "ipv4"),
+    "tun_ipv4_dst": (_OXM_NXM1, 32, 4, "ipv4"),
+}
+_NXAST_REG_MOVE = 6
+_NX_VENDOR = 0x00002320
+
+
+def _pad8(n: int) -> int:
+    return (n + 7) // 8 * 8
+
+
+def _oxm_value(kind: str, length: int, value: object) -> bytes:
+    if kind == "int":
+        assert isinstance(value, int)
+        return value.to_bytes(length, "big")
+    if kind == "mac":
+        return bytes.fromhex(str(value).replace(":", ""))
+    return socket.inet_aton(str(value))
+
+
+def _oxm_header(name: str, masked: bool = False) -> tuple[int, int, str] | None:
+    """(header, value length, kind) of a field we pack, else None."""
+    known = _OXM_FIELDS.get(name)
+    if known is None:
+        return None
+    cls, fld, length, kind = known
+    size = length * 2 if masked else length
+    return (cls << 16) | (fld << 9) | (int(masked) << 8) | size, length, kind
+
+
+def _oxm(name: str, value: object) -> bytes | None:
+    masked = isinstance(value, tuple)
+    head = _oxm_header(name, masked)
+    if head is None:
+        return None
+    header, length, kind = head
+    if isinstance(value, tuple):
+        body = _oxm_value(kind, length, value[0]) + _oxm_value(kind, length, value[1])
+    else:
+        body = _oxm_value(kind, length, value)
+    return struct.pack("!I", header) + body
+
+
+def _match_bytes(match: of.Match) -> bytes | None:
+    """An OXM match, fields in os-ken's order (by class, then field number)."""
+    fields = []
+    for name, value in match.items():
+        packed = _oxm(name, value)
+        if packed is None:
+            return None
+        fields.append(packed)
+    fields.sort(key=lambda f: (int.from_bytes(f[:2], "big"), f[2] >> 1))
+    body = b"".join(fields)
+    length = 4 + len(body)
+    return struct.pack("!HH", ofp.OFPMT_OXM, length) + body + bytes(_pad8(length) - length)
+
+
+def _flow_action(action: of.Action) -> bytes | None:
+    if isinstance(action, of.Output):
+        return _OUTPUT.pack(ofp.OFPAT_OUTPUT, _OUTPUT.size, action.port, action.max_len)
+    if isinstance(action, of.SetField):
+        field = _oxm(action.field, action.value)
+        if field is None:
+            return None
+        length = _pad8(4 + len(field))
+        return (
+            struct.pack("!HH", ofp.OFPAT_SET_FIELD, length) + field + bytes(length - 4 - len(field))
+        )
+    if isinstance(action, of.Move):
+        src, dst = _oxm_header(action.src), _oxm_header(action.dst)
+        if src is None or dst is None:
+            return None
+        return struct.pack(
+            "!HHIHHHHII",
+            ofp.OFPAT_EXPERIMENTER,
+            24,
+            _NX_VENDOR,
+            _NXAST_REG_MOVE,
+            action.n_bits,
+            0,
+            0,
+            src[0],
+            dst[0],
+        )
+    return None
+
+
+def flow_mod_bytes(fm: of.FlowMod, xid: int) -> bytes | None:
+    """The wire form of a flow mod, or None when it has something not packed here."""
+    match = _match_bytes(fm.match)
+    if match is None:
+        return None
+    instructions = b""
+    if fm.actions:
+        actions = [_flow_action(a) for a in fm.actions]
+        if any(a is None for a in actions):
+            return None
+        body = b"".join(a for a in actions if a is not None)
+        instructions += struct.pack("!HH4x", ofp.OFPIT_APPLY_ACTIONS, 8 + len(body)) + body
+    if fm.write_metadata is not None:
+        instructions += struct.pack("!HH4xQQ", ofp.OFPIT_WRITE_METADATA, 24, *fm.write_metadata)
+    if fm.goto_table is not None:
+        instructions += struct.pack("!HHB3x", ofp.OFPIT_GOTO_TABLE, 8, fm.goto_table)
+    flags = ofp.OFPFF_SEND_FLOW_REM if fm.send_flow_removed else 0
+    length = _OFP_HEADER.size + _FLOW_MOD.size + len(match) + len(instructions)
+    return (
+        _OFP_HEADER.pack(ofp.OFP_VERSION, ofp.OFPT_FLOW_MOD, length, xid)
+        + _FLOW_MOD.pack(
+            fm.cookie,
+            fm.cookie_mask,
+            fm.table_id,
+            _FLOW_COMMANDS[fm.command],
+            fm.idle_timeout,
+            fm.hard_timeout,
+            fm.priority,
+            ofp.OFP_NO_BUFFER,
+            ofp.OFPP_ANY,
+            ofp.OFPG_ANY,
+            flags,
+        )
+        + match
+        + instructions
+    )
