@@ -167,10 +167,6 @@ class DirectoryMembers:
         """The rows of the live hosts (as last seen, while the directory is away)."""
         return {ip: row for ip, row in self._rows.items() if row.alive}
 
-    def next_expiry(self, now: float) -> float:
-        """Nothing expires here by time: the reapers judge, and the rows say so."""
-        return math.inf
-
     def names(self) -> dict[IPv4Address, str]:
         return {ip: row.name for ip, row in self._rows.items()}
 

@@ -54,7 +54,6 @@ class HostCore:
         self.members = HostMembers(self.p)
         self.sync = DirectorySync(self.p, self.members)
         self.next_announce = now
-        self.last_tick = now
 
     @property
     def counters(self) -> dict[str, int]:
@@ -282,10 +281,6 @@ class HostCore:
             self.p.members.leave(instance, host)
             out.ofmsgs += self.members.member_changed(instance, host, joined=False)
         self.p.members.expire_proxies(now)
-        directory = self.p.directory
-        if directory is not None and now > directory.next_expiry(self.last_tick):
-            out.extend(self.sync.judge(now))  # a host's heartbeat stopped
-        self.last_tick = now
         if lingering_ended or now >= self.next_announce:
             out.datagrams += self._announce(now)
         return out

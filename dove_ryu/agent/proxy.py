@@ -50,7 +50,6 @@ class ProxyCore:
         self.sync = ProxyDirectory(self.p, self.relay, directory) if directory else None
         self.wan_ip = self.p.sides.wan_leg
         self.next_announce = now
-        self.last_tick = now
 
     @property
     def counters(self) -> dict[str, int]:
@@ -240,11 +239,6 @@ class ProxyCore:
             self.p.members.leave(instance, host)
             out.ofmsgs += self.relay.member_changed(instance, host, joined=False)
         self.p.members.expire_proxies(now)
-        directory = self.p.directory
-        if self.sync and directory and now > directory.next_expiry(self.last_tick):
-            before = (self.p.instances.served(False), self.p.instances.served(True))
-            out.extend(self._site_changed(now, before, self.sync.judge(now)))  # a heartbeat stopped
-        self.last_tick = now
         if now >= self.next_announce:
             out.datagrams += self._announce(now)
         return out
