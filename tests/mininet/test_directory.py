@@ -14,10 +14,8 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -25,8 +23,8 @@ import pytest
 from mininet_topos.dove_agent import admin, agent_cmd, connected_status
 from mininet_topos.dove_topo import plug_vm
 from mininet_topos.hypervisor import wait_until
-
-DOVECTL = str(Path(sys.executable).parent / "dovectl")
+from tests.tools.nodes import DOVECTL, run
+from tests.tools.nodes import dovectl_directory as dovectl
 
 
 @pytest.fixture(scope="module")
@@ -40,17 +38,6 @@ def dnet() -> Iterator[Any]:
         yield net
     finally:
         net.stop()
-
-
-def run(node: Any, *argv: str) -> str:
-    out, err, rc = node.pexec(list(argv))
-    assert rc == 0, f"{node.name}: {' '.join(argv)}: rc {rc}\n{out}{err}"
-    return str(out)
-
-
-def dovectl(node: Any, *args: str) -> Any:
-    """``dovectl directory ... --json`` in ``node``'s namespace."""
-    return json.loads(run(node, DOVECTL, "directory", *args, "--json"))
 
 
 def insert_host(node: Any, remotes: str, name: str, ip: str) -> None:

@@ -22,14 +22,11 @@ the directory).
 
 from __future__ import annotations
 
-import json
 import os
 import secrets
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -39,9 +36,10 @@ from mininet_topos.demo import in_echos
 from mininet_topos.dove_agent import admin, agent_cmd, agent_config, connected_status
 from mininet_topos.emulation import UNDERLAY_NET, instance_peers, warm_underlay
 from mininet_topos.hypervisor import Hypervisor, wait_until
+from tests.tools.nodes import DOVECTL, run
+from tests.tools.nodes import dovectl_directory as dovectl
 from tests.tools.transfer import transfer
 
-DOVECTL = str(Path(sys.executable).parent / "dovectl")
 MODES = {5001: "learn", 5002: "lookup", 5003: "push"}  # instance -> resolution
 INSTANCE = {mode: instance for instance, mode in MODES.items()}
 TENANT = {mode: instance - 5000 for instance, mode in MODES.items()}  # tenant t: 5000 + t
@@ -97,17 +95,6 @@ def dnet(deployment: Deployment) -> Any:
 
 
 # ------------------------------------------------------------------ helpers
-
-
-def run(node: Any, *argv: str) -> str:
-    out, err, rc = node.pexec(list(argv))
-    assert rc == 0, f"{node.name}: {' '.join(argv)}: rc {rc}\n{out}{err}"
-    return str(out)
-
-
-def dovectl(node: Any, *args: str) -> Any:
-    """``dovectl directory ... --json`` in ``node``'s namespace."""
-    return json.loads(run(node, DOVECTL, "directory", *args, "--json"))
 
 
 def set_resolution(node: Any, remotes: str, instance: int, mode: str) -> None:

@@ -27,6 +27,7 @@ from mininet_topos.sites import (
 from tests.tools import netsend, ovs
 from tests.tools.capture import Capture, settle
 from tests.tools.forge import ping_through_forged_vxlan
+from tests.tools.nodes import received
 from tests.tools.transfer import transfer
 
 PYTHON = sys.executable
@@ -47,13 +48,6 @@ def ping(vm: Any, ip: str, count: int = 3, size: int | None = None, df: bool = F
         cmd += ["-M", "do"]
     out, err, _ = vm.host.pexec([*cmd, ip])
     return str(out + err)
-
-
-def received(out: str) -> int:
-    for line in out.splitlines():
-        if "packets transmitted" in line:
-            return int(line.split(",")[1].split()[0])
-    raise AssertionError(f"no ping summary in:\n{out}")
 
 
 def counters(node: Any) -> dict[str, int]:

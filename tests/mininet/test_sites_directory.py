@@ -23,6 +23,7 @@ from mininet_topos.agents import admin
 from mininet_topos.dove_agent import agent_cmd, connected_status
 from mininet_topos.hypervisor import wait_until
 from mininet_topos.sites import SitesNet, SitesSpec, active_proxy
+from tests.tools.nodes import received
 
 DOVECTL = str(Path(sys.executable).parent / "dovectl")
 SITES_SPEC = SitesSpec(directory=True)  # 2 sites, 2 hypervisors and 2 proxies each
@@ -38,13 +39,6 @@ def run(node: Any, *argv: str) -> str:
 def ping(vm: Any, ip: str, count: int = 1) -> str:
     out, err, _ = vm.host.pexec(["ping", "-n", "-c", str(count), "-i", "0.2", "-W", "2", ip])
     return str(out + err)
-
-
-def received(out: str) -> int:
-    for line in out.splitlines():
-        if "packets transmitted" in line:
-            return int(line.split(",")[1].split()[0])
-    raise AssertionError(f"no ping summary in:\n{out}")
 
 
 def members(node: Any, instance: int) -> set[str]:
