@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import secrets
 import sys
 from collections.abc import Iterator
@@ -422,6 +423,13 @@ def main(argv: list[str] | None = None) -> None:
         for d in cleanup_stale() + ovn.cleanup_stale() + cleanup_directory():
             print(f"removed {d}")
         quietRun(f"ip link del {UNDERLAY_SWITCH}")
+        # A veth whose namespace outlived its run (a process still held it) stays
+        # behind in the root namespace and would clash with the next emulation's.
+        for name in re.findall(
+            r"^\d+: ((?:ul1|ul-s\d+|wan)-eth\d+)[@:]", quietRun("ip -o link"), re.M
+        ):
+            quietRun(f"ip link del {name}")
+            print(f"removed link {name}")
         return
     if args.mode == "dove":
         dnet, _ = build_dove_net(

@@ -122,12 +122,27 @@ def cleanup_stale(base: str | None = None) -> list[Path]:
     return reap_rundirs("dove-hv*-*", DAEMONS, base)
 
 
+def working_in(directory: Path) -> list[int]:
+    """The processes whose working directory is ``directory``."""
+    found = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            if os.readlink(proc / "cwd") == str(directory):
+                found.append(int(proc.name))
+        except OSError:
+            continue
+    return found
+
+
 def reap_rundirs(pattern: str, daemons: tuple[str, ...], base: str | None = None) -> list[Path]:
     """Kill the daemons a crashed run left in run directories matching ``pattern`` and
     remove the directories.  Only pids read from our own pidfiles, and only when their
-    command line names that directory."""
+    command line names that directory, and the processes that run in it (agents and
+    reapers have it as their working directory)."""
     removed = []
     for d in Path(base or tempfile.gettempdir()).glob(pattern):
+        for pid in working_in(d):
+            kill_pid(pid)
         for daemon in daemons:
             pid = read_pidfile(d / f"{daemon}.pid")
             if pid is None or not pid_alive(pid):
