@@ -21,7 +21,8 @@ host_misses.py, adapters/directory.py):
   to the reapers beside the members, which alone monitor every Host_Liveness row),
   publishes its VMs as Endpoint rows (one transaction per change), and monitors the
   Host rows of every host sharing an instance with it, its own, and the Endpoint
-  rows of the instances it serves, whatever their mode; a Host row changes only when
+  rows of its ``lookup`` and ``push`` instances (a ``learn`` instance's rows are
+  written but reach no agent); a Host row changes only when
   what the host serves changes (or a reaper marks it dead: host deaths are not
   modelled);
 - every monitor is served by the Raft leader, which also writes every transaction
@@ -158,7 +159,7 @@ class Costs:
     txn_cpu_us: float = 200.0  # leader CPU per small transaction, Raft log append included
     update_cpu_us: float = 20.0  # leader CPU per monitor update message to one client
     commit_ms: float = 1.5  # leader append + one follower's ack (quorum of 3) + fsync
-    publish_wait_ms: float = 100.0  # the client's 200 ms poll: a new VM waits half on average
+    publish_wait_ms: float = 1.0  # port watcher -> directory client, woken at once
     northd_ms: float = 10.0  # OVN: ovn-northd's incremental run per NB change (assumed)
     sources: dict[str, str] = field(default_factory=dict)
 
@@ -174,7 +175,7 @@ def defaults() -> Costs:
             "(OVN) for 10 x 1,000 endpoints on 2 cores",
             "agent memory": "BENCHMARKS.md: 67-68 MB at 40 VMs, 69 MB at 1,000; OVN 23 MB",
             "directory": "assumed, not measured: 200 us per transaction, 20 us per update, "
-            "1.5 ms commit, 100 ms publish wait (the client's 200 ms poll)",
+            "1.5 ms commit, 1 ms publish wait (the port watcher wakes the client)",
         }
     )
 
@@ -257,7 +258,13 @@ def _event(d: Deployment, costs: Costs, system: str, c: InstanceClass, event: st
         m["announcements"] = changes * (n - 1)
     else:
         m["directory transactions"] = 2 if event == "move" else 1
-        m["monitor updates"] = m["directory transactions"] * s + changes * neighbours(d)
+        # An Endpoint row reaches the hosts serving the instance in lookup and push (in
+        # learn, no agent monitors it: its own client only); a Host row change reaches
+        # the host's neighbours.
+        endpoint_watchers = 1 if system.startswith("learn") else s
+        m["monitor updates"] = m[
+            "directory transactions"
+        ] * endpoint_watchers + changes * neighbours(d)
     return m
 
 
@@ -364,11 +371,11 @@ def convergence_ms(d: Deployment, costs: Costs, system: str, event: str) -> floa
 
 
 def memory_mb(d: Deployment, costs: Costs, system: str) -> float:
-    """Agent RSS per host: a base plus each endpoint it holds (``learn`` with static
-    discovery: those its VMs talk to; directory modes: the monitored copy of the
-    instances it serves, whatever their mode; OVN: its datapaths' port bindings)."""
+    """Agent RSS per host: a base plus each endpoint it holds (``learn``, static or
+    directory discovery: those its VMs talk to; lookup and push: the monitored copy of
+    the instances it serves; OVN: its datapaths' port bindings)."""
     known = known_per_host(d)
-    if system == "learn-static":
+    if system.startswith("learn"):
         known = min(known, d.endpoints / d.hosts * d.talk_peers)
     key = "ovn" if system == "ovn" else "dove"
     return costs.rss_base_mb[key] + costs.rss_kb_per_endpoint[key] * known / 1024

@@ -52,10 +52,10 @@ def assumptions(d: m.Deployment, costs: m.Costs) -> list[str]:
         f"its rows; leader CPU {costs.txn_cpu_us:g} us per transaction and "
         f"{costs.update_cpu_us:g} us per update, commit {costs.commit_ms:g} ms; "
         "updates are queued behind the load (x 1/(1 - utilisation))",
-        f"a new VM's Endpoint row waits {costs.publish_wait_ms:g} ms on average for the "
-        "directory client's poll (200 ms)",
-        "learn with directory discovery still publishes and monitors Endpoint rows (the "
-        "conditions do not depend on the mode), so it bears push's directory load",
+        f"a new VM's Endpoint row waits {costs.publish_wait_ms:g} ms before it is written "
+        "(the port watcher wakes the directory client)",
+        "learn with directory discovery publishes Endpoint rows but no agent monitors "
+        "a learn instance's (the conditions name lookup and push instances only)",
         "OVN (modelled, not published): no periodic southbound writes; a start is an NB "
         f"transaction, northd ({costs.northd_ms:g} ms, assumed) and an SB transaction, then "
         "the chassis's claim; each SB transaction reaches the chassis that have the "
