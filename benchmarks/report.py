@@ -333,7 +333,8 @@ def _directory_section(samples: list[dict[str, Any]]) -> list[str]:
         "until every sampled pair answers (pinging every 50 ms), median (min-max) over the "
         "rounds. `dove-<mode>`: agents with `discovery = directory` on a 3-member cluster, "
         "every instance in that resolution. Messages per endpoint: LEARN requests and "
-        "replies, directory monitor updates taken in and transactions sent, over the "
+        "replies, rows the directory's monitors brought (each changed row counts once) and "
+        "transactions sent, over the "
         "endpoints the agents came to know during the rounds.",
         "",
         "| system | hypervisors | VMs | first packet ms | first lost | / OVN "

@@ -242,7 +242,7 @@ class DirectoryClient:
         self.thread = threading.Thread(target=self._run, name="directory", daemon=True)
         self.errors = 0
         # What the directory costs this agent, for dovectl counters and the benchmark:
-        # monitor updates taken in, transactions sent.
+        # rows its monitors brought (each changed row once), transactions sent.
         self.counts = {"directory_updates": 0, "directory_transactions": 0}
 
     def start(self) -> None:
