@@ -146,6 +146,8 @@ class TrackingIdl(ovs.db.idl.Idl):  # type: ignore[misc]
         super().__init__(*args, **kwargs)
 
     def notify(self, event: str, row: Any, updates: Any = None) -> None:
+        # NOTE (ovs 4.0.0): a Row names its table only as ``_table``; notify() gives
+        # nothing else to tell the tables apart.
         if row._table.name == "Host_Liveness":
             self.own_beats += 1
         table = self.parsed.get(row._table.name)
