@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 
 # An instance id is the VXLAN VNI of its traffic and fills the DOVE header's 24-bit
 # instance field.  0 is never an instance: cookies, the pipeline's metadata and a header
@@ -87,3 +87,68 @@ class LearnedEndpoint:
     learned_at: float
     answered_by: IPv4Address
     reinstalled_at: float = float("-inf")  # last time a miss put its forwarding flow back
+
+
+# ------------------------------------------------------------------ routers (issue 12)
+
+MAX_ROUTER = 4095  # a router's id: its cookie tag and, on a gateway, its conntrack zone
+ROUTER_MAC_PREFIX = "0a:d0:00"
+
+
+def router_mac(instance: int) -> str:
+    """The gateway MAC of the subnet that is ``instance``: derived, so that every host
+    and gateway agrees on it without a mark (docs/routing.md).  Locally administered
+    and unicast, so it never clashes with a vendor's MAC."""
+    check_instance(instance)
+    low = f"{instance:06x}"
+    return f"{ROUTER_MAC_PREFIX}:{low[0:2]}:{low[2:4]}:{low[4:6]}"
+
+
+@dataclass(frozen=True)
+class Subnet:
+    """One of a router's subnets: an instance and its gateway address on it."""
+
+    instance: int
+    gateway: IPv4Interface  # the router's address in the subnet, with its prefix
+
+    @property
+    def network(self) -> IPv4Network:
+        return self.gateway.network
+
+    @property
+    def mac(self) -> str:
+        return router_mac(self.instance)
+
+
+@dataclass(frozen=True)
+class FloatingIp:
+    """A one-to-one mapping from an external address to a VM's inside address."""
+
+    external: IPv4Address
+    inside: IPv4Address
+
+
+@dataclass(frozen=True)
+class Router:
+    """A tenant router (docs/routing.md): its subnets, routed on every host, and its way
+    out through the gateways (source NAT to ``snat``, and floating IPs)."""
+
+    router_id: int
+    subnets: tuple[Subnet, ...]
+    snat: IPv4Address | None = None
+    floating_ips: tuple[FloatingIp, ...] = ()
+
+    @property
+    def instances(self) -> tuple[int, ...]:
+        return tuple(s.instance for s in self.subnets)
+
+    @property
+    def has_way_out(self) -> bool:
+        return self.snat is not None or bool(self.floating_ips)
+
+    def subnet_of(self, instance: int) -> Subnet | None:
+        return next((s for s in self.subnets if s.instance == instance), None)
+
+    def subnet_for(self, ip: IPv4Address) -> Subnet | None:
+        """The subnet ``ip`` is in, or None: off the router's subnets."""
+        return next((s for s in self.subnets if ip in s.network), None)

@@ -41,6 +41,18 @@ class Purpose(IntEnum):
     EGRESS_MISS = 12  # overlay packet for no local endpoint: punted, the sender un-learns
     DROP_MISS = 13  # default drops
     WAN_OVERSIZE = 14  # proxy: frame too big for the inter-site path, to the agent
+    # Routing, the gateway and DHCP (issue 12, docs/routing.md): the tag is the router id
+    # unless said otherwise.
+    ROUTER_PORT = 15  # a subnet's router port: ARP for its gateway answered, IPv4 to it routed
+    ROUTE = 16  # routed into another subnet (instance: the destination's)
+    ROUTE_DEFAULT = 17  # off the router's subnets: to the active gateway (instance: source)
+    ROUTE_TTL = 18  # TTL would reach zero: to the agent, dropped and counted
+    NEIGHBOR = 19  # a routed packet's destination IP -> its MAC (tag: low 24 bits of the MAC)
+    DHCP = 20  # a VM's DHCP request, answered by the agent (tag: the OpenFlow port)
+    SNAT = 21  # gateway: source NAT to the router's external address
+    FLOATING_IP = 22  # gateway: a floating IP, both ways (tag: its low 24 bits)
+    EXTERNAL = 23  # gateway: the external network's side (ARP, un-NAT, next hop)
+    DROP_EXTERNAL = 24  # gateway: external traffic for no floating IP or connection
 
 
 @dataclass(frozen=True)

@@ -35,6 +35,8 @@ from dove_ryu.openflow.pipeline import (
     FROM_WAN,
     INSTANCE_MASK,
     L2_FORWARD,
+    L3_NEIGHBOR,
+    L3_ROUTE,
     METADATA_MASK,
     OVERSIZE_REGISTER,
     PORT_SECURITY,
@@ -97,6 +99,10 @@ def pipeline_defaults(tunnel_ofport: int) -> list[FlowMod]:
         *_both_roles_defaults(tunnel_ofport),
         PORT_SECURITY.flow(priority=PRIO_DEFAULT, match={}, cookie=Cookie(Purpose.DROP_SPOOF)),
         ARP_ND.flow(priority=PRIO_DEFAULT, match={}, cookie=base, goto=L2_FORWARD),
+        # Routed packets that match no route, or whose destination is not resolved yet
+        # in an instance that does not ask the agent (docs/routing.md).
+        L3_ROUTE.flow(priority=PRIO_DEFAULT, match={}, cookie=Cookie(Purpose.DROP_MISS)),
+        L3_NEIGHBOR.flow(priority=PRIO_DEFAULT, match={}, cookie=Cookie(Purpose.DROP_MISS)),
         L2_FORWARD.flow(
             priority=PRIO_TUNNEL_DEFAULT,
             match={"metadata": (FROM_TUNNEL, FROM_TUNNEL)},

@@ -14,6 +14,18 @@ Packet path::
         |  (from the tunnel)                  |  |
         +-------------------------------------+  +-> egress_check
 
+A subnet of a tenant router (docs/routing.md) adds a detour for IPv4 sent to its
+gateway MAC, routed on the sending VM's host::
+
+    arp_nd -> l3_route -> l3_neighbor -> l2_forward    (into the destination instance)
+                 +-> the tunnel, to the active gateway (off the router's subnets)
+
+A gateway (role = gateway) has no VM ports: the tunnel brings it what hosts send off
+their routers' subnets, its external port what comes from outside::
+
+    classify -> l3_route -> snat -> ext_out                       (out, source NAT)
+        +-----> ext_in -> ext_unnat -> l3_neighbor -> l2_forward  (in, un-NAT)
+
 Metadata carries the instance (bits 0-23) and whether the packet came from
 the overlay (bit 24), so later tables never look at ports to know either.
 
@@ -59,6 +71,8 @@ OVERSIZE_REGISTER = "reg0"  # wan_egress: bit 0 set when the frame is too big
 
 HOST = "host"
 PROXY = "proxy"
+GATEWAY = "gateway"
+ROLES = (HOST, PROXY, GATEWAY)
 ALL_TABLES = 0xFF  # OFPTT_ALL: a delete by cookie looks in every table
 _OFPP_MAX = 0xFFFFFF00  # ports above it are reserved (OpenFlow 1.3)
 _REGISTER = re.compile(r"reg\d+")
@@ -176,7 +190,7 @@ class Table:
     table_id: int
     name: str
     purpose: str
-    roles: tuple[str, ...]  # which agents have the table (HOST, PROXY)
+    roles: tuple[str, ...]  # which agents have the table (HOST, PROXY, GATEWAY)
     miss: Miss  # its priority-0 match-all flow, in every role that has it
     cookies: tuple[Purpose, ...]  # what its flows are for
     matches: tuple[str, ...]
@@ -258,41 +272,140 @@ CLASSIFY = Table(
     0,
     "classify",
     "VM port -> instance; tunnel -> instance, only from member hosts; else drop",
-    roles=(HOST, PROXY),
+    roles=(HOST, PROXY, GATEWAY),
     miss=DROP,
-    cookies=(Purpose.LOCAL_PORT, Purpose.MEMBER, Purpose.DROP_NONMEMBER, Purpose.DROP_UNCLASSIFIED),
+    cookies=(
+        Purpose.LOCAL_PORT,
+        Purpose.MEMBER,
+        Purpose.DROP_NONMEMBER,
+        Purpose.DROP_UNCLASSIFIED,
+        Purpose.EXTERNAL,
+    ),
     matches=("in_port", "tunnel_id", "tun_ipv4_src", "tun_ipv4_dst"),
-    next_tables=("port_security", "l2_forward", "egress_check"),
+    # A gateway: the tunnel to l3_route, its external port to ext_in.
+    next_tables=("port_security", "ext_in", "l3_route", "l2_forward", "egress_check"),
     metadata=INSTANCE_MASK | FROM_TUNNEL | FROM_WAN,
 )
 PORT_SECURITY = Table(
     10,
     "port_security",
-    "a VM sends only from its own MAC (and its own IPs in ARP)",
+    "a VM sends only from its own MAC (and its own IPs); its DHCP requests -> agent",
     roles=(HOST,),
     miss=DROP,
-    cookies=(Purpose.LOCAL_PORT, Purpose.DROP_SPOOF),
-    matches=("in_port", "eth_src", "eth_type", "arp_sha", "arp_spa"),
+    cookies=(Purpose.LOCAL_PORT, Purpose.DROP_SPOOF, Purpose.DHCP),
+    matches=(
+        "in_port",
+        "eth_src",
+        "eth_type",
+        "arp_sha",
+        "arp_spa",
+        "ipv4_src",
+        "ip_proto",
+        "udp_src",
+        "udp_dst",
+    ),
     next_tables=("arp_nd",),
+    outputs=(Out.CONTROLLER,),
 )
 ARP_ND = Table(
     20,
     "arp_nd",
-    "ARP requests answered on the host; unknown targets resolved by the agent",
+    "ARP requests answered on the host; unknown targets resolved by the agent; "
+    "IPv4 to a subnet's gateway MAC -> l3_route",
     roles=(HOST,),
     miss=goto("l2_forward"),
-    cookies=(Purpose.PIPELINE, Purpose.ARP_LOCAL, Purpose.ARP_LEARNED, Purpose.INSTANCE),
-    matches=("metadata", "in_port", "eth_type", "arp_op", "arp_tpa"),
-    next_tables=("l2_forward",),
+    cookies=(
+        Purpose.PIPELINE,
+        Purpose.ARP_LOCAL,
+        Purpose.ARP_LEARNED,
+        Purpose.INSTANCE,
+        Purpose.ROUTER_PORT,
+    ),
+    matches=("metadata", "in_port", "eth_type", "eth_dst", "arp_op", "arp_tpa"),
+    next_tables=("l3_route", "l2_forward"),
     # The request turned into its reply.
     sets=("eth_src", "eth_dst", "arp_op", "arp_sha", "arp_spa", "arp_tha", "arp_tpa"),
     outputs=(Out.IN_PORT, Out.CONTROLLER),
+)
+EXT_IN = Table(
+    24,
+    "ext_in",
+    "gateway: from the external network: ARP for external addresses answered; to a "
+    "floating IP or a router's external address -> conntrack NAT; else drop",
+    roles=(GATEWAY,),
+    miss=DROP,
+    cookies=(Purpose.EXTERNAL, Purpose.FLOATING_IP, Purpose.SNAT, Purpose.DROP_EXTERNAL),
+    matches=("in_port", "eth_type", "eth_dst", "arp_op", "arp_tpa", "ipv4_dst"),
+    next_tables=("ext_unnat",),  # through conntrack (ct's table)
+    sets=("eth_src", "eth_dst", "arp_op", "arp_sha", "arp_spa", "arp_tha", "arp_tpa"),
+    outputs=(Out.IN_PORT, Out.CONTROLLER),
+)
+EXT_UNNAT = Table(
+    26,
+    "ext_unnat",
+    "gateway: un-NATed (a reply, or to a floating IP) -> routed into its instance; "
+    "a new connection to a router's external address -> drop",
+    roles=(GATEWAY,),
+    miss=DROP,
+    cookies=(Purpose.EXTERNAL, Purpose.FLOATING_IP, Purpose.ROUTE, Purpose.DROP_EXTERNAL),
+    matches=("ct_state", "ct_zone", "eth_type", "ipv4_dst"),
+    next_tables=("l3_neighbor",),
+    sets=("eth_src",),
+    metadata=INSTANCE_MASK,
+)
+L3_ROUTE = Table(
+    30,
+    "l3_route",
+    "IPv4 to a gateway MAC: routed into another subnet of the router (TTL, MAC), or to "
+    "the active gateway; TTL expiring -> agent; no route -> drop",
+    roles=(HOST, GATEWAY),
+    miss=DROP,
+    cookies=(Purpose.ROUTE, Purpose.ROUTE_DEFAULT, Purpose.ROUTE_TTL, Purpose.DROP_MISS),
+    matches=("metadata", "eth_type", "eth_dst", "ipv4_src", "ipv4_dst", "nw_ttl"),
+    next_tables=("l3_neighbor", "snat"),
+    sets=("eth_src", *_TUNNEL_KEY),
+    metadata=INSTANCE_MASK,
+    outputs=(Out.TUNNEL, Out.CONTROLLER),
+)
+L3_NEIGHBOR = Table(
+    32,
+    "l3_neighbor",
+    "a routed packet's destination IP -> its MAC; unknown -> agent (resolved, then released)",
+    roles=(HOST, GATEWAY),
+    miss=DROP,
+    cookies=(Purpose.NEIGHBOR, Purpose.INSTANCE, Purpose.DROP_MISS),
+    matches=("metadata", "eth_type", "ipv4_dst"),
+    next_tables=("l2_forward",),
+    sets=("eth_dst",),
+    outputs=(Out.CONTROLLER,),
+)
+SNAT = Table(
+    34,
+    "snat",
+    "gateway: out of the overlay: a floating IP's VM -> its floating IP, else the "
+    "router's external address (conntrack NAT, committed)",
+    roles=(GATEWAY,),
+    miss=DROP,
+    cookies=(Purpose.SNAT, Purpose.FLOATING_IP),
+    matches=("metadata", "eth_type", "ipv4_src"),
+    next_tables=("ext_out",),
+)
+EXT_OUT = Table(
+    36,
+    "ext_out",
+    "gateway: into the external network, to the next hop's MAC (unknown -> agent)",
+    roles=(GATEWAY,),
+    miss=TO_AGENT,
+    cookies=(Purpose.EXTERNAL,),
+    matches=("eth_type", "ipv4_dst"),
+    sets=("eth_src", "eth_dst"),
+    outputs=(Out.PORT, Out.CONTROLLER),
 )
 L2_FORWARD = Table(
     40,
     "l2_forward",
     "(instance, dst MAC) -> local port or tunnel; unknown MAC -> agent",
-    roles=(HOST, PROXY),
+    roles=(HOST, PROXY, GATEWAY),
     miss=DROP,
     cookies=(
         Purpose.PIPELINE,
@@ -348,6 +461,12 @@ TABLES: tuple[Table, ...] = (
     CLASSIFY,
     PORT_SECURITY,
     ARP_ND,
+    EXT_IN,
+    EXT_UNNAT,
+    L3_ROUTE,
+    L3_NEIGHBOR,
+    SNAT,
+    EXT_OUT,
     L2_FORWARD,
     WAN_EGRESS,
     FLOOD,
@@ -400,7 +519,7 @@ def group_mod(
 
 def _check_declaration() -> None:
     for table in TABLES:
-        assert table.roles and set(table.roles) <= {HOST, PROXY}, table.name
+        assert table.roles and set(table.roles) <= set(ROLES), table.name
         jumps = [*table.next_tables, *([table.miss.goto] if table.miss.goto else [])]
         for name in jumps:
             target = BY_NAME[name]

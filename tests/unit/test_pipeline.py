@@ -145,9 +145,41 @@ def test_the_declaration_is_no_looser_than_the_flows_need() -> None:
         if fm.write_metadata is not None:
             metadata[table.name] |= fm.write_metadata[1]
     for table in TABLES:
+        if table.name in _NOT_YET_BUILT:
+            continue
         for attr in ("matches", "cookies", "outputs", "next_tables", "sets", "registers"):
-            assert used[table.name][attr] == set(getattr(table, attr)), (table.name, attr)
-        assert metadata[table.name] == table.metadata, table.name
+            declared = set(getattr(table, attr)) - _NOT_YET_BUILT_PARTS.get(
+                (table.name, attr), set()
+            )
+            assert used[table.name][attr] == declared, (table.name, attr)
+        if (table.name, "metadata") not in _NOT_YET_BUILT_PARTS:
+            assert metadata[table.name] == table.metadata, table.name
+
+
+# Issue 12 (docs/routing.md) declared its tables before their flows exist: what is
+# listed here is exempt until the flows that use it are built.  Remove entries as they are.
+_NOT_YET_BUILT = {"ext_in", "ext_unnat", "snat", "ext_out"}
+_NOT_YET_BUILT_PARTS: dict[tuple[str, str], set[Any]] = {
+    ("classify", "cookies"): {Purpose.EXTERNAL},
+    ("classify", "next_tables"): {"ext_in", "l3_route"},
+    ("port_security", "cookies"): {Purpose.DHCP},
+    ("port_security", "matches"): {"ipv4_src", "ip_proto", "udp_src", "udp_dst"},
+    ("port_security", "outputs"): {Out.CONTROLLER},
+    ("arp_nd", "cookies"): {Purpose.ROUTER_PORT},
+    ("arp_nd", "matches"): {"eth_dst"},
+    ("arp_nd", "next_tables"): {"l3_route"},
+    ("l3_route", "cookies"): {Purpose.ROUTE, Purpose.ROUTE_DEFAULT, Purpose.ROUTE_TTL},
+    ("l3_route", "matches"): {"metadata", "eth_type", "eth_dst", "ipv4_src", "ipv4_dst", "nw_ttl"},
+    ("l3_route", "next_tables"): {"l3_neighbor", "snat"},
+    ("l3_route", "sets"): {"eth_src", "tunnel_id", "tun_ipv4_dst"},
+    ("l3_route", "outputs"): {Out.TUNNEL, Out.CONTROLLER},
+    ("l3_route", "metadata"): set(),
+    ("l3_neighbor", "cookies"): {Purpose.NEIGHBOR, Purpose.INSTANCE},
+    ("l3_neighbor", "matches"): {"metadata", "eth_type", "ipv4_dst"},
+    ("l3_neighbor", "next_tables"): {"l2_forward"},
+    ("l3_neighbor", "sets"): {"eth_dst"},
+    ("l3_neighbor", "outputs"): {Out.CONTROLLER},
+}
 
 
 @pytest.mark.parametrize("role", ROLES)
@@ -164,6 +196,12 @@ def test_a_miss_reads_as_what_it_does() -> None:
         "drop",
         "drop",
         "goto l2_forward",
+        "drop",  # ext_in
+        "drop",  # ext_unnat
+        "drop",  # l3_route
+        "drop",  # l3_neighbor
+        "drop",  # snat
+        "output to the agent",  # ext_out
         "drop",
         "output to in_port",
         "drop",
