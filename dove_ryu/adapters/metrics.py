@@ -26,6 +26,8 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from dove_ryu.agent.stats import PACKET_IN_REASONS, StatsView
+from dove_ryu.openflow.cookies import Purpose
+from dove_ryu.openflow.pipeline import tables_of
 
 if TYPE_CHECKING:
     from dove_ryu.agent import AgentCore
@@ -35,36 +37,114 @@ if TYPE_CHECKING:
 CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
 
 
-class TableFlows:
-    """The switch's count of our flows per table, asked at most every ``max_age`` s.
+@dataclass(frozen=True)
+class Counted:
+    """Packets our flows of one purpose handled in one table of the datapath: traffic
+    that never reaches the agent (routed, NATed, dropped), counted by the switch and
+    shown as ``metric`` with ``labels``.  Entries with the same metric and labels add up."""
 
-    When `due`, the shell sends one aggregate-stats request per table and calls
+    metric: str
+    labels: tuple[tuple[str, str], ...]
+    table: str
+    purpose: Purpose
+
+
+DATAPATH_COUNTS: tuple[Counted, ...] = (
+    Counted("dove_routed_packets_total", (("to", "subnet"),), "l3_route", Purpose.ROUTE),
+    Counted("dove_routed_packets_total", (("to", "gateway"),), "l3_route", Purpose.ROUTE_DEFAULT),
+    Counted("dove_routed_packets_total", (("to", "inside"),), "ext_unnat", Purpose.ROUTE),
+    Counted(
+        "dove_nat_packets_total", (("direction", "out"), ("kind", "snat")), "snat", Purpose.SNAT
+    ),
+    Counted(
+        "dove_nat_packets_total",
+        (("direction", "out"), ("kind", "floating_ip")),
+        "snat",
+        Purpose.FLOATING_IP,
+    ),
+    Counted(
+        "dove_nat_packets_total", (("direction", "in"), ("kind", "snat")), "ext_in", Purpose.SNAT
+    ),
+    Counted(
+        "dove_nat_packets_total",
+        (("direction", "in"), ("kind", "floating_ip")),
+        "ext_in",
+        Purpose.FLOATING_IP,
+    ),
+    Counted("dove_dhcp_packets_total", (), "port_security", Purpose.DHCP),
+    Counted(
+        "dove_datapath_drops_total", (("reason", "spoofed"),), "port_security", Purpose.DROP_SPOOF
+    ),
+    Counted(
+        "dove_datapath_drops_total", (("reason", "not_member"),), "classify", Purpose.DROP_NONMEMBER
+    ),
+    Counted(
+        "dove_datapath_drops_total",
+        (("reason", "unclassified"),),
+        "classify",
+        Purpose.DROP_UNCLASSIFIED,
+    ),
+    Counted("dove_datapath_drops_total", (("reason", "no_route"),), "l3_route", Purpose.DROP_MISS),
+    Counted(
+        "dove_datapath_drops_total", (("reason", "external"),), "ext_in", Purpose.DROP_EXTERNAL
+    ),
+    Counted(
+        "dove_datapath_drops_total", (("reason", "external"),), "ext_unnat", Purpose.DROP_EXTERNAL
+    ),
+)
+_DATAPATH_HELP = {
+    "dove_routed_packets_total": "IPv4 packets routed in the datapath, by where to: another "
+    "subnet of the router, the active gateway, or (a gateway) into a subnet from outside.",
+    "dove_nat_packets_total": "Packets through the gateway's conntrack NAT, by direction and kind.",
+    "dove_dhcp_packets_total": "VMs' DHCP requests taken to the agent (not flooded).",
+    "dove_datapath_drops_total": "Packets our flows dropped in the datapath, by reason.",
+}
+
+
+def counted_for(role: str) -> tuple[Counted, ...]:
+    """The datapath counts an agent of ``role`` has (its pipeline has their tables)."""
+    names = {t.name for t in tables_of(role)}
+    return tuple(c for c in DATAPATH_COUNTS if c.table in names)
+
+
+Question = str | Counted  # a table's flow count, or one datapath count
+
+
+class TableFlows:
+    """What the switch counts for us, asked at most every ``max_age`` s: our flows per
+    table, and the packets of `DATAPATH_COUNTS`.
+
+    When `due`, the shell sends one aggregate-stats request per question and calls
     `asked` with their transaction ids; each reply goes to `answered`."""
 
     def __init__(self, max_age: float) -> None:
         self.max_age = max_age
         self.asked_at: float | None = None
-        self.waiting: dict[int, str] = {}  # xid -> table name
-        self.counts: dict[str, int] = {}
+        self.waiting: dict[int, Question] = {}  # xid -> what it asked
+        self.counts: dict[str, int] = {}  # table name -> our flows there
+        self.packets: dict[Counted, int] = {}
 
     def due(self, now: float) -> bool:
         return self.asked_at is None or now - self.asked_at >= self.max_age
 
-    def asked(self, now: float, xids: Mapping[int, str]) -> None:
+    def asked(self, now: float, xids: Mapping[int, Question]) -> None:
         self.asked_at = now
         self.waiting = dict(xids)  # a reply that never came is not waited for again
 
-    def answered(self, xid: int, flow_count: int) -> bool:
+    def answered(self, xid: int, flow_count: int, packet_count: int = 0) -> bool:
         """Take one reply; True when it was the last one awaited."""
-        table = self.waiting.pop(xid, None)
-        if table is None:
+        question = self.waiting.pop(xid, None)
+        if question is None:
             return False
-        self.counts[table] = flow_count
+        if isinstance(question, Counted):
+            self.packets[question] = packet_count
+        else:
+            self.counts[question] = flow_count
         return not self.waiting
 
     def forget(self) -> None:
         """The switch went away: its counts say nothing any more."""
-        self.asked_at, self.waiting, self.counts = None, {}, {}
+        self.asked_at, self.waiting, self.counts, self.packets = None, {}, {}, {}
 
 
 @dataclass(frozen=True)
@@ -73,13 +153,20 @@ class Snapshot(StatsView):
 
     table_flows: Mapping[str, int] = field(default_factory=dict)  # in pipeline order;
     # empty until the switch answers
+    datapath_packets: Mapping[Counted, int] = field(default_factory=dict)  # likewise
 
 
-def snapshot(core: AgentCore, table_flows: Mapping[str, int]) -> Snapshot:
+def snapshot(
+    core: AgentCore,
+    table_flows: Mapping[str, int],
+    datapath_packets: Mapping[Counted, int] | None = None,
+) -> Snapshot:
     """Copy the core's numbers (call under the lock that guards the core)."""
     view = core.stats_view()
     return Snapshot(
-        **{f.name: getattr(view, f.name) for f in fields(view)}, table_flows=dict(table_flows)
+        **{f.name: getattr(view, f.name) for f in fields(view)},
+        table_flows=dict(table_flows),
+        datapath_packets=dict(datapath_packets or {}),
     )
 
 
@@ -241,3 +328,21 @@ def families(snap: Snapshot) -> Iterator[Metric]:
     for table, n in snap.table_flows.items():
         flows.add_metric([table], n)
     yield flows
+    yield from _datapath_families(snap)
+
+
+def _datapath_families(snap: Snapshot) -> Iterator[Metric]:
+    """The datapath counts of the agent's role: every series from the start (zero until
+    the switch answers), so that rate() sees the first packets."""
+    sums: dict[str, dict[tuple[tuple[str, str], ...], int]] = {}
+    for counted in counted_for(snap.role):
+        series = sums.setdefault(counted.metric, {})
+        series[counted.labels] = series.get(counted.labels, 0) + snap.datapath_packets.get(
+            counted, 0
+        )
+    for metric, series in sums.items():
+        label_names = [name for name, _ in next(iter(series))]
+        family = CounterMetricFamily(metric, _DATAPATH_HELP[metric], labels=label_names)
+        for labels, n in series.items():
+            family.add_metric([value for _, value in labels], n)
+        yield family

@@ -48,7 +48,7 @@ from dove_ryu.openflow.ofmsg import (
     PacketOut,
     order_messages,
 )
-from dove_ryu.openflow.pipeline import TABLES
+from dove_ryu.openflow.pipeline import BY_NAME, tables_of
 
 LOG = logging.getLogger("dove_ryu.adapters.shell")
 
@@ -373,29 +373,37 @@ class DoveApp(app_manager.OSKenApp):  # type: ignore[misc]
         if asked:
             self.table_flows_fresh.wait(TABLE_FLOWS_WAIT)
         with self.lock:
-            return metrics.snapshot(self.core, self.table_flows.counts)
+            return metrics.snapshot(self.core, self.table_flows.counts, self.table_flows.packets)
 
     def _ask_table_flows(self, now: float) -> bool:
-        """Ask the switch how many of our flows each table holds (call with the lock)."""
+        """Ask the switch how many of our flows each table of the role holds, and how many
+        packets the flows of each datapath count handled (call with the lock)."""
         dp = self.dp
         if dp is None or not self.table_flows.due(now):
             return False
         ofp, parser = dp.ofproto, dp.ofproto_parser
-        ours = cookies.OURS << cookies.OURS_SHIFT
-        xids = {}
-        for table in TABLES:
+        questions: list[tuple[metrics.Question, int, int, int]] = [
+            (t.name, t.table_id, cookies.OURS << cookies.OURS_SHIFT, cookies.MASK_OURS)
+            for t in tables_of(self.core.role)
+        ]
+        for counted in metrics.counted_for(self.core.role):
+            purpose = cookies.Cookie(counted.purpose).value
+            mask = cookies.MASK_OURS | cookies.MASK_PURPOSE
+            questions.append((counted, BY_NAME[counted.table].table_id, purpose, mask))
+        xids: dict[int, metrics.Question] = {}
+        for question, table_id, cookie, mask in questions:
             request = parser.OFPAggregateStatsRequest(
                 dp,
                 flags=0,
-                table_id=table.table_id,
+                table_id=table_id,
                 out_port=ofp.OFPP_ANY,
                 out_group=ofp.OFPG_ANY,
-                cookie=ours,
-                cookie_mask=cookies.MASK_OURS,
+                cookie=cookie,
+                cookie_mask=mask,
                 match=parser.OFPMatch(),
             )
             dp.send_msg(request)  # sets request.xid
-            xids[request.xid] = table.name
+            xids[request.xid] = question
         self.table_flows_fresh.clear()
         self.table_flows.asked(now, xids)
         return True
@@ -406,6 +414,6 @@ class DoveApp(app_manager.OSKenApp):  # type: ignore[misc]
         if msg.datapath is not self.dp:
             return
         with self.lock:
-            last = self.table_flows.answered(msg.xid, msg.body.flow_count)
+            last = self.table_flows.answered(msg.xid, msg.body.flow_count, msg.body.packet_count)
         if last:
             self.table_flows_fresh.set()

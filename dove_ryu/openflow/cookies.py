@@ -103,5 +103,6 @@ def mac_tag(mac: str) -> int:
 
 # Masks to select flows by cookie in a delete.
 MASK_OURS = OURS_MASK
+MASK_PURPOSE = 0xFF << PURPOSE_SHIFT  # with MASK_OURS: every flow of one purpose
 MASK_PURPOSE_INSTANCE = OURS_MASK | (0xFF << PURPOSE_SHIFT) | (0xFFFFFF << INSTANCE_SHIFT)
 MASK_EXACT = 0xFFFFFFFFFFFFFFFF

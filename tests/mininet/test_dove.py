@@ -19,7 +19,6 @@ import random
 import subprocess
 import sys
 import time
-from collections.abc import Iterable
 from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any
@@ -34,6 +33,7 @@ from mininet_topos.traffic import iperf3  # noqa: E402
 from tests.tools import netsend, ovs  # noqa: E402
 from tests.tools.capture import Capture, settle  # noqa: E402
 from tests.tools.forge import ping_through_forged_vxlan  # noqa: E402
+from tests.tools.nodes import send_frames  # noqa: E402
 
 NETSEND = str(Path(netsend.__file__).resolve())
 PYTHON = sys.executable
@@ -96,14 +96,6 @@ def rss_kb(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     raise AssertionError(f"no VmRSS for pid {pid}")
-
-
-def send_frames(vm: VmRecord, frames: Iterable[bytes], interval: float = 0.01) -> None:
-    args = [PYTHON, NETSEND, "frames", "--iface", vm.host.intf().name, "--interval", str(interval)]
-    for frame in frames:
-        args += ["--hex", frame.hex()]
-    out, err, rc = vm.host.pexec(args)
-    assert rc == 0, f"netsend frames in {vm.name}: {out}{err}"
 
 
 def pairs(vms: list[VmRecord]) -> list[tuple[VmRecord, VmRecord]]:

@@ -25,6 +25,7 @@ from mininet_topos.agents import METRICS_PORT, admin  # noqa: E402
 from mininet_topos.dove_topo import PROBE, VmRecord  # noqa: E402
 from mininet_topos.hypervisor import Hypervisor, wait_until  # noqa: E402
 from tests.tools import netsend, ovs, promtext  # noqa: E402
+from tests.tools.nodes import send_frames  # noqa: E402
 
 PYTHON = sys.executable
 NETSEND = str(Path(netsend.__file__).resolve())
@@ -230,3 +231,20 @@ def test_bad_requests_and_stuck_clients_harm_neither_agent_nor_endpoint(dove: An
         stuck.wait()
     agents_alive(dove)
     assert scrape(hv).value("dove_switch_connected") == 1
+
+
+def test_frames_dropped_in_the_datapath_show_by_reason(dove: Any) -> None:
+    """A drop that never reaches the agent (a VM sending from a MAC not its own) is
+    counted by the switch and shows as dove_datapath_drops_total{reason="spoofed"}."""
+    a, b = dove.net.tenant_vms(1)
+    hv = a.hypervisor
+
+    def spoofed() -> float:
+        return scrape(hv).value("dove_datapath_drops_total", reason="spoofed")
+
+    before = spoofed()
+    spoof = netsend.random_unicast_mac(random.Random(12))
+    send_frames(a, [netsend.udp_frame(spoof, b.mac, a.ip, b.ip, 9003)] * 6)
+    # The agent asks the switch every few seconds.
+    wait_until(lambda: spoofed() >= before + 6, 15.0, "the spoofed frames counted", 0.5)
+    assert scrape(hv).value("dove_routed_packets_total", to="subnet") == 0  # nothing routed

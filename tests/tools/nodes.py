@@ -28,3 +28,16 @@ def received(ping_output: str) -> int:
         if "packets transmitted" in line:
             return int(line.split(",")[1].split()[0])
     raise AssertionError(f"no ping summary in:\n{ping_output}")
+
+
+NETSEND = str(Path(__file__).resolve().parent / "netsend.py")
+
+
+def send_frames(vm: Any, frames: Any, interval: float = 0.01) -> None:
+    """Write raw Ethernet ``frames`` (bytes) out of ``vm``'s interface, ``interval`` apart."""
+    args = [sys.executable, NETSEND, "frames", "--iface", vm.host.intf().name]
+    args += ["--interval", str(interval)]
+    for frame in frames:
+        args += ["--hex", frame.hex()]
+    out, err, rc = vm.host.pexec(args)
+    assert rc == 0, f"netsend frames in {vm.name}: {out}{err}"

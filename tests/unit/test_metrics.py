@@ -31,6 +31,7 @@ from dove_ryu.agent.stats import (
 from dove_ryu.config import ConfigError, from_mapping
 from dove_ryu.openflow.cookies import Cookie, Purpose
 from dove_ryu.openflow.flows import TAG_ARP_MISS, TAG_FLOOD, TAG_L2_MISS
+from dove_ryu.openflow.pipeline import BY_NAME
 from dove_ryu.protocol.messages import Announce
 from tests.tools import promtext
 from tests.unit.test_core import (
@@ -387,3 +388,46 @@ def test_a_taken_port_is_an_os_error_for_the_shell_to_report() -> None:
         port = int(base.rsplit(":", 1)[1])
         with pytest.raises(OSError):
             MetricsServer("127.0.0.1", port, metrics.registry(_snapshot))
+
+
+# ------------------------------------------------------- datapath counts (issue 12)
+
+
+def test_each_datapath_count_is_a_purpose_its_table_holds() -> None:
+    for counted in metrics.DATAPATH_COUNTS:
+        table = BY_NAME[counted.table]
+        assert counted.purpose in table.cookies, counted
+        assert counted.metric in metrics._DATAPATH_HELP, counted
+
+
+def test_datapath_counts_are_filled_by_replies_and_summed_by_labels() -> None:
+    routed = metrics.counted_for("host")
+    subnet = next(c for c in routed if c.purpose is Purpose.ROUTE)
+    spoofed = next(c for c in routed if c.purpose is Purpose.DROP_SPOOF)
+    cache = TableFlows(max_age=5.0)
+    cache.asked(0.0, {1: "l3_route", 2: subnet, 3: spoofed})
+    assert cache.answered(2, flow_count=4, packet_count=40) is False
+    assert cache.answered(3, flow_count=2, packet_count=7) is False
+    assert cache.answered(1, flow_count=4) is True
+    assert cache.counts == {"l3_route": 4} and cache.packets == {subnet: 40, spoofed: 7}
+    scrape = promtext.parse(render(_snapshot(datapath_packets=cache.packets)))
+    assert scrape.value("dove_routed_packets_total", to="subnet") == 40
+    assert scrape.value("dove_routed_packets_total", to="gateway") == 0  # there from the start
+    assert scrape.value("dove_datapath_drops_total", reason="spoofed") == 7
+    assert scrape.value("dove_dhcp_packets_total") == 0
+    # A host has no NAT tables: no NAT family, and no gateway-only series.
+    assert "dove_nat_packets_total" not in scrape.families
+    assert frozenset({("to", "inside")}) not in scrape.samples("dove_routed_packets_total")
+    cache.forget()
+    assert cache.packets == {}
+
+
+def test_a_gateway_counts_nat_both_ways_and_external_drops_as_one_series() -> None:
+    ext = [c for c in metrics.counted_for("gateway") if c.labels == (("reason", "external"),)]
+    assert len(ext) == 2  # ext_in and ext_unnat drop for the same reason
+    snap = _snapshot(role="gateway", datapath_packets={ext[0]: 3, ext[1]: 4})
+    scrape = promtext.parse(render(snap))
+    assert scrape.value("dove_datapath_drops_total", reason="external") == 7
+    assert scrape.value("dove_nat_packets_total", direction="in", kind="floating_ip") == 0
+    assert scrape.value("dove_routed_packets_total", to="inside") == 0
+    assert "dove_dhcp_packets_total" not in scrape.families  # no VM ports
