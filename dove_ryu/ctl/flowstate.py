@@ -208,6 +208,16 @@ PURPOSE_MEANING: dict[Purpose, str] = {
     Purpose.EGRESS_MISS: "overlay packet for no local endpoint: to the agent, the sender un-learns",
     Purpose.DROP_MISS: "the default of a table",
     Purpose.WAN_OVERSIZE: "proxy: a frame too big for the inter-site path, to the agent",
+    Purpose.ROUTER_PORT: "a subnet's router port: ARP for its gateway answered, IPv4 to it routed",
+    Purpose.ROUTE: "routed into a subnet of the router (TTL, MACs)",
+    Purpose.ROUTE_DEFAULT: "off the router's subnets: through the tunnel to the active gateway",
+    Purpose.ROUTE_TTL: "a routed packet whose TTL would expire: to the agent, dropped",
+    Purpose.NEIGHBOR: "a routed packet's destination address -> its MAC",
+    Purpose.DHCP: "a VM's DHCP request: to the agent, which answers it",
+    Purpose.SNAT: "gateway: source NAT to the router's external address (conntrack)",
+    Purpose.FLOATING_IP: "gateway: a floating IP, NATed both ways (conntrack)",
+    Purpose.EXTERNAL: "gateway: the external network's side",
+    Purpose.DROP_EXTERNAL: "gateway: from outside, for no floating IP or connection",
 }
 
 INSTANCE_TAGS = {

@@ -565,3 +565,9 @@ def test_the_ovs_tools_get_the_environment_of_the_host_they_read() -> None:
     ctl_common.snapshot(Peer.parse(peer("s2hv1", "10.99.0.1")).node("br-dove"), run, Hosts({}).ask)
     assert seen and all(e is not None and e["OVS_RUNDIR"] == "/run/dove/s2hv1" for e in seen)
     assert all(e is not None and e.get("PATH") == os.environ.get("PATH") for e in seen)
+
+
+def test_every_cookie_purpose_has_a_meaning() -> None:
+    from dove_ryu.ctl.flowstate import PURPOSE_MEANING
+
+    assert set(PURPOSE_MEANING) == set(Purpose)
