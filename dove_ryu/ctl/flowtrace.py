@@ -27,7 +27,7 @@ from dove_ryu.ctl.flowdump import (
     table_name,
     written,
 )
-from dove_ryu.ctl.flowstate import AgentView, Origin, metadata_text, origin_of
+from dove_ryu.ctl.flowstate import PURPOSE_MEANING, AgentView, Origin, metadata_text, origin_of
 from dove_ryu.openflow.cookies import Purpose, decode
 from dove_ryu.openflow.flows import TAG_ARP_MISS, TAG_FLOOD, TAG_L2_MISS
 
@@ -480,7 +480,14 @@ class _Walker:
                 "frame too big for the inter-site path: to the agent, which sends it in "
                 "DOVE-layer fragments (or answers ICMP fragmentation-needed, wan_oversize=icmp)"
             )
+        routed = _routing_says(p, decoded.tag, instance, name, packet, actions)
+        if routed is not None:
+            return routed
         if p is Purpose.DROP_MISS:
+            if name == "l3_route":
+                return "IPv4 to a gateway MAC that matches no route of its router: dropped"
+            if name == "l3_neighbor":
+                return "routed into an instance this host resolves nothing in: dropped"
             if name == "flood":
                 return "no flood group for this instance: dropped"
             return "no instance took the packet (not a served VM port, not the overlay): dropped"
@@ -527,6 +534,79 @@ class _Walker:
                 f"holds the packet and asks the instance's members ({members}) with a LEARN"
             )
         return f"instance {instance} tag {tag}"
+
+
+_NAT = re.compile(r"nat\((src|dst)=([^)]+)\)")
+_ZONE = re.compile(r"zone=(\d+)")
+
+
+def _conntrack(actions: Sequence[Field]) -> str:
+    """What a ct action does, in words: the zone (the router) and the NAT."""
+    ct = first(actions, "ct")
+    if ct is None:
+        return ""
+    zone = _ZONE.search(ct.text)
+    nat = _NAT.search(ct.text)
+    where = f"conntrack zone {zone.group(1)} (router {zone.group(1)})" if zone else "conntrack"
+    if nat:
+        side = "source" if nat.group(1) == "src" else "destination"
+        return f"{where}, {side} NATed to {nat.group(2)}"
+    if "nat" in ct.text:
+        return f"{where}, un-NATed if it belongs to a connection"
+    return where
+
+
+def _routing_says(
+    p: Purpose, tag: int, instance: int, table: str, packet: Packet, actions: Sequence[Field]
+) -> str | None:
+    """What a flow of routing, the gateway or DHCP (docs/routing.md) does to this packet;
+    None for the other purposes.  The tag of their cookies is the router's id."""
+    dst = packet.text("nw_dst")
+    if p is Purpose.ROUTER_PORT:
+        if packet.get("arp_tpa") is not None:
+            gw = written(actions, "eth_src") or written(actions, "arp_sha")
+            return (
+                f"ARP request for {packet.text('arp_tpa')}, router {tag}'s gateway address in "
+                f"instance {instance}: answered on the host, it is at {gw}"
+            )
+        return f"IPv4 to router {tag}'s gateway MAC in instance {instance}: routed (l3_route)"
+    if p is Purpose.ROUTE and table == "ext_unnat":
+        return f"from outside, for {dst} after NAT: routed into router {tag}'s instance {instance}"
+    if p is Purpose.ROUTE:
+        return (
+            f"{dst} is in router {tag}'s subnet of instance {instance}: routed on this host "
+            f"(TTL - 1, from {written(actions, 'eth_src')}) into instance {instance}"
+        )
+    if p is Purpose.ROUTE_DEFAULT:
+        return (
+            f"{dst} is off router {tag}'s subnets: through the tunnel to the active gateway "
+            f"{written(actions, 'tun_dst')}"
+        )
+    if p is Purpose.ROUTE_TTL:
+        return (
+            f"TTL {packet.text('nw_ttl')} would expire on router {tag}: to the agent, which "
+            "drops it, counts ttl_expired and answers ICMP time exceeded"
+        )
+    if p is Purpose.NEIGHBOR:
+        return f"{dst} in instance {instance} is at {written(actions, 'eth_dst')}"
+    if p is Purpose.DHCP:
+        return "a DHCP request from the VM: to the agent, which answers it from the port's marks"
+    if p in (Purpose.SNAT, Purpose.FLOATING_IP):
+        nat = _conntrack(actions) or "conntrack"
+        what = "floating IP" if p is Purpose.FLOATING_IP else "router's external address"
+        side = "into the overlay" if table in ("ext_in", "ext_unnat") else "out of the overlay"
+        return f"{what}, {side}: {nat}"
+    if p is Purpose.EXTERNAL:
+        if packet.get("arp_tpa") is not None and table == "ext_in":
+            return f"ARP request for {packet.text('arp_tpa')}, an external address: answered"
+        if table == "ext_out":
+            return f"out of the external port to the next hop {written(actions, 'eth_dst')}"
+        if table == "classify":
+            return "from the external network"
+        return PURPOSE_MEANING[p]
+    if p is Purpose.DROP_EXTERNAL:
+        return f"from outside to {dst}: no floating IP and no connection it belongs to: dropped"
+    return None
 
 
 def _tunnel_source(notes: Sequence[str]) -> str | None:
