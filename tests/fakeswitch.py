@@ -402,8 +402,11 @@ _MATCH_ORDER = (
     ("arp_op", "arp_op"),
     ("arp_sha", "arp_sha"),
     ("arp_tha", "arp_tha"),
+    ("udp_src", "tp_src"),
+    ("udp_dst", "tp_dst"),
 )
 _SHORTHAND = {ETH_TYPE_ARP: "arp", 0x0800: "ip"}
+_IP_SHORTHAND = {17: "udp"}  # ip_proto, printed in place of "ip"
 # Field names in set_field and move, as OVS prints them.
 _SET_NAMES = {"tunnel_id": "tun_id", "tun_ipv4_dst": "tun_dst", "tun_ipv4_src": "tun_src"}
 _NXM_NAMES = {
@@ -432,9 +435,11 @@ def _value(name: str, value: int | str) -> str:
 def _match_text(match: Mapping[str, Any]) -> list[str]:
     parts = []
     eth_type = match.get("eth_type")
-    if eth_type is not None:
+    if eth_type == 0x0800 and match.get("ip_proto") in _IP_SHORTHAND:
+        parts.append(_IP_SHORTHAND[match["ip_proto"]])
+    elif eth_type is not None:
         parts.append(_SHORTHAND.get(eth_type, f"dl_type={eth_type:#06x}"))
-    unknown = set(match) - {name for name, _ in _MATCH_ORDER} - {"eth_type"}
+    unknown = set(match) - {name for name, _ in _MATCH_ORDER} - {"eth_type", "ip_proto"}
     if unknown:
         raise ValueError(f"no ovs-ofctl spelling for match fields {sorted(unknown)}")
     for name, printed in _MATCH_ORDER:

@@ -208,6 +208,7 @@ PURPOSE_MEANING: dict[Purpose, str] = {
     Purpose.EGRESS_MISS: "overlay packet for no local endpoint: to the agent, the sender un-learns",
     Purpose.DROP_MISS: "the default of a table",
     Purpose.WAN_OVERSIZE: "proxy: a frame too big for the inter-site path, to the agent",
+    Purpose.DHCP: "a local VM's DHCP requests, to the agent, which answers them",
 }
 
 INSTANCE_TAGS = {
@@ -300,6 +301,7 @@ _TAGGED = frozenset(
         Purpose.ARP_LEARNED,
         Purpose.MEMBER,
         Purpose.DROP_SPOOF,
+        Purpose.DHCP,
     )
 )
 
@@ -322,7 +324,7 @@ def _origin(
     def with_(**kw: Any) -> Origin:
         return replace(base, **kw)
 
-    if p in (Purpose.LOCAL_PORT, Purpose.LOCAL_ENDPOINT, Purpose.ARP_LOCAL) or (
+    if p in (Purpose.LOCAL_PORT, Purpose.LOCAL_ENDPOINT, Purpose.ARP_LOCAL, Purpose.DHCP) or (
         p is Purpose.DROP_SPOOF and instance
     ):
         ep = view.local_port(instance, tag)
@@ -336,6 +338,7 @@ def _origin(
             Purpose.LOCAL_ENDPOINT: f"delivery to {port}",
             Purpose.ARP_LOCAL: f"ARP answered for {port}",
             Purpose.DROP_SPOOF: f"anti-spoofing of {port}",
+            Purpose.DHCP: f"DHCP answered for {port}",
         }[p]
         return with_(
             what=f"{lead}, {_ep_text(ep.mac, ep.ips)}",
