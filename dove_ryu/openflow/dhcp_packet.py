@@ -251,11 +251,12 @@ def build_reply(
     if msg_type is not MessageType.NAK and lease is None:
         raise ValueError(f"{msg_type.name} needs a lease")
     inform = request.msg_type is MessageType.INFORM
-    yiaddr = lease.address if lease is not None and not inform else ANY_IP
-    ciaddr = request.ciaddr if msg_type is not MessageType.NAK else ANY_IP
+    nak = msg_type is MessageType.NAK
+    yiaddr = lease.address if lease is not None and not (inform or nak) else ANY_IP
+    ciaddr = ANY_IP if nak else request.ciaddr
     options = _option(Option.MESSAGE_TYPE, bytes((msg_type,)))
     options += _option(Option.SERVER_ID, server_id.packed)
-    if lease is not None and msg_type is not MessageType.NAK:
+    if lease is not None and not nak:
         options += _lease_options(lease, with_times=not inform)
     options += bytes((Option.END,))
     bootp = _BOOTP.pack(
@@ -277,7 +278,7 @@ def build_reply(
     )
     bootp += options
     bootp += bytes(max(0, _MIN_BOOTP - len(bootp)))
-    if msg_type is MessageType.NAK or (request.ciaddr == ANY_IP and request.wants_broadcast):
+    if nak or (request.ciaddr == ANY_IP and request.wants_broadcast):
         eth_dst, ip_dst = BROADCAST_MAC, BROADCAST_IP
     elif request.ciaddr != ANY_IP:
         eth_dst, ip_dst = request.chaddr, request.ciaddr
