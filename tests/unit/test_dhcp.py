@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from dove_ryu.adapters import metrics
 from dove_ryu.adapters.ovsdb import EXT_INSTANCE, EXT_IPS, EXT_MAC, parse_vm_port
 from dove_ryu.agent.dhcp import SERVER_ID, SERVER_MAC
 from dove_ryu.config import ConfigError, from_mapping
@@ -215,3 +216,17 @@ def test_bad_dhcp_settings_are_refused_by_name(name: str, text: str) -> None:
 def test_dhcp_settings_default() -> None:
     cfg = from_mapping({"underlay_ip": "10.99.0.1", "auth_key": KEY_HEX})
     assert (cfg.dhcp.dhcp_dns, cfg.dhcp.dhcp_mtu, cfg.dhcp.dhcp_lease_time) == ((), 1450, 86400)
+
+
+def test_the_dhcp_counters_show_in_prometheus() -> None:
+    n = net()
+    n.send(1, 1, dhcp(build_client(MAC_A, MessageType.DISCOVER)))
+    n.send(1, 1, dhcp(build_client(MAC_A, MessageType.REQUEST, requested_ip=A)))
+    n.send(1, 1, dhcp(build_client(MAC_A, MessageType.DISCOVER)[:100]))
+
+    text = metrics.render(metrics.snapshot(n.hosts[1].core, {}))
+
+    assert 'dove_events_total{event="dhcp_offers"} 1.0' in text
+    assert 'dove_events_total{event="dhcp_acks"} 1.0' in text
+    assert 'dove_drops_total{reason="dhcp_malformed"} 1.0' in text
+    assert 'dove_packet_ins_total{reason="dhcp"} 3.0' in text
