@@ -106,12 +106,23 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True)
+class DhcpConfig:
+    """DHCP answered on the host (docs/routing.md): what a VM port with an address is
+    told besides its address, prefix and router."""
+
+    dhcp_dns: tuple[IPv4Address, ...] = _setting((), "DNS servers told to VMs by DHCP")
+    dhcp_mtu: int = _setting(1450, "interface MTU told to VMs by DHCP (the overlay's)")
+    dhcp_lease_time: int = _setting(86400, "DHCP lease time (s) told to VMs")
+
+
+@dataclass(frozen=True)
 class DoveConfig:
     host: HostConfig
     role: str = "host"
     learning: LearningConfig = field(default_factory=LearningConfig)
     proxy: ProxyConfig = field(default_factory=ProxyConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    dhcp: DhcpConfig = field(default_factory=DhcpConfig)
 
     @property
     def name(self) -> str:
@@ -129,6 +140,7 @@ SECTIONS: dict[str, type] = {
     "learning": LearningConfig,
     "proxy": ProxyConfig,
     "metrics": MetricsConfig,
+    "dhcp": DhcpConfig,
 }
 
 
@@ -157,7 +169,8 @@ def _settings() -> tuple[Setting, ...]:
     return tuple(found)
 
 
-# In the order settings are checked: host, learning, role, then what a proxy adds, metrics.
+# In the order settings are checked: host, learning, role, then what a proxy adds, metrics,
+# DHCP.
 SETTINGS = _settings()
 BY_NAME = {s.name: s for s in SETTINGS}
 
@@ -186,8 +199,12 @@ _MAXIMUM: dict[str, float] = {
     "proxy_priority": 255,
     "proxy_hello_interval": 60,
     "wan_mtu": 9000,
+    "dhcp_mtu": 9000,
+    "dhcp_lease_time": 0xFFFFFFFE,  # 32 bits, and all ones means "infinite" (RFC 2132)
 }
-_MINIMUM: dict[str, float] = {"wan_mtu": 576}
+# An interface MTU below 68 is refused by RFC 2132 9.1; a lease shorter than a minute
+# would have VMs renew all the time.
+_MINIMUM: dict[str, float] = {"wan_mtu": 576, "dhcp_mtu": 68, "dhcp_lease_time": 60}
 
 
 def _positive(setting: str, text: str, kind: type) -> int | float:
@@ -250,7 +267,7 @@ def parse(name: str, text: str) -> object:
         return _ip(name, text)
     if name == "auth_key":
         return parse_key(name, text)
-    if name in ("peers", "wan_peers"):
+    if name in ("peers", "wan_peers", "dhcp_dns"):
         return tuple(_ip(name, p) for p in re.split(r"[,\s]+", text) if p)
     if name == "directory":
         return tuple(_remote(name, r) for r in re.split(r"[,\s]+", text) if r)

@@ -59,6 +59,9 @@ class VmPort:
     instance: int
     mac: str
     ips: tuple[IPv4Address, ...] = ()
+    # The prefix written with the first address in its ``dove-ips`` mark ("10.0.1.5/24"),
+    # told to the VM by DHCP when its instance is on no router; None: none written.
+    prefixlen: int | None = None
 
 
 @dataclass(frozen=True)

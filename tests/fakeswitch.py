@@ -402,8 +402,15 @@ _MATCH_ORDER = (
     ("arp_op", "arp_op"),
     ("arp_sha", "arp_sha"),
     ("arp_tha", "arp_tha"),
+    ("ipv4_src", "nw_src"),
+    ("ipv4_dst", "nw_dst"),
+    ("ip_proto", "nw_proto"),
+    ("nw_ttl", "nw_ttl"),
+    ("udp_src", "tp_src"),
+    ("udp_dst", "tp_dst"),
 )
 _SHORTHAND = {ETH_TYPE_ARP: "arp", 0x0800: "ip"}
+_IP_SHORTHAND = {1: "icmp", 6: "tcp", 17: "udp"}
 # Field names in set_field and move, as OVS prints them.
 _SET_NAMES = {"tunnel_id": "tun_id", "tun_ipv4_dst": "tun_dst", "tun_ipv4_src": "tun_src"}
 _NXM_NAMES = {
@@ -432,12 +439,17 @@ def _value(name: str, value: int | str) -> str:
 def _match_text(match: Mapping[str, Any]) -> list[str]:
     parts = []
     eth_type = match.get("eth_type")
-    if eth_type is not None:
+    proto = _IP_SHORTHAND.get(match.get("ip_proto", -1)) if eth_type == 0x0800 else None
+    if proto is not None:
+        parts.append(proto)
+    elif eth_type is not None:
         parts.append(_SHORTHAND.get(eth_type, f"dl_type={eth_type:#06x}"))
     unknown = set(match) - {name for name, _ in _MATCH_ORDER} - {"eth_type"}
     if unknown:
         raise ValueError(f"no ovs-ofctl spelling for match fields {sorted(unknown)}")
     for name, printed in _MATCH_ORDER:
+        if name == "ip_proto" and proto is not None:
+            continue
         if name not in match:
             continue
         want = match[name]

@@ -12,7 +12,7 @@ import subprocess
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from ipaddress import IPv4Address
+from ipaddress import IPv4Interface
 from typing import Any
 
 import ovs.db.idl
@@ -122,15 +122,17 @@ def parse_vm_port(name: str, ofport: int, external_ids: dict[str, str]) -> VmPor
         mac = normalize_mac(external_ids[EXT_MAC])
     except ValueError as e:
         raise ValueError(f"{EXT_MAC}: {e}") from None
+    written = [ip.strip() for ip in external_ids.get(EXT_IPS, "").split(",") if ip.strip()]
     try:
-        ips = tuple(
-            IPv4Address(ip.strip().split("/")[0])
-            for ip in external_ids.get(EXT_IPS, "").split(",")
-            if ip.strip()
-        )
+        ips = tuple(IPv4Interface(ip).ip for ip in written)
     except ValueError as e:
         raise ValueError(f"{EXT_IPS}: {e}") from None
-    return VmPort(name=name, ofport=ofport, instance=instance, mac=mac, ips=ips)
+    # The first address's prefix, if written: what DHCP tells the VM (docs/routing.md).
+    first = written[0] if written else ""
+    prefixlen = IPv4Interface(first).network.prefixlen if "/" in first else None
+    return VmPort(
+        name=name, ofport=ofport, instance=instance, mac=mac, ips=ips, prefixlen=prefixlen
+    )
 
 
 def _snapshot(idl: Any, cfg: DoveConfig) -> BridgeView:

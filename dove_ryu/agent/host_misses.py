@@ -46,6 +46,8 @@ class HostMisses:
             return CoreOutput()
         if decoded is not None and decoded.purpose is Purpose.EGRESS_MISS:
             return self._not_here(now, punted.data, punted.metadata, punted.tunnel_src)
+        if decoded is not None and decoded.purpose is Purpose.DHCP:
+            return self._dhcp(now, decoded.instance, punted)
         if decoded is None or decoded.purpose is not Purpose.INSTANCE:
             self.p.stats.drop("packet_in_unexpected", now, f"cookie {punted.cookie:#x}")
             return CoreOutput()
@@ -89,6 +91,17 @@ class HostMisses:
             known.reinstalled_at = now
             missing = [self.p.tunnel_flows.forwarding(ep)]
         return CoreOutput(ofmsgs=[*missing, *self._packet_outs([(in_port, data)])])
+
+    def _dhcp(self, now: float, instance: int, punted: PacketIn) -> CoreOutput:
+        """A VM's DHCP request: answered out of its port (`dove_ryu.agent.dhcp`)."""
+        frame = self.p.stats.parsed(now, punted.data, "dhcp_malformed")
+        if frame is None:
+            return CoreOutput()
+        port = self.p.ports.get(instance, frame.src)
+        if port is None or port.ofport != punted.in_port:
+            self.p.stats.drop("packet_in_foreign", now, f"dhcp in_port {punted.in_port}")
+            return CoreOutput()
+        return CoreOutput(ofmsgs=self.p.dhcp.packet_in(now, port, punted.data))
 
     def _resolve(
         self, now: float, source: VmPort, target: Target, in_port: int, data: bytes

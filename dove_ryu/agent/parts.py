@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address
 
 from dove_ryu.agent.channel import ControlChannel
+from dove_ryu.agent.dhcp import DhcpServer
 from dove_ryu.agent.directory import DirectoryMembers, Published
 from dove_ryu.agent.election import Election
 from dove_ryu.agent.endpoints import EndpointFlows, LearnedEndpoints
@@ -84,6 +85,7 @@ class HostParts(Common):
     tunnel_flows: TunnelFlows  # how a learned endpoint is reached: its host's tunnel
     directory: DirectoryMembers | None  # the hosts the directory shows (discovery = directory)
     published: Published | None  # the endpoints it pushes (instances in push mode)
+    dhcp: DhcpServer  # answers the DHCP requests of VM ports with an address
 
 
 @dataclass
@@ -128,8 +130,8 @@ def host_parts(cfg: DoveConfig, log: logging.Logger) -> HostParts:
     by_directory = cfg.host.discovery == "directory"
     tunnel_flows = TunnelFlows(link, cfg.learning.learn_idle_timeout)
     common = _common(cfg, log, link, (cfg.host.underlay_ip,), tunnel_flows, local=ports)
-    members = common["members"]
-    assert isinstance(members, Membership)
+    members, stats = common["members"], common["stats"]
+    assert isinstance(members, Membership) and isinstance(stats, Stats)
     return HostParts(
         **common,  # type: ignore[arg-type]
         ports=ports,
@@ -138,6 +140,7 @@ def host_parts(cfg: DoveConfig, log: logging.Logger) -> HostParts:
         tunnel_flows=tunnel_flows,
         directory=DirectoryMembers(cfg.host.underlay_ip) if by_directory else None,
         published=Published(cfg.name) if by_directory else None,
+        dhcp=DhcpServer(stats, cfg.dhcp),
     )
 
 

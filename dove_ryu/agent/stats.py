@@ -22,7 +22,7 @@ from dove_ryu.openflow.packet import BadPacket, Frame, parse
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0)
 
 # Why the pipeline sent a packet to the agent, from the cookie of the flow that did.
-PACKET_IN_REASONS = ("l2_miss", "arp_miss", "not_here", "wan_oversize", "unexpected")
+PACKET_IN_REASONS = ("l2_miss", "arp_miss", "not_here", "wan_oversize", "dhcp", "unexpected")
 
 
 def packet_in_reason(cookie: Cookie | None) -> str:
@@ -33,6 +33,8 @@ def packet_in_reason(cookie: Cookie | None) -> str:
         return "not_here"
     if cookie.purpose is Purpose.WAN_OVERSIZE:
         return "wan_oversize"
+    if cookie.purpose is Purpose.DHCP:
+        return "dhcp"
     if cookie.purpose is Purpose.INSTANCE and cookie.tag == TAG_L2_MISS:
         return "l2_miss"
     if cookie.purpose is Purpose.INSTANCE and cookie.tag == TAG_ARP_MISS:

@@ -310,6 +310,7 @@ _TAGGED = frozenset(
         Purpose.ARP_LEARNED,
         Purpose.MEMBER,
         Purpose.DROP_SPOOF,
+        Purpose.DHCP,
     )
 )
 
@@ -332,7 +333,7 @@ def _origin(
     def with_(**kw: Any) -> Origin:
         return replace(base, **kw)
 
-    if p in (Purpose.LOCAL_PORT, Purpose.LOCAL_ENDPOINT, Purpose.ARP_LOCAL) or (
+    if p in (Purpose.LOCAL_PORT, Purpose.LOCAL_ENDPOINT, Purpose.ARP_LOCAL, Purpose.DHCP) or (
         p is Purpose.DROP_SPOOF and instance
     ):
         ep = view.local_port(instance, tag)
@@ -346,6 +347,7 @@ def _origin(
             Purpose.LOCAL_ENDPOINT: f"delivery to {port}",
             Purpose.ARP_LOCAL: f"ARP answered for {port}",
             Purpose.DROP_SPOOF: f"anti-spoofing of {port}",
+            Purpose.DHCP: f"DHCP answered for {port}",
         }[p]
         return with_(
             what=f"{lead}, {_ep_text(ep.mac, ep.ips)}",

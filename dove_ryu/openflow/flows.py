@@ -10,6 +10,7 @@ from ipaddress import IPv4Address
 from dove_ryu.model import Endpoint, VmPort
 from dove_ryu.openflow import cookies
 from dove_ryu.openflow.cookies import Cookie, Purpose
+from dove_ryu.openflow.dhcp_flows import delete_dhcp_request_flows, dhcp_request_flows
 from dove_ryu.openflow.ofmsg import (
     OFPG_ALL,
     OFPP_CONTROLLER,
@@ -221,7 +222,7 @@ def local_port_flows(port: VmPort) -> list[FlowMod]:
                 goto=L2_FORWARD,
             )
         )
-    return flows
+    return flows + dhcp_request_flows(port)
 
 
 def delete_local_port(port: VmPort) -> list[FlowMod]:
@@ -230,7 +231,7 @@ def delete_local_port(port: VmPort) -> list[FlowMod]:
     return [
         delete_by_cookie(Cookie(p, port.instance, port.ofport), cookies.MASK_EXACT)
         for p in purposes
-    ]
+    ] + delete_dhcp_request_flows(port)
 
 
 def instance_flows(instance: int) -> list[FlowMod]:

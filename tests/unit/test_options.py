@@ -13,6 +13,7 @@ from dove_ryu.adapters import options
 from dove_ryu.config import (
     SETTINGS,
     ConfigError,
+    DhcpConfig,
     DoveConfig,
     HostConfig,
     LearningConfig,
@@ -71,10 +72,10 @@ def test_options_are_registered_in_group_dove_with_the_declared_defaults() -> No
     conf = parsed()
     registered = {opt.dest for opt in options.list_opts()[0][1]}
     assert registered == {s.name for s in SETTINGS}
-    assert len(SETTINGS) == 37  # the 36 settings and auth_key_file
+    assert len(SETTINGS) == 40  # the 39 settings and auth_key_file
     for setting in SETTINGS:  # an empty text default ("no site") is oslo.config's None
         assert conf.dove[setting.name] == (setting.default if setting.default != "" else None)
-    for section in (LearningConfig(), ProxyConfig(), MetricsConfig()):
+    for section in (LearningConfig(), ProxyConfig(), MetricsConfig(), DhcpConfig()):
         for name, declared in vars(section).items():
             assert conf.dove[name] == (declared if declared != "" else None), name
     assert conf.dove.control_port == HostConfig.control_port == 4799

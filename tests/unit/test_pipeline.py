@@ -162,9 +162,7 @@ _NOT_YET_BUILT = {"ext_in", "ext_unnat", "snat", "ext_out"}
 _NOT_YET_BUILT_PARTS: dict[tuple[str, str], set[Any]] = {
     ("classify", "cookies"): {Purpose.EXTERNAL},
     ("classify", "next_tables"): {"ext_in", "l3_route"},
-    ("port_security", "cookies"): {Purpose.DHCP},
-    ("port_security", "matches"): {"ipv4_src", "ip_proto", "udp_src", "udp_dst"},
-    ("port_security", "outputs"): {Out.CONTROLLER},
+    ("port_security", "matches"): {"ipv4_src"},
     ("arp_nd", "cookies"): {Purpose.ROUTER_PORT},
     ("arp_nd", "matches"): {"eth_dst"},
     ("arp_nd", "next_tables"): {"l3_route"},
