@@ -25,6 +25,7 @@ from dove_ryu.agent.membership import Membership
 from dove_ryu.agent.mobility import Mobility
 from dove_ryu.agent.ports import LocalPorts
 from dove_ryu.agent.resolver import Pending, Resolver
+from dove_ryu.agent.routers import Routers
 from dove_ryu.agent.sides import ProxyFlows, ProxyInstances, Sides
 from dove_ryu.agent.stats import Stats
 from dove_ryu.agent.tunnel import TunnelFlows
@@ -86,6 +87,7 @@ class HostParts(Common):
     directory: DirectoryMembers | None  # the hosts the directory shows (discovery = directory)
     published: Published | None  # the endpoints it pushes (instances in push mode)
     dhcp: DhcpServer  # answers the DHCP requests of VM ports with an address
+    routers: Routers  # the tenant routers declared here, and the flows that route
 
 
 @dataclass
@@ -132,15 +134,20 @@ def host_parts(cfg: DoveConfig, log: logging.Logger) -> HostParts:
     common = _common(cfg, log, link, (cfg.host.underlay_ip,), tunnel_flows, local=ports)
     members, stats = common["members"], common["stats"]
     assert isinstance(members, Membership) and isinstance(stats, Stats)
+    routers = Routers(ports, members, link)
+    tunnel_flows.neighbors = routers
     return HostParts(
         **common,  # type: ignore[arg-type]
         ports=ports,
-        instances=HostInstances(ports, members, link, cfg.learning.departure_memory),
+        instances=HostInstances(
+            ports, members, link, cfg.learning.departure_memory, acceptance=routers
+        ),
         mobility=Mobility(ttl=cfg.learning.departure_memory),
         tunnel_flows=tunnel_flows,
         directory=DirectoryMembers(cfg.host.underlay_ip) if by_directory else None,
         published=Published(cfg.name) if by_directory else None,
-        dhcp=DhcpServer(stats, cfg.dhcp),
+        dhcp=DhcpServer(stats, cfg.dhcp, subnet_of=routers.subnet_of),
+        routers=routers,
     )
 
 

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from dove_ryu.openflow.cookies import Cookie, Purpose, decode
-from dove_ryu.openflow.flows import TAG_ARP_MISS, TAG_L2_MISS
+from dove_ryu.openflow.flows import TAG_ARP_MISS, TAG_L2_MISS, TAG_ROUTE_MISS
 from dove_ryu.openflow.packet import BadPacket, Frame, parse
 
 # Seconds, 1 ms .. 2 s.  An answer at the first try takes milliseconds; one that
@@ -22,7 +22,17 @@ from dove_ryu.openflow.packet import BadPacket, Frame, parse
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0)
 
 # Why the pipeline sent a packet to the agent, from the cookie of the flow that did.
-PACKET_IN_REASONS = ("l2_miss", "arp_miss", "not_here", "wan_oversize", "dhcp", "unexpected")
+PACKET_IN_REASONS = (
+    "l2_miss",
+    "arp_miss",
+    "route_miss",
+    "ttl_expired",
+    "not_here",
+    "wan_oversize",
+    "dhcp",
+    "external",
+    "unexpected",
+)
 
 
 def packet_in_reason(cookie: Cookie | None) -> str:
@@ -35,6 +45,12 @@ def packet_in_reason(cookie: Cookie | None) -> str:
         return "wan_oversize"
     if cookie.purpose is Purpose.DHCP:
         return "dhcp"
+    if cookie.purpose is Purpose.ROUTE_TTL:
+        return "ttl_expired"
+    if cookie.purpose is Purpose.EXTERNAL:  # a gateway: ARP from outside, next hop unknown
+        return "external"
+    if cookie.purpose is Purpose.INSTANCE and cookie.tag == TAG_ROUTE_MISS:
+        return "route_miss"
     if cookie.purpose is Purpose.INSTANCE and cookie.tag == TAG_L2_MISS:
         return "l2_miss"
     if cookie.purpose is Purpose.INSTANCE and cookie.tag == TAG_ARP_MISS:

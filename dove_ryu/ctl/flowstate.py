@@ -15,7 +15,7 @@ from typing import Any
 from dove_ryu.ctl.flowdump import DumpError, Field, Flow, Group, mac_text, table_name, written
 from dove_ryu.openflow import cookies
 from dove_ryu.openflow.cookies import Purpose
-from dove_ryu.openflow.flows import TAG_ARP_MISS, TAG_FLOOD, TAG_L2_MISS
+from dove_ryu.openflow.flows import TAG_ARP_MISS, TAG_FLOOD, TAG_L2_MISS, TAG_ROUTE_MISS
 from dove_ryu.openflow.pipeline import FROM_TUNNEL, FROM_WAN, INSTANCE_MASK
 
 MAC_FIELDS = frozenset({"dl_src", "dl_dst", "eth_src", "eth_dst", "arp_sha", "arp_tha"})
@@ -224,6 +224,7 @@ INSTANCE_TAGS = {
     TAG_ARP_MISS: "ARP request for an address not known here: to the agent",
     TAG_L2_MISS: "destination not known here: to the agent, which resolves it (LEARN)",
     TAG_FLOOD: "broadcast and multicast: to the instance's flood group",
+    TAG_ROUTE_MISS: "a routed packet for an address not known here: to the agent (LEARN by IP)",
 }
 
 

@@ -29,7 +29,7 @@ from dove_ryu.ctl.flowdump import (
 )
 from dove_ryu.ctl.flowstate import PURPOSE_MEANING, AgentView, Origin, metadata_text, origin_of
 from dove_ryu.openflow.cookies import Purpose, decode
-from dove_ryu.openflow.flows import TAG_ARP_MISS, TAG_FLOOD, TAG_L2_MISS
+from dove_ryu.openflow.flows import TAG_ARP_MISS, TAG_FLOOD, TAG_L2_MISS, TAG_ROUTE_MISS
 
 _RULE = re.compile(r"^( *)(\d+)\. (.*)$")
 _BRIDGE = re.compile(r'^bridge\("(.*)"\)$')
@@ -526,6 +526,12 @@ class _Walker:
             return (
                 f"ARP for {ip}, not known here in instance {instance}: to the agent, which "
                 f"holds it and asks the instance's members ({members}) with a LEARN by IP"
+            )
+        if tag == TAG_ROUTE_MISS:
+            return (
+                f"routed into instance {instance}, but {packet.text('nw_dst')} is not known "
+                f"here: to the agent, which holds the packet, asks the instance's members "
+                f"({members}) with a LEARN by IP and sends it on when answered"
             )
         if tag == TAG_L2_MISS:
             dst = packet.text("dl_dst")
