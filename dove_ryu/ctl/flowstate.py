@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv4Interface
 from typing import Any
 
 from dove_ryu.ctl.flowdump import DumpError, Field, Flow, Group, mac_text, table_name, written
@@ -69,6 +69,12 @@ class AgentView:
     members: Mapping[int, tuple[str, ...]] = field(default_factory=dict)
     remote_proxies: Mapping[int, tuple[str, ...]] = field(default_factory=dict)
     proxies: Mapping[str, str] = field(default_factory=dict)  # address -> site
+    # The router subnet each routed instance is: (router id, gateway address/prefix, MAC).
+    subnets: Mapping[int, tuple[int, str, str]] = field(default_factory=dict)
+
+    def subnet_of(self, instance: int) -> tuple[int, IPv4Interface, str] | None:
+        found = self.subnets.get(instance)
+        return (found[0], IPv4Interface(found[1]), found[2]) if found else None
 
     @classmethod
     def from_status(cls, status: Mapping[str, Any]) -> AgentView:
@@ -119,6 +125,11 @@ class AgentView:
         if not site and role != "proxy":
             sites = set(proxies.values())
             site = sites.pop() if len(sites) == 1 else ""
+        subnets = {
+            int(sub["instance"]): (int(rid), str(sub["gateway"]), str(sub["mac"]))
+            for rid, router in status.get("routing", {}).get("routers", {}).items()
+            for sub in router["subnets"]
+        }
         return cls(
             known=True,
             host=str(status["host"]),
@@ -131,6 +142,7 @@ class AgentView:
             members=members,
             remote_proxies=remote,
             proxies=proxies,
+            subnets=subnets,
         )
 
     @property

@@ -10,6 +10,7 @@ import os
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from ipaddress import IPv4Address
 from typing import Any, TextIO
 
 from dove_ryu.ctl.common import (
@@ -38,6 +39,11 @@ MAX_HOPS = 16  # a flood followed through every member stays bounded
 BROADCAST = "ff:ff:ff:ff:ff:ff"
 # Fields of a traced flow that belong to the hop, not to the packet.
 HOP_FIELDS = frozenset({"in_port", "metadata", "tun_id", "tunnel_id", "tun_src", "tun_dst"})
+# ...and the prefixes of what a trace's final flow adds that is the datapath's own state
+# (registers, conntrack, recirculation, tunnel metadata, marks).
+HOP_FIELD_PREFIXES = (
+    "reg", "xreg", "xxreg", "ct_", "tun_", "gtpu_", "recirc", "dp_hash", "skb_", "pkt_",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -116,6 +122,15 @@ def build_request(
     what += f", {src_ip})" if src_ip else ")"
     if is_ip(target):
         dst_ip = str(check_ip(target))
+        routed = view.subnet_of(instance)
+        if routed is not None and src_ip and IPv4Address(dst_ip) not in routed[1].network:
+            router, gateway, mac = routed
+            return TraceRequest(
+                f"{head},dl_dst={mac},icmp,nw_src={src_ip},nw_dst={dst_ip},nw_ttl=64",
+                f"{what} to {dst_ip}: off its subnet {gateway.network}, to router {router}'s "
+                f"gateway {gateway.ip} ({mac})",
+                instance,
+            )
         ep = view.endpoint(instance, ip=dst_ip)
         if ep is None:
             spa = src_ip or "0.0.0.0"
@@ -182,6 +197,24 @@ class _Pending:
     site: str
     parent: int | None = None
     via: Outcome | None = None
+    packet: str | None = None  # the packet's own fields as it left the previous hop
+
+
+def _leaving(raw: RawTrace, arrived: str | None) -> str | None:
+    """The packet's own fields as it leaves this hop: the trace's final flow when a
+    rule changed it (a routed packet: MACs, TTL), else as it arrived."""
+    final = raw.final_flow.strip()
+    if not final or final == "unchanged":
+        return arrived
+    # A final flow lists every field OVS knows, some of which a flow spec cannot take
+    # back (tun_ipv6_src=::): keep the packet's own, by name.
+    kept = [
+        item
+        for item in final.split(",")
+        if (key := item.partition("=")[0]) not in HOP_FIELDS
+        and not key.startswith(HOP_FIELD_PREFIXES)
+    ]
+    return ",".join(kept) or arrived
 
 
 def trace_path(
@@ -202,7 +235,8 @@ def trace_path(
     while queue and len(records) < MAX_HOPS:
         item = queue.pop(0)
         snap = snapshot(item.node, run, ask, groups=False)
-        hop_spec = spec if item.via is None else _tunnel_spec(snap, item.via, packet_part)
+        arrived = packet_part if item.via is None else item.packet
+        hop_spec = spec if item.via is None else _tunnel_spec(snap, item.via, arrived)
         if (item.node.admin_socket, hop_spec) in seen:
             continue
         seen.add((item.node.admin_socket, hop_spec))
@@ -225,7 +259,8 @@ def trace_path(
             if peer is None:
                 continue
             records[index].followed.add(n)
-            queue.append(_Pending(peer.node(item.node.bridge), site, index, outcome))
+            leaving = _leaving(raw, arrived)
+            queue.append(_Pending(peer.node(item.node.bridge), site, index, outcome, leaving))
     return records
 
 
@@ -239,7 +274,11 @@ def _packet_fields(spec: str) -> str | None:
         fields = parse_match(spec)
     except DumpError:
         return None
-    return ",".join(f.text for f in fields if f.key not in HOP_FIELDS)
+    return ",".join(
+        f.text
+        for f in fields
+        if f.key not in HOP_FIELDS and not f.key.startswith(HOP_FIELD_PREFIXES)
+    )
 
 
 def _tunnel_spec(snap: Snapshot, via: Outcome, packet: str | None) -> str:

@@ -23,6 +23,7 @@ import pytest
 
 from dove_ryu.openflow.cookies import Purpose  # noqa: E402
 from mininet_topos.agents import admin  # noqa: E402
+from mininet_topos.dhcp_client import lease_of, udhcpc, write_script  # noqa: E402
 from mininet_topos.dove_topo import VmRecord  # noqa: E402
 from mininet_topos.hypervisor import wait_until  # noqa: E402
 from tests.tools import ovs  # noqa: E402
@@ -31,34 +32,12 @@ from tests.tools.nodes import received, run  # noqa: E402
 
 DNS = "192.0.2.53"
 DOVE_EXTRA = {"dhcp_dns": DNS}  # read by conftest's `dove` fixture
-UDHCPC = "/usr/sbin/udhcpc"
 # DHCP on the underlay, bare or inside VXLAN: the inner UDP ports sit 50 bytes into the
 # outer UDP datagram (UDP 8, VXLAN 8, Ethernet 14, IPv4 20).
 DHCP_ON_UNDERLAY = (
     "udp port 67 or udp port 68 or (udp dst port 4789 and "
     "(udp[50:2] = 67 or udp[50:2] = 68 or udp[52:2] = 67 or udp[52:2] = 68))"
 )
-SCRIPT = """#!/bin/sh
-# udhcpc dispatcher for the tests: configure as default.script does, record the lease.
-case "$1" in
-    deconfig)
-        ip link set "$interface" up
-        ip -4 addr flush dev "$interface"
-        ;;
-    bound|renew)
-        ip -4 addr flush dev "$interface"
-        ip addr add "$ip/$subnet" dev "$interface"
-        [ -n "$mtu" ] && ip link set dev "$interface" mtu "$mtu"
-        ip -4 route flush exact 0.0.0.0/0 dev "$interface"
-        [ -n "$router" ] && ip route add default via "${router%% *}" dev "$interface"
-        {
-            echo "ip=$ip"; echo "subnet=$subnet"; echo "router=$router"; echo "dns=$dns"
-            echo "mtu=$mtu"; echo "lease=$lease"; echo "serverid=$serverid"
-        } > "LEASE_FILE"
-        ;;
-esac
-exit 0
-"""
 
 
 def vm_named(dove: Any, name: str) -> VmRecord:
@@ -87,19 +66,6 @@ def remark(vm: VmRecord, marks: str | None) -> None:
         wait_until(lambda: dhcp_flows(vm), 10.0, f"{vm.name}: DHCP flow for {marks}")
 
 
-def udhcpc(vm: VmRecord, script: Path, tries: int, timeout: int = 1) -> tuple[int, str]:
-    """One run of the client, in the foreground, until it has a lease or gives up."""
-    intf = vm.host.intf().name
-    argv = [UDHCPC, "-i", intf, "-f", "-q", "-n", "-t", str(tries), "-T", str(timeout)]
-    argv += ["-s", str(script), "-O", "mtu"]
-    out, err, rc = vm.host.pexec(argv)
-    return rc, out + err
-
-
-def lease_of(path: Path) -> dict[str, str]:
-    return dict(line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
-
-
 def intf_state(vm: VmRecord) -> tuple[list[str], int, str]:
     """(IPv4 addresses with prefixes, MTU, the default route) of the VM's interface."""
     intf = vm.host.intf().name
@@ -113,11 +79,7 @@ def intf_state(vm: VmRecord) -> tuple[list[str], int, str]:
 @pytest.fixture
 def client(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
     """The dispatcher script and the file it records the lease in."""
-    lease = tmp_path / "lease"
-    script = tmp_path / "udhcpc.script"
-    script.write_text(SCRIPT.replace("LEASE_FILE", str(lease)))  # a pytest tmp path: no quoting
-    script.chmod(0o755)
-    yield script, lease
+    yield write_script(tmp_path)
 
 
 def restore(vm: VmRecord) -> None:

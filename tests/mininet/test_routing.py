@@ -9,6 +9,7 @@ addresses on other hypervisors.  The first-packet test runs first: nothing has t
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from collections.abc import Iterator
@@ -19,13 +20,14 @@ import pytest
 
 from dove_ryu.model import router_mac
 from mininet_topos.agents import ADMIN_SOCKET, admin
+from mininet_topos.dhcp_client import take_address
 from mininet_topos.dove_topo import DoveNet, VmRecord
 from mininet_topos.hypervisor import wait_until
 from tests.tools import netsend
 from tests.tools.capture import Capture, settle
+from tests.tools.nodes import send_frames
 from tests.tools.transfer import transfer
 
-NETSEND = str(Path(netsend.__file__).resolve())
 DOVECTL = str(Path(sys.executable).parent / "dovectl")
 
 
@@ -56,14 +58,6 @@ def ping(src: VmRecord, dst_ip: str, count: int = 1, ttl: int | None = None) -> 
 
 def counters(dnet: DoveNet, hv: str) -> dict[str, Any]:
     return admin(dnet.hv(hv), "counters")
-
-
-def send_frames(vm: VmRecord, *frames: bytes) -> None:
-    args = [sys.executable, NETSEND, "frames", "--iface", vm.host.intf().name]
-    for frame in frames:
-        args += ["--hex", frame.hex()]
-    out, err, rc = vm.host.pexec(args)
-    assert rc == 0, f"netsend in {vm.name}: {out}{err}"
 
 
 def test_the_first_routed_packet_is_not_lost(dnet: DoveNet) -> None:
@@ -121,7 +115,7 @@ def test_a_vm_spoofing_the_gateway_address_or_mac_is_dropped(dnet: DoveNet) -> N
         )
         from_gw_mac = netsend.udp_frame(gw_mac, bcast, "10.0.0.254", "10.0.0.3", 9)
         control = netsend.ethernet(bcast, a.mac, 0x0806, netsend.arp(2, a.mac, a.ip, bcast, a.ip))
-        send_frames(a, claim_gw, from_gw_mac, control)
+        send_frames(a, [claim_gw, from_gw_mac, control])
         wait_until(lambda: any(a.ip in p for p in cap.packets()), 5.0, "the control claim")
         settle()
     finally:
@@ -143,3 +137,45 @@ def test_dovectl_shows_the_routers(dnet: DoveNet) -> None:
     assert rc == 0, out + err
     assert "10.0.0.254/24" in out and "10.0.1.254/24" in out
     assert router_mac(dnet.vm("t1vm1").instance) in out
+
+
+def dovectl(hv: Any, *args: str) -> str:
+    cmd = [DOVECTL, "--admin-socket", str(Path(hv.rundir) / ADMIN_SOCKET), *args]
+    out, err, rc = hv.pexec(cmd, env=hv.ovs_env())
+    assert rc == 0, f"dovectl {' '.join(args)}: rc {rc}\n{out}{err}"
+    return str(out)
+
+
+def test_trace_explains_a_routed_packet_to_the_vm_it_reaches(dnet: DoveNet) -> None:
+    a, b = dnet.vm("t1vm1"), dnet.vm("t1vm2")  # 10.0.0.1@hv1 -> 10.0.1.2@hv2
+    assert ping(a, b.ip, count=1) == 1  # resolved: the neighbour flow is there
+    peers = []
+    for hv in dnet.hypervisors:
+        peers += ["--peer", f"{hv.underlay_ip}={Path(hv.rundir) / ADMIN_SOCKET}:{hv.rundir}"]
+    args = ["trace", "--from", a.port, "--to", b.ip, "--follow", *peers]
+    report = json.loads(dovectl(a.hypervisor, *args, "--json"))
+    first = report["hops"][0]
+    purposes = [s["origin"]["purpose"] for s in first["steps"] if s["origin"]]
+    assert purposes[purposes.index("router_port") :][:3] == ["router_port", "route", "neighbor"]
+    text = dovectl(a.hypervisor, *args)
+    assert [(v["node"], v["kind"], v.get("port")) for v in report["verdict"]] == [
+        (b.hypervisor.name, "delivered", b.port)
+    ], text
+    assert "off its subnet 10.0.0.0/24, to router 1's gateway 10.0.0.254" in text
+    assert f"{b.ip} is in router 1's subnet of instance {b.instance}: routed on this host" in text
+    assert f"{b.ip} in instance {b.instance} is at {b.mac}" in text
+
+
+def test_a_vm_of_a_routed_subnet_takes_address_and_router_by_dhcp(dnet: DoveNet) -> None:
+    vm, other = dnet.vm("t2vm2"), dnet.vm("t2vm1")  # 10.0.1.2 and 10.0.0.1, tenant 2
+    try:
+        lease = take_address(vm)
+        assert lease.get("ip") == vm.ip and lease.get("subnet") == "255.255.255.0", lease
+        assert lease.get("router") == "10.0.1.254" and lease.get("mtu") == "1450", lease
+        route = vm.host.cmd("ip -4 route show default")
+        assert "via 10.0.1.254" in route, route
+        assert ping(vm, other.ip, count=2) == 2  # routed, with what DHCP gave it
+    finally:
+        intf = vm.host.intf().name
+        vm.host.cmd(f"ip -4 addr flush dev {intf}; ip addr add {vm.ip_cidr} dev {intf}")
+        vm.host.cmd(f"ip link set dev {intf} mtu 1450; ip route replace default via 10.0.1.254")
