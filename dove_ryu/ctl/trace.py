@@ -39,11 +39,6 @@ MAX_HOPS = 16  # a flood followed through every member stays bounded
 BROADCAST = "ff:ff:ff:ff:ff:ff"
 # Fields of a traced flow that belong to the hop, not to the packet.
 HOP_FIELDS = frozenset({"in_port", "metadata", "tun_id", "tunnel_id", "tun_src", "tun_dst"})
-# ...and the prefixes of what a trace's final flow adds that is the datapath's own state
-# (registers, conntrack, recirculation, tunnel metadata, marks).
-HOP_FIELD_PREFIXES = (
-    "reg", "xreg", "xxreg", "ct_", "tun_", "gtpu_", "recirc", "dp_hash", "skb_", "pkt_",
-)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -201,20 +196,17 @@ class _Pending:
 
 
 def _leaving(raw: RawTrace, arrived: str | None) -> str | None:
-    """The packet's own fields as it leaves this hop: the trace's final flow when a
-    rule changed it (a routed packet: MACs, TTL), else as it arrived."""
+    """The packet's own fields as it leaves this hop: those it arrived with, each with
+    the value the trace's final flow gives it (a routed packet's MACs and TTL)."""
     final = raw.final_flow.strip()
-    if not final or final == "unchanged":
+    if arrived is None or not final or final == "unchanged":
         return arrived
-    # A final flow lists every field OVS knows, some of which a flow spec cannot take
-    # back (tun_ipv6_src=::): keep the packet's own, by name.
-    kept = [
-        item
-        for item in final.split(",")
-        if (key := item.partition("=")[0]) not in HOP_FIELDS
-        and not key.startswith(HOP_FIELD_PREFIXES)
-    ]
-    return ",".join(kept) or arrived
+    now = dict(item.partition("=")[::2] for item in final.split(","))
+    fields = []
+    for item in arrived.split(","):
+        key, eq, value = item.partition("=")
+        fields.append(f"{key}={now.get(key, value)}" if eq else item)
+    return ",".join(fields)
 
 
 def trace_path(
@@ -274,11 +266,7 @@ def _packet_fields(spec: str) -> str | None:
         fields = parse_match(spec)
     except DumpError:
         return None
-    return ",".join(
-        f.text
-        for f in fields
-        if f.key not in HOP_FIELDS and not f.key.startswith(HOP_FIELD_PREFIXES)
-    )
+    return ",".join(f.text for f in fields if f.key not in HOP_FIELDS)
 
 
 def _tunnel_spec(snap: Snapshot, via: Outcome, packet: str | None) -> str:
