@@ -8,12 +8,14 @@ of the ``directory`` setting and follows it when it changes.  The client
   instances it serves, ``alive``), one Host_Liveness row whose ``heartbeat`` it raises
   every ``directory_heartbeat_interval``, and one Endpoint row per VM here (a host
   writes only its own rows);
-- monitors only the Host rows of hosts that serve an instance this agent serves,
-  its own, and those instances' Instance and Endpoint rows (conditional monitoring:
-  never the whole directory); a VAN proxy, which stands for its whole site, monitors
-  every Host row of its site's directory and no endpoint.  Of Host_Liveness it
-  monitors its own row only (to update it), so no agent is sent another's heartbeat:
-  each would be a monitor update to every host sharing an instance with the sender;
+- monitors only the Host rows of hosts that serve an instance this agent serves or
+  routes into (the other instances of its instances' routers), its own, and those
+  instances' Instance rows and, where the directory resolves them, Endpoint rows
+  (conditional monitoring: never the whole directory); a VAN proxy, which stands for
+  its whole site, monitors every Host row of its site's directory and no endpoint.
+  Of Host_Liveness it monitors its own row only (to update it), so no agent is sent
+  another's heartbeat: each would be a monitor update to every host sharing an
+  instance with the sender;
 - hands every change to the core (``directory_rows`` of `HostCore` or `ProxyCore`),
   and says when the directory cannot be reached (``directory_unreachable``).
 
@@ -162,10 +164,16 @@ def view(idl: TrackingIdl) -> DirectoryView:
 
 
 def conditions(
-    name: str, served: frozenset[int], proxy: bool = False, resolved: frozenset[int] = frozenset()
+    name: str,
+    served: frozenset[int],
+    proxy: bool = False,
+    resolved: frozenset[int] = frozenset(),
+    routed: frozenset[int] = frozenset(),
 ) -> dict[str, list[Any]]:
     """What to monitor, per table (the clauses of a condition are alternatives): our
-    Host row and those of hosts serving an instance we serve; those instances' rows;
+    Host row and those of hosts serving an instance we serve or route into
+    (``routed``: the other instances of the routers of those we serve, whose members
+    send us routed packets and take ours, docs/routing.md); those instances' rows;
     the endpoints of those of them the directory resolves (``resolved``: in ``lookup``
     or ``push``; a ``learn`` instance's are not needed here), and ours.  A proxy: every
     Host row (its site's hosts and proxies: one directory per site), and only its own
@@ -178,14 +186,15 @@ def conditions(
             "Instance": [],
             "Endpoint": [["host", "==", name]],
         }
-    ours = sorted(served)
+    watched = served | routed
+    ours = sorted(watched)
     return {
         "Host": own + [["instances", "includes", ["set", [i]]] for i in ours],
         "Host_Liveness": own,  # only ours, to raise it: nobody else's heartbeat
         "Instance": [["id", "==", i] for i in ours],
         # Ours too, whatever they serve: a restarted agent updates the rows it left.
         "Endpoint": [["host", "==", name]]
-        + [["instance", "==", i] for i in sorted(resolved & served)],
+        + [["instance", "==", i] for i in sorted(resolved & watched)],
     }
 
 
@@ -198,7 +207,9 @@ def _differs(current: Any, wanted: Any) -> bool:
 class DirectoryClient:
     """Runs the IDL loop in a thread; calls back the shell with what changed.
 
-    ``local()`` tells what this agent serves and its VMs (read under the shell's lock)."""
+    ``local()`` tells what this agent serves and its VMs (read under the shell's lock);
+    ``routed()`` the instances it routes into without serving them (the other subnets
+    of its routers), whose hosts and endpoints it monitors but does not register."""
 
     def __init__(
         self,
@@ -206,9 +217,11 @@ class DirectoryClient:
         local: Callable[[], tuple[frozenset[int], list[EndpointRow]]],
         on_view: Callable[[DirectoryView], None],
         on_lost: Callable[[], None],
+        routed: Callable[[], frozenset[int]] = frozenset,
     ) -> None:
         self.cfg = cfg
         self.local = local
+        self.routed = routed
         self.on_view = on_view
         self.on_lost = on_lost
         self.interval = cfg.heartbeat_interval
@@ -229,8 +242,9 @@ class DirectoryClient:
         # Python Idl has no setter for it (the C IDL takes it from the remote); its
         # session's Reconnect (a public class) has.
         self.idl._session.reconnect.set_backoff(RECONNECT_MIN_MS, RECONNECT_MAX_MS)
-        self._watch(frozenset(), frozenset())
-        self.watching: tuple[frozenset[int], frozenset[int]] = (frozenset(), frozenset())
+        self._watch(frozenset(), frozenset(), frozenset())
+        none: frozenset[int] = frozenset()
+        self.watching: tuple[frozenset[int], ...] = (none, none, none)
         self.published: list[EndpointRow] = []
         self.heartbeat = 0
         self.next_beat = 0.0
@@ -261,9 +275,12 @@ class DirectoryClient:
         except BlockingIOError:  # a wake-up is pending already
             pass
 
-    def _watch(self, served: frozenset[int], resolved: frozenset[int]) -> None:
+    def _watch(
+        self, served: frozenset[int], resolved: frozenset[int], routed: frozenset[int]
+    ) -> None:
         proxy = self.cfg.role == "proxy"
-        for table, clauses in conditions(self.cfg.name, served, proxy, resolved).items():
+        wanted = conditions(self.cfg.name, served, proxy, resolved, routed)
+        for table, clauses in wanted.items():
             self.idl.cond_change(table, clauses)
 
     def _resolved(self) -> frozenset[int]:
@@ -333,10 +350,11 @@ class DirectoryClient:
                 self.published = []
             self.txn = None
         served, endpoints = self.local()
-        resolved = self._resolved() & served
-        if (served, resolved) != self.watching:
-            self.watching = (served, resolved)
-            self._watch(served, resolved)
+        routed = self.routed() - served
+        resolved = self._resolved() & (served | routed)
+        if (served, resolved, routed) != self.watching:
+            self.watching = (served, resolved, routed)
+            self._watch(served, resolved, routed)
         now = time.monotonic()
         ours, beating = self._own("Host"), self._own("Host_Liveness")
         wanted = self._host_wanted(served)

@@ -88,7 +88,11 @@ class DoveApp(app_manager.OSKenApp):  # type: ignore[misc]
         self.directory: DirectoryClient | None = None
         if self.cfg.host.discovery == "directory":
             self.directory = DirectoryClient(
-                self.cfg, self._local, self._on_directory_view, self._on_directory_lost
+                self.cfg,
+                self._local,
+                self._on_directory_view,
+                self._on_directory_lost,
+                routed=self._routed_into,
             )
         self.admin = AdminServer(self.cfg.host.admin_socket, self._admin)
         self.table_flows = metrics.TableFlows(TABLE_FLOWS_MAX_AGE)
@@ -367,6 +371,13 @@ class DoveApp(app_manager.OSKenApp):  # type: ignore[misc]
     def _local(self) -> tuple[frozenset[int], list[EndpointRow]]:
         with self.lock:
             return self.core.served(), self.core.local_endpoints()
+
+    def _routed_into(self) -> frozenset[int]:
+        """The instances a host routes into besides those it serves (the other subnets
+        of its routers): the directory client monitors their hosts too."""
+        with self.lock:
+            routed = getattr(self.core, "routed", None)
+            return routed() if routed is not None else frozenset()
 
     def _on_directory_view(self, view: DirectoryView) -> None:
         self._call(self.core.directory_rows, view)

@@ -141,7 +141,10 @@ class HostCore:
             ",".join(str(r.router_id) for r in routers) or "none",
             ",".join(map(str, gateways)) or "none",
         )
-        return CoreOutput(ofmsgs=self._routing_refresh())
+        out = CoreOutput(ofmsgs=self._routing_refresh())
+        if self.p.published is not None:  # the subnets routed into take what is pushed
+            out.ofmsgs += self.sync.push(now)
+        return out
 
     def set_active_gateway(self, now: float, gateway: IPv4Address | None) -> CoreOutput:
         """Where default-routed traffic goes: the gateways' election result."""
@@ -198,6 +201,11 @@ class HostCore:
     def served(self) -> frozenset[int]:
         """The instances this host serves, as it registers them in the directory."""
         return self.sync.served()
+
+    def routed(self) -> frozenset[int]:
+        """The instances this host routes into (its routers' subnets): in directory
+        mode it monitors their hosts and endpoints, without registering them."""
+        return self.p.routers.instances()
 
     def local_endpoints(self) -> list[EndpointRow]:
         """The VMs here, as this host publishes them in the directory."""

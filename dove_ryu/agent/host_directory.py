@@ -47,11 +47,13 @@ class DirectorySync:
         return out
 
     def push(self, now: float) -> list[OfMsg]:
-        """Install what the directory pushes for our ``push`` instances, ahead of any
-        packet; forget what it pushed before and no longer does."""
+        """Install what the directory pushes for our ``push`` instances, and for those
+        our routers route into (their endpoints get neighbor flows: the first routed
+        packet finds its way), ahead of any packet; forget what it pushed before and
+        no longer does."""
         assert self.p.directory is not None and self.p.published is not None
         alive = self.p.directory.alive(now)
-        served = self.p.ports.instances
+        served = self.p.ports.instances | self.p.routers.instances()
         source = (self.p.published.generation, frozenset(alive), frozenset(served))
         if source == self.pushed_from:
             return []  # nothing it depends on changed (a heartbeat, say)

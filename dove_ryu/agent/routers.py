@@ -74,6 +74,11 @@ class Routers:
         local = self.ports.instances
         return [r for _, r in sorted(self.routers.items()) if local & set(r.instances)]
 
+    def instances(self) -> frozenset[int]:
+        """Every instance of the routers this host routes for: those it serves and
+        those it routes into (in directory mode it monitors their hosts and endpoints)."""
+        return frozenset(i for r in self.served() for i in r.instances)
+
     def routed_here(self, instance: int) -> bool:
         """Whether routed packets may enter ``instance`` here (so its endpoints need
         neighbor flows)."""
