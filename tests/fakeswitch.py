@@ -38,6 +38,9 @@ _PIPELINE_FIELDS = (
     "tun_ipv4_src",
     "tun_ipv4_dst",
     *REGISTERS,
+    "ct_state",
+    "ct_zone",
+    "_nat_out",
 )
 
 
@@ -50,7 +53,9 @@ def _entry(pkt: Mapping[str, Any], in_port: int) -> Packet:
 
 
 def pkt_to_bytes(pkt: Mapping[str, Any]) -> bytes:
-    """The Ethernet frame for a packet dict (ARP, or any type with an opaque payload)."""
+    """The Ethernet frame for a packet dict (ARP, IPv4, or any type with an opaque payload)."""
+    if pkt.get("eth_type") == ETH_TYPE_IPV4 and "ipv4_dst" in pkt:
+        return _ipv4_to_bytes(pkt)
     if pkt.get("eth_type") == ETH_TYPE_ARP:
         return build_arp(
             pkt["arp_op"],
@@ -65,7 +70,7 @@ def pkt_to_bytes(pkt: Mapping[str, Any]) -> bytes:
     return head + struct.pack("!H", pkt["eth_type"]) + pkt.get("payload", b"")
 
 
-def pkt_from_bytes(data: bytes) -> Packet:
+def pkt_from_bytes(data: bytes, ipv4: bool = False) -> Packet:
     frame = parse(data)
     pkt: Packet = {"eth_dst": frame.dst, "eth_src": frame.src, "eth_type": frame.eth_type}
     if frame.arp is not None:
@@ -76,9 +81,128 @@ def pkt_from_bytes(data: bytes) -> Packet:
             arp_tha=frame.arp.tha,
             arp_tpa=str(frame.arp.tpa),
         )
+    elif ipv4 and frame.eth_type == ETH_TYPE_IPV4 and len(data) >= 34:
+        pkt.update(_ipv4_from_bytes(data[14:]))
     elif len(data) > 14:
         pkt["payload"] = data[14:]
     return pkt
+
+
+# --- IPv4 and conntrack (the gateway's NAT) -------------------------------------------
+# An IPv4 packet is ``ipv4_src``, ``ipv4_dst``, ``ip_proto``, ``nw_ttl`` and, for TCP and
+# UDP, ``tp_src``/``tp_dst`` (the ports), then an opaque ``ip_payload``.  A frame is read
+# into these fields only by a switch made with ``ipv4=True`` (the gateway's tests): the
+# other tests carry IPv4 as an opaque ``payload`` they compare byte for byte.
+
+ETH_TYPE_IPV4 = 0x0800
+_PORTED = (6, 17)
+
+
+def _ipv4_to_bytes(pkt: Mapping[str, Any]) -> bytes:
+    body = b""
+    if pkt.get("ip_proto") in _PORTED:
+        body = struct.pack("!HH", pkt.get("tp_src", 0), pkt.get("tp_dst", 0))
+    body += pkt.get("ip_payload", b"")
+    header = struct.pack(
+        "!BBHHHBBH4s4s",
+        0x45,
+        0,
+        20 + len(body),
+        0,
+        0,
+        pkt.get("nw_ttl", 64),
+        pkt.get("ip_proto", 0),
+        0,
+        IPv4Address(pkt["ipv4_src"]).packed,
+        IPv4Address(pkt["ipv4_dst"]).packed,
+    )
+    head = mac_bytes(pkt["eth_dst"]) + mac_bytes(pkt["eth_src"]) + struct.pack("!H", 0x0800)
+    return head + header + body
+
+
+def _ipv4_from_bytes(ip: bytes) -> Packet:
+    ihl = (ip[0] & 0x0F) * 4
+    pkt: Packet = {
+        "nw_ttl": ip[8],
+        "ip_proto": ip[9],
+        "ipv4_src": str(IPv4Address(ip[12:16])),
+        "ipv4_dst": str(IPv4Address(ip[16:20])),
+    }
+    rest = ip[ihl:]
+    if pkt["ip_proto"] in _PORTED and len(rest) >= 4:
+        pkt["tp_src"], pkt["tp_dst"] = struct.unpack("!HH", rest[:4])
+        rest = rest[4:]
+    if rest:
+        pkt["ip_payload"] = rest
+    return pkt
+
+
+Tuple5 = tuple[str, str, int, int, int]
+
+
+def _tuple(pkt: Mapping[str, Any]) -> Tuple5:
+    return (
+        pkt["ipv4_src"],
+        pkt["ipv4_dst"],
+        pkt.get("ip_proto", 0),
+        pkt.get("tp_src", 0),
+        pkt.get("tp_dst", 0),
+    )
+
+
+def _reverse(t: Tuple5) -> Tuple5:
+    return (t[1], t[0], t[2], t[4], t[3])
+
+
+@dataclass
+class Connection:
+    """A committed connection: as first seen (``orig``) and as translated by its NAT."""
+
+    zone: int
+    orig: Tuple5
+    translated: Tuple5
+    replied: bool = False
+
+
+class Conntrack:
+    """The datapath's connection tracker, enough to follow a NATed packet: a connection
+    is found by either direction's 5-tuple in its zone."""
+
+    def __init__(self) -> None:
+        self.by_tuple: dict[tuple[int, Tuple5], tuple[Connection, bool]] = {}
+
+    def __len__(self) -> int:
+        return len({id(c) for c, _ in self.by_tuple.values()})
+
+    def run(self, ct: of.Ct, pkt: Packet) -> tuple[int, dict[str, Any]]:
+        """The packet through ct: its ct_state and the header rewrites its NAT makes."""
+        t = _tuple(pkt)
+        found = self.by_tuple.get((ct.zone, t))
+        if found is None:
+            if not ct.commit:
+                return of.CT_TRK | of.CT_NEW, {}
+            translated = t
+            if ct.nat is not None and ct.nat.kind == "src":
+                translated = (ct.nat.address, *t[1:])  # type: ignore[assignment]
+            elif ct.nat is not None and ct.nat.kind == "dst":
+                translated = (t[0], ct.nat.address, *t[2:])  # type: ignore[assignment]
+            conn = Connection(ct.zone, t, translated)
+            self.by_tuple[(ct.zone, t)] = (conn, False)
+            self.by_tuple[(ct.zone, _reverse(translated))] = (conn, True)
+            return of.CT_TRK | of.CT_NEW, self._rewrite(ct, t, translated)
+        conn, reply = found
+        if reply:
+            conn.replied = True
+            state = of.CT_TRK | of.CT_EST | of.CT_RPL
+            return state, self._rewrite(ct, t, _reverse(conn.orig))
+        state = of.CT_TRK | (of.CT_EST if conn.replied else of.CT_NEW)
+        return state, self._rewrite(ct, t, conn.translated)
+
+    @staticmethod
+    def _rewrite(ct: of.Ct, have: Tuple5, want: Tuple5) -> dict[str, Any]:
+        if ct.nat is None or have == want:
+            return {}
+        return {"ipv4_src": want[0], "ipv4_dst": want[1], "tp_src": want[3], "tp_dst": want[4]}
 
 
 # --------------------------------------------------------------------------- state
@@ -154,12 +278,14 @@ def _covers(wanted: Mapping[str, Any], match: Mapping[str, Any]) -> bool:
 
 
 class FakeSwitch:
-    def __init__(self, tunnel_port: int | None = None) -> None:
+    def __init__(self, tunnel_port: int | None = None, ipv4: bool = False) -> None:
         self.tunnel_port = tunnel_port
+        self.ipv4 = ipv4  # packet-outs' IPv4 frames read into fields
         self.tables: dict[int, list[Flow]] = {}
         self.groups: dict[int, tuple[tuple[of.Action, ...], ...]] = {}
         self.errors: list[str] = []
         self.in_port_drops = 0
+        self.conntrack = Conntrack()
 
     # ----------------------------------------------------------------- messages
 
@@ -172,7 +298,7 @@ class FakeSwitch:
             elif isinstance(msg, of.GroupMod):
                 self._group_mod(msg)
             elif isinstance(msg, of.PacketOut):
-                state = _entry(pkt_from_bytes(msg.data), msg.in_port)
+                state = _entry(pkt_from_bytes(msg.data, self.ipv4), msg.in_port)
                 self._actions(msg.actions, state, out, cookie=None, packet_out=True)
             elif not isinstance(msg, of.Barrier):
                 raise TypeError(f"fake switch cannot apply {msg!r}")
@@ -314,6 +440,8 @@ class FakeSwitch:
                 larger = len(pkt_to_bytes(state)) > action.length
                 reg = state.get(action.register, 0) & ~bit
                 state[action.register] = reg | (bit if larger else 0)
+            elif isinstance(action, of.Ct):
+                self._ct(action, state, out)
             elif isinstance(action, of.Group):
                 buckets = self.groups.get(action.group_id)
                 if buckets is None:
@@ -324,10 +452,27 @@ class FakeSwitch:
             else:
                 raise TypeError(f"fake switch cannot execute {action!r}")
 
+    def _ct(self, action: of.Ct, state: Packet, out: list[Delivery]) -> None:
+        """NOTE (OVS's ct): with a table the packet is recirculated there, NATed and with
+        its ct_state and ct_zone; without one its NAT changes only what leaves the switch
+        (later flows still match the headers as they were)."""
+        if state.get("eth_type") != ETH_TYPE_IPV4:
+            self.errors.append("ct on a packet that is not IPv4")
+            return
+        ct_state, rewrite = self.conntrack.run(action, state)
+        if action.table is None:
+            state["_nat_out"] = {**state.get("_nat_out", {}), **rewrite}
+            return
+        again = {**state, **rewrite, "ct_state": ct_state, "ct_zone": action.zone}
+        again.pop("_nat_out", None)
+        self._run(action.table, again, out)
+
     def _output(
         self, port: int, state: Packet, out: list[Delivery], cookie: int | None, packet_out: bool
     ) -> None:
         headers = {k: v for k, v in state.items() if k not in _PIPELINE_FIELDS}
+        nat = state.get("_nat_out", {})
+        headers.update({k: v for k, v in nat.items() if k.startswith("ipv4") or k in headers})
         in_port = state["in_port"]
         if port == of.OFPP_CONTROLLER:
             out.append(
