@@ -24,11 +24,12 @@ from ipaddress import IPv4Address
 from typing import Any
 
 from dove_ryu.openflow import ofmsg as of
-from dove_ryu.openflow.packet import ETH_TYPE_ARP, build_arp, mac_bytes, parse
+from dove_ryu.openflow.packet import ETH_TYPE_ARP, ETH_TYPE_IPV4, build_arp, mac_bytes, parse
 
 OFPTT_ALL = 0xFF
 ZERO_MAC = "00:00:00:00:00:00"
 Packet = dict[str, Any]
+_IP_VIEW = "_ip_view"  # the IPv4 fields shown to the flows are a view of the payload
 # Pipeline fields that are not packet headers.
 REGISTERS = tuple(f"reg{i}" for i in range(16))
 _PIPELINE_FIELDS = (
@@ -45,17 +46,71 @@ _PIPELINE_FIELDS = (
 
 
 def _entry(pkt: Mapping[str, Any], in_port: int) -> Packet:
-    """A packet as it enters the pipeline: metadata and registers zero."""
-    return {**pkt, **dict.fromkeys(REGISTERS, 0), "in_port": in_port, "metadata": 0}
+    """A packet as it enters the pipeline: metadata and registers zero; an IPv4 packet
+    given as an opaque payload shows its header fields to the flows (`_ip_view`)."""
+    state = {**pkt, **dict.fromkeys(REGISTERS, 0), "in_port": in_port, "metadata": 0}
+    payload = pkt.get("payload", b"")
+    if pkt.get("eth_type") == ETH_TYPE_IPV4 and "ipv4_dst" not in pkt and len(payload) >= 20:
+        if payload[0] >> 4 == 4:
+            ihl = (payload[0] & 0x0F) * 4
+            state.update(
+                nw_ttl=payload[8],
+                ip_proto=payload[9],
+                ipv4_src=str(IPv4Address(payload[12:16])),
+                ipv4_dst=str(IPv4Address(payload[16:20])),
+            )
+            if payload[9] in (6, 17) and len(payload) >= ihl + 4:
+                src, dst = struct.unpack_from("!HH", payload, ihl)
+                kind = "udp" if payload[9] == 17 else "tcp"
+                state.update({f"{kind}_src": src, f"{kind}_dst": dst})
+            state[_IP_VIEW] = True
+    return state
+
+
+_IP_VIEW_FIELDS = (
+    "nw_ttl",
+    "ip_proto",
+    "ipv4_src",
+    "ipv4_dst",
+    "udp_src",
+    "udp_dst",
+    "tcp_src",
+    "tcp_dst",
+)
+
+
+def _ip_checksum(header: bytes) -> int:
+    total = sum(struct.unpack(f"!{len(header) // 2}H", header))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+def _headers_out(state: Mapping[str, Any]) -> Packet:
+    """The packet a port or the agent gets: pipeline fields gone, and the IPv4 header
+    of a payload-form packet written back (TTL, addresses) with its checksum."""
+    headers = {k: v for k, v in state.items() if k not in _PIPELINE_FIELDS}
+    if not headers.pop(_IP_VIEW, False):
+        return headers
+    payload = bytearray(headers["payload"])
+    ihl = (payload[0] & 0x0F) * 4
+    payload[8] = headers["nw_ttl"]
+    payload[12:16] = IPv4Address(headers["ipv4_src"]).packed
+    payload[16:20] = IPv4Address(headers["ipv4_dst"]).packed
+    if payload != headers["payload"]:
+        payload[10:12] = b"\0\0"
+        payload[10:12] = struct.pack("!H", _ip_checksum(bytes(payload[:ihl])))
+        headers["payload"] = bytes(payload)
+    for name in _IP_VIEW_FIELDS:
+        headers.pop(name, None)
+    return headers
 
 
 # ----------------------------------------------------------------- packets <-> bytes
 
 
 def pkt_to_bytes(pkt: Mapping[str, Any]) -> bytes:
-    """The Ethernet frame for a packet dict (ARP, IPv4, or any type with an opaque payload)."""
-    if pkt.get("eth_type") == ETH_TYPE_IPV4 and "ipv4_dst" in pkt:
-        return _ipv4_to_bytes(pkt)
+    """The Ethernet frame for a packet dict (ARP, or any type with an opaque payload)."""
     if pkt.get("eth_type") == ETH_TYPE_ARP:
         return build_arp(
             pkt["arp_op"],
@@ -67,10 +122,26 @@ def pkt_to_bytes(pkt: Mapping[str, Any]) -> bytes:
             IPv4Address(pkt["arp_tpa"]),
         )
     head = mac_bytes(pkt["eth_dst"]) + mac_bytes(pkt["eth_src"])
+    if pkt.get("eth_type") == ETH_TYPE_IPV4 and "ipv4_dst" in pkt and not pkt.get(_IP_VIEW):
+        payload = pkt.get("payload", b"")
+        ip = struct.pack(
+            "!BBHHHBBH4s4s",
+            0x45,
+            0,
+            20 + len(payload),
+            0,
+            0,
+            pkt.get("nw_ttl", 64),
+            pkt.get("ip_proto", 0),
+            0,
+            IPv4Address(pkt.get("ipv4_src", "0.0.0.0")).packed,
+            IPv4Address(pkt["ipv4_dst"]).packed,
+        )
+        return head + struct.pack("!H", ETH_TYPE_IPV4) + ip + payload
     return head + struct.pack("!H", pkt["eth_type"]) + pkt.get("payload", b"")
 
 
-def pkt_from_bytes(data: bytes, ipv4: bool = False) -> Packet:
+def pkt_from_bytes(data: bytes) -> Packet:
     frame = parse(data)
     pkt: Packet = {"eth_dst": frame.dst, "eth_src": frame.src, "eth_type": frame.eth_type}
     if frame.arp is not None:
@@ -81,72 +152,24 @@ def pkt_from_bytes(data: bytes, ipv4: bool = False) -> Packet:
             arp_tha=frame.arp.tha,
             arp_tpa=str(frame.arp.tpa),
         )
-    elif ipv4 and frame.eth_type == ETH_TYPE_IPV4 and len(data) >= 34:
-        pkt.update(_ipv4_from_bytes(data[14:]))
     elif len(data) > 14:
         pkt["payload"] = data[14:]
     return pkt
 
 
-# --- IPv4 and conntrack (the gateway's NAT) -------------------------------------------
-# An IPv4 packet is ``ipv4_src``, ``ipv4_dst``, ``ip_proto``, ``nw_ttl`` and, for TCP and
-# UDP, ``tp_src``/``tp_dst`` (the ports), then an opaque ``ip_payload``.  A frame is read
-# into these fields only by a switch made with ``ipv4=True`` (the gateway's tests): the
-# other tests carry IPv4 as an opaque ``payload`` they compare byte for byte.
-
-ETH_TYPE_IPV4 = 0x0800
-_PORTED = (6, 17)
-
-
-def _ipv4_to_bytes(pkt: Mapping[str, Any]) -> bytes:
-    body = b""
-    if pkt.get("ip_proto") in _PORTED:
-        body = struct.pack("!HH", pkt.get("tp_src", 0), pkt.get("tp_dst", 0))
-    body += pkt.get("ip_payload", b"")
-    header = struct.pack(
-        "!BBHHHBBH4s4s",
-        0x45,
-        0,
-        20 + len(body),
-        0,
-        0,
-        pkt.get("nw_ttl", 64),
-        pkt.get("ip_proto", 0),
-        0,
-        IPv4Address(pkt["ipv4_src"]).packed,
-        IPv4Address(pkt["ipv4_dst"]).packed,
-    )
-    head = mac_bytes(pkt["eth_dst"]) + mac_bytes(pkt["eth_src"]) + struct.pack("!H", 0x0800)
-    return head + header + body
-
-
-def _ipv4_from_bytes(ip: bytes) -> Packet:
-    ihl = (ip[0] & 0x0F) * 4
-    pkt: Packet = {
-        "nw_ttl": ip[8],
-        "ip_proto": ip[9],
-        "ipv4_src": str(IPv4Address(ip[12:16])),
-        "ipv4_dst": str(IPv4Address(ip[16:20])),
-    }
-    rest = ip[ihl:]
-    if pkt["ip_proto"] in _PORTED and len(rest) >= 4:
-        pkt["tp_src"], pkt["tp_dst"] = struct.unpack("!HH", rest[:4])
-        rest = rest[4:]
-    if rest:
-        pkt["ip_payload"] = rest
-    return pkt
-
+# --- conntrack (the gateway's NAT) -----------------------------------------------------
 
 Tuple5 = tuple[str, str, int, int, int]
 
 
 def _tuple(pkt: Mapping[str, Any]) -> Tuple5:
+    kind = "udp" if pkt.get("ip_proto") == 17 else "tcp"
     return (
         pkt["ipv4_src"],
         pkt["ipv4_dst"],
         pkt.get("ip_proto", 0),
-        pkt.get("tp_src", 0),
-        pkt.get("tp_dst", 0),
+        pkt.get(f"{kind}_src", 0),
+        pkt.get(f"{kind}_dst", 0),
     )
 
 
@@ -166,7 +189,7 @@ class Connection:
 
 class Conntrack:
     """The datapath's connection tracker, enough to follow a NATed packet: a connection
-    is found by either direction's 5-tuple in its zone."""
+    is found by either direction's 5-tuple in its zone; NAT rewrites addresses only."""
 
     def __init__(self) -> None:
         self.by_tuple: dict[tuple[int, Tuple5], tuple[Connection, bool]] = {}
@@ -174,18 +197,19 @@ class Conntrack:
     def __len__(self) -> int:
         return len({id(c) for c, _ in self.by_tuple.values()})
 
-    def run(self, ct: of.Ct, pkt: Packet) -> tuple[int, dict[str, Any]]:
+    def run(self, ct: of.Ct, pkt: Mapping[str, Any]) -> tuple[int, dict[str, Any]]:
         """The packet through ct: its ct_state and the header rewrites its NAT makes."""
         t = _tuple(pkt)
         found = self.by_tuple.get((ct.zone, t))
         if found is None:
             if not ct.commit:
                 return of.CT_TRK | of.CT_NEW, {}
-            translated = t
+            src, dst = t[0], t[1]
             if ct.nat is not None and ct.nat.kind == "src":
-                translated = (ct.nat.address, *t[1:])  # type: ignore[assignment]
+                src = ct.nat.address
             elif ct.nat is not None and ct.nat.kind == "dst":
-                translated = (t[0], ct.nat.address, *t[2:])  # type: ignore[assignment]
+                dst = ct.nat.address
+            translated = (src, dst, t[2], t[3], t[4])
             conn = Connection(ct.zone, t, translated)
             self.by_tuple[(ct.zone, t)] = (conn, False)
             self.by_tuple[(ct.zone, _reverse(translated))] = (conn, True)
@@ -202,7 +226,7 @@ class Conntrack:
     def _rewrite(ct: of.Ct, have: Tuple5, want: Tuple5) -> dict[str, Any]:
         if ct.nat is None or have == want:
             return {}
-        return {"ipv4_src": want[0], "ipv4_dst": want[1], "tp_src": want[3], "tp_dst": want[4]}
+        return {"ipv4_src": want[0], "ipv4_dst": want[1]}
 
 
 # --------------------------------------------------------------------------- state
@@ -278,14 +302,14 @@ def _covers(wanted: Mapping[str, Any], match: Mapping[str, Any]) -> bool:
 
 
 class FakeSwitch:
-    def __init__(self, tunnel_port: int | None = None, ipv4: bool = False) -> None:
+    def __init__(self, tunnel_port: int | None = None) -> None:
         self.tunnel_port = tunnel_port
-        self.ipv4 = ipv4  # packet-outs' IPv4 frames read into fields
         self.tables: dict[int, list[Flow]] = {}
         self.groups: dict[int, tuple[tuple[of.Action, ...], ...]] = {}
         self.errors: list[str] = []
         self.in_port_drops = 0
         self.conntrack = Conntrack()
+        self.ttl_drops = 0  # packets whose TTL a DecTtl would have taken to zero
 
     # ----------------------------------------------------------------- messages
 
@@ -298,7 +322,7 @@ class FakeSwitch:
             elif isinstance(msg, of.GroupMod):
                 self._group_mod(msg)
             elif isinstance(msg, of.PacketOut):
-                state = _entry(pkt_from_bytes(msg.data, self.ipv4), msg.in_port)
+                state = _entry(pkt_from_bytes(msg.data), msg.in_port)
                 self._actions(msg.actions, state, out, cookie=None, packet_out=True)
             elif not isinstance(msg, of.Barrier):
                 raise TypeError(f"fake switch cannot apply {msg!r}")
@@ -409,7 +433,8 @@ class FakeSwitch:
             if flow is None:
                 return
             flow.packets += 1
-            self._actions(flow.actions, state, out, cookie=flow.cookie)
+            if not self._actions(flow.actions, state, out, cookie=flow.cookie):
+                return
             if flow.write_metadata is not None:
                 value, mask = flow.write_metadata
                 state["metadata"] = (state["metadata"] & ~mask) | (value & mask)
@@ -422,7 +447,8 @@ class FakeSwitch:
         out: list[Delivery],
         cookie: int | None,
         packet_out: bool = False,
-    ) -> None:
+    ) -> bool:
+        """Apply ``actions``; False when they dropped the packet (a TTL ran out)."""
         for action in actions:
             if isinstance(action, of.Output):
                 self._output(action.port, state, out, cookie, packet_out)
@@ -431,7 +457,7 @@ class FakeSwitch:
             elif isinstance(action, of.Move):
                 if state.get(action.src) is None:
                     self.errors.append(f"move from absent field {action.src}")
-                    return
+                    return True
                 state[action.dst] = state[action.src]
             elif isinstance(action, of.CheckLarger):
                 # NOTE (OVS 3.1, xlate_check_pkt_larger): the bit is written either way,
@@ -440,23 +466,34 @@ class FakeSwitch:
                 larger = len(pkt_to_bytes(state)) > action.length
                 reg = state.get(action.register, 0) & ~bit
                 state[action.register] = reg | (bit if larger else 0)
-            elif isinstance(action, of.Ct):
-                self._ct(action, state, out)
             elif isinstance(action, of.Group):
                 buckets = self.groups.get(action.group_id)
                 if buckets is None:
                     self.errors.append(f"output to missing group {action.group_id}")
-                    return
+                    return True
                 for bucket in buckets:
                     self._actions(bucket, dict(state), out, cookie)
+            elif isinstance(action, of.Ct):
+                self._ct(action, state, out)
+            elif isinstance(action, of.DecTtl):
+                ttl = state.get("nw_ttl")
+                if ttl is None:
+                    continue  # not IPv4: OVS does nothing either
+                if ttl <= 1:
+                    # NOTE: OVS (3.1) drops it, or sends it to a controller that asked
+                    # for invalid-TTL packet-ins (the agent does not).
+                    self.ttl_drops += 1
+                    return False
+                state["nw_ttl"] = ttl - 1
             else:
                 raise TypeError(f"fake switch cannot execute {action!r}")
+        return True
 
     def _ct(self, action: of.Ct, state: Packet, out: list[Delivery]) -> None:
         """NOTE (OVS's ct): with a table the packet is recirculated there, NATed and with
         its ct_state and ct_zone; without one its NAT changes only what leaves the switch
         (later flows still match the headers as they were)."""
-        if state.get("eth_type") != ETH_TYPE_IPV4:
+        if "ipv4_dst" not in state:
             self.errors.append("ct on a packet that is not IPv4")
             return
         ct_state, rewrite = self.conntrack.run(action, state)
@@ -470,9 +507,7 @@ class FakeSwitch:
     def _output(
         self, port: int, state: Packet, out: list[Delivery], cookie: int | None, packet_out: bool
     ) -> None:
-        headers = {k: v for k, v in state.items() if k not in _PIPELINE_FIELDS}
-        nat = state.get("_nat_out", {})
-        headers.update({k: v for k, v in nat.items() if k.startswith("ipv4") or k in headers})
+        headers = _headers_out({**state, **state.get("_nat_out", {})})
         in_port = state["in_port"]
         if port == of.OFPP_CONTROLLER:
             out.append(
@@ -547,8 +582,15 @@ _MATCH_ORDER = (
     ("arp_op", "arp_op"),
     ("arp_sha", "arp_sha"),
     ("arp_tha", "arp_tha"),
+    ("ipv4_src", "nw_src"),
+    ("ipv4_dst", "nw_dst"),
+    ("ip_proto", "nw_proto"),
+    ("nw_ttl", "nw_ttl"),
+    ("udp_src", "tp_src"),
+    ("udp_dst", "tp_dst"),
 )
 _SHORTHAND = {ETH_TYPE_ARP: "arp", 0x0800: "ip"}
+_IP_SHORTHAND = {1: "icmp", 6: "tcp", 17: "udp"}
 # Field names in set_field and move, as OVS prints them.
 _SET_NAMES = {"tunnel_id": "tun_id", "tun_ipv4_dst": "tun_dst", "tun_ipv4_src": "tun_src"}
 _NXM_NAMES = {
@@ -577,12 +619,17 @@ def _value(name: str, value: int | str) -> str:
 def _match_text(match: Mapping[str, Any]) -> list[str]:
     parts = []
     eth_type = match.get("eth_type")
-    if eth_type is not None:
+    proto = _IP_SHORTHAND.get(match.get("ip_proto", -1)) if eth_type == 0x0800 else None
+    if proto is not None:
+        parts.append(proto)
+    elif eth_type is not None:
         parts.append(_SHORTHAND.get(eth_type, f"dl_type={eth_type:#06x}"))
     unknown = set(match) - {name for name, _ in _MATCH_ORDER} - {"eth_type"}
     if unknown:
         raise ValueError(f"no ovs-ofctl spelling for match fields {sorted(unknown)}")
     for name, printed in _MATCH_ORDER:
+        if name == "ip_proto" and proto is not None:
+            continue
         if name not in match:
             continue
         want = match[name]
@@ -605,6 +652,8 @@ def _action_text(action: of.Action) -> str:
         return f"move:{_NXM_NAMES[action.src]}[]->{_NXM_NAMES[action.dst]}[]"
     if isinstance(action, of.Group):
         return f"group:{action.group_id}"
+    if isinstance(action, of.DecTtl):
+        return "dec_ttl"
     if isinstance(action, of.CheckLarger):
         return f"check_pkt_larger({action.length})->NXM_NX_{action.register.upper()}[{action.bit}]"
     raise TypeError(f"no ovs-ofctl spelling for {action!r}")

@@ -100,9 +100,14 @@ class GatewayCore:
         return CoreOutput()
 
     def routers_changed(
-        self, now: float, routers: Iterable[Router], gateways: Iterable[IPv4Address] = ()
+        self,
+        now: float,
+        routers: Iterable[Router],
+        gateways: Iterable[IPv4Address] = (),
+        rejected: Iterable[tuple[str, str]] = (),
     ) -> CoreOutput:
-        """The router marks: their flows, and the members they make us accept."""
+        """The router marks (those the parser refused are counted by the shell): their
+        flows, and the members they make us accept."""
         before = self.p.routers.instances()
         self.gateways = tuple(gateways)
         out = CoreOutput(ofmsgs=self.p.routers.replace(routers, self.p.external.side, self.active))

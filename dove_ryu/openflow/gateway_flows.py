@@ -34,6 +34,7 @@ from dove_ryu.openflow.ofmsg import (
     OFPP_IN_PORT,
     Action,
     Ct,
+    DecTtl,
     FlowMod,
     MatchValue,
     Move,
@@ -73,9 +74,8 @@ PRIO_TTL = 110
 PRIO_ROUTE = 10
 PRIO_DEFAULT = 0
 
-# NOTE: the TTL decrement of a routed packet: the routing branch adds the action
-# (DecTtl); until it is merged the gateway routes without it.
-DEC_TTL: tuple[Action, ...] = ()
+# A routed packet's TTL goes down by one at the gateway, as at any router.
+DEC_TTL: tuple[Action, ...] = (DecTtl(),)
 
 
 @dataclass(frozen=True)

@@ -62,6 +62,12 @@ class CheckLarger:
     bit: int = 0
 
 
+@dataclass(frozen=True)
+class DecTtl:
+    """Decrement the IPv4 TTL (OpenFlow's dec_nw_ttl); a packet whose TTL would reach
+    zero is dropped by the switch (routing sends TTL 0 and 1 to the agent first)."""
+
+
 # --- conntrack (the gateway's NAT, docs/routing.md) ---------------------------------------
 
 
@@ -106,7 +112,7 @@ CT_RPL = 0x08
 CT_INV = 0x10
 CT_TRK = 0x20
 
-Action = Output | SetField | Move | Group | CheckLarger | Ct
+Action = Output | SetField | Move | Group | CheckLarger | DecTtl | Ct
 
 
 class FlowCommand(Enum):
