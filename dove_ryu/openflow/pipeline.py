@@ -350,7 +350,7 @@ EXT_IN = Table(
     roles=(GATEWAY,),
     miss=DROP,
     cookies=(Purpose.EXTERNAL, Purpose.FLOATING_IP, Purpose.SNAT, Purpose.DROP_EXTERNAL),
-    matches=("in_port", "eth_type", "eth_dst", "arp_op", "arp_tpa", "ipv4_dst"),
+    matches=("in_port", "eth_type", "arp_op", "arp_tpa", "ipv4_dst"),
     next_tables=("ext_unnat",),  # through conntrack (ct's table)
     sets=("eth_src", "eth_dst", "arp_op", "arp_sha", "arp_spa", "arp_tha", "arp_tpa"),
     outputs=(Out.IN_PORT, Out.CONTROLLER),
@@ -363,7 +363,7 @@ EXT_UNNAT = Table(
     "a new connection to a router's external address -> drop",
     roles=(GATEWAY,),
     miss=DROP,
-    cookies=(Purpose.EXTERNAL, Purpose.FLOATING_IP, Purpose.ROUTE, Purpose.DROP_EXTERNAL),
+    cookies=(Purpose.FLOATING_IP, Purpose.ROUTE, Purpose.DROP_EXTERNAL),
     matches=("ct_state", "ct_zone", "eth_type", "ipv4_dst"),
     next_tables=("l3_neighbor",),
     sets=("eth_src",),
