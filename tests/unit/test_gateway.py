@@ -313,3 +313,31 @@ def test_the_fake_switch_sends_its_arp_requests_from_the_gateway() -> None:
     arps = [parse(d.data).arp for d in asked]
     assert any(a is not None and str(a.tpa) == NEXT_HOP for a in arps)
     assert pkt_to_bytes(asked[0].pkt)[:6] == b"\xff" * 6
+
+
+def test_a_vm_reaches_the_internet_through_its_host_and_the_gateway_and_back() -> None:
+    """The whole way on fake switches: a host routes tenant 1's VM's packet to the active
+    gateway it heard of, the gateway NATs it out; the reply comes back to the VM."""
+    from tests.unit.test_core import TUN, Net, ip, vm
+
+    mac = VM_MAC[(5001, VM2)]
+    net = Net({1: [vm("vm2", 3, 5001, mac, VM2)]})
+    host = net.hosts[1]
+    net.apply(host, host.core.routers_changed(net.now, [router(1)], [GW1, GW2]))
+    said = frame(msgs.Announce(frozenset(), gateway=msgs.GatewayRole(True, 200)), GW1, ip(1))
+    net.apply(host, host.core.control_message(net.now, said, GW1))
+    assert host.core.p.routers.active_gateway == GW1
+    g = started()
+
+    seen = net.send(1, 3, tcp(VM2, NEXT_HOP, 40000, 80, mac, router_mac(5001)))
+    (tunnelled,) = [s.delivery for s in seen if s.port == TUN]
+    assert (tunnelled.tun_dst, tunnelled.tunnel_id) == (str(GW1), 5001)
+    tun = {"tunnel_id": tunnelled.tunnel_id, "tun_ipv4_src": str(ip(1))}
+    (out,) = g.send(TUNNEL, tunnelled.pkt, tun)
+    assert out.port == EXT_PORT and ip_of(out)[0] == "203.0.113.11"
+
+    back_in(g, "203.0.113.11")
+    (released,) = g.learns(5001, ip(1))
+    tun = {"tunnel_id": released.tunnel_id, "tun_ipv4_src": str(GW1)}
+    arrived = host.switch.process(TUN, released.pkt, tun)
+    assert [(d.port, ip_of(d)[:2]) for d in arrived] == [(3, (NEXT_HOP, VM2))]
