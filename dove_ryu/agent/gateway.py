@@ -232,6 +232,7 @@ class GatewayCore:
             return CoreOutput()
         if msg.gateway is not None:
             new = self.p.election.heard(now, sender, msg.gateway)
+            self._claim_early(now)
             out = self._elect(now)
             if new:
                 out.datagrams += self._announce(now, only=[sender])
@@ -288,9 +289,29 @@ class GatewayCore:
             out.ofmsgs += self.p.routers.activity(ext, active)
         return out
 
+    def _listening(self, now: float) -> bool:
+        return not self.active and now < self.p.election.listen_until
+
+    def _claim_early(self, now: float) -> None:
+        """While listening (just started, or restarted), a partner that says it is
+        standby, of lower preference than us: we would have won had we started together,
+        so we claim at once.  A restarted active gateway thus takes its place back
+        before its standby misses it: the datapath's connections stay where they are."""
+        election = self.p.election
+        if not self._listening(now) or not election.partners:
+            return
+        me = (election.priority, int(election.me))
+        partners = election.partners.items()
+        if all(not p.role.active and (p.role.priority, int(h)) < me for h, p in partners):
+            election.listen_until = now
+
     def _announce(self, now: float, only: list[IPv4Address] | None = None) -> list[Datagram]:
         """Our role (active or standby) and no instances, to the hosts and the other
-        gateways (``only``: to those)."""
+        gateways (``only``: to those).  Nothing while listening: a standby's word from
+        a restarted active gateway would hand its place (and its connections) to the
+        other one."""
+        if self._listening(now):
+            return []
         targets = only
         if targets is None:
             self.next_announce = now + self.p.cfg.learning.announce_interval

@@ -341,3 +341,13 @@ def test_a_vm_reaches_the_internet_through_its_host_and_the_gateway_and_back() -
     tun = {"tunnel_id": released.tunnel_id, "tun_ipv4_src": str(GW1)}
     arrived = host.switch.process(TUN, released.pkt, tun)
     assert [(d.port, ip_of(d)[:2]) for d in arrived] == [(3, (NEXT_HOP, VM2))]
+
+
+def test_a_restarted_active_gateway_takes_its_place_back_before_its_standby_misses_it() -> None:
+    g = Gateway()  # just (re)started: listening, and saying nothing that would hand over
+    g.later(0.3)
+    assert not g.core.active and not [m for _, m in g.sent if isinstance(m, msgs.Announce)]
+    g.hear(msgs.Announce(frozenset(), gateway=msgs.GatewayRole(False, 150)), GW2)
+    assert g.core.active  # the standby's hello: we are preferred, so we claim at once
+    said = [(d, m.gateway) for d, m in g.sent if isinstance(m, msgs.Announce)]
+    assert (str(GW2), msgs.GatewayRole(True, 200)) in said
