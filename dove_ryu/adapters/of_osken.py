@@ -115,9 +115,24 @@ def _flow_mod(dp: Any, fm: of.FlowMod) -> Any:
         out_port=ofp.OFPP_ANY,
         out_group=ofp.OFPG_ANY,
         flags=flags,
-        match=parser.OFPMatch(**fm.match),
+        match=_osken_match(fm.match),
         instructions=instructions,
     )
+
+
+# NOTE (os-ken 4.2, OVS 3.1): os-ken orders a match's fields by their OXM header, so a
+# Nicira field (class 0x0001) goes before eth_type; OVS reads the fields in order and
+# refuses one whose prerequisite it has not seen yet (OFPBMC_BAD_PREREQ): nw_ttl (NXM
+# ip_ttl) needs eth_type first.  Such a match is given to os-ken in an order that works.
+_NEEDS_ETH_TYPE_FIRST = frozenset({"nw_ttl"})
+
+
+def _osken_match(match: of.Match) -> Any:
+    built = parser.OFPMatch(**match)
+    if not _NEEDS_ETH_TYPE_FIRST & set(match):
+        return built
+    fields = sorted(built.items(), key=lambda item: item[0] != "eth_type")
+    return parser.OFPMatch(_ordered_fields=fields)
 
 
 def to_osken(dp: Any, msg: of.OfMsg) -> Any:

@@ -191,12 +191,17 @@ def router_flows(router: Router, ext: ExternalSide) -> list[FlowMod]:
     for subnet in router.subnets:
         instance = subnet.instance
         md = (instance, INSTANCE_MASK)
+        # NOTE (OVS 3.1): nw_ttl takes no mask (a masked match is refused, BAD_PREREQ):
+        # TTL 0 and 1, one flow each, dropped and counted by their cookie.
         msgs += [
             L3_ROUTE.flow(
                 priority=PRIO_TTL,
-                match={"metadata": md, "eth_type": ETH_TYPE_IPV4, "nw_ttl": (0, 0xFE)},
+                match={"metadata": md, "eth_type": ETH_TYPE_IPV4, "nw_ttl": ttl},
                 cookie=Cookie(Purpose.ROUTE_TTL, instance, r),
-            ),
+            )
+            for ttl in (0, 1)
+        ]
+        msgs += [
             L3_ROUTE.flow(
                 priority=PRIO_ROUTE,
                 match={"metadata": md, "eth_type": ETH_TYPE_IPV4, "eth_dst": subnet.mac},
