@@ -35,7 +35,7 @@ from mininet.node import Host
 from mininet.util import quietRun
 
 from mininet_topos.dove_agent import admin, agent_cmd, agent_config, connected_status
-from mininet_topos.emulation import UNDERLAY_NET
+from mininet_topos.emulation import UNDERLAY_NET, warm_underlay
 from mininet_topos.hypervisor import (
     BR_DOVE,
     DAEMONS,
@@ -256,6 +256,9 @@ def add_gateways(
             gw.make_port_only(f"{gw.name}-ext")
             gw.vsctl("--may-exist", "add-port", BR_DOVE, f"{gw.name}-ext")
             gw.start_agent(gateway_config(gw, k, peers, key), agent_cmd())
+        # OVS's tunnel neighbour caches, both ways: a gateway's first tunnelled packet
+        # (a reply held while it resolved the VM) is not lost to underlay ARP.
+        warm_underlay([*dnet.hypervisors, *gateways])
         declare_routers(dnet, external, tenants)
         for gw in gateways:
             wait_until(lambda gw=gw: connected_status(gw), timeout, f"{gw.name} agent connected")
