@@ -115,23 +115,23 @@ def _flow_mod(dp: Any, fm: of.FlowMod) -> Any:
         out_port=ofp.OFPP_ANY,
         out_group=ofp.OFPG_ANY,
         flags=flags,
-        match=_osken_match(fm.match),
+        match=_match(fm.match),
         instructions=instructions,
     )
 
 
-# NOTE (os-ken 4.2, OVS 3.1): os-ken orders a match's fields by their OXM header, so a
-# Nicira field (class 0x0001) goes before eth_type; OVS reads the fields in order and
-# refuses one whose prerequisite it has not seen yet (OFPBMC_BAD_PREREQ): nw_ttl (NXM
-# ip_ttl) needs eth_type first.  Such a match is given to os-ken in an order that works.
-_NEEDS_ETH_TYPE_FIRST = frozenset({"nw_ttl"})
+# Nicira fields with a prerequisite, which must follow the prerequisite on the wire.
+_AFTER_PREREQS = frozenset({"nw_ttl"})
 
 
-def _osken_match(match: of.Match) -> Any:
-    built = parser.OFPMatch(**match)
-    if not _NEEDS_ETH_TYPE_FIRST & set(match):
-        return built
-    fields = sorted(built.items(), key=lambda item: item[0] != "eth_type")
+def _match(match: of.Match) -> Any:
+    """An OFPMatch.  NOTE: os-ken (4.x) orders fields by number, which puts Nicira
+    extensions (class 0x0001) before eth_type, and OVS (3.1) checks each field's
+    prerequisites as it reads them: ``nw_ttl`` first fails with OFPBMC_BAD_PREREQ."""
+    osken = parser.OFPMatch(**match)
+    if not _AFTER_PREREQS & set(match):
+        return osken
+    fields = sorted(osken._fields2, key=lambda kv: kv[0] in _AFTER_PREREQS)
     return parser.OFPMatch(_ordered_fields=fields)
 
 
