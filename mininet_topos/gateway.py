@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import shlex
+import shutil
 import subprocess
 import tempfile
 import time
@@ -143,6 +144,8 @@ class External:
         gw.start_agent(None, agent_cmd())  # its dove.ini is already there
 
     def stop(self) -> None:
+        """Stop the internet host's servers and remove their files (the nodes go with
+        the emulation's net)."""
         for server in self.servers:
             server.terminate()
         for server in self.servers:
@@ -150,6 +153,7 @@ class External:
                 server.wait(5)
             except subprocess.TimeoutExpired:
                 server.kill()
+        shutil.rmtree(self.workdir, ignore_errors=True)
 
 
 def gateway_config(gw: Hypervisor, k: int, peers: str, key: str) -> str:
@@ -319,6 +323,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.clean:
         for d in reap_rundirs("dove-gw*-*", DAEMONS):
             print(f"removed {d}")
+        for d in Path(tempfile.gettempdir()).glob("dove-external-*"):
+            shutil.rmtree(d, ignore_errors=True)
         quietRun(f"ip link del {EXTERNAL_SWITCH}")
         return
     from mininet.cli import CLI
