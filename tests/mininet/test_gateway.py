@@ -1,0 +1,260 @@
+"""The external gateways (issue 12 items 2, 5 and 7): source NAT, floating IPs,
+active/standby.
+
+One emulation for the module: 3 hypervisors, 2 tenants with identical plans, 2 subnets
+each, a router per tenant with source NAT (203.0.113.1t) and a floating IP
+(203.0.113.10t -> t<t>vm1, 10.0.0.1), two gateways (gw1 preferred), an internet host
+(203.0.113.254: HTTP on 80, TCP echo on 7) with no route into the overlay.  The failover
+test runs last: it stops the active gateway.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from dove_ryu.openflow import cookies
+from dove_ryu.openflow.cookies import Purpose
+from mininet_topos.dove_agent import admin, connected_status
+from mininet_topos.dove_topo import DoveNet, VmRecord
+from mininet_topos.gateway import (
+    ECHO_PORT,
+    INDEX_TEXT,
+    INTERNET_IP,
+    External,
+    add_gateways,
+    fetch,
+    floating_ip,
+    hosts_and_gateways,
+    in_node,
+    snat_address,
+)
+from mininet_topos.hypervisor import Hypervisor, wait_until
+
+
+@dataclass
+class World:
+    dnet: DoveNet
+    ext: External
+
+
+@pytest.fixture(scope="module")
+def world() -> Iterator[World]:
+    if os.geteuid() != 0:
+        pytest.skip("Mininet needs root")
+    from mininet_topos.agents import build_dove_net
+
+    extra = {"peers": hosts_and_gateways(3)}
+    dnet, key = build_dove_net(3, 2, 4, extra=extra, subnets=2, routers=True)
+    try:
+        ext = add_gateways(dnet, key)
+        try:
+            yield World(dnet, ext)
+        finally:
+            ext.stop()
+    finally:
+        dnet.stop()
+
+
+# --- helpers ---------------------------------------------------------------------------
+
+_CLIENT = """
+import socket, sys, time
+s = socket.create_connection(({ip!r}, {port}), timeout=5)
+for line in sys.stdin:
+    if line.startswith("sleep "):
+        time.sleep(float(line.split()[1])); continue
+    s.sendall(line.encode())
+    got = b""
+    while not got.endswith(b"\\n"):
+        got += s.recv(4096)
+    print(got.decode(), end="", flush=True)
+"""
+
+
+class EchoClient:
+    """One TCP connection from a VM to the internet host's echo server, kept open."""
+
+    def __init__(self, vm: VmRecord) -> None:
+        code = _CLIENT.format(ip=INTERNET_IP, port=ECHO_PORT)
+        self.proc = vm.host.popen(
+            ["python3", "-u", "-c", code],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+
+    def say(self, line: str, timeout: float = 10.0) -> str:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(f"{line}\n".encode())
+        self.proc.stdin.flush()
+        import selectors
+
+        sel = selectors.DefaultSelector()
+        sel.register(self.proc.stdout, selectors.EVENT_READ)
+        if not sel.select(timeout):
+            return ""
+        return self.proc.stdout.readline().decode().rstrip("\n")
+
+    def close(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+
+
+def ping(node: Any, dst: str, count: int = 3) -> int:
+    out, _, _ = in_node(node, ["ping", "-n", "-c", str(count), "-W", "2", "-i", "0.2", dst], 30)
+    m = re.search(r"(\d+) received", out)
+    return int(m.group(1)) if m else 0
+
+
+def drops(gw: Hypervisor) -> int:
+    """Packets the gateway's DROP_EXTERNAL flows dropped."""
+    total = 0
+    for line in gw.ofctl("dump-flows", "br-dove").splitlines():
+        m = re.search(r"cookie=(0x[0-9a-f]+).*n_packets=(\d+)", line)
+        if m:
+            decoded = cookies.decode(int(m.group(1), 16))
+            if decoded is not None and decoded.purpose is Purpose.DROP_EXTERNAL:
+                total += int(m.group(2))
+    return total
+
+
+def active(world: World) -> Hypervisor:
+    gw = wait_until(world.ext.active, 30.0, "one active gateway")
+    assert isinstance(gw, Hypervisor)
+    return gw
+
+
+# --- tests ------------------------------------------------------------------------------
+
+
+def test_vms_of_both_tenants_fetch_a_page_from_their_own_snat_address(world: World) -> None:
+    for t in (1, 2):
+        vm = world.dnet.vm(f"t{t}vm2")  # 10.0.1.2: the same address in both tenants
+        body = wait_until(
+            lambda vm=vm: fetch(vm.host, f"http://{INTERNET_IP}/index.html"),
+            30.0,
+            f"{vm.name} fetches the page",
+            step=0.5,
+        )
+        assert body == INDEX_TEXT
+    log = world.ext.http_log()
+    assert snat_address(1) in log and snat_address(2) in log
+    assert "10.0." not in log  # inside addresses never reach the internet
+
+
+def test_the_internet_host_has_no_route_into_the_overlay(world: World) -> None:
+    routes = world.ext.internet.cmd("ip route show")
+    assert "default" not in routes and "10.0." not in routes
+    assert ping(world.ext.internet, "10.0.0.1", count=1) == 0
+
+
+def test_two_tenants_never_get_each_others_replies(world: World) -> None:
+    one, two = EchoClient(world.dnet.vm("t1vm2")), EchoClient(world.dnet.vm("t2vm2"))
+    try:
+        for n in range(5):
+            assert one.say(f"tenant-1 #{n}") == f"tenant-1 #{n}"
+            assert two.say(f"tenant-2 #{n}") == f"tenant-2 #{n}"
+    finally:
+        one.close()
+        two.close()
+
+
+def test_the_internet_host_reaches_a_vm_by_its_floating_ip(world: World) -> None:
+    vm = world.dnet.vm("t1vm1")
+    received = ping(world.ext.internet, floating_ip(1), count=3)  # the first one held, not lost
+    assert received == 3, {g.name: admin(g, "counters") for g in world.ext.gateways}
+    server = vm.host.popen(
+        [sys.executable, "-m", "http.server", "8080", "--bind", vm.ip],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        body = wait_until(
+            lambda: fetch(world.ext.internet, f"http://{floating_ip(1)}:8080/"),
+            20.0,
+            "the internet host fetches from t1vm1 by its floating IP",
+            step=0.5,
+        )
+        assert "Directory listing" in body
+    finally:
+        server.terminate()
+        _, err = server.communicate(timeout=5)
+    assert INTERNET_IP in err.decode()  # the VM sees the internet host, not the gateway
+    assert ping(world.ext.internet, floating_ip(2), count=1) == 1  # tenant 2's vm1 too
+
+
+def test_inbound_to_an_external_address_without_a_floating_ip_is_dropped(world: World) -> None:
+    gw = active(world)
+    before = drops(gw)
+    # A new connection to a router's source-NAT address, and to an address nobody has
+    # (the internet host is told it is at the gateway's MAC, so it reaches the gateway).
+    out, err, rc = in_node(
+        world.ext.internet,
+        ["python3", "-c", f"import socket; socket.create_connection(({snat_address(1)!r}, 22), 2)"],
+    )
+    assert rc != 0
+    mac = gw.cmd(f"cat /sys/class/net/{gw.name}-ext/address").strip()
+    world.ext.internet.cmd(f"ip neigh replace 203.0.113.77 lladdr {mac} dev inet-eth0")
+    assert ping(world.ext.internet, "203.0.113.77", count=2) == 0
+    wait_until(lambda: drops(gw) >= before + 3, 5.0, "the drops counted")
+
+
+def test_a_tcp_connection_through_snat_survives_a_restart_of_the_active_agent(
+    world: World,
+) -> None:
+    gw = active(world)
+    client = EchoClient(world.dnet.vm("t1vm3"))
+    try:
+        assert client.say("before") == "before"
+        gw.stop_agent()
+        world.ext.start_agent(gw)
+        wait_until(lambda: connected_status(gw), 30.0, f"{gw.name} agent back")
+        assert client.say("after") == "after"
+        assert world.ext.active() is gw  # the standby did not take over
+    finally:
+        client.close()
+
+
+def test_failover_to_the_standby_when_the_active_gateway_stops(world: World) -> None:
+    gw, vm = active(world), world.dnet.vm("t2vm3")
+    standby = world.ext.standby()
+    assert ping(vm.host, INTERNET_IP, count=2) == 2
+    pinger = vm.host.popen(
+        ["ping", "-n", "-D", "-i", "0.1", "-w", "40", INTERNET_IP],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
+    time.sleep(2)  # replies through the active gateway first
+    gw.stop_agent()
+    gw.stop_ovs()  # the whole gateway: its datapath too
+    stopped = time.time()
+    wait_until(lambda: admin(standby).get("active"), 30.0, f"{standby.name} active")
+    replies: list[float] = []
+
+    def resumed() -> bool:
+        return any(t > stopped for t in replies)
+
+    assert pinger.stdout is not None
+    deadline = time.time() + 30
+    while not resumed() and time.time() < deadline:
+        line = pinger.stdout.readline().decode()
+        m = re.match(r"\[(\d+\.\d+)\].*bytes from", line)
+        if m:
+            replies.append(float(m.group(1)))
+    pinger.kill()
+    pinger.wait()
+    assert resumed(), "no reply through the standby gateway"
+    # The longest silence between two replies: the gateway went between them.
+    gap = max(b - a for a, b in zip(replies, replies[1:], strict=False))
+    print(f"\ngateway failover gap: {gap:.2f} s ({gw.name} -> {standby.name})")
+    body = fetch(vm.host, f"http://{INTERNET_IP}/index.html")
+    assert body == INDEX_TEXT
