@@ -1,7 +1,7 @@
 """dove-ryu side by side with OVN, OVS NORMAL, kernel VXLAN and a learning switch.
 
     sudo scripts/bench.sh [--quick]
-        [--sections controller,first,dataplane,migration,scale,sites,directory]
+        [--sections controller,first,dataplane,migration,scale,sites,directory,routing]
                           [--out DIR]
 
 Every system runs in the same emulation (namespaced hypervisors with their own
@@ -257,7 +257,8 @@ def main(argv: list[str] | None = None) -> int:
         help="fewer and shorter runs, small scale: a change's check (< 5 min)",
     )
     parser.add_argument(
-        "--sections", default="controller,first,dataplane,migration,scale,sites,directory"
+        "--sections",
+        default="controller,first,dataplane,migration,scale,sites,directory,routing",
     )
     parser.add_argument(
         "--directory-vms",
@@ -329,6 +330,11 @@ def main(argv: list[str] | None = None) -> int:
 
         results["sites"] = run_sites(2 if args.quick else 6, progress)
         progress(f"  failover gap ms {json.dumps(results['sites']['failover_gap_ms'])}")
+
+    if "routing" in sections:
+        from benchmarks.routing_bench import run_routing
+
+        results["routing"] = run_routing(reps, seconds, progress)
 
     if "directory" in sections:
         vms = tuple(int(n) for n in args.directory_vms.split(","))

@@ -1,0 +1,327 @@
+"""Routing and the gateway (issue 12): what a tenant router costs next to one subnet,
+dove-ryu next to OVN's distributed logical router, and the way out through the gateway.
+
+Per repetition, one fresh build per system with two subnets of one tenant router:
+
+- a VM ``a`` pings and sends iperf3 to ``b`` in its own subnet and to ``c`` in the other
+  subnet, ``b`` and ``c`` on the same hypervisor, another one than ``a``'s: the routed
+  path and the same-subnet path cross the same pair of hypervisors;
+- before anything else, the first ping from ``a`` to ``c`` (nothing has resolved ``c``
+  yet): the first routed packet;
+- through the gateway: iperf3 from a VM to the internet host (SNAT), and a 5 ms ping
+  stream to it while the active gateway stops (agent and datapath): the gap until the
+  standby carries it.
+
+The routed/same-subnet ratios are taken within each build (the same hypervisors, the
+same moment), then summarised over the repetitions.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from ipaddress import IPv4Interface, ip_interface
+from typing import Any
+
+from benchmarks.stats import ratio, summary
+from mininet_topos.emulation import RunningNet, VmRecord
+from mininet_topos.traffic import TrafficError, iperf3, mbits
+
+RTT = re.compile(r"time=([\d.]+) ms")
+PING_LINE = re.compile(r"^\[(\d+\.\d+)\] \d+ bytes from .* icmp_seq=(\d+)")
+PING_SENT = re.compile(r"(\d+) packets transmitted, (\d+) received")
+STREAM_INTERVAL = 0.005  # seconds between echo requests of the failover stream
+PATH_SYSTEMS = ("dove", "ovn")
+TARGET_ROUTED_OVER_SAME = 0.9  # issue 12: routed throughput at least 0.9x same-subnet
+
+Progress = Callable[[str], None]
+
+
+# ------------------------------------------------------------------- pure parts
+
+
+def subnet_of(vm: VmRecord) -> str:
+    """The VM's subnet, from its address and prefix."""
+    return str(ip_interface(vm.ip_cidr).network)
+
+
+def pick_triple(vms: Sequence[VmRecord]) -> tuple[VmRecord, VmRecord, VmRecord]:
+    """``(a, b, c)``: ``b`` in ``a``'s subnet, ``c`` in another one, ``b`` and ``c`` on
+    the same hypervisor and ``a`` on another, so both paths cross the same two hosts."""
+    for a in vms:
+        for b in vms:
+            if b.hypervisor is a.hypervisor or subnet_of(b) != subnet_of(a):
+                continue
+            for c in vms:
+                if c.hypervisor is b.hypervisor and subnet_of(c) != subnet_of(a):
+                    return a, b, c
+    raise ValueError("no VM pair in one subnet with a VM of another subnet beside it")
+
+
+def rtts(output: str) -> list[float]:
+    return [float(x) for x in RTT.findall(output)]
+
+
+def gap_ms(replies: Sequence[float], stopped_at: float) -> float | None:
+    """The longest silence (ms) between replies, from the last reply before ``stopped_at``
+    on; None without a reply after it (the stream never came back)."""
+    before = [t for t in replies if t < stopped_at]
+    after = sorted(t for t in replies if t >= stopped_at)
+    if not after:
+        return None
+    points = ([max(before)] if before else []) + after
+    gap = max((y - x for x, y in zip(points, points[1:], strict=False)), default=0.0)
+    return gap * 1000
+
+
+def parse_stream(output: str) -> tuple[list[float], int | None, int | None]:
+    """A ``ping -D`` stream's reply times, and packets sent and received."""
+    replies = [float(m.group(1)) for m in map(PING_LINE.match, output.splitlines()) if m]
+    sent = PING_SENT.search(output)
+    if not sent:
+        return replies, None, None
+    return replies, int(sent.group(1)), int(sent.group(2))
+
+
+def per_sample_ratio(samples: Sequence[dict[str, Any]], num: str, den: str) -> list[float | None]:
+    """``num / den`` within each sample (one build), None where either is missing."""
+    out: list[float | None] = []
+    for s in samples:
+        a, b = s.get(num), s.get(den)
+        out.append(a / b if a is not None and b else None)
+    return out
+
+
+PATH_KEYS = (
+    "first_routed_ms",
+    "first_same_ms",
+    "same_rtt_ms",
+    "routed_rtt_ms",
+    "same_mbits",
+    "routed_mbits",
+    "build_s",
+)
+
+
+def summarize_paths(samples: Sequence[dict[str, Any]], systems: Sequence[str]) -> dict[str, Any]:
+    """Per system: medians and spreads of each figure and of the per-build ratios
+    (routed over same-subnet); and dove over OVN for each."""
+    out: dict[str, Any] = {}
+    for system in systems:
+        rows = [s for s in samples if s["system"] == system and "error" not in s]
+        got: dict[str, Any] = {key: summary([r.get(key) for r in rows]) for key in PATH_KEYS}
+        got["routed_over_same_mbits"] = summary(
+            per_sample_ratio(rows, "routed_mbits", "same_mbits")
+        )
+        got["routed_over_same_rtt"] = summary(
+            per_sample_ratio(rows, "routed_rtt_ms", "same_rtt_ms")
+        )
+        got["first_routed_lost"] = sum(1 for r in rows if r.get("first_routed_lost"))
+        got["errors"] = sum(1 for s in samples if s["system"] == system and "error" in s)
+        if system == "dove":
+            got["packet_ins_during_routed_iperf"] = [
+                r.get("packet_ins_during_routed_iperf") for r in rows
+            ]
+        out[system] = got
+    dove, ovn = out.get("dove"), out.get("ovn")
+    if dove and ovn:
+        out["dove_over_ovn"] = {
+            key: ratio(dove[key], ovn[key])
+            for key in ("routed_mbits", "routed_rtt_ms", "first_routed_ms", "same_mbits")
+        }
+    return out
+
+
+def summarize_gateway(snat: Sequence[dict[str, Any]], failover: Sequence[dict[str, Any]]) -> dict:
+    """SNAT throughput per system, and the failover gaps."""
+    systems = sorted({s["system"] for s in snat})
+    good = [f for f in failover if "error" not in f]
+    return {
+        "snat_mbits": {
+            system: summary([s.get("mbits") for s in snat if s["system"] == system])
+            for system in systems
+        },
+        "failover_gap_ms": summary([f.get("gap_ms") for f in good]),
+        "failover_recovered": sum(1 for f in good if f.get("gap_ms") is not None),
+        "failover_runs": len(failover),
+    }
+
+
+# --------------------------------------------------------------- the emulations
+
+
+def build_routed(system: str) -> tuple[RunningNet, list[VmRecord]]:
+    """A fresh emulation of ``system`` with two subnets of one tenant router, and the VMs
+    the samples may use."""
+    if system == "dove":
+        return build_dove_routed()
+    if system == "ovn":
+        return build_ovn_routed()
+    raise ValueError(f"no routed build for {system!r}")
+
+
+def build_dove_routed() -> tuple[RunningNet, list[VmRecord]]:
+    """dove-ryu agents, three hypervisors, tenant 1's six VMs in two subnets joined by a
+    router (the routing helper's layout: VM i in subnet (i-1) % 2)."""
+    from mininet_topos.dove_topo import build_dove_net
+
+    dnet, _ = build_dove_net(3, 1, 6, subnets=2, routers=True)  # type: ignore[call-arg]
+    return dnet, dnet.tenant_vms(1)
+
+
+def build_ovn_routed() -> tuple[RunningNet, list[VmRecord]]:
+    """OVN on two hypervisors: instance 5001 (tenant 1's switch) as 10.0.0.0/24, instance
+    5002 moved to 10.0.1.0/24, joined by a distributed logical router with the same
+    gateway addresses and MACs as dove-ryu's."""
+    from dove_ryu.model import Router, Subnet
+    from mininet_topos import ovn
+    from mininet_topos.dove_topo import build_net
+
+    dnet = build_net(2, 2, 2, mode="ovn")
+    try:
+        central = dnet.probe
+        assert isinstance(central, ovn.OvnCentral)
+        subnets = {vm.instance: f"10.0.{vm.tenant - 1}.0/24" for vm in dnet.vms}
+        router = Router(
+            1,
+            tuple(
+                Subnet(i, IPv4Interface(net.replace(".0/", ".254/")))
+                for i, net in sorted(subnets.items())
+            ),
+        )
+        for vm in dnet.vms:
+            subnet = router.subnet_of(vm.instance)
+            assert subnet is not None
+            ip = str(subnet.network.network_address + int(vm.ip.rsplit(".", 1)[1]))
+            ovn.readdress(central, vm, f"{ip}/{subnet.network.prefixlen}", subnet.gateway.ip)
+        ovn.add_router(central, router)
+        central.nbctl("--wait=hv", "sync")
+    except BaseException:
+        dnet.stop()
+        raise
+    return dnet, list(dnet.vms)
+
+
+def dove_packet_ins(vms: Sequence[VmRecord]) -> int:
+    from mininet_topos.agents import admin
+
+    hvs = {vm.hypervisor.name: vm.hypervisor for vm in vms}
+    return sum(admin(hv)["counters"].get("packet_in", 0) for hv in hvs.values())
+
+
+# ----------------------------------------------------------------------- samples
+
+
+def path_sample(system: str, seconds: int, rep: int) -> dict[str, Any]:
+    """One build: the first routed ping, then RTT and iperf3 on the routed and the
+    same-subnet path (in an order that alternates with ``rep``)."""
+    started = time.monotonic()
+    net, vms = build_routed(system)
+    build_s = time.monotonic() - started
+    try:
+        a, b, c = pick_triple(vms)
+        first = rtts(a.host.cmd(f"ping -c1 -W2 {c.ip}"))
+        first_same = rtts(a.host.cmd(f"ping -c1 -W2 {b.ip}"))
+        sample: dict[str, Any] = {
+            "system": system,
+            "rep": rep,
+            "build_s": build_s,
+            "pair": [a.name, b.name, c.name],
+            "hosts": [a.hypervisor.name, b.hypervisor.name],
+            "first_routed_ms": first[0] if first else None,
+            "first_routed_lost": not first,
+            "first_same_ms": first_same[0] if first_same else None,
+        }
+        order = (("same", b), ("routed", c)) if rep % 2 == 0 else (("routed", c), ("same", b))
+        for label, dst in order:
+            steady = rtts(a.host.cmd(f"ping -c20 -i0.05 -W2 {dst.ip}"))
+            sample[f"{label}_rtt_ms"] = sorted(steady)[len(steady) // 2] if steady else None
+        for label, dst in order:
+            before = dove_packet_ins(vms) if system == "dove" else None
+            try:
+                sample[f"{label}_mbits"] = mbits(iperf3(a, dst, seconds))
+            except TrafficError as e:
+                sample[f"{label}_mbits"] = None
+                sample[f"{label}_iperf_error"] = str(e)[-300:]
+            if before is not None and label == "routed":
+                sample["packet_ins_during_routed_iperf"] = dove_packet_ins(vms) - before
+        return sample
+    finally:
+        net.stop()
+
+
+def run_paths(
+    reps: int, seconds: int, progress: Progress, systems: Sequence[str] = PATH_SYSTEMS
+) -> list[dict[str, Any]]:
+    """Repetitions interleaved across systems, so drift hits all of them alike."""
+    samples = []
+    for rep in range(reps):
+        for system in systems if rep % 2 == 0 else list(reversed(systems)):
+            progress(f"routing: paths rep {rep + 1}/{reps}: {system}")
+            try:
+                sample = path_sample(system, seconds, rep)
+            except Exception as e:  # a peer failing must not lose the other figures
+                sample = {"system": system, "rep": rep, "error": f"{type(e).__name__}: {e}"[-500:]}
+            samples.append(sample)
+            progress(f"  {str({k: v for k, v in sample.items() if k != 'rep'})[:240]}")
+    return samples
+
+
+def run_routing(reps: int, seconds: int, progress: Progress) -> dict[str, Any]:
+    """The whole section: paths (dove and OVN), SNAT throughput, failover gaps."""
+    paths = run_paths(reps, seconds, progress)
+    snat: list[dict[str, Any]] = []
+    failover: list[dict[str, Any]] = []
+    for rep in range(reps):
+        for system in ("dove", "ovn"):
+            progress(f"routing: SNAT rep {rep + 1}/{reps}: {system}")
+            try:
+                snat.append(snat_sample(system, seconds))
+            except Exception as e:
+                snat.append({"system": system, "error": f"{type(e).__name__}: {e}"[-500:]})
+            progress(f"  {snat[-1]}"[:240])
+        progress(f"routing: gateway failover {rep + 1}/{reps}")
+        try:
+            failover.append(failover_sample())
+        except Exception as e:
+            failover.append({"error": f"{type(e).__name__}: {e}"[-500:]})
+        progress(f"  {failover[-1]}"[:240])
+    return {
+        "paths": paths,
+        "summary": summarize_paths(paths, PATH_SYSTEMS),
+        "snat": snat,
+        "failover": failover,
+        "gateway": summarize_gateway(snat, failover),
+    }
+
+
+def snat_sample(system: str, seconds: int) -> dict[str, Any]:
+    """iperf3 from a VM through the active gateway (SNAT) to the internet host."""
+    raise NotImplementedError(f"SNAT sample for {system}: the gateway emulation is not here yet")
+
+
+def failover_sample(settle: float = 1.0) -> dict[str, Any]:
+    """A 5 ms ping stream from a VM to the internet host; the active gateway stops (agent
+    and datapath); the gap is the longest silence between replies from then on."""
+    raise NotImplementedError("failover sample: the gateway emulation is not here yet")
+
+
+def ping_stream(src: VmRecord, dst_ip: str) -> tuple[Any, Any]:
+    """Start a 5 ms ``ping -D`` stream to a file (a pipe nobody reads would stall it)."""
+    log = tempfile.TemporaryFile(mode="w+")
+    proc = src.host.popen(
+        ["ping", "-D", "-i", str(STREAM_INTERVAL), "-W", "1", dst_ip],
+        stdout=log,
+        stderr=subprocess.DEVNULL,
+    )
+    return proc, log
+
+
+def stop_stream(proc: Any, log: Any) -> str:
+    proc.send_signal(2)
+    proc.wait(timeout=10)
+    log.seek(0)
+    return str(log.read())
