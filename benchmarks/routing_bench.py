@@ -298,8 +298,57 @@ def run_routing(reps: int, seconds: int, progress: Progress) -> dict[str, Any]:
     }
 
 
+INTERNET_IP = "203.0.113.254"
+OVN_EXTERNAL = IPv4Interface("203.0.113.31/24")  # OVN's router on the external network
+
+
+def ovn_internet(net: RunningNet, hv: Any) -> VmRecord:
+    """OVN's way out: ``hv`` becomes the gateway chassis, with a leg (a veth) to an
+    internet host at INTERNET_IP that has no route into the overlay."""
+    from mininet_topos import ovn
+
+    host = net.net.addHost("inet", ip=None)
+    link = net.net.addLink(hv, host, intfName1=f"{hv.name}-ext", intfName2="inet-eth0")
+    for cmd in (
+        ["ip", "addr", "add", f"{INTERNET_IP}/24", "dev", "inet-eth0"],
+        ["ethtool", "-K", "inet-eth0", "tx", "off"],
+        ["ip", "link", "set", "inet-eth0", "up"],
+    ):
+        out, err, rc = host.pexec(cmd)
+        if rc != 0:
+            raise RuntimeError(f"inet: {' '.join(cmd)}: {err or out}")
+    ovn.make_gateway_chassis(hv, link.intf1.name)
+    return VmRecord("inet", host, hv, 0, 0, "", INTERNET_IP, f"{INTERNET_IP}/24", "inet-eth0")
+
+
+def ovn_snat_sample(seconds: int) -> dict[str, Any]:
+    """OVN: the tenant router's distributed gateway port with SNAT on hv2, iperf3 from a
+    VM on hv1 to the internet host behind it."""
+    from dove_ryu.model import Router, Subnet
+    from mininet_topos import ovn
+
+    net, vms = build_ovn_routed()
+    try:
+        central = net.probe  # type: ignore[attr-defined]
+        src = next(vm for vm in vms if vm.hypervisor.name == "hv1")
+        gw_hv = next(vm.hypervisor for vm in vms if vm.hypervisor.name == "hv2")
+        inet = ovn_internet(net, gw_hv)
+        subnets = sorted({(vm.instance, vm.ip_cidr.rsplit(".", 1)[0]) for vm in vms})
+        router = Router(1, tuple(Subnet(i, IPv4Interface(f"{p}.254/24")) for i, p in subnets))
+        ovn.add_gateway(central, router, ovn.OvnGateway(OVN_EXTERNAL, INTERNET_IP, (gw_hv.name,)))
+        central.nbctl("--wait=hv", "sync")
+        first = rtts(src.host.cmd(f"ping -c3 -i0.2 -W2 {INTERNET_IP}"))
+        sample: dict[str, Any] = {"system": "ovn", "reached": bool(first)}
+        sample["mbits"] = mbits(iperf3(src, inet, seconds))
+        return sample
+    finally:
+        net.stop()
+
+
 def snat_sample(system: str, seconds: int) -> dict[str, Any]:
     """iperf3 from a VM through the active gateway (SNAT) to the internet host."""
+    if system == "ovn":
+        return ovn_snat_sample(seconds)
     raise NotImplementedError(f"SNAT sample for {system}: the gateway emulation is not here yet")
 
 
