@@ -355,15 +355,22 @@ def _routing_section(routing: dict[str, Any]) -> list[str]:
         "| figure | system | median (min-max) | runs |",
         "|---|---|---|---|",
     ]
-    for system, s in sorted(gw.get("snat_mbits", {}).items()):
-        lines.append(f"| SNAT Mbit/s | {system} | {fmt(s, 0)} | {s['n']} |")
-    gap = gw.get("failover_gap_ms", {"n": 0})
-    lines.append(
-        f"| failover gap ms | dove | {fmt(gap, 0)} | {gw.get('failover_recovered', 0)} "
-        f"recovered of {gw.get('failover_runs', 0)} |"
+    for system, g in sorted(gw.items()):
+        lines.append(
+            f"| SNAT Mbit/s | {system} | {fmt(g['snat_mbits'], 0)} | {g['snat_mbits']['n']} |"
+        )
+    for system, g in sorted(gw.items()):
+        lines.append(
+            f"| failover gap ms | {system} | {fmt(g['failover_gap_ms'], 0)} | "
+            f"{g['failover_recovered']} recovered of {g['failover_runs']} |"
+        )
+    over = ratio(
+        gw.get("dove", {}).get("failover_gap_ms", {}), gw.get("ovn", {}).get("failover_gap_ms", {})
     )
+    if over is not None:
+        lines += ["", f"dove-ryu's failover gap / OVN's: {over:.2f}x."]
     failed = [
-        f"- {kind} {s.get('system', 'dove')}: `{s['error'][:200]}`"
+        f"- {kind} {s.get('system', '')}: `{s['error'][:200]}`"
         for kind in ("paths", "snat", "failover")
         for s in routing.get(kind, [])
         if "error" in s

@@ -28,12 +28,14 @@ from typing import Any
 
 from benchmarks.stats import ratio, summary
 from mininet_topos.emulation import RunningNet, VmRecord
+from mininet_topos.hypervisor import wait_until
 from mininet_topos.traffic import TrafficError, iperf3, mbits
 
 RTT = re.compile(r"time=([\d.]+) ms")
 PING_LINE = re.compile(r"^\[(\d+\.\d+)\] \d+ bytes from .* icmp_seq=(\d+)")
 PING_SENT = re.compile(r"(\d+) packets transmitted, (\d+) received")
 STREAM_INTERVAL = 0.005  # seconds between echo requests of the failover stream
+RECOVERY_TIMEOUT = 15.0  # seconds a failover may take before the sample says "never"
 PATH_SYSTEMS = ("dove", "ovn")
 TARGET_ROUTED_OVER_SAME = 0.9  # issue 12: routed throughput at least 0.9x same-subnet
 
@@ -136,18 +138,18 @@ def summarize_paths(samples: Sequence[dict[str, Any]], systems: Sequence[str]) -
 
 
 def summarize_gateway(snat: Sequence[dict[str, Any]], failover: Sequence[dict[str, Any]]) -> dict:
-    """SNAT throughput per system, and the failover gaps."""
-    systems = sorted({s["system"] for s in snat})
-    good = [f for f in failover if "error" not in f]
-    return {
-        "snat_mbits": {
-            system: summary([s.get("mbits") for s in snat if s["system"] == system])
-            for system in systems
-        },
-        "failover_gap_ms": summary([f.get("gap_ms") for f in good]),
-        "failover_recovered": sum(1 for f in good if f.get("gap_ms") is not None),
-        "failover_runs": len(failover),
-    }
+    """Per system: SNAT throughput, the failover gaps, how many failovers came back."""
+    out: dict[str, Any] = {}
+    for system in sorted({s["system"] for s in [*snat, *failover]}):
+        runs = [f for f in failover if f["system"] == system]
+        good = [f for f in runs if "error" not in f]
+        out[system] = {
+            "snat_mbits": summary([s.get("mbits") for s in snat if s["system"] == system]),
+            "failover_gap_ms": summary([f.get("gap_ms") for f in good]),
+            "failover_recovered": sum(1 for f in good if f.get("gap_ms") is not None),
+            "failover_runs": len(runs),
+        }
+    return out
 
 
 # --------------------------------------------------------------- the emulations
@@ -172,15 +174,15 @@ def build_dove_routed() -> tuple[RunningNet, list[VmRecord]]:
     return dnet, dnet.tenant_vms(1)
 
 
-def build_ovn_routed() -> tuple[RunningNet, list[VmRecord]]:
-    """OVN on two hypervisors: instance 5001 (tenant 1's switch) as 10.0.0.0/24, instance
+def build_ovn_routed(hypervisors: int = 2) -> tuple[RunningNet, list[VmRecord]]:
+    """OVN on two hypervisors (or more): instance 5001 (tenant 1's switch) as 10.0.0.0/24, instance
     5002 moved to 10.0.1.0/24, joined by a distributed logical router with the same
     gateway addresses and MACs as dove-ryu's."""
     from dove_ryu.model import Router, Subnet
     from mininet_topos import ovn
     from mininet_topos.dove_topo import build_net
 
-    dnet = build_net(2, 2, 2, mode="ovn")
+    dnet = build_net(hypervisors, 2, 2, mode="ovn")
     try:
         central = dnet.probe
         assert isinstance(central, ovn.OvnCentral)
@@ -283,12 +285,13 @@ def run_routing(reps: int, seconds: int, progress: Progress) -> dict[str, Any]:
             except Exception as e:
                 snat.append({"system": system, "error": f"{type(e).__name__}: {e}"[-500:]})
             progress(f"  {snat[-1]}"[:240])
-        progress(f"routing: gateway failover {rep + 1}/{reps}")
-        try:
-            failover.append(failover_sample())
-        except Exception as e:
-            failover.append({"error": f"{type(e).__name__}: {e}"[-500:]})
-        progress(f"  {failover[-1]}"[:240])
+        for system in ("dove", "ovn"):
+            progress(f"routing: gateway failover rep {rep + 1}/{reps}: {system}")
+            try:
+                failover.append(failover_sample(system))
+            except Exception as e:
+                failover.append({"system": system, "error": f"{type(e).__name__}: {e}"[-500:]})
+            progress(f"  {failover[-1]}"[:240])
     return {
         "paths": paths,
         "summary": summarize_paths(paths, PATH_SYSTEMS),
@@ -302,47 +305,123 @@ INTERNET_IP = "203.0.113.254"
 OVN_EXTERNAL = IPv4Interface("203.0.113.31/24")  # OVN's router on the external network
 
 
-def ovn_internet(net: RunningNet, hv: Any) -> VmRecord:
-    """OVN's way out: ``hv`` becomes the gateway chassis, with a leg (a veth) to an
-    internet host at INTERNET_IP that has no route into the overlay."""
+def ovn_internet(net: RunningNet, hvs: Sequence[Any]) -> VmRecord:
+    """OVN's way out: each of ``hvs`` becomes a gateway chassis, with a leg (a veth) to an
+    internet host at INTERNET_IP that has no route into the overlay (the legs meet on a
+    bridge inside the internet host's namespace: nothing in the root namespace)."""
     from mininet_topos import ovn
 
     host = net.net.addHost("inet", ip=None)
-    link = net.net.addLink(hv, host, intfName1=f"{hv.name}-ext", intfName2="inet-eth0")
-    for cmd in (
-        ["ip", "addr", "add", f"{INTERNET_IP}/24", "dev", "inet-eth0"],
-        ["ethtool", "-K", "inet-eth0", "tx", "off"],
-        ["ip", "link", "set", "inet-eth0", "up"],
-    ):
+    cmds = [["ip", "link", "add", "br0", "type", "bridge", "stp_state", "0", "forward_delay", "0"]]
+    legs = []
+    for n, hv in enumerate(hvs):
+        link = net.net.addLink(hv, host, intfName1=f"{hv.name}-ext", intfName2=f"inet-eth{n}")
+        legs.append((hv, link.intf1.name))
+        cmds += [
+            ["ethtool", "-K", f"inet-eth{n}", "tx", "off"],
+            ["ip", "link", "set", f"inet-eth{n}", "master", "br0", "up"],
+        ]
+    cmds += [
+        ["ip", "addr", "add", f"{INTERNET_IP}/24", "dev", "br0"],
+        ["ethtool", "-K", "br0", "tx", "off"],
+        ["ip", "link", "set", "br0", "up"],
+    ]
+    for cmd in cmds:
         out, err, rc = host.pexec(cmd)
         if rc != 0:
             raise RuntimeError(f"inet: {' '.join(cmd)}: {err or out}")
-    ovn.make_gateway_chassis(hv, link.intf1.name)
-    return VmRecord("inet", host, hv, 0, 0, "", INTERNET_IP, f"{INTERNET_IP}/24", "inet-eth0")
+    for hv, uplink in legs:
+        ovn.make_gateway_chassis(hv, uplink)
+    return VmRecord("inet", host, hvs[0], 0, 0, "", INTERNET_IP, f"{INTERNET_IP}/24", "br0")
 
 
-def ovn_snat_sample(seconds: int) -> dict[str, Any]:
-    """OVN: the tenant router's distributed gateway port with SNAT on hv2, iperf3 from a
-    VM on hv1 to the internet host behind it."""
+def build_ovn_gateway(chassis: Sequence[str]) -> tuple[RunningNet, VmRecord, VmRecord]:
+    """OVN's routed build with the router's distributed gateway port (SNAT) on ``chassis``
+    (by priority); returns the net, a VM on hv1 and the internet host."""
     from dove_ryu.model import Router, Subnet
     from mininet_topos import ovn
 
-    net, vms = build_ovn_routed()
+    net, vms = build_ovn_routed(hypervisors=1 + len(chassis))
     try:
         central = net.probe  # type: ignore[attr-defined]
         src = next(vm for vm in vms if vm.hypervisor.name == "hv1")
-        gw_hv = next(vm.hypervisor for vm in vms if vm.hypervisor.name == "hv2")
-        inet = ovn_internet(net, gw_hv)
+        hvs = {vm.hypervisor.name: vm.hypervisor for vm in vms}
+        inet = ovn_internet(net, [hvs[name] for name in chassis])
         subnets = sorted({(vm.instance, vm.ip_cidr.rsplit(".", 1)[0]) for vm in vms})
         router = Router(1, tuple(Subnet(i, IPv4Interface(f"{p}.254/24")) for i, p in subnets))
-        ovn.add_gateway(central, router, ovn.OvnGateway(OVN_EXTERNAL, INTERNET_IP, (gw_hv.name,)))
+        ovn.add_gateway(central, router, ovn.OvnGateway(OVN_EXTERNAL, INTERNET_IP, tuple(chassis)))
         central.nbctl("--wait=hv", "sync")
-        first = rtts(src.host.cmd(f"ping -c3 -i0.2 -W2 {INTERNET_IP}"))
-        sample: dict[str, Any] = {"system": "ovn", "reached": bool(first)}
-        sample["mbits"] = mbits(iperf3(src, inet, seconds))
-        return sample
+        wait_until(
+            lambda: "1 received" in src.host.cmd(f"ping -c1 -W1 {INTERNET_IP}"),
+            20.0,
+            "a VM to reach the internet host through OVN's gateway",
+        )
+    except BaseException:
+        net.stop()
+        raise
+    return net, src, inet
+
+
+def ovn_snat_sample(seconds: int) -> dict[str, Any]:
+    """OVN: iperf3 from a VM on hv1 through the gateway chassis hv2 (SNAT)."""
+    net, src, inet = build_ovn_gateway(("hv2",))
+    try:
+        return {"system": "ovn", "mbits": mbits(iperf3(src, inet, seconds))}
     finally:
         net.stop()
+
+
+def ovn_failover_sample(settle: float = 1.0) -> dict[str, Any]:
+    """OVN: gateway chassis hv2 (active) and hv3; hv2's ovn-controller and OVS stop."""
+    net, src, inet = build_ovn_gateway(("hv2", "hv3"))
+    try:
+        old = next(h for h in net.hypervisors if h.name == "hv2")  # type: ignore[attr-defined]
+        return stream_through_failover("ovn", src, inet.ip, old.stop_ovs, settle)
+    finally:
+        net.stop()
+
+
+def stream_through_failover(
+    system: str, src: VmRecord, dst_ip: str, stop: Callable[[], None], settle: float
+) -> dict[str, Any]:
+    """A 5 ms ping stream from ``src`` to ``dst_ip``; ``stop()`` the active gateway after
+    ``settle`` s; the gap, and what was lost, once the stream has run long enough to
+    come back."""
+    proc, log = ping_stream(src, dst_ip)
+    time.sleep(settle)
+    stopped_at = time.time()
+    stop()
+    try:  # until the stream is back after a silence (polled), then settle more seconds
+        wait_until(
+            lambda: came_back(parse_stream(read_so_far(log))[0], stopped_at),
+            RECOVERY_TIMEOUT,
+            "the stream to come back",
+            step=0.1,
+        )
+        time.sleep(settle)
+    except TimeoutError:
+        pass  # reported as no gap: the stream never came back
+    replies, sent, received = parse_stream(stop_stream(proc, log))
+    return {
+        "system": system,
+        "gap_ms": gap_ms(replies, stopped_at),
+        "sent": sent,
+        "lost": sent - received if sent is not None and received is not None else None,
+    }
+
+
+def came_back(replies: Sequence[float], stopped_at: float, silence: float = 0.05) -> bool:
+    """A reply after ``stopped_at`` that follows a silence longer than ``silence`` s."""
+    return any(
+        y >= stopped_at and y - x > silence for x, y in zip(replies, replies[1:], strict=False)
+    )
+
+
+def read_so_far(log: Any) -> str:
+    log.seek(0)
+    text = str(log.read())
+    log.seek(0, 2)
+    return text
 
 
 def snat_sample(system: str, seconds: int) -> dict[str, Any]:
@@ -352,10 +431,12 @@ def snat_sample(system: str, seconds: int) -> dict[str, Any]:
     raise NotImplementedError(f"SNAT sample for {system}: the gateway emulation is not here yet")
 
 
-def failover_sample(settle: float = 1.0) -> dict[str, Any]:
+def failover_sample(system: str, settle: float = 1.0) -> dict[str, Any]:
     """A 5 ms ping stream from a VM to the internet host; the active gateway stops (agent
     and datapath); the gap is the longest silence between replies from then on."""
-    raise NotImplementedError("failover sample: the gateway emulation is not here yet")
+    if system == "ovn":
+        return ovn_failover_sample(settle)
+    raise NotImplementedError("dove failover sample: the gateway emulation is not here yet")
 
 
 def ping_stream(src: VmRecord, dst_ip: str) -> tuple[Any, Any]:

@@ -10,6 +10,7 @@ import pytest
 
 from benchmarks.report import write_report
 from benchmarks.routing_bench import (
+    came_back,
     gap_ms,
     parse_stream,
     pick_triple,
@@ -59,6 +60,12 @@ def test_gap_is_the_longest_silence_from_the_last_reply_before_the_stop() -> Non
     replies = [10.000, 10.005, 10.010, 10.300, 10.305]
     assert gap_ms(replies, 10.012) == pytest.approx(290.0)
     assert gap_ms(replies[:3], 10.012) is None  # never came back
+
+
+def test_the_stream_comes_back_after_a_silence_past_the_stop() -> None:
+    assert not came_back([1.000, 1.005, 1.010], 1.008)
+    assert not came_back([1.000, 1.200, 1.205], 1.300)  # the silence was before the stop
+    assert came_back([1.000, 1.005, 1.500], 1.003)
 
 
 def test_parse_stream() -> None:
@@ -116,7 +123,12 @@ def machine() -> dict[str, Any]:
 
 
 def test_report_has_the_section_and_the_verdict(tmp_path: Path) -> None:
-    failover = [{"gap_ms": 850.0}, {"gap_ms": None}, {"error": "RuntimeError: no gateway"}]
+    failover = [
+        {"system": "dove", "gap_ms": 850.0},
+        {"system": "dove", "gap_ms": None},
+        {"system": "dove", "error": "RuntimeError: no gateway"},
+        {"system": "ovn", "gap_ms": 2666.0},
+    ]
     snat = [{"system": "dove", "mbits": 700.0}, {"system": "ovn", "error": "not built"}]
     results = {
         "machine": machine(),
@@ -135,6 +147,8 @@ def test_report_has_the_section_and_the_verdict(tmp_path: Path) -> None:
     assert "## Routing and the gateway" in text
     assert "**met**: routed throughput / same-subnet: 0.93" in text
     assert "| failover gap ms | dove | 850 (850-850) | 1 recovered of 3 |" in text
+    assert "| failover gap ms | ovn | 2666 (2666-2666) | 1 recovered of 1 |" in text
+    assert "dove-ryu's failover gap / OVN's: 0.32x." in text
     assert "| SNAT Mbit/s | dove | 700 (700-700) | 1 |" in text
     assert "- snat ovn: `not built`" in text
     assert "first routed ping 1.94x" in text
