@@ -362,7 +362,8 @@ def _routing_section(routing: dict[str, Any]) -> list[str]:
     for system, g in sorted(gw.items()):
         lines.append(
             f"| failover gap ms | {system} | {fmt(g['failover_gap_ms'], 0)} | "
-            f"{g['failover_recovered']} recovered of {g['failover_runs']} |"
+            f"{g['failover_recovered']} recovered of {g['failover_runs']}"
+            f"{', ' + str(g['failover_failed']) + ' failed' if g.get('failover_failed') else ''} |"
         )
     over = ratio(
         gw.get("dove", {}).get("failover_gap_ms", {}), gw.get("ovn", {}).get("failover_gap_ms", {})

@@ -148,6 +148,7 @@ def summarize_gateway(snat: Sequence[dict[str, Any]], failover: Sequence[dict[st
             "failover_gap_ms": summary([f.get("gap_ms") for f in good]),
             "failover_recovered": sum(1 for f in good if f.get("gap_ms") is not None),
             "failover_runs": len(runs),
+            "failover_failed": len(runs) - len(good),
         }
     return out
 
@@ -424,19 +425,56 @@ def read_so_far(log: Any) -> str:
     return text
 
 
+def build_dove_gateway() -> tuple[RunningNet, VmRecord, VmRecord, list[Any]]:
+    """dove-ryu with routers and two gateways (active and standby) onto the external
+    network; returns the net, a VM, the internet host and the gateways."""
+    raise NotImplementedError("the dove gateway emulation (mininet_topos.gateway) is not here yet")
+
+
+def active_gateway(gateways: Sequence[Any]) -> Any:
+    """The running gateway whose agent says it is active (waits for one)."""
+    from mininet_topos.agents import admin
+
+    return wait_until(
+        lambda: next((g for g in gateways if g.agent is not None and admin(g).get("active")), None),
+        30.0,
+        "an active gateway",
+    )
+
+
+def dove_snat_sample(seconds: int) -> dict[str, Any]:
+    """dove-ryu: iperf3 from a VM through the active gateway (SNAT) to the internet host."""
+    net, src, inet, _ = build_dove_gateway()
+    try:
+        return {"system": "dove", "mbits": mbits(iperf3(src, inet, seconds))}
+    finally:
+        net.stop()
+
+
+def dove_failover_sample(settle: float) -> dict[str, Any]:
+    """dove-ryu: the active gateway's agent and OVS stop under the stream."""
+    net, src, inet, gateways = build_dove_gateway()
+    try:
+        old = active_gateway(gateways)
+
+        def stop() -> None:
+            old.stop_agent()
+            old.stop_ovs()
+
+        return stream_through_failover("dove", src, inet.ip, stop, settle)
+    finally:
+        net.stop()
+
+
 def snat_sample(system: str, seconds: int) -> dict[str, Any]:
     """iperf3 from a VM through the active gateway (SNAT) to the internet host."""
-    if system == "ovn":
-        return ovn_snat_sample(seconds)
-    raise NotImplementedError(f"SNAT sample for {system}: the gateway emulation is not here yet")
+    return ovn_snat_sample(seconds) if system == "ovn" else dove_snat_sample(seconds)
 
 
 def failover_sample(system: str, settle: float = 1.0) -> dict[str, Any]:
     """A 5 ms ping stream from a VM to the internet host; the active gateway stops (agent
     and datapath); the gap is the longest silence between replies from then on."""
-    if system == "ovn":
-        return ovn_failover_sample(settle)
-    raise NotImplementedError("dove failover sample: the gateway emulation is not here yet")
+    return ovn_failover_sample(settle) if system == "ovn" else dove_failover_sample(settle)
 
 
 def ping_stream(src: VmRecord, dst_ip: str) -> tuple[Any, Any]:

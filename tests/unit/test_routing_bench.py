@@ -146,7 +146,7 @@ def test_report_has_the_section_and_the_verdict(tmp_path: Path) -> None:
     text = (tmp_path / "report.md").read_text()
     assert "## Routing and the gateway" in text
     assert "**met**: routed throughput / same-subnet: 0.93" in text
-    assert "| failover gap ms | dove | 850 (850-850) | 1 recovered of 3 |" in text
+    assert "| failover gap ms | dove | 850 (850-850) | 1 recovered of 3, 1 failed |" in text
     assert "| failover gap ms | ovn | 2666 (2666-2666) | 1 recovered of 1 |" in text
     assert "dove-ryu's failover gap / OVN's: 0.32x." in text
     assert "| SNAT Mbit/s | dove | 700 (700-700) | 1 |" in text
