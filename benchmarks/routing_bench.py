@@ -167,11 +167,11 @@ def build_routed(system: str) -> tuple[RunningNet, list[VmRecord]]:
 
 
 def build_dove_routed() -> tuple[RunningNet, list[VmRecord]]:
-    """dove-ryu agents, three hypervisors, tenant 1's six VMs in two subnets joined by a
+    """dove-ryu agents, three hypervisors, tenant 1's four VMs in two subnets joined by a
     router (the routing helper's layout: VM i in subnet (i-1) % 2)."""
     from mininet_topos.dove_topo import build_dove_net
 
-    dnet, _ = build_dove_net(3, 1, 6, subnets=2, routers=True)  # type: ignore[call-arg]
+    dnet, _ = build_dove_net(3, 1, 4, subnets=2, routers=True)  # type: ignore[call-arg]
     return dnet, dnet.tenant_vms(1)
 
 
