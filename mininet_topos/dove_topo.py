@@ -78,12 +78,15 @@ class TopoSpec:
     vms_per_tenant: int = 2
     mode: str = "dove"
     directory: bool = False  # a 3-member directory cluster on the underlay
+    subnets: int = 1  # per tenant: VM i is in subnet (i-1) % subnets (docs/routing.md)
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, not {self.mode!r}")
         if min(self.hypervisors, self.tenants, self.vms_per_tenant) < 1:
             raise ValueError("hypervisors, tenants and vms_per_tenant must be >= 1")
+        if self.subnets not in (1, 2):
+            raise ValueError("subnets must be 1 or 2")
         if self.vms_per_tenant > 250:
             raise ValueError("at most 250 VMs per tenant (one /24 per tenant)")
         if self.mode in SINGLE_TENANT_MODES and self.tenants != 1:
@@ -109,21 +112,27 @@ def directory_remotes() -> str:
     return cluster_remotes(directory_address(n) for n in range(1, DIRECTORY_MEMBERS + 1))
 
 
+def subnet_instance(tenant: int, subnet: int) -> int:
+    """The instance of a tenant's (1-based) subnet (0-based)."""
+    return FIRST_INSTANCE + (tenant - 1) + 100 * subnet
+
+
 def plan_vms(spec: TopoSpec) -> list[VmPlan]:
     """The address plan: identical per tenant, spread round-robin over the hypervisors."""
     plans = []
     for t in range(spec.tenants):
         for i in range(spec.vms_per_tenant):
             name = f"t{t + 1}vm{i + 1}"
+            subnet = i % spec.subnets  # subnet 0 is the one-subnet plan exactly
             plans.append(
                 VmPlan(
                     name=name,
                     tenant=t + 1,
                     index=i + 1,
                     hypervisor=hv_name((i + t) % spec.hypervisors + 1),
-                    instance=FIRST_INSTANCE + t,
+                    instance=subnet_instance(t + 1, subnet),
                     mac=f"02:00:00:00:00:{i + 1:02x}",
-                    ip_cidr=f"10.0.0.{i + 1}/24",
+                    ip_cidr=f"10.0.{subnet}.{i + 1}/24",
                     port=f"{name}-p",
                 )
             )
@@ -240,6 +249,7 @@ def build_net(
     agent_config: Any = None,
     directory: bool = False,
     directory_pki: ClusterPki | None = None,
+    subnets: int = 1,
 ) -> DoveNet:
     """Build and start the emulation; tear it down again if any step fails.
 
@@ -251,7 +261,7 @@ def build_net(
     ``directory`` adds a 3-member directory cluster on the underlay, with a leader before
     any agent starts (``dnet.directory``).
     """
-    spec = TopoSpec(hypervisors, tenants, vms_per_tenant, mode, directory)
+    spec = TopoSpec(hypervisors, tenants, vms_per_tenant, mode, directory, subnets)
     if agent_cmd and mode != "dove":
         raise ValueError("agents run in mode='dove' only")
     net = new_mininet(DoveTopo(spec=spec))
@@ -322,11 +332,15 @@ def build_dove_net(
     extra: dict[str, Any] | None = None,
     timeout: float = 60.0,
     directory: bool = False,
+    subnets: int = 1,
+    routers: bool = False,
 ) -> tuple[DoveNet, str]:
     """The emulation with an agent on every hypervisor, ready to forward.
 
     With ``directory`` the agents are configured with ``discovery = directory`` and the
-    cluster's remotes instead of a peers list.
+    cluster's remotes instead of a peers list.  ``subnets`` = 2 gives each tenant two
+    subnets; ``routers`` joins them with a router per tenant (router id = tenant, gateway
+    10.0.<subnet>.254), the VMs routing through it (`mininet_topos.routing`).
     Returns the net and the deployment key (tests forge messages with it)."""
     key = os.environ.get("DOVE_AUTH_KEY") or secrets.token_hex(16)
     peers = [underlay_ip(n) for n in range(1, hypervisors + 1)]
@@ -349,9 +363,14 @@ def build_dove_net(
         ),
         directory=directory,
         directory_pki=pki,
+        subnets=subnets,
     )
     try:
         wait_ready(dnet, timeout)
+        if routers:
+            from mininet_topos.routing import route_tenants
+
+            route_tenants(dnet, timeout)
     except BaseException:
         dnet.stop()
         raise

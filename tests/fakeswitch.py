@@ -24,11 +24,12 @@ from ipaddress import IPv4Address
 from typing import Any
 
 from dove_ryu.openflow import ofmsg as of
-from dove_ryu.openflow.packet import ETH_TYPE_ARP, build_arp, mac_bytes, parse
+from dove_ryu.openflow.packet import ETH_TYPE_ARP, ETH_TYPE_IPV4, build_arp, mac_bytes, parse
 
 OFPTT_ALL = 0xFF
 ZERO_MAC = "00:00:00:00:00:00"
 Packet = dict[str, Any]
+_IP_VIEW = "_ip_view"  # the IPv4 fields shown to the flows are a view of the payload
 # Pipeline fields that are not packet headers.
 REGISTERS = tuple(f"reg{i}" for i in range(16))
 _PIPELINE_FIELDS = (
@@ -42,8 +43,64 @@ _PIPELINE_FIELDS = (
 
 
 def _entry(pkt: Mapping[str, Any], in_port: int) -> Packet:
-    """A packet as it enters the pipeline: metadata and registers zero."""
-    return {**pkt, **dict.fromkeys(REGISTERS, 0), "in_port": in_port, "metadata": 0}
+    """A packet as it enters the pipeline: metadata and registers zero; an IPv4 packet
+    given as an opaque payload shows its header fields to the flows (`_ip_view`)."""
+    state = {**pkt, **dict.fromkeys(REGISTERS, 0), "in_port": in_port, "metadata": 0}
+    payload = pkt.get("payload", b"")
+    if pkt.get("eth_type") == ETH_TYPE_IPV4 and "ipv4_dst" not in pkt and len(payload) >= 20:
+        if payload[0] >> 4 == 4:
+            ihl = (payload[0] & 0x0F) * 4
+            state.update(
+                nw_ttl=payload[8],
+                ip_proto=payload[9],
+                ipv4_src=str(IPv4Address(payload[12:16])),
+                ipv4_dst=str(IPv4Address(payload[16:20])),
+            )
+            if payload[9] in (6, 17) and len(payload) >= ihl + 4:
+                src, dst = struct.unpack_from("!HH", payload, ihl)
+                kind = "udp" if payload[9] == 17 else "tcp"
+                state.update({f"{kind}_src": src, f"{kind}_dst": dst})
+            state[_IP_VIEW] = True
+    return state
+
+
+_IP_VIEW_FIELDS = (
+    "nw_ttl",
+    "ip_proto",
+    "ipv4_src",
+    "ipv4_dst",
+    "udp_src",
+    "udp_dst",
+    "tcp_src",
+    "tcp_dst",
+)
+
+
+def _ip_checksum(header: bytes) -> int:
+    total = sum(struct.unpack(f"!{len(header) // 2}H", header))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+def _headers_out(state: Mapping[str, Any]) -> Packet:
+    """The packet a port or the agent gets: pipeline fields gone, and the IPv4 header
+    of a payload-form packet written back (TTL, addresses) with its checksum."""
+    headers = {k: v for k, v in state.items() if k not in _PIPELINE_FIELDS}
+    if not headers.pop(_IP_VIEW, False):
+        return headers
+    payload = bytearray(headers["payload"])
+    ihl = (payload[0] & 0x0F) * 4
+    payload[8] = headers["nw_ttl"]
+    payload[12:16] = IPv4Address(headers["ipv4_src"]).packed
+    payload[16:20] = IPv4Address(headers["ipv4_dst"]).packed
+    if payload != headers["payload"]:
+        payload[10:12] = b"\0\0"
+        payload[10:12] = struct.pack("!H", _ip_checksum(bytes(payload[:ihl])))
+        headers["payload"] = bytes(payload)
+    for name in _IP_VIEW_FIELDS:
+        headers.pop(name, None)
+    return headers
 
 
 # ----------------------------------------------------------------- packets <-> bytes
@@ -62,6 +119,22 @@ def pkt_to_bytes(pkt: Mapping[str, Any]) -> bytes:
             IPv4Address(pkt["arp_tpa"]),
         )
     head = mac_bytes(pkt["eth_dst"]) + mac_bytes(pkt["eth_src"])
+    if pkt.get("eth_type") == ETH_TYPE_IPV4 and "ipv4_dst" in pkt and not pkt.get(_IP_VIEW):
+        payload = pkt.get("payload", b"")
+        ip = struct.pack(
+            "!BBHHHBBH4s4s",
+            0x45,
+            0,
+            20 + len(payload),
+            0,
+            0,
+            pkt.get("nw_ttl", 64),
+            pkt.get("ip_proto", 0),
+            0,
+            IPv4Address(pkt.get("ipv4_src", "0.0.0.0")).packed,
+            IPv4Address(pkt["ipv4_dst"]).packed,
+        )
+        return head + struct.pack("!H", ETH_TYPE_IPV4) + ip + payload
     return head + struct.pack("!H", pkt["eth_type"]) + pkt.get("payload", b"")
 
 
@@ -160,6 +233,7 @@ class FakeSwitch:
         self.groups: dict[int, tuple[tuple[of.Action, ...], ...]] = {}
         self.errors: list[str] = []
         self.in_port_drops = 0
+        self.ttl_drops = 0  # packets whose TTL a DecTtl would have taken to zero
 
     # ----------------------------------------------------------------- messages
 
@@ -283,7 +357,8 @@ class FakeSwitch:
             if flow is None:
                 return
             flow.packets += 1
-            self._actions(flow.actions, state, out, cookie=flow.cookie)
+            if not self._actions(flow.actions, state, out, cookie=flow.cookie):
+                return
             if flow.write_metadata is not None:
                 value, mask = flow.write_metadata
                 state["metadata"] = (state["metadata"] & ~mask) | (value & mask)
@@ -296,7 +371,8 @@ class FakeSwitch:
         out: list[Delivery],
         cookie: int | None,
         packet_out: bool = False,
-    ) -> None:
+    ) -> bool:
+        """Apply ``actions``; False when they dropped the packet (a TTL ran out)."""
         for action in actions:
             if isinstance(action, of.Output):
                 self._output(action.port, state, out, cookie, packet_out)
@@ -305,7 +381,7 @@ class FakeSwitch:
             elif isinstance(action, of.Move):
                 if state.get(action.src) is None:
                     self.errors.append(f"move from absent field {action.src}")
-                    return
+                    return True
                 state[action.dst] = state[action.src]
             elif isinstance(action, of.CheckLarger):
                 # NOTE (OVS 3.1, xlate_check_pkt_larger): the bit is written either way,
@@ -318,16 +394,27 @@ class FakeSwitch:
                 buckets = self.groups.get(action.group_id)
                 if buckets is None:
                     self.errors.append(f"output to missing group {action.group_id}")
-                    return
+                    return True
                 for bucket in buckets:
                     self._actions(bucket, dict(state), out, cookie)
+            elif isinstance(action, of.DecTtl):
+                ttl = state.get("nw_ttl")
+                if ttl is None:
+                    continue  # not IPv4: OVS does nothing either
+                if ttl <= 1:
+                    # NOTE: OVS (3.1) drops it, or sends it to a controller that asked
+                    # for invalid-TTL packet-ins (the agent does not).
+                    self.ttl_drops += 1
+                    return False
+                state["nw_ttl"] = ttl - 1
             else:
                 raise TypeError(f"fake switch cannot execute {action!r}")
+        return True
 
     def _output(
         self, port: int, state: Packet, out: list[Delivery], cookie: int | None, packet_out: bool
     ) -> None:
-        headers = {k: v for k, v in state.items() if k not in _PIPELINE_FIELDS}
+        headers = _headers_out(state)
         in_port = state["in_port"]
         if port == of.OFPP_CONTROLLER:
             out.append(
@@ -402,8 +489,15 @@ _MATCH_ORDER = (
     ("arp_op", "arp_op"),
     ("arp_sha", "arp_sha"),
     ("arp_tha", "arp_tha"),
+    ("ipv4_src", "nw_src"),
+    ("ipv4_dst", "nw_dst"),
+    ("ip_proto", "nw_proto"),
+    ("nw_ttl", "nw_ttl"),
+    ("udp_src", "tp_src"),
+    ("udp_dst", "tp_dst"),
 )
 _SHORTHAND = {ETH_TYPE_ARP: "arp", 0x0800: "ip"}
+_IP_SHORTHAND = {1: "icmp", 6: "tcp", 17: "udp"}
 # Field names in set_field and move, as OVS prints them.
 _SET_NAMES = {"tunnel_id": "tun_id", "tun_ipv4_dst": "tun_dst", "tun_ipv4_src": "tun_src"}
 _NXM_NAMES = {
@@ -432,12 +526,17 @@ def _value(name: str, value: int | str) -> str:
 def _match_text(match: Mapping[str, Any]) -> list[str]:
     parts = []
     eth_type = match.get("eth_type")
-    if eth_type is not None:
+    proto = _IP_SHORTHAND.get(match.get("ip_proto", -1)) if eth_type == 0x0800 else None
+    if proto is not None:
+        parts.append(proto)
+    elif eth_type is not None:
         parts.append(_SHORTHAND.get(eth_type, f"dl_type={eth_type:#06x}"))
     unknown = set(match) - {name for name, _ in _MATCH_ORDER} - {"eth_type"}
     if unknown:
         raise ValueError(f"no ovs-ofctl spelling for match fields {sorted(unknown)}")
     for name, printed in _MATCH_ORDER:
+        if name == "ip_proto" and proto is not None:
+            continue
         if name not in match:
             continue
         want = match[name]
@@ -460,6 +559,8 @@ def _action_text(action: of.Action) -> str:
         return f"move:{_NXM_NAMES[action.src]}[]->{_NXM_NAMES[action.dst]}[]"
     if isinstance(action, of.Group):
         return f"group:{action.group_id}"
+    if isinstance(action, of.DecTtl):
+        return "dec_ttl"
     if isinstance(action, of.CheckLarger):
         return f"check_pkt_larger({action.length})->NXM_NX_{action.register.upper()}[{action.bit}]"
     raise TypeError(f"no ovs-ofctl spelling for {action!r}")

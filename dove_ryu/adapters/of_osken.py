@@ -40,6 +40,8 @@ def _action(action: of.Action) -> Any:
         return parser.OFPActionGroup(action.group_id)
     if isinstance(action, of.CheckLarger):
         return _check_pkt_larger(action)
+    if isinstance(action, of.DecTtl):
+        return parser.OFPActionDecNwTtl()
     raise TypeError(f"unknown action {action!r}")
 
 

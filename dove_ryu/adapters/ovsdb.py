@@ -8,11 +8,12 @@ disappearing reach the core within milliseconds, without polling.
 from __future__ import annotations
 
 import logging
+import re
 import subprocess
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv4Interface
 from typing import Any
 
 import ovs.db.idl
@@ -21,7 +22,15 @@ import ovs.poller
 import ovs.stream
 
 from dove_ryu.config import DoveConfig
-from dove_ryu.model import VmPort, check_instance, normalize_mac
+from dove_ryu.model import (
+    MAX_ROUTER,
+    FloatingIp,
+    Router,
+    Subnet,
+    VmPort,
+    check_instance,
+    normalize_mac,
+)
 from dove_ryu.openflow.pipeline import TABLES
 
 LOG = logging.getLogger("dove_ryu.adapters.ovsdb")
@@ -29,6 +38,10 @@ LOG = logging.getLogger("dove_ryu.adapters.ovsdb")
 EXT_INSTANCE = "dove-instance"
 EXT_MAC = "attached-mac"
 EXT_IPS = "dove-ips"
+# Router marks on the integration bridge (docs/routing.md, "Declaring routers").
+EXT_ROUTER = "dove-router-"
+EXT_GATEWAYS = "dove-gateways"
+_ROUTER_KEY = re.compile(r"dove-router-(\d+)(-snat|-fips)?")
 VXLAN_UDP_PORT = 4789
 CONTROLLER_MAX_BACKOFF_MS = 1000
 
@@ -97,12 +110,16 @@ def _connect_to(listen_host: str) -> str:
 
 @dataclass(frozen=True)
 class BridgeView:
-    """What the core needs from OVSDB: the tunnel port number and the VM ports."""
+    """What the core needs from OVSDB: the tunnel port number, the VM ports and the
+    routers declared on the bridge."""
 
     tunnel_ofport: int | None
     vm_ports: tuple[VmPort, ...]
     datapath_id: int | None = None  # the only switch the agent will program
     rejected: tuple[tuple[str, str], ...] = ()  # (port name, why)
+    routers: tuple[Router, ...] = ()
+    gateways: tuple[IPv4Address, ...] = ()  # dove-gateways, in order of preference
+    routers_rejected: tuple[tuple[str, str], ...] = ()  # (mark, why)
 
 
 def _ofport(iface: Any) -> int | None:
@@ -133,14 +150,164 @@ def parse_vm_port(name: str, ofport: int, external_ids: dict[str, str]) -> VmPor
     return VmPort(name=name, ofport=ofport, instance=instance, mac=mac, ips=ips)
 
 
+def _router_subnets(text: str) -> tuple[Subnet, ...]:
+    subnets: list[Subnet] = []
+    for item in (i.strip() for i in text.split(",")):
+        if not item:
+            continue
+        instance_text, sep, address = item.partition("=")
+        if not sep or "/" not in address:
+            raise ValueError(f"{item!r} is not <instance>=<gateway address>/<prefix>")
+        try:
+            instance = check_instance(int(instance_text))
+            gateway = IPv4Interface(address.strip())
+        except ValueError as e:
+            raise ValueError(f"{item!r}: {e}") from None
+        if gateway.network.prefixlen > 30 or gateway.ip in (
+            gateway.network.network_address,
+            gateway.network.broadcast_address,
+        ):
+            raise ValueError(f"{item!r}: not a host address of a /30 or wider subnet")
+        subnets.append(Subnet(instance, gateway))
+    if not subnets:
+        raise ValueError("no subnets")
+    for i, a in enumerate(subnets):
+        for b in subnets[i + 1 :]:
+            if a.instance == b.instance:
+                raise ValueError(f"instance {a.instance} twice")
+            if a.network.overlaps(b.network):
+                raise ValueError(f"subnets {a.network} and {b.network} overlap")
+    return tuple(subnets)
+
+
+def _floating_ips(text: str, subnets: tuple[Subnet, ...]) -> tuple[FloatingIp, ...]:
+    fips: list[FloatingIp] = []
+    for item in (i.strip() for i in text.split(",")):
+        if not item:
+            continue
+        external, sep, inside = item.partition("=")
+        if not sep:
+            raise ValueError(f"{item!r} is not <external>=<inside>")
+        try:
+            fip = FloatingIp(IPv4Address(external.strip()), IPv4Address(inside.strip()))
+        except ValueError as e:
+            raise ValueError(f"{item!r}: {e}") from None
+        if not any(fip.inside in s.network for s in subnets):
+            raise ValueError(f"{item!r}: {fip.inside} is in none of the router's subnets")
+        fips.append(fip)
+    if len({f.external for f in fips}) != len(fips) or len({f.inside for f in fips}) != len(fips):
+        raise ValueError("a floating or inside address is mapped twice")
+    return tuple(fips)
+
+
+def _one_router(router_id: int, marks: dict[str, str]) -> Router:
+    key = f"{EXT_ROUTER}{router_id}"
+    if key not in marks:
+        raise ValueError(f"{key}-snat or -fips without {key}")
+    subnets = _router_subnets(marks[key])
+    snat = None
+    if f"{key}-snat" in marks:
+        try:
+            snat = IPv4Address(marks[f"{key}-snat"].strip())
+        except ValueError as e:
+            raise ValueError(f"{key}-snat: {e}") from None
+    try:
+        fips = _floating_ips(marks.get(f"{key}-fips", ""), subnets)
+    except ValueError as e:
+        raise ValueError(f"{key}-fips: {e}") from None
+    if snat is not None and snat in {f.external for f in fips}:
+        raise ValueError(f"{snat} is both the -snat address and a floating IP")
+    return Router(router_id, subnets, snat, fips)
+
+
+def parse_routers(
+    external_ids: dict[str, str],
+) -> tuple[tuple[Router, ...], tuple[tuple[str, str], ...]]:
+    """The routers a bridge's ``external_ids`` declare, and those rejected with why
+    (docs/routing.md): ids 1..4095, an instance on one router only, no overlapping
+    subnets in a router, external and floating addresses distinct across routers.
+    A router that breaks a rule is rejected whole; so are both sides of a clash
+    between routers (neither can be trusted to be the one meant)."""
+    ids: set[int] = set()
+    rejected: list[tuple[str, str]] = []
+    for key in external_ids:
+        if not key.startswith(EXT_ROUTER):
+            continue
+        found = _ROUTER_KEY.fullmatch(key)
+        if found is None:
+            rejected.append((key, "not dove-router-<id>[-snat|-fips]"))
+            continue
+        router_id = int(found.group(1))
+        if not 1 <= router_id <= MAX_ROUTER:
+            rejected.append((key, f"router id {router_id} is not in 1..{MAX_ROUTER}"))
+            continue
+        ids.add(router_id)
+    good: dict[int, Router] = {}
+    for router_id in sorted(ids):
+        try:
+            good[router_id] = _one_router(router_id, external_ids)
+        except ValueError as e:
+            rejected.append((f"{EXT_ROUTER}{router_id}", str(e)))
+    clashes: dict[int, list[str]] = {}
+    routers = sorted(good.values(), key=lambda r: r.router_id)
+    for i, a in enumerate(routers):
+        a_external = _externals(a)
+        for b in routers[i + 1 :]:
+            why = []
+            shared = sorted(set(a.instances) & set(b.instances))
+            if shared:
+                why.append(f"instance {shared[0]} is on routers {a.router_id} and {b.router_id}")
+            same = sorted(a_external & _externals(b))
+            if same:
+                why.append(f"external address {same[0]} on routers {a.router_id} and {b.router_id}")
+            for r in (a, b):
+                clashes.setdefault(r.router_id, []).extend(why)
+    for router_id, why in sorted(clashes.items()):
+        if why:
+            del good[router_id]
+            rejected.append((f"{EXT_ROUTER}{router_id}", "; ".join(why)))
+    return tuple(good[i] for i in sorted(good)), tuple(rejected)
+
+
+def _externals(router: Router) -> set[IPv4Address]:
+    found = {f.external for f in router.floating_ips}
+    return found | ({router.snat} if router.snat is not None else set())
+
+
+def parse_gateways(text: str) -> tuple[IPv4Address, ...]:
+    """``dove-gateways``: the gateways' underlay addresses, in order of preference."""
+    try:
+        gateways = tuple(IPv4Address(g.strip()) for g in text.split(",") if g.strip())
+    except ValueError as e:
+        raise ValueError(f"{EXT_GATEWAYS}: {e}") from None
+    if len(set(gateways)) != len(gateways):
+        raise ValueError(f"{EXT_GATEWAYS}: an address twice")
+    return gateways
+
+
+def _bridge_routers(
+    external_ids: dict[str, str],
+) -> tuple[tuple[Router, ...], tuple[IPv4Address, ...], tuple[tuple[str, str], ...]]:
+    routers, rejected = parse_routers(external_ids)
+    try:
+        gateways = parse_gateways(external_ids.get(EXT_GATEWAYS, ""))
+    except ValueError as e:
+        gateways, rejected = (), (*rejected, (EXT_GATEWAYS, str(e)))
+    return routers, gateways, rejected
+
+
 def _snapshot(idl: Any, cfg: DoveConfig) -> BridgeView:
     tunnel = None
     dpid = None
     ports: list[VmPort] = []
     rejected: list[tuple[str, str]] = []
+    routers: tuple[Router, ...] = ()
+    gateways: tuple[IPv4Address, ...] = ()
+    routers_rejected: tuple[tuple[str, str], ...] = ()
     for bridge in idl.tables["Bridge"].rows.values():
         if bridge.name != cfg.host.bridge:
             continue
+        routers, gateways, routers_rejected = _bridge_routers(dict(bridge.external_ids))
         if bridge.datapath_id:
             dpid = int(bridge.datapath_id[0], 16)
         for port in bridge.ports:
@@ -153,7 +320,15 @@ def _snapshot(idl: Any, cfg: DoveConfig) -> BridgeView:
                         ports.append(parse_vm_port(iface.name, ofport, dict(iface.external_ids)))
                     except ValueError as e:
                         rejected.append((iface.name, str(e)))
-    return BridgeView(tunnel, tuple(sorted(ports, key=lambda p: p.name)), dpid, tuple(rejected))
+    return BridgeView(
+        tunnel,
+        tuple(sorted(ports, key=lambda p: p.name)),
+        dpid,
+        tuple(rejected),
+        routers,
+        gateways,
+        routers_rejected,
+    )
 
 
 def _schema_helper(remote: str) -> ovs.db.idl.SchemaHelper:
@@ -168,7 +343,7 @@ def _schema_helper(remote: str) -> ovs.db.idl.SchemaHelper:
     if error or reply is None or reply.error:
         raise OvsdbError(f"cannot read the OVSDB schema from {remote}: {error or reply}")
     helper = ovs.db.idl.SchemaHelper(None, reply.result)
-    helper.register_columns("Bridge", ["name", "ports", "datapath_id"])
+    helper.register_columns("Bridge", ["name", "ports", "datapath_id", "external_ids"])
     helper.register_columns("Port", ["name", "interfaces"])
     helper.register_columns("Interface", ["name", "ofport", "external_ids"])
     return helper
@@ -213,7 +388,9 @@ class PortWatcher:
         if view is not None and view != last:
             for name, why in set(view.rejected) - self.reported:
                 LOG.error("%s: port %s ignored, bad marks: %s", self.cfg.name, name, why)
-            self.reported = set(view.rejected)
+            for mark, why in set(view.routers_rejected) - self.reported:
+                LOG.error("%s: router mark %s rejected: %s", self.cfg.name, mark, why)
+            self.reported = set(view.rejected) | set(view.routers_rejected)
             self.on_change(view)
         poller = ovs.poller.Poller()
         self.idl.wait(poller)

@@ -305,11 +305,33 @@ class DoveApp(app_manager.OSKenApp):  # type: ignore[misc]
                         self.cfg.host.bridge,
                     )
                     del self.datapaths[dpid]
+            self._routers(view)
             self._send(self.core.ports_changed(time.monotonic(), list(view.vm_ports)))
             self.core.counters["ports_rejected"] = len(view.rejected)
             self._sync_if_ready()
         if self.directory is not None:
             self.directory.poke()  # VMs came or went: their Endpoint rows, now
+
+    routers_seen: tuple[object, ...] | None = None
+
+    def _routers(self, view: BridgeView) -> None:
+        """The router marks of the bridge, to a core that routes (call with the lock)."""
+        routers_changed = getattr(self.core, "routers_changed", None)
+        if routers_changed is None:
+            return
+        seen = (view.routers, view.gateways, view.routers_rejected)
+        if seen == self.routers_seen:
+            return
+        self.routers_seen = seen
+        self.core.counters["router_rejected"] = len(view.routers_rejected)
+        self._send(
+            routers_changed(
+                time.monotonic(),
+                list(view.routers),
+                list(view.gateways),
+                rejected=list(view.routers_rejected),
+            )
+        )
 
     # ------------------------------------------------------ control socket
 

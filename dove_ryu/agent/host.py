@@ -26,7 +26,7 @@ from dove_ryu.agent.parts import host_parts
 from dove_ryu.agent.resolver import Pending, Target
 from dove_ryu.agent.stats import InstanceCounts, StatsView
 from dove_ryu.config import DoveConfig
-from dove_ryu.model import Endpoint, VmPort
+from dove_ryu.model import Endpoint, Router, VmPort
 from dove_ryu.openflow import flows
 from dove_ryu.openflow.ofmsg import CoreOutput, Datagram, OfMsg, PacketIn
 from dove_ryu.protocol.messages import (
@@ -68,6 +68,7 @@ class HostCore:
         for port in self.p.ports.all():
             out.ofmsgs += flows.local_port_flows(port)
         out.ofmsgs += self.p.instances.resync()
+        out.ofmsgs += self.p.routers.resync()  # before the learned: their neighbor flows
         out.ofmsgs += self.p.learned.resync()
         self.p.stats.count("switch_connected")
         LOG.info(
@@ -104,13 +105,59 @@ class HostCore:
             out.ofmsgs += self.p.instances.up(instance)
         for instance in sorted(before - after):
             out.ofmsgs += self.p.instances.down(now, instance)
+            for entry in self.p.learned.of_instance(instance).values():
+                out.ofmsgs += self.p.routers.endpoint_gone(entry.endpoint)
             self.p.learned.drop_instance(instance)
             self.p.resolver.drop_instance(instance)
         for instance in sorted(changed & before & after):
             out.ofmsgs += self.p.instances.ports_changed(instance)
+        renew = [p.ofport for p in (*gone, *new)]
+        out.ofmsgs += self.p.routers.refresh(self.p.learned.of_instance, renew_ofports=renew)
         if before != after:
             out.datagrams += self._announce(now)
         return out
+
+    # -------------------------------------------------------------- routers
+
+    def routers_changed(
+        self,
+        now: float,
+        routers: list[Router],
+        gateways: list[IPv4Address],
+        rejected: list[tuple[str, str]] | None = None,
+    ) -> CoreOutput:
+        """The router marks of the bridge (docs/routing.md): route between the
+        subnets of the routers this host serves, accept their members' tunnels."""
+        rejected = rejected or []
+        for mark, why in rejected:
+            self.p.stats.log.warning("%s: router mark %s rejected: %s", self.p.name, mark, why)
+        self.p.stats.counters["router_rejected"] = len(rejected)
+        self.p.routers.set_routers(routers, gateways, rejected)
+        self.p.routers.set_active_gateway(self._first_known_gateway())
+        self.p.stats.count("routers_changed")
+        self.p.stats.log.info(
+            "%s: routers %s, gateways %s",
+            self.p.name,
+            ",".join(str(r.router_id) for r in routers) or "none",
+            ",".join(map(str, gateways)) or "none",
+        )
+        return CoreOutput(ofmsgs=self._routing_refresh())
+
+    def set_active_gateway(self, now: float, gateway: IPv4Address | None) -> CoreOutput:
+        """Where default-routed traffic goes: the gateways' election result."""
+        if not self.p.routers.set_active_gateway(gateway):
+            return CoreOutput()
+        return CoreOutput(ofmsgs=self._routing_refresh())
+
+    def _first_known_gateway(self) -> IPv4Address | None:
+        """Until the gateways announce who is active: the first of dove-gateways that
+        is one of our peers."""
+        peers = set(self.p.cfg.host.peers)
+        return next((g for g in self.p.routers.gateways if g in peers), None)
+
+    def _routing_refresh(self) -> list[OfMsg]:
+        msgs = self.p.routers.refresh(self.p.learned.of_instance)
+        return msgs + self.p.instances.refresh_accepted(sorted(self.p.ports.instances))
 
     # ------------------------------------------------------------ packet-in
 
@@ -331,6 +378,7 @@ class HostCore:
             },
             "pending": len(self.p.resolver),
             "counters": dict(sorted(self.p.stats.counters.items())),
+            "routing": self.p.routers.status(),
             **self.sync.status(now),
         }
 

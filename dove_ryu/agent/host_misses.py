@@ -17,6 +17,7 @@ from ipaddress import IPv4Address
 from dove_ryu.agent.mobility import SEQ_MAX
 from dove_ryu.agent.parts import HostParts
 from dove_ryu.agent.resolver import Target
+from dove_ryu.agent.routed_misses import RoutedMisses
 from dove_ryu.model import Endpoint, VmPort, is_multicast
 from dove_ryu.openflow import flows
 from dove_ryu.openflow.cookies import Purpose
@@ -38,6 +39,7 @@ REINSTALL_HOLDOFF = 0.5  # seconds a reinstalled forwarding flow is trusted to b
 class HostMisses:
     def __init__(self, p: HostParts) -> None:
         self.p = p
+        self.routed = RoutedMisses(p)
 
     def packet_in(self, now: float, punted: PacketIn) -> CoreOutput:
         decoded = self.p.stats.punted(punted.cookie)
@@ -46,6 +48,8 @@ class HostMisses:
             return CoreOutput()
         if decoded is not None and decoded.purpose is Purpose.EGRESS_MISS:
             return self._not_here(now, punted.data, punted.metadata, punted.tunnel_src)
+        if decoded is not None and decoded.purpose is Purpose.ROUTE_TTL:
+            return CoreOutput(ofmsgs=self.routed.ttl_expired(now, decoded.instance, punted))
         if decoded is None or decoded.purpose is not Purpose.INSTANCE:
             self.p.stats.drop("packet_in_unexpected", now, f"cookie {punted.cookie:#x}")
             return CoreOutput()
@@ -54,6 +58,8 @@ class HostMisses:
         frame = self.p.stats.parsed(now, data)
         if frame is None:
             return CoreOutput()
+        if decoded.tag == flows.TAG_ROUTE_MISS:
+            return self._route_miss(now, instance, in_port, data)
         source = self.p.ports.get(instance, frame.src)
         if source is None or source.ofport != in_port:
             self.p.stats.drop("packet_in_foreign", now, f"in_port {in_port} src {frame.src}")
@@ -90,10 +96,34 @@ class HostMisses:
             missing = [self.p.tunnel_flows.forwarding(ep)]
         return CoreOutput(ofmsgs=[*missing, *self._packet_outs([(in_port, data)])])
 
+    def _route_miss(self, now: float, instance: int, in_port: int, data: bytes) -> CoreOutput:
+        """A routed packet into ``instance`` whose destination has no neighbor flow: it
+        is resolved in that instance as an ARP miss is, and delivered when known."""
+        self.p.stats.count("route_misses")
+        target = self.routed.miss_target(now, instance, in_port, data)
+        if target is None:
+            return CoreOutput()
+        known = self.p.learned.get_by_ip(instance, target)
+        if known is not None:  # learned, but its flows are not all there: put them back
+            self.p.stats.count("packet_in_known")
+            ep = known.endpoint
+            msgs = [*self.p.tunnel_flows.install(ep), *self.release(target, [(in_port, data)], ep)]
+            return CoreOutput(ofmsgs=msgs)
+        return self._resolve(now, None, target, in_port, data, instance=instance)
+
     def _resolve(
-        self, now: float, source: VmPort, target: Target, in_port: int, data: bytes
+        self,
+        now: float,
+        source: VmPort | None,
+        target: Target,
+        in_port: int,
+        data: bytes,
+        instance: int = 0,
     ) -> CoreOutput:
-        instance = source.instance
+        """Resolve ``target`` in the instance of ``source`` (a local VM's miss), or in
+        ``instance`` for a routed packet (``source`` None: the LEARN names no requester,
+        who lives in another instance and must not be gleaned into this one)."""
+        instance = source.instance if source is not None else instance
         if isinstance(target, str) and is_multicast(target):  # flooded, never resolved
             self.p.stats.drop("packet_in_unexpected", now, f"multicast {target}")
             return CoreOutput()
@@ -110,8 +140,10 @@ class HostMisses:
             return CoreOutput(ofmsgs=msgs + self.release(target, [(in_port, data)], found))
         if not self.p.resolver.may_ask(now, instance, target):
             return CoreOutput()
-        seq = self.p.ports.seq(instance, source.mac)
-        requester = Requester(source.mac, source.ips, seq)
+        requester = None
+        if source is not None:
+            seq = self.p.ports.seq(instance, source.mac)
+            requester = Requester(source.mac, source.ips, seq)
         pending = self.p.resolver.start(now, instance, target, [(in_port, data)], requester)
         # To every host serving the instance; if none does yet (this VM, or its peers,
         # just came up) the LEARN waits and goes to the first member that announces.
@@ -134,6 +166,8 @@ class HostMisses:
     def release(self, target: Target, held: list[tuple[int, bytes]], ep: Endpoint) -> list[OfMsg]:
         """The packets held for ``target``, now that ``ep`` answers for it."""
         msgs: list[OfMsg] = []
+        routed, held = self.routed.release(held, ep)
+        msgs += routed
         if isinstance(target, IPv4Address):
             # The held ARP requests are answered at once by the agent, without waiting
             # for the responder flow just installed: the first packet's latency.

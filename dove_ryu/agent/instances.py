@@ -11,6 +11,7 @@ and tell the sender to un-learn (see `dove_ryu.agent.host`).
 from __future__ import annotations
 
 from ipaddress import IPv4Address
+from typing import Protocol
 
 from dove_ryu.agent.link import SwitchLink
 from dove_ryu.agent.membership import Membership
@@ -19,15 +20,32 @@ from dove_ryu.openflow import flows
 from dove_ryu.openflow.ofmsg import GroupCommand, OfMsg
 
 
+class Acceptance(Protocol):
+    """Who else classify accepts for an instance: a routed instance takes packets from
+    the members of the other instances of its router, and from the gateways
+    (`dove_ryu.agent.routers.Routers`)."""
+
+    def extra_members(self, instance: int) -> set[IPv4Address]: ...
+
+    def siblings(self, instance: int) -> tuple[int, ...]: ...
+
+
 class HostInstances:
     def __init__(
-        self, ports: LocalPorts, members: Membership, link: SwitchLink, linger_for: float
+        self,
+        ports: LocalPorts,
+        members: Membership,
+        link: SwitchLink,
+        linger_for: float,
+        acceptance: Acceptance | None = None,
     ) -> None:
         self.ports = ports
         self.members = members
         self.link = link
         self.linger_for = linger_for
+        self.acceptance = acceptance
         self.lingering: dict[int, float] = {}  # instance -> until
+        self.accepted: dict[int, set[IPv4Address]] = {}  # tunnel sources with a classify flow
 
     @property
     def announced(self) -> list[int]:
@@ -50,6 +68,26 @@ class HostInstances:
             for h in self.members.hosts(instance)
         ]
 
+    def _accept(self, instance: int) -> set[IPv4Address]:
+        extra = self.acceptance.extra_members(instance) if self.acceptance else set()
+        return set(self.members.hosts(instance)) | extra
+
+    def refresh_accepted(self, instances: list[int]) -> list[OfMsg]:
+        """Bring the classify flows of served instances to the hosts they accept now
+        (their members, and for a routed instance its router's other members)."""
+        if not self.link.connected:
+            return []
+        msgs: list[OfMsg] = []
+        tunnel = self.link.tunnel
+        for instance in instances:
+            if instance not in self.ports.instances:
+                continue
+            old, new = self.accepted.get(instance, set()), self._accept(instance)
+            msgs += [flows.delete_member_flow(instance, h, tunnel) for h in sorted(old - new)]
+            msgs += [flows.member_flow(instance, h, tunnel) for h in sorted(new - old)]
+            self.accepted[instance] = new
+        return msgs
+
     def resync(self) -> list[OfMsg]:
         """Every instance's flows and groups, for a switch that (re)connected."""
         msgs: list[OfMsg] = []
@@ -62,17 +100,19 @@ class HostInstances:
     def up(self, instance: int) -> list[OfMsg]:
         """The instance's first VM arrived."""
         self.lingering.pop(instance, None)
+        self.accepted.pop(instance, None)
         if not self.link.connected:
             return []
         return [
             self._group(instance, GroupCommand.ADD),
             *flows.instance_flows(instance),
-            *self._member_flows(instance),
+            *self.refresh_accepted([instance]),
         ]
 
     def down(self, now: float, instance: int) -> list[OfMsg]:
         """The instance's last VM left: its flows go, and it lingers."""
         self.lingering[instance] = now + self.linger_for
+        self.accepted.pop(instance, None)
         if not self.link.connected:
             return []
         return [*flows.delete_instance(instance), *self._member_flows(instance, lingering=True)]
@@ -89,10 +129,16 @@ class HostInstances:
             if joined:
                 return [flows.member_flow(instance, host, tunnel, lingering=True)]
             return [flows.delete_member_flow(instance, host, tunnel)]
+        # A member of a routed instance is accepted by the router's other instances too.
+        routed = list(self.acceptance.siblings(instance)) if self.acceptance else []
+        msgs = self.refresh_accepted(routed)
         if instance not in self.ports.instances:
-            return []
-        flow = (flows.member_flow if joined else flows.delete_member_flow)(instance, host, tunnel)
-        return [flow, self._group(instance, GroupCommand.MODIFY)]
+            return msgs
+        return [
+            *msgs,
+            *self.refresh_accepted([instance]),
+            self._group(instance, GroupCommand.MODIFY),
+        ]
 
     def expire(self, now: float) -> tuple[list[OfMsg], bool]:
         """Lingering that ran out: (flows to delete, whether any ended)."""

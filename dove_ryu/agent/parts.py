@@ -24,6 +24,7 @@ from dove_ryu.agent.membership import Membership
 from dove_ryu.agent.mobility import Mobility
 from dove_ryu.agent.ports import LocalPorts
 from dove_ryu.agent.resolver import Pending, Resolver
+from dove_ryu.agent.routers import Routers
 from dove_ryu.agent.sides import ProxyFlows, ProxyInstances, Sides
 from dove_ryu.agent.stats import Stats
 from dove_ryu.agent.tunnel import TunnelFlows
@@ -84,6 +85,7 @@ class HostParts(Common):
     tunnel_flows: TunnelFlows  # how a learned endpoint is reached: its host's tunnel
     directory: DirectoryMembers | None  # the hosts the directory shows (discovery = directory)
     published: Published | None  # the endpoints it pushes (instances in push mode)
+    routers: Routers  # the tenant routers declared here, and the flows that route
 
 
 @dataclass
@@ -130,14 +132,19 @@ def host_parts(cfg: DoveConfig, log: logging.Logger) -> HostParts:
     common = _common(cfg, log, link, (cfg.host.underlay_ip,), tunnel_flows, local=ports)
     members = common["members"]
     assert isinstance(members, Membership)
+    routers = Routers(ports, members, link)
+    tunnel_flows.neighbors = routers
     return HostParts(
         **common,  # type: ignore[arg-type]
         ports=ports,
-        instances=HostInstances(ports, members, link, cfg.learning.departure_memory),
+        instances=HostInstances(
+            ports, members, link, cfg.learning.departure_memory, acceptance=routers
+        ),
         mobility=Mobility(ttl=cfg.learning.departure_memory),
         tunnel_flows=tunnel_flows,
         directory=DirectoryMembers(cfg.host.underlay_ip) if by_directory else None,
         published=Published(cfg.name) if by_directory else None,
+        routers=routers,
     )
 
 

@@ -217,6 +217,30 @@ def cmd_proxies(args: argparse.Namespace) -> Any:
     return None
 
 
+def cmd_routers(args: argparse.Namespace) -> Any:
+    """The tenant routers declared on the bridge (docs/routing.md): subnets, gateway
+    MACs, the way out, and the marks rejected with why."""
+    routing = _ask(args).get("routing", {})
+    if args.json:
+        return routing
+    rows = []
+    for router_id, r in routing.get("routers", {}).items():
+        out = ", ".join(
+            ([f"snat {r['snat']}"] if r.get("snat") else [])
+            + [f"fip {e}={i}" for e, i in r.get("floating_ips", {}).items()]
+        )
+        for s in r["subnets"]:
+            here = "here" if s["local"] else ("routed" if r["served"] else "-")
+            rows.append([router_id, str(s["instance"]), s["gateway"], s["mac"], here, out or "-"])
+    _table(rows, ["ROUTER", "INSTANCE", "GATEWAY", "GATEWAY MAC", "VMS", "WAY OUT"])
+    gateways = routing.get("gateways", [])
+    active = routing.get("active_gateway")
+    print(f"gateways: {', '.join(gateways) or 'none'}; active: {active or 'none'}")
+    for bad in routing.get("rejected", []):
+        print(f"rejected {bad['mark']}: {bad['why']}")
+    return None
+
+
 def cmd_counters(args: argparse.Namespace) -> Any:
     counters = _ask(args, "counters")
     if args.json:
@@ -313,6 +337,7 @@ COMMANDS: dict[str, Any] = {
     "endpoints": cmd_endpoints,
     "members": cmd_members,
     "proxies": cmd_proxies,
+    "routers": cmd_routers,
     "counters": cmd_counters,
     "graph": cmd_graph,
     "attach": cmd_attach,
@@ -345,6 +370,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mac")
     read("members", "member hosts per instance").add_argument("--instance", type=int)
     read("proxies", "the VAN proxies this agent knows")
+    read("routers", "tenant routers: subnets, gateway MACs, snat and floating IPs, rejected")
     read("counters", "the agent's counters")
     p = read("graph", "draw the deployment (Graphviz): hosts, proxies, sites, instances")
     p.add_argument(

@@ -25,7 +25,7 @@ from dove_ryu.openflow.ofmsg import (
     Output,
     SetField,
 )
-from dove_ryu.openflow.packet import ARP_REPLY, ARP_REQUEST, ETH_TYPE_ARP
+from dove_ryu.openflow.packet import ARP_REPLY, ARP_REQUEST, ETH_TYPE_ARP, ETH_TYPE_IPV4
 from dove_ryu.openflow.pipeline import (
     ARP_ND,
     CLASSIFY,
@@ -47,11 +47,15 @@ from dove_ryu.openflow.pipeline import (
 )
 
 MULTICAST = ("01:00:00:00:00:00", "01:00:00:00:00:00")
+IPPROTO_UDP = 17
+DHCP_CLIENT_PORT, DHCP_SERVER_PORT = 68, 67
 
 # Tags of the per-instance flows that punt to the agent.
 TAG_ARP_MISS = 1
 TAG_L2_MISS = 2
 TAG_FLOOD = 3
+TAG_ROUTE_MISS = 4  # l3_neighbor: a routed packet's destination unknown (routing_flows)
+_INSTANCE_TAGS = (TAG_ARP_MISS, TAG_L2_MISS, TAG_FLOOD)
 
 # Priorities, highest first within a table.
 PRIO_EXACT = 100
@@ -185,6 +189,7 @@ def local_port_flows(port: VmPort) -> list[FlowMod]:
                 priority=PRIO_ARP_CHECKED, match=arp_match, cookie=port_cookie, goto=ARP_ND
             )
         )
+    flows += _ipv4_source_flows(port, port_cookie)
     flows.append(
         PORT_SECURITY.flow(
             priority=PRIO_EXACT,
@@ -222,6 +227,36 @@ def local_port_flows(port: VmPort) -> list[FlowMod]:
             )
         )
     return flows
+
+
+def _ipv4_source_flows(port: VmPort, port_cookie: Cookie) -> list[FlowMod]:
+    """A port with addresses sends IPv4 only from them, and DHCP from 0.0.0.0."""
+    if not port.ips:
+        return []
+    ip_ok: dict[str, MatchValue] = {
+        "in_port": port.ofport,
+        "eth_src": port.mac,
+        "eth_type": ETH_TYPE_IPV4,
+    }
+    dhcp: dict[str, MatchValue] = {
+        **ip_ok,
+        "ipv4_src": "0.0.0.0",
+        "ip_proto": IPPROTO_UDP,
+        "udp_src": DHCP_CLIENT_PORT,
+        "udp_dst": DHCP_SERVER_PORT,
+    }
+    matches = [{**ip_ok, "ipv4_src": str(ip)} for ip in port.ips] + [dhcp]
+    return [
+        PORT_SECURITY.flow(
+            priority=PRIO_GUARD,
+            match={"in_port": port.ofport, "eth_type": ETH_TYPE_IPV4},
+            cookie=Cookie(Purpose.DROP_SPOOF, port.instance, port.ofport),
+        ),
+        *(
+            PORT_SECURITY.flow(priority=PRIO_ARP_CHECKED, match=m, cookie=port_cookie, goto=ARP_ND)
+            for m in matches
+        ),
+    ]
 
 
 def delete_local_port(port: VmPort) -> list[FlowMod]:
@@ -264,10 +299,20 @@ def instance_flows(instance: int) -> list[FlowMod]:
 
 
 def delete_instance(instance: int) -> list[FlowMod | GroupMod]:
-    return [
-        delete_by_cookie(Cookie(p, instance), cookies.MASK_PURPOSE_INSTANCE)
-        for p in (Purpose.INSTANCE, Purpose.MEMBER, Purpose.LEARNED, Purpose.ARP_LEARNED)
-    ] + [group_mod(instance, GroupCommand.DELETE)]
+    """The flows of an instance that has no VM here any more.  Its per-instance flows go
+    by exact cookie: a routed instance's route miss (TAG_ROUTE_MISS) stays while the
+    router has other subnets here."""
+    return (
+        [
+            delete_by_cookie(Cookie(Purpose.INSTANCE, instance, tag), cookies.MASK_EXACT)
+            for tag in _INSTANCE_TAGS
+        ]
+        + [
+            delete_by_cookie(Cookie(p, instance), cookies.MASK_PURPOSE_INSTANCE)
+            for p in (Purpose.MEMBER, Purpose.LEARNED, Purpose.ARP_LEARNED)
+        ]
+        + [group_mod(instance, GroupCommand.DELETE)]
+    )
 
 
 def tunnel_actions(tunnel_ofport: int, instance: int, host: IPv4Address) -> tuple[Action, ...]:

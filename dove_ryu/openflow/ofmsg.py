@@ -62,7 +62,13 @@ class CheckLarger:
     bit: int = 0
 
 
-Action = Output | SetField | Move | Group | CheckLarger
+@dataclass(frozen=True)
+class DecTtl:
+    """Decrement the IPv4 TTL (OpenFlow's dec_nw_ttl); a packet whose TTL would reach
+    zero is dropped by the switch (routing sends TTL 0 and 1 to the agent first)."""
+
+
+Action = Output | SetField | Move | Group | CheckLarger | DecTtl
 
 
 class FlowCommand(Enum):

@@ -29,7 +29,7 @@ from dove_ryu.openflow.ofmsg import (
     SetField,
     order_messages,
 )
-from dove_ryu.openflow.packet import ARP_REPLY, ARP_REQUEST, ETH_TYPE_ARP, ETH_TYPE_IPV4
+from dove_ryu.openflow.packet import ARP_REPLY, ARP_REQUEST, ETH_TYPE_ARP
 from dove_ryu.protocol.messages import (
     Announce,
     LearnReply,
@@ -59,7 +59,12 @@ def vm(name: str, ofport: int, instance: int, mac: str, *ips: str) -> VmPort:
     return VmPort(name, ofport, instance, mac, tuple(IPv4Address(i) for i in ips))
 
 
-def eth(src: str, dst: str, eth_type: int = ETH_TYPE_IPV4) -> dict[str, Any]:
+# A unicast frame of no protocol the pipeline looks into (IEEE 802 local experimental):
+# a port with addresses sends IPv4 only from them, and these frames carry no IPv4 header.
+ETH_TYPE_OPAQUE = 0x88B5
+
+
+def eth(src: str, dst: str, eth_type: int = ETH_TYPE_OPAQUE) -> dict[str, Any]:
     return {"eth_src": src, "eth_dst": dst, "eth_type": eth_type, "payload": b"x" * 46}
 
 

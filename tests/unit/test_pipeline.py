@@ -6,13 +6,13 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv4Interface
 from typing import Any
 
 import pytest
 
-from dove_ryu.model import Endpoint, VmPort
-from dove_ryu.openflow import cookies, flows
+from dove_ryu.model import Endpoint, Router, Subnet, VmPort
+from dove_ryu.openflow import cookies, flows, routing_flows
 from dove_ryu.openflow import ofmsg as of
 from dove_ryu.openflow.cookies import Cookie, Purpose
 from dove_ryu.openflow.pipeline import (
@@ -79,6 +79,29 @@ def host_messages() -> list[of.OfMsg]:
         flows.delete_member_flow(INSTANCE, HOST2, TUNNEL),
         *flows.delete_local_port(VM1),
         *flows.delete_instance(INSTANCE),
+        *_routing_messages(),
+    ]
+
+
+def _routing_messages() -> list[of.OfMsg]:
+    """A host's router: a router port, its routes (a way out through a gateway), the
+    route miss, neighbor flows and their deletes, the gateway-address guard."""
+    router = Router(
+        7,
+        (
+            Subnet(INSTANCE, IPv4Interface("10.0.0.254/24")),
+            Subnet(INSTANCE + 100, IPv4Interface("10.0.1.254/24")),
+        ),
+        snat=IPv4Address("203.0.113.7"),
+    )
+    subnet = router.subnets[0]
+    return [
+        *routing_flows.router_port_flows(router, subnet),
+        *routing_flows.route_flows(router, subnet, TUNNEL, HOST3),
+        routing_flows.route_miss_flow(INSTANCE + 100),
+        *routing_flows.neighbor_flows(INSTANCE + 100, REMOTE.mac, REMOTE.ips),
+        *routing_flows.delete_neighbor_flows(INSTANCE + 100, REMOTE.ips),
+        *routing_flows.gateway_spoof_flows(subnet, VM1.ofport),
     ]
 
 
@@ -163,22 +186,9 @@ _NOT_YET_BUILT_PARTS: dict[tuple[str, str], set[Any]] = {
     ("classify", "cookies"): {Purpose.EXTERNAL},
     ("classify", "next_tables"): {"ext_in", "l3_route"},
     ("port_security", "cookies"): {Purpose.DHCP},
-    ("port_security", "matches"): {"ipv4_src", "ip_proto", "udp_src", "udp_dst"},
     ("port_security", "outputs"): {Out.CONTROLLER},
-    ("arp_nd", "cookies"): {Purpose.ROUTER_PORT},
-    ("arp_nd", "matches"): {"eth_dst"},
-    ("arp_nd", "next_tables"): {"l3_route"},
-    ("l3_route", "cookies"): {Purpose.ROUTE, Purpose.ROUTE_DEFAULT, Purpose.ROUTE_TTL},
-    ("l3_route", "matches"): {"metadata", "eth_type", "eth_dst", "ipv4_src", "ipv4_dst", "nw_ttl"},
-    ("l3_route", "next_tables"): {"l3_neighbor", "snat"},
-    ("l3_route", "sets"): {"eth_src", "tunnel_id", "tun_ipv4_dst"},
-    ("l3_route", "outputs"): {Out.TUNNEL, Out.CONTROLLER},
-    ("l3_route", "metadata"): set(),
-    ("l3_neighbor", "cookies"): {Purpose.NEIGHBOR, Purpose.INSTANCE},
-    ("l3_neighbor", "matches"): {"metadata", "eth_type", "ipv4_dst"},
-    ("l3_neighbor", "next_tables"): {"l2_forward"},
-    ("l3_neighbor", "sets"): {"eth_dst"},
-    ("l3_neighbor", "outputs"): {Out.CONTROLLER},
+    ("l3_route", "matches"): {"eth_dst", "ipv4_src"},
+    ("l3_route", "next_tables"): {"snat"},
 }
 
 

@@ -1,0 +1,149 @@
+"""What a host's routers send to the agent (docs/routing.md, "The host").
+
+- A routed packet whose destination has no neighbor flow yet (l3_neighbor's
+  per-instance miss): `HostMisses` resolves the address in the destination instance
+  as it resolves an ARP miss; this file checks the miss and, once the answer comes,
+  delivers the held packet itself (it was routed already: its source MAC is a gateway
+  MAC, so it cannot go through the pipeline again from the VM's port).
+- A packet whose TTL would expire: dropped, counted, and answered with ICMP time
+  exceeded from the subnet's gateway address.
+"""
+
+from __future__ import annotations
+
+import struct
+from ipaddress import IPv4Address
+
+from dove_ryu.agent.parts import HostParts
+from dove_ryu.agent.resolver import Held
+from dove_ryu.model import ROUTER_MAC_PREFIX, Endpoint
+from dove_ryu.openflow import flows
+from dove_ryu.openflow.ofmsg import (
+    OFPP_CONTROLLER,
+    Action,
+    OfMsg,
+    Output,
+    PacketIn,
+    PacketOut,
+    SetField,
+)
+from dove_ryu.openflow.packet import ETH_TYPE_IPV4, IPPROTO_ICMP, mac_bytes, mac_str
+
+ICMP_TIME_EXCEEDED = 11
+_ROUTER_MAC = mac_bytes(ROUTER_MAC_PREFIX + ":00:00:00")[:3]
+
+
+def ipv4_dst(data: bytes) -> IPv4Address | None:
+    """The destination of an untagged IPv4 frame, else None."""
+    if len(data) < 34 or struct.unpack_from("!H", data, 12)[0] != ETH_TYPE_IPV4:
+        return None
+    return IPv4Address(data[30:34])
+
+
+def _checksum(data: bytes) -> int:
+    if len(data) % 2:
+        data += b"\0"
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+def time_exceeded(frame: bytes, gateway_mac: str, gateway_ip: IPv4Address) -> bytes | None:
+    """ICMP time exceeded in transit (RFC 792) for an untagged IPv4 frame, from the
+    gateway back to its sender; None for anything else (never an error for an error)."""
+    if ipv4_dst(frame) is None:
+        return None
+    ip = frame[14:]
+    ihl = (ip[0] & 0x0F) * 4
+    if ip[0] >> 4 != 4 or ihl < 20 or len(ip) < ihl:
+        return None
+    if ip[9] == IPPROTO_ICMP and len(ip) > ihl and ip[ihl] not in (0, 8):
+        return None
+    icmp = struct.pack("!BBHI", ICMP_TIME_EXCEEDED, 0, 0, 0) + ip[: ihl + 8]
+    icmp = icmp[:2] + struct.pack("!H", _checksum(icmp)) + icmp[4:]
+    header = struct.pack(
+        "!BBHHHBBH4s4s",
+        0x45,
+        0,
+        20 + len(icmp),
+        0,
+        0,
+        64,
+        IPPROTO_ICMP,
+        0,
+        gateway_ip.packed,
+        ip[12:16],
+    )
+    header = header[:10] + struct.pack("!H", _checksum(header)) + header[12:]
+    eth = frame[6:12] + mac_bytes(gateway_mac) + struct.pack("!H", ETH_TYPE_IPV4)
+    return eth + header + icmp
+
+
+class RoutedMisses:
+    def __init__(self, p: HostParts) -> None:
+        self.p = p
+
+    def _from_router_vm(self, instance: int, in_port: int) -> bool:
+        """Whether ``in_port`` is a VM here on the router of ``instance``."""
+        router = self.p.routers.router_of(instance)
+        if router is None:
+            return False
+        return any(
+            port.ofport == in_port for i in router.instances for port in self.p.ports.of_instance(i)
+        )
+
+    def miss_target(
+        self, now: float, instance: int, in_port: int, data: bytes
+    ) -> IPv4Address | None:
+        """The address a routed miss into ``instance`` asks for, or None (dropped)."""
+        if not self._from_router_vm(instance, in_port):
+            self.p.stats.drop("packet_in_foreign", now, f"routed miss from in_port {in_port}")
+            return None
+        target = ipv4_dst(data)
+        if target is None:
+            self.p.stats.drop("packet_in_malformed", now, "routed miss is not IPv4")
+            return None
+        if self.p.routers.is_gateway_address(instance, target):
+            self.p.stats.drop("route_to_gateway", now, f"instance {instance} {target}")
+            return None
+        return target
+
+    def release(self, held: list[Held], ep: Endpoint) -> tuple[list[OfMsg], list[Held]]:
+        """The held packets that were routed already, sent straight to ``ep`` (its MAC
+        set, out its port or into the tunnel to its host); and the others."""
+        routed = [h for h in held if h[1][6:9] == _ROUTER_MAC]
+        if not routed:
+            return [], held
+        rest = [h for h in held if h[1][6:9] != _ROUTER_MAC]
+        if not self.p.link.connected:
+            return [], rest
+        local = self.p.ports.get(ep.instance, ep.mac)
+        actions: tuple[Action, ...] = (SetField("eth_dst", ep.mac),)
+        if local is not None:
+            actions += (Output(local.ofport),)
+        else:
+            actions += flows.tunnel_actions(self.p.link.tunnel, ep.instance, ep.host)
+        self.p.stats.count("packets_released", len(routed))
+        msgs: list[OfMsg] = [
+            PacketOut(OFPP_CONTROLLER, data, actions, after_flows=False) for _, data in routed
+        ]
+        return msgs, rest
+
+    def ttl_expired(self, now: float, instance: int, punted: PacketIn) -> list[OfMsg]:
+        """A packet to route whose TTL would reach zero: dropped, counted, answered."""
+        self.p.stats.count("ttl_expired")
+        router = self.p.routers.router_of(instance)
+        subnet = router.subnet_of(instance) if router else None
+        if subnet is None or not self.p.link.connected:
+            return []
+        src = mac_str(punted.data[6:12]) if len(punted.data) >= 12 else ""
+        port = self.p.ports.get(instance, src)
+        if port is None or port.ofport != punted.in_port:
+            return []
+        if not self.p.stats.log_limit.allow(f"time exceeded {instance} {src}", now):
+            return []
+        answer = time_exceeded(punted.data, subnet.mac, subnet.gateway.ip)
+        if answer is None:
+            return []
+        return [PacketOut(OFPP_CONTROLLER, answer, (Output(port.ofport),), after_flows=False)]
