@@ -171,37 +171,41 @@ def build_dove_routed() -> tuple[RunningNet, list[VmRecord]]:
     router (the routing helper's layout: VM i in subnet (i-1) % 2)."""
     from mininet_topos.dove_topo import build_dove_net
 
-    dnet, _ = build_dove_net(3, 1, 4, subnets=2, routers=True)  # type: ignore[call-arg]
+    dnet, _ = build_dove_net(3, 1, 4, subnets=2, routers=True)
     return dnet, dnet.tenant_vms(1)
 
 
-def build_ovn_routed(hypervisors: int = 2) -> tuple[RunningNet, list[VmRecord]]:
-    """OVN on two hypervisors (or more): instance 5001 (tenant 1's switch) as 10.0.0.0/24, instance
-    5002 moved to 10.0.1.0/24, joined by a distributed logical router with the same
-    gateway addresses and MACs as dove-ryu's."""
+def tenant_router(vms: Sequence[VmRecord]) -> Any:
+    """Tenant 1's router as the dove emulation declares it (router id 1, gateway
+    10.0.<subnet>.254 on each of its instances), as a ``dove_ryu.model.Router``."""
     from dove_ryu.model import Router, Subnet
+    from mininet_topos.routing import gateway_cidr
+
+    subnets = sorted({(vm.instance, ip_interface(vm.ip_cidr).ip.packed[2]) for vm in vms})
+    return Router(1, tuple(Subnet(i, IPv4Interface(gateway_cidr(s))) for i, s in subnets))
+
+
+def build_ovn_routed(hypervisors: int = 3) -> tuple[RunningNet, list[VmRecord]]:
+    """OVN with dove's two-subnet plan (the same VMs on the same hypervisors), its two
+    switches joined by a distributed logical router with dove's gateway addresses and
+    MACs; the VMs' default route through it."""
     from mininet_topos import ovn
     from mininet_topos.dove_topo import build_net
 
-    dnet = build_net(hypervisors, 2, 2, mode="ovn")
+    dnet = build_net(hypervisors, 1, 4, mode="ovn", subnets=2)
     try:
         central = dnet.probe
         assert isinstance(central, ovn.OvnCentral)
-        subnets = {vm.instance: f"10.0.{vm.tenant - 1}.0/24" for vm in dnet.vms}
-        router = Router(
-            1,
-            tuple(
-                Subnet(i, IPv4Interface(net.replace(".0/", ".254/")))
-                for i, net in sorted(subnets.items())
-            ),
-        )
-        for vm in dnet.vms:
-            subnet = router.subnet_of(vm.instance)
-            assert subnet is not None
-            ip = str(subnet.network.network_address + int(vm.ip.rsplit(".", 1)[1]))
-            ovn.readdress(central, vm, f"{ip}/{subnet.network.prefixlen}", subnet.gateway.ip)
+        router = tenant_router(dnet.vms)
         ovn.add_router(central, router)
         central.nbctl("--wait=hv", "sync")
+        for vm in dnet.vms:
+            subnet = router.subnet_of(vm.instance)
+            out, err, rc = vm.host.pexec(
+                ["ip", "route", "replace", "default", "via", str(subnet.gateway.ip)]
+            )
+            if rc != 0:
+                raise RuntimeError(f"{vm.name}: default route: {err or out}")
     except BaseException:
         dnet.stop()
         raise
@@ -339,17 +343,15 @@ def ovn_internet(net: RunningNet, hvs: Sequence[Any]) -> VmRecord:
 def build_ovn_gateway(chassis: Sequence[str]) -> tuple[RunningNet, VmRecord, VmRecord]:
     """OVN's routed build with the router's distributed gateway port (SNAT) on ``chassis``
     (by priority); returns the net, a VM on hv1 and the internet host."""
-    from dove_ryu.model import Router, Subnet
     from mininet_topos import ovn
 
-    net, vms = build_ovn_routed(hypervisors=1 + len(chassis))
+    net, vms = build_ovn_routed()
     try:
         central = net.probe  # type: ignore[attr-defined]
         src = next(vm for vm in vms if vm.hypervisor.name == "hv1")
         hvs = {vm.hypervisor.name: vm.hypervisor for vm in vms}
         inet = ovn_internet(net, [hvs[name] for name in chassis])
-        subnets = sorted({(vm.instance, vm.ip_cidr.rsplit(".", 1)[0]) for vm in vms})
-        router = Router(1, tuple(Subnet(i, IPv4Interface(f"{p}.254/24")) for i, p in subnets))
+        router = tenant_router(vms)
         ovn.add_gateway(central, router, ovn.OvnGateway(OVN_EXTERNAL, INTERNET_IP, tuple(chassis)))
         central.nbctl("--wait=hv", "sync")
         wait_until(

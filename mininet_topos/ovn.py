@@ -239,23 +239,6 @@ def add_router(central: OvnCentral, router: Router) -> None:
     central.nbctl("--no-wait", *args[1:])
 
 
-def readdress(central: OvnCentral, vm: Any, ip_cidr: str, gateway: Any) -> None:
-    """Move a plugged VM (a ``VmRecord``) to another address, in its namespace and on its
-    logical port, with a default route through its subnet's router port."""
-    intf = vm.host.intf().name
-    ip = ip_cidr.split("/")[0]
-    for cmd in (
-        ["ip", "addr", "flush", "dev", intf],
-        ["ip", "addr", "add", ip_cidr, "dev", intf],
-        ["ip", "route", "replace", "default", "via", str(gateway)],
-    ):
-        out, err, rc = vm.host.pexec(cmd)
-        if rc != 0:
-            raise RuntimeError(f"{vm.name}: {' '.join(cmd)}: {err or out}")
-    central.nbctl("--no-wait", "lsp-set-addresses", vm.name, f"{vm.mac} {ip}")
-    vm.ip, vm.ip_cidr = ip, ip_cidr
-
-
 EXTERNAL_SWITCH = "ext"
 EXTERNAL_NETWORK = "extnet"  # the physical network name of the localnet port
 BR_EXT = "br-ext"  # on a gateway chassis: the bridge the localnet port is mapped to
