@@ -277,20 +277,26 @@ def run_paths(
     return samples
 
 
-def run_routing(reps: int, seconds: int, progress: Progress) -> dict[str, Any]:
-    """The whole section: paths (dove and OVN), SNAT throughput, failover gaps."""
-    paths = run_paths(reps, seconds, progress)
+def run_routing(
+    reps: int,
+    seconds: int,
+    progress: Progress,
+    parts: Sequence[str] = ("paths", "snat", "failover"),
+) -> dict[str, Any]:
+    """The whole section, or ``parts`` of it: paths (dove and OVN), SNAT throughput,
+    failover gaps."""
+    paths = run_paths(reps, seconds, progress) if "paths" in parts else []
     snat: list[dict[str, Any]] = []
     failover: list[dict[str, Any]] = []
     for rep in range(reps):
-        for system in ("dove", "ovn"):
+        for system in ("dove", "ovn") if "snat" in parts else ():
             progress(f"routing: SNAT rep {rep + 1}/{reps}: {system}")
             try:
                 snat.append(snat_sample(system, seconds))
             except Exception as e:
                 snat.append({"system": system, "error": f"{type(e).__name__}: {e}"[-500:]})
             progress(f"  {snat[-1]}"[:240])
-        for system in ("dove", "ovn"):
+        for system in ("dove", "ovn") if "failover" in parts else ():
             progress(f"routing: gateway failover rep {rep + 1}/{reps}: {system}")
             try:
                 failover.append(failover_sample(system))

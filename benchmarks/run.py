@@ -270,6 +270,11 @@ def main(argv: list[str] | None = None) -> int:
         default=",".join(DIRECTORY_SYSTEMS),
         help="the directory section's systems (default: the three modes and OVN)",
     )
+    parser.add_argument(
+        "--routing-parts",
+        default="paths,snat,failover",
+        help="the routing section's parts: paths (routed next to same-subnet), snat, failover",
+    )
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--reps", type=int, default=None)
     args = parser.parse_args(argv)
@@ -334,7 +339,8 @@ def main(argv: list[str] | None = None) -> int:
     if "routing" in sections:
         from benchmarks.routing_bench import run_routing
 
-        results["routing"] = run_routing(reps, seconds, progress)
+        parts = tuple(args.routing_parts.split(","))
+        results["routing"] = run_routing(reps, seconds, progress, parts)
 
     if "directory" in sections:
         vms = tuple(int(n) for n in args.directory_vms.split(","))
