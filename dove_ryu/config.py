@@ -23,7 +23,7 @@ from typing import Any
 TUNNEL_TYPES = ("vxlan",)
 DATAPATH_TYPES = ("system", "netdev")
 DISCOVERY_MODES = ("static", "directory")
-ROLES = ("host", "proxy")
+ROLES = ("host", "proxy", "gateway")
 OVERSIZE_ACTIONS = ("fragment", "icmp")
 
 
@@ -95,6 +95,22 @@ class ProxyConfig:
 
 
 @dataclass(frozen=True)
+class GatewayConfig:
+    """The external gateway role (docs/routing.md): a leg in the underlay (underlay_ip)
+    and an OVS port on the bridge in the external network, where tenant routers' source
+    NAT and floating IPs live.  Two gateways run active/standby."""
+
+    external_port: str = _setting("", "the bridge's port in the external network")
+    external_ip: IPv4Address | None = _setting(None, "the gateway's own external address")
+    external_prefix: int = _setting(24, "the external subnet's prefix length")
+    external_nexthop: IPv4Address | None = _setting(
+        None, "the external router: where what is off the external subnet goes"
+    )
+    gateway_priority: int = _setting(100, "of two gateways, the higher starts active")
+    gateway_hello_interval: float = _setting(0.2, "seconds between the gateways' hellos")
+
+
+@dataclass(frozen=True)
 class MetricsConfig:
     """Prometheus metrics over HTTP (GET /metrics).  Off (0) unless the operator picks a
     port (the emulation uses 9479): a new listener on every hypervisor is a deliberate
@@ -111,6 +127,7 @@ class DoveConfig:
     role: str = "host"
     learning: LearningConfig = field(default_factory=LearningConfig)
     proxy: ProxyConfig = field(default_factory=ProxyConfig)
+    gateway: GatewayConfig = field(default_factory=GatewayConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
     @property
@@ -128,6 +145,7 @@ SECTIONS: dict[str, type] = {
     "host": HostConfig,
     "learning": LearningConfig,
     "proxy": ProxyConfig,
+    "gateway": GatewayConfig,
     "metrics": MetricsConfig,
 }
 
@@ -148,7 +166,15 @@ def _settings() -> tuple[Setting, ...]:
     found = []
     for section, cls in SECTIONS.items():
         if section == "proxy":
-            found.append(Setting("role", "", "str", "host", "host, or proxy (a site's VAN proxy)"))
+            found.append(
+                Setting(
+                    "role",
+                    "",
+                    "str",
+                    "host",
+                    "host, proxy (a site's VAN proxy) or gateway (to the external network)",
+                )
+            )
         for f in fields(cls):
             default = None if f.default is MISSING else f.default
             found.append(Setting(f.name, section, str(f.type), default, f.metadata["help"]))
@@ -186,6 +212,9 @@ _MAXIMUM: dict[str, float] = {
     "proxy_priority": 255,
     "proxy_hello_interval": 60,
     "wan_mtu": 9000,
+    "external_prefix": 32,
+    "gateway_priority": 255,
+    "gateway_hello_interval": 60,
 }
 _MINIMUM: dict[str, float] = {"wan_mtu": 576}
 
@@ -246,7 +275,7 @@ def parse(name: str, text: str) -> object:
     kind = BY_NAME[name].type
     if name in _REQUIRED and not text:
         raise ConfigError(f"[dove] {name}: missing (required)")
-    if name in ("underlay_ip", "wan_ip", "metrics_host"):
+    if name in ("underlay_ip", "wan_ip", "metrics_host", "external_ip", "external_nexthop"):
         return _ip(name, text)
     if name == "auth_key":
         return parse_key(name, text)
@@ -262,7 +291,7 @@ def parse(name: str, text: str) -> object:
         if not _IDENT.match(text):
             raise ConfigError(f"[dove] site: {text!r} must be 1-15 letters, digits, _.-")
         return text
-    if name in ("bridge", "tunnel_port"):
+    if name in ("bridge", "tunnel_port", "external_port"):
         if not _IDENT.match(text):
             raise ConfigError(f"[dove] {name}: {text!r} is not a valid interface name")
         return text
@@ -346,13 +375,24 @@ def _check_discovery(kwargs: dict[str, object]) -> None:
                 raise ConfigError(f"[dove] {name}: missing (required with ssl: directory remotes)")
 
 
+_GATEWAY_ONLY = tuple(f.name for f in fields(GatewayConfig))
+
+
 def _check_role(kwargs: dict[str, object]) -> None:
-    """A proxy needs its site and its inter-site leg; a host has neither."""
+    """A proxy needs its site and its inter-site leg, a gateway its external leg; a
+    host has neither."""
     proxy_only = ("site", "wan_ip", "wan_peers")
-    if kwargs.get("role", "host") == "host":
+    role = kwargs.get("role", "host")
+    if role != "gateway":
+        for name in _GATEWAY_ONLY:
+            if name in kwargs:
+                raise ConfigError(f"[dove] {name}: only a gateway (role = gateway) has one")
+    if role in ("host", "gateway"):
         for name in proxy_only:
             if name in kwargs:
                 raise ConfigError(f"[dove] {name}: only a proxy (role = proxy) has one")
+        if role == "gateway":
+            _check_gateway(kwargs)
         return
     for name in ("site", "wan_ip"):
         if name not in kwargs:
@@ -366,3 +406,19 @@ def _check_role(kwargs: dict[str, object]) -> None:
     clash = site_peers & set(kwargs["wan_peers"])  # type: ignore[call-overload]
     if clash:
         raise ConfigError(f"[dove] wan_peers: {min(clash)} is also a site peer")
+
+
+def _check_gateway(kwargs: dict[str, object]) -> None:
+    """A gateway's external leg: its port, its address, and a next hop on its subnet."""
+    for name in ("external_port", "external_ip", "external_nexthop"):
+        if name not in kwargs:
+            raise ConfigError(f"[dove] {name}: missing (required with role = gateway)")
+    ip, nexthop = kwargs["external_ip"], kwargs["external_nexthop"]
+    prefix = kwargs.get("external_prefix", 24)
+    network = ipaddress.IPv4Interface(f"{ip}/{prefix}").network
+    if ip == kwargs["underlay_ip"]:
+        raise ConfigError("[dove] external_ip: must differ from underlay_ip (two legs)")
+    if nexthop == ip or nexthop not in network:
+        raise ConfigError(
+            f"[dove] external_nexthop: {nexthop} must be another address of {network}"
+        )

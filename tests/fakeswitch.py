@@ -39,6 +39,9 @@ _PIPELINE_FIELDS = (
     "tun_ipv4_src",
     "tun_ipv4_dst",
     *REGISTERS,
+    "ct_state",
+    "ct_zone",
+    "_nat_out",
 )
 
 
@@ -154,6 +157,78 @@ def pkt_from_bytes(data: bytes) -> Packet:
     return pkt
 
 
+# --- conntrack (the gateway's NAT) -----------------------------------------------------
+
+Tuple5 = tuple[str, str, int, int, int]
+
+
+def _tuple(pkt: Mapping[str, Any]) -> Tuple5:
+    kind = "udp" if pkt.get("ip_proto") == 17 else "tcp"
+    return (
+        pkt["ipv4_src"],
+        pkt["ipv4_dst"],
+        pkt.get("ip_proto", 0),
+        pkt.get(f"{kind}_src", 0),
+        pkt.get(f"{kind}_dst", 0),
+    )
+
+
+def _reverse(t: Tuple5) -> Tuple5:
+    return (t[1], t[0], t[2], t[4], t[3])
+
+
+@dataclass
+class Connection:
+    """A committed connection: as first seen (``orig``) and as translated by its NAT."""
+
+    zone: int
+    orig: Tuple5
+    translated: Tuple5
+    replied: bool = False
+
+
+class Conntrack:
+    """The datapath's connection tracker, enough to follow a NATed packet: a connection
+    is found by either direction's 5-tuple in its zone; NAT rewrites addresses only."""
+
+    def __init__(self) -> None:
+        self.by_tuple: dict[tuple[int, Tuple5], tuple[Connection, bool]] = {}
+
+    def __len__(self) -> int:
+        return len({id(c) for c, _ in self.by_tuple.values()})
+
+    def run(self, ct: of.Ct, pkt: Mapping[str, Any]) -> tuple[int, dict[str, Any]]:
+        """The packet through ct: its ct_state and the header rewrites its NAT makes."""
+        t = _tuple(pkt)
+        found = self.by_tuple.get((ct.zone, t))
+        if found is None:
+            if not ct.commit:
+                return of.CT_TRK | of.CT_NEW, {}
+            src, dst = t[0], t[1]
+            if ct.nat is not None and ct.nat.kind == "src":
+                src = ct.nat.address
+            elif ct.nat is not None and ct.nat.kind == "dst":
+                dst = ct.nat.address
+            translated = (src, dst, t[2], t[3], t[4])
+            conn = Connection(ct.zone, t, translated)
+            self.by_tuple[(ct.zone, t)] = (conn, False)
+            self.by_tuple[(ct.zone, _reverse(translated))] = (conn, True)
+            return of.CT_TRK | of.CT_NEW, self._rewrite(ct, t, translated)
+        conn, reply = found
+        if reply:
+            conn.replied = True
+            state = of.CT_TRK | of.CT_EST | of.CT_RPL
+            return state, self._rewrite(ct, t, _reverse(conn.orig))
+        state = of.CT_TRK | (of.CT_EST if conn.replied else of.CT_NEW)
+        return state, self._rewrite(ct, t, conn.translated)
+
+    @staticmethod
+    def _rewrite(ct: of.Ct, have: Tuple5, want: Tuple5) -> dict[str, Any]:
+        if ct.nat is None or have == want:
+            return {}
+        return {"ipv4_src": want[0], "ipv4_dst": want[1]}
+
+
 # --------------------------------------------------------------------------- state
 
 
@@ -233,6 +308,7 @@ class FakeSwitch:
         self.groups: dict[int, tuple[tuple[of.Action, ...], ...]] = {}
         self.errors: list[str] = []
         self.in_port_drops = 0
+        self.conntrack = Conntrack()
         self.ttl_drops = 0  # packets whose TTL a DecTtl would have taken to zero
 
     # ----------------------------------------------------------------- messages
@@ -397,6 +473,8 @@ class FakeSwitch:
                     return True
                 for bucket in buckets:
                     self._actions(bucket, dict(state), out, cookie)
+            elif isinstance(action, of.Ct):
+                self._ct(action, state, out)
             elif isinstance(action, of.DecTtl):
                 ttl = state.get("nw_ttl")
                 if ttl is None:
@@ -411,10 +489,25 @@ class FakeSwitch:
                 raise TypeError(f"fake switch cannot execute {action!r}")
         return True
 
+    def _ct(self, action: of.Ct, state: Packet, out: list[Delivery]) -> None:
+        """NOTE (OVS's ct): with a table the packet is recirculated there, NATed and with
+        its ct_state and ct_zone; without one its NAT changes only what leaves the switch
+        (later flows still match the headers as they were)."""
+        if "ipv4_dst" not in state:
+            self.errors.append("ct on a packet that is not IPv4")
+            return
+        ct_state, rewrite = self.conntrack.run(action, state)
+        if action.table is None:
+            state["_nat_out"] = {**state.get("_nat_out", {}), **rewrite}
+            return
+        again = {**state, **rewrite, "ct_state": ct_state, "ct_zone": action.zone}
+        again.pop("_nat_out", None)
+        self._run(action.table, again, out)
+
     def _output(
         self, port: int, state: Packet, out: list[Delivery], cookie: int | None, packet_out: bool
     ) -> None:
-        headers = _headers_out(state)
+        headers = _headers_out({**state, **state.get("_nat_out", {})})
         in_port = state["in_port"]
         if port == of.OFPP_CONTROLLER:
             out.append(

@@ -42,6 +42,8 @@ def _action(action: of.Action) -> Any:
         return _check_pkt_larger(action)
     if isinstance(action, of.DecTtl):
         return parser.OFPActionDecNwTtl()
+    if isinstance(action, of.Ct):
+        return _ct(action)
     raise TypeError(f"unknown action {action!r}")
 
 
@@ -57,6 +59,36 @@ def _check_pkt_larger(action: of.CheckLarger) -> Any:
     nxm_reg = (0x0001 << 16) | (int(action.register[3:]) << 9) | 4
     body = struct.pack("!HHI6x", action.length, action.bit, nxm_reg)
     return parser.NXActionUnknown(NXAST_CHECK_PKT_LARGER, body)
+
+
+# NOTE (os-ken 4.2): nicira_ext names the NAT range flags but not the NAT kind; these
+# are OVS's NX_NAT_F_SRC and NX_NAT_F_DST (include/openvswitch/ofp-actions.h).
+_NX_NAT_F_SRC = 1 << 0
+_NX_NAT_F_DST = 1 << 1
+_NX_CT_F_COMMIT = 1 << 0
+_NX_CT_RECIRC_NONE = 0xFF  # ct without table=: no recirculation
+
+
+def _ct(action: of.Ct) -> Any:
+    """ct(commit, zone=N, table=T, nat(...)): the zone is an immediate 16-bit value."""
+    nat_actions = []
+    if action.nat is not None:
+        nat = action.nat
+        if nat.kind:
+            flags = _NX_NAT_F_SRC if nat.kind == "src" else _NX_NAT_F_DST
+            nat_actions.append(
+                parser.NXActionNAT(flags, range_ipv4_min=nat.address, range_ipv4_max=nat.address)
+            )
+        else:
+            nat_actions.append(parser.NXActionNAT(0))
+    return parser.NXActionCT(
+        flags=_NX_CT_F_COMMIT if action.commit else 0,
+        zone_src="",
+        zone_ofs_nbits=action.zone,
+        recirc_table=_NX_CT_RECIRC_NONE if action.table is None else action.table,
+        alg=0,
+        actions=nat_actions,
+    )
 
 
 def _flow_mod(dp: Any, fm: of.FlowMod) -> Any:

@@ -67,6 +67,14 @@ def _tunnel_source(cfg: DoveConfig) -> list[str]:
     return ["--", "set", "Interface", port, f"options:local_ip={cfg.host.underlay_ip}"]
 
 
+def _external_port(cfg: DoveConfig) -> list[str]:
+    """A gateway's port in the external network is on the bridge (the interface itself
+    is the deployment's: a NIC, or the emulation's veth)."""
+    if cfg.role != "gateway":
+        return []
+    return ["--", "--may-exist", "add-port", cfg.host.bridge, cfg.gateway.external_port]
+
+
 def ensure_bridge(cfg: DoveConfig, of_host: str, of_port: int) -> None:
     """Make the bridge, its one flow-based tunnel port, the controller and the
     table names exist as the agent needs them.  Safe to run on every start."""
@@ -79,6 +87,7 @@ def ensure_bridge(cfg: DoveConfig, of_host: str, of_port: int) -> None:
         "--", "set", "Interface", cfg.host.tunnel_port, f"type={cfg.host.tunnel_type}",
         "options:remote_ip=flow", "options:key=flow", f"options:dst_port={VXLAN_UDP_PORT}",
         *_tunnel_source(cfg),
+        *_external_port(cfg),
         "--", "set-controller", br, f"tcp:{_connect_to(of_host)}:{of_port}",
     ]  # fmt: skip
     for table in TABLES:
@@ -120,6 +129,7 @@ class BridgeView:
     routers: tuple[Router, ...] = ()
     gateways: tuple[IPv4Address, ...] = ()  # dove-gateways, in order of preference
     routers_rejected: tuple[tuple[str, str], ...] = ()  # (mark, why)
+    external: tuple[int, str] | None = None  # a gateway's external port: (ofport, MAC)
 
 
 def _ofport(iface: Any) -> int | None:
@@ -304,6 +314,7 @@ def _snapshot(idl: Any, cfg: DoveConfig) -> BridgeView:
     routers: tuple[Router, ...] = ()
     gateways: tuple[IPv4Address, ...] = ()
     routers_rejected: tuple[tuple[str, str], ...] = ()
+    external = None
     for bridge in idl.tables["Bridge"].rows.values():
         if bridge.name != cfg.host.bridge:
             continue
@@ -315,6 +326,8 @@ def _snapshot(idl: Any, cfg: DoveConfig) -> BridgeView:
                 ofport = _ofport(iface)
                 if iface.name == cfg.host.tunnel_port:
                     tunnel = ofport
+                elif _is_external(cfg, iface.name):
+                    external = _external(iface, ofport)
                 elif EXT_INSTANCE in iface.external_ids and ofport is not None:
                     try:
                         ports.append(parse_vm_port(iface.name, ofport, dict(iface.external_ids)))
@@ -328,7 +341,18 @@ def _snapshot(idl: Any, cfg: DoveConfig) -> BridgeView:
         routers,
         gateways,
         routers_rejected,
+        external,
     )
+
+
+def _is_external(cfg: DoveConfig, name: str) -> bool:
+    return cfg.role == "gateway" and name == cfg.gateway.external_port
+
+
+def _external(iface: Any, ofport: int | None) -> tuple[int, str] | None:
+    """A gateway's external port, once OVS has numbered it and knows its MAC."""
+    mac = iface.mac_in_use[0] if iface.mac_in_use else None
+    return (ofport, normalize_mac(mac)) if ofport is not None and mac else None
 
 
 def _schema_helper(remote: str) -> ovs.db.idl.SchemaHelper:
@@ -345,7 +369,7 @@ def _schema_helper(remote: str) -> ovs.db.idl.SchemaHelper:
     helper = ovs.db.idl.SchemaHelper(None, reply.result)
     helper.register_columns("Bridge", ["name", "ports", "datapath_id", "external_ids"])
     helper.register_columns("Port", ["name", "interfaces"])
-    helper.register_columns("Interface", ["name", "ofport", "external_ids"])
+    helper.register_columns("Interface", ["name", "ofport", "external_ids", "mac_in_use"])
     return helper
 
 

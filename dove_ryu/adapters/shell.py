@@ -39,6 +39,7 @@ from dove_ryu.adapters.of_osken import (
 from dove_ryu.adapters.ovsdb import BridgeView, PortWatcher
 from dove_ryu.agent import make_core
 from dove_ryu.agent.directory import DirectoryView, EndpointRow
+from dove_ryu.agent.gateway import GatewayCore
 from dove_ryu.openflow import cookies
 from dove_ryu.openflow.ofmsg import (
     CoreOutput,
@@ -306,6 +307,9 @@ class DoveApp(app_manager.OSKenApp):  # type: ignore[misc]
                     )
                     del self.datapaths[dpid]
             self._routers(view)
+            if isinstance(self.core, GatewayCore):
+                port = view.external or (None, None)
+                self._send(self.core.external_port(time.monotonic(), *port))
             self._send(self.core.ports_changed(time.monotonic(), list(view.vm_ports)))
             self.core.counters["ports_rejected"] = len(view.rejected)
             self._sync_if_ready()

@@ -1,4 +1,5 @@
-"""Active and standby between the VAN proxies of one site.
+"""Active and standby between the VAN proxies of one site (and between the external
+gateways, which use the same rules).
 
 The site's proxies exchange hellos (their announcements to each other).  Without
 preemption: the standby takes over when the active one's hellos stop for 3.5
@@ -16,7 +17,7 @@ from ipaddress import IPv4Address
 
 from dove_ryu.agent.membership import LIFETIME_INTERVALS
 from dove_ryu.config import ProxyConfig
-from dove_ryu.protocol.messages import ProxyRole
+from dove_ryu.protocol.messages import GatewayRole, ProxyRole
 
 LOG = logging.getLogger("dove_ryu.proxy")
 
@@ -25,7 +26,7 @@ LOG = logging.getLogger("dove_ryu.proxy")
 class Partner:
     """Another proxy of this site, as last heard."""
 
-    role: ProxyRole
+    role: ProxyRole | GatewayRole
     expires: float
 
 
@@ -47,7 +48,7 @@ class Election:
         self.listen_until = now + self.dead_interval * (2 - priority / 255)
         self.next_hello = now
 
-    def heard(self, now: float, sender: IPv4Address, role: ProxyRole) -> bool:
+    def heard(self, now: float, sender: IPv4Address, role: ProxyRole | GatewayRole) -> bool:
         """A partner's hello; True if we had not heard it before (or it had gone)."""
         new = sender not in self.partners
         self.partners[sender] = Partner(role, now + self.dead_interval)

@@ -34,6 +34,7 @@ from dove_ryu.protocol.messages import (
     EndpointHere,
     Envelope,
     FrameFragment,
+    GatewayRole,
     LearnReply,
     LearnRequest,
     Unlearn,
@@ -54,6 +55,7 @@ class HostCore:
         self.members = HostMembers(self.p)
         self.sync = DirectorySync(self.p, self.members)
         self.next_announce = now
+        self.gateways_heard: set[IPv4Address] = set()  # gateways that announced themselves
 
     @property
     def counters(self) -> dict[str, int]:
@@ -216,6 +218,8 @@ class HostCore:
         if not self.p.members.fresh(sender, env.counter):
             self.p.stats.count("announce_stale")
             return CoreOutput()
+        if msg.gateway is not None:
+            return self._on_gateway(now, sender, msg.gateway)
         out = CoreOutput()
         if msg.proxy is not None:
             for old in self.p.members.proxy_heard(now, sender, msg.proxy):
@@ -226,6 +230,19 @@ class HostCore:
         out.extend(changed)
         if new_peer and msg.instances:
             # A host we did not know (new or restarted): tell it at once what we serve.
+            out.datagrams += self._announce(now, only=[sender])
+        return out
+
+    def _on_gateway(self, now: float, sender: IPv4Address, role: GatewayRole) -> CoreOutput:
+        """An external gateway's announcement: the one that says it is active gets the
+        default-routed traffic (no preemption: the latest to claim it is the one); a
+        gateway heard for the first time is told at once which instances we serve."""
+        if sender not in self.p.routers.gateways:
+            self.p.stats.drop("gateway_not_declared", now, f"from {sender}")
+            return CoreOutput()
+        out = self.set_active_gateway(now, sender) if role.active else CoreOutput()
+        if sender not in self.gateways_heard:
+            self.gateways_heard.add(sender)
             out.datagrams += self._announce(now, only=[sender])
         return out
 

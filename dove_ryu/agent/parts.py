@@ -18,6 +18,7 @@ from dove_ryu.agent.directory import DirectoryMembers, Published
 from dove_ryu.agent.election import Election
 from dove_ryu.agent.endpoints import EndpointFlows, LearnedEndpoints
 from dove_ryu.agent.fragments import Fragmenter, Reassembly
+from dove_ryu.agent.gateway_parts import ExternalNet, GatewayEndpointFlows, GatewayRouters
 from dove_ryu.agent.instances import HostInstances
 from dove_ryu.agent.link import SwitchLink
 from dove_ryu.agent.membership import Membership
@@ -28,7 +29,7 @@ from dove_ryu.agent.routers import Routers
 from dove_ryu.agent.sides import ProxyFlows, ProxyInstances, Sides
 from dove_ryu.agent.stats import Stats
 from dove_ryu.agent.tunnel import TunnelFlows
-from dove_ryu.config import DoveConfig
+from dove_ryu.config import DoveConfig, ProxyConfig
 from dove_ryu.openflow.ofmsg import Datagram, OfMsg
 
 
@@ -169,4 +170,33 @@ def proxy_parts(cfg: DoveConfig, log: logging.Logger, now: float) -> ProxyParts:
         ),
         fragmenter=Fragmenter(cfg.proxy.wan_mtu),
         reassembly=Reassembly(),
+    )
+
+
+# --- the external gateway (docs/routing.md) -------------------------------------------
+
+
+@dataclass
+class GatewayParts(Common):
+    election: Election  # active or standby between the two gateways
+    routers: GatewayRouters  # the routers the marks declare, and their flows here
+    external: ExternalNet  # the external port, the next hop's and neighbors' MACs
+
+
+def gateway_parts(cfg: DoveConfig, log: logging.Logger, now: float) -> GatewayParts:
+    if cfg.role != "gateway":
+        raise ValueError("a gateway needs role = gateway")
+    link = SwitchLink()
+    flows = GatewayEndpointFlows(link, cfg.learning.learn_idle_timeout)
+    common = _common(cfg, log, link, (cfg.host.underlay_ip,), flows)
+    g = cfg.gateway
+    # The proxies' election, between the gateways: the same hellos and rules.
+    election_settings = ProxyConfig(
+        proxy_priority=g.gateway_priority, proxy_hello_interval=g.gateway_hello_interval
+    )
+    return GatewayParts(
+        **common,  # type: ignore[arg-type]
+        election=Election(cfg.name, cfg.host.underlay_ip, election_settings, now),
+        routers=GatewayRouters(),
+        external=ExternalNet(g),
     )

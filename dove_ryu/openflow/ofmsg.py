@@ -68,7 +68,51 @@ class DecTtl:
     zero is dropped by the switch (routing sends TTL 0 and 1 to the agent first)."""
 
 
-Action = Output | SetField | Move | Group | CheckLarger | DecTtl
+# --- conntrack (the gateway's NAT, docs/routing.md) ---------------------------------------
+
+
+@dataclass(frozen=True)
+class Nat:
+    """The NAT of a ct action: ``kind`` "src" or "dst" rewrites to ``address`` (a new
+    connection); no kind re-applies the NAT its connection already has (a reply)."""
+
+    kind: str = ""
+    address: str = ""
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("", "src", "dst"):
+            raise ValueError(f"nat kind {self.kind!r} is not src or dst")
+        if bool(self.kind) != bool(self.address):
+            raise ValueError("nat(src|dst) needs an address, plain nat none")
+        if self.address:
+            IPv4Address(self.address)
+
+
+@dataclass(frozen=True)
+class Ct:
+    """Send the packet through conntrack (Open vSwitch's ct action) in ``zone``: commit
+    the connection, apply ``nat``, and with ``table`` continue in that table with its
+    ct_state known (recirculation)."""
+
+    zone: int
+    commit: bool = False
+    table: int | None = None
+    nat: Nat | None = None
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.zone <= 0xFFFF:
+            raise ValueError(f"conntrack zone {self.zone} is not 16 bits")
+
+
+# ct_state bits, as OVS matches them (ct_state=+trk+est is (TRK|EST, TRK|EST)).
+CT_NEW = 0x01
+CT_EST = 0x02
+CT_REL = 0x04
+CT_RPL = 0x08
+CT_INV = 0x10
+CT_TRK = 0x20
+
+Action = Output | SetField | Move | Group | CheckLarger | DecTtl | Ct
 
 
 class FlowCommand(Enum):

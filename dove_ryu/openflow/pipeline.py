@@ -52,6 +52,7 @@ from dove_ryu.openflow.ofmsg import (
     OFPP_IN_PORT,
     Action,
     CheckLarger,
+    Ct,
     FlowCommand,
     FlowMod,
     Group,
@@ -199,6 +200,8 @@ class Table:
     metadata: int = 0  # the metadata bits it may write
     registers: tuple[str, ...] = ()  # registers (check_pkt_larger, set_field, move)
     outputs: tuple[Out, ...] = ()
+    # May send packets through conntrack (ct); a ct's table is one of next_tables.
+    conntrack: bool = False
 
     def flow(
         self,
@@ -227,6 +230,7 @@ class Table:
                     f"(only bits {self.metadata:#x})"
                 )
         _check_actions(f"table {self.name}", actions, self.sets, self.registers, self.outputs)
+        self._check_conntrack(actions)
         fm = FlowMod(
             table_id=self.table_id,
             priority=priority,
@@ -257,6 +261,17 @@ class Table:
             cookie=0,
             command=FlowCommand.DELETE_STRICT,
         )
+
+    def _check_conntrack(self, actions: tuple[Action, ...]) -> None:
+        for action in actions:
+            if not isinstance(action, Ct):
+                continue
+            if not self.conntrack:
+                raise ValueError(f"table {self.name} may not use conntrack")
+            if action.table is not None:
+                target = BY_ID.get(action.table)
+                if target is None or target.name not in self.next_tables:
+                    raise ValueError(f"table {self.name} may not recirculate to {action.table}")
 
     def _check_match(self, match: Match) -> None:
         unknown = set(match) - set(self.matches)
@@ -335,10 +350,11 @@ EXT_IN = Table(
     roles=(GATEWAY,),
     miss=DROP,
     cookies=(Purpose.EXTERNAL, Purpose.FLOATING_IP, Purpose.SNAT, Purpose.DROP_EXTERNAL),
-    matches=("in_port", "eth_type", "eth_dst", "arp_op", "arp_tpa", "ipv4_dst"),
+    matches=("in_port", "eth_type", "arp_op", "arp_tpa", "ipv4_dst"),
     next_tables=("ext_unnat",),  # through conntrack (ct's table)
     sets=("eth_src", "eth_dst", "arp_op", "arp_sha", "arp_spa", "arp_tha", "arp_tpa"),
     outputs=(Out.IN_PORT, Out.CONTROLLER),
+    conntrack=True,
 )
 EXT_UNNAT = Table(
     26,
@@ -347,7 +363,7 @@ EXT_UNNAT = Table(
     "a new connection to a router's external address -> drop",
     roles=(GATEWAY,),
     miss=DROP,
-    cookies=(Purpose.EXTERNAL, Purpose.FLOATING_IP, Purpose.ROUTE, Purpose.DROP_EXTERNAL),
+    cookies=(Purpose.FLOATING_IP, Purpose.ROUTE, Purpose.DROP_EXTERNAL),
     matches=("ct_state", "ct_zone", "eth_type", "ipv4_dst"),
     next_tables=("l3_neighbor",),
     sets=("eth_src",),
@@ -389,6 +405,7 @@ SNAT = Table(
     cookies=(Purpose.SNAT, Purpose.FLOATING_IP),
     matches=("metadata", "eth_type", "ipv4_src"),
     next_tables=("ext_out",),
+    conntrack=True,
 )
 EXT_OUT = Table(
     36,
@@ -514,6 +531,8 @@ def group_mod(
         raise ValueError(f"group {group_id}: a delete has no buckets")
     for bucket in buckets:
         _check_actions(f"group {group_id}", bucket, GROUP_SETS, (), GROUP_OUTPUTS)
+        if any(isinstance(a, Ct) for a in bucket):
+            raise ValueError(f"group {group_id}: no conntrack in a group")
     return GroupMod(group_id=group_id, command=command, buckets=buckets)
 
 
@@ -534,6 +553,9 @@ def _check_declaration() -> None:
                 table.name,
                 reg,
             )
+        # ct_state and ct_zone are known only after a ct action's recirculation.
+        if {"ct_state", "ct_zone"} & set(table.matches):
+            assert any(t.conntrack and table.name in t.next_tables for t in TABLES), table.name
     # Every kind of flow lives somewhere, so a delete by any cookie can find it.
     assert {p for t in TABLES for p in t.cookies} == set(Purpose)
 

@@ -8,7 +8,7 @@ MAC, and only then reads the message; anti-replay is the caller's next step (``R
 ============  ====  =========================================================
 Message       Type  TLVs (besides SENDER, COUNTER, AUTH); instance in header
 ============  ====  =========================================================
-Announce      1     INSTANCES, optionally PROXY            (no instance, I clear)
+Announce      1     INSTANCES, optionally PROXY or GATEWAY (no instance, I clear)
 LearnRequest  2     REQUEST_ID, exactly one of MAC / IPV4,
                     optionally REQUESTER_MAC, REQUESTER_SEQ, REQUESTER_IPV4 * n
 LearnReply    3     REQUEST_ID, MAC, HOST, SEQ, IPV4 * n
@@ -20,7 +20,9 @@ Frame         6     FRAME_DATA: a piece of an overlay frame, F set in the header
 PROXY (non-critical) says the sender is a VAN proxy of a site, active or standby, with
 its priority.  Frame carries, between two proxies, an overlay frame too big for the
 inter-site path: the header's fragment ID, index and M flag (paper Fig. 3) put it back
-together on the far side.
+together on the far side.  GATEWAY (non-critical) says the sender is an external
+gateway (docs/routing.md), active or standby, with its priority: hosts send what their
+routers route off their subnets to the active one.
 
 Every instance a message carries is an instance id (1..2**24-1) and every MAC a VM's
 (unicast), by the same checks as OVSDB port marks and dovectl (``dove_ryu.model``):
@@ -86,6 +88,7 @@ class TlvType(IntEnum):
     REQUESTER_IPV4 = 0x0A
     REQUESTER_SEQ = 0x0B
     PROXY = 0x0C
+    GATEWAY = 0x0D
     FRAME_DATA = 0x8A
     AUTH = 0xFF
 
@@ -140,14 +143,30 @@ class ProxyRole:
 
 
 @dataclass(frozen=True)
+class GatewayRole:
+    """The sender is an external gateway; of the gateways one is active."""
+
+    active: bool
+    priority: int
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.active, bool):
+            raise ValueError(f"active must be a bool, got {self.active!r}")
+        _check_range("priority", self.priority, 0, 255)
+
+
+@dataclass(frozen=True)
 class Announce:
     """Membership heartbeat: "the sender serves these instances" (and, from a proxy,
     its site and whether it is the site's active proxy)."""
 
     instances: frozenset[int]
     proxy: ProxyRole | None = None
+    gateway: GatewayRole | None = None
 
     def __post_init__(self) -> None:
+        if self.proxy is not None and self.gateway is not None:
+            raise ValueError("an Announce is from a proxy or from a gateway, not both")
         if not isinstance(self.instances, frozenset):
             raise ValueError("instances must be a frozenset")
         for inst in self.instances:
@@ -320,6 +339,9 @@ def _body(message: Message) -> tuple[MsgType, int | None, list[Tlv]]:
             role = message.proxy
             value = bytes([1 if role.active else 0, role.priority]) + role.site.encode()
             tlvs.append(Tlv(TlvType.PROXY, value))
+        if message.gateway is not None:
+            gw = message.gateway
+            tlvs.append(Tlv(TlvType.GATEWAY, bytes([1 if gw.active else 0, gw.priority])))
         return MsgType.ANNOUNCE, None, tlvs
     if isinstance(message, FrameFragment):
         return MsgType.FRAME, message.instance, [Tlv(TlvType.FRAME_DATA, message.data)]
@@ -385,7 +407,7 @@ def encode(
 _KNOWN_TLVS = frozenset(int(t) for t in TlvType)
 _REPEATABLE = frozenset({TlvType.IPV4, TlvType.REQUESTER_IPV4})
 _ALLOWED: dict[MsgType, frozenset[int]] = {
-    MsgType.ANNOUNCE: frozenset({TlvType.INSTANCES, TlvType.PROXY}),
+    MsgType.ANNOUNCE: frozenset({TlvType.INSTANCES, TlvType.PROXY, TlvType.GATEWAY}),
     MsgType.LEARN_REQUEST: frozenset(
         {
             TlvType.REQUEST_ID,
@@ -469,7 +491,13 @@ def _announce(header: DoveHeader, f: _Fields) -> Announce:
             proxy = ProxyRole(raw[2:].decode("ascii"), bool(raw[0]), raw[1])
         except (UnicodeDecodeError, ValueError):
             raise MalformedMessage("bad_tlv_value", "PROXY site") from None
-    return Announce(frozenset(ids), proxy)
+    gateway = None
+    if f.has(TlvType.GATEWAY):
+        raw = f.raw(TlvType.GATEWAY, 2)
+        if raw[0] > 1 or proxy is not None:
+            raise MalformedMessage("bad_tlv_value", "GATEWAY")
+        gateway = GatewayRole(bool(raw[0]), raw[1])
+    return Announce(frozenset(ids), proxy, gateway)
 
 
 def _frame(header: DoveHeader, f: _Fields) -> FrameFragment:

@@ -65,7 +65,7 @@ PROXY = {
         ({k: v for k, v in PROXY.items() if k != "wan_ip"}, "wan_ip"),
         ({**PROXY, "wan_ip": "10.99.0.201"}, "wan_ip"),
         ({**PROXY, "site": "a site"}, "site"),
-        ({**PROXY, "role": "gateway"}, "role"),
+        ({**PROXY, "role": "router"}, "role"),
         ({**PROXY, "wan_mtu": "500"}, "wan_mtu"),
         ({**PROXY, "wan_oversize": "drop"}, "wan_oversize"),
         ({**PROXY, "wan_peers": "10.99.0.1"}, "wan_peers"),

@@ -1,0 +1,172 @@
+"""The parts only a gateway has (docs/routing.md, "The gateway role"): its routers and
+their flows, its leg in the external network, and how it reaches an inside endpoint.
+
+`GatewayRouters` owns the routers the marks declare and the flows each has on the
+gateway (the ARP answers for their external addresses only while active);
+`ExternalNet` the external port and the MACs of the next hop and of the neighbors on
+the external subnet, resolved by ARP from the agent; `GatewayEndpointFlows` the flows
+of a learned inside endpoint (its neighbor entries and its tunnel).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from ipaddress import IPv4Address, IPv4Interface
+
+from dove_ryu.agent.link import SwitchLink
+from dove_ryu.config import GatewayConfig
+from dove_ryu.model import Endpoint, Router
+from dove_ryu.openflow import flows
+from dove_ryu.openflow import gateway_flows as gw
+from dove_ryu.openflow.gateway_flows import ExternalSide
+from dove_ryu.openflow.ofmsg import OfMsg
+from dove_ryu.openflow.packet import ARP_REPLY, ARP_REQUEST, ETH_TYPE_ARP, Frame
+
+ARP_RETRY = 1.0  # seconds before an unanswered ARP request is asked again
+NEXT_HOP_REFRESH = 30.0  # seconds between ARP requests for a known next hop
+
+
+class GatewayEndpointFlows:
+    """A gateway reaches an inside endpoint by its address (l3_neighbor: IP -> MAC) and
+    its MAC through the tunnel to its host (l2_forward), as a host does
+    (`dove_ryu.agent.endpoints.EndpointFlows`)."""
+
+    def __init__(self, link: SwitchLink, idle_timeout: int) -> None:
+        self.link = link
+        self.idle_timeout = idle_timeout
+
+    def install(self, ep: Endpoint) -> list[OfMsg]:
+        neighbors = [gw.neighbor_flow(ep, ip) for ip in ep.ips]
+        return [flows.learned_l2_flow(ep, self.link.tunnel, self.idle_timeout), *neighbors]
+
+    def remove(self, ep: Endpoint, keep_l2: bool = False) -> list[OfMsg]:
+        msgs: list[OfMsg] = [gw.delete_neighbor_flow(ep, ip) for ip in ep.ips]
+        if not keep_l2:
+            msgs += [m for m in flows.delete_learned(ep) if m.table_id != flows.ARP_ND.table_id]
+        return msgs
+
+
+class GatewayRouters:
+    """The routers declared by the marks, and their flows on this gateway."""
+
+    def __init__(self) -> None:
+        self.routers: dict[int, Router] = {}
+
+    def instances(self) -> set[int]:
+        return {i for r in self.routers.values() for i in r.instances}
+
+    def of_instance(self, instance: int) -> Router | None:
+        return next((r for r in self.routers.values() if instance in r.instances), None)
+
+    def external_addresses(self) -> list[IPv4Address]:
+        return [ip for r in self.routers.values() for ip in gw.external_addresses(r)]
+
+    def replace(
+        self, routers: Iterable[Router], ext: ExternalSide | None, active: bool
+    ) -> list[OfMsg]:
+        """Take the whole set of routers; the flows of those that changed."""
+        new = {r.router_id: r for r in routers if r.has_way_out}
+        msgs: list[OfMsg] = []
+        for rid, old in self.routers.items():
+            if new.get(rid) != old and ext is not None:
+                msgs += gw.delete_router(old, ext)
+        for rid, router in new.items():
+            if self.routers.get(rid) != router and ext is not None:
+                msgs += self.flows_of(router, ext, active)
+        self.routers = new
+        return msgs
+
+    @staticmethod
+    def flows_of(router: Router, ext: ExternalSide, active: bool) -> list[OfMsg]:
+        answers = gw.arp_answer_flows(router, ext) if active else []
+        return [*gw.router_flows(router, ext), *answers]
+
+    def resync(self, ext: ExternalSide, active: bool) -> list[OfMsg]:
+        return [m for r in self.routers.values() for m in self.flows_of(r, ext, active)]
+
+    def activity(self, ext: ExternalSide, active: bool) -> list[OfMsg]:
+        """The ARP answers go in on becoming active (with gratuitous ARPs for every
+        external address) and out on stepping down."""
+        msgs: list[OfMsg] = []
+        for router in self.routers.values():
+            if active:
+                msgs += gw.arp_answer_flows(router, ext)
+                msgs += [gw.gratuitous_arp(ext, ip) for ip in gw.external_addresses(router)]
+            else:
+                msgs += gw.delete_arp_answers(router, ext)
+        return msgs
+
+
+class ExternalNet:
+    """The external port and the MACs behind it: the next hop's (everything off the
+    external subnet goes there) and on-link neighbors', learned from ARP replies to the
+    gateway's own requests."""
+
+    def __init__(self, settings: GatewayConfig) -> None:
+        assert settings.external_ip is not None and settings.external_nexthop is not None
+        self.ip = settings.external_ip
+        self.network = IPv4Interface(f"{self.ip}/{settings.external_prefix}").network
+        self.nexthop = settings.external_nexthop
+        self.side: ExternalSide | None = None
+        self.macs: dict[IPv4Address, str] = {}
+        self.asked: dict[IPv4Address, float] = {}
+
+    def port(self, ofport: int | None, mac: str | None) -> bool:
+        """The external port as OVSDB shows it; True if that changed."""
+        side = None
+        if ofport is not None and mac is not None:
+            side = ExternalSide(ofport, mac, self.ip, self.network)
+        changed = side != self.side
+        self.side = side
+        return changed
+
+    def flows(self) -> list[OfMsg]:
+        """What leaves the external port, to MACs known so far (resync)."""
+        side = self.side
+        if side is None:
+            return []
+        msgs: list[OfMsg] = [gw.on_link_flow(side)]
+        for ip, mac in self.macs.items():
+            msgs.append(gw.next_hop_flow(side, mac, ip))
+            if ip == self.nexthop:
+                msgs.append(gw.next_hop_flow(side, mac))
+        return msgs
+
+    def ask(self, now: float, ip: IPv4Address) -> list[OfMsg]:
+        """An ARP request for ``ip`` (the next hop, or a neighbor on the subnet), unless
+        one went out a moment ago."""
+        side = self.side
+        if side is None or self.asked.get(ip, -ARP_RETRY) > now - ARP_RETRY:
+            return []
+        self.asked[ip] = now
+        return [gw.arp_request(side, ip)]
+
+    def missed(self, now: float, dst: IPv4Address) -> list[OfMsg]:
+        """A packet out had no MAC to go to: ask for its destination or the next hop."""
+        return self.ask(now, dst if dst in self.network else self.nexthop)
+
+    def answered(self, frame: Frame) -> list[OfMsg]:
+        """An ARP reply (or a request) to our address: the sender's MAC, if on our subnet."""
+        arp, side = frame.arp, self.side
+        if arp is None or side is None or frame.eth_type != ETH_TYPE_ARP:
+            return []
+        if arp.op not in (ARP_REPLY, ARP_REQUEST) or arp.spa not in self.network:
+            return []
+        if arp.spa == self.ip or self.macs.get(arp.spa) == arp.sha:
+            return []
+        self.macs[arp.spa] = arp.sha
+        self.asked.pop(arp.spa, None)
+        msgs: list[OfMsg] = [gw.next_hop_flow(side, arp.sha, arp.spa)]
+        if arp.spa == self.nexthop:
+            msgs.append(gw.next_hop_flow(side, arp.sha))
+        return msgs
+
+    def tick(self, now: float) -> list[OfMsg]:
+        """The next hop's MAC, asked for until known and refreshed now and then."""
+        if self.nexthop not in self.macs:
+            return self.ask(now, self.nexthop)
+        if self.asked.get(self.nexthop, -NEXT_HOP_REFRESH) <= now - NEXT_HOP_REFRESH:
+            self.asked[self.nexthop] = now
+            side = self.side
+            return [gw.arp_request(side, self.nexthop)] if side is not None else []
+        return []
