@@ -348,9 +348,12 @@ def _routing_section(routing: dict[str, Any]) -> list[str]:
     gw = routing.get("gateway", {})
     lines += [
         "",
-        "Through the gateway: iperf3 from a VM to the internet host (source NAT on the "
-        "active gateway), and a 5 ms ping stream to it while the active gateway stops "
-        "(agent and datapath); the gap is the longest silence between replies.",
+        "Through the gateway, one build per system and repetition with two gateways: iperf3 "
+        "from a VM to the internet host through the active one (source NAT), then a 5 ms "
+        "ping stream to the internet host while the active gateway stops (agent and "
+        "datapath); the gap is the longest silence between replies. dove-ryu: two gateway "
+        "nodes with `role = gateway`; OVN: the router's distributed gateway port on two "
+        "gateway chassis by priority (BFD between chassis).",
         "",
         "| figure | system | median (min-max) | runs |",
         "|---|---|---|---|",
@@ -371,8 +374,8 @@ def _routing_section(routing: dict[str, Any]) -> list[str]:
     if over is not None:
         lines += ["", f"dove-ryu's failover gap / OVN's: {over:.2f}x."]
     failed = [
-        f"- {kind} {s.get('system', '')}: `{s['error'][:200]}`"
-        for kind in ("paths", "snat", "failover")
+        f"- {kind.removesuffix('_samples')} {s.get('system', '')}: `{s['error'][:200]}`"
+        for kind in ("paths", "gateway_samples")
         for s in routing.get(kind, [])
         if "error" in s
     ]

@@ -137,14 +137,14 @@ def summarize_paths(samples: Sequence[dict[str, Any]], systems: Sequence[str]) -
     return out
 
 
-def summarize_gateway(snat: Sequence[dict[str, Any]], failover: Sequence[dict[str, Any]]) -> dict:
+def summarize_gateway(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Per system: SNAT throughput, the failover gaps, how many failovers came back."""
     out: dict[str, Any] = {}
-    for system in sorted({s["system"] for s in [*snat, *failover]}):
-        runs = [f for f in failover if f["system"] == system]
+    for system in sorted({s["system"] for s in samples}):
+        runs = [f for f in samples if f["system"] == system]
         good = [f for f in runs if "error" not in f]
         out[system] = {
-            "snat_mbits": summary([s.get("mbits") for s in snat if s["system"] == system]),
+            "snat_mbits": summary([s.get("mbits") for s in good]),
             "failover_gap_ms": summary([f.get("gap_ms") for f in good]),
             "failover_recovered": sum(1 for f in good if f.get("gap_ms") is not None),
             "failover_runs": len(runs),
@@ -281,34 +281,26 @@ def run_routing(
     reps: int,
     seconds: int,
     progress: Progress,
-    parts: Sequence[str] = ("paths", "snat", "failover"),
+    parts: Sequence[str] = ("paths", "gateway"),
 ) -> dict[str, Any]:
-    """The whole section, or ``parts`` of it: paths (dove and OVN), SNAT throughput,
-    failover gaps."""
+    """The whole section, or ``parts`` of it: paths (dove and OVN, routed next to
+    same-subnet), gateway (SNAT throughput and the failover gap, dove and OVN)."""
     paths = run_paths(reps, seconds, progress) if "paths" in parts else []
-    snat: list[dict[str, Any]] = []
-    failover: list[dict[str, Any]] = []
-    for rep in range(reps):
-        for system in ("dove", "ovn") if "snat" in parts else ():
-            progress(f"routing: SNAT rep {rep + 1}/{reps}: {system}")
+    gateway: list[dict[str, Any]] = []
+    for rep in range(reps) if "gateway" in parts else ():
+        for system in PATH_SYSTEMS if rep % 2 == 0 else list(reversed(PATH_SYSTEMS)):
+            progress(f"routing: gateway rep {rep + 1}/{reps}: {system}")
             try:
-                snat.append(snat_sample(system, seconds))
+                gateway.append(gateway_sample(system, seconds))
             except Exception as e:
-                snat.append({"system": system, "error": f"{type(e).__name__}: {e}"[-500:]})
-            progress(f"  {snat[-1]}"[:240])
-        for system in ("dove", "ovn") if "failover" in parts else ():
-            progress(f"routing: gateway failover rep {rep + 1}/{reps}: {system}")
-            try:
-                failover.append(failover_sample(system))
-            except Exception as e:
-                failover.append({"system": system, "error": f"{type(e).__name__}: {e}"[-500:]})
-            progress(f"  {failover[-1]}"[:240])
+                gateway.append({"system": system, "error": f"{type(e).__name__}: {e}"[-500:]})
+            gateway[-1]["rep"] = rep
+            progress(f"  {gateway[-1]}"[:240])
     return {
         "paths": paths,
         "summary": summarize_paths(paths, PATH_SYSTEMS),
-        "snat": snat,
-        "failover": failover,
-        "gateway": summarize_gateway(snat, failover),
+        "gateway_samples": gateway,
+        "gateway": summarize_gateway(gateway),
     }
 
 
@@ -371,27 +363,27 @@ def build_ovn_gateway(chassis: Sequence[str]) -> tuple[RunningNet, VmRecord, VmR
     return net, src, inet
 
 
-def ovn_snat_sample(seconds: int) -> dict[str, Any]:
-    """OVN: iperf3 from a VM on hv1 through the gateway chassis hv2 (SNAT)."""
-    net, src, inet = build_ovn_gateway(("hv2",))
-    try:
-        return {"system": "ovn", "mbits": mbits(iperf3(src, inet, seconds))}
-    finally:
-        net.stop()
-
-
-def ovn_failover_sample(settle: float = 1.0) -> dict[str, Any]:
-    """OVN: gateway chassis hv2 (active) and hv3; hv2's ovn-controller and OVS stop."""
+def ovn_gateway_sample(seconds: int, settle: float) -> dict[str, Any]:
+    """OVN: gateway chassis hv2 (active) and hv3 (standby), a VM on hv1; SNAT iperf3
+    through hv2, then hv2's ovn-controller and OVS stop under the stream."""
     net, src, inet = build_ovn_gateway(("hv2", "hv3"))
     try:
+        sample = {"system": "ovn", **snat_iperf(src, inet, seconds)}
         old = next(h for h in net.hypervisors if h.name == "hv2")  # type: ignore[attr-defined]
-        return stream_through_failover("ovn", src, inet.ip, old.stop_ovs, settle)
+        return {**sample, **stream_through_failover(src, inet.ip, old.stop_ovs, settle)}
     finally:
         net.stop()
+
+
+def snat_iperf(src: VmRecord, inet: VmRecord, seconds: int) -> dict[str, Any]:
+    try:
+        return {"mbits": mbits(iperf3(src, inet, seconds))}
+    except TrafficError as e:
+        return {"mbits": None, "iperf_error": str(e)[-300:]}
 
 
 def stream_through_failover(
-    system: str, src: VmRecord, dst_ip: str, stop: Callable[[], None], settle: float
+    src: VmRecord, dst_ip: str, stop: Callable[[], None], settle: float
 ) -> dict[str, Any]:
     """A 5 ms ping stream from ``src`` to ``dst_ip``; ``stop()`` the active gateway after
     ``settle`` s; the gap, and what was lost, once the stream has run long enough to
@@ -412,7 +404,6 @@ def stream_through_failover(
         pass  # reported as no gap: the stream never came back
     replies, sent, received = parse_stream(stop_stream(proc, log))
     return {
-        "system": system,
         "gap_ms": gap_ms(replies, stopped_at),
         "sent": sent,
         "lost": sent - received if sent is not None and received is not None else None,
@@ -433,56 +424,90 @@ def read_so_far(log: Any) -> str:
     return text
 
 
-def build_dove_gateway() -> tuple[RunningNet, VmRecord, VmRecord, list[Any]]:
-    """dove-ryu with routers and two gateways (active and standby) onto the external
-    network; returns the net, a VM, the internet host and the gateways."""
-    raise NotImplementedError("the dove gateway emulation (mininet_topos.gateway) is not here yet")
+class _WithExternal:
+    """A dove net with its external network: stopping it stops both."""
+
+    def __init__(self, dnet: Any, external: Any) -> None:
+        self.dnet, self.external, self.net = dnet, external, dnet.net
+
+    def stop(self) -> None:
+        try:
+            self.external.stop()
+        finally:
+            self.dnet.stop()
 
 
-def active_gateway(gateways: Sequence[Any]) -> Any:
-    """The running gateway whose agent says it is active (waits for one)."""
-    from mininet_topos.agents import admin
+def build_dove_gateway() -> tuple[Any, VmRecord, VmRecord, Any]:
+    """dove-ryu's routed build (three hypervisors, tenant 1's four VMs in two subnets)
+    with the external network, the internet host and two gateways (mininet_topos.gateway,
+    the first one active); returns the net, a VM on hv1, the internet host and the
+    ``External``.  The VM is not t1vm1 (it has a floating IP: its traffic would leave
+    with that address, not through source NAT)."""
+    from mininet_topos import gateway
+    from mininet_topos.dove_topo import build_dove_net
 
-    return wait_until(
-        lambda: next((g for g in gateways if g.agent is not None and admin(g).get("active")), None),
-        30.0,
-        "an active gateway",
+    dnet, key = build_dove_net(
+        3, 1, 4, subnets=2, routers=True, extra={"peers": gateway.hosts_and_gateways(3)}
     )
-
-
-def dove_snat_sample(seconds: int) -> dict[str, Any]:
-    """dove-ryu: iperf3 from a VM through the active gateway (SNAT) to the internet host."""
-    net, src, inet, _ = build_dove_gateway()
     try:
-        return {"system": "dove", "mbits": mbits(iperf3(src, inet, seconds))}
-    finally:
+        external = gateway.add_gateways(dnet, key)
+    except BaseException:
+        dnet.stop()
+        raise
+    net = _WithExternal(dnet, external)
+    try:
+        src = next(vm for vm in dnet.tenant_vms(1) if vm.ip != gateway.FLOATING_VM_IP)
+        inet = VmRecord(
+            "inet",
+            external.internet,
+            external.gateways[0],
+            0,
+            0,
+            "",
+            gateway.INTERNET_IP,
+            f"{gateway.INTERNET_IP}/{gateway.EXTERNAL_PREFIX}",
+            "inet-eth0",
+        )
+        wait_until(
+            lambda: "1 received" in src.host.cmd(f"ping -c1 -W1 {inet.ip}"),
+            20.0,
+            "a VM to reach the internet host through the gateway",
+        )
+    except BaseException:
         net.stop()
+        raise
+    return net, src, inet, external
 
 
-def dove_failover_sample(settle: float) -> dict[str, Any]:
-    """dove-ryu: the active gateway's agent and OVS stop under the stream."""
-    net, src, inet, gateways = build_dove_gateway()
+def active_gateway(external: Any) -> Any:
+    """The running gateway whose agent says it is active (waits for one)."""
+    return wait_until(external.active, 30.0, "an active gateway")
+
+
+def dove_gateway_sample(seconds: int, settle: float) -> dict[str, Any]:
+    """dove-ryu: SNAT iperf3 through the active gateway, then its agent and OVS stop
+    under the stream."""
+    net, src, inet, external = build_dove_gateway()
     try:
-        old = active_gateway(gateways)
+        old = active_gateway(external)
+        sample = {"system": "dove", "active": old.name, **snat_iperf(src, inet, seconds)}
 
         def stop() -> None:
             old.stop_agent()
             old.stop_ovs()
 
-        return stream_through_failover("dove", src, inet.ip, stop, settle)
+        return {**sample, **stream_through_failover(src, inet.ip, stop, settle)}
     finally:
         net.stop()
 
 
-def snat_sample(system: str, seconds: int) -> dict[str, Any]:
-    """iperf3 from a VM through the active gateway (SNAT) to the internet host."""
-    return ovn_snat_sample(seconds) if system == "ovn" else dove_snat_sample(seconds)
-
-
-def failover_sample(system: str, settle: float = 1.0) -> dict[str, Any]:
-    """A 5 ms ping stream from a VM to the internet host; the active gateway stops (agent
-    and datapath); the gap is the longest silence between replies from then on."""
-    return ovn_failover_sample(settle) if system == "ovn" else dove_failover_sample(settle)
+def gateway_sample(system: str, seconds: int, settle: float = 1.0) -> dict[str, Any]:
+    """One build with two gateways: iperf3 from a VM through the active one (SNAT) to the
+    internet host; then a 5 ms ping stream to it while the active gateway stops (agent
+    and datapath): the gap is the longest silence between replies from then on."""
+    if system == "ovn":
+        return ovn_gateway_sample(seconds, settle)
+    return dove_gateway_sample(seconds, settle)
 
 
 def ping_stream(src: VmRecord, dst_ip: str) -> tuple[Any, Any]:

@@ -272,8 +272,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--routing-parts",
-        default="paths,snat,failover",
-        help="the routing section's parts: paths (routed next to same-subnet), snat, failover",
+        default="paths,gateway",
+        help="the routing section's parts: paths (routed next to same-subnet), gateway "
+        "(SNAT throughput and the failover gap)",
     )
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--reps", type=int, default=None)

@@ -123,13 +123,13 @@ def machine() -> dict[str, Any]:
 
 
 def test_report_has_the_section_and_the_verdict(tmp_path: Path) -> None:
-    failover = [
-        {"system": "dove", "gap_ms": 850.0},
-        {"system": "dove", "gap_ms": None},
+    gateway = [
+        {"system": "dove", "mbits": 700.0, "gap_ms": 850.0},
+        {"system": "dove", "mbits": 720.0, "gap_ms": None},
         {"system": "dove", "error": "RuntimeError: no gateway"},
-        {"system": "ovn", "gap_ms": 2666.0},
+        {"system": "ovn", "mbits": 500.0, "gap_ms": 2666.0},
+        {"system": "ovn", "error": "not built"},
     ]
-    snat = [{"system": "dove", "mbits": 700.0}, {"system": "ovn", "error": "not built"}]
     results = {
         "machine": machine(),
         "quick": True,
@@ -137,9 +137,8 @@ def test_report_has_the_section_and_the_verdict(tmp_path: Path) -> None:
         "routing": {
             "paths": SAMPLES,
             "summary": summarize_paths(SAMPLES, ("dove", "ovn")),
-            "snat": snat,
-            "failover": failover,
-            "gateway": summarize_gateway(snat, failover),
+            "gateway_samples": gateway,
+            "gateway": summarize_gateway(gateway),
         },
     }
     write_report(results, tmp_path)
@@ -147,10 +146,11 @@ def test_report_has_the_section_and_the_verdict(tmp_path: Path) -> None:
     assert "## Routing and the gateway" in text
     assert "**met**: routed throughput / same-subnet: 0.93" in text
     assert "| failover gap ms | dove | 850 (850-850) | 1 recovered of 3, 1 failed |" in text
-    assert "| failover gap ms | ovn | 2666 (2666-2666) | 1 recovered of 1 |" in text
+    assert "| failover gap ms | ovn | 2666 (2666-2666) | 1 recovered of 2, 1 failed |" in text
     assert "dove-ryu's failover gap / OVN's: 0.32x." in text
-    assert "| SNAT Mbit/s | dove | 700 (700-700) | 1 |" in text
-    assert "- snat ovn: `not built`" in text
+    assert "| SNAT Mbit/s | dove | 710 (700-720) | 2 |" in text
+    assert "- gateway ovn: `not built`" in text
+    assert "- paths dove: `TimeoutError: agents`" in text
     assert "first routed ping 1.94x" in text
 
 
