@@ -37,6 +37,9 @@ PING_SENT = re.compile(r"(\d+) packets transmitted, (\d+) received")
 STREAM_INTERVAL = 0.005  # seconds between echo requests of the failover stream
 RECOVERY_TIMEOUT = 15.0  # seconds a failover may take before the sample says "never"
 PATH_SYSTEMS = ("dove", "ovn")
+# The emulation's gateways hello every 1.5 s (an agent restart must not fail over);
+# "dove-hello-0.2" runs them at the agent's default, 0.2 s.
+GATEWAY_SYSTEMS = ("dove", "ovn", "dove-hello-0.2")
 TARGET_ROUTED_OVER_SAME = 0.9  # issue 12: routed throughput at least 0.9x same-subnet
 
 Progress = Callable[[str], None]
@@ -288,7 +291,7 @@ def run_routing(
     paths = run_paths(reps, seconds, progress) if "paths" in parts else []
     gateway: list[dict[str, Any]] = []
     for rep in range(reps) if "gateway" in parts else ():
-        for system in PATH_SYSTEMS if rep % 2 == 0 else list(reversed(PATH_SYSTEMS)):
+        for system in GATEWAY_SYSTEMS if rep % 2 == 0 else list(reversed(GATEWAY_SYSTEMS)):
             progress(f"routing: gateway rep {rep + 1}/{reps}: {system}")
             try:
                 gateway.append(gateway_sample(system, seconds))
@@ -369,6 +372,10 @@ def ovn_gateway_sample(seconds: int, settle: float) -> dict[str, Any]:
     net, src, inet = build_ovn_gateway(("hv2", "hv3"))
     try:
         sample = {"system": "ovn", **snat_iperf(src, inet, seconds)}
+        # What decides OVN's gap: BFD on the sender's tunnels to the gateway chassis.
+        sample["bfd"] = src.hypervisor.vsctl(
+            "--bare", "--columns=name,bfd", "find", "Interface", "type=geneve"
+        ).split()
         old = next(h for h in net.hypervisors if h.name == "hv2")  # type: ignore[attr-defined]
         return {**sample, **stream_through_failover(src, inet.ip, old.stop_ovs, settle)}
     finally:
@@ -484,13 +491,23 @@ def active_gateway(external: Any) -> Any:
     return wait_until(external.active, 30.0, "an active gateway")
 
 
-def dove_gateway_sample(seconds: int, settle: float) -> dict[str, Any]:
+def dove_gateway_sample(seconds: int, settle: float, hello: float | None = None) -> dict[str, Any]:
     """dove-ryu: SNAT iperf3 through the active gateway, then its agent and OVS stop
-    under the stream."""
-    net, src, inet, external = build_dove_gateway()
+    under the stream.  ``hello``: the gateways' hello interval instead of the
+    emulation's (mininet_topos.gateway.HELLO_INTERVAL)."""
+    from mininet_topos import gateway
+
+    kept = gateway.HELLO_INTERVAL
+    if hello is not None:
+        gateway.HELLO_INTERVAL = hello  # read by gateway_config while the net is built
+    try:
+        net, src, inet, external = build_dove_gateway()
+    finally:
+        gateway.HELLO_INTERVAL = kept
+    system = "dove" if hello is None else f"dove-hello-{hello:g}"
     try:
         old = active_gateway(external)
-        sample = {"system": "dove", "active": old.name, **snat_iperf(src, inet, seconds)}
+        sample = {"system": system, "active": old.name, **snat_iperf(src, inet, seconds)}
 
         def stop() -> None:
             old.stop_agent()
@@ -507,6 +524,8 @@ def gateway_sample(system: str, seconds: int, settle: float = 1.0) -> dict[str, 
     and datapath): the gap is the longest silence between replies from then on."""
     if system == "ovn":
         return ovn_gateway_sample(seconds, settle)
+    if system.startswith("dove-hello-"):
+        return dove_gateway_sample(seconds, settle, float(system.removeprefix("dove-hello-")))
     return dove_gateway_sample(seconds, settle)
 
 
