@@ -115,9 +115,24 @@ def _flow_mod(dp: Any, fm: of.FlowMod) -> Any:
         out_port=ofp.OFPP_ANY,
         out_group=ofp.OFPG_ANY,
         flags=flags,
-        match=parser.OFPMatch(**fm.match),
+        match=_match(fm.match),
         instructions=instructions,
     )
+
+
+# Nicira fields with a prerequisite, which must follow the prerequisite on the wire.
+_AFTER_PREREQS = frozenset({"nw_ttl"})
+
+
+def _match(match: of.Match) -> Any:
+    """An OFPMatch.  NOTE: os-ken (4.x) orders fields by number, which puts Nicira
+    extensions (class 0x0001) before eth_type, and OVS (3.1) checks each field's
+    prerequisites as it reads them: ``nw_ttl`` first fails with OFPBMC_BAD_PREREQ."""
+    osken = parser.OFPMatch(**match)
+    if not _AFTER_PREREQS & set(match):
+        return osken
+    fields = sorted(osken._fields2, key=lambda kv: kv[0] in _AFTER_PREREQS)
+    return parser.OFPMatch(_ordered_fields=fields)
 
 
 def to_osken(dp: Any, msg: of.OfMsg) -> Any:
