@@ -28,6 +28,7 @@ from typing import Any
 
 from benchmarks.stats import ratio, summary
 from mininet_topos.emulation import RunningNet, VmRecord
+from mininet_topos.gateway import INTERNET_IP
 from mininet_topos.hypervisor import wait_until
 from mininet_topos.traffic import TrafficError, iperf3, mbits
 
@@ -40,7 +41,8 @@ PATH_SYSTEMS = ("dove", "ovn")
 # The emulation's gateways hello every 1.5 s (an agent restart must not fail over);
 # "dove-hello-0.2" runs them at the agent's default, 0.2 s.
 GATEWAY_SYSTEMS = ("dove", "ovn", "dove-hello-0.2")
-TARGET_ROUTED_OVER_SAME = 0.9  # issue 12: routed throughput at least 0.9x same-subnet
+# OVN's router on the external network (dove's routers use 203.0.113.(10 + tenant)).
+OVN_EXTERNAL = IPv4Interface("203.0.113.31/24")
 
 Progress = Callable[[str], None]
 
@@ -305,10 +307,6 @@ def run_routing(
         "gateway_samples": gateway,
         "gateway": summarize_gateway(gateway),
     }
-
-
-INTERNET_IP = "203.0.113.254"
-OVN_EXTERNAL = IPv4Interface("203.0.113.31/24")  # OVN's router on the external network
 
 
 def ovn_internet(net: RunningNet, hvs: Sequence[Any]) -> VmRecord:
