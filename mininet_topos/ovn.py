@@ -295,16 +295,6 @@ def make_gateway_chassis(hv: Hypervisor, uplink: str) -> None:
     )
 
 
-def active_gateway_chassis(central: OvnCentral, router: Router) -> str | None:
-    """The chassis the router's gateway port is bound to now, or None."""
-    out = central.sbctl("--bare", "--columns=chassis", "find", "Port_Binding",
-                        f"logical_port=cr-{router_name(router.router_id)}-ext")  # fmt: skip
-    uuid = out.strip()
-    if not uuid:
-        return None
-    return central.sbctl("--bare", "--columns=name", "list", "Chassis", uuid).strip() or None
-
-
 def plug(hv: Hypervisor, port: str, lsp: str) -> None:
     """Put a VM's hypervisor-side veth on br-int, bound to logical port ``lsp``."""
     hv.make_port_only(port)
