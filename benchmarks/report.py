@@ -21,6 +21,9 @@ And for the directory (issue 11), at 1,000 VMs on 10 hypervisors and 2,000 on 20
   the mass re-plug no later than OVN's;
 - in `learn` mode, the first packet within 2 ms;
 - agent memory at most 1.5x ovn-controller's, in every mode.
+
+And for routing (issue 12): routed throughput between two subnets of a tenant router at
+least 0.9x the same-subnet throughput over the same two hypervisors.
 """
 
 
@@ -95,6 +98,14 @@ def _verdicts(results: dict[str, Any]) -> list[str]:
             f"{o['flows_per_host']['median']:.0f}",
         )
     lines += _directory_verdicts(results.get("directory", []), say)
+    routed = results.get("routing", {}).get("summary", {}).get("dove")
+    if routed and routed["routed_over_same_mbits"].get("n"):
+        r = routed["routed_over_same_mbits"]
+        say(
+            r["median"] >= 0.9,
+            f"routed throughput / same-subnet: {fmt(r, 3)} (median of the per-build ratios, "
+            "target >= 0.9)",
+        )
     return lines
 
 
@@ -293,6 +304,86 @@ def _sites_section(sites: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _routing_section(routing: dict[str, Any]) -> list[str]:
+    summ = routing.get("summary", {})
+    lines = [
+        "## Routing and the gateway",
+        "",
+        "Two subnets of one tenant router; a fresh build per system and repetition. A VM "
+        "sends to a VM of its own subnet and to one of the other subnet, both on the same "
+        "other hypervisor; the first ping to the other subnet comes first, before anything "
+        "resolved it. dove-ryu routes on the sending host (issue 12), OVN with a "
+        "distributed logical router. Ratios are taken within each build, then summarised: "
+        "median (min-max).",
+        "",
+        "| system | same-subnet Mbit/s | routed Mbit/s | routed / same | same-subnet RTT ms "
+        "| routed RTT ms | routed / same RTT | first routed ping ms | first lost | errors |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for system in ("dove", "ovn"):
+        s = summ.get(system)
+        if not s:
+            continue
+        lines.append(
+            f"| {system} | {fmt(s['same_mbits'], 0)} | {fmt(s['routed_mbits'], 0)} | "
+            f"{fmt(s['routed_over_same_mbits'], 3)} | {fmt(s['same_rtt_ms'], 3)} | "
+            f"{fmt(s['routed_rtt_ms'], 3)} | {fmt(s['routed_over_same_rtt'])} | "
+            f"{fmt(s['first_routed_ms'])} | {s['first_routed_lost']} of "
+            f"{s['first_routed_ms']['n'] + s['first_routed_lost']} | {s['errors']} |"
+        )
+    over = summ.get("dove_over_ovn")
+    if over:
+
+        def x(key: str) -> str:
+            return f"{over[key]:.2f}x" if over.get(key) is not None else "n/a"
+
+        lines += [
+            "",
+            f"dove-ryu / OVN (medians): routed throughput {x('routed_mbits')}, routed RTT "
+            f"{x('routed_rtt_ms')}, first routed ping {x('first_routed_ms')}.",
+        ]
+    pins = summ.get("dove", {}).get("packet_ins_during_routed_iperf")
+    if pins:
+        lines += ["", f"Packet-ins on the dove-ryu agents during each routed iperf3: {pins}"]
+    gw = routing.get("gateway", {})
+    lines += [
+        "",
+        "Through the gateway, one build per system and repetition with two gateways: iperf3 "
+        "from a VM to the internet host through the active one (source NAT), then a 5 ms "
+        "ping stream to the internet host while the active gateway stops (agent and "
+        "datapath); the gap is the longest silence between replies. dove-ryu: two gateway "
+        "nodes with `role = gateway`; OVN: the router's distributed gateway port on two "
+        "gateway chassis by priority (BFD between chassis).",
+        "",
+        "| figure | system | median (min-max) | runs |",
+        "|---|---|---|---|",
+    ]
+    for system, g in sorted(gw.items()):
+        lines.append(
+            f"| SNAT Mbit/s | {system} | {fmt(g['snat_mbits'], 0)} | {g['snat_mbits']['n']} |"
+        )
+    for system, g in sorted(gw.items()):
+        lines.append(
+            f"| failover gap ms | {system} | {fmt(g['failover_gap_ms'], 0)} | "
+            f"{g['failover_recovered']} recovered of {g['failover_runs']}"
+            f"{', ' + str(g['failover_failed']) + ' failed' if g.get('failover_failed') else ''} |"
+        )
+    over = ratio(
+        gw.get("dove", {}).get("failover_gap_ms", {}), gw.get("ovn", {}).get("failover_gap_ms", {})
+    )
+    if over is not None:
+        lines += ["", f"dove-ryu's failover gap / OVN's: {over:.2f}x."]
+    failed = [
+        f"- {kind.removesuffix('_samples')} {s.get('system', '')}: `{s['error'][:200]}`"
+        for kind in ("paths", "gateway_samples")
+        for s in routing.get(kind, [])
+        if "error" in s
+    ]
+    if failed:
+        lines += ["", "Failed runs:", "", *failed]
+    return lines
+
+
 def _scale_section(scale: list[dict[str, Any]]) -> list[str]:
     lines = [
         "## Scale",
@@ -446,6 +537,8 @@ def write_report(results: dict[str, Any], out: Path) -> None:
         lines += _directory_section(results["directory"]) + [""]
     if "sites" in results:
         lines += _sites_section(results["sites"]) + [""]
+    if "routing" in results:
+        lines += _routing_section(results["routing"]) + [""]
     plots = _plots(results, out)
     if plots:
         lines += ["## Plots", "", *plots, ""]

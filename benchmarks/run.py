@@ -1,7 +1,7 @@
 """dove-ryu side by side with OVN, OVS NORMAL, kernel VXLAN and a learning switch.
 
     sudo scripts/bench.sh [--quick]
-        [--sections controller,first,dataplane,migration,scale,sites,directory]
+        [--sections controller,first,dataplane,migration,scale,sites,directory,routing]
                           [--out DIR]
 
 Every system runs in the same emulation (namespaced hypervisors with their own
@@ -257,7 +257,8 @@ def main(argv: list[str] | None = None) -> int:
         help="fewer and shorter runs, small scale: a change's check (< 5 min)",
     )
     parser.add_argument(
-        "--sections", default="controller,first,dataplane,migration,scale,sites,directory"
+        "--sections",
+        default="controller,first,dataplane,migration,scale,sites,directory,routing",
     )
     parser.add_argument(
         "--directory-vms",
@@ -268,6 +269,12 @@ def main(argv: list[str] | None = None) -> int:
         "--directory-systems",
         default=",".join(DIRECTORY_SYSTEMS),
         help="the directory section's systems (default: the three modes and OVN)",
+    )
+    parser.add_argument(
+        "--routing-parts",
+        default="paths,gateway",
+        help="the routing section's parts: paths (routed next to same-subnet), gateway "
+        "(SNAT throughput and the failover gap)",
     )
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--reps", type=int, default=None)
@@ -329,6 +336,12 @@ def main(argv: list[str] | None = None) -> int:
 
         results["sites"] = run_sites(2 if args.quick else 6, progress)
         progress(f"  failover gap ms {json.dumps(results['sites']['failover_gap_ms'])}")
+
+    if "routing" in sections:
+        from benchmarks.routing_bench import run_routing
+
+        parts = tuple(args.routing_parts.split(","))
+        results["routing"] = run_routing(reps, seconds, progress, parts)
 
     if "directory" in sections:
         vms = tuple(int(n) for n in args.directory_vms.split(","))

@@ -5,6 +5,10 @@ Central part in the ``probe`` namespace on the underlay: NB and SB ovsdb-servers
 OVS (br-phy keeps the underlay address, since userspace tunnels need it) and an
 ovn-controller in the hypervisor namespace that drives ``br-int`` and Geneve tunnels. One
 logical switch per tenant (``t<instance>``), one logical port per VM, named after the VM.
+For issue 12's routing benchmark, ``add_router`` joins a tenant's switches with a
+distributed logical router (the same ``dove_ryu.model.Router`` the dove emulation declares:
+the same gateway addresses and MACs), and ``add_gateway`` gives it a distributed gateway
+port with SNAT on a gateway chassis, onto the emulation's external network.
 
 Nothing of OVN runs in the root namespace (bootstrap.sh keeps Debian's services stopped).
 """
@@ -15,11 +19,14 @@ import os
 import subprocess
 import tempfile
 from collections.abc import Iterable
+from dataclasses import dataclass
+from ipaddress import IPv4Interface
 from pathlib import Path
 from typing import Any
 
 from mininet.node import Host
 
+from dove_ryu.model import Router
 from mininet_topos.hypervisor import (
     BR_INT,
     Hypervisor,
@@ -47,6 +54,15 @@ VM_MTU = 1442
 
 def switch_name(instance: int) -> str:
     return f"t{instance}"
+
+
+def router_name(router_id: int) -> str:
+    return f"r{router_id}"
+
+
+def router_port(router_id: int, instance: int) -> str:
+    """The logical router port on instance ``instance``'s switch."""
+    return f"r{router_id}-t{instance}"
 
 
 class OvnCentral(Host):
@@ -201,6 +217,82 @@ def add_switches(central: OvnCentral, ports: Iterable[tuple[int, str, str, str]]
         ]
     if args:
         central.nbctl("--no-wait", *args[1:])
+
+
+def add_router(central: OvnCentral, router: Router) -> None:
+    """A distributed logical router joining the switches of ``router``'s subnets.
+
+    Each subnet gets a router port with its gateway address and the gateway MAC dove-ryu
+    derives for it, and the switch a ``router`` port facing it, in one transaction. OVN
+    routes on the sending VM's chassis, as dove-ryu does (no hop through a central node).
+    """
+    name = router_name(router.router_id)
+    args = ["--", "lr-add", name]
+    for subnet in router.subnets:
+        lrp = router_port(router.router_id, subnet.instance)
+        lsp = f"{switch_name(subnet.instance)}-{name}"
+        args += ["--", "lrp-add", name, lrp, subnet.mac, str(subnet.gateway)]
+        args += ["--", "lsp-add", switch_name(subnet.instance), lsp]
+        args += ["--", "lsp-set-type", lsp, "router"]
+        args += ["--", "lsp-set-addresses", lsp, "router"]
+        args += ["--", "lsp-set-options", lsp, f"router-port={lrp}"]
+    central.nbctl("--no-wait", *args[1:])
+
+
+EXTERNAL_SWITCH = "ext"
+EXTERNAL_NETWORK = "extnet"  # the physical network name of the localnet port
+BR_EXT = "br-ext"  # on a gateway chassis: the bridge the localnet port is mapped to
+
+
+@dataclass(frozen=True)
+class OvnGateway:
+    """A router's way out in OVN: a distributed gateway port on ``chassis`` (in order of
+    priority, the first active) with the router's external address, SNAT of its subnets,
+    and a default route to ``nexthop``."""
+
+    external: IPv4Interface  # the router's address on the external network
+    nexthop: str
+    chassis: tuple[str, ...]
+    mac: str = "0a:d0:ff:00:00:01"
+
+
+def add_gateway(central: OvnCentral, router: Router, gw: OvnGateway) -> None:
+    """The external logical switch (a localnet port onto ``extnet``), the router's gateway
+    port on it, bound to ``gw.chassis`` by priority, SNAT and the default route."""
+    name = router_name(router.router_id)
+    lrp = f"{name}-ext"
+    args = ["--may-exist", "ls-add", EXTERNAL_SWITCH]
+    args += ["--", "--may-exist", "lsp-add", EXTERNAL_SWITCH, "ext-localnet"]
+    args += ["--", "lsp-set-type", "ext-localnet", "localnet"]
+    args += ["--", "lsp-set-addresses", "ext-localnet", "unknown"]
+    args += ["--", "lsp-set-options", "ext-localnet", f"network_name={EXTERNAL_NETWORK}"]
+    args += ["--", "lrp-add", name, lrp, gw.mac, str(gw.external)]
+    args += ["--", "lsp-add", EXTERNAL_SWITCH, f"ext-{name}"]
+    args += ["--", "lsp-set-type", f"ext-{name}", "router"]
+    args += ["--", "lsp-set-addresses", f"ext-{name}", "router"]
+    args += ["--", "lsp-set-options", f"ext-{name}", f"router-port={lrp}"]
+    for prio, chassis in enumerate(gw.chassis):
+        args += ["--", "lrp-set-gateway-chassis", lrp, chassis, str(100 - prio)]
+    for subnet in router.subnets:
+        args += ["--", "lr-nat-add", name, "snat", str(gw.external.ip), str(subnet.network)]
+    args += ["--", "lr-route-add", name, "0.0.0.0/0", gw.nexthop]
+    central.nbctl("--no-wait", *args)
+
+
+def make_gateway_chassis(hv: Hypervisor, uplink: str) -> None:
+    """Let ``hv`` (a chassis of mode 'ovn') carry gateway ports: ``br-ext`` with its leg in
+    the external network (``uplink``, a veth already in its namespace), mapped to
+    ``extnet``, and the chassis marked as a gateway."""
+    hv.make_port_only(uplink)
+    hv.vsctl("--may-exist", "add-br", BR_EXT, "--", "set", "Bridge", BR_EXT,
+             "datapath_type=netdev", "--", "--may-exist", "add-port", BR_EXT, uplink)  # fmt: skip
+    hv.vsctl(
+        "set",
+        "Open_vSwitch",
+        ".",
+        f"external_ids:ovn-bridge-mappings={EXTERNAL_NETWORK}:{BR_EXT}",
+        'external_ids:ovn-cms-options="enable-chassis-as-gw"',
+    )
 
 
 def plug(hv: Hypervisor, port: str, lsp: str) -> None:
