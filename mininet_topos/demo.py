@@ -39,7 +39,7 @@ from mininet.log import setLogLevel
 
 from dove_ryu.openflow import cookies
 from dove_ryu.openflow.cookies import Purpose
-from mininet_topos import sites
+from mininet_topos import demo_routing, sites
 from mininet_topos.dove_agent import admin
 from mininet_topos.dove_topo import (
     UNDERLAY_SWITCH,
@@ -82,8 +82,9 @@ class PingResult:
 
 
 def known_to(src: VmRecord, dst: VmRecord) -> bool:
-    """Whether the source's hypervisor already knows where the target is."""
-    info = admin(src.hypervisor)["instances"].get(str(src.instance), {})
+    """Whether the source's hypervisor already knows where the target is (in the
+    target's instance: with --routing, the other subnet's)."""
+    info = admin(src.hypervisor)["instances"].get(str(dst.instance), {})
     return any(ep["mac"] == dst.mac for ep in info.get("learned", []) + info.get("local", []))
 
 
@@ -141,9 +142,18 @@ def leftovers(rundirs: list[Path], bridges: list[str]) -> list[str]:
     return found
 
 
-def _build(args: argparse.Namespace) -> tuple[Any, list[Any], list[str]]:
-    """The emulation, the nodes that run agents, and the bridges it makes in the root
-    namespace (checked at teardown)."""
+def _build(args: argparse.Namespace) -> tuple[Any, list[Any], list[str], Any]:
+    """The emulation, the nodes that run agents, the bridges it makes in the root
+    namespace (checked at teardown), and (--routing) its external network."""
+    if args.routing:
+        dnet, external = demo_routing.build(args.hypervisors, args.tenants, args.vms_per_tenant)
+        bridges = [UNDERLAY_SWITCH, demo_routing.ext.EXTERNAL_SWITCH]
+        return dnet, [*dnet.hypervisors, *external.gateways], bridges, external
+    dnet, nodes, bridges = _build_overlay(args)
+    return dnet, nodes, bridges, None
+
+
+def _build_overlay(args: argparse.Namespace) -> tuple[Any, list[Any], list[str]]:
     if args.sites == 1:
         dnet, _key = build_dove_net(
             args.hypervisors, args.tenants, args.vms_per_tenant, directory=args.directory
@@ -208,10 +218,12 @@ def resolution(report: dict[str, Any], args: argparse.Namespace) -> dict[str, An
 
 
 def run_demo(args: argparse.Namespace) -> dict[str, Any]:
-    dnet, nodes, bridges = _build(args)
+    dnet, nodes, bridges, external = _build(args)
     report: dict[str, Any] = {"layout": [], "pings": [], "agents": {}, "flows": {}}
     rundirs = [Path(hv.rundir) for hv in nodes]
     try:
+        if external is not None:
+            dhcp = demo_routing.take_addresses(dnet)  # before any other packet
         for vm in dnet.vms:
             report["layout"].append(
                 {
@@ -227,6 +239,10 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
             for dst in dnet.tenant_vms(src.tenant):
                 if dst is not src:
                     report["pings"].append(asdict(ping_pair(dnet, src, dst)))
+        if external is not None:
+            internet = demo_routing.fetch_pages(dnet, external)
+            floating = demo_routing.reach_floating_ips(dnet, external, in_echos)
+            report["routing"] = demo_routing.report(dhcp, internet, floating, external)
         for hv in nodes:
             report["agents"][hv.name] = admin(hv)
             count, excerpt = flow_excerpt(hv, args.flow_lines)
@@ -234,6 +250,8 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
         if args.cli:
             CLI(dnet.net)
     finally:
+        if external is not None:
+            external.stop()
         dnet.stop()
     report["leftovers"] = leftovers(rundirs, bridges)
     if args.directory:
@@ -242,9 +260,12 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def verdict(report: dict[str, Any]) -> tuple[bool, bool]:
-    """(every same-tenant ping answered by its VM only, nothing crossed tenants)."""
+    """(every same-tenant ping answered by its VM only and, with --routing, DHCP, the
+    internet and the floating IPs as expected; nothing crossed tenants)."""
     tenant = {v["vm"]: v["tenant"] for v in report["layout"]}
     reached = all(p["ok"] and p["received_by"] == [p["dst"]] for p in report["pings"])
+    if "routing" in report:
+        reached = reached and demo_routing.verdict(report["routing"])
     isolated = all(tenant[r] == tenant[p["src"]] for p in report["pings"] for r in p["received_by"])
     return reached, isolated
 
@@ -300,6 +321,8 @@ def print_report(report: dict[str, Any]) -> None:
         print(f"\n{hv}: br-dove has {flows['count']} flows; the overlay state among them:")
         for line in flows["excerpt"]:
             print(f"  {line}")
+    if "routing" in report:
+        demo_routing.print_routing(report["routing"])
     if "resolution" in report:
         print("\nResolution, through the directory (--directory):")
         for instance, row in report["resolution"].items():
@@ -347,6 +370,13 @@ def main(argv: list[str] | None = None) -> int:
         help="with --directory: this tenant's instance in lookup resolution (repeatable)",
     )
     parser.add_argument(
+        "--routing",
+        action="store_true",
+        help="two subnets per tenant joined by its router, two gateways and an internet host: "
+        "VMs take their addresses by DHCP, reach the other subnet, fetch a page from the "
+        "internet host, which reaches each tenant by its floating IP",
+    )
+    parser.add_argument(
         "--cli", action="store_true", help="open the Mininet CLI before tearing down"
     )
     args = parser.parse_args(argv)
@@ -358,6 +388,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--push and --lookup need --directory")
     if set(args.push) & set(args.lookup):
         parser.error("a tenant's instance is in one resolution: --push or --lookup")
+    if args.routing and (args.sites != 1 or args.directory):
+        parser.error("--routing runs on one site with static discovery (no --sites, --directory)")
     if args.vms_per_tenant < 2:
         parser.error("--vms-per-tenant must be at least 2 so tenants span hypervisors")
     setLogLevel("warning")
