@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import struct
 from ipaddress import IPv4Address
 
 from dove_ryu.agent.parts import HostParts
@@ -27,57 +26,9 @@ from dove_ryu.openflow.ofmsg import (
     PacketOut,
     SetField,
 )
-from dove_ryu.openflow.packet import ETH_TYPE_IPV4, IPPROTO_ICMP, mac_bytes, mac_str
+from dove_ryu.openflow.packet import ipv4_dst, mac_bytes, mac_str, time_exceeded
 
-ICMP_TIME_EXCEEDED = 11
 _ROUTER_MAC = mac_bytes(ROUTER_MAC_PREFIX + ":00:00:00")[:3]
-
-
-def ipv4_dst(data: bytes) -> IPv4Address | None:
-    """The destination of an untagged IPv4 frame, else None."""
-    if len(data) < 34 or struct.unpack_from("!H", data, 12)[0] != ETH_TYPE_IPV4:
-        return None
-    return IPv4Address(data[30:34])
-
-
-def _checksum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
-
-
-def time_exceeded(frame: bytes, gateway_mac: str, gateway_ip: IPv4Address) -> bytes | None:
-    """ICMP time exceeded in transit (RFC 792) for an untagged IPv4 frame, from the
-    gateway back to its sender; None for anything else (never an error for an error)."""
-    if ipv4_dst(frame) is None:
-        return None
-    ip = frame[14:]
-    ihl = (ip[0] & 0x0F) * 4
-    if ip[0] >> 4 != 4 or ihl < 20 or len(ip) < ihl:
-        return None
-    if ip[9] == IPPROTO_ICMP and len(ip) > ihl and ip[ihl] not in (0, 8):
-        return None
-    icmp = struct.pack("!BBHI", ICMP_TIME_EXCEEDED, 0, 0, 0) + ip[: ihl + 8]
-    icmp = icmp[:2] + struct.pack("!H", _checksum(icmp)) + icmp[4:]
-    header = struct.pack(
-        "!BBHHHBBH4s4s",
-        0x45,
-        0,
-        20 + len(icmp),
-        0,
-        0,
-        64,
-        IPPROTO_ICMP,
-        0,
-        gateway_ip.packed,
-        ip[12:16],
-    )
-    header = header[:10] + struct.pack("!H", _checksum(header)) + header[12:]
-    eth = frame[6:12] + mac_bytes(gateway_mac) + struct.pack("!H", ETH_TYPE_IPV4)
-    return eth + header + icmp
 
 
 class RoutedMisses:

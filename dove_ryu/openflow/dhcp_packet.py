@@ -17,7 +17,13 @@ from dataclasses import dataclass
 from enum import IntEnum
 from ipaddress import IPv4Address, IPv4Network
 
-from dove_ryu.openflow.packet import ETH_TYPE_IPV4, mac_bytes, mac_str
+from dove_ryu.openflow.packet import (
+    ETH_TYPE_IPV4,
+    internet_checksum,
+    ipv4_header,
+    mac_bytes,
+    mac_str,
+)
 
 SERVER_PORT = 67
 CLIENT_PORT = 68
@@ -205,15 +211,6 @@ def parse_client(frame: bytes) -> ClientMessage:
 # ----------------------------------------------------------------------- building
 
 
-def _checksum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
-
-
 def _option(code: Option, value: bytes) -> bytes:
     return bytes((code, len(value))) + value
 
@@ -294,22 +291,10 @@ def _frame(
     udp_length = 8 + len(payload)
     pseudo = src_ip.packed + dst_ip.packed + struct.pack("!BBH", 0, IPPROTO_UDP, udp_length)
     udp = struct.pack("!HHHH", SERVER_PORT, CLIENT_PORT, udp_length, 0) + payload
-    udp_sum = _checksum(pseudo + udp) or 0xFFFF  # RFC 768: a zero result is sent as ones
+    udp_sum = internet_checksum(pseudo + udp) or 0xFFFF  # RFC 768: a zero result is sent as ones
     udp = udp[:6] + struct.pack("!H", udp_sum) + udp[8:]
-    header = struct.pack(
-        "!BBHHHBBH4s4s",
-        0x45,
-        0x10,  # low delay, as DHCP servers mark their answers
-        20 + udp_length,
-        0,
-        0,
-        _IP_TTL,
-        IPPROTO_UDP,
-        0,
-        src_ip.packed,
-        dst_ip.packed,
-    )
-    header = header[:10] + struct.pack("!H", _checksum(header)) + header[12:]
+    # Low delay, as DHCP servers mark their answers.
+    header = ipv4_header(src_ip.packed, dst_ip.packed, IPPROTO_UDP, udp_length, _IP_TTL, 0x10)
     return mac_bytes(dst_mac) + mac_bytes(src_mac) + struct.pack("!H", ETH_TYPE_IPV4) + header + udp
 
 
@@ -351,20 +336,7 @@ def build_client(
     payload = bootp + options
     udp_length = 8 + len(payload)
     udp = struct.pack("!HHHH", CLIENT_PORT, SERVER_PORT, udp_length, 0) + payload
-    header = struct.pack(
-        "!BBHHHBBH4s4s",
-        0x45,
-        0,
-        20 + udp_length,
-        0,
-        0,
-        64,
-        IPPROTO_UDP,
-        0,
-        src_ip.packed,
-        BROADCAST_IP.packed,
-    )
-    header = header[:10] + struct.pack("!H", _checksum(header)) + header[12:]
+    header = ipv4_header(src_ip.packed, BROADCAST_IP.packed, IPPROTO_UDP, udp_length)
     return (
         mac_bytes(BROADCAST_MAC) + mac_bytes(mac) + struct.pack("!H", ETH_TYPE_IPV4) + header + udp
     )

@@ -99,7 +99,12 @@ IPPROTO_ICMP = 1
 ICMP_UNREACHABLE, ICMP_FRAG_NEEDED = 3, 4
 
 
-def _checksum(data: bytes) -> int:
+ICMP_TIME_EXCEEDED = 11
+ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST = 0, 8
+
+
+def internet_checksum(data: bytes) -> int:
+    """The ones'-complement sum of RFC 1071 (IPv4 header, ICMP, UDP with its pseudo-header)."""
     if len(data) % 2:
         data += b"\0"
     total = sum(struct.unpack(f"!{len(data) // 2}H", data))
@@ -108,10 +113,32 @@ def _checksum(data: bytes) -> int:
     return ~total & 0xFFFF
 
 
+def ipv4_header(
+    src: bytes, dst: bytes, proto: int, payload_len: int, ttl: int = 64, tos: int = 0
+) -> bytes:
+    """A 20-byte IPv4 header (no options, id 0), its checksum filled in."""
+    header = struct.pack(
+        "!BBHHHBBH4s4s", 0x45, tos, 20 + payload_len, 0, 0, ttl, proto, 0, src, dst
+    )
+    return header[:10] + struct.pack("!H", internet_checksum(header)) + header[12:]
+
+
+def _icmp_error(kind: int, code: int, rest: int, quoted: bytes) -> bytes:
+    icmp = struct.pack("!BBHI", kind, code, 0, rest) + quoted
+    return icmp[:2] + struct.pack("!H", internet_checksum(icmp)) + icmp[4:]
+
+
+def ipv4_dst(frame: bytes) -> IPv4Address | None:
+    """The destination of an untagged IPv4 frame, else None."""
+    if len(frame) < 34 or struct.unpack_from("!H", frame, 12)[0] != ETH_TYPE_IPV4:
+        return None
+    return IPv4Address(frame[30:34])
+
+
 def frag_needed(frame: bytes, mtu: int) -> bytes | None:
     """The ICMP "fragmentation needed" (RFC 1191) that answers an untagged IPv4 frame
     with DF set, as if its destination sent it; None for any other frame."""
-    if len(frame) < 34 or struct.unpack_from("!H", frame, 12)[0] != ETH_TYPE_IPV4:
+    if ipv4_dst(frame) is None:
         return None
     ip = frame[14:]
     ihl = (ip[0] & 0x0F) * 4
@@ -120,12 +147,27 @@ def frag_needed(frame: bytes, mtu: int) -> bytes | None:
     (flags,) = struct.unpack_from("!H", ip, 6)
     if not flags & IP_DONT_FRAGMENT or ip[9] == IPPROTO_ICMP and ip[ihl] == ICMP_UNREACHABLE:
         return None  # never answer an error with an error
-    quoted = ip[: ihl + 8]
-    icmp = struct.pack("!BBHHH", ICMP_UNREACHABLE, ICMP_FRAG_NEEDED, 0, 0, mtu) + quoted
-    icmp = icmp[:2] + struct.pack("!H", _checksum(icmp)) + icmp[4:]
-    src, dst = ip[12:16], ip[16:20]
-    header = struct.pack(
-        "!BBHHHBBH4s4s", 0x45, 0, 20 + len(icmp), 0, 0, 64, IPPROTO_ICMP, 0, dst, src
-    )
-    header = header[:10] + struct.pack("!H", _checksum(header)) + header[12:]
+    icmp = _icmp_error(ICMP_UNREACHABLE, ICMP_FRAG_NEEDED, mtu, ip[: ihl + 8])
+    header = ipv4_header(ip[16:20], ip[12:16], IPPROTO_ICMP, len(icmp))
     return frame[6:12] + frame[0:6] + struct.pack("!H", ETH_TYPE_IPV4) + header + icmp
+
+
+def time_exceeded(frame: bytes, gateway_mac: str, gateway_ip: IPv4Address) -> bytes | None:
+    """ICMP time exceeded in transit (RFC 792) for an untagged IPv4 frame, from the
+    gateway back to its sender; None for anything else (never an error for an error)."""
+    if ipv4_dst(frame) is None:
+        return None
+    ip = frame[14:]
+    ihl = (ip[0] & 0x0F) * 4
+    if ip[0] >> 4 != 4 or ihl < 20 or len(ip) < ihl:
+        return None
+    if (
+        ip[9] == IPPROTO_ICMP
+        and len(ip) > ihl
+        and ip[ihl] not in (ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST)
+    ):
+        return None
+    icmp = _icmp_error(ICMP_TIME_EXCEEDED, 0, 0, ip[: ihl + 8])
+    header = ipv4_header(gateway_ip.packed, ip[12:16], IPPROTO_ICMP, len(icmp))
+    eth = frame[6:12] + mac_bytes(gateway_mac) + struct.pack("!H", ETH_TYPE_IPV4)
+    return eth + header + icmp
