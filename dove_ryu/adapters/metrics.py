@@ -242,7 +242,13 @@ def families(snap: Snapshot) -> Iterator[Metric]:
         "1 while the agent has its bridge connected and programmed.",
         value=int(snap.connected),
     )
-    if snap.proxy_active is not None:
+    if snap.proxy_active is not None and snap.role == "gateway":
+        yield GaugeMetricFamily(
+            "dove_gateway_active",
+            "1 while this gateway is the active one (hosts send it their routers' traffic).",
+            value=int(snap.proxy_active),
+        )
+    elif snap.proxy_active is not None:
         yield GaugeMetricFamily(
             "dove_proxy_active",
             "1 while this proxy is its site's active one.",

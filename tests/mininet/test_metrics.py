@@ -8,7 +8,6 @@ emulation and run in file order: the learning test needs VMs that never talked.
 
 from __future__ import annotations
 
-import json
 import random
 import sys
 import time
@@ -17,7 +16,6 @@ from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any
 
-from dove_ryu.adapters.metrics import CONTENT_TYPE  # noqa: E402
 from dove_ryu.config import HostConfig  # noqa: E402
 from dove_ryu.openflow import cookies  # noqa: E402
 from dove_ryu.protocol.messages import LearnRequest, encode  # noqa: E402
@@ -26,36 +24,11 @@ from mininet_topos.dove_topo import PROBE, VmRecord  # noqa: E402
 from mininet_topos.hypervisor import Hypervisor, wait_until  # noqa: E402
 from tests.tools import netsend, ovs, promtext  # noqa: E402
 from tests.tools.nodes import send_frames  # noqa: E402
+from tests.tools.scrape import fetch, scrape  # noqa: E402
 
 PYTHON = sys.executable
 NETSEND = str(Path(netsend.__file__).resolve())
 PROBE_IP = "10.99.0.250"
-URL = f"http://127.0.0.1:{METRICS_PORT}"
-
-# Run inside a namespace: one HTTP request, its answer as JSON (no proxies: loopback).
-FETCH = """
-import json, sys, urllib.error, urllib.request
-opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-request = urllib.request.Request(sys.argv[1], method=sys.argv[2])
-try:
-    r = opener.open(request, timeout=10)
-except urllib.error.HTTPError as e:
-    r = e
-print(json.dumps({"status": r.status, "headers": dict(r.headers), "body": r.read().decode()}))
-"""
-
-
-def fetch(hv: Hypervisor, path: str = "/metrics", method: str = "GET") -> dict[str, Any]:
-    out, err, rc = hv.pexec([PYTHON, "-c", FETCH, URL + path, method])
-    assert rc == 0, f"{hv.name}: {method} {path}: {out}{err}"
-    return json.loads(out)  # type: ignore[no-any-return]
-
-
-def scrape(hv: Hypervisor) -> promtext.Scrape:
-    answer = fetch(hv)
-    assert answer["status"] == 200, answer
-    assert answer["headers"]["Content-Type"] == CONTENT_TYPE
-    return promtext.parse(answer["body"])
 
 
 def ping(src: VmRecord, dst_ip: str, count: int = 1) -> tuple[int, str]:

@@ -26,6 +26,7 @@ from mininet_topos.hypervisor import wait_until
 from tests.tools import netsend
 from tests.tools.capture import Capture, settle
 from tests.tools.nodes import send_frames
+from tests.tools.scrape import scrape
 from tests.tools.transfer import transfer
 
 DOVECTL = str(Path(sys.executable).parent / "dovectl")
@@ -169,13 +170,33 @@ def test_trace_explains_a_routed_packet_to_the_vm_it_reaches(dnet: DoveNet) -> N
 def test_a_vm_of_a_routed_subnet_takes_address_and_router_by_dhcp(dnet: DoveNet) -> None:
     vm, other = dnet.vm("t2vm2"), dnet.vm("t2vm1")  # 10.0.1.2 and 10.0.0.1, tenant 2
     try:
+
+        def dhcp_seen() -> float:
+            return scrape(vm.hypervisor).value("dove_dhcp_packets_total")
+
+        before = dhcp_seen()
         lease = take_address(vm)
         assert lease.get("ip") == vm.ip and lease.get("subnet") == "255.255.255.0", lease
         assert lease.get("router") == "10.0.1.254" and lease.get("mtu") == "1450", lease
         route = vm.host.cmd("ip -4 route show default")
         assert "via 10.0.1.254" in route, route
         assert ping(vm, other.ip, count=2) == 2  # routed, with what DHCP gave it
+        # The switch counted the DISCOVER and the REQUEST it took to the agent.
+        wait_until(lambda: dhcp_seen() >= before + 2, 15.0, "DHCP packets counted", 0.5)
     finally:
         intf = vm.host.intf().name
         vm.host.cmd(f"ip -4 addr flush dev {intf}; ip addr add {vm.ip_cidr} dev {intf}")
         vm.host.cmd(f"ip link set dev {intf} mtu 1450; ip route replace default via 10.0.1.254")
+
+
+def test_routed_packets_show_in_prometheus(dnet: DoveNet) -> None:
+    """Routing never reaches the agent: the switch counts it, by cookie purpose."""
+    a, b = dnet.vm("t1vm1"), dnet.vm("t1vm2")
+
+    def routed() -> float:
+        return scrape(a.hypervisor).value("dove_routed_packets_total", to="subnet")
+
+    assert ping(a, b.ip, count=1) == 1
+    before = routed()
+    assert ping(a, b.ip, count=5) == 5
+    wait_until(lambda: routed() >= before + 5, 15.0, "routed packets counted", 0.5)
