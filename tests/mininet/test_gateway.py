@@ -209,6 +209,23 @@ def test_inbound_to_an_external_address_without_a_floating_ip_is_dropped(world: 
     wait_until(lambda: drops(gw) >= before + 3, 5.0, "the drops counted")
 
 
+def test_nat_and_the_active_gateway_show_in_prometheus(world: World) -> None:
+    """The gateway's NAT never reaches its agent: the switch counts it; and each
+    gateway says whether it is the active one."""
+    gw = active(world)
+    standby = next(g for g in world.ext.gateways if g is not gw)
+    assert scrape(gw).value("dove_gateway_active") == 1
+    assert scrape(standby).value("dove_gateway_active") == 0
+
+    def nat(direction: str) -> float:
+        return scrape(gw).value("dove_nat_packets_total", direction=direction, kind="snat")
+
+    out_before, in_before = nat("out"), nat("in")
+    vm = world.dnet.vm("t1vm2")  # no floating IP: source NAT
+    assert fetch(vm.host, f"http://{INTERNET_IP}/") == INDEX_TEXT
+    wait_until(lambda: nat("out") > out_before and nat("in") > in_before, 15.0, "NAT counted", 0.5)
+
+
 def test_a_tcp_connection_through_snat_survives_a_restart_of_the_active_agent(
     world: World,
 ) -> None:
@@ -259,20 +276,3 @@ def test_failover_to_the_standby_when_the_active_gateway_stops(world: World) -> 
     print(f"\ngateway failover gap: {gap:.2f} s ({gw.name} -> {standby.name})")
     body = fetch(vm.host, f"http://{INTERNET_IP}/index.html")
     assert body == INDEX_TEXT
-
-
-def test_nat_and_the_active_gateway_show_in_prometheus(world: World) -> None:
-    """The gateway's NAT never reaches its agent: the switch counts it; and each
-    gateway says whether it is the active one."""
-    gw = active(world)
-    standby = next(g for g in world.ext.gateways if g is not gw)
-    assert scrape(gw).value("dove_gateway_active") == 1
-    assert scrape(standby).value("dove_gateway_active") == 0
-
-    def nat(direction: str) -> float:
-        return scrape(gw).value("dove_nat_packets_total", direction=direction, kind="snat")
-
-    out_before, in_before = nat("out"), nat("in")
-    vm = world.dnet.vm("t1vm2")  # no floating IP: source NAT
-    assert fetch(vm.host, f"http://{INTERNET_IP}/") == INDEX_TEXT
-    wait_until(lambda: nat("out") > out_before and nat("in") > in_before, 15.0, "NAT counted", 0.5)
