@@ -608,6 +608,12 @@ def gw_view(node: str) -> AgentView:
     return AgentView.from_status(json.loads((GW_DATA / f"{node}-status.json").read_text()))
 
 
+def next_hop_mac() -> str:
+    ext = gw_view("gw1").external
+    assert ext is not None and ext.next_hop_mac is not None
+    return ext.next_hop_mac
+
+
 def gw_follow(start: str, source: str, target: str, traces: dict[str, str]) -> dict[str, Any]:
     hosts = Gateways(traces)
     request = build_request(gw_view(start), source, target, None)
@@ -637,7 +643,7 @@ def test_a_vm_to_the_internet_is_followed_out_of_the_gateways_external_port() ->
     (verdict,) = report["verdict"]
     assert (verdict["node"], verdict["kind"], verdict["port"]) == ("gw1", "external", "gw1-ext")
     assert verdict["nat"] == "source NAT 10.0.1.2 -> 203.0.113.11 (conntrack zone 1)"
-    assert verdict["next_hop"] == f"203.0.113.254 at {gw_view('gw1').external.next_hop_mac}"  # type: ignore[union-attr]
+    assert verdict["next_hop"] == f"203.0.113.254 at {next_hop_mac()}"
     says = [s["says"] for s in report["hops"][1]["steps"]]
     assert says == [
         "tunnelled from member 10.99.0.2, VNI 5101: accepted as instance 5101, from the overlay",
@@ -645,7 +651,7 @@ def test_a_vm_to_the_internet_is_followed_out_of_the_gateways_external_port() ->
         "from 10.0.1.2, out through router 1: conntrack zone 1 (router 1), source NATed to "
         "203.0.113.11, to ext_out",
         "out of gw1-ext into the external network, to the next hop 203.0.113.254 "
-        f"({gw_view('gw1').external.next_hop_mac})",  # type: ignore[union-attr]
+        f"({next_hop_mac()})",
     ]
     first_hop = report["hops"][0]["steps"][-1]["says"]
     assert first_hop == (
@@ -752,7 +758,7 @@ def test_dovectl_shows_a_gateways_state_external_leg_and_routers(
     monkeypatch.setattr(dovectl, "query", query)
     assert dovectl.main(["--admin-socket", "x", "status"]) == 0
     text = capsys.readouterr().out
-    mac = gw_view("gw1").external.next_hop_mac  # type: ignore[union-attr]
+    mac = next_hop_mac()
     assert text.splitlines()[0] == "gateway gw1 underlay 10.99.0.201 (active), switch connected"
     assert "external port: gw1-ext (ofport 2, MAC " in text
     assert f"next hop: 203.0.113.254 at {mac}" in text
