@@ -24,7 +24,7 @@ from dove_ryu.agent.election import Outcome
 from dove_ryu.agent.parts import gateway_parts
 from dove_ryu.agent.stats import InstanceCounts, StatsView
 from dove_ryu.config import DoveConfig
-from dove_ryu.model import Endpoint, Router, VmPort
+from dove_ryu.model import Endpoint, Router, VmPort, router_mac
 from dove_ryu.openflow import flows
 from dove_ryu.openflow import gateway_flows as gw
 from dove_ryu.openflow.cookies import Purpose
@@ -356,13 +356,24 @@ class GatewayCore:
 
     def status(self, now: float) -> dict[str, object]:
         ext = self.p.external
+        state = "active" if self.active else "standby"
+        if self._listening(now):
+            state = "listening"  # just (re)started: says nothing until it has heard
         return {
             "host": self.p.name,
             "role": "gateway",
             "active": self.active,
+            "state": state,
             "underlay_ip": str(self.p.me),
             "external_ip": str(ext.ip),
             "external_port": ext.side.ofport if ext.side else None,
+            "external": {
+                "port": self.p.cfg.gateway.external_port,
+                "ofport": ext.side.ofport if ext.side else None,
+                "mac": ext.side.mac if ext.side else None,
+                "ip": str(ext.ip),
+                "network": str(ext.network),
+            },
             "next_hop": {"ip": str(ext.nexthop), "mac": ext.macs.get(ext.nexthop)},
             "connected": self.p.link.connected,
             "partners": {
@@ -374,6 +385,14 @@ class GatewayCore:
                     "snat": str(r.snat) if r.snat else None,
                     "floating_ips": {str(f.external): str(f.inside) for f in r.floating_ips},
                     "instances": list(r.instances),
+                    "subnets": [
+                        {
+                            "instance": s.instance,
+                            "gateway": str(s.gateway),
+                            "mac": router_mac(s.instance),
+                        }
+                        for s in r.subnets
+                    ],
                 }
                 for r in sorted(self.p.routers.routers.values(), key=lambda r: r.router_id)
             },

@@ -64,8 +64,14 @@ def cmd_status(args: argparse.Namespace) -> Any:
     if role == "proxy":
         state = "active" if status["active"] else "standby"
         line += f" wan {status['wan_ip']} site {status['site']} ({state})"
+    if role == "gateway":
+        line += f" ({status.get('state') or ('active' if status['active'] else 'standby')})"
     print(f"{line}, switch {'connected' if status['connected'] else 'DISCONNECTED'}")
     args.json = False
+    if role == "gateway":
+        print()
+        _print_gateway(status)
+        return None
     for name in ("instances", "endpoints"):
         print()
         COMMANDS[name](args, status)
@@ -220,7 +226,13 @@ def cmd_proxies(args: argparse.Namespace) -> Any:
 def cmd_routers(args: argparse.Namespace) -> Any:
     """The tenant routers declared on the bridge (docs/routing.md): subnets, gateway
     MACs, the way out, and the marks rejected with why."""
-    routing = _ask(args).get("routing", {})
+    status = _ask(args)
+    if status.get("role") == "gateway":
+        if args.json:
+            return _gateway_json(status)
+        _print_gateway(status)
+        return None
+    routing = status.get("routing", {})
     if args.json:
         return routing
     rows = []
@@ -239,6 +251,39 @@ def cmd_routers(args: argparse.Namespace) -> Any:
     for bad in routing.get("rejected", []):
         print(f"rejected {bad['mark']}: {bad['why']}")
     return None
+
+
+def _gateway_json(status: dict[str, Any]) -> dict[str, Any]:
+    """A gateway's side of `dovectl routers`: its state, external leg, next hop and the
+    routers it serves with their external addresses."""
+    keys = ("active", "state", "external", "external_ip", "next_hop", "partners", "routers")
+    return {k: status[k] for k in keys if k in status}
+
+
+def _print_gateway(status: dict[str, Any]) -> None:
+    ext = status.get("external") or {}
+    state = status.get("state") or ("active" if status.get("active") else "standby")
+    port = ext.get("port") or f"ofport {status.get('external_port')}"
+    where = f"{ext.get('ip', status.get('external_ip'))}"
+    if ext.get("network"):
+        where += f" in {ext['network']}"
+    print(f"gateway {status['host']}: {state}")
+    print(
+        f"external port: {port} (ofport {ext.get('ofport', status.get('external_port'))}, "
+        f"MAC {ext.get('mac') or '?'}), address {where}"
+    )
+    hop = status.get("next_hop") or {}
+    print(f"next hop: {hop.get('ip', '?')} at {hop.get('mac') or 'not resolved yet'}")
+    for addr, p in sorted(status.get("partners", {}).items()):
+        other = "active" if p.get("active") else "standby"
+        print(f"partner: {addr} ({other}, priority {p.get('priority')})")
+    rows = []
+    for rid, r in sorted(status.get("routers", {}).items(), key=lambda kv: int(kv[0])):
+        instances = ",".join(str(i) for i in r.get("instances", [])) or "-"
+        fips = ", ".join(f"{e}->{i}" for e, i in sorted(r.get("floating_ips", {}).items()))
+        rows.append([rid, instances, r.get("snat") or "-", fips or "-"])
+    print()
+    _table(rows, ["ROUTER", "INSTANCES", "SNAT", "FLOATING IPS"])
 
 
 def cmd_counters(args: argparse.Namespace) -> Any:

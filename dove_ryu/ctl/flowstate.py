@@ -54,6 +54,51 @@ class LearnedEndpoint:
 
 
 @dataclass(frozen=True)
+class ExternalLeg:
+    """A gateway's leg in the external network, and the router addresses it serves."""
+
+    port: str  # the OVS port's name ('' when the agent does not say)
+    ofport: int | None
+    mac: str | None
+    ip: str
+    next_hop: str
+    next_hop_mac: str | None
+    # Each external address it serves: (router id, the inside address, or '' for SNAT).
+    addresses: Mapping[str, tuple[int, str]] = field(default_factory=dict)
+
+    def address_text(self, address: str) -> str:
+        """'router 1's floating IP for 10.0.0.1', 'router 1's source-NAT address'."""
+        found = self.addresses.get(address)
+        if found is None:
+            return ""
+        router, inside = found
+        if inside:
+            return f"router {router}'s floating IP for {inside}"
+        return f"router {router}'s source-NAT address"
+
+    @classmethod
+    def from_status(cls, status: Mapping[str, Any]) -> ExternalLeg:
+        ext = status.get("external") or {}
+        ofport = ext.get("ofport", status.get("external_port"))
+        hop = status.get("next_hop") or {}
+        addresses: dict[str, tuple[int, str]] = {}
+        for rid, router in status.get("routers", {}).items():
+            if router.get("snat"):
+                addresses[str(router["snat"])] = (int(rid), "")
+            for external, inside in router.get("floating_ips", {}).items():
+                addresses[str(external)] = (int(rid), str(inside))
+        return cls(
+            port=str(ext.get("port", "")),
+            ofport=int(ofport) if ofport is not None else None,
+            mac=ext.get("mac"),
+            ip=str(ext.get("ip", status.get("external_ip", ""))),
+            next_hop=str(hop.get("ip", "")),
+            next_hop_mac=hop.get("mac"),
+            addresses=addresses,
+        )
+
+
+@dataclass(frozen=True)
 class AgentView:
     """What the agent's status says, as much as reading flows needs.  ``known`` is
     False when the agent did not answer: then tags stay raw."""
@@ -71,6 +116,8 @@ class AgentView:
     proxies: Mapping[str, str] = field(default_factory=dict)  # address -> site
     # The router subnet each routed instance is: (router id, gateway address/prefix, MAC).
     subnets: Mapping[int, tuple[int, str, str]] = field(default_factory=dict)
+    external: ExternalLeg | None = None  # a gateway's
+    gateways: tuple[str, ...] = ()  # a host's: the gateways its routers go out through
 
     def subnet_of(self, instance: int) -> tuple[int, IPv4Interface, str] | None:
         found = self.subnets.get(instance)
@@ -130,6 +177,7 @@ class AgentView:
             for rid, router in status.get("routing", {}).get("routers", {}).items()
             for sub in router["subnets"]
         }
+        external = ExternalLeg.from_status(status) if role == "gateway" else None
         return cls(
             known=True,
             host=str(status["host"]),
@@ -143,6 +191,8 @@ class AgentView:
             remote_proxies=remote,
             proxies=proxies,
             subnets=subnets,
+            external=external,
+            gateways=tuple(str(g) for g in status.get("routing", {}).get("gateways", ())),
         )
 
     @property
@@ -197,6 +247,8 @@ class AgentView:
             return f"remote proxy{f' (site {site})' if site else ''}"
         if address in self.proxies:
             return "proxy of this site"
+        if address in self.gateways:
+            return "gateway"
         if self.role == "proxy":
             return "site member"
         return "member"

@@ -7,7 +7,11 @@ The trace's layout (OVS 3.1) is stable: a rule is ``<table>. <match>, priority
 <n>, cookie <c>``, its actions follow one per line, indented; a resubmit nests
 four spaces deeper; group buckets are ``bucket <n>`` lines; notes start with
 ``->`` or ``>>``; a tunnel output traces the underlay bridge as a nested
-``bridge("...")`` section, which we skip.
+``bridge("...")`` section, which we skip.  A ``ct(..., table=N)`` recirculates: OVS
+traces the packet again from table N after a line of ``=`` signs, a header
+(``recirc(0x..) - resume conntrack with ct_state=...``, and the addresses NAT
+changed), its own ``Flow:`` and a ``thaw`` into table N; each such pass is a
+`Resume`, its rules follow the first pass's in `RawTrace.rules`.
 """
 
 from __future__ import annotations
@@ -27,14 +31,25 @@ from dove_ryu.ctl.flowdump import (
     table_name,
     written,
 )
-from dove_ryu.ctl.flowstate import PURPOSE_MEANING, AgentView, Origin, metadata_text, origin_of
+from dove_ryu.ctl.flowstate import (
+    PURPOSE_MEANING,
+    AgentView,
+    ExternalLeg,
+    Origin,
+    metadata_text,
+    origin_of,
+)
 from dove_ryu.openflow.cookies import Purpose, decode
 from dove_ryu.openflow.flows import TAG_ARP_MISS, TAG_FLOOD, TAG_L2_MISS, TAG_ROUTE_MISS
 
 _RULE = re.compile(r"^( *)(\d+)\. (.*)$")
 _BRIDGE = re.compile(r'^bridge\("(.*)"\)$')
 _BUCKET = re.compile(r"^bucket (\d+)$")
-OUTCOME_KINDS = ("delivered", "answered", "tunnel", "agent", "dropped")
+_RECIRC = re.compile(
+    r"^recirc\((0x[0-9a-f]+)\) - resume conntrack with (?:default )?ct_state=(\S+)"
+)
+_NAT_FLOW = re.compile(r"^(Initial|Modified) flow: (.*)$")
+OUTCOME_KINDS = ("delivered", "answered", "tunnel", "external", "agent", "dropped")
 
 
 # ------------------------------------------------------------------ the raw trace
@@ -61,6 +76,46 @@ class TraceRule:
     actions: list[TraceAction] = field(default_factory=list)
     no_match: bool = False
     notes: list[str] = field(default_factory=list)
+    resumed: Resume | None = None  # the first rule of a pass after conntrack
+
+
+@dataclass(frozen=True)
+class Resume:
+    """A pass of the packet after conntrack recirculated it (``ct(..., table=N)``)."""
+
+    recirc_id: str
+    ct_state: str  # as the trace assumes it: trk|new unless --ct-next says otherwise
+    nat_before: str = ""  # 'nw_src=..,tp_src=..,nw_dst=..,tp_dst=..' when NAT changed them
+    nat_after: str = ""
+    flow: str = ""
+    final_flow: str = ""
+    datapath_actions: str = ""
+
+    def nat_changes(self) -> list[tuple[str, str, str]]:
+        """The addresses NAT rewrote: (field, before, after)."""
+        before = dict(i.partition("=")[::2] for i in self.nat_before.split(",") if i)
+        after = dict(i.partition("=")[::2] for i in self.nat_after.split(",") if i)
+        return [(k, before[k], after[k]) for k in before if k in after and before[k] != after[k]]
+
+    def says(self) -> str:
+        zone = _ZONE_MATCH.search(self.flow)
+        where = f" in zone {zone.group(1)}" if zone else ""
+        text = (
+            f"conntrack{where} hands the packet back (recirculation {self.recirc_id}) as "
+            f"ct_state={self.ct_state}"
+        )
+        changes = self.nat_changes()
+        if changes:
+            text += ", NAT applied: " + ", ".join(f"{k} {a} -> {b}" for k, a, b in changes)
+        return text
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "recirc_id": self.recirc_id,
+            "ct_state": self.ct_state,
+            "nat": [list(c) for c in self.nat_changes()],
+            "says": self.says(),
+        }
 
 
 @dataclass
@@ -73,6 +128,16 @@ class RawTrace:
     megaflow: str = ""
     datapath_actions: str = ""
     notes: list[str] = field(default_factory=list)
+    resumes: list[Resume] = field(default_factory=list)  # the passes after conntrack
+
+    @property
+    def leaving_flow(self) -> str:
+        """The packet as the last pass leaves it (NAT applied in a resumed pass)."""
+        if not self.resumes:
+            return self.final_flow
+        last = self.resumes[-1]
+        final = last.final_flow.strip()
+        return last.flow if not final or final == "unchanged" else final
 
 
 def _action(text: str) -> Field:
@@ -100,13 +165,67 @@ def _rule(indent: int, number: str, rest: str) -> tuple[int, TraceRule]:
 
 
 def parse_trace(text: str, bridge: str = "br-dove") -> RawTrace:
-    """The rules ``bridge`` applied, in order, with their actions."""
+    """The rules ``bridge`` applied, in order, with their actions, through every pass
+    conntrack recirculated."""
+    passes = _passes(text)
+    trace = _parse_pass(passes[0][1], bridge)
+    for header, body in passes[1:]:
+        again = _parse_pass(body, bridge)
+        resume = _resume(header, again)
+        if resume is None:  # a recirculation we do not explain: its lines as notes
+            trace.notes += [*header, *body]
+            continue
+        if again.rules:
+            again.rules[0].resumed = resume
+        trace.rules += again.rules
+        trace.resumes.append(resume)
+        trace.notes += again.notes
+    return trace
+
+
+def _passes(text: str) -> list[tuple[list[str], list[str]]]:
+    """The trace cut at its ``=====`` fences: (header lines, body lines) for each pass;
+    the first pass has no header."""
+    passes: list[tuple[list[str], list[str]]] = [([], [])]
+    fence = 0  # fences seen in the current header
+    for line in text.splitlines():
+        if line.strip() and set(line.strip()) == {"="}:
+            if fence == 0:
+                passes.append(([], []))
+            fence = 1 - fence
+            continue
+        (passes[-1][0] if fence else passes[-1][1]).append(line)
+    return passes
+
+
+def _resume(header: list[str], again: RawTrace) -> Resume | None:
+    head = _RECIRC.match(header[0].strip()) if header else None
+    if head is None:
+        return None
+    nat = {}
+    for line in header[1:]:
+        found = _NAT_FLOW.match(line.strip())
+        if found:
+            nat[found.group(1)] = found.group(2)
+    return Resume(
+        head.group(1),
+        head.group(2),
+        nat.get("Initial", ""),
+        nat.get("Modified", ""),
+        again.flow,
+        again.final_flow,
+        again.datapath_actions,
+    )
+
+
+def _parse_pass(lines: list[str], bridge: str) -> RawTrace:
+    """One pass of the packet through the bridges."""
     trace = RawTrace()
     bridges: list[tuple[int, str]] = []
     contexts: list[tuple[int, TraceRule]] = []
     bucket: tuple[int, int] | None = None  # (indent of the bucket line, bucket number)
     done = False
-    for line in text.splitlines():
+    for line in lines:
         body = line.strip()
         indent = len(line) - len(line.lstrip(" "))
         if not body:
@@ -134,6 +253,8 @@ def parse_trace(text: str, bridge: str = "br-dove") -> RawTrace:
             while len(bridges) > 1 and bridges[-1][0] > indent:
                 bridges.pop()
             if not bridges or bridges[-1][1] != bridge or set(body) == {"-"}:
+                continue
+            if body == "thaw" or body.startswith("Resuming from table "):
                 continue
             rule_line = _RULE.match(line)
             if rule_line:
@@ -176,6 +297,7 @@ class Outcome:
     vni: int | None = None
     tun_src: str | None = None
     branch: str = ""  # a condition (check_pkt_larger), empty on the main path
+    nat: str = ""  # external: what conntrack did to its addresses
 
     def to_json(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if v not in (None, "")}
@@ -192,6 +314,7 @@ class Step:
     origin: Origin | None
     says: str  # why this rule, and what it does to the packet
     depth: int = 0
+    resumed: str = ""  # the first rule after conntrack recirculated the packet: how
 
     @property
     def table_name(self) -> str:
@@ -207,6 +330,7 @@ class Step:
             "origin": self.origin.to_json() if self.origin else None,
             "says": self.says,
             "depth": self.depth,
+            "resumed": self.resumed,
         }
 
 
@@ -259,6 +383,18 @@ class Packet:
             values[_ALIASES.get(f.key, f.key)] = value
         return cls(values)
 
+    def after(self, flow: str) -> Packet:
+        """The packet as a resumed pass's ``Flow:`` line has it (NAT applied)."""
+        try:
+            parsed = parse_match(flow)
+        except DumpError:
+            return self
+        values = dict(self.fields)
+        for f in parsed:
+            if f.value is not None and f.key != "in_port":
+                values[_ALIASES.get(f.key, f.key)] = f.value
+        return Packet(values)
+
     def get(self, key: str) -> str | int | None:
         return self.fields.get(key)
 
@@ -290,7 +426,12 @@ def explain(trace: RawTrace, given: HopInput) -> Hop:
         role=view.role if view.known else "unknown",
         address=", ".join(view.addresses),
         flow=given.spec,
-        datapath_actions=trace.datapath_actions,
+        datapath_actions=" | ".join(
+            [
+                trace.datapath_actions,
+                *(f"recirc({r.recirc_id}): {r.datapath_actions}" for r in trace.resumes),
+            ]
+        ),
     )
     walker = _Walker(given, hop)
     for rule in trace.rules:
@@ -314,6 +455,9 @@ def _dedupe(actions: list[TraceAction]) -> list[TraceAction]:
     kept: list[TraceAction] = []
     for action in actions:
         if kept and (kept[-1].op, kept[-1].bucket) == (action.op, action.bucket):
+            continue
+        if kept and kept[-1].op.key == "ct" and action.op.text.startswith("nat"):
+            kept[-1].notes.extend(action.notes)  # the trace echoes ct's nat() on a line
             continue
         kept.append(action)
     return kept
@@ -343,9 +487,13 @@ class _Walker:
         self.tun_id: int | None = None
         self.larger: int | None = None  # the last check_pkt_larger's length
         self.skipped = False  # an output to the input port, which OpenFlow never does
+        self.packet = given.packet  # as the current pass sees it (after NAT)
+        self.nat: list[str] = []  # what conntrack did, in words
 
     def rule(self, rule: TraceRule) -> None:
         given, ports = self.given, self.given.ports
+        if rule.resumed is not None:
+            self.packet = self.packet.after(rule.resumed.flow)
         if rule.no_match:
             step = Step(rule.table, None, "", "", None, "no flow matched: dropped", rule.depth)
             self.hop.steps.append(step)
@@ -366,6 +514,7 @@ class _Walker:
                 origin,
                 says,
                 rule.depth,
+                rule.resumed.says() if rule.resumed else "",
             )
         )
         branch = ""
@@ -377,8 +526,17 @@ class _Walker:
     def _act(
         self, action: TraceAction, rule: TraceRule, origin: Origin, says: str, branch: str
     ) -> None:
-        f, ports, packet = action.op, self.given.ports, self.given.packet
-        if f.key == "set_field" and f.target == "tun_dst" and isinstance(f.value, str):
+        f, ports, packet = action.op, self.given.ports, self.packet
+        if f.key == "ct":
+            nat = _NAT.search(f.text)
+            zone = _ZONE.search(f.text)
+            if nat:
+                side, key = (
+                    ("source", "nw_src") if nat.group(1) == "src" else ("destination", "nw_dst")
+                )
+                where = f" (conntrack zone {zone.group(1)})" if zone else ""
+                self.nat.append(f"{side} NAT {packet.text(key)} -> {nat.group(2)}{where}")
+        elif f.key == "set_field" and f.target == "tun_dst" and isinstance(f.value, str):
             self.tun_dst = f.value
         elif f.key == "set_field" and f.target == "tun_id" and isinstance(f.value, int):
             self.tun_id = f.value
@@ -402,6 +560,19 @@ class _Walker:
                 )
                 return
             name = ports.get(port, str(port)) if isinstance(port, int) else str(port)
+            ext = self.given.view.external
+            if ext is not None and ext.ofport is not None and port == ext.ofport:
+                self.hop.outcomes.append(
+                    Outcome(
+                        "external",
+                        says,
+                        port=ext.port or name,
+                        next_hop=_next_hop_text(ext, written(rule_actions(rule), "eth_dst")),
+                        branch=branch,
+                        nat="; ".join(self.nat),
+                    )
+                )
+                return
             kind = "answered" if origin.purpose in ("arp_local", "arp_learned") else "delivered"
             self.hop.outcomes.append(Outcome(kind, says, port=name, branch=branch))
         elif f.key.upper() == "CONTROLLER":
@@ -411,7 +582,7 @@ class _Walker:
 
     def _says(self, rule: TraceRule, origin: Origin, actions: Sequence[Field]) -> str:
         """Why this rule matched the packet and what it does, in the agent's terms."""
-        view, packet = self.given.view, self.given.packet
+        view, packet = self.given.view, self.packet
         decoded = decode(rule.cookie)
         if decoded is None:
             return "not a DOVE flow: " + render(actions, self.given.ports)
@@ -480,7 +651,9 @@ class _Walker:
                 "frame too big for the inter-site path: to the agent, which sends it in "
                 "DOVE-layer fragments (or answers ICMP fragmentation-needed, wan_oversize=icmp)"
             )
-        routed = _routing_says(p, decoded.tag, instance, name, packet, actions)
+        routed = _routing_says(
+            p, decoded.tag, instance, name, packet, actions, rule.match, view.external
+        )
         if routed is not None:
             return routed
         if p is Purpose.DROP_MISS:
@@ -494,7 +667,7 @@ class _Walker:
         return origin.what
 
     def _spoof(self, origin: Origin) -> str:
-        packet = self.given.packet
+        packet = self.packet
         sent = f"dl_src={packet.text('dl_src')}"
         if packet.get("arp_sha") is not None:
             sent += f", arp_sha={packet.text('arp_sha')}, arp_spa={packet.text('arp_spa')}"
@@ -508,7 +681,7 @@ class _Walker:
         return f"no port-security flow admits {sent} on this port: dropped"
 
     def _instance(self, tag: int, instance: int, rule: TraceRule) -> str:
-        view, packet = self.given.view, self.given.packet
+        view, packet = self.given.view, self.packet
         members = ", ".join(view.members.get(instance, ())) or "none known"
         if tag == TAG_FLOOD:
             direction = ""
@@ -544,6 +717,7 @@ class _Walker:
 
 _NAT = re.compile(r"nat\((src|dst)=([^)]+)\)")
 _ZONE = re.compile(r"zone=(\d+)")
+_ZONE_MATCH = re.compile(r"ct_zone=(\d+)")
 
 
 def _conntrack(actions: Sequence[Field]) -> str:
@@ -563,11 +737,22 @@ def _conntrack(actions: Sequence[Field]) -> str:
 
 
 def _routing_says(
-    p: Purpose, tag: int, instance: int, table: str, packet: Packet, actions: Sequence[Field]
+    p: Purpose,
+    tag: int,
+    instance: int,
+    table: str,
+    packet: Packet,
+    actions: Sequence[Field],
+    match: Sequence[Field] = (),
+    ext: ExternalLeg | None = None,
 ) -> str | None:
     """What a flow of routing, the gateway or DHCP (docs/routing.md) does to this packet;
-    None for the other purposes.  The tag of their cookies is the router's id."""
-    dst = packet.text("nw_dst")
+    None for the other purposes.  The tag of their cookies is the router's id (a
+    floating IP's: its low 24 bits; the router is then the conntrack zone)."""
+    dst, src = packet.text("nw_dst"), packet.text("nw_src")
+    zone = _zone_of(match, actions)
+    router = zone if p is Purpose.FLOATING_IP and zone is not None else tag
+    ttl = packet.get("nw_ttl")
     if p is Purpose.ROUTER_PORT:
         if packet.get("arp_tpa") is not None:
             gw = written(actions, "eth_src") or written(actions, "arp_sha")
@@ -576,17 +761,29 @@ def _routing_says(
                 f"instance {instance}: answered on the host, it is at {gw}"
             )
         return f"IPv4 to router {tag}'s gateway MAC in instance {instance}: routed (l3_route)"
-    if p is Purpose.ROUTE and table == "ext_unnat":
-        return f"from outside, for {dst} after NAT: routed into router {tag}'s instance {instance}"
+    if p in (Purpose.ROUTE, Purpose.FLOATING_IP) and table == "ext_unnat":
+        why = "a floating IP's" if p is Purpose.FLOATING_IP else "a reply of a connection's"
+        return (
+            f"from outside, {why} packet for {dst} (after NAT): routed into router {router}'s "
+            f"instance {instance} (TTL - 1, from {written(actions, 'eth_src')}), to l3_neighbor"
+        )
     if p is Purpose.ROUTE:
         return (
             f"{dst} is in router {tag}'s subnet of instance {instance}: routed on this host "
             f"(TTL - 1, from {written(actions, 'eth_src')}) into instance {instance}"
         )
+    if p is Purpose.ROUTE_DEFAULT and written(actions, "tun_dst") is None:
+        left = f"TTL {ttl} - 1" if isinstance(ttl, int) else "TTL - 1"
+        return f"{dst} is off router {tag}'s subnets: the default route out ({left}), to snat"
     if p is Purpose.ROUTE_DEFAULT:
         return (
             f"{dst} is off router {tag}'s subnets: through the tunnel to the active gateway "
-            f"{written(actions, 'tun_dst')}"
+            f"{written(actions, 'tun_dst')}, unchanged (the gateway routes it)"
+        )
+    if p is Purpose.ROUTE_TTL and first(actions, "drop") is not None:
+        return (
+            f"TTL {packet.text('nw_ttl')} would expire on router {tag}: dropped here and "
+            "counted (no ICMP from the gateway)"
         )
     if p is Purpose.ROUTE_TTL:
         return (
@@ -598,21 +795,94 @@ def _routing_says(
     if p is Purpose.DHCP:
         return "a DHCP request from the VM: to the agent, which answers it from the port's marks"
     if p in (Purpose.SNAT, Purpose.FLOATING_IP):
-        nat = _conntrack(actions) or "conntrack"
-        what = "floating IP" if p is Purpose.FLOATING_IP else "router's external address"
-        side = "into the overlay" if table in ("ext_in", "ext_unnat") else "out of the overlay"
-        return f"{what}, {side}: {nat}"
+        return _nat_says(p, router, table, src, dst, actions)
     if p is Purpose.EXTERNAL:
-        if packet.get("arp_tpa") is not None and table == "ext_in":
-            return f"ARP request for {packet.text('arp_tpa')}, an external address: answered"
-        if table == "ext_out":
-            return f"out of the external port to the next hop {written(actions, 'eth_dst')}"
-        if table == "classify":
-            return "from the external network"
-        return PURPOSE_MEANING[p]
+        return _external_says(table, packet, actions, match, ext)
+    if p is Purpose.DROP_EXTERNAL and table == "ext_unnat":
+        return (
+            f"from outside to {dst}: a new connection to a source-NAT address, or a packet of "
+            "no connection: dropped (counted)"
+        )
     if p is Purpose.DROP_EXTERNAL:
-        return f"from outside to {dst}: no floating IP and no connection it belongs to: dropped"
+        return (
+            f"from outside to {dst}: not a router's external address nor a floating IP here: "
+            "dropped (counted)"
+        )
     return None
+
+
+def _zone_of(match: Sequence[Field], actions: Sequence[Field]) -> int | None:
+    """The conntrack zone (= the router) a flow matches or commits to."""
+    zone = first(match, "ct_zone")
+    if zone is not None and isinstance(zone.value, int):
+        return zone.value
+    ct = first(actions, "ct")
+    found = _ZONE.search(ct.text) if ct else None
+    return int(found.group(1)) if found else None
+
+
+def _nat_says(
+    p: Purpose, router: int, table: str, src: str, dst: str, actions: Sequence[Field]
+) -> str:
+    ct = first(actions, "ct")
+    nat = _conntrack(actions) or "conntrack"
+    recirc = ct is not None and "table=" in ct.text
+    after = ", then on to ext_unnat once conntrack has it" if recirc else ", to ext_out"
+    if ct is None:  # the miss of snat
+        return "routed out, but no router of this instance has a way out here: dropped"
+    if p is Purpose.FLOATING_IP and table == "ext_in":
+        return f"to router {router}'s floating IP {dst}: {nat}{after}"
+    if p is Purpose.FLOATING_IP:
+        return f"from {src}, which has router {router}'s floating IP: {nat}{after}"
+    if table == "ext_in":
+        return (
+            f"to router {router}'s source-NAT address {dst}: {nat} (a reply is un-NATed to "
+            f"its inside address){after}"
+        )
+    return f"from {src}, out through router {router}: {nat}{after}"
+
+
+def _external_says(
+    table: str,
+    packet: Packet,
+    actions: Sequence[Field],
+    match: Sequence[Field],
+    ext: ExternalLeg | None,
+) -> str:
+    port = ext.port if ext and ext.port else "the external port"
+    dst = packet.text("nw_dst")
+    if table == "classify":
+        return f"from the external network, on {port}: to ext_in"
+    if table == "ext_in" and packet.get("arp_tpa") is not None:
+        tpa = packet.text("arp_tpa")
+        whose = (ext.address_text(tpa) if ext else "") or "an external address of this gateway"
+        return f"ARP request for {tpa} ({whose}): answered, it is at {written(actions, 'eth_src')}"
+    if table == "ext_out":
+        mac = written(actions, "eth_dst")
+        if mac is None:
+            return (
+                f"out to {dst}, but its MAC (or the next hop's) is not known yet: to the agent, "
+                "which asks for it by ARP (this packet is dropped)"
+            )
+        matched = first(match, "nw_dst")
+        hop = ext.next_hop if ext else ""
+        if matched is not None and matched.value == dst and dst != hop:
+            return f"out of {port} to {dst}, on the external subnet, at {mac}"
+        via = f"the next hop {hop} ({mac})" if hop else f"the next hop {mac}"
+        return f"out of {port} into the external network, to {via}"
+    return PURPOSE_MEANING[Purpose.EXTERNAL]
+
+
+def _next_hop_text(ext: ExternalLeg, mac: str | int | None) -> str | None:
+    if mac is None:
+        return None
+    if ext.next_hop and mac == ext.next_hop_mac:
+        return f"{ext.next_hop} at {mac}"
+    return str(mac)
+
+
+def rule_actions(rule: TraceRule) -> tuple[Field, ...]:
+    return tuple(a.op for a in rule.actions)
 
 
 def _tunnel_source(notes: Sequence[str]) -> str | None:

@@ -29,7 +29,7 @@ from dove_ryu.ctl.common import (
     socket_of,
 )
 from dove_ryu.ctl.flowdump import DumpError, parse_match
-from dove_ryu.ctl.flowstate import AgentView, LearnedEndpoint, LocalEndpoint
+from dove_ryu.ctl.flowstate import AgentView, ExternalLeg, LearnedEndpoint, LocalEndpoint
 from dove_ryu.ctl.flowtrace import Hop, HopInput, Outcome, Packet, RawTrace, explain, parse_trace
 from dove_ryu.model import is_multicast
 from dove_ryu.openflow.cookies import Purpose, decode
@@ -109,6 +109,8 @@ def build_request(
     or to an IP whose MAC the agent knows (else the ARP request for it)."""
     if not view.known:
         raise FlowsError("--from and --to need the agent's state; use --flow without it")
+    if view.external is not None:
+        return _from_outside(view.external, source, target)
     src = _source(view, source, instance)
     instance = src.instance
     src_ip = src.ips[0] if src.ips else None
@@ -149,6 +151,26 @@ def build_request(
     if is_multicast(mac):
         known = "broadcast" if mac == BROADCAST else "multicast"
     return TraceRequest(f"{head},dl_dst={mac}{l3}", f"{what} to {mac} ({known})", instance)
+
+
+def _from_outside(ext: ExternalLeg, source: str, target: str) -> TraceRequest:
+    """On a gateway: a packet from the external network (its next hop, as the internet
+    would send it) into the external port, to ``target`` (a floating IP, a router's
+    source-NAT address)."""
+    if source not in (ext.port, "external") or not ext.port:
+        raise FlowsError(
+            f"--from {source}: on a gateway, give its external port ({ext.port or '?'})"
+        )
+    if not is_ip(target):
+        raise FlowsError(f"--to {target}: on a gateway, give an external IPv4 address")
+    dst = str(check_ip(target))
+    src_mac = ext.next_hop_mac or "02:00:00:00:00:fe"
+    whose = ext.address_text(dst) or "no address of a router here"
+    return TraceRequest(
+        f"in_port={ext.port},dl_src={src_mac},dl_dst={ext.mac or BROADCAST},icmp,"
+        f"nw_src={ext.next_hop},nw_dst={dst},nw_ttl=64",
+        f"from the external network ({ext.next_hop}) into {ext.port} to {dst} ({whose})",
+    )
 
 
 def _source(view: AgentView, text: str, instance: int | None) -> LocalEndpoint:
@@ -198,7 +220,7 @@ class _Pending:
 def _leaving(raw: RawTrace, arrived: str | None) -> str | None:
     """The packet's own fields as it leaves this hop: those it arrived with, each with
     the value the trace's final flow gives it (a routed packet's MACs and TTL)."""
-    final = raw.final_flow.strip()
+    final = raw.leaving_flow.strip()
     if arrived is None or not final or final == "unchanged":
         return arrived
     now = dict(item.partition("=")[::2] for item in final.split(","))
@@ -447,6 +469,8 @@ def print_trace(report: dict[str, Any], out: TextIO | None = None) -> None:
             pad = "  " * step["depth"]
             prio = f"priority={step['priority']}" if step["priority"] is not None else ""
             match = ",".join(x for x in (prio, step["match"]) if x)
+            if step.get("resumed"):
+                print(f"  {pad}   {'':13} ~~ {step['resumed']}", file=out)
             print(f"  {pad}{step['table']:>2} {step['table_name']:<13} {match}", file=out)
             if step["actions"]:
                 print(f"  {pad}   {'':13} actions={step['actions']}", file=out)
@@ -474,6 +498,10 @@ def _outcome_line(o: Mapping[str, Any], short: bool = False) -> str:
     if o["kind"] == "tunnel":
         src = f", from {o['tun_src']}" if o.get("tun_src") else ""
         return f"{cond}next hop: {o.get('next_hop')} (VNI {o.get('vni')}{src})"
+    if o["kind"] == "external":
+        nat = f", {o['nat']}" if o.get("nat") else ""
+        via = f" (next hop {o['next_hop']})" if o.get("next_hop") else ""
+        return f"{cond}out of {o['port']}{via} into the external network{nat}"
     if o["kind"] in ("delivered", "answered"):
         text = f"{cond}{o['kind']} to {o['port']}"
         return text if short else f"{text}: {o['reason']}"

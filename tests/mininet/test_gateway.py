@@ -10,6 +10,7 @@ test runs last: it stops the active gateway.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -17,12 +18,14 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from dove_ryu.openflow import cookies
 from dove_ryu.openflow.cookies import Purpose
+from mininet_topos.agents import ADMIN_SOCKET
 from mininet_topos.dove_agent import admin, connected_status
 from mininet_topos.dove_topo import DoveNet, VmRecord
 from mininet_topos.gateway import (
@@ -191,6 +194,76 @@ def test_the_internet_host_reaches_a_vm_by_its_floating_ip(world: World) -> None
         _, err = server.communicate(timeout=5)
     assert INTERNET_IP in err.decode()  # the VM sees the internet host, not the gateway
     assert ping(world.ext.internet, floating_ip(2), count=1) == 1  # tenant 2's vm1 too
+
+
+DOVECTL = str(Path(sys.executable).parent / "dovectl")
+
+
+def dovectl(node: Hypervisor, *args: str) -> str:
+    """dovectl in ``node``'s namespace, against its agent and its OVS."""
+    cmd = [DOVECTL, "--admin-socket", str(Path(str(node.rundir)) / ADMIN_SOCKET), *args]
+    out, err, rc = node.pexec(cmd, env=node.ovs_env())
+    assert rc == 0, f"dovectl {' '.join(args)}: rc {rc}\n{out}{err}"
+    return str(out)
+
+
+def peers(world: World) -> list[str]:
+    """--peer for every hypervisor and gateway."""
+    out = []
+    for node in [*world.dnet.hypervisors, *world.ext.gateways]:
+        sock = Path(str(node.rundir)) / ADMIN_SOCKET
+        out += ["--peer", f"{node.underlay_ip}={sock}:{node.rundir}"]
+    return out
+
+
+def test_trace_follows_a_vm_to_the_internet_out_of_the_gateways_external_port(
+    world: World,
+) -> None:
+    gw, vm = active(world), world.dnet.vm("t1vm2")  # 10.0.1.2: no floating IP, SNAT
+    args = ["trace", "--from", vm.port, "--to", INTERNET_IP, "--follow", *peers(world)]
+    report = json.loads(dovectl(vm.hypervisor, *args, "--json"))
+    text = dovectl(vm.hypervisor, *args)
+    assert [h["node"] for h in report["hops"]] == [vm.hypervisor.name, gw.name], text
+    assert [(v["node"], v["kind"], v.get("port")) for v in report["verdict"]] == [
+        (gw.name, "external", f"{gw.name}-ext")
+    ], text
+    assert f"source NAT {vm.ip} -> {snat_address(1)}" in report["verdict"][0]["nat"], text
+    purposes = [s["origin"]["purpose"] for s in report["hops"][1]["steps"] if s["origin"]]
+    assert purposes == ["member", "route_default", "snat", "external"], text
+    assert "out through router 1: conntrack zone 1 (router 1), source NATed to" in text
+
+
+def test_trace_from_the_external_port_to_a_floating_ip_is_delivered_to_the_vm(
+    world: World,
+) -> None:
+    gw, vm = active(world), world.dnet.vm("t1vm1")  # 10.0.0.1, floating IP 203.0.113.101
+    assert ping(world.ext.internet, floating_ip(1), count=1) == 1  # the VM resolved
+    ext = f"{gw.name}-ext"
+    args = ["trace", "--from", ext, "--to", floating_ip(1), "--follow", *peers(world)]
+    report = json.loads(dovectl(gw, *args, "--json"))
+    text = dovectl(gw, *args)
+    assert [(v["node"], v["kind"], v.get("port")) for v in report["verdict"]] == [
+        (vm.hypervisor.name, "delivered", vm.port)
+    ], text
+    steps = report["hops"][0]["steps"]
+    assert [s["table_name"] for s in steps] == [
+        "classify", "ext_in", "ext_unnat", "l3_neighbor", "l2_forward"
+    ], text  # fmt: skip
+    assert f"nw_dst {floating_ip(1)} -> {vm.ip}" in steps[2]["resumed"], text
+    assert f"router 1's floating IP for {vm.ip}" in report["request"]["summary"]
+
+
+def test_dovectl_shows_the_gateways_state_external_leg_and_routers(world: World) -> None:
+    gw = active(world)
+    standby = world.ext.standby()
+    routers = json.loads(dovectl(gw, "routers", "--json"))
+    assert routers["state"] == "active" and routers["external"]["port"] == f"{gw.name}-ext"
+    assert routers["next_hop"]["ip"] == INTERNET_IP and routers["next_hop"]["mac"]
+    assert routers["routers"]["1"]["snat"] == snat_address(1)
+    assert routers["routers"]["1"]["floating_ips"] == {floating_ip(1): "10.0.0.1"}
+    text = dovectl(standby, "status")
+    assert f"gateway {standby.name}: standby" in text and f"{standby.name}-ext" in text
+    assert snat_address(2) in text and f"{floating_ip(2)}->10.0.0.1" in text
 
 
 def test_inbound_to_an_external_address_without_a_floating_ip_is_dropped(world: World) -> None:

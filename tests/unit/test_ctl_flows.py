@@ -571,3 +571,199 @@ def test_every_cookie_purpose_has_a_meaning() -> None:
     from dove_ryu.ctl.flowstate import PURPOSE_MEANING
 
     assert set(PURPOSE_MEANING) == set(Purpose)
+
+
+# ------------------------------------------------- a NATed packet (tests/unit/data/gateway)
+
+GW_DATA = Path(__file__).parent / "data" / "gateway"
+GW_NODES = {"hv1": "10.99.0.1", "hv2": "10.99.0.2", "gw1": "10.99.0.201", "gw2": "10.99.0.202"}
+GW_PEERS = Peers(
+    tuple(Peer.parse(f"{ip}=/run/dove/{n}/admin.sock:/run/dove/{n}") for n, ip in GW_NODES.items())
+)
+
+
+class Gateways(Hosts):
+    """The captured gateway emulation (hv1, hv2, gw1 active, gw2) behind the same fakes."""
+
+    @staticmethod
+    def node(env: Mapping[str, str] | None) -> str:
+        return "hv2" if env is None else Path(env["OVS_RUNDIR"]).name
+
+    def run(self, argv: Sequence[str], env: Mapping[str, str] | None) -> str:
+        node = self.node(env)
+        if argv[0] == "ovs-ofctl":
+            kind = {"dump-flows": "flows", "dump-ports-desc": "ports"}[argv[3]]
+            return (GW_DATA / f"{node}-{kind}.txt").read_text()
+        assert list(argv[:3]) == ["ovs-appctl", "ofproto/trace", "br-dove"]
+        self.traced.append((node, argv[3]))
+        return (GW_DATA / f"trace-{self.traces[node]}.txt").read_text()
+
+    def ask(self, path: str, request: dict[str, Any]) -> dict[str, Any]:
+        node = Path(path).parent.name
+        loaded: dict[str, Any] = json.loads((GW_DATA / f"{node}-status.json").read_text())
+        return loaded
+
+
+def gw_view(node: str) -> AgentView:
+    return AgentView.from_status(json.loads((GW_DATA / f"{node}-status.json").read_text()))
+
+
+def next_hop_mac() -> str:
+    ext = gw_view("gw1").external
+    assert ext is not None and ext.next_hop_mac is not None
+    return ext.next_hop_mac
+
+
+def gw_follow(start: str, source: str, target: str, traces: dict[str, str]) -> dict[str, Any]:
+    hosts = Gateways(traces)
+    request = build_request(gw_view(start), source, target, None)
+    node = Node(sock(start), env={"OVS_RUNDIR": f"/run/dove/{start}"})
+    records = trace_path(node, request.spec, GW_PEERS, hosts.run, hosts.ask, follow=True)
+    return ctl_trace.trace_report(request, records)
+
+
+def test_a_trace_is_read_through_the_pass_conntrack_recirculates() -> None:
+    raw = parse_trace((GW_DATA / "trace-gw-floating-in.txt").read_text())
+    assert [r.table for r in raw.rules] == [0, 24, 26, 32, 40]
+    assert [r.resumed is not None for r in raw.rules] == [False, False, True, False, False]
+    (resume,) = raw.resumes
+    assert (resume.recirc_id, resume.ct_state) == ("0x2", "trk|new")
+    assert resume.nat_changes() == [("nw_dst", "203.0.113.101", "10.0.0.1")]
+    assert "nw_dst=10.0.0.1" in raw.leaving_flow and "nw_ttl=63" in raw.leaving_flow
+    # The trace's echo of ct's nat() is not an action of its own.
+    hop = explain(raw, HopInput(gw_view("gw1"), {1: "vxlan0", 2: "gw1-ext"}, 1, Packet({}), ""))
+    assert hop.steps[1].actions == "ct(commit,table=26,zone=1,nat(dst=10.0.0.1))"
+
+
+def test_a_vm_to_the_internet_is_followed_out_of_the_gateways_external_port() -> None:
+    report = gw_follow(
+        "hv2", "t1vm2-p", "203.0.113.254", {"hv2": "hv2-to-internet", "gw1": "gw-snat-out"}
+    )
+    assert [h["node"] for h in report["hops"]] == ["hv2", "gw1"]
+    (verdict,) = report["verdict"]
+    assert (verdict["node"], verdict["kind"], verdict["port"]) == ("gw1", "external", "gw1-ext")
+    assert verdict["nat"] == "source NAT 10.0.1.2 -> 203.0.113.11 (conntrack zone 1)"
+    assert verdict["next_hop"] == f"203.0.113.254 at {next_hop_mac()}"
+    says = [s["says"] for s in report["hops"][1]["steps"]]
+    assert says == [
+        "tunnelled from member 10.99.0.2, VNI 5101: accepted as instance 5101, from the overlay",
+        "203.0.113.254 is off router 1's subnets: the default route out (TTL 64 - 1), to snat",
+        "from 10.0.1.2, out through router 1: conntrack zone 1 (router 1), source NATed to "
+        "203.0.113.11, to ext_out",
+        "out of gw1-ext into the external network, to the next hop 203.0.113.254 "
+        f"({next_hop_mac()})",
+    ]
+    first_hop = report["hops"][0]["steps"][-1]["says"]
+    assert first_hop == (
+        "203.0.113.254 is off router 1's subnets: through the tunnel to the active gateway "
+        "10.99.0.201, unchanged (the gateway routes it)"
+    )
+
+
+def test_a_vm_with_a_floating_ip_goes_out_from_it() -> None:
+    raw = parse_trace((GW_DATA / "trace-gw-floating-out.txt").read_text())
+    spec = "in_port=vxlan0,tun_id=5001,tun_src=10.99.0.1,icmp,nw_src=10.0.0.1,nw_ttl=64"
+    hop = explain(
+        raw,
+        HopInput(
+            gw_view("gw1"),
+            {1: "vxlan0", 2: "gw1-ext"},
+            1,
+            Packet.from_spec(spec, {1: "vxlan0"}),
+            spec,
+        ),
+    )
+    assert hop.steps[2].says == (
+        "from 10.0.0.1, which has router 1's floating IP: conntrack zone 1 (router 1), source "
+        "NATed to 203.0.113.101, to ext_out"
+    )
+    assert [(o.kind, o.port, o.nat) for o in hop.outcomes] == [
+        ("external", "gw1-ext", "source NAT 10.0.0.1 -> 203.0.113.101 (conntrack zone 1)")
+    ]
+
+
+def test_from_the_external_port_to_a_floating_ip_is_followed_to_the_vm() -> None:
+    report = gw_follow(
+        "gw1", "gw1-ext", "203.0.113.101", {"gw1": "gw-floating-in", "hv1": "hv1-from-gateway"}
+    )
+    assert report["request"]["summary"] == (
+        "from the external network (203.0.113.254) into gw1-ext to 203.0.113.101 (router 1's "
+        "floating IP for 10.0.0.1)"
+    )
+    assert [(v["node"], v["kind"], v.get("port")) for v in report["verdict"]] == [
+        ("hv1", "delivered", "t1vm1-p")
+    ]
+    steps = report["hops"][0]["steps"]
+    assert [s["table_name"] for s in steps] == [
+        "classify", "ext_in", "ext_unnat", "l3_neighbor", "l2_forward"
+    ]  # fmt: skip
+    assert [s["says"] for s in steps[:4]] == [
+        "from the external network, on gw1-ext: to ext_in",
+        "to router 1's floating IP 203.0.113.101: conntrack zone 1 (router 1), destination NATed "
+        "to 10.0.0.1, then on to ext_unnat once conntrack has it",
+        "from outside, a floating IP's packet for 10.0.0.1 (after NAT): routed into router 1's "
+        "instance 5001 (TTL - 1, from 0a:d0:00:00:13:89), to l3_neighbor",
+        "10.0.0.1 in instance 5001 is at 02:00:00:00:00:01",
+    ]
+    assert steps[2]["resumed"] == (
+        "conntrack in zone 1 hands the packet back (recirculation 0x2) as ct_state=trk|new, "
+        "NAT applied: nw_dst 203.0.113.101 -> 10.0.0.1"
+    )
+    # The VM's host gets the packet as the gateway left it: un-NATed, routed, TTL 63.
+    hv1 = report["hops"][1]
+    assert hv1["flow"].startswith(
+        "in_port=vxlan0,tun_id=5001,tun_src=10.99.0.201,tun_dst=10.99.0.1,"
+    )
+    assert "dl_src=0a:d0:00:00:13:89,dl_dst=02:00:00:00:00:01" in hv1["flow"]
+    assert "nw_dst=10.0.0.1,nw_ttl=63" in hv1["flow"]
+    assert hv1["steps"][0]["says"].startswith("tunnelled from gateway 10.99.0.201, VNI 5001")
+
+
+@pytest.mark.parametrize(
+    ("case", "why"),
+    [
+        ("gw-snat-address-in", "from outside to 203.0.113.11: a new connection to a source-NAT "
+                               "address, or a packet of no connection: dropped (counted)"),
+        ("gw-no-floating-in", "from outside to 203.0.113.77: not a router's external address nor "
+                              "a floating IP here: dropped (counted)"),
+    ],
+)  # fmt: skip
+def test_from_outside_what_belongs_to_no_floating_ip_or_connection_is_dropped(
+    case: str, why: str
+) -> None:
+    raw = parse_trace((GW_DATA / f"trace-{case}.txt").read_text())
+    dst = "203.0.113.11" if "snat" in case else "203.0.113.77"
+    spec = f"in_port=gw1-ext,icmp,nw_src=203.0.113.254,nw_dst={dst}"
+    ports = {1: "vxlan0", 2: "gw1-ext"}
+    hop = explain(raw, HopInput(gw_view("gw1"), ports, 1, Packet.from_spec(spec, ports), spec))
+    assert [(o.kind, o.reason) for o in hop.outcomes] == [("dropped", why)]
+
+
+def test_on_a_gateway_a_trace_starts_only_from_its_external_port() -> None:
+    with pytest.raises(FlowsError, match="give its external port \\(gw1-ext\\)"):
+        build_request(gw_view("gw1"), "t1vm1-p", "203.0.113.101", None)
+    with pytest.raises(FlowsError, match="an external IPv4 address"):
+        build_request(gw_view("gw1"), "gw1-ext", "02:00:00:00:00:01", None)
+
+
+def test_dovectl_shows_a_gateways_state_external_leg_and_routers(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from dove_ryu.ctl import dovectl
+
+    def query(path: str, request: dict[str, Any]) -> dict[str, Any]:
+        loaded: dict[str, Any] = json.loads((GW_DATA / "gw1-status.json").read_text())
+        return loaded
+
+    monkeypatch.setattr(dovectl, "query", query)
+    assert dovectl.main(["--admin-socket", "x", "status"]) == 0
+    text = capsys.readouterr().out
+    mac = next_hop_mac()
+    assert text.splitlines()[0] == "gateway gw1 underlay 10.99.0.201 (active), switch connected"
+    assert "external port: gw1-ext (ofport 2, MAC " in text
+    assert f"next hop: 203.0.113.254 at {mac}" in text
+    assert "1       5001,5101  203.0.113.11  203.0.113.101->10.0.0.1" in text
+    assert dovectl.main(["--admin-socket", "x", "routers", "--json"]) == 0
+    routers = json.loads(capsys.readouterr().out)
+    assert routers["state"] == "active" and routers["external"]["port"] == "gw1-ext"
+    assert routers["routers"]["2"]["snat"] == "203.0.113.12"
