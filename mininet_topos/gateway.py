@@ -78,6 +78,15 @@ while True:
 """
 
 
+# Fixed MACs on the external network, so that a gateway's flows (its own MAC, the next
+# hop's) read the same in every run: flows/gateway-gw1.txt is compared with them.
+INTERNET_MAC = "02:ee:00:00:00:fe"
+
+
+def gateway_external_mac(k: int) -> str:
+    return f"02:ee:00:00:00:{k:02x}"
+
+
 def gateway_name(k: int) -> str:
     return f"gw{k}"
 
@@ -232,7 +241,7 @@ def add_gateways(
     underlay = net.get("ul1")
     ext = net.addSwitch(EXTERNAL_SWITCH, cls=UnderlayBridge)
     internet = net.addHost(INTERNET, ip=None)
-    net.addLink(internet, ext, intfName1=f"{INTERNET}-eth0")
+    net.addLink(internet, ext, intfName1=f"{INTERNET}-eth0", addr1=INTERNET_MAC)
     gateways: list[Hypervisor] = []
     for k in range(1, GATEWAY_COUNT + 1):
         name = gateway_name(k)
@@ -246,7 +255,7 @@ def add_gateways(
         )
         link = net.addLink(gw, underlay, intfName1=f"{name}-eth0")
         _enslave(underlay.name, _root_end(link, gw))
-        net.addLink(gw, ext, intfName1=f"{name}-ext")
+        net.addLink(gw, ext, intfName1=f"{name}-ext", addr1=gateway_external_mac(k))
         gateways.append(gw)
     ext.start([])
     peers = ", ".join(

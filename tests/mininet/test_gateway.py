@@ -10,6 +10,7 @@ test runs last: it stops the active gateway.
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import re
@@ -28,6 +29,11 @@ from dove_ryu.openflow.cookies import Purpose
 from mininet_topos.agents import ADMIN_SOCKET
 from mininet_topos.dove_agent import admin, connected_status
 from mininet_topos.dove_topo import DoveNet, VmRecord
+from mininet_topos.flows_reference import (
+    DEFAULT_OUT,
+    gateway_scenario,
+    settled_gateway_table,
+)
 from mininet_topos.gateway import (
     ECHO_PORT,
     INDEX_TEXT,
@@ -138,6 +144,23 @@ def active(world: World) -> Hypervisor:
 
 
 # --- tests ------------------------------------------------------------------------------
+
+
+def test_the_gateways_reference_table_is_what_the_live_gateway_holds(world: World) -> None:
+    """flows/gateway-gw1.txt (made by `scripts/regen-flows.sh --live`) is gw1's table
+    after its scenario: the module's first test, so nothing else has run before it."""
+    gateway_scenario(world.dnet, world.ext)
+    tables = settled_gateway_table(world.ext)
+    diffs: list[str] = []
+    for name, text in tables.items():
+        expected = (DEFAULT_OUT / name).read_text().splitlines(keepends=True)
+        diffs += difflib.unified_diff(
+            expected, text.splitlines(keepends=True), f"flows/{name}", f"now/{name}"
+        )
+    assert not diffs, (
+        "the gateway's flow table changed; if that is intended, run "
+        "`sudo scripts/regen-flows.sh --live --only gateway` and commit flows/:\n" + "".join(diffs)
+    )
 
 
 def test_vms_of_both_tenants_fetch_a_page_from_their_own_snat_address(world: World) -> None:
