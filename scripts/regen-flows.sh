@@ -3,7 +3,8 @@
 # flows/README.md): runs the fixed scenario on fake switches (tests.fakesites; no root,
 # a second) and rewrites the files. With --live, runs it in the two-site emulation on
 # live Open vSwitch instead (as root; mininet_topos.flows_reference), which must give
-# the same text. Other arguments (--out DIR) go to the generator.
+# the same text, and also writes the gateway's table (live only: --only sites|gateway).
+# Other arguments (--out DIR) go to the generator.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ "${1:-}" = "--live" ]; then
