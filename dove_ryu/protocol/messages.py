@@ -11,6 +11,7 @@ Message       Type  TLVs (besides SENDER, COUNTER, AUTH); instance in header
 Announce      1     INSTANCES, optionally PROXY or GATEWAY (no instance, I clear)
 LearnRequest  2     REQUEST_ID, exactly one of MAC / IPV4,
                     optionally REQUESTER_MAC, REQUESTER_SEQ, REQUESTER_IPV4 * n
+                    or (not both) ROUTED_REQUESTER
 LearnReply    3     REQUEST_ID, MAC, HOST, SEQ, IPV4 * n
 Unlearn       4     MAC, HOST, SEQ
 Endpoint      5     MAC, HOST, SEQ, IPV4 * n
@@ -20,7 +21,11 @@ Frame         6     FRAME_DATA: a piece of an overlay frame, F set in the header
 PROXY (non-critical) says the sender is a VAN proxy of a site, active or standby, with
 its priority.  Frame carries, between two proxies, an overlay frame too big for the
 inter-site path: the header's fragment ID, index and M flag (paper Fig. 3) put it back
-together on the far side.  GATEWAY (non-critical) says the sender is an external
+together on the far side.  ROUTED_REQUESTER (non-critical) is the requester of a
+routed miss, who lives in another subnet of the same router: its instance (3 bytes),
+MAC (6), SEQ (8) and IPv4 addresses (4 each) in one value, so that an agent that does
+not know it skips the requester whole and never takes it for one of the request's
+own instance.  GATEWAY (non-critical) says the sender is an external
 gateway (docs/routing.md), active or standby, with its priority: hosts send what their
 routers route off their subnets to the active one.
 
@@ -89,6 +94,8 @@ class TlvType(IntEnum):
     REQUESTER_SEQ = 0x0B
     PROXY = 0x0C
     GATEWAY = 0x0D
+    # Non-critical: a requester in another instance (a routed miss), all in one value.
+    ROUTED_REQUESTER = 0x0E
     FRAME_DATA = 0x8A
     AUTH = 0xFF
 
@@ -179,14 +186,19 @@ class Announce:
 
 @dataclass(frozen=True)
 class Requester:
-    """The local endpoint whose packet caused a LEARN request."""
+    """The local endpoint whose packet caused a LEARN request; ``instance`` is set
+    when it lives in another instance than the request's (a routed miss: another
+    subnet of the same router), None when it is the request's own."""
 
     mac: str
     ips: tuple[IPv4Address, ...] = ()
     seq: int = 1
+    instance: int | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "mac", normalize_mac(self.mac))
+        if self.instance is not None:
+            check_instance(self.instance)
         _check_range("seq", self.seq, 0, SEQ_LIMIT)
         _check_ips(self.ips)
 
@@ -210,6 +222,8 @@ class LearnRequest:
             object.__setattr__(self, "mac", normalize_mac(self.mac))
         if self.ip is not None:
             _check_ip("ip", self.ip)
+        if self.requester is not None and self.requester.instance == self.instance:
+            raise ValueError("a requester of the request's own instance names no instance")
 
 
 @dataclass(frozen=True)
@@ -351,8 +365,12 @@ def _body(message: Message) -> tuple[MsgType, int | None, list[Tlv]]:
             tlvs.append(Tlv(TlvType.MAC, _mac_bytes(message.mac)))
         if message.ip is not None:
             tlvs.append(Tlv(TlvType.IPV4, message.ip.packed))
-        if message.requester is not None:
-            who = message.requester
+        who = message.requester
+        if who is not None and who.instance is not None:
+            value = who.instance.to_bytes(3, "big") + _mac_bytes(who.mac) + _u64(who.seq)
+            value += b"".join(ip.packed for ip in who.ips)
+            tlvs.append(Tlv(TlvType.ROUTED_REQUESTER, value))
+        elif who is not None:
             tlvs.append(Tlv(TlvType.REQUESTER_MAC, _mac_bytes(who.mac)))
             tlvs.append(Tlv(TlvType.REQUESTER_SEQ, _u64(who.seq)))
             tlvs.extend(Tlv(TlvType.REQUESTER_IPV4, ip.packed) for ip in who.ips)
@@ -416,6 +434,7 @@ _ALLOWED: dict[MsgType, frozenset[int]] = {
             TlvType.REQUESTER_MAC,
             TlvType.REQUESTER_IPV4,
             TlvType.REQUESTER_SEQ,
+            TlvType.ROUTED_REQUESTER,
         }
     ),
     MsgType.LEARN_REPLY: frozenset(
@@ -530,9 +549,36 @@ def _learn_request(header: DoveHeader, f: _Fields) -> LearnRequest:
             )
         except ValueError as e:
             raise MalformedMessage("bad_tlv_value", f"requester: {e}") from None
+    if f.has(TlvType.ROUTED_REQUESTER):
+        if requester is not None:
+            raise MalformedMessage("bad_tlv_value", "both REQUESTER_MAC and ROUTED_REQUESTER")
+        requester = _routed_requester(f.raw(TlvType.ROUTED_REQUESTER), instance)
     if has_mac:
         return LearnRequest(instance, request_id, mac=f.mac(), requester=requester)
     return LearnRequest(instance, request_id, ip=ips[0], requester=requester)
+
+
+_ROUTED_REQUESTER_FIXED = 3 + 6 + 8  # instance, MAC, SEQ; then IPv4 * n
+
+
+def _routed_requester(raw: bytes, instance: int) -> Requester:
+    """ROUTED_REQUESTER's value: a requester of another instance than ``instance``."""
+    if len(raw) < _ROUTED_REQUESTER_FIXED or (len(raw) - _ROUTED_REQUESTER_FIXED) % 4:
+        raise MalformedMessage("bad_tlv_value", f"ROUTED_REQUESTER length {len(raw)}")
+    at = _ROUTED_REQUESTER_FIXED
+    ips = tuple(IPv4Address(raw[i : i + 4]) for i in range(at, len(raw), 4))
+    try:
+        who = Requester(
+            mac=":".join(f"{b:02x}" for b in raw[3:9]),
+            ips=ips,
+            seq=int.from_bytes(raw[9:17], "big"),
+            instance=int.from_bytes(raw[0:3], "big"),
+        )
+    except ValueError as e:
+        raise MalformedMessage("bad_tlv_value", f"ROUTED_REQUESTER: {e}") from None
+    if who.instance == instance:
+        raise MalformedMessage("bad_tlv_value", "ROUTED_REQUESTER names the request's instance")
+    return who
 
 
 def _learn_reply(header: DoveHeader, f: _Fields) -> LearnReply:

@@ -492,3 +492,76 @@ def test_learn_request_carries_the_requester_for_gleaning() -> None:
     frame = encode(msg, sender=IPv4Address("10.99.0.1"), counter=1, key=KEY)
     assert decode(frame, key=KEY).message == msg
     assert decode(frame, key=KEY).message.requester.mac == "02:00:00:00:00:0a"
+
+
+ROUTED_WHO = Requester("02:00:00:00:00:0a", (IPv4Address("10.0.0.1"),), 7, instance=5101)
+
+
+def test_a_routed_requester_round_trips_with_its_own_instance_in_one_tlv() -> None:
+    msg = LearnRequest(5001, 3, ip=IPv4Address("10.0.1.2"), requester=ROUTED_WHO)
+    frame = encode(msg, sender=IPv4Address("10.99.0.1"), counter=1, key=KEY)
+    assert decode(frame, key=KEY).message == msg
+    _, tlvs, _ = unpack_frame(frame)
+    types = [t.type for t in tlvs]
+    # Not in the same-instance TLVs: an agent without ROUTED_REQUESTER skips it whole
+    # instead of taking the requester for one of the request's instance.
+    assert TlvType.ROUTED_REQUESTER in types and TlvType.REQUESTER_MAC not in types
+    (value,) = [t.value for t in tlvs if t.type == TlvType.ROUTED_REQUESTER]
+    assert value == bytes.fromhex("0013ed 02000000000a 0000000000000007 0a000001")
+    no_ips = LearnRequest(
+        5001, 4, mac="02:00:00:00:00:0b", requester=Requester("02:00:00:00:00:0c", (), 1, 5101)
+    )
+    assert decode(encode(no_ips, sender=SENDER, counter=2, key=KEY), key=KEY).message == no_ips
+
+
+def test_a_requester_of_the_request_s_own_instance_names_no_instance() -> None:
+    with pytest.raises(ValueError):
+        LearnRequest(5101, 3, ip=IPv4Address("10.0.1.2"), requester=ROUTED_WHO)
+
+
+def _routed_request(*extra: Tlv) -> bytes:
+    header = DoveHeader(
+        flags=FLAG_INSTANCE | FLAG_EXTENSIONS, msg_type=MsgType.LEARN_REQUEST, instance_id=5001
+    )
+    tlvs = [
+        *_common_tlvs(),
+        Tlv(TlvType.REQUEST_ID, bytes(4)),
+        Tlv(TlvType.IPV4, IPv4Address("10.0.1.2").packed),
+    ]
+    return _signed(header, [*tlvs, *extra])
+
+
+_WHO_VALUE = bytes.fromhex("0013ed 02000000000a 0000000000000007")
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        b"",
+        _WHO_VALUE[:-1],  # short
+        _WHO_VALUE + b"\x0a\x00",  # a partial address
+        bytes(3) + _WHO_VALUE[3:],  # instance 0
+        bytes.fromhex("001389") + _WHO_VALUE[3:],  # the request's own instance
+        _WHO_VALUE[:3] + bytes.fromhex("01005e000001") + _WHO_VALUE[9:],  # multicast MAC
+        _WHO_VALUE + bytes.fromhex("0a000001 0a000001"),  # an address twice
+    ],
+)
+def test_a_malformed_routed_requester_is_rejected(value: bytes) -> None:
+    with pytest.raises(MalformedMessage) as exc:
+        decode(_routed_request(Tlv(TlvType.ROUTED_REQUESTER, value)), key=KEY)
+    assert exc.value.reason == "bad_tlv_value"
+
+
+def test_a_routed_requester_with_a_plain_one_is_rejected() -> None:
+    frame = _routed_request(
+        Tlv(TlvType.REQUESTER_MAC, bytes.fromhex("02000000000c")),
+        Tlv(TlvType.REQUESTER_SEQ, bytes(8)),
+        Tlv(TlvType.ROUTED_REQUESTER, _WHO_VALUE),
+    )
+    with pytest.raises(MalformedMessage) as exc:
+        decode(frame, key=KEY)
+    assert exc.value.reason == "bad_tlv_value"
+    good = decode(_routed_request(Tlv(TlvType.ROUTED_REQUESTER, _WHO_VALUE)), key=KEY).message
+    assert isinstance(good, LearnRequest) and good.requester == Requester(
+        "02:00:00:00:00:0a", (), 7, 5101
+    )
