@@ -275,25 +275,38 @@ class HostCore:
         """Learn who asked, as we answer: the reply traffic then needs no LEARN of its own.
 
         Only requests we answer are gleaned, so a VM spraying random targets elsewhere
-        costs this host nothing."""
+        costs this host nothing.  A routed miss's requester lives in its own instance:
+        it is gleaned there only if that is another subnet of the request's router here
+        (its neighbor flow then routes the reply without a packet-in)."""
         who = msg.requester
-        if who is None or (msg.instance, who.mac) in self.p.ports:
+        if who is None:
             return []
-        if not self.p.members.serves(msg.instance, sender):
+        instance = msg.instance if who.instance is None else who.instance
+        if (instance, who.mac) in self.p.ports:
+            return []
+        if who.instance is not None and who.instance not in self.p.routers.siblings(msg.instance):
+            self.p.stats.drop(
+                "glean_not_routed", now, f"from {sender} instance {who.instance} for {msg.instance}"
+            )
+            return []
+        if not self.p.members.serves(instance, sender):
             # A location is taken only from a host serving the instance, the same
             # rule classify applies to tunnelled packets.
-            self.p.stats.drop("glean_nonmember", now, f"from {sender} instance {msg.instance}")
+            self.p.stats.drop("glean_nonmember", now, f"from {sender} instance {instance}")
             return []
-        return self.p.learned.glean(now, sender, msg.instance, who)
+        return self.p.learned.glean(now, sender, instance, who)
 
     def _on_learn_reply(self, now: float, sender: IPv4Address, msg: LearnReply) -> CoreOutput:
         member = self.p.members.serves(msg.instance, sender)
         pending = self.p.resolver.take_reply(now, sender, msg, member)
         if pending is None:
             return CoreOutput()
-        if pending.requester is not None and (msg.instance, pending.requester.mac) in self.p.ports:
-            # The host that answered learned our VM from the request (see _glean).
-            self.p.mobility.note_learner((msg.instance, pending.requester.mac), sender)
+        who = pending.requester
+        if who is not None:
+            key = (msg.instance if who.instance is None else who.instance, who.mac)
+            if key in self.p.ports:
+                # The host that answered learned our VM from the request (see _glean).
+                self.p.mobility.note_learner(key, sender)
         ep = Endpoint(msg.instance, msg.mac, msg.ips, msg.host, msg.seq)
         return self._resolved(now, pending, ep, sender)
 

@@ -18,7 +18,7 @@ from dove_ryu.agent.mobility import SEQ_MAX
 from dove_ryu.agent.parts import HostParts
 from dove_ryu.agent.resolver import Target
 from dove_ryu.agent.routed_misses import RoutedMisses
-from dove_ryu.model import Endpoint, VmPort, is_multicast
+from dove_ryu.model import Endpoint, is_multicast
 from dove_ryu.openflow import flows
 from dove_ryu.openflow.cookies import Purpose
 from dove_ryu.openflow.ofmsg import (
@@ -79,7 +79,9 @@ class HostMisses:
             self.p.stats.drop("packet_in_unexpected", now, f"tag {decoded.tag}")
             return CoreOutput()
         if known is None:
-            return self._resolve(now, source, target, in_port, data)
+            seq = self.p.ports.seq(instance, source.mac)
+            requester = Requester(source.mac, source.ips, seq)
+            return self._resolve(now, instance, target, in_port, data, requester)
         # Learned but this flow is missing (a race with an idle timeout): put back
         # just the flow that missed, then the packet.
         self.p.stats.count("packet_in_known")
@@ -113,30 +115,30 @@ class HostMisses:
         """A routed packet into ``instance`` whose destination has no neighbor flow: it
         is resolved in that instance as an ARP miss is, and delivered when known."""
         self.p.stats.count("route_misses")
-        target = self.routed.miss_target(now, instance, in_port, data)
-        if target is None:
+        asked = self.routed.miss_target(now, instance, in_port, data)
+        if asked is None:
             return CoreOutput()
+        target, requester = asked
         known = self.p.learned.get_by_ip(instance, target)
         if known is not None:  # learned, but its flows are not all there: put them back
             self.p.stats.count("packet_in_known")
             ep = known.endpoint
             msgs = [*self.p.tunnel_flows.install(ep), *self.release(target, [(in_port, data)], ep)]
             return CoreOutput(ofmsgs=msgs)
-        return self._resolve(now, None, target, in_port, data, instance=instance)
+        return self._resolve(now, instance, target, in_port, data, requester)
 
     def _resolve(
         self,
         now: float,
-        source: VmPort | None,
+        instance: int,
         target: Target,
         in_port: int,
         data: bytes,
-        instance: int = 0,
+        requester: Requester,
     ) -> CoreOutput:
-        """Resolve ``target`` in the instance of ``source`` (a local VM's miss), or in
-        ``instance`` for a routed packet (``source`` None: the LEARN names no requester,
-        who lives in another instance and must not be gleaned into this one)."""
-        instance = source.instance if source is not None else instance
+        """Resolve ``target`` in ``instance`` for ``requester``, the local VM whose
+        packet missed (for a routed packet, in its own instance: another subnet of
+        the router)."""
         if isinstance(target, str) and is_multicast(target):  # flooded, never resolved
             self.p.stats.drop("packet_in_unexpected", now, f"multicast {target}")
             return CoreOutput()
@@ -153,10 +155,6 @@ class HostMisses:
             return CoreOutput(ofmsgs=msgs + self.release(target, [(in_port, data)], found))
         if not self.p.resolver.may_ask(now, instance, target):
             return CoreOutput()
-        requester = None
-        if source is not None:
-            seq = self.p.ports.seq(instance, source.mac)
-            requester = Requester(source.mac, source.ips, seq)
         pending = self.p.resolver.start(now, instance, target, [(in_port, data)], requester)
         # To every host serving the instance; if none does yet (this VM, or its peers,
         # just came up) the LEARN waits and goes to the first member that announces.

@@ -162,6 +162,8 @@ class ProxyRelay:
         if not self.p.resolver.may_ask(now, instance, target, toward_wan):
             return CoreOutput()
         requester = request.requester if request else None
+        if requester is not None and requester.instance is not None:
+            requester = None  # routed: not passed on (see on_learn_request)
         holding = [(0, held)] if held is not None else []
         pending = self.p.resolver.start(now, instance, target, holding, requester, toward_wan)
         if waiter:
@@ -193,7 +195,9 @@ class ProxyRelay:
                 "learn_request_nonmember", now, f"from {sender} instance {msg.instance}"
             )
             return CoreOutput()
-        who = msg.requester
+        # A routed miss's requester (another instance) is not ours to glean or pass
+        # on: a proxy skips it, as an agent without ROUTED_REQUESTER does.
+        who = msg.requester if msg.requester and msg.requester.instance is None else None
         out = CoreOutput()
         if who is not None:
             out.ofmsgs += self.p.learned.glean(now, sender, msg.instance, who)

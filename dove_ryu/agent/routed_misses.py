@@ -2,7 +2,9 @@
 
 - A routed packet whose destination has no neighbor flow yet (l3_neighbor's
   per-instance miss): `HostMisses` resolves the address in the destination instance
-  as it resolves an ARP miss; this file checks the miss and, once the answer comes,
+  as it resolves an ARP miss, naming the VM that sent it in its own instance (the
+  answering host gleans it there, so the reply needs no LEARN of its own; `HostCore`
+  ``_glean``); this file checks the miss and, once the answer comes,
   delivers the held packet itself (it was routed already: its source MAC is a gateway
   MAC, so it cannot go through the pipeline again from the VM's port).
 - A packet whose TTL would expire: dropped, counted, and answered with ICMP time
@@ -15,7 +17,7 @@ from ipaddress import IPv4Address
 
 from dove_ryu.agent.parts import HostParts
 from dove_ryu.agent.resolver import Held
-from dove_ryu.model import ROUTER_MAC_PREFIX, Endpoint
+from dove_ryu.model import ROUTER_MAC_PREFIX, Endpoint, VmPort
 from dove_ryu.openflow import flows
 from dove_ryu.openflow.ofmsg import (
     OFPP_CONTROLLER,
@@ -27,6 +29,7 @@ from dove_ryu.openflow.ofmsg import (
     SetField,
 )
 from dove_ryu.openflow.packet import ipv4_dst, mac_bytes, mac_str, time_exceeded
+from dove_ryu.protocol.messages import Requester
 
 _ROUTER_MAC = mac_bytes(ROUTER_MAC_PREFIX + ":00:00:00")[:3]
 
@@ -35,20 +38,22 @@ class RoutedMisses:
     def __init__(self, p: HostParts) -> None:
         self.p = p
 
-    def _from_router_vm(self, instance: int, in_port: int) -> bool:
-        """Whether ``in_port`` is a VM here on the router of ``instance``."""
+    def _router_vm(self, instance: int, in_port: int) -> VmPort | None:
+        """The VM here at ``in_port``, if it is on the router of ``instance``."""
         router = self.p.routers.router_of(instance)
         if router is None:
-            return False
-        return any(
-            port.ofport == in_port for i in router.instances for port in self.p.ports.of_instance(i)
-        )
+            return None
+        ports = (port for i in router.instances for port in self.p.ports.of_instance(i))
+        return next((port for port in ports if port.ofport == in_port), None)
 
     def miss_target(
         self, now: float, instance: int, in_port: int, data: bytes
-    ) -> IPv4Address | None:
-        """The address a routed miss into ``instance`` asks for, or None (dropped)."""
-        if not self._from_router_vm(instance, in_port):
+    ) -> tuple[IPv4Address, Requester] | None:
+        """The address a routed miss into ``instance`` asks for, and who asks (the VM
+        that sent it, in its own instance: the answering host gleans it there), or
+        None (dropped)."""
+        source = self._router_vm(instance, in_port)
+        if source is None:
             self.p.stats.drop("packet_in_foreign", now, f"routed miss from in_port {in_port}")
             return None
         target = ipv4_dst(data)
@@ -58,7 +63,8 @@ class RoutedMisses:
         if self.p.routers.is_gateway_address(instance, target):
             self.p.stats.drop("route_to_gateway", now, f"instance {instance} {target}")
             return None
-        return target
+        seq = self.p.ports.seq(source.instance, source.mac)
+        return target, Requester(source.mac, source.ips, seq, source.instance)
 
     def release(self, held: list[Held], ep: Endpoint) -> tuple[list[OfMsg], list[Held]]:
         """The held packets that were routed already, sent straight to ``ep`` (its MAC

@@ -4,6 +4,7 @@ routed packet goes, with which MACs and TTL, what reaches the agent and what not
 from __future__ import annotations
 
 import struct
+import time
 from ipaddress import IPv4Address, IPv4Interface
 from typing import Any
 
@@ -12,8 +13,20 @@ import pytest
 from dove_ryu.model import Router, Subnet, router_mac
 from dove_ryu.openflow.cookies import Purpose
 from dove_ryu.openflow.packet import ARP_REPLY, ETH_TYPE_IPV4
-from dove_ryu.protocol.messages import LearnRequest
-from tests.unit.test_core import TUN, Net, Seen, arp_request, ip, purpose_is, vm
+from dove_ryu.protocol.auth import compute_mac
+from dove_ryu.protocol.header import FLAG_EXTENSIONS, FLAG_INSTANCE, DoveHeader, Tlv, pack_frame
+from dove_ryu.protocol.messages import LearnRequest, MsgType, Requester, TlvType
+from tests.unit.test_core import (
+    KEY,
+    TUN,
+    Net,
+    Seen,
+    arp_request,
+    ip,
+    purpose_is,
+    signed_frame,
+    vm,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -98,9 +111,15 @@ def test_a_routed_packet_leaves_on_the_tunnel_in_the_destination_instance_first_
 ) -> None:
     ping = ipv4("10.0.0.1", "10.0.1.2", MAC_A, router_mac(T1_NET0))
     first = net.send(1, 1, ping) + net.deliver()
-    # The LEARN for the destination names no requester (a's instance is not b's).
+    # The LEARN for the destination names a as its requester, in a's own instance.
     (learn, *_) = [s for s in net.learn_requests(1) if isinstance(s.message, LearnRequest)]
-    assert learn.message.instance == T1_NET1 and learn.message.requester is None
+    assert learn.message.instance == T1_NET1
+    who = learn.message.requester
+    assert who is not None and (who.mac, who.ips, who.instance) == (
+        MAC_A,
+        (IPv4Address("10.0.0.1"),),
+        T1_NET0,
+    )
     at_b = [s for s in first if s.host == 2 and s.port == 1]
     assert len(at_b) == 1, first  # held, then released: the first packet is not lost
     pkt = at_b[0].delivery.pkt
@@ -192,3 +211,73 @@ def test_a_gateway_and_the_routers_other_members_are_accepted_from_the_tunnel(ne
     assert (T1_NET1, str(ip(1))) in accepted
     assert (T1_NET1, str(gateway)) in accepted and (T2_NET0, str(gateway)) in accepted
     assert (T2_NET0, str(ip(1))) not in accepted
+
+
+def test_a_first_routed_ping_costs_one_learn_and_the_reply_no_packet_in(net: Net) -> None:
+    """b's host answers the LEARN for b and gleans a (the requester) into a's subnet,
+    with its neighbor flow: b's reply is routed back without asking anyone."""
+    net.send(1, 1, ipv4("10.0.0.1", "10.0.1.2", MAC_A, router_mac(T1_NET0)))
+    net.deliver()
+    learned = net.hosts[2].core.p.learned.get(T1_NET0, MAC_A)
+    assert learned is not None and learned.endpoint.host == ip(1)
+    assert net.hosts[2].core.counters["learned_from_request"] == 1
+    assert any(
+        f.match.get("ipv4_dst") == "10.0.0.1"
+        for f in net.hosts[2].switch.flows()
+        if purpose_is(Purpose.NEIGHBOR, T1_NET0)(f)
+    )
+    before = len(net.packet_ins)
+    back = net.send(2, 1, ipv4("10.0.1.2", "10.0.0.1", MAC_B, router_mac(T1_NET1))) + net.deliver()
+    at_a = [s for s in back if s.host == 1 and s.port == 1]
+    assert len(at_a) == 1 and at_a[0].delivery.pkt["eth_src"] == router_mac(T1_NET0)
+    assert len(net.packet_ins) == before  # none on b's host (nor on a's)
+    sent = [h.core.counters.get("learn_requests_sent", 0) for h in net.hosts.values()]
+    assert sum(sent) == 1, sent
+    # a's host knows b's host learned a from the request (it is told if a moves).
+    assert ip(2) in net.hosts[1].core.p.mobility.learners_of((T1_NET0, MAC_A))
+
+
+@pytest.mark.parametrize(
+    ("sender", "instance", "why"),
+    [
+        (1, T2_NET0, "drop_glean_not_routed"),  # another tenant's router (host 2 routes it)
+        (1, 7777, "drop_glean_not_routed"),  # no router's subnet at all
+        (3, T1_NET0, "drop_glean_nonmember"),  # a sibling, but host 3 does not serve it
+    ],
+)
+def test_a_routed_requester_is_gleaned_only_into_a_sibling_from_its_member(
+    net: Net, sender: int, instance: int, why: str
+) -> None:
+    core = net.hosts[2].core
+    who = Requester("02:00:00:00:00:99", (IPv4Address("10.0.0.9"),), 1, instance)
+    forged = LearnRequest(T1_NET1, 77, ip=IPv4Address("10.0.1.2"), requester=who)
+    out = core.control_message(
+        net.now, signed_frame(forged, ip(sender), receiver=ip(2)), ip(sender)
+    )
+    assert len(out.datagrams) == 1  # b is answered for all the same
+    assert core.counters[why] == 1
+    assert core.p.learned.get(instance, who.mac) is None
+    assert core.p.learned.get(T1_NET1, who.mac) is None
+    assert core.counters.get("learned_from_request", 0) == 0
+
+
+def test_a_malformed_routed_requester_is_a_counted_drop(net: Net) -> None:
+    core = net.hosts[2].core
+    header = DoveHeader(
+        flags=FLAG_INSTANCE | FLAG_EXTENSIONS, msg_type=MsgType.LEARN_REQUEST, instance_id=T1_NET1
+    )
+    tlvs = [
+        Tlv(TlvType.SENDER, ip(1).packed),
+        Tlv(TlvType.COUNTER, struct.pack("!Q", time.time_ns() // 1000)),
+        Tlv(TlvType.RECEIVER, ip(2).packed),
+        Tlv(TlvType.REQUEST_ID, bytes(4)),
+        Tlv(TlvType.IPV4, IPv4Address("10.0.1.2").packed),
+        Tlv(TlvType.ROUTED_REQUESTER, bytes.fromhex("0013ed 02000000000a 00")),  # short
+        Tlv(TlvType.AUTH, bytes(16)),
+    ]
+    frame = pack_frame(header, tlvs)
+    frame = frame[:-16] + compute_mac(KEY, frame[:-19])
+    before = core.counters.get("drop_control_bad_tlv_value", 0)
+    out = core.control_message(net.now, frame, ip(1))
+    assert out.datagrams == [] and out.ofmsgs == []
+    assert core.counters["drop_control_bad_tlv_value"] == before + 1
