@@ -134,8 +134,13 @@ class HostCore:
         for mark, why in rejected:
             self.p.stats.log.warning("%s: router mark %s rejected: %s", self.p.name, mark, why)
         self.p.stats.counters["router_rejected"] = len(rejected)
+        active = self.p.routers.active_gateway
         self.p.routers.set_routers(routers, gateways, rejected)
-        self.p.routers.set_active_gateway(self._first_known_gateway())
+        if active is None or active not in self.p.routers.gateways:
+            # Only until a gateway says it is active: a change of the marks must not
+            # send traffic back to a gateway the election left (it may be dead).
+            active = self._first_known_gateway()
+        self.p.routers.set_active_gateway(active)
         self.p.stats.count("routers_changed")
         self.p.stats.log.info(
             "%s: routers %s, gateways %s",
@@ -248,7 +253,15 @@ class HostCore:
         if sender not in self.p.routers.gateways:
             self.p.stats.drop("gateway_not_declared", now, f"from {sender}")
             return CoreOutput()
-        out = self.set_active_gateway(now, sender) if role.active else CoreOutput()
+        if role.active:
+            out = self.set_active_gateway(now, sender)
+        elif sender == self.p.routers.active_gateway:
+            # The one we send to stepped down: the other declared gateway took over (or
+            # will say so; until then nothing goes to one that no longer answers ARP).
+            others = [g for g in self.p.routers.gateways if g != sender]
+            out = self.set_active_gateway(now, others[0] if others else None)
+        else:
+            out = CoreOutput()
         if sender not in self.gateways_heard:
             self.gateways_heard.add(sender)
             out.datagrams += self._announce(now, only=[sender])

@@ -165,7 +165,10 @@ class Routers:
     def endpoint_gone(self, ep: Endpoint) -> list[OfMsg]:
         if ep.instance not in self._routed:
             return []
-        return list(routing_flows.delete_neighbor_flows(ep.instance, ep.ips))
+        # An address a local port now has keeps the local port's neighbor flow (same
+        # match): a remote endpoint that held it before must not take it away.
+        deletes = routing_flows.delete_neighbor_flows(ep.instance, ep.ips)
+        return [d for d in deletes if _key(d) not in self._installed]
 
     def _wanted(self) -> list[FlowMod]:
         tunnel = self.link.tunnel

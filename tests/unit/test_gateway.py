@@ -351,3 +351,26 @@ def test_a_restarted_active_gateway_takes_its_place_back_before_its_standby_miss
     assert g.core.active  # the standby's hello: we are preferred, so we claim at once
     said = [(d, m.gateway) for d, m in g.sent if isinstance(m, msgs.Announce)]
     assert (str(GW2), msgs.GatewayRole(True, 200)) in said
+
+
+def test_hosts_keep_the_elected_gateway_over_mark_changes_and_leave_one_that_steps_down() -> None:
+    from tests.unit.test_core import Net, ip, vm
+
+    net = Net({1: [vm("vm2", 3, 5001, VM_MAC[(5001, VM2)], VM2)]})
+    host = net.hosts[1]
+    net.apply(host, host.core.routers_changed(net.now, [router(1)], [GW1, GW2]))
+
+    def hear(sender: IPv4Address, active: bool) -> None:
+        said = frame(
+            msgs.Announce(frozenset(), gateway=msgs.GatewayRole(active, 100)), sender, ip(1)
+        )
+        net.apply(host, host.core.control_message(net.now, said, sender))
+
+    hear(GW2, True)  # GW1 failed; GW2 took over
+    assert host.core.p.routers.active_gateway == GW2
+    # An operator adds a floating IP: the marks change, the elected gateway stays.
+    changed = Router(1, router(1).subnets, router(1).snat, router(1).floating_ips[:0])
+    net.apply(host, host.core.routers_changed(net.now, [changed], [GW1, GW2]))
+    assert host.core.p.routers.active_gateway == GW2
+    hear(GW2, False)  # GW2 steps down (a partition healed): the other one, not GW2
+    assert host.core.p.routers.active_gateway == GW1
