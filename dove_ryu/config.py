@@ -409,6 +409,13 @@ def _check_role(kwargs: dict[str, object]) -> None:
             if name in kwargs:
                 raise ConfigError(f"[dove] {name}: only a proxy (role = proxy) has one")
         if role == "gateway":
+            if kwargs.get("discovery") == "directory":
+                # Not built yet: the gateway would register and learn no member, and drop
+                # everything; say so rather than start it.
+                raise ConfigError(
+                    "[dove] discovery: a gateway finds hosts by static peers only "
+                    "(discovery = directory is not supported with role = gateway yet)"
+                )
             _check_gateway(kwargs)
         return
     for name in ("site", "wan_ip"):

@@ -34,6 +34,17 @@ def normalize_mac(text: object, *, multicast: bool = False) -> str:
     return mac
 
 
+def endpoint_mac(text: object) -> str:
+    """``text`` as a VM's MAC (`normalize_mac`), never one of the routers' gateway MACs
+    (`ROUTER_MAC_PREFIX`): a VM marked with one, or an endpoint announced with one, could
+    send as its subnet's router.  The check for every MAC that names an endpoint: port
+    marks, directory rows, LEARN answers, ENDPOINT and requesters."""
+    mac = normalize_mac(text)
+    if mac.startswith(ROUTER_MAC_PREFIX + ":"):
+        raise ValueError(f"{text!r} is in the routers' range {ROUTER_MAC_PREFIX}, not a VM's")
+    return mac
+
+
 def is_multicast(mac: str) -> bool:
     """A group address (multicast or broadcast): the I/G bit of a normalised MAC."""
     return bool(int(mac[:2], 16) & 1)

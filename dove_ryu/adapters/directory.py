@@ -48,7 +48,7 @@ from dove_ryu.agent.directory import (
     proxy_claim,
 )
 from dove_ryu.config import DoveConfig
-from dove_ryu.model import check_instance, normalize_mac
+from dove_ryu.model import check_instance, endpoint_mac
 from dove_ryu.protocol.messages import ProxyRole
 
 LOG = logging.getLogger("dove_ryu.adapters.directory")
@@ -89,7 +89,7 @@ def liveness_rows(idl: Any) -> list[LivenessRow]:
 def endpoint_row(row: Any) -> EndpointRow:
     return EndpointRow(
         instance=check_instance(int(row.instance)),
-        mac=normalize_mac(row.mac),
+        mac=endpoint_mac(row.mac),
         ips=tuple(IPv4Address(i) for i in sorted(row.ips)),
         host=row.host,
         seq=int(row.seq),

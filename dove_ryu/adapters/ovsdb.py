@@ -29,6 +29,7 @@ from dove_ryu.model import (
     Subnet,
     VmPort,
     check_instance,
+    endpoint_mac,
     normalize_mac,
 )
 from dove_ryu.openflow.pipeline import TABLES
@@ -41,7 +42,9 @@ EXT_IPS = "dove-ips"
 # Router marks on the integration bridge (docs/routing.md, "Declaring routers").
 EXT_ROUTER = "dove-router-"
 EXT_GATEWAYS = "dove-gateways"
-_ROUTER_KEY = re.compile(r"dove-router-(\d+)(-snat|-fips)?")
+# An id as it is written: no leading zero, at most 4 digits (a longer one is refused
+# before int() sees it: Python refuses to convert more than 4,300 digits).
+_ROUTER_KEY = re.compile(r"dove-router-([1-9][0-9]{0,3})(-snat|-fips)?", re.ASCII)
 VXLAN_UDP_PORT = 4789
 CONTROLLER_MAX_BACKOFF_MS = 1000
 
@@ -146,7 +149,7 @@ def parse_vm_port(name: str, ofport: int, external_ids: dict[str, str]) -> VmPor
     if EXT_MAC not in external_ids:
         raise ValueError(f"{EXT_MAC}: missing")
     try:
-        mac = normalize_mac(external_ids[EXT_MAC])
+        mac = endpoint_mac(external_ids[EXT_MAC])
     except ValueError as e:
         raise ValueError(f"{EXT_MAC}: {e}") from None
     written = [ip.strip() for ip in external_ids.get(EXT_IPS, "").split(",") if ip.strip()]
@@ -204,8 +207,12 @@ def _floating_ips(text: str, subnets: tuple[Subnet, ...]) -> tuple[FloatingIp, .
             fip = FloatingIp(IPv4Address(external.strip()), IPv4Address(inside.strip()))
         except ValueError as e:
             raise ValueError(f"{item!r}: {e}") from None
-        if not any(fip.inside in s.network for s in subnets):
+        subnet = next((s for s in subnets if fip.inside in s.network), None)
+        if subnet is None:
             raise ValueError(f"{item!r}: {fip.inside} is in none of the router's subnets")
+        net = subnet.network
+        if fip.inside in (subnet.gateway.ip, net.network_address, net.broadcast_address):
+            raise ValueError(f"{item!r}: {fip.inside} is the subnet's gateway or not a host")
         fips.append(fip)
     if len({f.external for f in fips}) != len(fips) or len({f.inside for f in fips}) != len(fips):
         raise ValueError("a floating or inside address is mapped twice")
@@ -247,7 +254,9 @@ def parse_routers(
             continue
         found = _ROUTER_KEY.fullmatch(key)
         if found is None:
-            rejected.append((key, "not dove-router-<id>[-snat|-fips]"))
+            rejected.append(
+                (key, f"not dove-router-<id>[-snat|-fips], or the id is not in 1..{MAX_ROUTER}")
+            )
             continue
         router_id = int(found.group(1))
         if not 1 <= router_id <= MAX_ROUTER:

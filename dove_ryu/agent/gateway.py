@@ -172,9 +172,14 @@ class GatewayCore:
             self.p.stats.count("packet_in_malformed")
             return []
         if frame.arp is not None:
-            return self.p.external.answered(frame)
+            ignored = self.p.external.unsolicited
+            msgs = self.p.external.answered(frame)
+            if self.p.external.unsolicited > ignored:
+                self.p.stats.drop("external_arp_unsolicited", now, f"from {frame.arp.spa}")
+            return msgs
         dst = ipv4_dst(data)
         if dst is None:
+            self.p.stats.drop("external_not_ipv4", now)
             return []
         self.p.stats.count("external_next_hop_miss")
         return self.p.external.missed(now, dst)
@@ -231,6 +236,11 @@ class GatewayCore:
             self.p.stats.drop("gateway_proxy_announce", now, f"from {sender}")
             return CoreOutput()
         if msg.gateway is not None:
+            if sender not in self.gateways:
+                # Only a gateway the dove-gateways mark names takes part in the election:
+                # any other peer saying "active" would make the active one step down.
+                self.p.stats.drop("gateway_undeclared", now, f"from {sender}")
+                return CoreOutput()
             new = self.p.election.heard(now, sender, msg.gateway)
             self._claim_early(now)
             out = self._elect(now)

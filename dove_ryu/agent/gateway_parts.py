@@ -20,10 +20,11 @@ from dove_ryu.openflow import flows
 from dove_ryu.openflow import gateway_flows as gw
 from dove_ryu.openflow.gateway_flows import ExternalSide
 from dove_ryu.openflow.ofmsg import OfMsg
-from dove_ryu.openflow.packet import ARP_REPLY, ARP_REQUEST, ETH_TYPE_ARP, Frame
+from dove_ryu.openflow.packet import ARP_REPLY, ETH_TYPE_ARP, Frame
 
 ARP_RETRY = 1.0  # seconds before an unanswered ARP request is asked again
 NEXT_HOP_REFRESH = 30.0  # seconds between ARP requests for a known next hop
+MAX_EXTERNAL_NEIGHBORS = 4096  # MACs kept of hosts on the external subnet
 
 
 class GatewayEndpointFlows:
@@ -110,6 +111,8 @@ class ExternalNet:
         self.side: ExternalSide | None = None
         self.macs: dict[IPv4Address, str] = {}
         self.asked: dict[IPv4Address, float] = {}
+        self.unsolicited = 0  # ARP replies not asked for (or a full table): ignored
+        self.refreshed = float("-inf")  # when the known next hop was last asked again
 
     def port(self, ofport: int | None, mac: str | None) -> bool:
         """The external port as OVSDB shows it; True if that changed."""
@@ -146,13 +149,19 @@ class ExternalNet:
         return self.ask(now, dst if dst in self.network else self.nexthop)
 
     def answered(self, frame: Frame) -> list[OfMsg]:
-        """An ARP reply (or a request) to our address: the sender's MAC, if on our subnet."""
+        """An ARP reply to our address: the sender's MAC, if on our subnet and asked for.
+        An unsolicited reply (or a request) changes nothing: anyone on the external
+        segment could send one to take the next hop's place or fill the table."""
         arp, side = frame.arp, self.side
         if arp is None or side is None or frame.eth_type != ETH_TYPE_ARP:
             return []
-        if arp.op not in (ARP_REPLY, ARP_REQUEST) or arp.spa not in self.network:
+        if arp.op != ARP_REPLY or arp.spa not in self.network or arp.spa not in self.asked:
+            self.unsolicited += 1
             return []
         if arp.spa == self.ip or self.macs.get(arp.spa) == arp.sha:
+            return []
+        if arp.spa not in self.macs and len(self.macs) >= MAX_EXTERNAL_NEIGHBORS:
+            self.unsolicited += 1
             return []
         self.macs[arp.spa] = arp.sha
         self.asked.pop(arp.spa, None)
@@ -165,8 +174,8 @@ class ExternalNet:
         """The next hop's MAC, asked for until known and refreshed now and then."""
         if self.nexthop not in self.macs:
             return self.ask(now, self.nexthop)
-        if self.asked.get(self.nexthop, -NEXT_HOP_REFRESH) <= now - NEXT_HOP_REFRESH:
-            self.asked[self.nexthop] = now
+        if self.refreshed <= now - NEXT_HOP_REFRESH:
+            self.refreshed = self.asked[self.nexthop] = now
             side = self.side
             return [gw.arp_request(side, self.nexthop)] if side is not None else []
         return []

@@ -156,16 +156,20 @@ def delete_neighbor_flows(instance: int, ips: Iterable[IPv4Address]) -> list[Flo
 
 
 def gateway_spoof_flows(subnet: Subnet, ofport: int) -> list[FlowMod]:
-    """A VM of the subnet claiming its gateway address in ARP is dropped (a port with
-    addresses is held to them already; this covers a port without)."""
+    """A VM of the subnet claiming its gateway address, in ARP or as an IPv4 source (an
+    ICMP redirect "from the router"), is dropped (a port with addresses is held to them
+    already; this covers a port without)."""
+    cookie = Cookie(Purpose.DROP_SPOOF, subnet.instance, ofport)
+    gateway = str(subnet.gateway.ip)
     return [
         PORT_SECURITY.flow(
             priority=PRIO_SPOOF_GATEWAY,
-            match={
-                "in_port": ofport,
-                "eth_type": ETH_TYPE_ARP,
-                "arp_spa": str(subnet.gateway.ip),
-            },
-            cookie=Cookie(Purpose.DROP_SPOOF, subnet.instance, ofport),
-        )
+            match={"in_port": ofport, "eth_type": ETH_TYPE_ARP, "arp_spa": gateway},
+            cookie=cookie,
+        ),
+        PORT_SECURITY.flow(
+            priority=PRIO_SPOOF_GATEWAY,
+            match={"in_port": ofport, "eth_type": ETH_TYPE_IPV4, "ipv4_src": gateway},
+            cookie=cookie,
+        ),
     ]

@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 from ipaddress import IPv4Address
 
-from dove_ryu.model import check_instance, normalize_mac
+from dove_ryu.model import check_instance, endpoint_mac, normalize_mac
 from dove_ryu.protocol.auth import MAC_LEN, AuthError, compute_mac, verify_mac
 from dove_ryu.protocol.header import (
     FLAG_EXTENSIONS,
@@ -196,7 +196,7 @@ class Requester:
     instance: int | None = None
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "mac", normalize_mac(self.mac))
+        object.__setattr__(self, "mac", endpoint_mac(self.mac))
         if self.instance is not None:
             check_instance(self.instance)
         _check_range("seq", self.seq, 0, SEQ_LIMIT)
@@ -240,7 +240,7 @@ class LearnReply:
     def __post_init__(self) -> None:
         check_instance(self.instance)
         _check_range("request_id", self.request_id, 0, 0xFFFFFFFF)
-        object.__setattr__(self, "mac", normalize_mac(self.mac))
+        object.__setattr__(self, "mac", endpoint_mac(self.mac))
         _check_ips(self.ips)
         _check_ip("host", self.host)
         _check_range("seq", self.seq, 0, SEQ_LIMIT)
@@ -275,7 +275,7 @@ class EndpointHere:
 
     def __post_init__(self) -> None:
         check_instance(self.instance)
-        object.__setattr__(self, "mac", normalize_mac(self.mac))
+        object.__setattr__(self, "mac", endpoint_mac(self.mac))
         _check_ip("host", self.host)
         _check_range("seq", self.seq, 0, SEQ_LIMIT)
         _check_ips(self.ips)

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from dove_ryu.agent.gateway import GatewayCore
-from dove_ryu.config import from_mapping
+from dove_ryu.config import ConfigError, from_mapping
 from dove_ryu.model import FloatingIp, Router, Subnet, router_mac
 from dove_ryu.openflow import cookies
 from dove_ryu.openflow.cookies import Purpose
@@ -374,3 +374,47 @@ def test_hosts_keep_the_elected_gateway_over_mark_changes_and_leave_one_that_ste
     assert host.core.p.routers.active_gateway == GW2
     hear(GW2, False)  # GW2 steps down (a partition healed): the other one, not GW2
     assert host.core.p.routers.active_gateway == GW1
+
+
+# --- what the external network and other peers may not do (review of issue 12) ---------
+
+
+def test_an_unsolicited_arp_reply_cannot_take_the_next_hops_place() -> None:
+    g = started()
+    impostor = "02:ee:00:00:00:66"
+    for spa in (NEXT_HOP, "203.0.113.77"):  # the next hop's address, and one never asked
+        forged = {
+            "eth_src": impostor, "eth_dst": EXT_MAC, "eth_type": ETH_TYPE_ARP,
+            "arp_op": ARP_REPLY, "arp_sha": impostor, "arp_spa": spa,
+            "arp_tha": EXT_MAC, "arp_tpa": "203.0.113.2",
+        }  # fmt: skip
+        g.send(EXT_PORT, forged)
+    assert g.core.counters.get("drop_external_arp_unsolicited") == 2
+    assert g.core.p.external.macs == {IPv4Address(NEXT_HOP): NEXT_HOP_MAC}
+    out = out_of(g, 1)
+    assert [d.pkt["eth_dst"] for d in out if d.port == EXT_PORT] == [NEXT_HOP_MAC]
+
+
+def test_only_a_declared_gateway_takes_part_in_the_election() -> None:
+    g = started()
+    # H1 is an authenticated peer, but the dove-gateways mark does not name it.
+    g.hear(msgs.Announce(frozenset(), gateway=msgs.GatewayRole(True, 255)), H1)
+    g.later(1.0)
+    assert g.core.active
+    assert g.core.counters.get("drop_gateway_undeclared") == 1
+    assert H1 not in g.core.p.election.partners
+
+
+def test_a_gateway_refuses_directory_discovery_it_cannot_use() -> None:
+    with pytest.raises(ConfigError, match=r"\[dove\] discovery: a gateway"):
+        from_mapping(
+            {
+                "underlay_ip": str(GW1),
+                "auth_key": KEY_HEX,
+                "role": "gateway",
+                "discovery": "directory",
+                "directory": "ssl:10.99.0.241:6641",
+                "external_port": "gw-ext",
+                "external_ip": "203.0.113.2",
+            }
+        )

@@ -107,3 +107,36 @@ def test_gateways_in_order_of_preference() -> None:
     assert parse_gateways("") == ()
     with pytest.raises(ValueError, match="dove-gateways"):
         parse_gateways("10.99.0.1,bad")
+
+
+def test_a_huge_router_id_is_a_rejected_mark_not_an_error() -> None:
+    """int() refuses more than 4,300 digits: such a key must be refused like any bad one,
+    or every OVSDB update (ports too) would fail while it exists."""
+    key = "dove-router-" + "9" * 5000
+    routers, rejected = parse_routers(
+        {key: "5001=10.0.1.1/24", "dove-router-7": "5002=10.0.2.1/24"}
+    )
+    assert [r.router_id for r in routers] == [7]
+    assert [k for k, _ in rejected] == [key]
+
+
+@pytest.mark.parametrize("inside", ["10.0.1.1", "10.0.1.0", "10.0.1.255"])
+def test_a_floating_ip_for_the_gateway_or_a_non_host_address_is_refused(inside: str) -> None:
+    marks = {"dove-router-7": "5001=10.0.1.1/24", "dove-router-7-fips": f"203.0.113.5={inside}"}
+    routers, rejected = parse_routers(marks)
+    assert not routers and "not a host" in rejected[0][1]
+
+
+def test_a_vm_port_or_an_endpoint_in_the_routers_mac_range_is_refused() -> None:
+    from dove_ryu.adapters.ovsdb import parse_vm_port
+    from dove_ryu.protocol import messages as msgs
+
+    gateway_mac = "0a:d0:00:00:13:89"
+    with pytest.raises(ValueError, match="routers' range"):
+        parse_vm_port("tap0", 5, {"dove-instance": "5001", "attached-mac": gateway_mac})
+    with pytest.raises(ValueError, match="routers' range"):
+        msgs.LearnReply(5001, 1, gateway_mac, (), IPv4Address("10.99.0.2"), 1)
+    with pytest.raises(ValueError, match="routers' range"):
+        msgs.EndpointHere(5001, gateway_mac, (), IPv4Address("10.99.0.2"), 1)
+    # A LEARN may still ask for it (a VM sending to another router's MAC is no error).
+    assert msgs.LearnRequest(5001, 1, mac=gateway_mac).mac == gateway_mac
