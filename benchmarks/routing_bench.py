@@ -38,7 +38,7 @@ PING_SENT = re.compile(r"(\d+) packets transmitted, (\d+) received")
 STREAM_INTERVAL = 0.005  # seconds between echo requests of the failover stream
 RECOVERY_TIMEOUT = 15.0  # seconds a failover may take before the sample says "never"
 PATH_SYSTEMS = ("dove", "ovn")
-# The emulation's gateways hello every 1.5 s (an agent restart must not fail over);
+# The emulation's gateways hello every 2.0 s (an agent restart must not fail over);
 # "dove-hello-0.2" runs them at the agent's default, 0.2 s.
 GATEWAY_SYSTEMS = ("dove", "ovn", "dove-hello-0.2")
 # OVN's router on the external network (dove's routers use 203.0.113.(10 + tenant)).
