@@ -135,7 +135,7 @@ def delete_all_ours() -> list[FlowMod | GroupMod]:
     ]
 
 
-def _arp_responder(mac: str, ip: IPv4Address) -> tuple[Action, ...]:
+def arp_responder(mac: str, ip: IPv4Address) -> tuple[Action, ...]:
     """Turn an ARP request for ``ip`` into the reply from ``mac``, back out the port."""
     return (
         Move("eth_src", "eth_dst", 48),
@@ -214,7 +214,7 @@ def local_port_flows(port: VmPort) -> list[FlowMod]:
                 priority=PRIO_EXACT,
                 match=_arp_request(port.instance, ip),
                 cookie=arp_cookie,
-                actions=_arp_responder(port.mac, ip),
+                actions=arp_responder(port.mac, ip),
             )
         )
         # A VM asking for its own address (gratuitous ARP, duplicate address
@@ -383,7 +383,7 @@ def learned_arp_flows(ep: Endpoint, ips: Iterable[IPv4Address] | None = None) ->
             priority=PRIO_EXACT,
             match=_arp_request(ep.instance, ip),
             cookie=Cookie(Purpose.ARP_LEARNED, ep.instance, cookies.mac_tag(ep.mac)),
-            actions=_arp_responder(ep.mac, ip),
+            actions=arp_responder(ep.mac, ip),
         )
         for ip in (ep.ips if ips is None else ips)
     ]

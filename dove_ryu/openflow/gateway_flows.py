@@ -25,19 +25,17 @@ from ipaddress import IPv4Address, IPv4Network
 from dove_ryu.model import Endpoint, Router
 from dove_ryu.openflow import cookies
 from dove_ryu.openflow.cookies import Cookie, Purpose
-from dove_ryu.openflow.flows import tunnel_actions
+from dove_ryu.openflow.flows import arp_responder, tunnel_actions
 from dove_ryu.openflow.ofmsg import (
     CT_EST,
     CT_REL,
     CT_TRK,
     OFPP_CONTROLLER,
-    OFPP_IN_PORT,
     Action,
     Ct,
     DecTtl,
     FlowMod,
     MatchValue,
-    Move,
     Nat,
     Output,
     PacketOut,
@@ -96,20 +94,6 @@ def _low24(ip: IPv4Address) -> int:
     return int(ip) & cookies.TAG_MASK
 
 
-def _arp_responder(mac: str, ip: IPv4Address) -> tuple[Action, ...]:
-    """An ARP request for ``ip`` turned into the reply from ``mac``, back out its port."""
-    return (
-        Move("eth_src", "eth_dst", 48),
-        SetField("eth_src", mac),
-        SetField("arp_op", ARP_REPLY),
-        Move("arp_sha", "arp_tha", 48),
-        Move("arp_spa", "arp_tpa", 32),
-        SetField("arp_sha", mac),
-        SetField("arp_spa", str(ip)),
-        Output(OFPP_IN_PORT),
-    )
-
-
 def _arp_for(ext: ExternalSide, ip: IPv4Address) -> dict[str, MatchValue]:
     return {"in_port": ext.ofport, "eth_type": ETH_TYPE_ARP, "arp_op": ARP_REQUEST,
             "arp_tpa": str(ip)}  # fmt: skip
@@ -137,7 +121,7 @@ def gateway_defaults(tunnel_ofport: int, ext: ExternalSide) -> list[FlowMod]:
             priority=PRIO_EXACT,
             match=_arp_for(ext, ext.ip),
             cookie=own,
-            actions=_arp_responder(ext.mac, ext.ip),
+            actions=arp_responder(ext.mac, ext.ip),
         ),
         EXT_IN.flow(
             priority=PRIO_EXACT,
@@ -315,7 +299,7 @@ def arp_answer_flows(router: Router, ext: ExternalSide) -> list[FlowMod]:
             priority=PRIO_EXACT,
             match=_arp_for(ext, ip),
             cookie=Cookie(Purpose.EXTERNAL, 0, _r(router)),
-            actions=_arp_responder(ext.mac, ip),
+            actions=arp_responder(ext.mac, ip),
         )
         for ip in external_addresses(router)
     ]

@@ -23,8 +23,8 @@ from dove_ryu.openflow.flows import (
     PRIO_TUNNEL_DEFAULT,
     TAG_ROUTE_MISS,
     _arp_request,
-    _arp_responder,
     _local_md,
+    arp_responder,
     tunnel_actions,
 )
 from dove_ryu.openflow.ofmsg import OFPP_CONTROLLER, DecTtl, FlowMod, MatchValue, Output, SetField
@@ -59,7 +59,7 @@ def router_port_flows(router: Router, subnet: Subnet) -> list[FlowMod]:
             priority=PRIO_EXACT,
             match=_arp_request(subnet.instance, ip),
             cookie=cookie,
-            actions=_arp_responder(subnet.mac, ip),
+            actions=arp_responder(subnet.mac, ip),
         ),
         ARP_ND.flow(
             priority=PRIO_EXACT,
