@@ -158,13 +158,13 @@ class ExternalNet:
         if arp.op != ARP_REPLY or arp.spa not in self.network or arp.spa not in self.asked:
             self.unsolicited += 1
             return []
+        del self.asked[arp.spa]  # answered: the next reply must be asked for again
         if arp.spa == self.ip or self.macs.get(arp.spa) == arp.sha:
             return []
         if arp.spa not in self.macs and len(self.macs) >= MAX_EXTERNAL_NEIGHBORS:
             self.unsolicited += 1
             return []
         self.macs[arp.spa] = arp.sha
-        self.asked.pop(arp.spa, None)
         msgs: list[OfMsg] = [gw.next_hop_flow(side, arp.sha, arp.spa)]
         if arp.spa == self.nexthop:
             msgs.append(gw.next_hop_flow(side, arp.sha))
