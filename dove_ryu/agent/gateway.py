@@ -236,9 +236,11 @@ class GatewayCore:
             self.p.stats.drop("gateway_proxy_announce", now, f"from {sender}")
             return CoreOutput()
         if msg.gateway is not None:
-            if sender not in self.gateways:
+            if self.gateways and sender not in self.gateways:
                 # Only a gateway the dove-gateways mark names takes part in the election:
                 # any other peer saying "active" would make the active one step down.
+                # (Before the marks are read, at start, a partner's hello is taken: a
+                # restarted gateway must hear its partner at once to take its place back.)
                 self.p.stats.drop("gateway_undeclared", now, f"from {sender}")
                 return CoreOutput()
             new = self.p.election.heard(now, sender, msg.gateway)
