@@ -62,7 +62,9 @@ _counter = [int(time.time() * 1e6)]
 
 
 def frame(message: msgs.Message, sender: IPv4Address, receiver: IPv4Address = GW1) -> bytes:
-    _counter[0] += 1
+    # A counter is a microsecond timestamp, checked against the receiver's clock: taken
+    # now, not when the module was imported (a long suite runs Mininet tiers first).
+    _counter[0] = max(_counter[0] + 1, int(time.time() * 1e6))
     return msgs.encode(message, sender=sender, counter=_counter[0], key=KEY, receiver=receiver)
 
 
