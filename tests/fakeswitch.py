@@ -197,6 +197,12 @@ class Conntrack:
     def __len__(self) -> int:
         return len({id(c) for c, _ in self.by_tuple.values()})
 
+    def zones(self) -> set[int]:
+        return {zone for zone, _ in self.by_tuple}
+
+    def flush(self, zone: int) -> None:
+        self.by_tuple = {k: v for k, v in self.by_tuple.items() if k[0] != zone}
+
     def run(self, ct: of.Ct, pkt: Mapping[str, Any]) -> tuple[int, dict[str, Any]]:
         """The packet through ct: its ct_state and the header rewrites its NAT makes."""
         t = _tuple(pkt)
@@ -324,6 +330,8 @@ class FakeSwitch:
             elif isinstance(msg, of.PacketOut):
                 state = _entry(pkt_from_bytes(msg.data), msg.in_port)
                 self._actions(msg.actions, state, out, cookie=None, packet_out=True)
+            elif isinstance(msg, of.CtFlushZone):
+                self.conntrack.flush(msg.zone)
             elif not isinstance(msg, of.Barrier):
                 raise TypeError(f"fake switch cannot apply {msg!r}")
         return out

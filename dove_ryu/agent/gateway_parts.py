@@ -19,7 +19,7 @@ from dove_ryu.model import Endpoint, Router
 from dove_ryu.openflow import flows
 from dove_ryu.openflow import gateway_flows as gw
 from dove_ryu.openflow.gateway_flows import ExternalSide
-from dove_ryu.openflow.ofmsg import OfMsg
+from dove_ryu.openflow.ofmsg import CtFlushZone, OfMsg
 from dove_ryu.openflow.packet import ARP_REPLY, ETH_TYPE_ARP, Frame
 
 ARP_RETRY = 1.0  # seconds before an unanswered ARP request is asked again
@@ -71,6 +71,8 @@ class GatewayRouters:
         for rid, old in self.routers.items():
             if new.get(rid) != old and ext is not None:
                 msgs += gw.delete_router(old, ext)
+            if _lost_an_address(old, new.get(rid)):
+                msgs.append(CtFlushZone(rid))
         for rid, router in new.items():
             if self.routers.get(rid) != router and ext is not None:
                 msgs += self.flows_of(router, ext, active)
@@ -96,6 +98,17 @@ class GatewayRouters:
             else:
                 msgs += gw.delete_arp_answers(router, ext)
         return msgs
+
+
+def _lost_an_address(old: Router, new: Router | None) -> bool:
+    """Whether a router gave up an external address (its SNAT address or a floating IP):
+    the connections of its conntrack zone must go, or replies to that address, once it
+    is another router's, would still be un-NATed into this router's instances."""
+    if new is None:
+        return True
+    if old.snat is not None and old.snat != new.snat:
+        return True
+    return bool(set(old.floating_ips) - set(new.floating_ips))
 
 
 class ExternalNet:

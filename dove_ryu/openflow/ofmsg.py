@@ -189,7 +189,16 @@ class Barrier:
     pass
 
 
-OfMsg = FlowMod | GroupMod | PacketOut | Barrier
+@dataclass(frozen=True)
+class CtFlushZone:
+    """Forget every connection of conntrack zone ``zone`` (Open vSwitch's
+    NXT_CT_FLUSH_ZONE).  A gateway sends it when a router loses an external address: its
+    connections must not carry on under an address that may now be another tenant's."""
+
+    zone: int
+
+
+OfMsg = FlowMod | GroupMod | PacketOut | Barrier | CtFlushZone
 
 
 @dataclass
@@ -226,6 +235,8 @@ def _rank(msg: OfMsg) -> float:
         return 1 if msg.command is GroupCommand.DELETE else 2
     if isinstance(msg, PacketOut):
         return 5 if msg.after_flows else 3.5
+    if isinstance(msg, CtFlushZone):
+        return 0.5  # after the old flows are gone, before the new ones commit anything
     return 4
 
 

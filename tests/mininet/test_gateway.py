@@ -36,6 +36,7 @@ from mininet_topos.flows_reference import (
 )
 from mininet_topos.gateway import (
     ECHO_PORT,
+    FLOATING_VM_IP,
     INDEX_TEXT,
     INTERNET_IP,
     External,
@@ -320,6 +321,35 @@ def test_nat_and_the_active_gateway_show_in_prometheus(world: World) -> None:
     vm = world.dnet.vm("t1vm2")  # no floating IP: source NAT
     assert fetch(vm.host, f"http://{INTERNET_IP}/") == INDEX_TEXT
     wait_until(lambda: nat("out") > out_before and nat("in") > in_before, 15.0, "NAT counted", 0.5)
+
+
+def _set_mark(world: World, key: str, value: str | None) -> None:
+    """Write (or, with None, remove) a bridge mark on every hypervisor and gateway."""
+    for node in [*world.dnet.hypervisors, *world.ext.gateways]:
+        node.vsctl("br-set-external-id", "br-dove", key, *([value] if value else []))
+
+
+def _zone_connections(gw: Hypervisor, zone: int) -> int:
+    out = gw.appctl("dpctl/dump-conntrack", f"zone={zone}")
+    return len([line for line in out.splitlines() if line.strip()])
+
+
+def test_a_floating_ip_taken_away_takes_its_connections_with_it(world: World) -> None:
+    """The operator removes tenant 2's floating IP (it might be given to tenant 1 next):
+    the gateway flushes router 2's conntrack zone, so no reply to that address is
+    un-NATed into tenant 2 any more, and the address no longer reaches the VM."""
+    gw, fip = active(world), floating_ip(2)
+    key = "dove-router-2-fips"
+    assert ping(world.ext.internet, fip, count=2) == 2
+    assert _zone_connections(gw, 2) > 0
+    _set_mark(world, key, None)
+    try:
+        wait_until(lambda: _zone_connections(gw, 2) == 0, 10.0, "router 2's zone flushed")
+        assert ping(world.ext.internet, fip, count=2) == 0
+        assert not [k for k in admin(gw, "counters") if "error" in k]
+    finally:
+        _set_mark(world, key, f"{fip}={FLOATING_VM_IP}")
+    wait_until(lambda: ping(world.ext.internet, fip, count=1) == 1, 20.0, "the floating IP back")
 
 
 def test_a_tcp_connection_through_snat_survives_a_restart_of_the_active_agent(

@@ -17,7 +17,7 @@ from dove_ryu.config import ConfigError, from_mapping
 from dove_ryu.model import FloatingIp, Router, Subnet, router_mac
 from dove_ryu.openflow import cookies
 from dove_ryu.openflow.cookies import Purpose
-from dove_ryu.openflow.ofmsg import CoreOutput, PacketIn
+from dove_ryu.openflow.ofmsg import CoreOutput, CtFlushZone, PacketIn
 from dove_ryu.openflow.packet import ARP_REPLY, ETH_TYPE_ARP, parse
 from dove_ryu.protocol import messages as msgs
 from dove_ryu.protocol.auth import MAC_LEN, compute_mac
@@ -420,3 +420,21 @@ def test_a_gateway_refuses_directory_discovery_it_cannot_use() -> None:
                 "external_ip": "203.0.113.2",
             }
         )
+
+
+def test_a_router_that_loses_an_external_address_forgets_its_connections() -> None:
+    """A floating IP taken from tenant 1's router (it may be tenant 2's next): the
+    connections of router 1's zone go, so no reply to that address is un-NATed into
+    tenant 1 any more; tenant 2's connections stay."""
+    g = started()
+    out_of(g, 1, vm=VM)  # through the floating IP, zone 1
+    out_of(g, 2)  # through router 2's SNAT, zone 2
+    assert g.switch.conntrack.zones() == {1, 2}
+    without_fip = Router(1, router(1).subnets, router(1).snat)
+    out = g.core.routers_changed(g.now, [without_fip, router(2)], [GW1, GW2])
+    assert [m for m in out.ofmsgs if isinstance(m, CtFlushZone)] == [CtFlushZone(1)]
+    g.do(out)
+    assert g.switch.conntrack.zones() == {2}
+    # A change that takes no address away (the same routers again) flushes nothing.
+    again = g.core.routers_changed(g.now, [without_fip, router(2)], [GW1, GW2])
+    assert not [m for m in again.ofmsgs if isinstance(m, CtFlushZone)]

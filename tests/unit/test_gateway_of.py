@@ -125,3 +125,10 @@ def test_ovs_reads_every_gateway_flow_without_complaint(tmp_path: Path) -> None:
         assert "OFPT_FLOW_MOD" in text and "error" not in text.lower(), text
         for name, value in fm.match.items():
             assert not (name == "nw_ttl" and isinstance(value, tuple)), "nw_ttl takes no mask"
+
+
+def test_a_conntrack_zone_flush_is_the_message_ovs_reads_as_ct_flush_zone(tmp_path: Path) -> None:
+    from dove_ryu.openflow.ofmsg import CtFlushZone
+
+    text = ovs_reads(tmp_path, CtFlushZone(7))  # type: ignore[arg-type]
+    assert "NXT_CT_FLUSH_ZONE" in text and "zone_id=7" in text, text
