@@ -6,7 +6,8 @@ os-ken, OVSDB and the control socket and sends what comes back.
 
 It is made of the parts `dove_ryu.agent.parts.HostParts` lists; `HostMisses` takes
 the packet-in path, `Arrivals` VMs coming and going, `HostMembers` what a member
-joining or leaving changes, and `DirectorySync` the directory's rows (directory mode).
+joining or leaving changes, `DirectorySync` the directory's rows (directory mode), and
+`HostRouting` the router marks and which gateway is active (docs/routing.md).
 This file adds the host's side of the protocol (paper IV-C): answering LEARNs for its
 VMs, taking answers and announcements, following VMs that moved.
 """
@@ -21,6 +22,7 @@ from dove_ryu.agent.directory import DirectoryView, EndpointRow
 from dove_ryu.agent.host_directory import DirectorySync
 from dove_ryu.agent.host_members import HostMembers
 from dove_ryu.agent.host_misses import HostMisses
+from dove_ryu.agent.host_routing import HostRouting
 from dove_ryu.agent.membership import ANNOUNCE_MAX_INSTANCES
 from dove_ryu.agent.parts import host_parts
 from dove_ryu.agent.resolver import Pending, Target
@@ -55,7 +57,7 @@ class HostCore:
         self.members = HostMembers(self.p)
         self.sync = DirectorySync(self.p, self.members)
         self.next_announce = now
-        self.gateways_heard: set[IPv4Address] = set()  # gateways that announced themselves
+        self.routing = HostRouting(self.p)
 
     @property
     def counters(self) -> dict[str, int]:
@@ -128,46 +130,11 @@ class HostCore:
         gateways: list[IPv4Address],
         rejected: list[tuple[str, str]] | None = None,
     ) -> CoreOutput:
-        """The router marks of the bridge (docs/routing.md): route between the
-        subnets of the routers this host serves, accept their members' tunnels."""
-        rejected = rejected or []
-        for mark, why in rejected:
-            self.p.stats.log.warning("%s: router mark %s rejected: %s", self.p.name, mark, why)
-        self.p.stats.counters["router_rejected"] = len(rejected)
-        active = self.p.routers.active_gateway
-        self.p.routers.set_routers(routers, gateways, rejected)
-        if active is None or active not in self.p.routers.gateways:
-            # Only until a gateway says it is active: a change of the marks must not
-            # send traffic back to a gateway the election left (it may be dead).
-            active = self._first_known_gateway()
-        self.p.routers.set_active_gateway(active)
-        self.p.stats.count("routers_changed")
-        self.p.stats.log.info(
-            "%s: routers %s, gateways %s",
-            self.p.name,
-            ",".join(str(r.router_id) for r in routers) or "none",
-            ",".join(map(str, gateways)) or "none",
-        )
-        out = CoreOutput(ofmsgs=self._routing_refresh())
+        """The router marks of the bridge (docs/routing.md; `HostRouting`)."""
+        out = CoreOutput(ofmsgs=self.routing.routers_changed(routers, gateways, rejected or []))
         if self.p.published is not None:  # the subnets routed into take what is pushed
             out.ofmsgs += self.sync.push(now)
         return out
-
-    def set_active_gateway(self, now: float, gateway: IPv4Address | None) -> CoreOutput:
-        """Where default-routed traffic goes: the gateways' election result."""
-        if not self.p.routers.set_active_gateway(gateway):
-            return CoreOutput()
-        return CoreOutput(ofmsgs=self._routing_refresh())
-
-    def _first_known_gateway(self) -> IPv4Address | None:
-        """Until the gateways announce who is active: the first of dove-gateways that
-        is one of our peers."""
-        peers = set(self.p.cfg.host.peers)
-        return next((g for g in self.p.routers.gateways if g in peers), None)
-
-    def _routing_refresh(self) -> list[OfMsg]:
-        msgs = self.p.routers.refresh(self.p.learned.of_instance)
-        return msgs + self.p.instances.refresh_accepted(sorted(self.p.ports.instances))
 
     # ------------------------------------------------------------ packet-in
 
@@ -247,23 +214,9 @@ class HostCore:
         return out
 
     def _on_gateway(self, now: float, sender: IPv4Address, role: GatewayRole) -> CoreOutput:
-        """An external gateway's announcement: the one that says it is active gets the
-        default-routed traffic (no preemption: the latest to claim it is the one); a
-        gateway heard for the first time is told at once which instances we serve."""
-        if sender not in self.p.routers.gateways:
-            self.p.stats.drop("gateway_not_declared", now, f"from {sender}")
-            return CoreOutput()
-        if role.active:
-            out = self.set_active_gateway(now, sender)
-        elif sender == self.p.routers.active_gateway:
-            # The one we send to stepped down: the other declared gateway took over (or
-            # will say so; until then nothing goes to one that no longer answers ARP).
-            others = [g for g in self.p.routers.gateways if g != sender]
-            out = self.set_active_gateway(now, others[0] if others else None)
-        else:
-            out = CoreOutput()
-        if sender not in self.gateways_heard:
-            self.gateways_heard.add(sender)
+        msgs, new = self.routing.gateway_heard(now, sender, role)
+        out = CoreOutput(ofmsgs=msgs)
+        if new:
             out.datagrams += self._announce(now, only=[sender])
         return out
 
