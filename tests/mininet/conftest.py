@@ -83,16 +83,20 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     if not report.failed or item.get_closest_marker("mininet") is None:
         return
     funcargs = getattr(item, "funcargs", {})
-    # dove, sites: the shared fixtures; dnet: a module's own one-site emulation.
+    # dove, sites: the shared fixtures; dnet: a module's own one-site emulation;
+    # world: test_gateway's, the one-site emulation with its gateways.
+    world = funcargs.get("world")
     env = funcargs.get("dove") or funcargs.get("sites") or funcargs.get("dnet")
+    env = env or (world.dnet if world is not None else None)
     if env is None:
         return
     net = env.net if isinstance(env, Dove) else env
+    gateways = world.ext.gateways if world is not None else []
     from tests.tools import evidence
 
     name = item.name.replace("/", "_").replace("[", "_").replace("]", "")
     try:
-        path = evidence.save(net, FAILURES / name)
+        path = evidence.save(net, FAILURES / name, gateways)
         message = f"evidence of {item.nodeid} ({report.when}) saved in {path}"
     except Exception as exc:  # noqa: BLE001 - never hide the real failure
         message = f"could not save evidence of {item.nodeid}: {exc!r}"

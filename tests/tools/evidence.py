@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -21,13 +22,13 @@ def _write(path: Path, produce: Any) -> None:
     path.write_text(text if isinstance(text, str) else json.dumps(text, indent=2, sort_keys=True))
 
 
-def save(dnet: DoveNet | SitesNet, directory: Path) -> Path:
-    """Per hypervisor and proxy: flows, groups, agent status, agent log; per VM and probe:
-    addresses and neighbours."""
+def save(dnet: DoveNet | SitesNet, directory: Path, more_nodes: Iterable[Any] = ()) -> Path:
+    """Per hypervisor and proxy (and ``more_nodes``: gateways): flows, groups, agent
+    status, agent log; per VM and probe: addresses and neighbours."""
     if directory.exists():
         shutil.rmtree(directory)
     directory.mkdir(parents=True)
-    for hv in dnet.nodes:
+    for hv in [*dnet.nodes, *more_nodes]:
         d = directory / hv.name
         d.mkdir()
         _write(d / "flows.txt", lambda hv=hv: hv.ofctl("dump-flows", BR_DOVE, "--names"))
