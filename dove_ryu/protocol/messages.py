@@ -96,6 +96,19 @@ class TlvType(IntEnum):
     GATEWAY = 0x0D
     # Non-critical: a requester in another instance (a routed miss), all in one value.
     ROUTED_REQUESTER = 0x0E
+    # Issue 13 (docs/control-plane.md).  Non-critical: an endpoint's IPv6 addresses (16
+    # bytes each, repeatable; in a LEARN request the IPv6 target) and the requester's.
+    IPV6 = 0x0F
+    REQUESTER_IPV6 = 0x10
+    # Non-critical: the sender's incarnation (start time in microseconds), so that peers
+    # see a restarted agent and answer its announcement with their own.
+    INCARNATION = 0x11
+    # Non-critical: which deployment key signed the message (key rotation).
+    KEY_ID = 0x12
+    # Critical: an Announce that covers only instances lo..hi (a split announcement).
+    INSTANCE_RANGE = 0x8B
+    # Critical, repeatable: one endpoint of a batched ENDPOINTS message (MsgType 7).
+    ENDPOINT_ENTRY = 0x8C
     FRAME_DATA = 0x8A
     AUTH = 0xFF
 
