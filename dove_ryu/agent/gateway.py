@@ -246,6 +246,7 @@ class GatewayCore:
             self.p.stats.count("announce_stale")
             return CoreOutput()
         self.p.takeover.heard(sender)
+        restarted = self.p.members.restarted(now, sender, msg.incarnation)
         if msg.proxy is not None:
             self.p.stats.drop("gateway_proxy_announce", now, f"from {sender}")
             return CoreOutput()
@@ -260,7 +261,7 @@ class GatewayCore:
             new = self.p.election.heard(now, sender, msg.gateway)
             self._claim_early(now)
             out = self._elect(now)
-            if new:
+            if new or restarted:
                 out.datagrams += self._announce(now, only=[sender])
             return out
         change = self.p.members.served_by(now, sender, msg.instances)
@@ -271,7 +272,7 @@ class GatewayCore:
                 out.datagrams += self.p.ask(pending, [sender])
         for instance in change.left:
             out.ofmsgs += self._member_changed(instance, sender, joined=False)
-        if change.new_peer:
+        if change.new_peer or restarted:
             out.datagrams += self._announce(now, only=[sender])
         return out
 
@@ -344,7 +345,8 @@ class GatewayCore:
             partners = sorted(set(self.p.election.partners) | set(self.gateways) - {self.p.me})
             targets = list(dict.fromkeys([*self.p.cfg.host.peers, *partners]))
         role = msgs.GatewayRole(self.active, self.p.cfg.gateway.gateway_priority)
-        out = self.p.channel.to_each(targets, msgs.Announce(frozenset(), gateway=role))
+        announce = msgs.Announce(frozenset(), gateway=role, incarnation=self.p.incarnation)
+        out = self.p.channel.to_each(targets, announce)
         self.p.stats.count("announce_sent", len(out))
         return out
 

@@ -214,8 +214,9 @@ class HostCore:
             self.p.stats.count("announce_stale")
             return CoreOutput()
         self.p.takeover.heard(sender)
+        restarted = self.p.members.restarted(now, sender, msg.incarnation)
         if msg.gateway is not None:
-            return self._on_gateway(now, sender, msg.gateway)
+            return self._on_gateway(now, sender, msg.gateway, answer=restarted)
         out = CoreOutput()
         if msg.proxy is not None:
             for old in self.p.members.proxy_heard(now, sender, msg.proxy):
@@ -224,15 +225,17 @@ class HostCore:
                 )
         changed, new_peer = self.members.changed(now, sender, msg.instances)
         out.extend(changed)
-        if new_peer and msg.instances:
-            # A host we did not know (new or restarted): tell it at once what we serve.
+        if (new_peer and msg.instances) or restarted:
+            # A host we did not know, or one that restarted: tell it at once what we serve.
             out.datagrams += self._announce(now, only=[sender])
         return out
 
-    def _on_gateway(self, now: float, sender: IPv4Address, role: GatewayRole) -> CoreOutput:
+    def _on_gateway(
+        self, now: float, sender: IPv4Address, role: GatewayRole, answer: bool = False
+    ) -> CoreOutput:
         msgs, new = self.routing.gateway_heard(now, sender, role)
         out = CoreOutput(ofmsgs=msgs)
-        if new:
+        if new or answer:
             out.datagrams += self._announce(now, only=[sender])
         return out
 
@@ -363,7 +366,8 @@ class HostCore:
             instances = instances[:ANNOUNCE_MAX_INSTANCES]
         targets = only if only is not None else list(self.p.cfg.host.peers)
         self.p.stats.count("announce_sent", len(targets))
-        return self.p.channel.to_each(targets, Announce(instances=frozenset(instances)))
+        announce = Announce(instances=frozenset(instances), incarnation=self.p.incarnation)
+        return self.p.channel.to_each(targets, announce)
 
     # --------------------------------------------------------------- status
 

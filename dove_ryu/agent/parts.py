@@ -49,6 +49,7 @@ class Common:
     resolver: Resolver  # LEARNs in flight, retries, bounds
     learned: LearnedEndpoints  # remote endpoints and the flows that reach them
     takeover: Takeover  # the cookie generation; what a predecessor left, until swept
+    incarnation: int  # when this process started (wall clock, us): INCARNATION
 
     @property
     def me(self) -> IPv4Address:
@@ -135,17 +136,19 @@ def _common(
     # A proxy's members from the other sites come from announcements in either mode.
     by_directory = cfg.host.discovery == "directory" and cfg.role == "host"
     learning = cfg.learning
+    channel = ControlChannel(cfg.host.auth_key, legs, stats, leg_for=leg_for)
     return {
         "cfg": cfg,
         "stats": stats,
         "link": link,
-        "channel": ControlChannel(cfg.host.auth_key, legs, stats, leg_for=leg_for),
+        "channel": channel,
         "members": Membership(learning.announce_interval, by_directory),
         "resolver": Resolver(stats, learning),
         "learned": LearnedEndpoints(
             stats, link, flows, learning.max_learned_per_instance, local=local
         ),
         "takeover": Takeover(grace=TAKEOVER_GRACE_INTERVALS * learning.announce_interval),
+        "incarnation": int(channel.wall_clock() * 1_000_000),
     }
 
 

@@ -134,9 +134,13 @@ class ProxyCore:
             self.p.stats.count("announce_stale")
             return CoreOutput()
         self.p.takeover.heard(sender)
+        restarted = self.p.members.restarted(now, sender, msg.incarnation)
         wan = self.p.sides.wan(sender)
         if not wan and role is not None:
-            return self._partner_heard(now, sender, role)
+            out = self._partner_heard(now, sender, role)
+            if restarted:
+                out.datagrams += self._announce(now, only=[sender])
+            return out
         if wan and role is None:
             self.p.stats.drop("wan_announce_without_role", now, f"from {sender}")
             return CoreOutput()
@@ -151,7 +155,7 @@ class ProxyCore:
                 out.ofmsgs += self.p.failover(now, role.site, old, sender, self.relay.member_left)
         changed, new_peer = self.relay.serves(now, sender, msg.instances)
         out.extend(changed)
-        if new_peer and msg.instances:
+        if (new_peer and msg.instances) or restarted:
             out.datagrams += self._announce(now, only=[sender])
         return self._site_changed(now, before, out)
 
@@ -237,7 +241,8 @@ class ProxyCore:
             if len(instances) > ANNOUNCE_MAX_INSTANCES:
                 self.p.stats.drop("announce_truncated", now, f"{len(instances)} instances")
                 instances = instances[:ANNOUNCE_MAX_INSTANCES]
-            out.append(self.p.channel.datagram(host, msgs.Announce(frozenset(instances), role)))
+            announce = msgs.Announce(frozenset(instances), role, incarnation=self.p.incarnation)
+            out.append(self.p.channel.datagram(host, announce))
         self.p.stats.count("announce_sent", len(out))
         return out
 
