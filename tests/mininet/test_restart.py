@@ -86,17 +86,16 @@ def test_after_a_restart_only_the_new_generation_remains_and_no_flow_was_reset(d
     assert len(before_gen) == 1
     ofport = int(hv.vsctl("get", "Interface", dst.port, "ofport").strip())
     src.host.cmd(f"ping -c20 -i0.01 -W1 {dst.ip}")
-    age, before = port_flow(hv, ofport)
-    started = time.monotonic()
+    _, before = port_flow(hv, ofport)
 
     out = stream_through_restart(dove, "destination", kill=False)
 
     assert f"{COUNT} packets transmitted, {COUNT} received" in out, out
     after_gen = generations(hv)
     assert len(after_gen) == 1 and after_gen != before_gen  # the old generation swept
-    # The VM port's flow was replaced in place, never deleted: it is as old as it was plus
-    # the time since, and its counter went on from where it was (OVS may lose the last
-    # datapath statistics of the rule it replaced, a few packets' worth, not the packets).
-    age_after, after = port_flow(hv, ofport)
-    assert age_after >= age + (time.monotonic() - started) - 1.0
+    # The VM port's flow was replaced in place, never deleted: its counter went on from
+    # where it was (OVS keeps a replaced rule's statistics, though it restarts its
+    # duration, and may lose the last datapath statistics of the old rule: a few
+    # packets' worth, not the packets).
+    _, after = port_flow(hv, ofport)
     assert after >= before + COUNT * 0.9
