@@ -81,7 +81,7 @@ class World:
         )  # fmt: skip
 
     def add_bridge(self, bridge: str) -> None:
-        self.vsctl("add-br", bridge, "--", "set", "Bridge", bridge, "datapath_type=netdev")
+        self.vsctl("add-br", bridge, "--", "set", "Bridge", bridge, "datapath_type=dummy")
 
     def add_vm_ports(self, bridge: str, prefix: str, instances: range) -> None:
         """One dummy port per instance, marked as a VM of it; one OVSDB transaction."""
@@ -100,7 +100,7 @@ class World:
         conf = {
             "host_name": name,
             "auth_key": KEY,
-            "datapath_type": "netdev",
+            "datapath_type": "dummy",  # --enable-dummy: no tap device, nothing shared
             "bridge": f"br-{name}",
             "tunnel_port": f"vx-{name}",
             "control_port": self.control_port,
