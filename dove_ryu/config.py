@@ -21,7 +21,7 @@ from ipaddress import IPv4Address
 from typing import Any
 
 TUNNEL_TYPES = ("vxlan",)
-DATAPATH_TYPES = ("system", "netdev")
+DATAPATH_TYPES = ("system", "netdev", "dummy")  # dummy: ovs-vswitchd --enable-dummy (tests)
 DISCOVERY_MODES = ("static", "directory")
 ROLES = ("host", "proxy", "gateway")
 OVERSIZE_ACTIONS = ("fragment", "icmp")

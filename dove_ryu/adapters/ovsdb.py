@@ -54,7 +54,9 @@ class OvsdbError(Exception):
 
 
 def _vsctl(cfg: DoveConfig, *args: str) -> str:
-    cmd = ["ovs-vsctl", f"--db={cfg.host.ovsdb}", "--timeout=10", *args]
+    # ovs-vsctl reads the whole database first: with thousands of ports on a busy host that
+    # takes tens of seconds, so the time allowed is generous (it bounds a hung server only).
+    cmd = ["ovs-vsctl", f"--db={cfg.host.ovsdb}", "--timeout=120", *args]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise OvsdbError(f"{' '.join(cmd)}: {proc.stderr.strip()}")

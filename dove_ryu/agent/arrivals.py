@@ -11,6 +11,7 @@ and every host serving the instance; its departure is remembered for a while (se
 from __future__ import annotations
 
 import logging
+from ipaddress import IPv4Address
 
 from dove_ryu.agent.mobility import next_seq
 from dove_ryu.agent.parts import HostParts
@@ -26,8 +27,11 @@ class Arrivals:
     def __init__(self, p: HostParts) -> None:
         self.p = p
 
-    def arrive(self, now: float, port: VmPort) -> CoreOutput:
-        """A VM's port appeared here (started, or migrated in)."""
+    def arrive(
+        self, now: float, port: VmPort, told: dict[IPv4Address, list[EndpointHere]]
+    ) -> CoreOutput:
+        """A VM's port appeared here (started, or migrated in).  Its ENDPOINT is added
+        to ``told`` (per host), sent with the others due at once."""
         out = CoreOutput()
         key = (port.instance, port.mac)
         # Where it was before, if we knew: that host hears of the move at once.
@@ -54,7 +58,8 @@ class Arrivals:
         targets = set(self.p.members.hosts(port.instance))
         if before is not None:
             targets.add(before.endpoint.host)
-        out.datagrams += self.p.channel.to_each(sorted(targets), here)
+        for host in sorted(targets):
+            told.setdefault(host, []).append(here)
         self.p.stats.count("endpoint_announced", len(targets))
         LOG.info(
             "%s: port %s up: instance %d mac %s ips %s ofport %d",

@@ -13,10 +13,19 @@ from collections.abc import Callable
 from ipaddress import IPv4Address
 
 from dove_ryu.agent.stats import Stats
-from dove_ryu.openflow.ofmsg import Datagram
+from dove_ryu.openflow.ofmsg import CoreOutput, Datagram
 from dove_ryu.protocol.auth import AuthError, CounterSource, ReplayGuard
 from dove_ryu.protocol.header import MalformedMessage
-from dove_ryu.protocol.messages import Envelope, Message, decode, encode
+from dove_ryu.protocol.messages import (
+    Announce,
+    EndpointHere,
+    Endpoints,
+    Envelope,
+    Message,
+    batch_endpoints,
+    decode,
+    encode,
+)
 
 
 class ControlChannel:
@@ -56,6 +65,41 @@ class ControlChannel:
 
     def to_each(self, hosts: list[IPv4Address], msg: Message) -> list[Datagram]:
         return [self.datagram(host, msg) for host in hosts]
+
+    def announce(self, hosts: list[IPv4Address], parts: list[Announce]) -> list[Datagram]:
+        """Every part of an announcement to each host, each with its own counter."""
+        out = [self.datagram(host, part) for host in hosts for part in parts]
+        self.stats.count("announce_parts_sent", len(out))
+        return out
+
+    def endpoints(self, told: dict[IPv4Address, list[EndpointHere]]) -> list[Datagram]:
+        """Each host's ENDPOINTs due at once: one alone as ENDPOINT (older agents take
+        it), more batched in as few ENDPOINTS messages as fit."""
+        out = []
+        for host, eps in told.items():
+            if len(eps) == 1:
+                out.append(self.datagram(host, eps[0]))
+                continue
+            batches = batch_endpoints(eps[0].host, eps)
+            out += [self.datagram(host, batch) for batch in batches]
+            self.stats.count("endpoints_batched", len(eps))
+        return out
+
+    def each_entry(
+        self,
+        now: float,
+        msg: Endpoints,
+        sender: IPv4Address,
+        take: Callable[[float, IPv4Address, EndpointHere], CoreOutput],
+    ) -> CoreOutput:
+        """An ENDPOINTS batch, each entry taken as one ENDPOINT message; an entry that
+        did not decode is dropped and counted, the others are kept."""
+        for reason in msg.refused:
+            self.stats.drop("endpoint_entry_malformed", now, f"from {sender}: {reason}")
+        out = CoreOutput()
+        for entry in msg.entries:
+            out.extend(take(now, sender, entry))
+        return out
 
     def receive(self, now: float, data: bytes, src: IPv4Address) -> Envelope | None:
         """The checked envelope of a datagram from the underlay, or None (counted)."""

@@ -237,6 +237,8 @@ class GatewayCore:
             return self._on_learn_reply(now, sender, msg)
         if isinstance(msg, (msgs.Unlearn, msgs.EndpointHere)):
             return self._on_moved(now, sender, msg)
+        if isinstance(msg, msgs.Endpoints):
+            return self.p.channel.each_entry(now, msg, sender, self._on_moved)
         return CoreOutput()  # LEARN requests: a gateway has no endpoints of its own
 
     def _on_announce(self, now: float, env: msgs.Envelope, msg: msgs.Announce) -> CoreOutput:
@@ -264,7 +266,7 @@ class GatewayCore:
             if new or restarted:
                 out.datagrams += self._announce(now, only=[sender])
             return out
-        change = self.p.members.served_by(now, sender, msg.instances)
+        change = self.p.members.served_by(now, sender, msg.instances, covers=msg.covers)
         out = CoreOutput()
         for instance in change.joined:
             out.ofmsgs += self._member_changed(instance, sender, joined=True)

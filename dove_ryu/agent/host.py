@@ -17,13 +17,13 @@ from __future__ import annotations
 import logging
 from ipaddress import IPv4Address
 
+from dove_ryu.agent.announcer import Announcer
 from dove_ryu.agent.arrivals import Arrivals
 from dove_ryu.agent.directory import DirectoryView, EndpointRow
 from dove_ryu.agent.host_directory import DirectorySync
 from dove_ryu.agent.host_members import HostMembers
 from dove_ryu.agent.host_misses import HostMisses
 from dove_ryu.agent.host_routing import HostRouting
-from dove_ryu.agent.membership import ANNOUNCE_MAX_INSTANCES
 from dove_ryu.agent.parts import host_parts
 from dove_ryu.agent.resolver import Pending, Target
 from dove_ryu.agent.stats import InstanceCounts, StatsView
@@ -35,6 +35,7 @@ from dove_ryu.openflow.ofmsg import CoreOutput, Datagram, OfMsg, PacketIn
 from dove_ryu.protocol.messages import (
     Announce,
     EndpointHere,
+    Endpoints,
     Envelope,
     FrameFragment,
     GatewayRole,
@@ -59,6 +60,7 @@ class HostCore:
         self.sync = DirectorySync(self.p, self.members)
         self.next_announce = now
         self.routing = HostRouting(self.p)
+        self.announcer = Announcer(self.p.incarnation)
 
     @property
     def counters(self) -> dict[str, int]:
@@ -113,12 +115,14 @@ class HostCore:
         for port in gone:
             out.extend(self.arrivals.depart(now, port))
             changed.add(port.instance)
+        told: dict[IPv4Address, list[EndpointHere]] = {}  # ENDPOINTs due, batched
         for port in new:
             if (port.instance, port.mac) in self.p.ports:
                 self.p.stats.drop("duplicate_mac", now, f"port {port.name} mac {port.mac}")
                 continue
-            out.extend(self.arrivals.arrive(now, port))
+            out.extend(self.arrivals.arrive(now, port, told))
             changed.add(port.instance)
+        out.datagrams += self.p.channel.endpoints(told)
         after = self.p.ports.instances
         for instance in sorted(after - before):
             out.ofmsgs += self.p.instances.up(instance)
@@ -179,6 +183,8 @@ class HostCore:
             return self._on_learn_reply(now, sender, msg)
         if isinstance(msg, EndpointHere):
             return self._on_endpoint_here(now, sender, msg)
+        if isinstance(msg, Endpoints):
+            return self.p.channel.each_entry(now, msg, sender, self._on_endpoint_here)
         if isinstance(msg, Unlearn):
             return self._on_unlearn(now, sender, msg)
         if isinstance(msg, FrameFragment):
@@ -223,7 +229,7 @@ class HostCore:
                 out.ofmsgs += self.p.failover(
                     now, msg.proxy.site, old, sender, self.members.member_left
                 )
-        changed, new_peer = self.members.changed(now, sender, msg.instances)
+        changed, new_peer = self.members.changed(now, sender, msg.instances, msg.covers)
         out.extend(changed)
         if (new_peer and msg.instances) or restarted:
             # A host we did not know, or one that restarted: tell it at once what we serve.
@@ -360,14 +366,9 @@ class HostCore:
     def _announce(self, now: float, only: list[IPv4Address] | None = None) -> list[Datagram]:
         if only is None:
             self.next_announce = now + self.p.cfg.learning.announce_interval
-        instances = self.p.instances.announced
-        if len(instances) > ANNOUNCE_MAX_INSTANCES:
-            self.p.stats.drop("announce_truncated", now, f"{len(instances)} instances served")
-            instances = instances[:ANNOUNCE_MAX_INSTANCES]
         targets = only if only is not None else list(self.p.cfg.host.peers)
         self.p.stats.count("announce_sent", len(targets))
-        announce = Announce(instances=frozenset(instances), incarnation=self.p.incarnation)
-        return self.p.channel.to_each(targets, announce)
+        return self.p.channel.announce(targets, self.announcer.parts(self.p.instances.announced))
 
     # --------------------------------------------------------------- status
 

@@ -21,11 +21,16 @@ class HostMembers:
         self.p = p
 
     def changed(
-        self, now: float, host: IPv4Address, instances: frozenset[int]
+        self,
+        now: float,
+        host: IPv4Address,
+        instances: frozenset[int],
+        covers: tuple[int, int] | None = None,
     ) -> tuple[CoreOutput, bool]:
         """``host`` serves exactly ``instances`` now (it announced so, or the directory
-        shows so); and whether we had not known it at all."""
-        change = self.p.members.served_by(now, host, instances)
+        shows so), of those in ``covers`` when it is a part of a split announcement;
+        and whether we had not known it at all."""
+        change = self.p.members.served_by(now, host, instances, covers=covers)
         out = CoreOutput()
         for instance in change.joined:
             out.ofmsgs += self.member_changed(instance, host, joined=True)

@@ -1,7 +1,9 @@
 """Which hosts serve which instance, and the VAN proxies heard (paper IV-C).
 
 Membership comes from announcements: each one lists every instance its sender
-serves, and a member that stops announcing is gone after `lifetime` seconds.
+serves (a part of a split announcement: every one within its range), and a member
+that stops announcing is gone after `lifetime` seconds.  Any part is a heartbeat: it
+renews all of its sender's instances, so a lost part costs only until the next round.
 It decides which tunnel sources classify accepts, the flood groups' buckets, and
 where LEARN requests go.  Announcements can arrive out of order; an older one never
 undoes a newer one.
@@ -17,9 +19,6 @@ from ipaddress import IPv4Address
 from dove_ryu.protocol.messages import ProxyRole
 
 LIFETIME_INTERVALS = 3.5  # a member that missed 3 announcements is gone
-# NOTE: one announcement frame holds this many instances; splitting announcements
-# over several messages is not done yet (the rest are dropped and counted).
-ANNOUNCE_MAX_INSTANCES = 300
 # A restarted peer (a new INCARNATION) is answered at once, at most this often.
 RESTART_ANSWER_INTERVAL = 1.0
 MAX_PEERS_TRACKED = 4096  # senders whose last announcement counter is kept
@@ -46,6 +45,10 @@ class Membership:
         # (`dove_ryu.agent.directory`); from announcements, for 3.5 of their intervals.
         self.lifetime = math.inf if by_directory else announce_interval * LIFETIME_INTERVALS
         self._hosts: dict[int, dict[IPv4Address, float]] = {}  # instance -> host -> expiry
+        self._served: dict[IPv4Address, set[int]] = {}  # host -> its instances
+        # No expiry is earlier than this (a lower bound): ticks skip the scan until then.
+        self._earliest = math.inf
+        self.version = 0  # raised by every join and leave: what depends on it can cache
         self._last_counter: OrderedDict[IPv4Address, int] = OrderedDict()
         self._proxies: dict[IPv4Address, KnownProxy] = {}
         self._incarnation: OrderedDict[IPv4Address, int] = OrderedDict()
@@ -110,7 +113,12 @@ class Membership:
         directory stay until the directory says otherwise)."""
         hosts = self._hosts.setdefault(instance, {})
         joined = host not in hosts
-        hosts[host] = now + (self.lifetime if lifetime is None else lifetime)
+        expires = now + (self.lifetime if lifetime is None else lifetime)
+        hosts[host] = expires
+        self._earliest = min(self._earliest, expires)
+        if joined:
+            self._served.setdefault(host, set()).add(instance)
+            self.version += 1
         return joined
 
     def leave(self, instance: int, host: IPv4Address) -> bool:
@@ -119,6 +127,11 @@ class Membership:
             return False
         if not hosts:
             del self._hosts[instance]
+        self.version += 1
+        served = self._served[host]
+        served.discard(instance)
+        if not served:
+            del self._served[host]
         return True
 
     def served_by(
@@ -127,22 +140,37 @@ class Membership:
         sender: IPv4Address,
         instances: frozenset[int],
         lifetime: float | None = None,
+        covers: tuple[int, int] | None = None,
     ) -> Change:
-        """``sender`` serves exactly ``instances`` now."""
-        change = Change(new_peer=not any(sender in h for h in self._hosts.values()))
+        """``sender`` serves exactly ``instances`` now: of all instances, or (a part of
+        a split announcement) of those in ``covers`` (lo, hi).  Either way its other
+        instances are renewed: the sender is alive."""
+        served = self._served.get(sender, set())
+        change = Change(new_peer=not served)
+        lo, hi = covers if covers is not None else (0, math.inf)
+        gone = [i for i in served if lo <= i <= hi and i not in instances]
+        for instance in sorted(gone):
+            self.leave(instance, sender)
+            change.left.append(instance)
+        expires = now + (self.lifetime if lifetime is None else lifetime)
+        for instance in self._served.get(sender, ()):
+            self._hosts[instance][sender] = max(self._hosts[instance][sender], expires)
         for instance in sorted(instances):
             if self.join(now, instance, sender, lifetime):
                 change.joined.append(instance)
-        for instance in [i for i, h in self._hosts.items() if sender in h]:
-            if instance not in instances:
-                self.leave(instance, sender)
-                change.left.append(instance)
         return change
 
     def expired(self, now: float) -> list[tuple[int, IPv4Address]]:
         """The (instance, host) pairs whose member stopped announcing.  They are still
         listed: the role lets each `leave` in turn and updates the datapath after each,
-        so every change sees the members that remain."""
+        so every change sees the members that remain.  Called every tick: the pairs are
+        scanned only once the earliest expiry may have passed."""
+        if now < self._earliest:
+            return []
+        self._earliest = min(
+            (e for hosts in self._hosts.values() for e in hosts.values() if e > now),
+            default=math.inf,
+        )
         return [
             (instance, host)
             for instance, hosts in self._hosts.items()

@@ -22,9 +22,9 @@ from __future__ import annotations
 import logging
 from ipaddress import IPv4Address
 
+from dove_ryu.agent.announcer import Announcer
 from dove_ryu.agent.directory import DirectoryView, EndpointRow
 from dove_ryu.agent.election import Outcome
-from dove_ryu.agent.membership import ANNOUNCE_MAX_INSTANCES
 from dove_ryu.agent.parts import proxy_parts
 from dove_ryu.agent.proxy_directory import ProxyDirectory
 from dove_ryu.agent.proxy_relay import ProxyRelay
@@ -51,6 +51,7 @@ class ProxyCore:
         self.sync = ProxyDirectory(self.p, self.relay, directory) if directory else None
         self.wan_ip = self.p.sides.wan_leg
         self.next_announce = now
+        self.announcers = {w: Announcer(self.p.incarnation) for w in (False, True)}  # site, WAN
 
     @property
     def counters(self) -> dict[str, int]:
@@ -123,6 +124,8 @@ class ProxyCore:
             return self.relay.on_learn_reply(now, sender, msg)
         if isinstance(msg, msgs.EndpointHere):
             return self.relay.on_endpoint_here(now, sender, msg)
+        if isinstance(msg, msgs.Endpoints):
+            return self.relay.on_endpoints(now, sender, msg)
         if isinstance(msg, msgs.Unlearn):
             return self.relay.on_unlearn(now, sender, msg)
         return CoreOutput()
@@ -153,7 +156,7 @@ class ProxyCore:
         if role is not None:
             for old in self.p.members.proxy_heard(now, sender, role):
                 out.ofmsgs += self.p.failover(now, role.site, old, sender, self.relay.member_left)
-        changed, new_peer = self.relay.serves(now, sender, msg.instances)
+        changed, new_peer = self.relay.serves(now, sender, msg.instances, covers=msg.covers)
         out.extend(changed)
         if (new_peer and msg.instances) or restarted:
             out.datagrams += self._announce(now, only=[sender])
@@ -236,14 +239,12 @@ class ProxyCore:
             wan: self.p.instances.served(not wan) if self.active else [] for wan in (False, True)
         }
         out = []
-        for host in targets:
-            instances = served[self.p.sides.wan(host)]
-            if len(instances) > ANNOUNCE_MAX_INSTANCES:
-                self.p.stats.drop("announce_truncated", now, f"{len(instances)} instances")
-                instances = instances[:ANNOUNCE_MAX_INSTANCES]
-            announce = msgs.Announce(frozenset(instances), role, incarnation=self.p.incarnation)
-            out.append(self.p.channel.datagram(host, announce))
-        self.p.stats.count("announce_sent", len(out))
+        for wan in (False, True):
+            hosts = [h for h in targets if self.p.sides.wan(h) == wan]
+            if hosts:
+                parts = self.announcers[wan].parts(served[wan], proxy=role)
+                out += self.p.channel.announce(hosts, parts)
+        self.p.stats.count("announce_sent", len(targets))
         return out
 
     def tick(self, now: float) -> CoreOutput:

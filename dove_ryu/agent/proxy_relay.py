@@ -33,6 +33,7 @@ from dove_ryu.openflow.packet import frag_needed
 from dove_ryu.openflow.pipeline import FROM_WAN, INSTANCE_MASK
 from dove_ryu.protocol.messages import (
     EndpointHere,
+    Endpoints,
     FrameFragment,
     LearnReply,
     LearnRequest,
@@ -91,11 +92,13 @@ class ProxyRelay:
         host: IPv4Address,
         instances: frozenset[int],
         lifetime: float | None = None,
+        covers: tuple[int, int] | None = None,
     ) -> tuple[CoreOutput, bool]:
         """``host`` serves exactly ``instances`` now (it announced so, or the directory
-        shows so): the datapath follows, and LEARNs in flight towards its side go to it.
-        Also whether we had not known it at all."""
-        change = self.p.members.served_by(now, host, instances, lifetime)
+        shows so; of those in ``covers``, a part of a split announcement): the datapath
+        follows, and LEARNs in flight towards its side go to it.  Also whether we had
+        not known it at all."""
+        change = self.p.members.served_by(now, host, instances, lifetime, covers)
         out = CoreOutput()
         for instance in change.joined:
             out.ofmsgs += self.member_changed(instance, host, joined=True)
@@ -229,9 +232,28 @@ class ProxyRelay:
         ep = Endpoint(msg.instance, msg.mac, msg.ips, msg.host, msg.seq)
         return self._resolved(now, pending, ep, sender)
 
-    def on_endpoint_here(self, now: float, sender: IPv4Address, msg: EndpointHere) -> CoreOutput:
+    def on_endpoints(self, now: float, sender: IPv4Address, msg: Endpoints) -> CoreOutput:
+        """A batch of ENDPOINT: each entry taken as one; what goes on to the other side
+        goes batched too."""
+        told: dict[IPv4Address, list[EndpointHere]] = {}
+
+        def take(now: float, sender: IPv4Address, entry: EndpointHere) -> CoreOutput:
+            return self.on_endpoint_here(now, sender, entry, told)
+
+        out = self.p.channel.each_entry(now, msg, sender, take)
+        out.datagrams += self.p.channel.endpoints(told)
+        return out
+
+    def on_endpoint_here(
+        self,
+        now: float,
+        sender: IPv4Address,
+        msg: EndpointHere,
+        told: dict[IPv4Address, list[EndpointHere]] | None = None,
+    ) -> CoreOutput:
         """A VM arrived (in our site, or behind a remote proxy): follow it, tell the
-        other side, answer LEARNs waiting for it."""
+        other side (into ``told`` when given: sent batched by the caller), answer
+        LEARNs waiting for it."""
         self.p.stats.count("endpoint_received")
         if msg.host != sender:
             self.p.stats.drop("endpoint_for_other_host", now, f"from {sender} for {msg.host}")
@@ -246,9 +268,12 @@ class ProxyRelay:
         self.p.stats.count("endpoint_moved" if current else "endpoint_learned")
         if self.p.election.active:
             other_side = self.p.instances.side(msg.instance, not self.p.sides.wan(sender))
-            out.datagrams += self._tell(
-                other_side, EndpointHere, msg.instance, msg.mac, msg.ips, seq=msg.seq
-            )
+            batch: dict[IPv4Address, list[EndpointHere]] = {} if told is None else told
+            for h in other_side:
+                here = EndpointHere(msg.instance, msg.mac, msg.ips, self.p.sides.leg(h), msg.seq)
+                batch.setdefault(h, []).append(here)
+            if told is None:
+                out.datagrams += self.p.channel.endpoints(batch)
             self.p.stats.count("endpoint_relayed", len(other_side))
         targets: list[Target] = [msg.mac, *msg.ips]
         for toward_wan in (False, True):

@@ -59,14 +59,21 @@ class ProxyInstances:
         self.members = members
         self.link = link
         self.wan_mtu = wan_mtu
+        self._served: dict[bool, tuple[int, list[int]]] = {}  # wan -> (version, served)
 
     def side(self, instance: int, wan: bool) -> list[IPv4Address]:
         """The instance's remote proxies (``wan``) or its site members."""
         return [h for h in self.members.hosts(instance) if self.sides.wan(h) == wan]
 
     def served(self, wan: bool) -> list[int]:
-        """Instances served by other sites (``wan``) or in our site."""
-        return [i for i in self.members.instances() if self.side(i, wan)]
+        """Instances served by other sites (``wan``) or in our site.  Kept until the
+        membership changes: a proxy asks before and after each announcement part."""
+        version = self.members.version
+        cached = self._served.get(wan)
+        if cached is None or cached[0] != version:
+            cached = (version, [i for i in self.members.instances() if self.side(i, wan)])
+            self._served[wan] = cached
+        return list(cached[1])
 
     def _groups(self, instance: int, command: GroupCommand) -> list[OfMsg]:
         site, remote = self.side(instance, False), self.side(instance, True)

@@ -8,7 +8,8 @@ MAC, and only then reads the message; anti-replay is the caller's next step (``R
 ============  ====  =========================================================
 Message       Type  TLVs (besides SENDER, COUNTER, AUTH); instance in header
 ============  ====  =========================================================
-Announce      1     INSTANCES, optionally PROXY or GATEWAY (no instance, I clear)
+Announce      1     INSTANCES, optionally PROXY or GATEWAY, INSTANCE_RANGE (no instance,
+                    I clear)
 LearnRequest  2     REQUEST_ID, exactly one of MAC / IPV4,
                     optionally REQUESTER_MAC, REQUESTER_SEQ, REQUESTER_IPV4 * n
                     or (not both) ROUTED_REQUESTER
@@ -16,7 +17,15 @@ LearnReply    3     REQUEST_ID, MAC, HOST, SEQ, IPV4 * n
 Unlearn       4     MAC, HOST, SEQ
 Endpoint      5     MAC, HOST, SEQ, IPV4 * n
 Frame         6     FRAME_DATA: a piece of an overlay frame, F set in the header
+Endpoints     7     HOST, ENDPOINT_ENTRY * n (no instance, I clear)
 ============  ====  =========================================================
+
+An Announce too long for one frame is split (``split_announce``): each part carries
+INSTANCE_RANGE (lo, hi: 3 bytes each) and says "of instances lo..hi I serve exactly
+these"; the parts' ranges cover 0..2**24-1 together.  An Announce without the TLV
+covers every instance.  Endpoints batches ENDPOINT: each ENDPOINT_ENTRY is one
+endpoint of ``HOST`` (``ENTRY_LAYOUT``); an entry that does not decode is refused
+alone and counted (``Endpoints.refused``), the others are kept.
 
 PROXY (non-critical) says the sender is a VAN proxy of a site, active or standby, with
 its priority.  Frame carries, between two proxies, an overlay frame too big for the
@@ -36,9 +45,10 @@ building a message with anything else raises ValueError, decoding one MalformedM
 
 from __future__ import annotations
 
+import functools
 import re
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import IntEnum
 from ipaddress import IPv4Address
@@ -73,6 +83,7 @@ class MsgType(IntEnum):
     UNLEARN = 4
     ENDPOINT = 5
     FRAME = 6
+    ENDPOINTS = 7
 
 
 class TlvType(IntEnum):
@@ -116,13 +127,26 @@ class TlvType(IntEnum):
 _AUTH_TLV_LEN = TLV_HEADER_LEN + MAC_LEN
 SITE_NAME_MAX = 15
 # Largest overhead of an Announce: header, SENDER, COUNTER, RECEIVER, INSTANCES header,
-# PROXY, INCARNATION, AUTH.
+# PROXY, INSTANCE_RANGE, AUTH, and room for INCARNATION and KEY_ID (docs/control-plane.md).
 _ANNOUNCE_OVERHEAD = (
-    HEADER_LEN + (3 + 4) + (3 + 8) + (3 + 4) + 3 + (3 + 2 + SITE_NAME_MAX) + (3 + 8) + _AUTH_TLV_LEN
+    HEADER_LEN
+    + (3 + 4)
+    + (3 + 8)
+    + (3 + 4)
+    + 3
+    + (3 + 2 + SITE_NAME_MAX)
+    + (3 + 6)
+    + _AUTH_TLV_LEN
+    + (3 + 8)
+    + (3 + 2)
 )
 # Overhead of a Frame message around its FRAME_DATA bytes.
 FRAME_OVERHEAD = HEADER_LEN + (3 + 4) + (3 + 8) + (3 + 4) + 3 + _AUTH_TLV_LEN
 MAX_ANNOUNCE_INSTANCES = (MAX_FRAME_LEN - _ANNOUNCE_OVERHEAD) // 3
+MAX_RANGE = 2**24 - 1  # INSTANCE_RANGE's bounds: 0..MAX_RANGE, the whole id space
+# Overhead of an Endpoints message around its entries: header, SENDER, COUNTER,
+# RECEIVER, HOST, AUTH, and room for KEY_ID.
+ENDPOINTS_OVERHEAD = HEADER_LEN + (3 + 4) + (3 + 8) + (3 + 4) + (3 + 4) + _AUTH_TLV_LEN + (3 + 2)
 
 
 def _check_ips(ips: object) -> None:
@@ -183,6 +207,8 @@ class Announce:
     instances: frozenset[int]
     proxy: ProxyRole | None = None
     gateway: GatewayRole | None = None
+    # A part of a split announcement: (lo, hi), the instances it speaks for; None: all.
+    covers: tuple[int, int] | None = None
     # The sender's start time (microseconds, INCARNATION): a new value from a known
     # sender is a restarted agent, which its peers answer at once.  None: not said.
     incarnation: int | None = None
@@ -200,6 +226,43 @@ class Announce:
             raise ValueError(
                 f"{len(self.instances)} instances exceed {MAX_ANNOUNCE_INSTANCES} per Announce"
             )
+        if self.covers is not None:
+            if not isinstance(self.covers, tuple) or len(self.covers) != 2:
+                raise ValueError(f"covers must be a (lo, hi) tuple, got {self.covers!r}")
+            lo, hi = self.covers
+            _check_range("covers lo", lo, 0, MAX_RANGE)
+            _check_range("covers hi", hi, lo, MAX_RANGE)
+            if any(not lo <= i <= hi for i in self.instances):
+                raise ValueError(f"an instance outside the range {lo}..{hi}")
+
+    def in_scope(self, instance: int) -> bool:
+        """Whether this announcement speaks for ``instance`` (a part: only its range)."""
+        return self.covers is None or self.covers[0] <= instance <= self.covers[1]
+
+
+def split_announce(
+    instances: Iterable[int],
+    proxy: ProxyRole | None = None,
+    gateway: GatewayRole | None = None,
+    per_part: int = MAX_ANNOUNCE_INSTANCES,
+    incarnation: int | None = None,
+) -> list[Announce]:
+    """The announcement of ``instances``: one Announce when they fit a frame, else parts
+    of at most ``per_part`` instances whose ranges cover 0..2**24-1 together, each
+    range ending at its last instance (the last one at the top of the id space)."""
+    ordered = sorted(set(instances))
+    if len(ordered) <= per_part:
+        return [Announce(frozenset(ordered), proxy, gateway, incarnation=incarnation)]
+    parts = []
+    lo = 0
+    for at in range(0, len(ordered), per_part):
+        chunk = ordered[at : at + per_part]
+        hi = chunk[-1] if at + per_part < len(ordered) else MAX_RANGE
+        parts.append(
+            Announce(frozenset(chunk), proxy, gateway, covers=(lo, hi), incarnation=incarnation)
+        )
+        lo = hi + 1
+    return parts
 
 
 @dataclass(frozen=True)
@@ -300,6 +363,52 @@ class EndpointHere:
 
 
 @dataclass(frozen=True)
+class Endpoints:
+    """A batch of ENDPOINT: each entry is an ``EndpointHere`` of ``host`` (the sender).
+    ``refused``: entries of a received batch that did not decode (``bad_tlv_value``
+    reasons, one per entry), dropped alone; always empty when sending."""
+
+    host: IPv4Address
+    entries: tuple[EndpointHere, ...]
+    refused: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        _check_ip("host", self.host)
+        if not isinstance(self.entries, tuple) or not (self.entries or self.refused):
+            raise ValueError("entries must be a non-empty tuple")
+        for entry in self.entries:
+            if not isinstance(entry, EndpointHere) or entry.host != self.host:
+                raise ValueError(f"entry {entry!r} is not an endpoint of {self.host}")
+
+
+# ENDPOINT_ENTRY's value: instance (3), MAC (6), SEQ (8), the IPv4 count (1) and
+# addresses (4 each), then the IPv6 count (1) and addresses (16 each).  A value that
+# ends after the IPv4 addresses has no IPv6 ones.
+ENTRY_LAYOUT = "instance:3 mac:6 seq:8 n4:1 ipv4:4*n4 [n6:1 ipv6:16*n6]"
+_ENTRY_FIXED = 3 + 6 + 8
+
+
+def entry_len(ep: EndpointHere) -> int:
+    """Bytes an ENDPOINT_ENTRY TLV of ``ep`` takes in a frame."""
+    return TLV_HEADER_LEN + _ENTRY_FIXED + 1 + 4 * len(ep.ips) + 1
+
+
+def batch_endpoints(host: IPv4Address, entries: Iterable[EndpointHere]) -> list[Endpoints]:
+    """``entries`` in as few Endpoints messages as fit a frame each, in order."""
+    room = MAX_FRAME_LEN - ENDPOINTS_OVERHEAD
+    batches: list[list[EndpointHere]] = []
+    used = room
+    for ep in entries:
+        size = entry_len(ep)
+        if used + size > room:
+            batches.append([])
+            used = 0
+        batches[-1].append(ep)
+        used += size
+    return [Endpoints(host, tuple(batch)) for batch in batches]
+
+
+@dataclass(frozen=True)
 class FrameFragment:
     """Piece ``index`` of overlay frame ``frag_id`` of an instance; ``more`` unless last."""
 
@@ -317,7 +426,7 @@ class FrameFragment:
             raise ValueError("data must be non-empty bytes")
 
 
-Message = Announce | LearnRequest | LearnReply | Unlearn | EndpointHere | FrameFragment
+Message = Announce | LearnRequest | LearnReply | Unlearn | EndpointHere | Endpoints | FrameFragment
 
 
 @dataclass(frozen=True)
@@ -362,21 +471,40 @@ def _location(message: LearnReply | EndpointHere | Unlearn) -> list[Tlv]:
     return tlvs
 
 
+@functools.lru_cache(maxsize=256)
+def _announce_tlvs(message: Announce) -> tuple[Tlv, ...]:
+    """An Announce's TLVs.  Cached: an agent sends the same parts to every peer each
+    round, and only the envelope (receiver, counter, MAC) differs between them."""
+    packed = b"".join(i.to_bytes(3, "big") for i in sorted(message.instances))
+    tlvs = [Tlv(TlvType.INSTANCES, packed)]
+    if message.covers is not None:
+        lo, hi = message.covers
+        tlvs.append(Tlv(TlvType.INSTANCE_RANGE, lo.to_bytes(3, "big") + hi.to_bytes(3, "big")))
+    if message.proxy is not None:
+        role = message.proxy
+        value = bytes([1 if role.active else 0, role.priority]) + role.site.encode()
+        tlvs.append(Tlv(TlvType.PROXY, value))
+    if message.gateway is not None:
+        gw = message.gateway
+        tlvs.append(Tlv(TlvType.GATEWAY, bytes([1 if gw.active else 0, gw.priority])))
+    if message.incarnation is not None:
+        tlvs.append(Tlv(TlvType.INCARNATION, message.incarnation.to_bytes(8, "big")))
+    return tuple(tlvs)
+
+
+def _entry(ep: EndpointHere) -> Tlv:
+    value = ep.instance.to_bytes(3, "big") + _mac_bytes(ep.mac) + _u64(ep.seq)
+    value += bytes([len(ep.ips)]) + b"".join(ip.packed for ip in ep.ips) + bytes([0])
+    return Tlv(TlvType.ENDPOINT_ENTRY, value)
+
+
 def _body(message: Message) -> tuple[MsgType, int | None, list[Tlv]]:
     """(message type, instance or None, message-specific TLVs)."""
     if isinstance(message, Announce):
-        packed = b"".join(i.to_bytes(3, "big") for i in sorted(message.instances))
-        tlvs = [Tlv(TlvType.INSTANCES, packed)]
-        if message.proxy is not None:
-            role = message.proxy
-            value = bytes([1 if role.active else 0, role.priority]) + role.site.encode()
-            tlvs.append(Tlv(TlvType.PROXY, value))
-        if message.gateway is not None:
-            gw = message.gateway
-            tlvs.append(Tlv(TlvType.GATEWAY, bytes([1 if gw.active else 0, gw.priority])))
-        if message.incarnation is not None:
-            tlvs.append(Tlv(TlvType.INCARNATION, message.incarnation.to_bytes(8, "big")))
-        return MsgType.ANNOUNCE, None, tlvs
+        return MsgType.ANNOUNCE, None, list(_announce_tlvs(message))
+    if isinstance(message, Endpoints):
+        tlvs = [Tlv(TlvType.HOST, message.host.packed), *map(_entry, message.entries)]
+        return MsgType.ENDPOINTS, None, tlvs
     if isinstance(message, FrameFragment):
         return MsgType.FRAME, message.instance, [Tlv(TlvType.FRAME_DATA, message.data)]
     if isinstance(message, LearnRequest):
@@ -443,10 +571,16 @@ def encode(
 # --- decoding ---------------------------------------------------------------------------
 
 _KNOWN_TLVS = frozenset(int(t) for t in TlvType)
-_REPEATABLE = frozenset({TlvType.IPV4, TlvType.REQUESTER_IPV4})
+_REPEATABLE = frozenset({TlvType.IPV4, TlvType.REQUESTER_IPV4, TlvType.ENDPOINT_ENTRY})
 _ALLOWED: dict[MsgType, frozenset[int]] = {
     MsgType.ANNOUNCE: frozenset(
-        {TlvType.INSTANCES, TlvType.PROXY, TlvType.GATEWAY, TlvType.INCARNATION}
+        {
+            TlvType.INSTANCES,
+            TlvType.PROXY,
+            TlvType.GATEWAY,
+            TlvType.INSTANCE_RANGE,
+            TlvType.INCARNATION,
+        }
     ),
     MsgType.LEARN_REQUEST: frozenset(
         {
@@ -465,6 +599,7 @@ _ALLOWED: dict[MsgType, frozenset[int]] = {
     MsgType.UNLEARN: frozenset({TlvType.MAC, TlvType.HOST, TlvType.SEQ}),
     MsgType.ENDPOINT: frozenset({TlvType.MAC, TlvType.HOST, TlvType.SEQ, TlvType.IPV4}),
     MsgType.FRAME: frozenset({TlvType.FRAME_DATA}),
+    MsgType.ENDPOINTS: frozenset({TlvType.HOST, TlvType.ENDPOINT_ENTRY}),
 }
 _COMMON = frozenset({TlvType.SENDER, TlvType.COUNTER, TlvType.RECEIVER})
 
@@ -495,6 +630,9 @@ class _Fields:
 
     def mac(self, tlv_type: TlvType = TlvType.MAC) -> str:
         return ":".join(f"{b:02x}" for b in self.raw(tlv_type, 6))
+
+    def all(self, tlv_type: TlvType) -> list[bytes]:
+        return self._values.get(tlv_type, [])
 
     def ips(self, tlv_type: TlvType = TlvType.IPV4) -> tuple[IPv4Address, ...]:
         values = self._values.get(tlv_type, [])
@@ -538,8 +676,50 @@ def _announce(header: DoveHeader, f: _Fields) -> Announce:
         if raw[0] > 1 or proxy is not None:
             raise MalformedMessage("bad_tlv_value", "GATEWAY")
         gateway = GatewayRole(bool(raw[0]), raw[1])
+    covers = None
+    if f.has(TlvType.INSTANCE_RANGE):
+        raw = f.raw(TlvType.INSTANCE_RANGE, 6)
+        covers = (int.from_bytes(raw[:3], "big"), int.from_bytes(raw[3:], "big"))
     incarnation = f.uint(TlvType.INCARNATION, 8) if f.has(TlvType.INCARNATION) else None
-    return Announce(frozenset(ids), proxy, gateway, incarnation)
+    return Announce(frozenset(ids), proxy, gateway, covers, incarnation)
+
+
+def _endpoints(header: DoveHeader, f: _Fields) -> Endpoints:
+    _instance(header, False)
+    host = f.ip(TlvType.HOST)
+    entries: list[EndpointHere] = []
+    refused: list[str] = []
+    for raw in f.all(TlvType.ENDPOINT_ENTRY):
+        try:
+            entries.append(_endpoint_entry(raw, host))
+        except ValueError as e:  # MalformedMessage included: this entry only
+            refused.append(str(e))
+    if not entries and not refused:
+        raise MalformedMessage("missing_tlv", "ENDPOINT_ENTRY")
+    return Endpoints(host, tuple(entries), tuple(refused))
+
+
+def _endpoint_entry(raw: bytes, host: IPv4Address) -> EndpointHere:
+    """One ENDPOINT_ENTRY value (``ENTRY_LAYOUT``)."""
+    at = _ENTRY_FIXED + 1
+    if len(raw) < at:
+        raise MalformedMessage("bad_tlv_value", f"ENDPOINT_ENTRY length {len(raw)}")
+    n4 = raw[_ENTRY_FIXED]
+    ips_end = at + 4 * n4
+    rest = len(raw) - ips_end
+    # NOTE: IPv6 addresses are read for their length only until the model has them
+    # (docs/control-plane.md: the ipv6 piece fills them in), as ENDPOINT's IPV6 TLV
+    # is skipped by an agent that does not know it.
+    if rest < 0 or (rest and (rest - 1 != 16 * raw[ips_end])):
+        raise MalformedMessage("bad_tlv_value", f"ENDPOINT_ENTRY length {len(raw)}")
+    ips = tuple(IPv4Address(raw[i : i + 4]) for i in range(at, ips_end, 4))
+    return EndpointHere(
+        instance=int.from_bytes(raw[0:3], "big"),
+        mac=":".join(f"{b:02x}" for b in raw[3:9]),
+        ips=ips,
+        host=host,
+        seq=int.from_bytes(raw[9:17], "big"),
+    )
 
 
 def _frame(header: DoveHeader, f: _Fields) -> FrameFragment:
@@ -641,6 +821,7 @@ _DECODERS: dict[MsgType, Callable[[DoveHeader, _Fields], Message]] = {
     MsgType.UNLEARN: _unlearn,
     MsgType.ENDPOINT: _endpoint,
     MsgType.FRAME: _frame,
+    MsgType.ENDPOINTS: _endpoints,
 }
 
 
