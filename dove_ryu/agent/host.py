@@ -382,6 +382,7 @@ class HostCore:
             },
             "pending": len(self.p.resolver),
             "counters": dict(sorted(self.p.stats.counters.items())),
+            "keys": self.p.channel.key_status(),
             "routing": self.p.routers.status(),
             **self.sync.status(now),
         }

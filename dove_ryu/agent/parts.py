@@ -119,7 +119,7 @@ def _common(
         "cfg": cfg,
         "stats": stats,
         "link": link,
-        "channel": ControlChannel(cfg.host.auth_key, legs, stats, leg_for=leg_for),
+        "channel": ControlChannel(cfg.host.keyring, legs, stats, leg_for=leg_for),
         "members": Membership(learning.announce_interval, by_directory),
         "resolver": Resolver(stats, learning),
         "learned": LearnedEndpoints(
