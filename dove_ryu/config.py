@@ -17,8 +17,11 @@ import re
 import socket
 from collections.abc import Collection, Mapping
 from dataclasses import MISSING, dataclass, field, fields
+from functools import cached_property
 from ipaddress import IPv4Address
 from typing import Any
+
+from dove_ryu.protocol.auth import MAX_KEY_ID, KeyRing
 
 TUNNEL_TYPES = ("vxlan",)
 DATAPATH_TYPES = ("system", "netdev", "dummy")  # dummy: ovs-vswitchd --enable-dummy (tests)
@@ -42,7 +45,11 @@ class HostConfig:
     """This hypervisor: its underlay leg, the deployment key, its peers, its local OVS."""
 
     underlay_ip: IPv4Address = field(metadata={"help": "this host's address in the underlay"})
-    auth_key: bytes = field(metadata={"help": "the deployment key, 32 to 128 hex digits"})
+    auth_key: bytes | None = _setting(None, "the deployment key (key 0), 32 to 128 hex digits")
+    auth_keys: tuple[tuple[int, bytes], ...] = _setting(
+        (), "deployment keys by id (0-255): ID:HEX, comma-separated"
+    )
+    auth_key_id: int = _setting(0, "the id of the key this agent signs with")
     peers: tuple[IPv4Address, ...] = _setting((), "the other hosts (and proxies) of the site")
     discovery: str = _setting("static", "how peers are found: static (peers) or directory")
     directory: tuple[str, ...] = _setting(
@@ -62,6 +69,30 @@ class HostConfig:
     ovsdb: str = _setting("unix:/var/run/openvswitch/db.sock", "OVSDB connection")
     admin_socket: str = _setting("/var/run/dove-ryu/admin.sock", "dovectl's unix socket")
     host_name: str = _setting("", "the name in logs and status (default: the hostname)")
+
+    def __post_init__(self) -> None:
+        self.keyring  # noqa: B018 - checked now: a bad key set never starts an agent
+
+    @cached_property
+    def keyring(self) -> KeyRing:
+        """Every key this agent accepts (auth_key is key 0) and the one it signs with."""
+        keys = list(self.auth_keys)
+        if self.auth_key is not None:
+            if any(key_id == 0 for key_id, _ in keys):
+                raise ConfigError("[dove] auth_keys: key id 0 is auth_key's; give it once")
+            keys.append((0, self.auth_key))
+        if not keys:
+            raise ConfigError("[dove] auth_key: missing (required, or auth_keys)")
+        ids = sorted(key_id for key_id, _ in keys)
+        if self.auth_key_id not in ids:
+            held = ", ".join(map(str, ids))
+            raise ConfigError(
+                f"[dove] auth_key_id: key {self.auth_key_id} is not among the keys ({held})"
+            )
+        try:
+            return KeyRing.of(keys, self.auth_key_id)
+        except ValueError as e:
+            raise ConfigError(f"[dove] auth_keys: {e}") from None
 
 
 @dataclass(frozen=True)
@@ -192,6 +223,10 @@ def _settings() -> tuple[Setting, ...]:
             found.append(Setting(f.name, section, str(f.type), default, f.metadata["help"]))
             if f.name == "auth_key":
                 found.append(Setting("auth_key_file", "", "str", None, "a file holding auth_key"))
+            if f.name == "auth_keys":
+                found.append(
+                    Setting("auth_keys_file", "", "str", None, "a file of keys, ID:HEX per line")
+                )
     return tuple(found)
 
 
@@ -201,6 +236,8 @@ SETTINGS = _settings()
 BY_NAME = {s.name: s for s in SETTINGS}
 
 _REQUIRED = ("underlay_ip", "auth_key")
+# The settings that make the key ring: re-read when the agent reloads its keys.
+KEY_SETTINGS = ("auth_key", "auth_key_file", "auth_keys", "auth_keys_file", "auth_key_id")
 _IDENT = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
 
 
@@ -286,6 +323,30 @@ def parse_key(setting: str, text: str) -> bytes:
     return bytes.fromhex(text)
 
 
+def parse_keys(setting: str, text: str, sep: str = r"[,\s]+") -> tuple[tuple[int, bytes], ...]:
+    """``ID:HEX`` entries: each key with its id (0-255), no id twice."""
+    found: dict[int, bytes] = {}
+    for entry in re.split(sep, text.strip()):
+        if not entry.strip():
+            continue
+        if ":" not in entry:
+            raise ConfigError(f"[dove] {setting}: an entry is not ID:HEX (a key id 0-255, a key)")
+        key_id = _key_id(setting, entry.partition(":")[0])
+        if key_id in found:
+            raise ConfigError(f"[dove] {setting}: key id {key_id} is given twice")
+        found[key_id] = parse_key(setting, entry.partition(":")[2])
+    return tuple(sorted(found.items()))
+
+
+def _key_id(setting: str, text: str) -> int:
+    text = text.strip()
+    # NOTE: never echo an entry that may hold a key; the id alone is safe to show.
+    if not re.fullmatch(r"[0-9]{1,3}", text) or int(text) > MAX_KEY_ID:
+        shown = repr(text) if len(text) <= 4 else "an entry"
+        raise ConfigError(f"[dove] {setting}: {shown} is not a key id (0-{MAX_KEY_ID})")
+    return int(text)
+
+
 def parse(name: str, text: str) -> object:
     """Check one setting's text: its value, or `ConfigError` naming it."""
     text = text.strip()
@@ -296,6 +357,10 @@ def parse(name: str, text: str) -> object:
         return _ip(name, text)
     if name == "auth_key":
         return parse_key(name, text)
+    if name == "auth_keys":
+        return parse_keys(name, text)
+    if name == "auth_key_id":
+        return _key_id(name, text)
     if name in ("peers", "wan_peers", "dhcp_dns"):
         return tuple(_ip(name, p) for p in re.split(r"[,\s]+", text) if p)
     if name == "directory":
@@ -329,8 +394,9 @@ _CHOICES = {
 
 
 def _check_required(given: Collection[str]) -> None:
+    others = ("auth_key_file", "auth_keys", "auth_keys_file")
     for key in _REQUIRED:
-        if key not in given and not (key == "auth_key" and "auth_key_file" in given):
+        if key not in given and not (key == "auth_key" and any(o in given for o in others)):
             raise ConfigError(f"[dove] {key}: missing (required)")
 
 
@@ -352,13 +418,7 @@ def from_values(values: Mapping[str, object]) -> DoveConfig:
     take their defaults.  `auth_key_file` stands in for `auth_key` when that is not given.
     """
     kwargs = dict(values)
-    path = kwargs.pop("auth_key_file", None)
-    if path is not None and "auth_key" not in kwargs:
-        try:
-            with open(str(path), encoding="ascii") as key_file:
-                kwargs["auth_key"] = parse("auth_key", key_file.read())
-        except OSError as e:
-            raise ConfigError(f"[dove] auth_key_file: cannot read {path}: {e.strerror}") from None
+    _read_key_files(kwargs)
     _check_required(kwargs)
     underlay = kwargs["underlay_ip"]
     # A shared peers list may name this host too; it is not its own peer.
@@ -371,6 +431,45 @@ def from_values(values: Mapping[str, object]) -> DoveConfig:
         for section, cls in SECTIONS.items()
     }
     return DoveConfig(role=str(kwargs.get("role", "host")), **sections)
+
+
+def _read_key_files(kwargs: dict[str, object]) -> None:
+    """``auth_key_file`` stands in for ``auth_key`` when that is not given; the keys of
+    ``auth_keys_file`` (one ID:HEX a line, # comments) join ``auth_keys``."""
+    path = kwargs.pop("auth_key_file", None)
+    if path is not None and "auth_key" not in kwargs:
+        kwargs["auth_key"] = parse("auth_key", _read("auth_key_file", str(path)))
+    path = kwargs.pop("auth_keys_file", None)
+    if path is not None:
+        lines = [line.partition("#")[0] for line in _read("auth_keys_file", str(path)).splitlines()]
+        from_file = parse_keys(f"auth_keys_file {path}", "\n".join(lines), sep=r"\n")
+        given = dict(kwargs.get("auth_keys", ()))  # type: ignore[call-overload]
+        for key_id, key in from_file:
+            if key_id in given:
+                raise ConfigError(f"[dove] auth_keys_file: key id {key_id} is in auth_keys too")
+            given[key_id] = key
+        kwargs["auth_keys"] = tuple(sorted(given.items()))
+
+
+def _read(setting: str, path: str) -> str:
+    try:
+        with open(path, encoding="ascii") as key_file:
+            return key_file.read()
+    except (OSError, UnicodeDecodeError) as e:
+        why = getattr(e, "strerror", None) or "not ASCII text"
+        raise ConfigError(f"[dove] {setting}: cannot read {path}: {why}") from None
+
+
+def keyring_from_mapping(values: Mapping[str, str]) -> KeyRing:
+    """The key ring of the key settings' text (`KEY_SETTINGS`), as a reload reads them
+    again from the configuration files; raises `ConfigError` naming a bad one."""
+    parsed: dict[str, object] = {
+        name: parse(name, text) for name, text in values.items() if name in KEY_SETTINGS
+    }
+    _read_key_files(parsed)
+    _check_required({"underlay_ip", *parsed})
+    host = HostConfig(IPv4Address(0), **parsed)  # type: ignore[arg-type]
+    return host.keyring
 
 
 def _check_discovery(kwargs: dict[str, object]) -> None:

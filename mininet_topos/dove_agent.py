@@ -9,6 +9,8 @@ these; tests and the demo ask them through ``admin``.
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -16,7 +18,7 @@ from typing import Any
 
 from dove_ryu.adapters.admin import query
 from dove_ryu.ctl.dircluster import Pki
-from mininet_topos.hypervisor import AGENT_OFP_PORT, TUNNEL_PORT, Hypervisor
+from mininet_topos.hypervisor import AGENT_OFP_PORT, TUNNEL_PORT, Hypervisor, wait_until
 
 ADMIN_SOCKET = "admin/admin.sock"  # relative to the hypervisor's rundir
 METRICS_PORT = 9479  # on the namespace's loopback: every hypervisor can use the same one
@@ -53,7 +55,8 @@ def agent_config(
 ) -> str:
     """The agent's dove.ini.  With ``directory`` (the cluster's remotes,
     tcp:A:6641,tcp:B:6641,...) the agent finds its peers there (``discovery =
-    directory``) and gets no ``peers`` line."""
+    directory``) and gets no ``peers`` line.  A setting of ``extra`` set to None is
+    left out (``auth_key``: None for an agent given its keys by id only)."""
     found: dict[str, Any] = (
         {"discovery": "directory", "directory": directory}
         if directory
@@ -78,7 +81,58 @@ def agent_config(
         "metrics_port": METRICS_PORT,
         **(extra or {}),
     }
-    return "[dove]\n" + "".join(f"{k} = {v}\n" for k, v in settings.items())
+    return "[dove]\n" + "".join(f"{k} = {v}\n" for k, v in settings.items() if v is not None)
+
+
+# --- the deployment keys (key rotation, docs/control-plane.md section 5) ---------------------
+
+KEY_FILE = "dove.keys"  # in the hypervisor's rundir
+_KEY_SETTINGS = ("auth_key", "auth_key_file", "auth_keys", "auth_keys_file", "auth_key_id")
+
+
+def set_agent_keys(hv: Hypervisor, keys: Mapping[int, str], signing: int) -> None:
+    """Give the agent's configuration these keys (id -> hex) in its key file, signing with
+    ``signing``, as an operator edits them; the agent takes them at its next reload."""
+    key_file = hv.in_rundir(KEY_FILE)
+    fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write("".join(f"{key_id}:{key}\n" for key_id, key in sorted(keys.items())))
+    ini = hv.in_rundir("dove.ini")
+    kept = [
+        line
+        for line in ini.read_text().splitlines()
+        if line.partition("=")[0].strip() not in _KEY_SETTINGS
+    ]
+    ini.write_text(
+        "\n".join([*kept, f"auth_keys_file = {key_file}", f"auth_key_id = {signing}"]) + "\n"
+    )
+
+
+def reload_agent_keys(hv: Hypervisor, by_signal: bool = False) -> dict[str, Any]:
+    """Have the agent read its keys again: ``dovectl keys reload`` over the admin socket,
+    or SIGHUP (``by_signal``); returns its key ids once it holds what its files say."""
+    if not by_signal:
+        answer = admin(hv, "reload_keys")
+        if "error" in answer:
+            raise RuntimeError(f"{hv.name}: {answer['error']}")
+        return answer
+    assert hv.agent is not None, f"{hv.name}: no agent"
+    wanted = _configured_key_ids(hv)
+    hv.agent.send_signal(signal.SIGHUP)
+    return wait_until(  # type: ignore[no-any-return]
+        lambda: (k := admin(hv)["keys"]) and (k["signing"], k["accepted"]) == wanted and k,
+        5.0,
+        f"{hv.name} reloading its keys on SIGHUP",
+    )
+
+
+def _configured_key_ids(hv: Hypervisor) -> tuple[int, list[int]]:
+    """(signing id, accepted ids) as `set_agent_keys` wrote them."""
+    ids = [int(line.split(":")[0]) for line in hv.in_rundir(KEY_FILE).read_text().splitlines()]
+    for line in hv.in_rundir("dove.ini").read_text().splitlines():
+        if line.partition("=")[0].strip() == "auth_key_id":
+            return int(line.partition("=")[2]), sorted(ids)
+    return 0, sorted(ids)
 
 
 def admin(hv: Hypervisor, cmd: str = "status") -> dict[str, Any]:

@@ -80,6 +80,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     # SIGTERM ends the agent like Ctrl-C.
     signal.signal(signal.SIGTERM, raise_keyboard_interrupt)
+    # Until the app can reload its keys, a SIGHUP must not end the agent.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     return run_apps(APPS)
 
 
@@ -99,6 +101,14 @@ def run_apps(apps: list[str]) -> int:
     manager = AppManager.get_instance()
     manager.load_apps(apps)
     services = manager.instantiate_apps(**manager.create_contexts())
+    dove_apps = [a for a in manager.applications.values() if isinstance(a, shell.DoveApp)]
+
+    # SIGHUP reloads the deployment keys (as `dovectl keys reload` does), nothing else.
+    def reload_keys(signum: int, frame: object) -> None:
+        for app in dove_apps:
+            app.reload_keys_later()
+
+    signal.signal(signal.SIGHUP, reload_keys)
     try:
         hub.joinall(services)
     except KeyboardInterrupt:

@@ -154,6 +154,9 @@ class Snapshot(StatsView):
     table_flows: Mapping[str, int] = field(default_factory=dict)  # in pipeline order;
     # empty until the switch answers
     datapath_packets: Mapping[Counted, int] = field(default_factory=dict)  # likewise
+    signing_key: int = 0  # the id of the deployment key this agent signs with
+    accepted_keys: tuple[int, ...] = ()  # the ids it accepts
+    accepted_by_key: Mapping[int, int] = field(default_factory=dict)  # messages, by key id
 
 
 def snapshot(
@@ -163,10 +166,14 @@ def snapshot(
 ) -> Snapshot:
     """Copy the core's numbers (call under the lock that guards the core)."""
     view = core.stats_view()
+    channel = core.p.channel
     return Snapshot(
         **{f.name: getattr(view, f.name) for f in fields(view)},
         table_flows=dict(table_flows),
         datapath_packets=dict(datapath_packets or {}),
+        signing_key=channel.keys.signing,
+        accepted_keys=channel.keys.ids,
+        accepted_by_key=dict(channel.accepted_by_key),
     )
 
 
@@ -335,6 +342,29 @@ def families(snap: Snapshot) -> Iterator[Metric]:
         flows.add_metric([table], n)
     yield flows
     yield from _datapath_families(snap)
+    yield from _key_families(snap)
+
+
+def _key_families(snap: Snapshot) -> Iterator[Metric]:
+    """Which deployment keys the agent holds and which its peers use: before a key is
+    retired, its series stops rising everywhere (docs/control-plane.md section 5)."""
+    yield GaugeMetricFamily(
+        "dove_auth_key_signing", "The id of the key this agent signs with.", value=snap.signing_key
+    )
+    accepted = GaugeMetricFamily(
+        "dove_auth_key_accepted", "1 for each key id this agent accepts.", labels=["key_id"]
+    )
+    for key_id in snap.accepted_keys:
+        accepted.add_metric([str(key_id)], 1)
+    yield accepted
+    messages = CounterMetricFamily(
+        "dove_control_accepted_total",
+        "Control messages accepted (authenticated, not replayed), by the key id that signed them.",
+        labels=["key_id"],
+    )
+    for key_id in sorted(set(snap.accepted_keys) | set(snap.accepted_by_key)):
+        messages.add_metric([str(key_id)], snap.accepted_by_key.get(key_id, 0))
+    yield messages
 
 
 def _datapath_families(snap: Snapshot) -> Iterator[Metric]:

@@ -18,6 +18,7 @@ from oslo_config import cfg, types
 
 from dove_ryu import config
 from dove_ryu.config import ConfigError, DoveConfig, Setting
+from dove_ryu.protocol.auth import KeyRing
 
 GROUP = "dove"
 
@@ -27,6 +28,8 @@ _TYPE_NAMES = {
     "tuple[IPv4Address, ...]": "list of IPv4 addresses",
     "tuple[str, ...]": "list of OVSDB remotes",
     "bytes": "hex key",
+    "bytes | None": "hex key",
+    "tuple[tuple[int, bytes], ...]": "list of ID:HEX keys",
     "int": "integer value",
     "float": "floating point value",
     "str": "string value",
@@ -106,23 +109,53 @@ def _value(conf: cfg.ConfigOpts, name: str) -> object:
         raise ConfigError(f"[dove] {name}: {e}") from None
 
 
-def _keys_in_files(conf: cfg.ConfigOpts) -> set[str]:
-    """The settings the files' ``[dove]`` sections name; unknown ones are refused.
+def reload_keyring(conf: cfg.ConfigOpts) -> KeyRing:
+    """The key ring the configuration files hold now (the agent reloads its keys:
+    SIGHUP, ``dovectl keys reload``).  Only `config.KEY_SETTINGS` are read again, from
+    the same files (and key files) the agent started with; a bad one raises
+    `ConfigError` and the agent keeps the keys it has."""
+    text: dict[str, str] = {}
+    for _path, section in _sections(conf):
+        for name in config.KEY_SETTINGS:
+            if section.get(name):
+                text[name] = section[name][-1]  # a later file (or line) wins, as in oslo
+    return config.keyring_from_mapping(text)
 
-    NOTE: oslo.config ignores keys no option declares, and has no public way to list
-    a section's keys; we read the files again with its own parser."""
+
+def _paths(conf: cfg.ConfigOpts) -> list[str]:
     paths = list(conf.config_file or ())
     for directory in conf.config_dir or ():
         paths += sorted(glob.glob(os.path.join(directory, "*.conf")))
     if not paths:
         raise ConfigError("no --config-file given; the [dove] section is required")
+    return paths
+
+
+def _sections(conf: cfg.ConfigOpts) -> list[tuple[str, dict[str, list[str]]]]:
+    """Each configuration file's ``[dove]`` section, read from the file now, in order.
+
+    NOTE: oslo.config ignores keys no option declares, and has no public way to list
+    a section's keys; we read the files again with its own parser."""
+    paths = _paths(conf)
+    found = []
+    for path in paths:
+        sections: dict[str, dict[str, list[str]]] = {}
+        try:
+            cfg.ConfigParser(path, sections).parse()
+        except (OSError, cfg.ParseError) as e:
+            raise ConfigError(f"config file {path}: {e}") from None
+        found.append((path, sections.get(GROUP, {})))
+    return found
+
+
+def _keys_in_files(conf: cfg.ConfigOpts) -> set[str]:
+    """The settings the files' ``[dove]`` sections name; unknown ones are refused."""
+    paths = _paths(conf)
     if GROUP not in conf.list_all_sections():
         raise ConfigError(f"config file {', '.join(paths)}: no [dove] section")
     keys: set[str] = set()
-    for path in paths:
-        sections: dict[str, dict[str, list[str]]] = {}
-        cfg.ConfigParser(path, sections).parse()
-        keys |= set(sections.get(GROUP, {}))
+    for _path, section in _sections(conf):
+        keys |= set(section)
     for key in sorted(keys):
         if key not in config.BY_NAME:
             raise ConfigError(f"[dove] {key}: unknown setting")

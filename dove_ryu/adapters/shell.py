@@ -43,6 +43,7 @@ from dove_ryu.agent import make_core
 from dove_ryu.agent.directory import DirectoryView, EndpointRow
 from dove_ryu.agent.gateway import GatewayCore
 from dove_ryu.agent.takeover import FoundFlow, FoundGroup, SwitchState
+from dove_ryu.config import ConfigError
 from dove_ryu.openflow import cookies
 from dove_ryu.openflow.ofmsg import (
     CoreOutput,
@@ -467,13 +468,42 @@ class DoveApp(app_manager.OSKenApp):  # type: ignore[misc]
 
     def _admin(self, request: dict[str, Any]) -> dict[str, Any]:
         cmd = request.get("cmd")
+        if cmd == "reload_keys":
+            return self.reload_keys()
         with self.lock:
             if cmd == "status":
                 return self.core.status(time.monotonic())
             if cmd == "counters":
                 counts = dict(self.directory.counts) if self.directory is not None else {}
                 return {**self.core.counters, **counts}
+            if cmd == "peers":
+                channel = self.core.p.channel
+                return {
+                    "keys": channel.key_status(),
+                    "peers": channel.peers_status(time.monotonic()),
+                }
         return {"error": f"unknown command {cmd!r}"}
+
+    # ---------------------------------------------------------------- keys
+
+    def reload_keys(self) -> dict[str, Any]:
+        """Read the key settings again from the configuration files and take them
+        (``dovectl keys reload``, SIGHUP); a bad key set is refused and the agent keeps
+        the keys it has.  The other settings are not re-read: they need a restart."""
+        try:
+            ring = options.reload_keyring(self.CONF)  # file I/O: outside the lock
+        except ConfigError as e:
+            with self.lock:
+                self.core.counters["keys_reload_failed"] += 1
+            LOG.error("%s: keys not reloaded (the old ones stay): %s", self.cfg.name, e)
+            return {"error": f"keys not reloaded (the old ones stay): {e}"}
+        with self.lock:
+            return self.core.p.channel.rekey(time.monotonic(), ring)
+
+    def reload_keys_later(self) -> None:
+        """A reload from a signal handler: on a thread of its own, as the handler may
+        run while this thread holds the lock."""
+        threading.Thread(target=self.reload_keys, name="reload-keys", daemon=True).start()
 
     # ------------------------------------------------------------- metrics
 

@@ -437,6 +437,7 @@ class GatewayCore:
             },
             "pending": len(self.p.resolver),
             "counters": dict(sorted(self.p.stats.counters.items())),
+            "keys": self.p.channel.key_status(),
         }
 
     def stats_view(self) -> StatsView:

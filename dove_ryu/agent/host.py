@@ -406,6 +406,7 @@ class HostCore:
             "pending": len(self.p.resolver),
             "takeover": self.p.takeover.status(),
             "counters": dict(sorted(self.p.stats.counters.items())),
+            "keys": self.p.channel.key_status(),
             "routing": self.p.routers.status(),
             **self.sync.status(now),
         }

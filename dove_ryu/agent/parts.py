@@ -136,7 +136,7 @@ def _common(
     # A proxy's members from the other sites come from announcements in either mode.
     by_directory = cfg.host.discovery == "directory" and cfg.role == "host"
     learning = cfg.learning
-    channel = ControlChannel(cfg.host.auth_key, legs, stats, leg_for=leg_for)
+    channel = ControlChannel(cfg.host.keyring, legs, stats, leg_for=leg_for)
     return {
         "cfg": cfg,
         "stats": stats,

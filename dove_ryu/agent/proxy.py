@@ -301,6 +301,7 @@ class ProxyCore:
             },
             "pending": len(self.p.resolver),
             "counters": dict(sorted(self.p.stats.counters.items())),
+            "keys": self.p.channel.key_status(),
             **(self.sync.status(now) if self.sync else {}),
         }
 

@@ -67,6 +67,8 @@ def cmd_status(args: argparse.Namespace) -> Any:
     if role == "gateway":
         line += f" ({status.get('state') or ('active' if status['active'] else 'standby')})"
     print(f"{line}, switch {'connected' if status['connected'] else 'DISCONNECTED'}")
+    if "keys" in status:
+        print(_keys_line(status["keys"]))
     args.json = False
     if role == "gateway":
         print()
@@ -286,6 +288,58 @@ def _print_gateway(status: dict[str, Any]) -> None:
     _table(rows, ["ROUTER", "INSTANCES", "SNAT", "FLOATING IPS"])
 
 
+def _keys_line(keys: dict[str, Any]) -> str:
+    """The key ids (never the keys) the agent signs with, accepts and has retired."""
+    line = f"keys: signing with {keys['signing']}, accepting {_ids(keys['accepted'])}"
+    if keys.get("retired"):
+        line += f", retired {_ids(keys['retired'])}"
+    return line
+
+
+def _ids(ids: list[int]) -> str:
+    return ", ".join(map(str, ids)) or "none"
+
+
+def cmd_peers(args: argparse.Namespace) -> Any:
+    """Each peer this agent heard from: the key id it last signed with, when, its role."""
+    answer = _ask(args, "peers")
+    if args.json:
+        return answer
+    print(_keys_line(answer["keys"]))
+    print()
+    _table(
+        [
+            [
+                p["address"],
+                p["role"],
+                str(p["key_id"]),
+                f"{p['last_heard']:.1f}s",
+                str(p["messages"]),
+            ]
+            for p in answer["peers"]
+        ],
+        ["PEER", "ROLE", "KEY", "LAST HEARD", "MESSAGES"],
+    )
+    return None
+
+
+def cmd_keys(args: argparse.Namespace) -> Any:
+    """``keys``: the agent's key ids and messages accepted under each; ``keys reload``:
+    read the key settings again from its configuration files and take them."""
+    if args.action == "reload":
+        answer = _ask(args, "reload_keys")
+        added, removed = _ids(answer["added"]), _ids(answer["removed"])
+        print(f"keys reloaded: {_keys_line(answer)[6:]} (added {added}, removed {removed})")
+        return None
+    keys = _ask(args)["keys"]
+    if args.json:
+        return keys
+    print(_keys_line(keys))
+    for key_id, n in keys["accepted_messages"].items():
+        print(f"key {key_id}: {n} messages accepted")
+    return None
+
+
 def cmd_counters(args: argparse.Namespace) -> Any:
     counters = _ask(args, "counters")
     if args.json:
@@ -384,6 +438,8 @@ COMMANDS: dict[str, Any] = {
     "proxies": cmd_proxies,
     "routers": cmd_routers,
     "counters": cmd_counters,
+    "peers": cmd_peers,
+    "keys": cmd_keys,
     "graph": cmd_graph,
     "attach": cmd_attach,
     "detach": cmd_detach,
@@ -417,6 +473,15 @@ def build_parser() -> argparse.ArgumentParser:
     read("proxies", "the VAN proxies this agent knows")
     read("routers", "tenant routers: subnets, gateway MACs, snat and floating IPs, rejected")
     read("counters", "the agent's counters")
+    read("peers", "the peers heard from: role, the key id each last signed with, when")
+    p = read("keys", "the deployment key ids: signing, accepted, retired; or reload them")
+    p.add_argument(
+        "action",
+        nargs="?",
+        choices=("show", "reload"),
+        default="show",
+        help="reload: read the key settings again from the agent's config files (as SIGHUP)",
+    )
     p = read("graph", "draw the deployment (Graphviz): hosts, proxies, sites, instances")
     p.add_argument(
         "--agent", dest="admin_sockets", action="append", help="an agent's admin socket (repeat)"

@@ -15,23 +15,28 @@ import hashlib
 import hmac
 import string
 from collections import OrderedDict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 
 MAC_LEN = 16
 MIN_KEY_LEN = 16
+MAX_KEY_ID = 255  # key ids travel in one byte (the KEY_ID TLV)
 
 
 class AuthError(Exception):
     """A message that fails authentication or anti-replay.
 
     ``reason`` is a short slug usable as a counter label: "no_auth", "bad_mac", "replay",
-    "stale_counter".
+    "stale_counter", "unknown_key" (a key id the receiver does not hold), "retired_key"
+    (one it held and has since dropped).
     """
 
-    def __init__(self, reason: str, detail: str = "") -> None:
+    def __init__(self, reason: str, detail: str = "", key_id: int | None = None) -> None:
         super().__init__(f"{reason}: {detail}" if detail else reason)
         self.reason = reason
         self.detail = detail
+        self.key_id = key_id  # the key id the message named, for unknown_key
 
 
 def load_key(text: str) -> bytes:
@@ -58,6 +63,67 @@ def compute_mac(key: bytes, data: bytes) -> bytes:
 def verify_mac(key: bytes, data: bytes, tag: bytes) -> bool:
     """Constant-time check of ``tag`` against the MAC of ``data``."""
     return hmac.compare_digest(compute_mac(key, data), tag)
+
+
+@dataclass(frozen=True)
+class KeyRing:
+    """The deployment keys an agent holds, by id (0-255), and the one it signs with.
+
+    A message names the key that signed it (the KEY_ID TLV, absent for key 0); the
+    receiver verifies it with its key of that id, and refuses an id it does not hold.
+    Rotation (docs/control-plane.md section 5): add the new key everywhere, switch the
+    signing id host by host, then drop the old key."""
+
+    keys: tuple[tuple[int, bytes], ...]  # (id, key), ids increasing
+    signing: int = 0
+    _by_id: dict[int, bytes] = field(init=False, repr=False, compare=False, default_factory=dict)
+
+    def __post_init__(self) -> None:
+        ids = [key_id for key_id, _ in self.keys]
+        for key_id, key in self.keys:
+            if isinstance(key_id, bool) or not isinstance(key_id, int):
+                raise ValueError(f"key id {key_id!r} is not an integer")
+            if not 0 <= key_id <= MAX_KEY_ID:
+                raise ValueError(f"key id {key_id} is not in 0-{MAX_KEY_ID}")
+            if not isinstance(key, bytes) or len(key) < MIN_KEY_LEN:
+                raise ValueError(f"key {key_id} must be at least {MIN_KEY_LEN} bytes")
+        if len(set(ids)) != len(ids):
+            dup = min(i for i in ids if ids.count(i) > 1)
+            raise ValueError(f"key id {dup} is given twice")
+        if not ids:
+            raise ValueError("no deployment key")
+        if self.signing not in ids:
+            held = ", ".join(map(str, sorted(ids)))
+            raise ValueError(f"signing key id {self.signing} is not among the keys ({held})")
+        object.__setattr__(self, "keys", tuple(sorted(self.keys)))
+        self._by_id.update(self.keys)
+
+    @classmethod
+    def of(
+        cls, keys: Mapping[int, bytes] | Iterable[tuple[int, bytes]], signing: int = 0
+    ) -> KeyRing:
+        pairs = keys.items() if isinstance(keys, Mapping) else keys
+        return cls(tuple(pairs), signing)
+
+    @classmethod
+    def single(cls, key: bytes) -> KeyRing:
+        """One key, id 0: a deployment that never rotated (no KEY_ID on the wire)."""
+        return cls(((0, key),), 0)
+
+    @property
+    def ids(self) -> tuple[int, ...]:
+        return tuple(key_id for key_id, _ in self.keys)
+
+    @property
+    def signing_key(self) -> bytes:
+        return self._by_id[self.signing]
+
+    def get(self, key_id: int) -> bytes | None:
+        """The key of ``key_id``, or None when this ring does not hold it."""
+        return self._by_id.get(key_id)
+
+    def __repr__(self) -> str:  # never the keys themselves: reprs end up in logs
+        return f"KeyRing(ids={list(self.ids)}, signing={self.signing})"
 
 
 class CounterSource:

@@ -4,6 +4,8 @@ Every message carries SENDER and COUNTER, then its own TLVs, then AUTH last. AUT
 HMAC-SHA256 (truncated to 16 bytes) of every frame byte before the AUTH TLV, computed with the
 header's extension length already counting the AUTH TLV. ``decode`` checks framing, then the
 MAC, and only then reads the message; anti-replay is the caller's next step (``ReplayGuard``).
+A message signed with another key than key 0 names it (KEY_ID, one byte, before AUTH and so
+covered by the MAC); the receiver picks its key of that id before verifying (``KeyRing``).
 
 ============  ====  =========================================================
 Message       Type  TLVs (besides SENDER, COUNTER, AUTH); instance in header
@@ -54,7 +56,7 @@ from enum import IntEnum
 from ipaddress import IPv4Address
 
 from dove_ryu.model import check_instance, endpoint_mac, normalize_mac
-from dove_ryu.protocol.auth import MAC_LEN, AuthError, compute_mac, verify_mac
+from dove_ryu.protocol.auth import MAC_LEN, AuthError, KeyRing, compute_mac, verify_mac
 from dove_ryu.protocol.header import (
     FLAG_EXTENSIONS,
     FLAG_FRAGMENT,
@@ -126,27 +128,30 @@ class TlvType(IntEnum):
 
 _AUTH_TLV_LEN = TLV_HEADER_LEN + MAC_LEN
 SITE_NAME_MAX = 15
-# Largest overhead of an Announce: header, SENDER, COUNTER, RECEIVER, INSTANCES header,
-# PROXY, INSTANCE_RANGE, AUTH, and room for INCARNATION and KEY_ID (docs/control-plane.md).
+_KEY_ID_TLV_LEN = TLV_HEADER_LEN + 1
+# Largest overhead of an Announce: header, SENDER, COUNTER, RECEIVER, KEY_ID, INSTANCES
+# header, PROXY, INSTANCE_RANGE, INCARNATION, AUTH.
 _ANNOUNCE_OVERHEAD = (
     HEADER_LEN
     + (3 + 4)
     + (3 + 8)
     + (3 + 4)
+    + _KEY_ID_TLV_LEN
     + 3
     + (3 + 2 + SITE_NAME_MAX)
     + (3 + 6)
-    + _AUTH_TLV_LEN
     + (3 + 8)
-    + (3 + 2)
+    + _AUTH_TLV_LEN
 )
 # Overhead of a Frame message around its FRAME_DATA bytes.
-FRAME_OVERHEAD = HEADER_LEN + (3 + 4) + (3 + 8) + (3 + 4) + 3 + _AUTH_TLV_LEN
+FRAME_OVERHEAD = HEADER_LEN + (3 + 4) + (3 + 8) + (3 + 4) + _KEY_ID_TLV_LEN + 3 + _AUTH_TLV_LEN
 MAX_ANNOUNCE_INSTANCES = (MAX_FRAME_LEN - _ANNOUNCE_OVERHEAD) // 3
 MAX_RANGE = 2**24 - 1  # INSTANCE_RANGE's bounds: 0..MAX_RANGE, the whole id space
 # Overhead of an Endpoints message around its entries: header, SENDER, COUNTER,
-# RECEIVER, HOST, AUTH, and room for KEY_ID.
-ENDPOINTS_OVERHEAD = HEADER_LEN + (3 + 4) + (3 + 8) + (3 + 4) + (3 + 4) + _AUTH_TLV_LEN + (3 + 2)
+# RECEIVER, KEY_ID, HOST, AUTH.
+ENDPOINTS_OVERHEAD = (
+    HEADER_LEN + (3 + 4) + (3 + 8) + (3 + 4) + _KEY_ID_TLV_LEN + (3 + 4) + _AUTH_TLV_LEN
+)
 
 
 def _check_ips(ips: object) -> None:
@@ -437,10 +442,12 @@ class Envelope:
     counter: int
     message: Message
     receiver: IPv4Address | None = None  # bound into the MAC when the sender names it
+    key_id: int = 0  # the deployment key that signed it
 
     def __post_init__(self) -> None:
         _check_ip("sender", self.sender)
         _check_range("counter", self.counter, 0, 2**64 - 1)
+        _check_range("key_id", self.key_id, 0, 255)
         if self.receiver is not None:
             _check_ip("receiver", self.receiver)
 
@@ -540,14 +547,18 @@ def encode(
     counter: int,
     key: bytes,
     receiver: IPv4Address | None = None,
+    key_id: int = 0,
 ) -> bytes:
-    """Build the authenticated frame for ``message``. Raises ValueError if over the limit."""
-    envelope = Envelope(sender, counter, message, receiver)  # validates the addresses
+    """Build the authenticated frame for ``message``, signed with ``key`` (whose id is
+    ``key_id``: named in the frame unless 0). Raises ValueError if over the limit."""
+    envelope = Envelope(sender, counter, message, receiver, key_id)  # validates the fields
     msg_type, instance, body = _body(message)
     tlvs = [
         Tlv(TlvType.SENDER, envelope.sender.packed),
         Tlv(TlvType.COUNTER, struct.pack("!Q", envelope.counter)),
         *([Tlv(TlvType.RECEIVER, receiver.packed)] if receiver is not None else []),
+        # Key 0 is not named: its frames stay what agents before key ids sent and read.
+        *([Tlv(TlvType.KEY_ID, bytes([key_id]))] if key_id else []),
         *body,
         Tlv(TlvType.AUTH, bytes(MAC_LEN)),  # placeholder: ext_len must count AUTH
     ]
@@ -601,7 +612,7 @@ _ALLOWED: dict[MsgType, frozenset[int]] = {
     MsgType.FRAME: frozenset({TlvType.FRAME_DATA}),
     MsgType.ENDPOINTS: frozenset({TlvType.HOST, TlvType.ENDPOINT_ENTRY}),
 }
-_COMMON = frozenset({TlvType.SENDER, TlvType.COUNTER, TlvType.RECEIVER})
+_COMMON = frozenset({TlvType.SENDER, TlvType.COUNTER, TlvType.RECEIVER, TlvType.KEY_ID})
 
 
 class _Fields:
@@ -825,12 +836,25 @@ _DECODERS: dict[MsgType, Callable[[DoveHeader, _Fields], Message]] = {
 }
 
 
-def decode(data: bytes, *, key: bytes) -> Envelope:
+def _key_id(tlvs: list[Tlv]) -> int:
+    """The id of the key the frame names (KEY_ID), 0 when it names none."""
+    found = [t.value for t in tlvs if t.type == TlvType.KEY_ID]
+    if not found:
+        return 0
+    if len(found) > 1 or len(found[0]) != 1:
+        raise MalformedMessage("bad_tlv_value", "KEY_ID must appear once, one byte long")
+    return found[0][0]
+
+
+def decode(data: bytes, *, key: bytes | KeyRing) -> Envelope:
     """Parse and authenticate a frame.
 
-    Raises MalformedMessage for framing or content problems and AuthError for a missing or
-    wrong MAC. The MAC is verified before any TLV value is interpreted.
+    ``key`` is the receiver's `KeyRing` (or one key, held as key 0): the frame's KEY_ID
+    picks the key to verify it with.  Raises MalformedMessage for framing or content
+    problems and AuthError for a missing or wrong MAC or a key id the ring does not hold
+    ("unknown_key"). The MAC is verified before any other TLV value is interpreted.
     """
+    ring = key if isinstance(key, KeyRing) else KeyRing.single(key)
     header, tlvs, payload = unpack_frame(data)
     if payload:
         raise MalformedMessage("trailing_bytes", f"{len(payload)} bytes after TLVs")
@@ -845,9 +869,13 @@ def decode(data: bytes, *, key: bytes) -> Envelope:
     tag = tlvs[-1].value
     if len(tag) != MAC_LEN:
         raise MalformedMessage("bad_tlv_value", f"AUTH length {len(tag)}")
+    key_id = _key_id(tlvs)
+    secret = ring.get(key_id)
+    if secret is None:
+        raise AuthError("unknown_key", f"key id {key_id}", key_id=key_id)
     # No payload and AUTH last: the AUTH TLV is the final bytes of the frame.
-    if not verify_mac(key, bytes(data[: len(data) - _AUTH_TLV_LEN]), tag):
-        raise AuthError("bad_mac")
+    if not verify_mac(secret, bytes(data[: len(data) - _AUTH_TLV_LEN]), tag):
+        raise AuthError("bad_mac", f"key id {key_id}" if key_id else "")
 
     try:
         msg_type = MsgType(header.msg_type)
@@ -872,7 +900,7 @@ def decode(data: bytes, *, key: bytes) -> Envelope:
     receiver = fields.ip(TlvType.RECEIVER) if fields.has(TlvType.RECEIVER) else None
     try:
         message = _DECODERS[msg_type](header, fields)
-        return Envelope(sender, counter, message, receiver)
+        return Envelope(sender, counter, message, receiver, key_id)
     except ValueError as exc:
         if isinstance(exc, MalformedMessage):
             raise

@@ -152,7 +152,7 @@ class Net:
         """What the shell does with a core's output: datagrams out, messages to the switch."""
         for dgram in out.datagrams:
             self.queue.append((host.ip, dgram))
-            env = decode(dgram.payload, key=KEY)
+            env = decode(dgram.payload, key=host.core.p.channel.keys)
             self.sent.append(Sent(host.ip, IPv4Address(dgram.dst), env.message))
         gen = host.core.p.takeover.generation
         deliveries = host.switch.apply(order_messages(out.ofmsgs, gen))
