@@ -5,7 +5,9 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Address
+
+IpAddress = IPv4Address | IPv6Address
 
 # An instance id is the VXLAN VNI of its traffic and fills the DOVE header's 24-bit
 # instance field.  0 is never an instance: cookies, the pipeline's metadata and a header
@@ -45,6 +47,15 @@ def endpoint_mac(text: object) -> str:
     return mac
 
 
+def link_local(mac: str) -> IPv6Address:
+    """The IPv6 link-local address a VM derives from its MAC (RFC 4291 modified EUI-64):
+    the one fe80:: source port security lets a port with addresses use besides its
+    marked ones (README, "Port security")."""
+    octets = bytes.fromhex(mac.replace(":", ""))
+    eui = bytes([octets[0] ^ 0x02]) + octets[1:3] + b"\xff\xfe" + octets[3:6]
+    return IPv6Address(b"\xfe\x80" + bytes(6) + eui)
+
+
 def is_multicast(mac: str) -> bool:
     """A group address (multicast or broadcast): the I/G bit of a normalised MAC."""
     return bool(int(mac[:2], 16) & 1)
@@ -73,6 +84,26 @@ class VmPort:
     # The prefix written with the first address in its ``dove-ips`` mark ("10.0.1.5/24"),
     # told to the VM by DHCP when its instance is on no router; None: none written.
     prefixlen: int | None = None
+    ips6: tuple[IPv6Address, ...] = ()  # its IPv6 addresses, from the same mark
+    # ``dove-ipv6-router=true``: the VM is a router and may send Router Advertisements
+    # and Redirects (every other VM's are dropped: the classic rogue-RA attack).
+    ipv6_router: bool = False
+
+    @property
+    def addressed(self) -> bool:
+        """Whether port security checks its IP sources (it has addresses of either family)."""
+        return bool(self.ips or self.ips6)
+
+    @property
+    def addresses(self) -> tuple[IpAddress, ...]:
+        """Its addresses of both families."""
+        return (*self.ips, *self.ips6)
+
+    @property
+    def sources6(self) -> tuple[IPv6Address, ...]:
+        """The IPv6 sources it may use: its addresses and its MAC's link-local one."""
+        ll = link_local(self.mac)
+        return (*self.ips6, ll) if ll not in self.ips6 else self.ips6
 
 
 @dataclass(frozen=True)
@@ -84,15 +115,22 @@ class Endpoint:
     ips: tuple[IPv4Address, ...]
     host: IPv4Address
     seq: int
+    ips6: tuple[IPv6Address, ...] = ()
+
+    @property
+    def addresses(self) -> tuple[IpAddress, ...]:
+        """Its addresses of both families."""
+        return (*self.ips, *self.ips6)
 
     def at(self, host: IPv4Address) -> Endpoint:
         """The same endpoint, reached through ``host``."""
-        return Endpoint(self.instance, self.mac, self.ips, host, self.seq)
+        return Endpoint(self.instance, self.mac, self.ips, host, self.seq, self.ips6)
 
-    def without_ips(self, ips: Iterable[IPv4Address]) -> Endpoint:
+    def without_ips(self, ips: Iterable[IpAddress]) -> Endpoint:
         gone = set(ips)
         kept = tuple(i for i in self.ips if i not in gone)
-        return Endpoint(self.instance, self.mac, kept, self.host, self.seq)
+        kept6 = tuple(i for i in self.ips6 if i not in gone)
+        return Endpoint(self.instance, self.mac, kept, self.host, self.seq, kept6)
 
 
 @dataclass

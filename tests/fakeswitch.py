@@ -17,10 +17,11 @@ What an OpenFlow switch would answer with an error message is recorded in
 
 from __future__ import annotations
 
+import re
 import struct
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 from typing import Any
 
 from dove_ryu.agent.takeover import FoundFlow, FoundGroup, SwitchState
@@ -273,12 +274,17 @@ class Delivery:
         return pkt_to_bytes(self.pkt)
 
 
+_MAC_TEXT = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
+
+
 def _num(value: int | str) -> int:
     """Match values as integers: MACs and IPv4 strings included."""
     if isinstance(value, int):
         return value
-    if ":" in value:
+    if _MAC_TEXT.match(value):
         return int(value.replace(":", ""), 16)
+    if ":" in value:
+        return int(IPv6Address(value))
     return int(IPv4Address(value))
 
 
@@ -609,13 +615,20 @@ _MATCH_ORDER = (
     ("arp_tha", "arp_tha"),
     ("ipv4_src", "nw_src"),
     ("ipv4_dst", "nw_dst"),
+    ("ipv6_src", "ipv6_src"),
+    ("ipv6_dst", "ipv6_dst"),
     ("ip_proto", "nw_proto"),
     ("nw_ttl", "nw_ttl"),
     ("udp_src", "tp_src"),
     ("udp_dst", "tp_dst"),
+    ("icmpv6_type", "icmp_type"),
+    ("ipv6_nd_target", "nd_target"),
+    ("ipv6_nd_sll", "nd_sll"),
+    ("ipv6_nd_tll", "nd_tll"),
 )
-_SHORTHAND = {ETH_TYPE_ARP: "arp", 0x0800: "ip"}
+_SHORTHAND = {ETH_TYPE_ARP: "arp", 0x0800: "ip", 0x86DD: "ipv6"}
 _IP_SHORTHAND = {1: "icmp", 6: "tcp", 17: "udp"}
+_IP6_SHORTHAND = {58: "icmp6", 6: "tcp6", 17: "udp6"}
 # Field names in set_field and move, as OVS prints them.
 _SET_NAMES = {"tunnel_id": "tun_id", "tun_ipv4_dst": "tun_dst", "tun_ipv4_src": "tun_src"}
 _NXM_NAMES = {
@@ -625,6 +638,9 @@ _NXM_NAMES = {
     "arp_tha": "NXM_NX_ARP_THA",
     "arp_spa": "NXM_OF_ARP_SPA",
     "arp_tpa": "NXM_OF_ARP_TPA",
+    "ipv6_src": "NXM_NX_IPV6_SRC",
+    "ipv6_dst": "NXM_NX_IPV6_DST",
+    "ipv6_nd_tll": "NXM_NX_ND_TLL",
 }
 _HEX_FIELDS = {"tunnel_id", "metadata", *REGISTERS}
 _RESERVED_PORTS = {of.OFPP_IN_PORT: "IN_PORT", of.OFPP_TABLE: "TABLE"}
@@ -644,7 +660,8 @@ def _value(name: str, value: int | str) -> str:
 def _match_text(match: Mapping[str, Any]) -> list[str]:
     parts = []
     eth_type = match.get("eth_type")
-    proto = _IP_SHORTHAND.get(match.get("ip_proto", -1)) if eth_type == 0x0800 else None
+    shorthand = {0x0800: _IP_SHORTHAND, 0x86DD: _IP6_SHORTHAND}.get(eth_type, {})
+    proto = shorthand.get(match.get("ip_proto", -1))
     if proto is not None:
         parts.append(proto)
     elif eth_type is not None:

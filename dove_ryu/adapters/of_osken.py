@@ -31,6 +31,8 @@ _GROUP_COMMANDS = {
 def _action(action: of.Action) -> Any:
     if isinstance(action, of.Output):
         return parser.OFPActionOutput(action.port, action.max_len)
+    if isinstance(action, of.SetField) and action.field in _ERICSSON_FIELDS:
+        return _set_ericsson(action)
     if isinstance(action, of.SetField):
         return parser.OFPActionSetField(**{action.field: action.value})
     if isinstance(action, of.Move):
@@ -62,6 +64,23 @@ def _check_pkt_larger(action: of.CheckLarger) -> Any:
     nxm_reg = (0x0001 << 16) | (int(action.register[3:]) << 9) | 4
     body = struct.pack("!HHI6x", action.length, action.bit, nxm_reg)
     return parser.NXActionUnknown(NXAST_CHECK_PKT_LARGER, body)
+
+
+# NOTE (os-ken 4.2): it knows neither nd_reserved nor nd_options_type, the fields OVS
+# (2.11+) reads in OXM class 0x1000 (ERICOXM, fields 1 and 2; lib/meta-flow.h) and that an
+# NA built in the datapath needs.  They are written with a Nicira reg_load2 (NXAST 33),
+# whose body is the OXM itself, as ovs-ofctl's "set_field:...->nd_reserved" is read back.
+_ERICOXM_CLASS = 0x1000
+_ERICSSON_FIELDS = {"nd_reserved": (1, 4), "nd_options_type": (2, 1)}
+NXAST_REG_LOAD2 = 33
+
+
+def _set_ericsson(action: of.SetField) -> Any:
+    field, size = _ERICSSON_FIELDS[action.field]
+    assert isinstance(action.value, int)
+    oxm = struct.pack("!HBB", _ERICOXM_CLASS, field << 1, size) + action.value.to_bytes(size, "big")
+    pad = -(10 + len(oxm)) % 8  # the action (10-byte NX header + OXM) fills 8-byte units
+    return parser.NXActionUnknown(NXAST_REG_LOAD2, oxm + bytes(pad))
 
 
 # NOTE (os-ken 4.2): nicira_ext names the NAT range flags but not the NAT kind; these

@@ -13,7 +13,7 @@ import subprocess
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv4Interface
+from ipaddress import IPv4Address, IPv4Interface, IPv6Interface, ip_interface
 from typing import Any
 
 import ovs.db.idl
@@ -39,6 +39,7 @@ LOG = logging.getLogger("dove_ryu.adapters.ovsdb")
 EXT_INSTANCE = "dove-instance"
 EXT_MAC = "attached-mac"
 EXT_IPS = "dove-ips"
+EXT_IPV6_ROUTER = "dove-ipv6-router"  # "true": the VM may send Router Advertisements
 # Router marks on the integration bridge (docs/routing.md, "Declaring routers").
 EXT_ROUTER = "dove-router-"
 EXT_GATEWAYS = "dove-gateways"
@@ -156,14 +157,31 @@ def parse_vm_port(name: str, ofport: int, external_ids: dict[str, str]) -> VmPor
         raise ValueError(f"{EXT_MAC}: {e}") from None
     written = [ip.strip() for ip in external_ids.get(EXT_IPS, "").split(",") if ip.strip()]
     try:
-        ips = tuple(IPv4Interface(ip).ip for ip in written)
+        parsed = [ip_interface(ip) for ip in written]
     except ValueError as e:
         raise ValueError(f"{EXT_IPS}: {e}") from None
-    # The first address's prefix, if written: what DHCP tells the VM (docs/routing.md).
-    first = written[0] if written else ""
+    ips = tuple(i.ip for i in parsed if isinstance(i, IPv4Interface))
+    ips6 = tuple(i.ip for i in parsed if isinstance(i, IPv6Interface))
+    for ip6 in ips6:
+        if ip6.is_multicast or ip6.is_unspecified or ip6.is_loopback:
+            raise ValueError(f"{EXT_IPS}: {ip6} is not a VM's unicast address")
+    if len(set(ips)) != len(ips) or len(set(ips6)) != len(ips6):
+        raise ValueError(f"{EXT_IPS}: an address is listed twice")
+    # The first IPv4 address's prefix, if written: what DHCP tells the VM (docs/routing.md).
+    first = next((w for w, i in zip(written, parsed, strict=True) if i.version == 4), "")
     prefixlen = IPv4Interface(first).network.prefixlen if "/" in first else None
+    router = external_ids.get(EXT_IPV6_ROUTER, "false").strip().lower()
+    if router not in ("true", "false"):
+        raise ValueError(f"{EXT_IPV6_ROUTER}: {router!r} is not true or false")
     return VmPort(
-        name=name, ofport=ofport, instance=instance, mac=mac, ips=ips, prefixlen=prefixlen
+        name=name,
+        ofport=ofport,
+        instance=instance,
+        mac=mac,
+        ips=ips,
+        prefixlen=prefixlen,
+        ips6=ips6,
+        ipv6_router=router == "true",
     )
 
 

@@ -41,7 +41,7 @@ class Arrivals:
         # A VM that arrives here replaces whatever was learned about its addresses.
         stale = {port.mac} | {
             e.endpoint.mac
-            for ip in port.ips
+            for ip in port.addresses
             if (e := self.p.learned.get_by_ip(port.instance, ip)) is not None
         }
         for mac in sorted(stale):
@@ -54,7 +54,7 @@ class Arrivals:
         self.p.stats.count("ports_added")
         # The hosts serving the instance (and the VM's previous host) learn the new
         # location now, with a sequence number above the old one.
-        here = EndpointHere(port.instance, port.mac, port.ips, self.p.me, seq)
+        here = EndpointHere(port.instance, port.mac, port.ips, self.p.me, seq, port.sources6)
         targets = set(self.p.members.hosts(port.instance))
         if before is not None:
             targets.add(before.endpoint.host)
@@ -67,7 +67,7 @@ class Arrivals:
             port.name,
             port.instance,
             port.mac,
-            ",".join(map(str, port.ips)),
+            ",".join(map(str, port.addresses)),
             port.ofport,
         )
         return out

@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 from collections.abc import Collection
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 
 from dove_ryu.agent.membership import LIFETIME_INTERVALS
 from dove_ryu.model import Endpoint
@@ -132,9 +132,13 @@ class Published:
         """The endpoints of ``push`` instances: their flows go in ahead."""
         return {k: e for k, e in self._by_mac.items() if self.mode(e.instance) == "push"}
 
-    def find(self, instance: int, target: str | IPv4Address) -> Endpoint | None:
+    def find(self, instance: int, target: str | IPv4Address | IPv6Address) -> Endpoint | None:
+        """The directory's endpoint for a MAC or an address (its rows carry no IPv6
+        addresses: an IPv6 target is resolved by LEARN)."""
         if isinstance(target, str):
             return self._by_mac.get((instance, target))
+        if isinstance(target, IPv6Address):
+            return None
         return self._by_ip.get((instance, target))
 
 

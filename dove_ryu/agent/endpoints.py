@@ -12,13 +12,13 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Mapping
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 from typing import Protocol
 
 from dove_ryu.agent.link import SwitchLink
 from dove_ryu.agent.ports import LocalPorts
 from dove_ryu.agent.stats import Stats
-from dove_ryu.model import Endpoint, LearnedEndpoint, is_multicast
+from dove_ryu.model import Endpoint, IpAddress, LearnedEndpoint, is_multicast
 from dove_ryu.openflow import cookies
 from dove_ryu.openflow.cookies import Purpose
 from dove_ryu.openflow.ofmsg import OfMsg
@@ -46,13 +46,13 @@ class LearnedTable:
     def __init__(self, max_per_instance: int) -> None:
         self.max_per_instance = max_per_instance
         self.by_instance: dict[int, OrderedDict[str, LearnedEndpoint]] = {}
-        self.by_ip: dict[tuple[int, IPv4Address], str] = {}
+        self.by_ip: dict[tuple[int, IpAddress], str] = {}
 
     def get(self, instance: int, mac: str) -> LearnedEndpoint | None:
         table = self.by_instance.get(instance)
         return table.get(mac) if table else None
 
-    def get_by_ip(self, instance: int, ip: IPv4Address) -> LearnedEndpoint | None:
+    def get_by_ip(self, instance: int, ip: IPv4Address | IPv6Address) -> LearnedEndpoint | None:
         mac = self.by_ip.get((instance, ip))
         return self.get(instance, mac) if mac else None
 
@@ -69,7 +69,7 @@ class LearnedTable:
             self._unindex(victim.endpoint)
             evicted.append(victim)
         table[ep.mac] = entry
-        for ip in ep.ips:
+        for ip in ep.addresses:
             stale_mac = self.by_ip.get((ep.instance, ip))
             if stale_mac and stale_mac != ep.mac:
                 # The address moved to another MAC: the older claim loses it.
@@ -90,7 +90,7 @@ class LearnedTable:
         return entry
 
     def _unindex(self, ep: Endpoint) -> None:
-        for ip in ep.ips:
+        for ip in ep.addresses:
             if self.by_ip.get((ep.instance, ip)) == ep.mac:
                 del self.by_ip[(ep.instance, ip)]
 
@@ -123,7 +123,7 @@ class LearnedEndpoints:
     def get(self, instance: int, mac: str) -> LearnedEndpoint | None:
         return self.table.get(instance, mac)
 
-    def get_by_ip(self, instance: int, ip: IPv4Address) -> LearnedEndpoint | None:
+    def get_by_ip(self, instance: int, ip: IPv4Address | IPv6Address) -> LearnedEndpoint | None:
         return self.table.get_by_ip(instance, ip)
 
     def __len__(self) -> int:
@@ -154,7 +154,7 @@ class LearnedEndpoints:
             self.stats.name,
             ep.instance,
             ep.mac,
-            ",".join(map(str, ep.ips)),
+            ",".join(map(str, ep.addresses)),
             ep.host,
             ep.seq,
             took * 1000,
@@ -166,7 +166,7 @@ class LearnedEndpoints:
         return [
             {
                 "mac": e.endpoint.mac,
-                "ips": [str(i) for i in e.endpoint.ips],
+                "ips": [str(i) for i in e.endpoint.addresses],
                 "host": str(e.endpoint.host),
                 "seq": e.endpoint.seq,
                 "age": round(now - e.learned_at, 1),
@@ -188,7 +188,7 @@ class LearnedEndpoints:
             self.stats.drop("learn_claims_local_mac", now, f"{ep.mac} from {answered_by}")
             return []
         if local is not None:
-            local_ips = [ip for ip in ep.ips if local.get_by_ip(ep.instance, ip) is not None]
+            local_ips = [ip for ip in ep.addresses if local.get_by_ip(ep.instance, ip) is not None]
             if local_ips:
                 self.stats.count("learn_local_ips_ignored", len(local_ips))
                 ep = ep.without_ips(local_ips)
@@ -225,11 +225,16 @@ class LearnedEndpoints:
         current = self.get(instance, who.mac)
         if current is not None and (
             current.endpoint.seq > who.seq
-            or (current.endpoint.host == sender and current.endpoint.ips == who.ips)
+            or (
+                current.endpoint.host == sender
+                and current.endpoint.ips == who.ips
+                and current.endpoint.ips6 == who.ips6
+            )
         ):
             return []
         self.stats.count("learned_from_request")
-        return self.remember(now, Endpoint(instance, who.mac, who.ips, sender, who.seq), sender)
+        ep = Endpoint(instance, who.mac, who.ips, sender, who.seq, who.ips6)
+        return self.remember(now, ep, sender)
 
     def forget(self, instance: int, mac: str) -> list[OfMsg]:
         entry = self.table.remove(instance, mac)

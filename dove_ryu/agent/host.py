@@ -250,14 +250,17 @@ class HostCore:
         if msg.mac is not None:
             port = self.p.ports.get(msg.instance, msg.mac)
         else:
-            assert msg.ip is not None
-            port = self.p.ports.get_by_ip(msg.instance, msg.ip)
+            target = msg.ip if msg.ip is not None else msg.ip6
+            assert target is not None
+            port = self.p.ports.get_by_ip(msg.instance, target)
         if port is None:
             return CoreOutput()
         out = CoreOutput(ofmsgs=self._glean(now, sender, msg))
         self.p.mobility.note_learner((port.instance, port.mac), sender)
         seq = self.p.ports.seq(port.instance, port.mac)
-        reply = LearnReply(msg.instance, msg.request_id, port.mac, port.ips, self.p.me, seq)
+        reply = LearnReply(
+            msg.instance, msg.request_id, port.mac, port.ips, self.p.me, seq, port.sources6
+        )
         self.p.stats.count("learn_replies_sent")
         out.datagrams.append(self.p.channel.datagram(sender, reply))
         return out
@@ -298,7 +301,7 @@ class HostCore:
             if key in self.p.ports:
                 # The host that answered learned our VM from the request (see _glean).
                 self.p.mobility.note_learner(key, sender)
-        ep = Endpoint(msg.instance, msg.mac, msg.ips, msg.host, msg.seq)
+        ep = Endpoint(msg.instance, msg.mac, msg.ips, msg.host, msg.seq, msg.ips6)
         return self._resolved(now, pending, ep, sender)
 
     def _resolved(
@@ -321,12 +324,12 @@ class HostCore:
         if not self.p.members.serves(msg.instance, sender):
             self.p.members.join(now, msg.instance, sender)
             out.ofmsgs += self.members.member_changed(msg.instance, sender, joined=True)
-        ep = Endpoint(msg.instance, msg.mac, msg.ips, msg.host, msg.seq)
+        ep = Endpoint(msg.instance, msg.mac, msg.ips, msg.host, msg.seq, msg.ips6)
         followed = self.arrivals.elsewhere(now, ep)
         if followed is None:
             return out
         out.ofmsgs += followed
-        targets: list[Target] = [msg.mac, *msg.ips]
+        targets: list[Target] = [msg.mac, *msg.ips, *msg.ips6]
         for target in targets:
             pending = self.p.resolver.in_flight(msg.instance, target)
             if pending is not None:
@@ -390,7 +393,7 @@ class HostCore:
                             "port": p.name,
                             "ofport": p.ofport,
                             "mac": p.mac,
-                            "ips": [str(i) for i in p.ips],
+                            "ips": [str(i) for i in p.addresses],
                             "seq": self.p.ports.seq(instance, p.mac),
                             "learned_by": sorted(
                                 str(h) for h in self.p.mobility.learners_of((instance, p.mac))

@@ -12,14 +12,14 @@ held ARP requests are answered at once by the agent: the first packet's latency.
 
 from __future__ import annotations
 
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 
 from dove_ryu.agent.mobility import SEQ_MAX
 from dove_ryu.agent.parts import HostParts
 from dove_ryu.agent.resolver import Target
 from dove_ryu.agent.routed_misses import RoutedMisses
 from dove_ryu.model import Endpoint, is_multicast
-from dove_ryu.openflow import flows
+from dove_ryu.openflow import flows, nd_flows
 from dove_ryu.openflow.cookies import Purpose
 from dove_ryu.openflow.ofmsg import (
     OFPP_CONTROLLER,
@@ -29,7 +29,16 @@ from dove_ryu.openflow.ofmsg import (
     PacketIn,
     PacketOut,
 )
-from dove_ryu.openflow.packet import ARP_REPLY, ARP_REQUEST, BadPacket, build_arp, parse
+from dove_ryu.openflow.packet import (
+    ARP_REPLY,
+    ARP_REQUEST,
+    ND_NEIGHBOR_ADVERT,
+    ND_NEIGHBOR_SOLICIT,
+    BadPacket,
+    build_arp,
+    build_nd,
+    parse,
+)
 from dove_ryu.openflow.pipeline import INSTANCE_MASK
 from dove_ryu.protocol.messages import Requester, Unlearn
 
@@ -71,6 +80,12 @@ class HostMisses:
             self.p.stats.count("packet_in_arp_miss")
             target = frame.arp.tpa
             known = self.p.learned.get_by_ip(instance, target)
+        elif decoded.tag == nd_flows.TAG_ND_MISS and frame.nd is not None:
+            # A Neighbor Solicitation for an address no flow here answers: resolved
+            # by LEARN like an ARP miss, never flooded (whatever group it was sent to).
+            self.p.stats.count("packet_in_nd_miss")
+            target = frame.nd.target
+            known = self.p.learned.get_by_ip(instance, target)
         elif decoded.tag == flows.TAG_L2_MISS:
             self.p.stats.count("packet_in_l2_miss")
             target = frame.dst
@@ -80,7 +95,7 @@ class HostMisses:
             return CoreOutput()
         if known is None:
             seq = self.p.ports.seq(instance, source.mac)
-            requester = Requester(source.mac, source.ips, seq)
+            requester = Requester(source.mac, source.ips, seq, ips6=source.sources6)
             return self._resolve(now, instance, target, in_port, data, requester)
         # Learned but this flow is missing (a race with an idle timeout): put back
         # just the flow that missed, then the packet.
@@ -89,6 +104,8 @@ class HostMisses:
         missing: list[OfMsg]
         if isinstance(target, IPv4Address):
             missing = list(flows.learned_arp_flows(ep, [target]))
+        elif isinstance(target, IPv6Address):
+            missing = list(nd_flows.learned_nd_flows(ep, [target]))
         elif now - known.reinstalled_at < REINSTALL_HOLDOFF:
             # Packets already on their way when the flow went back in: send each
             # straight into the tunnel, without a flow-mod per packet.
@@ -185,6 +202,11 @@ class HostMisses:
             answers = [self._arp_answer(port, data, ep) for port, data in held]
             msgs += [a for a in answers if a is not None]
             held = [h for h, a in zip(held, answers, strict=True) if a is None]
+        if isinstance(target, IPv6Address):
+            # Held solicitations likewise: the NA goes straight back to the VM.
+            answers = [self._nd_answer(port, data, ep) for port, data in held]
+            msgs += [a for a in answers if a is not None]
+            held = [h for h, a in zip(held, answers, strict=True) if a is None]
         return msgs + self._packet_outs(held)
 
     def _packet_outs(self, held: list[tuple[int, bytes]]) -> list[OfMsg]:
@@ -204,6 +226,31 @@ class HostMisses:
             return None
         reply = build_arp(ARP_REPLY, ep.mac, arp.sha, ep.mac, arp.tpa, arp.sha, arp.spa)
         self.p.stats.count("arp_answered_by_agent")
+        return PacketOut(OFPP_CONTROLLER, reply, (Output(in_port),), after_flows=False)
+
+    def _nd_answer(self, in_port: int, data: bytes, ep: Endpoint) -> PacketOut | None:
+        """The Neighbor Advertisement for a held solicitation of one of ``ep``'s
+        IPv6 addresses, or None."""
+        try:
+            frame = parse(data)
+        except BadPacket:
+            return None
+        ns = frame.nd
+        if ns is None or ns.kind != ND_NEIGHBOR_SOLICIT or ns.target not in ep.ips6:
+            return None
+        if ns.src.is_unspecified:
+            return None  # a duplicate address probe is never answered
+        reply = build_nd(
+            ND_NEIGHBOR_ADVERT,
+            ep.mac,
+            frame.src,
+            ns.target,
+            ns.src,
+            ns.target,
+            ep.mac,
+            nd_flows.NA_SOLICITED_OVERRIDE,
+        )
+        self.p.stats.count("nd_answered_by_agent")
         return PacketOut(OFPP_CONTROLLER, reply, (Output(in_port),), after_flows=False)
 
     def _not_here(

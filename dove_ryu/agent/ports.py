@@ -8,17 +8,17 @@ was given when it arrived here, see `dove_ryu.agent.mobility.next_seq`).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 from types import MappingProxyType
 
-from dove_ryu.model import VmPort
+from dove_ryu.model import IpAddress, VmPort
 
 
 class LocalPorts:
     def __init__(self) -> None:
         self._by_name: dict[str, VmPort] = {}
         self._by_mac: dict[tuple[int, str], VmPort] = {}
-        self._by_ip: dict[tuple[int, IPv4Address], VmPort] = {}
+        self._by_ip: dict[tuple[int, IpAddress], VmPort] = {}
         self._by_instance: dict[int, dict[str, VmPort]] = {}
         self._seq: dict[tuple[int, str], int] = {}
 
@@ -31,7 +31,7 @@ class LocalPorts:
     def get(self, instance: int, mac: str) -> VmPort | None:
         return self._by_mac.get((instance, mac))
 
-    def get_by_ip(self, instance: int, ip: IPv4Address) -> VmPort | None:
+    def get_by_ip(self, instance: int, ip: IPv4Address | IPv6Address) -> VmPort | None:
         return self._by_ip.get((instance, ip))
 
     def __contains__(self, key: tuple[int, str]) -> bool:
@@ -74,7 +74,7 @@ class LocalPorts:
         self._by_name[port.name] = port
         self._by_mac[key] = port
         self._by_instance.setdefault(port.instance, {})[port.mac] = port
-        for ip in port.ips:
+        for ip in _indexed(port):
             self._by_ip[(port.instance, ip)] = port
         self._seq[key] = seq
 
@@ -89,7 +89,12 @@ class LocalPorts:
             del same_instance[port.mac]
             if not same_instance:
                 del self._by_instance[port.instance]
-        for ip in port.ips:
+        for ip in _indexed(port):
             if self._by_ip.get((port.instance, ip)) == port:
                 del self._by_ip[(port.instance, ip)]
         return seq
+
+
+def _indexed(port: VmPort) -> tuple[IpAddress, ...]:
+    """The addresses a port answers for: its marks and its MAC's IPv6 link-local one."""
+    return (*port.ips, *port.sources6)

@@ -68,7 +68,7 @@ class ProxyRelay:
         """Where ``ep`` is, as ``host`` sees it: behind us."""
         self.p.stats.count("learn_replies_sent")
         leg = self.p.sides.leg(host)
-        msg = LearnReply(ep.instance, request_id, ep.mac, ep.ips, leg, ep.seq)
+        msg = LearnReply(ep.instance, request_id, ep.mac, ep.ips, leg, ep.seq, ep.ips6)
         return self.p.channel.datagram(host, msg)
 
     def _say(self, hosts: list[IPv4Address], msg: Message) -> list[Datagram]:
@@ -209,9 +209,10 @@ class ProxyRelay:
             target = msg.mac
             known = self.p.learned.get(msg.instance, msg.mac)
         else:
-            assert msg.ip is not None
-            target = msg.ip
-            known = self.p.learned.get_by_ip(msg.instance, msg.ip)
+            address = msg.ip if msg.ip is not None else msg.ip6
+            assert address is not None
+            target = address
+            known = self.p.learned.get_by_ip(msg.instance, address)
         wan = self.p.sides.wan(sender)
         if known is not None:
             if self.p.sides.wan(known.endpoint.host) != wan:
@@ -270,7 +271,9 @@ class ProxyRelay:
             other_side = self.p.instances.side(msg.instance, not self.p.sides.wan(sender))
             batch: dict[IPv4Address, list[EndpointHere]] = {} if told is None else told
             for h in other_side:
-                here = EndpointHere(msg.instance, msg.mac, msg.ips, self.p.sides.leg(h), msg.seq)
+                here = EndpointHere(
+                    msg.instance, msg.mac, msg.ips, self.p.sides.leg(h), msg.seq, msg.ips6
+                )
                 batch.setdefault(h, []).append(here)
             if told is None:
                 out.datagrams += self.p.channel.endpoints(batch)

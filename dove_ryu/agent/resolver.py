@@ -17,13 +17,13 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Hashable
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 
 from dove_ryu.agent.stats import Stats
 from dove_ryu.config import LearningConfig
 from dove_ryu.protocol.messages import LearnReply, LearnRequest, Requester
 
-Target = str | IPv4Address  # a MAC (str) or an IPv4 address
+Target = str | IPv4Address | IPv6Address  # a MAC (str) or an address
 Held = tuple[int, bytes]  # (in_port, frame) of a packet waiting for an answer
 
 MAX_HELD = 4  # packets kept per target; the rest are counted and dropped
@@ -70,7 +70,7 @@ class Pending:
     def answered_by(self, reply: LearnReply) -> bool:
         if isinstance(self.target, str):
             return self.target == reply.mac
-        return self.target in reply.ips
+        return self.target in (*reply.ips, *reply.ips6)
 
     def request(self) -> LearnRequest:
         return LearnRequest(
@@ -79,6 +79,7 @@ class Pending:
             mac=self.target if isinstance(self.target, str) else None,
             ip=self.target if isinstance(self.target, IPv4Address) else None,
             requester=self.requester,
+            ip6=self.target if isinstance(self.target, IPv6Address) else None,
         )
 
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from dove_ryu.openflow.cookies import Cookie, Purpose, decode
 from dove_ryu.openflow.flows import TAG_ARP_MISS, TAG_L2_MISS, TAG_ROUTE_MISS
+from dove_ryu.openflow.nd_flows import TAG_ND_MISS
 from dove_ryu.openflow.packet import BadPacket, Frame, parse
 
 # Seconds, 1 ms .. 2 s.  An answer at the first try takes milliseconds; one that
@@ -25,6 +26,7 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 PACKET_IN_REASONS = (
     "l2_miss",
     "arp_miss",
+    "nd_miss",
     "route_miss",
     "ttl_expired",
     "not_here",
@@ -55,6 +57,8 @@ def packet_in_reason(cookie: Cookie | None) -> str:
         return "l2_miss"
     if cookie.purpose is Purpose.INSTANCE and cookie.tag == TAG_ARP_MISS:
         return "arp_miss"
+    if cookie.purpose is Purpose.INSTANCE and cookie.tag == TAG_ND_MISS:
+        return "nd_miss"
     return "unexpected"
 
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 
 from dove_ryu.model import Endpoint
 from dove_ryu.openflow import cookies
@@ -103,12 +103,20 @@ def _address(value: object) -> IPv4Address | None:
         return None
 
 
+def _address6(value: object) -> IPv6Address | None:
+    try:
+        return IPv6Address(str(value))
+    except ValueError:
+        return None
+
+
 def adopt(state: SwitchState, member_flows: bool = False) -> Adopted:
     """The learned endpoints and instance members the switch's flows and groups show:
     members from the flood groups' buckets, or (``member_flows``: a gateway, which has
     no groups) from its classify flows accepting each member."""
     adopted = Adopted()
     ips: dict[tuple[int, str], list[IPv4Address]] = {}
+    ips6: dict[tuple[int, str], list[IPv6Address]] = {}
     where: dict[tuple[int, str], IPv4Address] = {}
     for flow in state.flows:
         decoded = cookies.decode(flow.cookie)
@@ -119,6 +127,11 @@ def adopt(state: SwitchState, member_flows: bool = False) -> Adopted:
             mac, host = flow.match.get("eth_dst"), _address(sets.get("tun_ipv4_dst"))
             if isinstance(mac, str) and host is not None:
                 where[(decoded.instance, mac)] = host
+        elif decoded.purpose is Purpose.ARP_LEARNED and "ipv6_nd_target" in flow.match:
+            # A Neighbor Advertisement built for the endpoint's IPv6 address.
+            mac, ip6 = sets.get("eth_src"), _address6(flow.match["ipv6_nd_target"])
+            if isinstance(mac, str) and ip6 is not None:
+                ips6.setdefault((decoded.instance, mac), []).append(ip6)
         elif decoded.purpose is Purpose.ARP_LEARNED:
             mac, ip = sets.get("arp_sha"), _address(sets.get("arp_spa"))
             if isinstance(mac, str) and ip is not None:
@@ -133,8 +146,9 @@ def adopt(state: SwitchState, member_flows: bool = False) -> Adopted:
                 adopted.members.setdefault(decoded.instance, set()).add(host)
     for (instance, mac), host in sorted(where.items(), key=lambda kv: (kv[0], str(kv[1]))):
         known = tuple(sorted(set(ips.get((instance, mac), []))))
+        known6 = tuple(sorted(set(ips6.get((instance, mac), []))))
         # Sequence 0: any announcement or answer about the endpoint is newer.
-        adopted.endpoints.append(Endpoint(instance, mac, known, host, 0))
+        adopted.endpoints.append(Endpoint(instance, mac, known, host, 0, known6))
     for group in state.groups:
         for bucket in group.buckets:
             sets = _set_fields(bucket)

@@ -11,6 +11,15 @@ from dove_ryu.model import Endpoint, VmPort
 from dove_ryu.openflow import cookies
 from dove_ryu.openflow.cookies import Cookie, Purpose
 from dove_ryu.openflow.dhcp_flows import delete_dhcp_request_flows, dhcp_request_flows
+from dove_ryu.openflow.nd_flows import (
+    TAG_ND_MISS,
+    delete_learned_nd,
+    learned_nd_flows,
+    local_nd_flows,
+    nd_defaults,
+    nd_miss_flow,
+    port_security6,
+)
 from dove_ryu.openflow.ofmsg import (
     OFPG_ALL,
     OFPP_CONTROLLER,
@@ -56,7 +65,7 @@ TAG_ARP_MISS = 1
 TAG_L2_MISS = 2
 TAG_FLOOD = 3
 TAG_ROUTE_MISS = 4  # l3_neighbor: a routed packet's destination unknown (routing_flows)
-_INSTANCE_TAGS = (TAG_ARP_MISS, TAG_L2_MISS, TAG_FLOOD)
+_INSTANCE_TAGS = (TAG_ARP_MISS, TAG_L2_MISS, TAG_FLOOD, TAG_ND_MISS)
 
 # Priorities, highest first within a table.
 PRIO_EXACT = 100
@@ -122,6 +131,7 @@ def pipeline_defaults(tunnel_ofport: int) -> list[FlowMod]:
             cookie=Cookie(Purpose.EGRESS_MISS),
             actions=[Output(OFPP_CONTROLLER)],
         ),
+        *nd_defaults(),
     ]
 
 
@@ -183,7 +193,7 @@ def local_port_flows(port: VmPort) -> list[FlowMod]:
         "arp_sha": port.mac,
     }
     # 0.0.0.0 is the sender of a duplicate-address probe (RFC 5227).
-    senders = [*port.ips, IPv4Address(0)] if port.ips else []
+    senders = [*port.ips, IPv4Address(0)] if port.addressed else []
     for arp_match in [{**arp_ok, "arp_spa": str(ip)} for ip in senders] or [arp_ok]:
         flows.append(
             PORT_SECURITY.flow(
@@ -191,6 +201,7 @@ def local_port_flows(port: VmPort) -> list[FlowMod]:
             )
         )
     flows += _ipv4_source_flows(port, port_cookie)
+    flows += port_security6(port)
     flows.append(
         PORT_SECURITY.flow(
             priority=PRIO_EXACT,
@@ -227,12 +238,13 @@ def local_port_flows(port: VmPort) -> list[FlowMod]:
                 goto=L2_FORWARD,
             )
         )
-    return flows + dhcp_request_flows(port)
+    return flows + local_nd_flows(port) + dhcp_request_flows(port)
 
 
 def _ipv4_source_flows(port: VmPort, port_cookie: Cookie) -> list[FlowMod]:
-    """A port with addresses sends IPv4 only from them, and DHCP from 0.0.0.0."""
-    if not port.ips:
+    """A port with addresses sends IPv4 only from them (none: an IPv6-only port), and
+    DHCP from 0.0.0.0."""
+    if not port.addressed:
         return []
     ip_ok: dict[str, MatchValue] = {
         "in_port": port.ofport,
@@ -296,6 +308,7 @@ def instance_flows(instance: int) -> list[FlowMod]:
             cookie=Cookie(Purpose.INSTANCE, instance, TAG_FLOOD),
             actions=[Group(instance)],
         ),
+        nd_miss_flow(instance),
     ]
 
 
@@ -391,14 +404,18 @@ def learned_arp_flows(ep: Endpoint, ips: Iterable[IPv4Address] | None = None) ->
 
 def learned_flows(ep: Endpoint, tunnel_ofport: int, idle_timeout: int) -> list[FlowMod]:
     """Every flow of a learned endpoint."""
-    return [learned_l2_flow(ep, tunnel_ofport, idle_timeout), *learned_arp_flows(ep)]
+    return [
+        learned_l2_flow(ep, tunnel_ofport, idle_timeout),
+        *learned_arp_flows(ep),
+        *learned_nd_flows(ep),
+    ]
 
 
 def delete_learned(ep: Endpoint, *, keep_l2: bool = False) -> list[FlowMod]:
     """Delete the flows of a learned endpoint, strictly by match (MAC tags may collide)."""
     deletes = [
         ARP_ND.delete(match=_arp_request(ep.instance, ip), priority=PRIO_EXACT) for ip in ep.ips
-    ]
+    ] + delete_learned_nd(ep)
     if not keep_l2:
         deletes.append(
             L2_FORWARD.delete(

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 
 from dove_ryu.model import is_multicast
 
 ETH_TYPE_ARP = 0x0806
 ETH_TYPE_IPV4 = 0x0800
 ETH_TYPE_VLAN = 0x8100
+ETH_TYPE_IPV6 = 0x86DD
+IPPROTO_ICMPV6 = 58
+ND_ROUTER_SOLICIT, ND_ROUTER_ADVERT = 133, 134
+ND_NEIGHBOR_SOLICIT, ND_NEIGHBOR_ADVERT, ND_REDIRECT = 135, 136, 137
 ARP_REQUEST = 1
 ARP_REPLY = 2
 
@@ -33,11 +37,23 @@ class Arp:
 
 
 @dataclass(frozen=True)
+class Neighbor:
+    """An ICMPv6 Neighbor Solicitation or Advertisement (``kind`` 135 or 136)."""
+
+    kind: int
+    src: IPv6Address
+    dst: IPv6Address
+    target: IPv6Address
+    lladdr: str | None  # the source (NS) or target (NA) link-layer address option
+
+
+@dataclass(frozen=True)
 class Frame:
     dst: str
     src: str
     eth_type: int
     arp: Arp | None = None
+    nd: Neighbor | None = None
 
     @property
     def is_multicast(self) -> bool:
@@ -75,7 +91,65 @@ def parse(data: bytes) -> Frame:
             tha=mac_str(body[10:16]),
             tpa=IPv4Address(body[16:20]),
         )
-    return Frame(dst=dst, src=src, eth_type=eth_type, arp=arp)
+    nd = _neighbor(data, offset) if eth_type == ETH_TYPE_IPV6 else None
+    return Frame(dst=dst, src=src, eth_type=eth_type, arp=arp, nd=nd)
+
+
+def _neighbor(data: bytes, offset: int) -> Neighbor | None:
+    """The NS or NA right after a plain IPv6 header (as ND sends it), else None."""
+    icmp = offset + 40
+    if len(data) < icmp + 24 or data[offset + 6] != IPPROTO_ICMPV6:
+        return None
+    kind = data[icmp]
+    if kind not in (ND_NEIGHBOR_SOLICIT, ND_NEIGHBOR_ADVERT):
+        return None
+    want = 1 if kind == ND_NEIGHBOR_SOLICIT else 2
+    lladdr, at = None, icmp + 24
+    while at + 8 <= len(data) and data[at + 1]:
+        if data[at] == want:
+            lladdr = mac_str(data[at + 2 : at + 8])
+        at += data[at + 1] * 8
+    return Neighbor(
+        kind=kind,
+        src=IPv6Address(data[offset + 8 : offset + 24]),
+        dst=IPv6Address(data[offset + 24 : offset + 40]),
+        target=IPv6Address(data[icmp + 8 : icmp + 24]),
+        lladdr=lladdr,
+    )
+
+
+def solicited_node(ip: IPv6Address) -> IPv6Address:
+    """The solicited-node multicast group of ``ip`` (RFC 4291 2.7.1)."""
+    return IPv6Address(b"\xff\x02" + bytes(9) + b"\x01\xff" + ip.packed[13:])
+
+
+def multicast_mac(ip: IPv6Address) -> str:
+    return mac_str(b"\x33\x33" + ip.packed[12:])
+
+
+def build_nd(
+    kind: int,
+    src_mac: str,
+    dst_mac: str,
+    src: IPv6Address,
+    dst: IPv6Address,
+    target: IPv6Address,
+    lladdr: str | None,
+    flags: int = 0,
+) -> bytes:
+    """An Ethernet frame with an NS (135) or NA (136) for ``target``; ``lladdr`` goes in
+    the source (NS) or target (NA) link-layer address option; ``flags`` are an NA's
+    R/S/O bits in the top byte of the reserved word."""
+    body = struct.pack("!I", flags) + target.packed
+    if lladdr is not None:
+        option = 1 if kind == ND_NEIGHBOR_SOLICIT else 2
+        body += bytes([option, 1]) + mac_bytes(lladdr)
+    icmp = bytes([kind, 0, 0, 0]) + body
+    pseudo = src.packed + dst.packed + struct.pack("!I3xB", len(icmp), IPPROTO_ICMPV6)
+    icmp = icmp[:2] + struct.pack("!H", internet_checksum(pseudo + icmp)) + icmp[4:]
+    ip6 = struct.pack("!IHBB", 6 << 28, len(icmp), IPPROTO_ICMPV6, 255) + src.packed + dst.packed
+    eth = mac_bytes(dst_mac) + mac_bytes(src_mac) + struct.pack("!H", ETH_TYPE_IPV6)
+    return eth + ip6 + icmp
 
 
 def build_arp(

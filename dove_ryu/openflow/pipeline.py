@@ -11,8 +11,9 @@ anything the declaration does not allow.  The agent tells OVS these names, so
 Packet path::
 
     classify -> port_security -> arp_nd -> l2_forward -> flood
-        |  (from the tunnel)                  |  |
-        +-------------------------------------+  +-> egress_check
+        |  (from the tunnel)           |      |  |
+        +------------------------------|------+  +-> egress_check
+                                       +-> nd_reply   (a Neighbor Advertisement, out)
 
 A subnet of a tenant router (docs/routing.md) adds a detour for IPv4 sent to its
 gateway MAC, routed on the sending VM's host::
@@ -304,7 +305,8 @@ CLASSIFY = Table(
 PORT_SECURITY = Table(
     10,
     "port_security",
-    "a VM sends only from its own MAC (and its own IPs); its DHCP requests -> agent",
+    "a VM sends only from its own MAC (and its own IPv4/IPv6 addresses, ND about itself "
+    "only, no Router Advertisement unless marked a router); its DHCP requests -> agent",
     roles=(HOST,),
     miss=DROP,
     cookies=(Purpose.LOCAL_PORT, Purpose.DROP_SPOOF, Purpose.DHCP),
@@ -318,6 +320,11 @@ PORT_SECURITY = Table(
         "ip_proto",
         "udp_src",
         "udp_dst",
+        "ipv6_src",
+        "icmpv6_type",
+        "ipv6_nd_target",
+        "ipv6_nd_sll",
+        "ipv6_nd_tll",
     ),
     next_tables=("arp_nd",),
     outputs=(Out.CONTROLLER,),
@@ -325,8 +332,8 @@ PORT_SECURITY = Table(
 ARP_ND = Table(
     20,
     "arp_nd",
-    "ARP requests answered on the host; unknown targets resolved by the agent; "
-    "IPv4 to a subnet's gateway MAC -> l3_route",
+    "ARP requests and Neighbor Solicitations answered on the host; unknown targets "
+    "resolved by the agent; IPv4 to a subnet's gateway MAC -> l3_route",
     roles=(HOST,),
     miss=goto("l2_forward"),
     cookies=(
@@ -336,11 +343,49 @@ ARP_ND = Table(
         Purpose.INSTANCE,
         Purpose.ROUTER_PORT,
     ),
-    matches=("metadata", "in_port", "eth_type", "eth_dst", "arp_op", "arp_tpa"),
-    next_tables=("l3_route", "l2_forward"),
-    # The request turned into its reply.
-    sets=("eth_src", "eth_dst", "arp_op", "arp_sha", "arp_spa", "arp_tha", "arp_tpa"),
+    matches=(
+        "metadata",
+        "in_port",
+        "eth_type",
+        "eth_dst",
+        "arp_op",
+        "arp_tpa",
+        "ipv6_src",
+        "ip_proto",
+        "icmpv6_type",
+        "ipv6_nd_target",
+    ),
+    next_tables=("nd_reply", "l3_route", "l2_forward"),
+    # The request turned into its reply (an NA is finished in nd_reply).
+    sets=(
+        "eth_src",
+        "eth_dst",
+        "arp_op",
+        "arp_sha",
+        "arp_spa",
+        "arp_tha",
+        "arp_tpa",
+        "ipv6_src",
+        "ipv6_dst",
+        "icmpv6_type",
+        "nd_options_type",
+        "nd_reserved",
+    ),
     outputs=(Out.IN_PORT, Out.CONTROLLER),
+)
+ND_REPLY = Table(
+    22,
+    "nd_reply",
+    "a Neighbor Solicitation arp_nd turned into an Advertisement: its target link-layer "
+    "option gets the answering MAC, back out the port",
+    roles=(HOST,),
+    miss=DROP,
+    cookies=(Purpose.PIPELINE, Purpose.DROP_MISS),
+    matches=("eth_type", "ip_proto", "icmpv6_type"),
+    # NOTE (OVS 3.1): nd_tll may be written only by a flow whose match says the packet
+    # is an NA, so arp_nd cannot finish the reply itself.
+    sets=("ipv6_nd_tll",),
+    outputs=(Out.IN_PORT,),
 )
 EXT_IN = Table(
     24,
@@ -478,6 +523,7 @@ TABLES: tuple[Table, ...] = (
     CLASSIFY,
     PORT_SECURITY,
     ARP_ND,
+    ND_REPLY,
     EXT_IN,
     EXT_UNNAT,
     L3_ROUTE,

@@ -10,14 +10,14 @@ covered by the MAC); the receiver picks its key of that id before verifying (``K
 ============  ====  =========================================================
 Message       Type  TLVs (besides SENDER, COUNTER, AUTH); instance in header
 ============  ====  =========================================================
-Announce      1     INSTANCES, optionally PROXY or GATEWAY, INSTANCE_RANGE (no instance,
-                    I clear)
-LearnRequest  2     REQUEST_ID, exactly one of MAC / IPV4,
-                    optionally REQUESTER_MAC, REQUESTER_SEQ, REQUESTER_IPV4 * n
-                    or (not both) ROUTED_REQUESTER
-LearnReply    3     REQUEST_ID, MAC, HOST, SEQ, IPV4 * n
+Announce      1     INSTANCES, optionally PROXY or GATEWAY, INSTANCE_RANGE, INCARNATION
+                    (no instance, I clear)
+LearnRequest  2     REQUEST_ID, exactly one of MAC / IPV4 / IPV6,
+                    optionally REQUESTER_MAC, REQUESTER_SEQ, REQUESTER_IPV4 * n,
+                    REQUESTER_IPV6 * n or (not both) ROUTED_REQUESTER
+LearnReply    3     REQUEST_ID, MAC, HOST, SEQ, IPV4 * n, IPV6 * n
 Unlearn       4     MAC, HOST, SEQ
-Endpoint      5     MAC, HOST, SEQ, IPV4 * n
+Endpoint      5     MAC, HOST, SEQ, IPV4 * n, IPV6 * n
 Frame         6     FRAME_DATA: a piece of an overlay frame, F set in the header
 Endpoints     7     HOST, ENDPOINT_ENTRY * n (no instance, I clear)
 ============  ====  =========================================================
@@ -40,6 +40,11 @@ own instance.  GATEWAY (non-critical) says the sender is an external
 gateway (docs/routing.md), active or standby, with its priority: hosts send what their
 routers route off their subnets to the active one.
 
+IPV6 and REQUESTER_IPV6 (non-critical, 16 bytes each, repeatable) carry an endpoint's
+IPv6 addresses and a requester's: an agent that predates them skips them and knows
+the endpoint by its MAC and IPv4 addresses only.  A LEARN for an IPv6 target carries
+it in IPV6 alone: such an agent refuses that request (neither MAC nor IPV4) and counts it.
+
 Every instance a message carries is an instance id (1..2**24-1) and every MAC a VM's
 (unicast), by the same checks as OVSDB port marks and dovectl (``dove_ryu.model``):
 building a message with anything else raises ValueError, decoding one MalformedMessage.
@@ -53,7 +58,7 @@ import struct
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import IntEnum
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 
 from dove_ryu.model import check_instance, endpoint_mac, normalize_mac
 from dove_ryu.protocol.auth import MAC_LEN, AuthError, KeyRing, compute_mac, verify_mac
@@ -162,6 +167,17 @@ def _check_ips(ips: object) -> None:
         _check_ip("ips entry", ip)
     if len(set(ips)) != len(ips):
         raise ValueError("ips must not repeat")
+
+
+def _check_ips6(ips: object) -> None:
+    """A tuple of distinct IPv6 addresses."""
+    if not isinstance(ips, tuple):
+        raise ValueError("ips6 must be a tuple")
+    for ip in ips:
+        if not isinstance(ip, IPv6Address):
+            raise ValueError(f"ips6 entry must be an IPv6Address, got {ip!r}")
+    if len(set(ips)) != len(ips):
+        raise ValueError("ips6 must not repeat")
 
 
 def _check_range(name: str, value: int, low: int, high: int) -> None:
@@ -280,6 +296,7 @@ class Requester:
     ips: tuple[IPv4Address, ...] = ()
     seq: int = 1
     instance: int | None = None
+    ips6: tuple[IPv6Address, ...] = ()  # not carried for a routed requester
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "mac", endpoint_mac(self.mac))
@@ -287,23 +304,27 @@ class Requester:
             check_instance(self.instance)
         _check_range("seq", self.seq, 0, SEQ_LIMIT)
         _check_ips(self.ips)
+        _check_ips6(self.ips6)
 
 
 @dataclass(frozen=True)
 class LearnRequest:
-    """Where is the endpoint with this MAC (or this IPv4 address) in ``instance``?"""
+    """Where is the endpoint with this MAC (or this IPv4 or IPv6 address) in ``instance``?"""
 
     instance: int
     request_id: int
     mac: str | None = None
     ip: IPv4Address | None = None
     requester: Requester | None = None
+    ip6: IPv6Address | None = None
 
     def __post_init__(self) -> None:
         check_instance(self.instance)
         _check_range("request_id", self.request_id, 0, 0xFFFFFFFF)
-        if (self.mac is None) == (self.ip is None):
-            raise ValueError("exactly one of mac and ip must be set")
+        if [self.mac, self.ip, self.ip6].count(None) != 2:
+            raise ValueError("exactly one of mac, ip and ip6 must be set")
+        if self.ip6 is not None and not isinstance(self.ip6, IPv6Address):
+            raise ValueError(f"ip6 must be an IPv6Address, got {self.ip6!r}")
         if self.mac is not None:
             object.__setattr__(self, "mac", normalize_mac(self.mac))
         if self.ip is not None:
@@ -322,12 +343,14 @@ class LearnReply:
     ips: tuple[IPv4Address, ...]
     host: IPv4Address
     seq: int
+    ips6: tuple[IPv6Address, ...] = ()
 
     def __post_init__(self) -> None:
         check_instance(self.instance)
         _check_range("request_id", self.request_id, 0, 0xFFFFFFFF)
         object.__setattr__(self, "mac", endpoint_mac(self.mac))
         _check_ips(self.ips)
+        _check_ips6(self.ips6)
         _check_ip("host", self.host)
         _check_range("seq", self.seq, 0, SEQ_LIMIT)
 
@@ -358,6 +381,7 @@ class EndpointHere:
     ips: tuple[IPv4Address, ...]
     host: IPv4Address
     seq: int
+    ips6: tuple[IPv6Address, ...] = ()
 
     def __post_init__(self) -> None:
         check_instance(self.instance)
@@ -365,6 +389,7 @@ class EndpointHere:
         _check_ip("host", self.host)
         _check_range("seq", self.seq, 0, SEQ_LIMIT)
         _check_ips(self.ips)
+        _check_ips6(self.ips6)
 
 
 @dataclass(frozen=True)
@@ -395,7 +420,7 @@ _ENTRY_FIXED = 3 + 6 + 8
 
 def entry_len(ep: EndpointHere) -> int:
     """Bytes an ENDPOINT_ENTRY TLV of ``ep`` takes in a frame."""
-    return TLV_HEADER_LEN + _ENTRY_FIXED + 1 + 4 * len(ep.ips) + 1
+    return TLV_HEADER_LEN + _ENTRY_FIXED + 1 + 4 * len(ep.ips) + 1 + 16 * len(ep.ips6)
 
 
 def batch_endpoints(host: IPv4Address, entries: Iterable[EndpointHere]) -> list[Endpoints]:
@@ -475,6 +500,7 @@ def _location(message: LearnReply | EndpointHere | Unlearn) -> list[Tlv]:
         Tlv(TlvType.SEQ, _u64(message.seq)),
     ]
     tlvs.extend(Tlv(TlvType.IPV4, ip.packed) for ip in getattr(message, "ips", ()))
+    tlvs.extend(Tlv(TlvType.IPV6, ip.packed) for ip in getattr(message, "ips6", ()))
     return tlvs
 
 
@@ -501,7 +527,8 @@ def _announce_tlvs(message: Announce) -> tuple[Tlv, ...]:
 
 def _entry(ep: EndpointHere) -> Tlv:
     value = ep.instance.to_bytes(3, "big") + _mac_bytes(ep.mac) + _u64(ep.seq)
-    value += bytes([len(ep.ips)]) + b"".join(ip.packed for ip in ep.ips) + bytes([0])
+    value += bytes([len(ep.ips)]) + b"".join(ip.packed for ip in ep.ips)
+    value += bytes([len(ep.ips6)]) + b"".join(ip.packed for ip in ep.ips6)
     return Tlv(TlvType.ENDPOINT_ENTRY, value)
 
 
@@ -520,6 +547,8 @@ def _body(message: Message) -> tuple[MsgType, int | None, list[Tlv]]:
             tlvs.append(Tlv(TlvType.MAC, _mac_bytes(message.mac)))
         if message.ip is not None:
             tlvs.append(Tlv(TlvType.IPV4, message.ip.packed))
+        if message.ip6 is not None:
+            tlvs.append(Tlv(TlvType.IPV6, message.ip6.packed))
         who = message.requester
         if who is not None and who.instance is not None:
             value = who.instance.to_bytes(3, "big") + _mac_bytes(who.mac) + _u64(who.seq)
@@ -529,6 +558,7 @@ def _body(message: Message) -> tuple[MsgType, int | None, list[Tlv]]:
             tlvs.append(Tlv(TlvType.REQUESTER_MAC, _mac_bytes(who.mac)))
             tlvs.append(Tlv(TlvType.REQUESTER_SEQ, _u64(who.seq)))
             tlvs.extend(Tlv(TlvType.REQUESTER_IPV4, ip.packed) for ip in who.ips)
+            tlvs.extend(Tlv(TlvType.REQUESTER_IPV6, ip.packed) for ip in who.ips6)
         return MsgType.LEARN_REQUEST, message.instance, tlvs
     if isinstance(message, LearnReply):
         request = Tlv(TlvType.REQUEST_ID, _u32(message.request_id))
@@ -582,7 +612,15 @@ def encode(
 # --- decoding ---------------------------------------------------------------------------
 
 _KNOWN_TLVS = frozenset(int(t) for t in TlvType)
-_REPEATABLE = frozenset({TlvType.IPV4, TlvType.REQUESTER_IPV4, TlvType.ENDPOINT_ENTRY})
+_REPEATABLE = frozenset(
+    {
+        TlvType.IPV4,
+        TlvType.REQUESTER_IPV4,
+        TlvType.IPV6,
+        TlvType.REQUESTER_IPV6,
+        TlvType.ENDPOINT_ENTRY,
+    }
+)
 _ALLOWED: dict[MsgType, frozenset[int]] = {
     MsgType.ANNOUNCE: frozenset(
         {
@@ -598,17 +636,21 @@ _ALLOWED: dict[MsgType, frozenset[int]] = {
             TlvType.REQUEST_ID,
             TlvType.MAC,
             TlvType.IPV4,
+            TlvType.IPV6,
             TlvType.REQUESTER_MAC,
             TlvType.REQUESTER_IPV4,
+            TlvType.REQUESTER_IPV6,
             TlvType.REQUESTER_SEQ,
             TlvType.ROUTED_REQUESTER,
         }
     ),
     MsgType.LEARN_REPLY: frozenset(
-        {TlvType.REQUEST_ID, TlvType.MAC, TlvType.HOST, TlvType.SEQ, TlvType.IPV4}
+        {TlvType.REQUEST_ID, TlvType.MAC, TlvType.HOST, TlvType.SEQ, TlvType.IPV4, TlvType.IPV6}
     ),
     MsgType.UNLEARN: frozenset({TlvType.MAC, TlvType.HOST, TlvType.SEQ}),
-    MsgType.ENDPOINT: frozenset({TlvType.MAC, TlvType.HOST, TlvType.SEQ, TlvType.IPV4}),
+    MsgType.ENDPOINT: frozenset(
+        {TlvType.MAC, TlvType.HOST, TlvType.SEQ, TlvType.IPV4, TlvType.IPV6}
+    ),
     MsgType.FRAME: frozenset({TlvType.FRAME_DATA}),
     MsgType.ENDPOINTS: frozenset({TlvType.HOST, TlvType.ENDPOINT_ENTRY}),
 }
@@ -650,6 +692,12 @@ class _Fields:
         if any(len(v) != 4 for v in values):
             raise MalformedMessage("bad_tlv_value", f"{tlv_type.name} length")
         return tuple(IPv4Address(v) for v in values)
+
+    def ips6(self, tlv_type: TlvType = TlvType.IPV6) -> tuple[IPv6Address, ...]:
+        values = self._values.get(tlv_type, [])
+        if any(len(v) != 16 for v in values):
+            raise MalformedMessage("bad_tlv_value", f"{tlv_type.name} length")
+        return tuple(IPv6Address(v) for v in values)
 
 
 def _instance(header: DoveHeader, want: bool) -> int:
@@ -718,17 +766,17 @@ def _endpoint_entry(raw: bytes, host: IPv4Address) -> EndpointHere:
     n4 = raw[_ENTRY_FIXED]
     ips_end = at + 4 * n4
     rest = len(raw) - ips_end
-    # NOTE: IPv6 addresses are read for their length only until the model has them
-    # (docs/control-plane.md: the ipv6 piece fills them in), as ENDPOINT's IPV6 TLV
-    # is skipped by an agent that does not know it.
+    # The IPv6 count may be missing (an entry made before IPv6): no IPv6 addresses.
     if rest < 0 or (rest and (rest - 1 != 16 * raw[ips_end])):
         raise MalformedMessage("bad_tlv_value", f"ENDPOINT_ENTRY length {len(raw)}")
     ips = tuple(IPv4Address(raw[i : i + 4]) for i in range(at, ips_end, 4))
+    ips6 = tuple(IPv6Address(raw[i : i + 16]) for i in range(ips_end + 1, len(raw), 16))
     return EndpointHere(
         instance=int.from_bytes(raw[0:3], "big"),
         mac=":".join(f"{b:02x}" for b in raw[3:9]),
         ips=ips,
         host=host,
+        ips6=ips6,
         seq=int.from_bytes(raw[9:17], "big"),
     )
 
@@ -745,14 +793,14 @@ def _frame(header: DoveHeader, f: _Fields) -> FrameFragment:
 def _learn_request(header: DoveHeader, f: _Fields) -> LearnRequest:
     instance = _instance(header, True)
     request_id = f.uint(TlvType.REQUEST_ID, 4)
-    has_mac, has_ip = f.has(TlvType.MAC), f.has(TlvType.IPV4)
-    if not has_mac and not has_ip:
-        raise MalformedMessage("missing_tlv", "MAC or IPV4")
-    if has_mac and has_ip:
-        raise MalformedMessage("bad_tlv_value", "both MAC and IPV4")
-    ips = f.ips()
-    if has_ip and len(ips) != 1:
-        raise MalformedMessage("bad_tlv_value", "more than one IPV4")
+    has_mac, has_ip, has_ip6 = f.has(TlvType.MAC), f.has(TlvType.IPV4), f.has(TlvType.IPV6)
+    if not has_mac and not has_ip and not has_ip6:
+        raise MalformedMessage("missing_tlv", "MAC, IPV4 or IPV6")
+    if has_mac + has_ip + has_ip6 > 1:
+        raise MalformedMessage("bad_tlv_value", "more than one of MAC, IPV4 and IPV6")
+    ips, ips6 = f.ips(), f.ips6()
+    if (has_ip and len(ips) != 1) or (has_ip6 and len(ips6) != 1):
+        raise MalformedMessage("bad_tlv_value", "more than one target address")
     requester = None
     if f.has(TlvType.REQUESTER_MAC):
         try:
@@ -760,6 +808,7 @@ def _learn_request(header: DoveHeader, f: _Fields) -> LearnRequest:
                 mac=f.mac(TlvType.REQUESTER_MAC),
                 ips=f.ips(TlvType.REQUESTER_IPV4),
                 seq=f.uint(TlvType.REQUESTER_SEQ, 8),
+                ips6=f.ips6(TlvType.REQUESTER_IPV6),
             )
         except ValueError as e:
             raise MalformedMessage("bad_tlv_value", f"requester: {e}") from None
@@ -769,6 +818,8 @@ def _learn_request(header: DoveHeader, f: _Fields) -> LearnRequest:
         requester = _routed_requester(f.raw(TlvType.ROUTED_REQUESTER), instance)
     if has_mac:
         return LearnRequest(instance, request_id, mac=f.mac(), requester=requester)
+    if has_ip6:
+        return LearnRequest(instance, request_id, ip6=ips6[0], requester=requester)
     return LearnRequest(instance, request_id, ip=ips[0], requester=requester)
 
 
@@ -803,6 +854,7 @@ def _learn_reply(header: DoveHeader, f: _Fields) -> LearnReply:
         ips=f.ips(),
         host=f.ip(TlvType.HOST),
         seq=f.uint(TlvType.SEQ, 8),
+        ips6=f.ips6(),
     )
 
 
@@ -813,6 +865,7 @@ def _endpoint(header: DoveHeader, f: _Fields) -> EndpointHere:
         ips=f.ips(),
         host=f.ip(TlvType.HOST),
         seq=f.uint(TlvType.SEQ, 8),
+        ips6=f.ips6(),
     )
 
 

@@ -224,6 +224,7 @@ def test_a_miss_reads_as_what_it_does() -> None:
         "drop",
         "drop",
         "goto l2_forward",
+        "drop",  # nd_reply
         "drop",  # ext_in
         "drop",  # ext_unnat
         "drop",  # l3_route
