@@ -237,6 +237,12 @@ def soak(args: argparse.Namespace, out: Path) -> dict[str, Any]:
         seen["spare_pings"] = load.spare_pings
         agents.end()
         summary = summarize(args, snet, faults, seen, agents, stale, (started, ended))
+        summary["netem"] = (
+            "tc netem"
+            if injector.netem_ok
+            else f"no netem in this kernel: {len(injector.fallbacks)} loss/delay faults applied "
+            f"as an htb rate limit, {len(injector.skipped)} reorderings not injected"
+        )
         summary["fault_errors"] = [
             f"{a.fault.describe()}: {a.error}" for a in injector.applied if a.error
         ]
@@ -266,7 +272,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=None, help="the faults' seed (default: random)")
     p.add_argument("--mean-gap", type=float, default=8.0, help="mean seconds between faults")
     p.add_argument("--warmup", type=float, default=10.0, help="load alone before the faults")
-    p.add_argument("--settle", type=float, default=30.0, help="after the faults, for the state")
+    p.add_argument(
+        "--settle", type=float, default=90.0, help="after the faults, at most, for the state"
+    )
     p.add_argument("--hypervisors", type=int, default=2, help="per site")
     p.add_argument("--tenants", type=int, default=2)
     p.add_argument("--json", type=Path, help="write the summary there")

@@ -19,10 +19,13 @@ from benchmarks.soak_load import Load
 from benchmarks.soak_plan import AGENT_KINDS, NETEM_KINDS, Fault, Kind
 from mininet_topos.dove_agent import agent_cmd
 from mininet_topos.emulation import attach_vm, detach_vm
+from mininet_topos.hypervisor import OvsCommandError
 from mininet_topos.migration import migrate
 from mininet_topos.sites import SitesNet, active_proxy
 
 RSS_EVERY = 5.0  # seconds between RSS samples
+# Without netem (a kernel built without sch_netem): a rate limit below the link's load.
+FALLBACK_RATE = {Kind.NETEM_LOSS: "256kbit", Kind.NETEM_DELAY: "1mbit"}
 
 
 def rss_mib(pid: int) -> float | None:
@@ -144,6 +147,9 @@ class Injector:
         self.spares_up: set[str] = set()
         self.applied: list[Applied] = []
         self.failed_over: dict[str, str] = {}  # "site<n>" -> the proxy stopped
+        self.netem_ok = True  # until the kernel says it has no netem qdisc
+        self.fallbacks: list[Fault] = []  # netem faults applied as an htb rate limit
+        self.skipped: list[Fault] = []  # reordering where there is no netem
 
     def run(self, faults: list[Fault], start: float, log: Any) -> None:
         """Begin and end every fault at its time; returns when the last is undone."""
@@ -193,14 +199,36 @@ class Injector:
             detach_vm(spare.hypervisor, spare.port)
             self.spares_up.discard(f.target)
         elif f.kind in NETEM_KINDS:
-            node, intf = f.target.split(":")
-            self.snet.hv(node).run("tc", "qdisc", "replace", "dev", intf, "root", "netem", *f.netem)
+            return self._impair(f)
         elif f.kind is Kind.PROXY_FAILOVER:
             proxy = active_proxy(self.snet, int(f.target.removeprefix("site")))
             self.agents.kill(proxy.name, signal.SIGTERM)
             self.failed_over[f.target] = proxy.name
             return f"(stopped {proxy.name})"
         return ""
+
+    def _impair(self, f: Fault) -> str:
+        """tc netem on the link; where the kernel has no netem, loss and delay become an
+        htb rate limit (tail drops, queueing delay) and reordering is not injected."""
+        node, intf = f.target.split(":")
+        hv = self.snet.hv(node)
+        if self.netem_ok:
+            try:
+                hv.run("tc", "qdisc", "replace", "dev", intf, "root", "netem", *f.netem)
+                return ""
+            except OvsCommandError as e:
+                if "unknown" not in e.err:
+                    raise
+                self.netem_ok = False
+        if f.kind is Kind.NETEM_REORDER:
+            self.skipped.append(f)
+            return "(no netem here: reordering not injected)"
+        rate = FALLBACK_RATE[f.kind]
+        hv.run("tc", "qdisc", "replace", "dev", intf, "root", "handle", "1:", "htb", "default", "1")
+        hv.run("tc", "class", "replace", "dev", intf, "parent", "1:", "classid", "1:1",
+               "htb", "rate", rate, "ceil", rate)  # fmt: skip
+        self.fallbacks.append(f)
+        return f"(no netem here: htb rate {rate} instead)"
 
     def _undo(self, f: Fault) -> None:
         if f.kind in AGENT_KINDS:
