@@ -354,7 +354,9 @@ class GatewayCore:
             out.ofmsgs += self._member_changed(instance, host, joined=False)
         if self.p.link.connected:
             out.ofmsgs += self.p.external.tick(now)
-            if self.p.takeover.settling:
+            if self.p.takeover.settling and not self._listening(now):
+                # Not while listening: the old generation's ARP answers stay until
+                # the new one has its own (it claims, or hears the active one).
                 out.ofmsgs += self.p.takeover.sweep(now, ())  # a gateway has no groups
         if now >= self.next_announce:
             out.datagrams += self._announce(now)
