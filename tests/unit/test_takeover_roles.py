@@ -224,3 +224,18 @@ def test_the_member_cookie_is_what_the_take_over_reads() -> None:
         if (d := cookies.decode(f.cookie)) and d.purpose is Purpose.MEMBER
     ]
     assert {f.match.get("tun_ipv4_src") for f in members} >= {str(H1)}
+
+
+def test_dovectl_status_shows_the_take_over(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from dove_ryu.ctl import dovectl
+
+    sites = crossed(Sites())
+    sites.stop("s1px1")
+    restart_proxy(sites, "s1px1")
+    monkeypatch.setattr(dovectl, "query", lambda path, request: sites.status("s1px1"))
+    assert dovectl.main(["--admin-socket", "x", "status"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "(listening)" in lines[0]
+    assert lines[1].startswith("take-over: generation 1, settling (stale generations 0;")
