@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from mininet_topos.hypervisor import Hypervisor, kill_pid, pid_alive, read_pidfile, wait_until
@@ -119,10 +120,13 @@ def readdress(hv: Hypervisor, addresses: dict[str, list[str]], timeout: float = 
             hv.address_bridge(bridge, cidr)
 
 
-def restart_vswitchd(hv: Hypervisor, restore: bool = True) -> Restart:
+def restart_vswitchd(
+    hv: Hypervisor, restore: bool = True, while_down: Callable[[], None] | None = None
+) -> Restart:
     """Restart ``hv``'s ovs-vswitchd (ovsdb-server keeps running); with ``restore`` as
     ``ovs-ctl restart`` does, flows saved and replayed under flow-restore-wait, without it
-    a plain stop and start.  Returns the times of each step."""
+    a plain stop and start.  ``while_down`` runs between the stop and the start (a test
+    changes the database there).  Returns the times of each step."""
     names = bridges(hv)
     done = Restart(hv.name, restore, addresses=bridge_addresses(hv, names))
     if restore:
@@ -130,6 +134,8 @@ def restart_vswitchd(hv: Hypervisor, restore: bool = True) -> Restart:
     done.stopped = time.time()
     stop_vswitchd(hv)
     done.gone = time.time()
+    if while_down is not None:
+        while_down()
     if restore:
         # ovs-lib's ovs_vsctl: --no-wait, the daemon is not there to apply it
         hv.vsctl("--no-wait", "set", "Open_vSwitch", ".", "other_config:flow-restore-wait=true")
