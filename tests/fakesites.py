@@ -336,7 +336,8 @@ class Sites:
             self.queue.append((node, dgram))
             env = decode(dgram.payload, key=KEY)
             self.sent.append(Sent(env.sender, IPv4Address(dgram.dst), env.message, node.site))
-        deliveries = node.switch.apply(order_messages(out.ofmsgs))
+        gen = node.core.p.takeover.generation
+        deliveries = node.switch.apply(order_messages(out.ofmsgs, gen))
         assert not node.switch.errors, node.switch.errors
         self.handle(node, deliveries)
 

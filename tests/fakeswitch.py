@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address
 from typing import Any
 
+from dove_ryu.agent.takeover import FoundFlow, FoundGroup, SwitchState
+from dove_ryu.openflow import cookies
 from dove_ryu.openflow import ofmsg as of
 from dove_ryu.openflow.packet import ETH_TYPE_ARP, ETH_TYPE_IPV4, build_arp, mac_bytes, parse
 
@@ -316,6 +318,7 @@ class FakeSwitch:
         self.in_port_drops = 0
         self.conntrack = Conntrack()
         self.ttl_drops = 0  # packets whose TTL a DecTtl would have taken to zero
+        self.deleted: list[Flow] = []  # flows a delete removed (not those an add replaced)
 
     # ----------------------------------------------------------------- messages
 
@@ -348,9 +351,9 @@ class FakeSwitch:
             strict = fm.command is of.FlowCommand.DELETE_STRICT
             ids = list(self.tables) if fm.table_id == OFPTT_ALL else [fm.table_id]
             for table_id in ids:
-                self.tables[table_id] = [
-                    f for f in self.tables.get(table_id, []) if not self._doomed(f, fm, strict)
-                ]
+                table = self.tables.get(table_id, [])
+                self.deleted += [f for f in table if self._doomed(f, fm, strict)]
+                self.tables[table_id] = [f for f in table if not self._doomed(f, fm, strict)]
         else:
             raise TypeError(f"unknown flow command {fm.command!r}")
 
@@ -417,6 +420,20 @@ class FakeSwitch:
                 ]
         else:
             raise TypeError(f"unknown group command {gm.command!r}")
+
+    def found(self) -> SwitchState:
+        """What the shell reads from a switch when the agent connects: our flows (by
+        the cookie marker) and the groups (`dove_ryu.agent.takeover`)."""
+        ours = cookies.MARKER << cookies.MARKER_SHIFT
+        return SwitchState(
+            flows=tuple(
+                FoundFlow(f.table_id, f.priority, f.cookie, dict(f.match), f.actions)
+                for table in self.tables.values()
+                for f in table
+                if f.cookie & cookies.MASK_OURS == ours
+            ),
+            groups=tuple(FoundGroup(g, buckets) for g, buckets in sorted(self.groups.items())),
+        )
 
     # ------------------------------------------------------------------ packets
 

@@ -12,6 +12,7 @@ from typing import Any
 from os_ken.ofproto import ofproto_v1_3 as ofp
 from os_ken.ofproto import ofproto_v1_3_parser as parser
 
+from dove_ryu.agent.takeover import FoundFlow, FoundGroup
 from dove_ryu.openflow import ofmsg as of
 
 _FLOW_COMMANDS = {
@@ -167,6 +168,36 @@ def to_osken(dp: Any, msg: of.OfMsg) -> Any:
 def match_fields(match: Any) -> dict[str, Any]:
     """The fields of an os-ken OFPMatch as a plain dict."""
     return dict(match.items())
+
+
+def _read_actions(actions: Any) -> tuple[of.Action, ...]:
+    """The actions a take-over reads (`dove_ryu.agent.takeover`): set-fields, outputs
+    and groups; the others are left out (nothing is adopted from them)."""
+    read: list[of.Action] = []
+    for action in actions:
+        if isinstance(action, parser.OFPActionSetField):
+            read.append(of.SetField(action.key, action.value))
+        elif isinstance(action, parser.OFPActionOutput):
+            read.append(of.Output(action.port, action.max_len))
+        elif isinstance(action, parser.OFPActionGroup):
+            read.append(of.Group(action.group_id))
+    return tuple(read)
+
+
+def found_flow(stats: Any) -> FoundFlow:
+    """One entry of a flow stats reply, as the take-over reads it."""
+    actions: list[of.Action] = []
+    for inst in stats.instructions:
+        if isinstance(inst, parser.OFPInstructionActions):
+            actions += _read_actions(inst.actions)
+    return FoundFlow(
+        stats.table_id, stats.priority, stats.cookie, match_fields(stats.match), tuple(actions)
+    )
+
+
+def found_group(desc: Any) -> FoundGroup:
+    """One entry of a group description reply, as the take-over reads it."""
+    return FoundGroup(desc.group_id, tuple(_read_actions(b.actions) for b in desc.buckets))
 
 
 # --- the hot path, by hand --------------------------------------------------------------

@@ -31,6 +31,8 @@ from dove_ryu.adapters.directory import DirectoryClient
 from dove_ryu.adapters.metrics_http import MetricsServer
 from dove_ryu.adapters.of_osken import (
     flow_mod_bytes,
+    found_flow,
+    found_group,
     match_fields,
     next_xid,
     packet_out_bytes,
@@ -40,6 +42,7 @@ from dove_ryu.adapters.ovsdb import BridgeView, PortWatcher
 from dove_ryu.agent import make_core
 from dove_ryu.agent.directory import DirectoryView, EndpointRow
 from dove_ryu.agent.gateway import GatewayCore
+from dove_ryu.agent.takeover import FoundFlow, FoundGroup, SwitchState
 from dove_ryu.openflow import cookies
 from dove_ryu.openflow.ofmsg import (
     CoreOutput,
@@ -172,7 +175,7 @@ class DoveApp(app_manager.OSKenApp):  # type: ignore[misc]
         sent = True
         if dp is not None and out.ofmsgs:
             wire: list[bytes] = []
-            for msg in order_messages(out.ofmsgs):
+            for msg in order_messages(out.ofmsgs, self.core.p.takeover.generation):
                 try:
                     wire.append(self._wire(dp, msg))
                 except Exception:  # one bad message must not lose the rest
@@ -237,7 +240,7 @@ class DoveApp(app_manager.OSKenApp):  # type: ignore[misc]
             if dp is self.dp:
                 self.synced = False
             LOG.info("%s: switch %016x connected", self.cfg.name, dp.id)
-            self._sync_if_ready()
+            self._read_switch(dp)
 
     @set_ev_cls(ofp_event.EventOFPStateChange, DEAD_DISPATCHER)  # type: ignore[misc]
     def _switch_gone(self, ev: Any) -> None:
@@ -254,12 +257,84 @@ class DoveApp(app_manager.OSKenApp):  # type: ignore[misc]
                 self.core.switch_disconnected()
                 self.table_flows.forget()
 
+    # What the switch holds, read before the core takes it over (`dove_ryu.agent.takeover`):
+    # our flows (the cookie marker) and the groups, each over one or more replies.
+    reading: Any = None  # the datapath being read
+    read_flows: list[FoundFlow] | None = None
+    read_groups: list[FoundGroup] | None = None
+
+    def _read_switch(self, dp: Any) -> None:
+        """Ask ``dp`` for our flows and its groups (call with the lock); the take-over
+        waits for both answers."""
+        ofp, parser = dp.ofproto, dp.ofproto_parser
+        self.reading, self.read_flows, self.read_groups = dp, None, None
+        self.found = None
+        self._flows_part, self._groups_part = [], []
+        dp.send_msg(
+            parser.OFPFlowStatsRequest(
+                dp,
+                0,
+                ofp.OFPTT_ALL,
+                ofp.OFPP_ANY,
+                ofp.OFPG_ANY,
+                cookies.MARKER << cookies.MARKER_SHIFT,
+                cookies.MASK_OURS,
+                parser.OFPMatch(),
+            )
+        )
+        dp.send_msg(parser.OFPGroupDescStatsRequest(dp, 0))
+
+    found: SwitchState | None = None
+    _flows_part: list[FoundFlow] = []
+    _groups_part: list[FoundGroup] = []
+
+    @set_ev_cls(ofp_event.EventOFPFlowStatsReply, MAIN_DISPATCHER)  # type: ignore[misc]
+    def _flow_stats(self, ev: Any) -> None:
+        msg = ev.msg
+        with self.lock:
+            if msg.datapath is not self.reading:
+                return
+            self._flows_part += [found_flow(s) for s in msg.body]
+            if not msg.flags & msg.datapath.ofproto.OFPMPF_REPLY_MORE:
+                self.read_flows = self._flows_part
+                self._switch_read()
+
+    @set_ev_cls(ofp_event.EventOFPGroupDescStatsReply, MAIN_DISPATCHER)  # type: ignore[misc]
+    def _group_desc(self, ev: Any) -> None:
+        msg = ev.msg
+        with self.lock:
+            if msg.datapath is not self.reading:
+                return
+            self._groups_part += [found_group(g) for g in msg.body]
+            if not msg.flags & msg.datapath.ofproto.OFPMPF_REPLY_MORE:
+                self.read_groups = self._groups_part
+                self._switch_read()
+
+    def _switch_read(self) -> None:
+        if self.read_flows is None or self.read_groups is None:
+            return
+        self.found = SwitchState(tuple(self.read_flows), tuple(self.read_groups))
+        self.reading = None
+        LOG.info(
+            "%s: the switch holds %d of our flows and %d groups",
+            self.cfg.name,
+            len(self.found.flows),
+            len(self.found.groups),
+        )
+        self._sync_if_ready()
+
     def _sync_if_ready(self) -> None:
         tunnel = self.watcher_view.tunnel_ofport if self.watcher_view else None
-        if self.dp is None or self.synced or tunnel is None:
+        dp = self.dp
+        if dp is None or self.synced or tunnel is None:
+            return
+        if self.found is None:
+            if self.reading is not dp:
+                self._read_switch(dp)  # a resync (the tunnel port changed): read it again
             return
         now = time.monotonic()
-        self.synced = self._send(self.core.switch_connected(now, tunnel))
+        found, self.found = self.found, None
+        self.synced = self._send(self.core.switch_connected(now, tunnel, found))
 
     @set_ev_cls(ofp_event.EventOFPPacketIn, MAIN_DISPATCHER)  # type: ignore[misc]
     def _packet_in(self, ev: Any) -> None:

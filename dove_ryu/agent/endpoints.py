@@ -203,6 +203,21 @@ class LearnedEndpoints:
             msgs += self.flows.remove(replaced.endpoint, keep_l2=True)
         return msgs + self.flows.install(ep)
 
+    def adopt(self, now: float, ep: Endpoint) -> bool:
+        """Hold an endpoint a predecessor had learned (read from the switch's flows);
+        its flows come with the state the role installs.  What we hold, a local VM and
+        a multicast MAC win; True if taken."""
+        key = (ep.instance, ep.mac)
+        if self.get(*key) is not None or is_multicast(ep.mac):
+            return False
+        local = self.local
+        if local is not None:
+            if key in local:
+                return False
+            ep = ep.without_ips([ip for ip in ep.ips if local.get_by_ip(ep.instance, ip)])
+        self.table.put(LearnedEndpoint(ep, now, ep.host))
+        return True
+
     def glean(self, now: float, sender: IPv4Address, instance: int, who: Requester) -> list[OfMsg]:
         """Learn the endpoint that asked (through ``sender``, a member of the instance)
         as we answer: the reply traffic then needs no LEARN of its own.  What we hold

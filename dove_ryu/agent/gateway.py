@@ -23,6 +23,7 @@ from dove_ryu.agent.directory import DirectoryView, EndpointRow
 from dove_ryu.agent.election import Outcome
 from dove_ryu.agent.parts import gateway_parts
 from dove_ryu.agent.stats import InstanceCounts, StatsView
+from dove_ryu.agent.takeover import SwitchState
 from dove_ryu.config import DoveConfig
 from dove_ryu.model import Endpoint, Router, VmPort, router_mac
 from dove_ryu.openflow import flows
@@ -62,20 +63,32 @@ class GatewayCore:
 
     # ------------------------------------------------------------- switch
 
-    def switch_connected(self, now: float, tunnel_ofport: int) -> CoreOutput:
-        """Resync: our flows deleted and the whole state installed in one batch (the
-        connections stay in the datapath's conntrack)."""
+    def switch_connected(
+        self, now: float, tunnel_ofport: int, found: SwitchState | None = None
+    ) -> CoreOutput:
+        """Take over what the switch holds (as a host does: `dove_ryu.agent.takeover`):
+        the members and endpoints learned, the whole state under a new generation.
+        The connections stay in the datapath's conntrack: nothing flushes a zone."""
+        adopted = self.p.takeover.begin(now, found or SwitchState(), [self.p.me], member_flows=True)
+        self.p.adopt(now, adopted)
         self.p.link.tunnel_ofport = tunnel_ofport
         self.p.stats.count("switch_connected")
+        self.next_announce = now
         LOG.info("%s: switch connected, tunnel port %d (gateway)", self.p.name, tunnel_ofport)
-        return CoreOutput(ofmsgs=self._resync())
+        return CoreOutput(ofmsgs=self.p.takeover.install(self._state()))
 
     def _resync(self) -> list[OfMsg]:
+        """Everything again after the external port changed: its flows are not the same."""
+        state = self._state()
+        return [*flows.delete_all_ours(), *state] if state else []
+
+    def _state(self) -> list[OfMsg]:
+        """Every flow of the state we hold, for the switch (none without the external
+        port)."""
         ext = self.p.external.side
         if not self.p.link.connected or ext is None:
             return []
         out: list[OfMsg] = [
-            *flows.delete_all_ours(),
             *gw.gateway_defaults(self.p.link.tunnel, ext),
             *self.p.external.flows(),
             *self.p.routers.resync(ext, self.active),
@@ -232,6 +245,8 @@ class GatewayCore:
         if not self.p.members.fresh(sender, env.counter):
             self.p.stats.count("announce_stale")
             return CoreOutput()
+        self.p.takeover.heard(sender)
+        restarted = self.p.members.restarted(now, sender, msg.incarnation)
         if msg.proxy is not None:
             self.p.stats.drop("gateway_proxy_announce", now, f"from {sender}")
             return CoreOutput()
@@ -246,7 +261,7 @@ class GatewayCore:
             new = self.p.election.heard(now, sender, msg.gateway)
             self._claim_early(now)
             out = self._elect(now)
-            if new:
+            if new or restarted:
                 out.datagrams += self._announce(now, only=[sender])
             return out
         change = self.p.members.served_by(now, sender, msg.instances)
@@ -257,7 +272,7 @@ class GatewayCore:
                 out.datagrams += self.p.ask(pending, [sender])
         for instance in change.left:
             out.ofmsgs += self._member_changed(instance, sender, joined=False)
-        if change.new_peer:
+        if change.new_peer or restarted:
             out.datagrams += self._announce(now, only=[sender])
         return out
 
@@ -330,7 +345,8 @@ class GatewayCore:
             partners = sorted(set(self.p.election.partners) | set(self.gateways) - {self.p.me})
             targets = list(dict.fromkeys([*self.p.cfg.host.peers, *partners]))
         role = msgs.GatewayRole(self.active, self.p.cfg.gateway.gateway_priority)
-        out = self.p.channel.to_each(targets, msgs.Announce(frozenset(), gateway=role))
+        announce = msgs.Announce(frozenset(), gateway=role, incarnation=self.p.incarnation)
+        out = self.p.channel.to_each(targets, announce)
         self.p.stats.count("announce_sent", len(out))
         return out
 
@@ -346,6 +362,8 @@ class GatewayCore:
             out.ofmsgs += self._member_changed(instance, host, joined=False)
         if self.p.link.connected:
             out.ofmsgs += self.p.external.tick(now)
+            if self.p.takeover.settling:
+                out.ofmsgs += self.p.takeover.sweep(now, ())  # a gateway has no groups
         if now >= self.next_announce:
             out.datagrams += self._announce(now)
         return out

@@ -27,6 +27,7 @@ from dove_ryu.agent.membership import ANNOUNCE_MAX_INSTANCES
 from dove_ryu.agent.parts import host_parts
 from dove_ryu.agent.resolver import Pending, Target
 from dove_ryu.agent.stats import InstanceCounts, StatsView
+from dove_ryu.agent.takeover import SwitchState
 from dove_ryu.config import DoveConfig
 from dove_ryu.model import Endpoint, Router, VmPort
 from dove_ryu.openflow import flows
@@ -65,15 +66,18 @@ class HostCore:
 
     # ------------------------------------------------------------ the switch
 
-    def switch_connected(self, now: float, tunnel_ofport: int) -> CoreOutput:
-        """Resync: delete all our flows and groups, then install the whole state."""
+    def switch_connected(
+        self, now: float, tunnel_ofport: int, found: SwitchState | None = None
+    ) -> CoreOutput:
+        """Take over what the switch holds (``found``: our flows and groups; None: an
+        empty switch): adopt its learned endpoints and members, install the whole
+        state under a new cookie generation, and announce at once.  Nothing is
+        deleted until the state settles (`tick`, `dove_ryu.agent.takeover`)."""
+        adopted = self.p.takeover.begin(now, found or SwitchState(), [self.p.me])
+        self.p.adopt(now, adopted, instances=self.p.ports.instances)
         self.p.link.tunnel_ofport = tunnel_ofport
-        out = CoreOutput(ofmsgs=[*flows.delete_all_ours(), *flows.pipeline_defaults(tunnel_ofport)])
-        for port in self.p.ports.all():
-            out.ofmsgs += flows.local_port_flows(port)
-        out.ofmsgs += self.p.instances.resync()
-        out.ofmsgs += self.p.routers.resync()  # before the learned: their neighbor flows
-        out.ofmsgs += self.p.learned.resync()
+        out = CoreOutput(ofmsgs=self.p.takeover.install(self._state()))
+        self.next_announce = now  # the next tick tells every peer we are back
         self.p.stats.count("switch_connected")
         LOG.info(
             "%s: switch connected, tunnel port %d, %d ports, %d learned",
@@ -83,6 +87,17 @@ class HostCore:
             len(self.p.learned),
         )
         return out
+
+    def _state(self) -> list[OfMsg]:
+        """Every flow and group of the state we hold, for the switch."""
+        tunnel = self.p.link.tunnel
+        msgs: list[OfMsg] = list(flows.pipeline_defaults(tunnel))
+        for port in self.p.ports.all():
+            msgs += flows.local_port_flows(port)
+        msgs += self.p.instances.resync()
+        msgs += self.p.routers.resync()  # before the learned: their neighbor flows
+        msgs += self.p.learned.resync()
+        return msgs
 
     def switch_disconnected(self) -> None:
         self.p.link.tunnel_ofport = None
@@ -198,8 +213,10 @@ class HostCore:
         if not self.p.members.fresh(sender, env.counter):
             self.p.stats.count("announce_stale")
             return CoreOutput()
+        self.p.takeover.heard(sender)
+        restarted = self.p.members.restarted(now, sender, msg.incarnation)
         if msg.gateway is not None:
-            return self._on_gateway(now, sender, msg.gateway)
+            return self._on_gateway(now, sender, msg.gateway, answer=restarted)
         out = CoreOutput()
         if msg.proxy is not None:
             for old in self.p.members.proxy_heard(now, sender, msg.proxy):
@@ -208,15 +225,17 @@ class HostCore:
                 )
         changed, new_peer = self.members.changed(now, sender, msg.instances)
         out.extend(changed)
-        if new_peer and msg.instances:
-            # A host we did not know (new or restarted): tell it at once what we serve.
+        if (new_peer and msg.instances) or restarted:
+            # A host we did not know, or one that restarted: tell it at once what we serve.
             out.datagrams += self._announce(now, only=[sender])
         return out
 
-    def _on_gateway(self, now: float, sender: IPv4Address, role: GatewayRole) -> CoreOutput:
+    def _on_gateway(
+        self, now: float, sender: IPv4Address, role: GatewayRole, answer: bool = False
+    ) -> CoreOutput:
         msgs, new = self.routing.gateway_heard(now, sender, role)
         out = CoreOutput(ofmsgs=msgs)
-        if new:
+        if new or answer:
             out.datagrams += self._announce(now, only=[sender])
         return out
 
@@ -332,6 +351,8 @@ class HostCore:
             self.p.members.leave(instance, host)
             out.ofmsgs += self.members.member_changed(instance, host, joined=False)
         self.p.members.expire_proxies(now)
+        if self.p.takeover.settling and self.p.link.connected:
+            out.ofmsgs += self.p.takeover.sweep(now, self.p.ports.instances)  # flood groups
         if lingering_ended or now >= self.next_announce:
             out.datagrams += self._announce(now)
         return out
@@ -345,7 +366,8 @@ class HostCore:
             instances = instances[:ANNOUNCE_MAX_INSTANCES]
         targets = only if only is not None else list(self.p.cfg.host.peers)
         self.p.stats.count("announce_sent", len(targets))
-        return self.p.channel.to_each(targets, Announce(instances=frozenset(instances)))
+        announce = Announce(instances=frozenset(instances), incarnation=self.p.incarnation)
+        return self.p.channel.to_each(targets, announce)
 
     # --------------------------------------------------------------- status
 

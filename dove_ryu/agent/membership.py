@@ -20,6 +20,8 @@ LIFETIME_INTERVALS = 3.5  # a member that missed 3 announcements is gone
 # NOTE: one announcement frame holds this many instances; splitting announcements
 # over several messages is not done yet (the rest are dropped and counted).
 ANNOUNCE_MAX_INSTANCES = 300
+# A restarted peer (a new INCARNATION) is answered at once, at most this often.
+RESTART_ANSWER_INTERVAL = 1.0
 MAX_PEERS_TRACKED = 4096  # senders whose last announcement counter is kept
 
 
@@ -46,6 +48,8 @@ class Membership:
         self._hosts: dict[int, dict[IPv4Address, float]] = {}  # instance -> host -> expiry
         self._last_counter: OrderedDict[IPv4Address, int] = OrderedDict()
         self._proxies: dict[IPv4Address, KnownProxy] = {}
+        self._incarnation: OrderedDict[IPv4Address, int] = OrderedDict()
+        self._restart_answered: dict[IPv4Address, float] = {}
 
     # ------------------------------------------------------------- reading
 
@@ -77,6 +81,25 @@ class Membership:
         self._last_counter.move_to_end(sender)
         if len(self._last_counter) > MAX_PEERS_TRACKED:
             self._last_counter.popitem(last=False)
+        return True
+
+    def restarted(self, now: float, sender: IPv4Address, incarnation: int | None) -> bool:
+        """Whether an announcement shows a new incarnation of a peer we had heard: it
+        restarted and must hear us now, not at our next round (answered at most once
+        per RESTART_ANSWER_INTERVAL).  A peer we never heard is `Change.new_peer`."""
+        if incarnation is None:
+            return False
+        before = self._incarnation.get(sender)
+        self._incarnation[sender] = incarnation
+        self._incarnation.move_to_end(sender)
+        if len(self._incarnation) > MAX_PEERS_TRACKED:
+            gone, _ = self._incarnation.popitem(last=False)
+            self._restart_answered.pop(gone, None)
+        if before is None or before == incarnation:
+            return False
+        if now < self._restart_answered.get(sender, -math.inf) + RESTART_ANSWER_INTERVAL:
+            return False
+        self._restart_answered[sender] = now
         return True
 
     def join(

@@ -29,9 +29,14 @@ from dove_ryu.agent.resolver import Pending, Resolver
 from dove_ryu.agent.routers import Routers
 from dove_ryu.agent.sides import ProxyFlows, ProxyInstances, Sides
 from dove_ryu.agent.stats import Stats
+from dove_ryu.agent.takeover import Adopted, Takeover
 from dove_ryu.agent.tunnel import TunnelFlows
 from dove_ryu.config import DoveConfig, ProxyConfig
 from dove_ryu.openflow.ofmsg import Datagram, OfMsg
+
+# After a take-over, stale flows and groups go once every adopted member announced
+# again, or after this many announce intervals.
+TAKEOVER_GRACE_INTERVALS = 2
 
 
 @dataclass
@@ -43,6 +48,8 @@ class Common:
     members: Membership  # which hosts serve which instance; the proxies heard
     resolver: Resolver  # LEARNs in flight, retries, bounds
     learned: LearnedEndpoints  # remote endpoints and the flows that reach them
+    takeover: Takeover  # the cookie generation; what a predecessor left, until swept
+    incarnation: int  # when this process started (wall clock, us): INCARNATION
 
     @property
     def me(self) -> IPv4Address:
@@ -51,6 +58,20 @@ class Common:
     @property
     def name(self) -> str:
         return self.cfg.name
+
+    def adopt(self, now: float, adopted: Adopted, instances: set[int] | None = None) -> None:
+        """Take what a predecessor knew from the switch (`dove_ryu.agent.takeover`):
+        its members and learned endpoints (of ``instances`` only, when given), where
+        we know nothing newer."""
+        for instance, hosts in sorted(adopted.members.items()):
+            if instances is None or instance in instances:
+                for host in sorted(hosts):
+                    if not self.members.serves(instance, host):
+                        self.members.join(now, instance, host)
+                        self.stats.count("takeover_members_adopted")
+        for ep in adopted.endpoints:
+            if (instances is None or ep.instance in instances) and self.learned.adopt(now, ep):
+                self.stats.count("takeover_endpoints_adopted")
 
     def ask(self, pending: Pending, hosts: list[IPv4Address]) -> list[Datagram]:
         """A LEARN request for ``pending`` to each of ``hosts``."""
@@ -115,16 +136,19 @@ def _common(
     # A proxy's members from the other sites come from announcements in either mode.
     by_directory = cfg.host.discovery == "directory" and cfg.role == "host"
     learning = cfg.learning
+    channel = ControlChannel(cfg.host.auth_key, legs, stats, leg_for=leg_for)
     return {
         "cfg": cfg,
         "stats": stats,
         "link": link,
-        "channel": ControlChannel(cfg.host.auth_key, legs, stats, leg_for=leg_for),
+        "channel": channel,
         "members": Membership(learning.announce_interval, by_directory),
         "resolver": Resolver(stats, learning),
         "learned": LearnedEndpoints(
             stats, link, flows, learning.max_learned_per_instance, local=local
         ),
+        "takeover": Takeover(grace=TAKEOVER_GRACE_INTERVALS * learning.announce_interval),
+        "incarnation": int(channel.wall_clock() * 1_000_000),
     }
 
 

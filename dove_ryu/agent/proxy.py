@@ -29,10 +29,11 @@ from dove_ryu.agent.parts import proxy_parts
 from dove_ryu.agent.proxy_directory import ProxyDirectory
 from dove_ryu.agent.proxy_relay import ProxyRelay
 from dove_ryu.agent.stats import InstanceCounts, StatsView
+from dove_ryu.agent.takeover import SwitchState, groups_in
 from dove_ryu.config import DoveConfig
 from dove_ryu.model import VmPort
 from dove_ryu.openflow import flows
-from dove_ryu.openflow.ofmsg import CoreOutput, Datagram, PacketIn
+from dove_ryu.openflow.ofmsg import CoreOutput, Datagram, OfMsg, PacketIn
 from dove_ryu.protocol import messages as msgs
 
 LOG = logging.getLogger("dove_ryu.proxy")
@@ -61,14 +62,28 @@ class ProxyCore:
 
     # ------------------------------------------------------------- switch
 
-    def switch_connected(self, now: float, tunnel_ofport: int) -> CoreOutput:
+    def switch_connected(
+        self, now: float, tunnel_ofport: int, found: SwitchState | None = None
+    ) -> CoreOutput:
+        """Take over what the switch holds (as a host does: `dove_ryu.agent.takeover`):
+        the members of both sides and the endpoints learned, under a new generation."""
+        legs = [self.p.me, self.wan_ip]
+        adopted = self.p.takeover.begin(now, found or SwitchState(), legs)
+        self.p.adopt(now, adopted)
         self.p.link.tunnel_ofport = tunnel_ofport
-        out = CoreOutput(ofmsgs=[*flows.delete_all_ours(), *flows.proxy_defaults(tunnel_ofport)])
-        out.ofmsgs += self.p.instances.resync()
-        out.ofmsgs += self.p.learned.resync()
+        out = CoreOutput(ofmsgs=self.p.takeover.install(self._state()))
+        self.next_announce = now
         self.p.stats.count("switch_connected")
         LOG.info("%s: switch connected, tunnel port %d (proxy)", self.p.cfg.name, tunnel_ofport)
         return out
+
+    def _state(self) -> list[OfMsg]:
+        """Every flow and group of the state we hold, for the switch."""
+        return [
+            *flows.proxy_defaults(self.p.link.tunnel),
+            *self.p.instances.resync(),
+            *self.p.learned.resync(),
+        ]
 
     def switch_disconnected(self) -> None:
         self.p.link.tunnel_ofport = None
@@ -118,9 +133,14 @@ class ProxyCore:
         if not self.p.members.fresh(sender, env.counter):
             self.p.stats.count("announce_stale")
             return CoreOutput()
+        self.p.takeover.heard(sender)
+        restarted = self.p.members.restarted(now, sender, msg.incarnation)
         wan = self.p.sides.wan(sender)
         if not wan and role is not None:
-            return self._partner_heard(now, sender, role)
+            out = self._partner_heard(now, sender, role)
+            if restarted:
+                out.datagrams += self._announce(now, only=[sender])
+            return out
         if wan and role is None:
             self.p.stats.drop("wan_announce_without_role", now, f"from {sender}")
             return CoreOutput()
@@ -135,7 +155,7 @@ class ProxyCore:
                 out.ofmsgs += self.p.failover(now, role.site, old, sender, self.relay.member_left)
         changed, new_peer = self.relay.serves(now, sender, msg.instances)
         out.extend(changed)
-        if new_peer and msg.instances:
+        if (new_peer and msg.instances) or restarted:
             out.datagrams += self._announce(now, only=[sender])
         return self._site_changed(now, before, out)
 
@@ -221,7 +241,8 @@ class ProxyCore:
             if len(instances) > ANNOUNCE_MAX_INSTANCES:
                 self.p.stats.drop("announce_truncated", now, f"{len(instances)} instances")
                 instances = instances[:ANNOUNCE_MAX_INSTANCES]
-            out.append(self.p.channel.datagram(host, msgs.Announce(frozenset(instances), role)))
+            announce = msgs.Announce(frozenset(instances), role, incarnation=self.p.incarnation)
+            out.append(self.p.channel.datagram(host, announce))
         self.p.stats.count("announce_sent", len(out))
         return out
 
@@ -239,6 +260,9 @@ class ProxyCore:
             self.p.members.leave(instance, host)
             out.ofmsgs += self.relay.member_changed(instance, host, joined=False)
         self.p.members.expire_proxies(now)
+        if self.p.takeover.settling and self.p.link.connected:
+            wanted = groups_in(self.p.instances.resync())
+            out.ofmsgs += self.p.takeover.sweep(now, wanted)
         if now >= self.next_announce:
             out.datagrams += self._announce(now)
         return out

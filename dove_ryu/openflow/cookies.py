@@ -2,13 +2,17 @@
 
 Layout (64 bits)::
 
-    63      56 55     48 47                  24 23                 0
-    +---------+---------+----------------------+-------------------+
-    |  0xD0   | purpose |     instance id      |   endpoint tag    |
-    +---------+---------+----------------------+-------------------+
+    63   60 59   56 55     48 47                  24 23                 0
+    +------+-------+---------+----------------------+-------------------+
+    | 0xD  |  gen  | purpose |     instance id      |   endpoint tag    |
+    +------+-------+---------+----------------------+-------------------+
 
-The high byte marks a flow as ours, so a restart can delete exactly our stale
-flows and nothing else's.  The endpoint tag is the OpenFlow port for local
+The top nibble marks a flow as ours, so nothing else's flows are ever touched.  The
+next one is the generation of the agent process that installed it: a restarted agent
+installs its whole state under a new generation and then deletes only the flows of the
+others (docs/control-plane.md, section 1).  `decode` ignores the generation, and the
+masks of targeted deletes leave it out, so they reach a flow whatever generation
+installed it.  A fresh start takes generation 0.  The endpoint tag is the OpenFlow port for local
 ports, the low 24 bits of the MAC for learned endpoints, or the low 24 bits
 (last three octets) of a member host's underlay address.
 """
@@ -18,9 +22,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import IntEnum
 
-OURS = 0xD0
+OURS = 0xD0  # the top byte of generation 0's cookies
 OURS_SHIFT = 56
-OURS_MASK = 0xFF << OURS_SHIFT
+MARKER = 0xD
+MARKER_SHIFT = 60
+OURS_MASK = 0xF << MARKER_SHIFT  # the marker nibble only: every generation
+GENERATION_SHIFT = 56
+GENERATIONS = 16
+GENERATION_MASK = 0xF << GENERATION_SHIFT
 PURPOSE_SHIFT = 48
 INSTANCE_SHIFT = 24
 TAG_MASK = 0xFFFFFF
@@ -87,7 +96,7 @@ class Cookie:
 
 def decode(value: int) -> Cookie | None:
     """The cookie behind a flow, or None when the flow is not ours."""
-    if value >> OURS_SHIFT != OURS:
+    if value >> MARKER_SHIFT != MARKER:
         return None
     try:
         purpose = Purpose((value >> PURPOSE_SHIFT) & 0xFF)
@@ -96,13 +105,29 @@ def decode(value: int) -> Cookie | None:
     return Cookie(purpose, (value >> INSTANCE_SHIFT) & 0xFFFFFF, value & TAG_MASK)
 
 
+def generation(value: int) -> int | None:
+    """The generation of one of our cookies, or None when the flow is not ours."""
+    if value >> MARKER_SHIFT != MARKER:
+        return None
+    return (value & GENERATION_MASK) >> GENERATION_SHIFT
+
+
+def with_generation(value: int, gen: int) -> int:
+    """``value`` (one of our cookies, any generation) as generation ``gen`` made it."""
+    if not 0 <= gen < GENERATIONS:
+        raise ValueError(f"cookie generation {gen} out of range")
+    return (value & ~GENERATION_MASK) | (gen << GENERATION_SHIFT)
+
+
 def mac_tag(mac: str) -> int:
     """The low 24 bits of a MAC, as an endpoint tag."""
     return int(mac.replace(":", "")[-6:], 16)
 
 
-# Masks to select flows by cookie in a delete.
+# Masks to select flows by cookie in a delete or a stats request.  None has the
+# generation's bits but MASK_GENERATION: a targeted delete reaches every generation.
 MASK_OURS = OURS_MASK
 MASK_PURPOSE = 0xFF << PURPOSE_SHIFT  # with MASK_OURS: every flow of one purpose
 MASK_PURPOSE_INSTANCE = OURS_MASK | (0xFF << PURPOSE_SHIFT) | (0xFFFFFF << INSTANCE_SHIFT)
-MASK_EXACT = 0xFFFFFFFFFFFFFFFF
+MASK_EXACT = 0xFFFFFFFFFFFFFFFF & ~GENERATION_MASK
+MASK_GENERATION = OURS_MASK | GENERATION_MASK  # every flow of one generation

@@ -9,7 +9,7 @@ set-field names are the OXM names os-ken and OVS use (``eth_dst``,
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from ipaddress import IPv4Address
 
@@ -240,9 +240,30 @@ def _rank(msg: OfMsg) -> float:
     return 4
 
 
-def order_messages(msgs: Iterable[OfMsg]) -> list[OfMsg]:
+_MARKER = 0xD  # our cookies' top nibble (`dove_ryu.openflow.cookies`, not imported here)
+_GENERATION_SHIFT = 56
+
+
+def _stamped(msg: OfMsg, generation: int) -> OfMsg:
+    """A flow add of ours, its cookie carrying ``generation`` (deletes go by masks
+    that leave the generation out, and reach every generation)."""
+    if (
+        isinstance(msg, FlowMod)
+        and not msg.is_delete
+        and msg.cookie >> (_GENERATION_SHIFT + 4) == _MARKER
+    ):
+        cookie = (msg.cookie & ~(0xF << _GENERATION_SHIFT)) | (generation << _GENERATION_SHIFT)
+        return replace(msg, cookie=cookie)
+    return msg
+
+
+def order_messages(msgs: Iterable[OfMsg], generation: int = 0) -> list[OfMsg]:
     """The one send order: flow deletes, group deletes, group adds, flow adds,
-    then a barrier before any packet-out so re-injected packets see the new flows."""
+    then a barrier before any packet-out so re-injected packets see the new flows.
+    Our flows are stamped with the agent's cookie ``generation`` (a restarted agent
+    takes a new one: `dove_ryu.agent.takeover`)."""
+    if generation:
+        msgs = [_stamped(m, generation) for m in msgs]
     ranked: list[OfMsg] = sorted((m for m in msgs if not isinstance(m, Barrier)), key=_rank)
     waiting = [i for i, m in enumerate(ranked) if isinstance(m, PacketOut) and m.after_flows]
     if waiting and any(not isinstance(m, PacketOut) for m in ranked[: waiting[0]]):

@@ -493,7 +493,8 @@ BY_NAME = {t.name: t for t in TABLES}
 BY_ID = {t.table_id: t for t in TABLES}
 
 # Deletes by cookie select all our flows, or one purpose of one instance, or one
-# state's flows exactly; the mask always keeps the "ours" byte.
+# state's flows exactly; the mask always keeps the "ours" nibble and never the
+# generation's (a targeted delete reaches whatever generation installed the flow).
 COOKIE_MASKS = (cookies.MASK_OURS, cookies.MASK_PURPOSE_INSTANCE, cookies.MASK_EXACT)
 
 
@@ -518,6 +519,19 @@ def delete_by_cookie(cookie: Cookie | None, mask: int) -> FlowMod:
         match={},
         cookie=value,
         cookie_mask=mask,
+        command=FlowCommand.DELETE,
+    )
+
+
+def delete_generation(gen: int) -> FlowMod:
+    """Delete, in every table, the flows one generation of the agent installed (a
+    predecessor's, once its successor's state is settled: docs/control-plane.md)."""
+    return FlowMod(
+        table_id=ALL_TABLES,
+        priority=0,
+        match={},
+        cookie=cookies.with_generation(cookies.MARKER << cookies.MARKER_SHIFT, gen),
+        cookie_mask=cookies.MASK_GENERATION,
         command=FlowCommand.DELETE,
     )
 

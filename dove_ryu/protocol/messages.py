@@ -116,9 +116,9 @@ class TlvType(IntEnum):
 _AUTH_TLV_LEN = TLV_HEADER_LEN + MAC_LEN
 SITE_NAME_MAX = 15
 # Largest overhead of an Announce: header, SENDER, COUNTER, RECEIVER, INSTANCES header,
-# PROXY, AUTH.
+# PROXY, INCARNATION, AUTH.
 _ANNOUNCE_OVERHEAD = (
-    HEADER_LEN + (3 + 4) + (3 + 8) + (3 + 4) + 3 + (3 + 2 + SITE_NAME_MAX) + _AUTH_TLV_LEN
+    HEADER_LEN + (3 + 4) + (3 + 8) + (3 + 4) + 3 + (3 + 2 + SITE_NAME_MAX) + (3 + 8) + _AUTH_TLV_LEN
 )
 # Overhead of a Frame message around its FRAME_DATA bytes.
 FRAME_OVERHEAD = HEADER_LEN + (3 + 4) + (3 + 8) + (3 + 4) + 3 + _AUTH_TLV_LEN
@@ -183,8 +183,13 @@ class Announce:
     instances: frozenset[int]
     proxy: ProxyRole | None = None
     gateway: GatewayRole | None = None
+    # The sender's start time (microseconds, INCARNATION): a new value from a known
+    # sender is a restarted agent, which its peers answer at once.  None: not said.
+    incarnation: int | None = None
 
     def __post_init__(self) -> None:
+        if self.incarnation is not None and not 0 <= self.incarnation < 1 << 64:
+            raise ValueError(f"incarnation {self.incarnation} is not 64 bits")
         if self.proxy is not None and self.gateway is not None:
             raise ValueError("an Announce is from a proxy or from a gateway, not both")
         if not isinstance(self.instances, frozenset):
@@ -369,6 +374,8 @@ def _body(message: Message) -> tuple[MsgType, int | None, list[Tlv]]:
         if message.gateway is not None:
             gw = message.gateway
             tlvs.append(Tlv(TlvType.GATEWAY, bytes([1 if gw.active else 0, gw.priority])))
+        if message.incarnation is not None:
+            tlvs.append(Tlv(TlvType.INCARNATION, message.incarnation.to_bytes(8, "big")))
         return MsgType.ANNOUNCE, None, tlvs
     if isinstance(message, FrameFragment):
         return MsgType.FRAME, message.instance, [Tlv(TlvType.FRAME_DATA, message.data)]
@@ -438,7 +445,9 @@ def encode(
 _KNOWN_TLVS = frozenset(int(t) for t in TlvType)
 _REPEATABLE = frozenset({TlvType.IPV4, TlvType.REQUESTER_IPV4})
 _ALLOWED: dict[MsgType, frozenset[int]] = {
-    MsgType.ANNOUNCE: frozenset({TlvType.INSTANCES, TlvType.PROXY, TlvType.GATEWAY}),
+    MsgType.ANNOUNCE: frozenset(
+        {TlvType.INSTANCES, TlvType.PROXY, TlvType.GATEWAY, TlvType.INCARNATION}
+    ),
     MsgType.LEARN_REQUEST: frozenset(
         {
             TlvType.REQUEST_ID,
@@ -529,7 +538,8 @@ def _announce(header: DoveHeader, f: _Fields) -> Announce:
         if raw[0] > 1 or proxy is not None:
             raise MalformedMessage("bad_tlv_value", "GATEWAY")
         gateway = GatewayRole(bool(raw[0]), raw[1])
-    return Announce(frozenset(ids), proxy, gateway)
+    incarnation = f.uint(TlvType.INCARNATION, 8) if f.has(TlvType.INCARNATION) else None
+    return Announce(frozenset(ids), proxy, gateway, incarnation)
 
 
 def _frame(header: DoveHeader, f: _Fields) -> FrameFragment:

@@ -154,7 +154,8 @@ class Net:
             self.queue.append((host.ip, dgram))
             env = decode(dgram.payload, key=KEY)
             self.sent.append(Sent(host.ip, IPv4Address(dgram.dst), env.message))
-        deliveries = host.switch.apply(order_messages(out.ofmsgs))
+        gen = host.core.p.takeover.generation
+        deliveries = host.switch.apply(order_messages(out.ofmsgs, gen))
         assert not host.switch.errors, host.switch.errors
         self._handle(host, deliveries)
 
@@ -706,7 +707,7 @@ def test_reconnect_resync_keeps_flooding() -> None:
     net = three_hosts()
     h1 = net.hosts[1]
 
-    net.apply(h1, h1.core.switch_connected(net.now, TUN))
+    net.apply(h1, h1.core.switch_connected(net.now, TUN, h1.switch.found()))
 
     assert local(net.send(1, 1, eth(MAC_A, BROADCAST))) == [(1, 2), (2, 1)]
 
@@ -721,7 +722,7 @@ def test_a_vm_back_in_its_instance_while_the_switch_was_away_keeps_its_instance(
     net.apply(h1, h1.core.ports_changed(net.now, [p for p in ports if p.instance != 5001]))
     h1.core.switch_disconnected()
     net.apply(h1, h1.core.ports_changed(net.now, ports))
-    net.apply(h1, h1.core.switch_connected(net.now, TUN))
+    net.apply(h1, h1.core.switch_connected(net.now, TUN, h1.switch.found()))
     net.deliver()
 
     net.advance(6.0)  # past departure_memory

@@ -1,0 +1,221 @@
+"""Taking over what a predecessor left on the switch (docs/control-plane.md, section 1).
+
+The datapath keeps forwarding while no agent is connected (`fail_mode=secure`), so an
+agent that connects (a new process, or the same one after a reconnect) never deletes
+everything.  The shell reads our flows and groups from the switch and hands them here
+as a `SwitchState` (plain values, no os-ken types).  `Takeover`:
+
+1. adopts what only the switch remembers: learned remote endpoints (the `learned`
+   flows: instance, MAC, tunnel destination; their addresses from `arp_learned`) and
+   the members of each instance (the flood groups' buckets);
+2. picks a new cookie generation, under which the role installs its whole state: an
+   ``OFPFC_ADD`` of the same match and priority replaces a flow in place, and a group
+   that exists is modified, not added;
+3. once the state is settled (each adopted member heard from again, or a grace time
+   passed) deletes what is stale: flows of the other generations, groups the state
+   no longer has.  A crash before that leaves two generations, both swept by the next
+   process.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from ipaddress import IPv4Address
+
+from dove_ryu.model import Endpoint
+from dove_ryu.openflow import cookies
+from dove_ryu.openflow.cookies import Purpose
+from dove_ryu.openflow.ofmsg import Action, GroupCommand, GroupMod, OfMsg, SetField
+from dove_ryu.openflow.pipeline import delete_generation, group_mod
+
+
+@dataclass(frozen=True)
+class FoundFlow:
+    """One of our flows as the switch holds it."""
+
+    table_id: int
+    priority: int
+    cookie: int
+    match: Mapping[str, object]
+    actions: tuple[Action, ...] = ()  # the apply-actions the shell could read
+
+
+@dataclass(frozen=True)
+class FoundGroup:
+    group_id: int
+    buckets: tuple[tuple[Action, ...], ...] = ()
+
+
+@dataclass(frozen=True)
+class SwitchState:
+    """What the switch held when the agent connected (only our flows: cookie marker)."""
+
+    flows: tuple[FoundFlow, ...] = ()
+    groups: tuple[FoundGroup, ...] = ()
+
+    def generations(self) -> Counter[int]:
+        """How many of our flows each generation has."""
+        found = (cookies.generation(f.cookie) for f in self.flows)
+        return Counter(g for g in found if g is not None)
+
+
+@dataclass
+class Adopted:
+    """What a predecessor knew that only the switch remembers."""
+
+    endpoints: list[Endpoint] = field(default_factory=list)
+    members: dict[int, set[IPv4Address]] = field(default_factory=dict)  # instance -> hosts
+
+    def hosts(self) -> set[IPv4Address]:
+        return {h for hosts in self.members.values() for h in hosts}
+
+
+def pick_generation(found: Counter[int]) -> int:
+    """The generation after the one most flows have (mod 16), skipping any present;
+    0 on an empty switch (a fresh start's flows read as they always did)."""
+    if not found:
+        return 0
+    most = max(sorted(found), key=lambda g: found[g])
+    for step in range(1, cookies.GENERATIONS + 1):
+        gen = (most + step) % cookies.GENERATIONS
+        if gen not in found:
+            return gen
+    return (most + 1) % cookies.GENERATIONS  # every generation present: a stuck sweep
+
+
+def groups_in(msgs: Iterable[OfMsg]) -> set[int]:
+    """The groups that ``msgs`` (a role's whole state) add or modify."""
+    return {
+        m.group_id for m in msgs if isinstance(m, GroupMod) and m.command is not GroupCommand.DELETE
+    }
+
+
+def _set_fields(actions: Iterable[Action]) -> dict[str, object]:
+    return {a.field: a.value for a in actions if isinstance(a, SetField)}
+
+
+def _address(value: object) -> IPv4Address | None:
+    try:
+        return IPv4Address(str(value))
+    except ValueError:
+        return None
+
+
+def adopt(state: SwitchState, member_flows: bool = False) -> Adopted:
+    """The learned endpoints and instance members the switch's flows and groups show:
+    members from the flood groups' buckets, or (``member_flows``: a gateway, which has
+    no groups) from its classify flows accepting each member."""
+    adopted = Adopted()
+    ips: dict[tuple[int, str], list[IPv4Address]] = {}
+    where: dict[tuple[int, str], IPv4Address] = {}
+    for flow in state.flows:
+        decoded = cookies.decode(flow.cookie)
+        if decoded is None:
+            continue
+        sets = _set_fields(flow.actions)
+        if decoded.purpose is Purpose.LEARNED:
+            mac, host = flow.match.get("eth_dst"), _address(sets.get("tun_ipv4_dst"))
+            if isinstance(mac, str) and host is not None:
+                where[(decoded.instance, mac)] = host
+        elif decoded.purpose is Purpose.ARP_LEARNED:
+            mac, ip = sets.get("arp_sha"), _address(sets.get("arp_spa"))
+            if isinstance(mac, str) and ip is not None:
+                ips.setdefault((decoded.instance, mac), []).append(ip)
+        elif decoded.purpose is Purpose.NEIGHBOR:  # a routed address: its MAC
+            mac, ip = sets.get("eth_dst"), _address(flow.match.get("ipv4_dst"))
+            if isinstance(mac, str) and ip is not None:
+                ips.setdefault((decoded.instance, mac), []).append(ip)
+        elif decoded.purpose is Purpose.MEMBER and member_flows:
+            host = _address(flow.match.get("tun_ipv4_src"))
+            if host is not None and decoded.instance:
+                adopted.members.setdefault(decoded.instance, set()).add(host)
+    for (instance, mac), host in sorted(where.items(), key=lambda kv: (kv[0], str(kv[1]))):
+        known = tuple(sorted(set(ips.get((instance, mac), []))))
+        # Sequence 0: any announcement or answer about the endpoint is newer.
+        adopted.endpoints.append(Endpoint(instance, mac, known, host, 0))
+    for group in state.groups:
+        for bucket in group.buckets:
+            sets = _set_fields(bucket)
+            tunnel_id, host = sets.get("tunnel_id"), _address(sets.get("tun_ipv4_dst"))
+            if isinstance(tunnel_id, int) and tunnel_id and host is not None:
+                adopted.members.setdefault(tunnel_id, set()).add(host)
+    return adopted
+
+
+class Takeover:
+    """The agent's cookie generation, and what is stale until the state settles."""
+
+    def __init__(self, grace: float) -> None:
+        self.grace = grace  # seconds after a take-over before stale state goes anyway
+        self.generation = 0
+        self.stale_generations: set[int] = set()
+        self.found_groups: set[int] = set()
+        self.waiting_for: set[IPv4Address] = set()  # adopted members not heard from yet
+        self.settle_by: float | None = None  # None: nothing to sweep
+
+    def begin(
+        self,
+        now: float,
+        found: SwitchState,
+        me: Iterable[IPv4Address],
+        member_flows: bool = False,
+    ) -> Adopted:
+        """A switch connected holding ``found``: the new generation, and what to adopt
+        (`adopt`; ``me``: our own addresses, never a member or an endpoint's host)."""
+        counts = found.generations()
+        self.generation = pick_generation(counts)
+        self.stale_generations = set(counts) - {self.generation}
+        self.found_groups = {g.group_id for g in found.groups}
+        adopted = adopt(found, member_flows)
+        mine = set(me)
+        for hosts in adopted.members.values():
+            hosts -= mine
+        adopted.endpoints = [e for e in adopted.endpoints if e.host not in mine]
+        self.waiting_for = adopted.hosts()
+        pending = self.stale_generations or self.found_groups
+        self.settle_by = now + self.grace if pending else None
+        return adopted
+
+    def install(self, msgs: list[OfMsg]) -> list[OfMsg]:
+        """The whole state for the switch: a group it already holds is modified (an
+        add would fail, a delete first would drop what floods through it)."""
+        return [
+            replace(m, command=GroupCommand.MODIFY)
+            if isinstance(m, GroupMod)
+            and m.command is GroupCommand.ADD
+            and m.group_id in self.found_groups
+            else m
+            for m in msgs
+        ]
+
+    def heard(self, host: IPv4Address) -> None:
+        """An announcement from ``host``: its membership is current again."""
+        self.waiting_for.discard(host)
+
+    @property
+    def settling(self) -> bool:
+        return self.settle_by is not None
+
+    def sweep(self, now: float, wanted_groups: Iterable[int]) -> list[OfMsg]:
+        """Once settled, the deletes of what is stale: the other generations' flows,
+        and the groups found that the role's state now (``wanted_groups``) has not."""
+        if self.settle_by is None or (self.waiting_for and now < self.settle_by):
+            return []
+        wanted = set(wanted_groups)
+        msgs: list[OfMsg] = [delete_generation(g) for g in sorted(self.stale_generations)]
+        msgs += [group_mod(g, GroupCommand.DELETE) for g in sorted(self.found_groups - wanted)]
+        self.settle_by = None
+        self.stale_generations = set()
+        self.found_groups = set()
+        self.waiting_for = set()
+        return msgs
+
+    def status(self) -> dict[str, object]:
+        return {
+            "generation": self.generation,
+            "settling": self.settling,
+            "stale_generations": sorted(self.stale_generations),
+            "waiting_for": sorted(str(h) for h in self.waiting_for),
+        }
