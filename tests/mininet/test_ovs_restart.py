@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from dove_ryu.openflow import cookies
 from mininet_topos.agents import admin, build_dove_net
 from mininet_topos.dove_topo import DoveNet, VmRecord, plug_vm
 from mininet_topos.hypervisor import BR_DOVE, TUNNEL_PORT, Hypervisor, wait_until
@@ -37,6 +38,7 @@ from tests.tools.nodes import received, send_frames
 
 RESUME_TIMEOUT = 20.0  # seconds the stream may take to come back (polled)
 WATCHED = "icmp or arp or udp port 9100"
+COOKIE = re.compile(r"cookie=(0x[0-9a-f]+)")
 
 
 @pytest.fixture(scope="module")
@@ -74,6 +76,16 @@ def local_ofports(hv: Hypervisor, instance: int) -> dict[str, int]:
 
 def ofport(hv: Hypervisor, port: str) -> int:
     return int(hv.vsctl("get", "Interface", port, "ofport").strip())
+
+
+def generations(hv: Hypervisor) -> set[int]:
+    """The cookie generations of our flows on the bridge (docs/control-plane.md, 1)."""
+    found = set()
+    for cookie in COOKIE.findall(hv.ofctl("dump-flows", BR_DOVE)):
+        gen = cookies.generation(int(cookie, 16))
+        if gen is not None:
+            found.add(gen)
+    return found
 
 
 def agent_pid(hv: Hypervisor) -> int:
@@ -166,6 +178,8 @@ def test_restart_with_saved_flows_resumes_and_keeps_learned_and_flood_state(
     pid = agent_pid(hv1)
     connects = admin(hv1, "counters").get("switch_connected", 0)
     t1vm1, t1vm2, t1vm3 = (vm(dnet, f"t1vm{i}") for i in (1, 2, 3))
+    before = generations(hv1)
+    assert len(before) == 1, f"{hv1.name}'s flows are of several generations: {before}"
     negatives = watch(dnet.tenant_vms(2))
     try:
         restart = restart_under_stream(t1vm1, t1vm2, hv1, restore=True)
@@ -174,6 +188,13 @@ def test_restart_with_saved_flows_resumes_and_keeps_learned_and_flood_state(
             lambda: admin(hv1, "counters").get("switch_connected", 0) > connects,
             10.0,
             "the agent to have its switch again",
+        )
+        # The replayed flows were taken over: re-stamped with a new generation, the
+        # replayed one swept once the state settled.
+        wait_until(
+            lambda: (now := generations(hv1)) and len(now) == 1 and now != before,
+            15.0,
+            "our flows to be of one new generation",
         )
         # Into the restarted host, from a host that never learned the VM.
         first_ping_to_unlearned(t1vm2, t1vm3)
