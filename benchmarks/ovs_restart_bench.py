@@ -7,7 +7,8 @@ turn the sender's and the receiver's, in two ways:
 
 - ``restore``: as ``ovs-ctl restart`` does: flows saved (``ovs-save``), the daemon started
   under ``flow-restore-wait``, the flows replayed, the flag cleared, the controller then
-  connects (the agent takes over the flows; ovn-controller recomputes);
+  connects (on OVS 3.1 br-dove is flushed as it regains its controller and the agent
+  programs it; OVN's br-int keeps the replayed flows);
 - ``plain``: a stop and a start: the switch comes back empty and its controller programs it.
 
 The gap is the longest silence between echo replies from the restart on. Both systems

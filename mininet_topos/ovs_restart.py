@@ -10,7 +10,7 @@
    controllers nor touches the datapath's flows until the flag goes;
 4. start ovs-vswitchd;
 5. run the script, then remove the flag: the controllers connect (the agent takes over
-   the restored flows, docs/control-plane.md section 1).
+   what it finds, docs/control-plane.md section 1; see the first NOTE below).
 
 ``restore=False`` is a plain stop and start: the daemon comes back with empty tables and
 its controller (the agent, or ovn-controller) must reprogram it from nothing.
@@ -21,6 +21,14 @@ It vanishes with the daemon, and with it the underlay address on it and the kern
 through it; the daemon re-creates it down and bare. Its IPv4 addresses are read before the
 stop and put back once the tap is there again (with tx checksum offload off, as at build).
 With the kernel datapath internal ports outlive the daemon and this step is not needed.
+
+NOTE (OVS 3.1.0): on a bridge with a primary controller (br-dove and the agent) the
+replayed flows do not survive step 5: right after the flag is cleared the bridge is empty
+(an ``ovs-ofctl dump-flows`` then shows none), and the agent, connecting a moment later,
+finds nothing to take over and programs the switch from its own state. Under
+flow-restore-wait a bridge gets no controllers, and OVS flushes a bridge's flows when it
+gains a primary one (as after ``set-controller``). OVN's br-int keeps them: ovn-controller
+connects through the bridge's management socket, a service connection.
 
 NOTE (OVS 3.1.0, netdev): the datapath lives in the ovs-vswitchd process, so its flows die
 with it whatever flow-restore-wait says: traffic stops from the exit until the new daemon
