@@ -403,6 +403,7 @@ class HostCore:
                 for instance in sorted(self.p.ports.instances | self.p.learned.instances())
             },
             "pending": len(self.p.resolver),
+            "takeover": self.p.takeover.status(),
             "counters": dict(sorted(self.p.stats.counters.items())),
             "routing": self.p.routers.status(),
             **self.sync.status(now),
