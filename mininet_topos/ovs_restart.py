@@ -27,7 +27,8 @@ replayed flows do not survive step 5: right after the flag is cleared the bridge
 (an ``ovs-ofctl dump-flows`` then shows none), and the agent, connecting a moment later,
 finds nothing to take over and programs the switch from its own state. Under
 flow-restore-wait a bridge gets no controllers, and OVS flushes a bridge's flows when it
-gains a primary one (as after ``set-controller``). OVN's br-int keeps them: ovn-controller
+gains or loses its primary controller (``del-controller`` and ``set-controller`` on a
+running br-dove each leave it empty too). OVN's br-int keeps them: ovn-controller
 connects through the bridge's management socket, a service connection.
 
 NOTE (OVS 3.1.0, netdev): the datapath lives in the ovs-vswitchd process, so its flows die
