@@ -139,6 +139,9 @@ class LearnedEndpoint:
     learned_at: float
     answered_by: IPv4Address
     reinstalled_at: float = float("-inf")  # last time a miss put its forwarding flow back
+    # Read back from the switch by a restarted agent, and not confirmed since by an
+    # announcement or an answer (`dove_ryu.agent.takeover`).
+    adopted: bool = False
 
 
 # ------------------------------------------------------------------ routers (issue 12)

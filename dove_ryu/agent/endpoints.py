@@ -25,6 +25,10 @@ from dove_ryu.openflow.ofmsg import OfMsg
 from dove_ryu.protocol.messages import Requester, Unlearn
 
 FLOW_AGE_SLACK = 0.5  # seconds; the switch's and the agent's clocks are read apart
+# An endpoint adopted from a predecessor's flows is kept while traffic uses it (a stale
+# one is then un-learned by the host it points to), else it ages out this soon: its VM
+# may have stopped or moved while no agent was listening.
+ADOPTED_IDLE_TIMEOUT = 10
 RECENTLY_UNLEARNED = 10.0  # seconds an un-learned endpoint is followed to its next host
 MAX_UNLEARNED = 4096
 
@@ -32,7 +36,9 @@ MAX_UNLEARNED = 4096
 class EndpointFlows(Protocol):
     """How a role forwards to a learned endpoint."""
 
-    def install(self, ep: Endpoint) -> list[OfMsg]: ...
+    def install(self, ep: Endpoint, idle_timeout: int | None = None) -> list[OfMsg]:
+        """The endpoint's flows; ``idle_timeout`` instead of the role's own if given."""
+        ...
 
     def remove(self, ep: Endpoint, keep_l2: bool = False) -> list[OfMsg]:
         """The endpoint's flows; with ``keep_l2`` only what answers for its IPs (its
@@ -215,7 +221,7 @@ class LearnedEndpoints:
             if key in local:
                 return False
             ep = ep.without_ips([a for a in ep.addresses if local.get_by_ip(ep.instance, a)])
-        self.table.put(LearnedEndpoint(ep, now, ep.host))
+        self.table.put(LearnedEndpoint(ep, now, ep.host, adopted=True))
         return True
 
     def glean(self, now: float, sender: IPv4Address, instance: int, who: Requester) -> list[OfMsg]:
@@ -312,4 +318,8 @@ class LearnedEndpoints:
 
     def resync(self) -> list[OfMsg]:
         """Every learned endpoint's flows, for a switch that (re)connected."""
-        return [msg for e in self.entries() for msg in self.flows.install(e.endpoint)]
+        return [
+            msg
+            for e in self.entries()
+            for msg in self.flows.install(e.endpoint, ADOPTED_IDLE_TIMEOUT if e.adopted else None)
+        ]

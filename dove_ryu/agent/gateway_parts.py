@@ -36,9 +36,10 @@ class GatewayEndpointFlows:
         self.link = link
         self.idle_timeout = idle_timeout
 
-    def install(self, ep: Endpoint) -> list[OfMsg]:
+    def install(self, ep: Endpoint, idle_timeout: int | None = None) -> list[OfMsg]:
         neighbors = [gw.neighbor_flow(ep, ip) for ip in ep.ips]
-        return [flows.learned_l2_flow(ep, self.link.tunnel, self.idle_timeout), *neighbors]
+        idle = self.idle_timeout if idle_timeout is None else idle_timeout
+        return [flows.learned_l2_flow(ep, self.link.tunnel, idle), *neighbors]
 
     def remove(self, ep: Endpoint, keep_l2: bool = False) -> list[OfMsg]:
         msgs: list[OfMsg] = [gw.delete_neighbor_flow(ep, ip) for ip in ep.ips]

@@ -42,9 +42,10 @@ class ProxyFlows:
         self.idle_timeout = idle_timeout
         self.wan_mtu = wan_mtu
 
-    def install(self, ep: Endpoint) -> list[OfMsg]:
+    def install(self, ep: Endpoint, idle_timeout: int | None = None) -> list[OfMsg]:
         behind_wan = self.sides.wan(ep.host)
-        return [flows.proxied_flow(ep, behind_wan, self.idle_timeout, self.wan_mtu)]
+        idle = self.idle_timeout if idle_timeout is None else idle_timeout
+        return [flows.proxied_flow(ep, behind_wan, idle, self.wan_mtu)]
 
     def remove(self, ep: Endpoint, keep_l2: bool = False) -> list[OfMsg]:
         # A proxy answers no ARP: nothing of an endpoint outlives its forwarding flow.

@@ -28,8 +28,9 @@ class TunnelFlows:
         self.idle_timeout = idle_timeout
         self.neighbors: Neighbors | None = None  # set once the host's routers exist
 
-    def install(self, ep: Endpoint) -> list[OfMsg]:
-        msgs: list[OfMsg] = list(flows.learned_flows(ep, self.link.tunnel, self.idle_timeout))
+    def install(self, ep: Endpoint, idle_timeout: int | None = None) -> list[OfMsg]:
+        idle = self.idle_timeout if idle_timeout is None else idle_timeout
+        msgs: list[OfMsg] = list(flows.learned_flows(ep, self.link.tunnel, idle))
         return msgs + (self.neighbors.endpoint_flows(ep) if self.neighbors else [])
 
     def remove(self, ep: Endpoint, keep_l2: bool = False) -> list[OfMsg]:

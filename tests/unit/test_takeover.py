@@ -8,6 +8,7 @@ from collections import Counter
 
 import pytest
 
+from dove_ryu.agent.endpoints import ADOPTED_IDLE_TIMEOUT
 from dove_ryu.agent.host import HostCore
 from dove_ryu.agent.takeover import pick_generation
 from dove_ryu.openflow import cookies
@@ -191,3 +192,24 @@ def test_incarnation_travels_in_an_announcement() -> None:
     assert decode(data, key=KEY).message == msg
     plain = encode(Announce(frozenset({5001})), receiver=ip(2), sender=ip(1), counter=2, key=KEY)
     assert decode(plain, key=KEY).message.incarnation is None  # type: ignore[union-attr]
+
+
+def test_an_adopted_endpoint_ages_out_soon_unless_its_host_confirms_it() -> None:
+    """Its VM may have stopped or moved while no agent listened: adopted, it is kept
+    only while traffic uses it; an announcement from its host makes it learned again."""
+    net = three_hosts()
+    learned_b(net)
+    h1 = net.hosts[1]
+    core = restart(net, 1)
+    learned = [f for f in h1.switch.flows() if f.match.get("eth_dst") == MAC_B]
+    assert [f.idle_timeout for f in learned] == [ADOPTED_IDLE_TIMEOUT]
+    assert core.p.learned.get(5001, MAC_B).adopted  # type: ignore[union-attr]
+
+    (flow,) = h1.switch.expire(lambda f: f.match.get("eth_dst") == MAC_B)
+    net.apply(h1, core.flow_removed(net.now, flow.cookie, dict(flow.match), True, 0.0))
+    assert core.p.learned.get(5001, MAC_B) is None  # forgotten: the next packet asks
+    learned_b(net)
+    entry = core.p.learned.get(5001, MAC_B)
+    assert entry is not None and not entry.adopted
+    learned = [f for f in h1.switch.flows() if f.match.get("eth_dst") == MAC_B]
+    assert [f.idle_timeout for f in learned] == [core.p.cfg.learning.learn_idle_timeout]
