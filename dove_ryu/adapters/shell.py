@@ -36,13 +36,12 @@ from dove_ryu.adapters.of_osken import (
     packet_out_bytes,
     to_osken,
 )
+from dove_ryu.adapters.operations import Operations
 from dove_ryu.adapters.ovsdb import BridgeView, PortWatcher
 from dove_ryu.adapters.switch_reader import SwitchReader
 from dove_ryu.agent import make_core
 from dove_ryu.agent.directory import DirectoryView, EndpointRow
 from dove_ryu.agent.gateway import GatewayCore
-from dove_ryu.config import ConfigError
-from dove_ryu.openflow import cookies
 from dove_ryu.openflow.ofmsg import (
     CoreOutput,
     FlowMod,
@@ -51,14 +50,11 @@ from dove_ryu.openflow.ofmsg import (
     PacketOut,
     order_messages,
 )
-from dove_ryu.openflow.pipeline import BY_NAME, tables_of
 
 LOG = logging.getLogger("dove_ryu.adapters.shell")
 
 TICK_SECONDS = 0.05
 MAX_DATAGRAM = 2048
-TABLE_FLOWS_MAX_AGE = 5.0  # seconds a scrape may show the same per-table flow counts
-TABLE_FLOWS_WAIT = 1.0  # seconds a scrape waits for fresh ones (else shows the last)
 # NOTE: the take-over's read replies may come before os-ken's handshake ends (os-ken
 # 4.2): its ofp_handler moves a datapath to MAIN only once its own port description
 # reply is in, our reads go out alongside that request, and a reply is dispatched in
@@ -103,14 +99,15 @@ class DoveApp(app_manager.OSKenApp):  # type: ignore[misc]
                 self._on_directory_lost,
                 routed=self._routed_into,
             )
+        self.ops = Operations(
+            self.CONF, self.cfg.name, self.lock, self.core, self.directory, lambda: self.dp
+        )
         self.admin = AdminServer(self.cfg.host.admin_socket, self._admin)
-        self.table_flows = metrics.TableFlows(TABLE_FLOWS_MAX_AGE)
-        self.table_flows_fresh = threading.Event()
         self.metrics_server: MetricsServer | None = None
         if self.cfg.metrics.metrics_port:
             host, port = str(self.cfg.metrics.metrics_host), self.cfg.metrics.metrics_port
             try:
-                self.metrics_server = MetricsServer(host, port, metrics.registry(self._metrics))
+                self.metrics_server = MetricsServer(host, port, metrics.registry(self.ops.metrics))
             except OSError as e:  # forwarding matters more than metrics
                 LOG.error(
                     "%s: no metrics: cannot listen on %s:%d: %s", self.cfg.name, host, port, e
@@ -260,7 +257,7 @@ class DoveApp(app_manager.OSKenApp):  # type: ignore[misc]
                 LOG.warning("%s: switch disconnected", self.cfg.name)
                 self.synced = False
                 self.core.switch_disconnected()
-                self.table_flows.forget()
+                self.ops.table_flows.forget()
 
     # What the switch holds, read before the core takes it over (`switch_reader`).
 
@@ -398,8 +395,6 @@ class DoveApp(app_manager.OSKenApp):  # type: ignore[misc]
             except Exception:
                 LOG.exception("%s: tick", self.cfg.name)
 
-    # --------------------------------------------------------------- admin
-
     # ----------------------------------------------------------- directory
 
     # A host and a proxy both register a row; a proxy's lists what it stands for.
@@ -422,96 +417,19 @@ class DoveApp(app_manager.OSKenApp):  # type: ignore[misc]
         with self.lock:
             self.core.directory_unreachable(time.monotonic())
 
-    def _admin(self, request: dict[str, Any]) -> dict[str, Any]:
-        cmd = request.get("cmd")
-        if cmd == "reload_keys":
-            return self.reload_keys()
-        with self.lock:
-            if cmd == "status":
-                return self.core.status(time.monotonic())
-            if cmd == "counters":
-                counts = dict(self.directory.counts) if self.directory is not None else {}
-                return {**self.core.counters, **counts}
-            if cmd == "peers":
-                channel = self.core.p.channel
-                return {
-                    "keys": channel.key_status(),
-                    "peers": channel.peers_status(time.monotonic()),
-                }
-        return {"error": f"unknown command {cmd!r}"}
+    # ------------------------------------------------ admin, keys, metrics
 
-    # ---------------------------------------------------------------- keys
+    def _admin(self, request: dict[str, Any]) -> dict[str, Any]:
+        return self.ops.admin(request)
 
     def reload_keys(self) -> dict[str, Any]:
-        """Read the key settings again from the configuration files and take them
-        (``dovectl keys reload``, SIGHUP); a bad key set is refused and the agent keeps
-        the keys it has.  The other settings are not re-read: they need a restart."""
-        try:
-            ring = options.reload_keyring(self.CONF)  # file I/O: outside the lock
-        except ConfigError as e:
-            with self.lock:
-                self.core.counters["keys_reload_failed"] += 1
-            LOG.error("%s: keys not reloaded (the old ones stay): %s", self.cfg.name, e)
-            return {"error": f"keys not reloaded (the old ones stay): {e}"}
-        with self.lock:
-            return self.core.p.channel.rekey(time.monotonic(), ring)
+        return self.ops.reload_keys()
 
     def reload_keys_later(self) -> None:
-        """A reload from a signal handler: on a thread of its own, as the handler may
-        run while this thread holds the lock."""
-        threading.Thread(target=self.reload_keys, name="reload-keys", daemon=True).start()
-
-    # ------------------------------------------------------------- metrics
-
-    def _metrics(self) -> metrics.Snapshot:
-        """One scrape (on the metrics server's thread): fresh flow counts when due, the
-        core's numbers copied under the lock (the collector builds the families outside it)."""
-        with self.lock:
-            asked = self._ask_table_flows(time.monotonic())
-        if asked:
-            self.table_flows_fresh.wait(TABLE_FLOWS_WAIT)
-        with self.lock:
-            return metrics.snapshot(self.core, self.table_flows.counts, self.table_flows.packets)
-
-    def _ask_table_flows(self, now: float) -> bool:
-        """Ask the switch how many of our flows each table of the role holds, and how many
-        packets the flows of each datapath count handled (call with the lock)."""
-        dp = self.dp
-        if dp is None or not self.table_flows.due(now):
-            return False
-        ofp, parser = dp.ofproto, dp.ofproto_parser
-        questions: list[tuple[metrics.Question, int, int, int]] = [
-            (t.name, t.table_id, cookies.OURS << cookies.OURS_SHIFT, cookies.MASK_OURS)
-            for t in tables_of(self.core.role)
-        ]
-        for counted in metrics.counted_for(self.core.role):
-            purpose = cookies.Cookie(counted.purpose).value
-            mask = cookies.MASK_OURS | cookies.MASK_PURPOSE
-            questions.append((counted, BY_NAME[counted.table].table_id, purpose, mask))
-        xids: dict[int, metrics.Question] = {}
-        for question, table_id, cookie, mask in questions:
-            request = parser.OFPAggregateStatsRequest(
-                dp,
-                flags=0,
-                table_id=table_id,
-                out_port=ofp.OFPP_ANY,
-                out_group=ofp.OFPG_ANY,
-                cookie=cookie,
-                cookie_mask=mask,
-                match=parser.OFPMatch(),
-            )
-            dp.send_msg(request)  # sets request.xid
-            xids[request.xid] = question
-        self.table_flows_fresh.clear()
-        self.table_flows.asked(now, xids)
-        return True
+        """A reload from a signal handler (SIGHUP), on a thread of its own."""
+        self.ops.reload_keys_later()
 
     @set_ev_cls(ofp_event.EventOFPAggregateStatsReply, MAIN_DISPATCHER)  # type: ignore[misc]
     def _aggregate_stats(self, ev: Any) -> None:
-        msg = ev.msg
-        if msg.datapath is not self.dp:
-            return
-        with self.lock:
-            last = self.table_flows.answered(msg.xid, msg.body.flow_count, msg.body.packet_count)
-        if last:
-            self.table_flows_fresh.set()
+        if ev.msg.datapath is self.dp:
+            self.ops.aggregate_reply(ev.msg)
