@@ -413,6 +413,11 @@ class FakeSwitch:
                 self.errors.append(f"OFPGMFC_UNKNOWN_GROUP {gm.group_id:#x}")
                 return
             self.groups[gm.group_id] = gm.buckets
+        elif gm.command is of.GroupCommand.ADD_OR_MODIFY:  # OVS's extension
+            if gm.group_id == of.OFPG_ALL:
+                self.errors.append(f"OFPGMFC_INVALID_GROUP {gm.group_id:#x}")
+                return
+            self.groups[gm.group_id] = gm.buckets
         elif gm.command is of.GroupCommand.DELETE:
             doomed = set(self.groups) if gm.group_id == of.OFPG_ALL else {gm.group_id}
             for group_id in doomed:

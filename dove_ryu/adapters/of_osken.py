@@ -25,6 +25,9 @@ _GROUP_COMMANDS = {
     of.GroupCommand.ADD: ofp.OFPGC_ADD,
     of.GroupCommand.MODIFY: ofp.OFPGC_MODIFY,
     of.GroupCommand.DELETE: ofp.OFPGC_DELETE,
+    # NOTE: OVS's OFPGC11_ADD_OR_MOD (0x8000, OVS >= 2.6, seen on 3.1): os-ken has no
+    # name for it, and its OFPGroupMod packs the command as a plain 16-bit field.
+    of.GroupCommand.ADD_OR_MODIFY: 0x8000,
 }
 
 

@@ -31,20 +31,17 @@ from dove_ryu.adapters.directory import DirectoryClient
 from dove_ryu.adapters.metrics_http import MetricsServer
 from dove_ryu.adapters.of_osken import (
     flow_mod_bytes,
-    found_flow,
-    found_group,
     match_fields,
     next_xid,
     packet_out_bytes,
     to_osken,
 )
+from dove_ryu.adapters.operations import Operations
 from dove_ryu.adapters.ovsdb import BridgeView, PortWatcher
+from dove_ryu.adapters.switch_reader import SwitchReader
 from dove_ryu.agent import make_core
 from dove_ryu.agent.directory import DirectoryView, EndpointRow
 from dove_ryu.agent.gateway import GatewayCore
-from dove_ryu.agent.takeover import FoundFlow, FoundGroup, SwitchState
-from dove_ryu.config import ConfigError
-from dove_ryu.openflow import cookies
 from dove_ryu.openflow.ofmsg import (
     CoreOutput,
     FlowMod,
@@ -53,15 +50,16 @@ from dove_ryu.openflow.ofmsg import (
     PacketOut,
     order_messages,
 )
-from dove_ryu.openflow.pipeline import BY_NAME, tables_of
 
 LOG = logging.getLogger("dove_ryu.adapters.shell")
 
 TICK_SECONDS = 0.05
 MAX_DATAGRAM = 2048
-TABLE_FLOWS_MAX_AGE = 5.0  # seconds a scrape may show the same per-table flow counts
-TABLE_FLOWS_WAIT = 1.0  # seconds a scrape waits for fresh ones (else shows the last)
-READ_TIMEOUT = 3.0  # seconds the take-over waits for the switch's flows and groups
+# NOTE: the take-over's read replies may come before os-ken's handshake ends (os-ken
+# 4.2): its ofp_handler moves a datapath to MAIN only once its own port description
+# reply is in, our reads go out alongside that request, and a reply is dispatched in
+# the state it arrived in, so a MAIN-only handler would drop it.
+READ_STATES = [CONFIG_DISPATCHER, MAIN_DISPATCHER]
 
 # The [dove] options, declared when os-ken loads this module, as any os-ken app does.
 options.register(osken_cfg.CONF)
@@ -77,6 +75,7 @@ class DoveApp(app_manager.OSKenApp):  # type: ignore[misc]
         self.core = make_core(self.cfg, time.monotonic())
         self.datapaths: dict[int, Any] = {}  # connected switches by datapath id
         self.synced = False
+        self.reader = SwitchReader(self.cfg.name, self.core.counters)
         self.stopping = threading.Event()
         # One control socket per leg: a proxy talks to its site and to other sites'
         # proxies from different addresses, and each peer checks who sent.
@@ -100,14 +99,15 @@ class DoveApp(app_manager.OSKenApp):  # type: ignore[misc]
                 self._on_directory_lost,
                 routed=self._routed_into,
             )
+        self.ops = Operations(
+            self.CONF, self.cfg.name, self.lock, self.core, self.directory, lambda: self.dp
+        )
         self.admin = AdminServer(self.cfg.host.admin_socket, self._admin)
-        self.table_flows = metrics.TableFlows(TABLE_FLOWS_MAX_AGE)
-        self.table_flows_fresh = threading.Event()
         self.metrics_server: MetricsServer | None = None
         if self.cfg.metrics.metrics_port:
             host, port = str(self.cfg.metrics.metrics_host), self.cfg.metrics.metrics_port
             try:
-                self.metrics_server = MetricsServer(host, port, metrics.registry(self._metrics))
+                self.metrics_server = MetricsServer(host, port, metrics.registry(self.ops.metrics))
             except OSError as e:  # forwarding matters more than metrics
                 LOG.error(
                     "%s: no metrics: cannot listen on %s:%d: %s", self.cfg.name, host, port, e
@@ -242,7 +242,7 @@ class DoveApp(app_manager.OSKenApp):  # type: ignore[misc]
             if dp is self.dp:
                 self.synced = False
             LOG.info("%s: switch %016x connected", self.cfg.name, dp.id)
-            self._read_switch(dp)
+            self.reader.start(dp, time.monotonic())
 
     @set_ev_cls(ofp_event.EventOFPStateChange, DEAD_DISPATCHER)  # type: ignore[misc]
     def _switch_gone(self, ev: Any) -> None:
@@ -257,110 +257,34 @@ class DoveApp(app_manager.OSKenApp):  # type: ignore[misc]
                 LOG.warning("%s: switch disconnected", self.cfg.name)
                 self.synced = False
                 self.core.switch_disconnected()
-                self.table_flows.forget()
+                self.ops.table_flows.forget()
 
-    # What the switch holds, read before the core takes it over (`dove_ryu.agent.takeover`):
-    # our flows (the cookie marker) and the groups, each over one or more replies.
-    reading: Any = None  # the datapath being read
-    read_flows: list[FoundFlow] | None = None
-    read_groups: list[FoundGroup] | None = None
+    # What the switch holds, read before the core takes it over (`switch_reader`).
 
-    def _read_switch(self, dp: Any) -> None:
-        """Ask ``dp`` for our flows and its groups (call with the lock); the take-over
-        waits for both answers."""
-        ofp, parser = dp.ofproto, dp.ofproto_parser
-        self.reading, self.read_flows, self.read_groups = dp, None, None
-        self.reading_since = time.monotonic()
-        self.found = None
-        self._flows_part, self._groups_part = [], []
-        dp.send_msg(
-            parser.OFPFlowStatsRequest(
-                dp,
-                0,
-                ofp.OFPTT_ALL,
-                ofp.OFPP_ANY,
-                ofp.OFPG_ANY,
-                cookies.MARKER << cookies.MARKER_SHIFT,
-                cookies.MASK_OURS,
-                parser.OFPMatch(),
-            )
-        )
-        dp.send_msg(parser.OFPGroupDescStatsRequest(dp, 0))
-
-    found: SwitchState | None = None
-    reading_since = 0.0
-    _flows_part: list[FoundFlow] = []
-    _groups_part: list[FoundGroup] = []
-
-    @set_ev_cls(ofp_event.EventOFPFlowStatsReply, MAIN_DISPATCHER)  # type: ignore[misc]
+    @set_ev_cls(ofp_event.EventOFPFlowStatsReply, READ_STATES)  # type: ignore[misc]
     def _flow_stats(self, ev: Any) -> None:
-        msg = ev.msg
         with self.lock:
-            if msg.datapath is not self.reading:
-                return
-            self._flows_part += [found_flow(s) for s in msg.body]
-            if not msg.flags & msg.datapath.ofproto.OFPMPF_REPLY_MORE:
-                self.read_flows = self._flows_part
-                self._switch_read()
+            if self.reader.flow_reply(ev.msg):
+                self._sync_if_ready()
 
-    @set_ev_cls(ofp_event.EventOFPGroupDescStatsReply, MAIN_DISPATCHER)  # type: ignore[misc]
+    @set_ev_cls(ofp_event.EventOFPGroupDescStatsReply, READ_STATES)  # type: ignore[misc]
     def _group_desc(self, ev: Any) -> None:
-        msg = ev.msg
         with self.lock:
-            if msg.datapath is not self.reading:
-                return
-            self._groups_part += [found_group(g) for g in msg.body]
-            if not msg.flags & msg.datapath.ofproto.OFPMPF_REPLY_MORE:
-                self.read_groups = self._groups_part
-                self._switch_read()
-
-    def _read_overdue(self, now: float) -> None:
-        """The switch has not answered the reads in READ_TIMEOUT (call with the lock):
-        program it from our own state with what did come (groups unread are added, so
-        one that exists answers an error), and flush nothing: stale flows of another
-        generation may stay until the next take-over."""
-        if self.reading is None or now - self.reading_since < READ_TIMEOUT:
-            return
-        if self.reading is not self.dp:
-            self.reading = None
-            return
-        self.core.counters["takeover_read_timeouts"] += 1
-        LOG.error(
-            "%s: the switch did not answer the take-over's reads in %.0f s (flows %s, "
-            "groups %s): programming it from our own state, no flush",
-            self.cfg.name,
-            READ_TIMEOUT,
-            "read" if self.read_flows is not None else "unanswered",
-            "read" if self.read_groups is not None else "unanswered",
-        )
-        self.read_flows = self.read_flows if self.read_flows is not None else []
-        self.read_groups = self.read_groups if self.read_groups is not None else []
-        self._switch_read()
-
-    def _switch_read(self) -> None:
-        if self.read_flows is None or self.read_groups is None:
-            return
-        self.found = SwitchState(tuple(self.read_flows), tuple(self.read_groups))
-        self.reading = None
-        LOG.info(
-            "%s: the switch holds %d of our flows and %d groups",
-            self.cfg.name,
-            len(self.found.flows),
-            len(self.found.groups),
-        )
-        self._sync_if_ready()
+            if self.reader.group_reply(ev.msg):
+                self._sync_if_ready()
 
     def _sync_if_ready(self) -> None:
         tunnel = self.watcher_view.tunnel_ofport if self.watcher_view else None
         dp = self.dp
         if dp is None or self.synced or tunnel is None:
             return
-        if self.found is None:
-            if self.reading is not dp:
-                self._read_switch(dp)  # a resync (the tunnel port changed): read it again
+        found = self.reader.take()
+        if found is None:
+            if not self.reader.reading(dp):
+                # A resync (the tunnel port changed): read it again.
+                self.reader.start(dp, time.monotonic())
             return
         now = time.monotonic()
-        found, self.found = self.found, None
         self.synced = self._send(self.core.switch_connected(now, tunnel, found))
 
     @set_ev_cls(ofp_event.EventOFPPacketIn, MAIN_DISPATCHER)  # type: ignore[misc]
@@ -465,12 +389,11 @@ class DoveApp(app_manager.OSKenApp):  # type: ignore[misc]
         while not self.stopping.wait(TICK_SECONDS):
             try:
                 with self.lock:
-                    self._read_overdue(time.monotonic())
+                    if self.reader.overdue(time.monotonic(), self.dp):
+                        self._sync_if_ready()
                 self._call(self.core.tick)
             except Exception:
                 LOG.exception("%s: tick", self.cfg.name)
-
-    # --------------------------------------------------------------- admin
 
     # ----------------------------------------------------------- directory
 
@@ -494,96 +417,19 @@ class DoveApp(app_manager.OSKenApp):  # type: ignore[misc]
         with self.lock:
             self.core.directory_unreachable(time.monotonic())
 
-    def _admin(self, request: dict[str, Any]) -> dict[str, Any]:
-        cmd = request.get("cmd")
-        if cmd == "reload_keys":
-            return self.reload_keys()
-        with self.lock:
-            if cmd == "status":
-                return self.core.status(time.monotonic())
-            if cmd == "counters":
-                counts = dict(self.directory.counts) if self.directory is not None else {}
-                return {**self.core.counters, **counts}
-            if cmd == "peers":
-                channel = self.core.p.channel
-                return {
-                    "keys": channel.key_status(),
-                    "peers": channel.peers_status(time.monotonic()),
-                }
-        return {"error": f"unknown command {cmd!r}"}
+    # ------------------------------------------------ admin, keys, metrics
 
-    # ---------------------------------------------------------------- keys
+    def _admin(self, request: dict[str, Any]) -> dict[str, Any]:
+        return self.ops.admin(request)
 
     def reload_keys(self) -> dict[str, Any]:
-        """Read the key settings again from the configuration files and take them
-        (``dovectl keys reload``, SIGHUP); a bad key set is refused and the agent keeps
-        the keys it has.  The other settings are not re-read: they need a restart."""
-        try:
-            ring = options.reload_keyring(self.CONF)  # file I/O: outside the lock
-        except ConfigError as e:
-            with self.lock:
-                self.core.counters["keys_reload_failed"] += 1
-            LOG.error("%s: keys not reloaded (the old ones stay): %s", self.cfg.name, e)
-            return {"error": f"keys not reloaded (the old ones stay): {e}"}
-        with self.lock:
-            return self.core.p.channel.rekey(time.monotonic(), ring)
+        return self.ops.reload_keys()
 
     def reload_keys_later(self) -> None:
-        """A reload from a signal handler: on a thread of its own, as the handler may
-        run while this thread holds the lock."""
-        threading.Thread(target=self.reload_keys, name="reload-keys", daemon=True).start()
-
-    # ------------------------------------------------------------- metrics
-
-    def _metrics(self) -> metrics.Snapshot:
-        """One scrape (on the metrics server's thread): fresh flow counts when due, the
-        core's numbers copied under the lock (the collector builds the families outside it)."""
-        with self.lock:
-            asked = self._ask_table_flows(time.monotonic())
-        if asked:
-            self.table_flows_fresh.wait(TABLE_FLOWS_WAIT)
-        with self.lock:
-            return metrics.snapshot(self.core, self.table_flows.counts, self.table_flows.packets)
-
-    def _ask_table_flows(self, now: float) -> bool:
-        """Ask the switch how many of our flows each table of the role holds, and how many
-        packets the flows of each datapath count handled (call with the lock)."""
-        dp = self.dp
-        if dp is None or not self.table_flows.due(now):
-            return False
-        ofp, parser = dp.ofproto, dp.ofproto_parser
-        questions: list[tuple[metrics.Question, int, int, int]] = [
-            (t.name, t.table_id, cookies.OURS << cookies.OURS_SHIFT, cookies.MASK_OURS)
-            for t in tables_of(self.core.role)
-        ]
-        for counted in metrics.counted_for(self.core.role):
-            purpose = cookies.Cookie(counted.purpose).value
-            mask = cookies.MASK_OURS | cookies.MASK_PURPOSE
-            questions.append((counted, BY_NAME[counted.table].table_id, purpose, mask))
-        xids: dict[int, metrics.Question] = {}
-        for question, table_id, cookie, mask in questions:
-            request = parser.OFPAggregateStatsRequest(
-                dp,
-                flags=0,
-                table_id=table_id,
-                out_port=ofp.OFPP_ANY,
-                out_group=ofp.OFPG_ANY,
-                cookie=cookie,
-                cookie_mask=mask,
-                match=parser.OFPMatch(),
-            )
-            dp.send_msg(request)  # sets request.xid
-            xids[request.xid] = question
-        self.table_flows_fresh.clear()
-        self.table_flows.asked(now, xids)
-        return True
+        """A reload from a signal handler (SIGHUP), on a thread of its own."""
+        self.ops.reload_keys_later()
 
     @set_ev_cls(ofp_event.EventOFPAggregateStatsReply, MAIN_DISPATCHER)  # type: ignore[misc]
     def _aggregate_stats(self, ev: Any) -> None:
-        msg = ev.msg
-        if msg.datapath is not self.dp:
-            return
-        with self.lock:
-            last = self.table_flows.answered(msg.xid, msg.body.flow_count, msg.body.packet_count)
-        if last:
-            self.table_flows_fresh.set()
+        if ev.msg.datapath is self.dp:
+            self.ops.aggregate_reply(ev.msg)

@@ -21,11 +21,12 @@ from ipaddress import IPv4Address
 
 from dove_ryu.agent.directory import DirectoryView, EndpointRow
 from dove_ryu.agent.election import Outcome
+from dove_ryu.agent.gateway_parts import GatewayReport
 from dove_ryu.agent.parts import gateway_parts
-from dove_ryu.agent.stats import InstanceCounts, StatsView
+from dove_ryu.agent.stats import StatsView
 from dove_ryu.agent.takeover import SwitchState
 from dove_ryu.config import DoveConfig
-from dove_ryu.model import Endpoint, Router, VmPort, router_mac
+from dove_ryu.model import Endpoint, Router, VmPort
 from dove_ryu.openflow import gateway_flows as gw
 from dove_ryu.openflow.cookies import Purpose
 from dove_ryu.openflow.ofmsg import CoreOutput, Datagram, OfMsg, PacketIn
@@ -51,6 +52,7 @@ class GatewayCore:
         self.p = gateway_parts(cfg, LOG, now)  # what a gateway is made of
         self.next_announce = now
         self.gateways: tuple[IPv4Address, ...] = ()  # the dove-gateways mark
+        self.report = GatewayReport(self.p)  # status and statistics
 
     @property
     def counters(self) -> dict[str, int]:
@@ -381,79 +383,7 @@ class GatewayCore:
     # --------------------------------------------------------------- status
 
     def status(self, now: float) -> dict[str, object]:
-        ext = self.p.external
-        state = "active" if self.active else "standby"
-        if self._listening(now):
-            state = "listening"  # just (re)started: says nothing until it has heard
-        return {
-            "host": self.p.name,
-            "role": "gateway",
-            "active": self.active,
-            "state": state,
-            "underlay_ip": str(self.p.me),
-            "external_ip": str(ext.ip),
-            "external_port": ext.side.ofport if ext.side else None,
-            "external": {
-                "port": self.p.cfg.gateway.external_port,
-                "ofport": ext.side.ofport if ext.side else None,
-                "mac": ext.side.mac if ext.side else None,
-                "ip": str(ext.ip),
-                "network": str(ext.network),
-            },
-            "next_hop": {"ip": str(ext.nexthop), "mac": ext.macs.get(ext.nexthop)},
-            "connected": self.p.link.connected,
-            "partners": {
-                str(h): {"active": p.role.active, "priority": p.role.priority}
-                for h, p in sorted(self.p.election.partners.items())
-            },
-            "routers": {
-                str(r.router_id): {
-                    "snat": str(r.snat) if r.snat else None,
-                    "floating_ips": {str(f.external): str(f.inside) for f in r.floating_ips},
-                    "instances": list(r.instances),
-                    "subnets": [
-                        {
-                            "instance": s.instance,
-                            "gateway": str(s.gateway),
-                            "mac": router_mac(s.instance),
-                        }
-                        for s in r.subnets
-                    ],
-                }
-                for r in sorted(self.p.routers.routers.values(), key=lambda r: r.router_id)
-            },
-            "instances": {
-                str(i): {
-                    "members": sorted(str(h) for h in self.p.members.hosts(i)),
-                    "learned": self.p.learned.rows(now, i),
-                }
-                for i in sorted(self.p.routers.instances())
-            },
-            "pending": len(self.p.resolver),
-            "takeover": self.p.takeover.status(),
-            "counters": dict(sorted(self.p.stats.counters.items())),
-            "keys": self.p.channel.key_status(),
-        }
+        return self.report.status(now)
 
     def stats_view(self) -> StatsView:
-        return StatsView(
-            host=self.p.name,
-            role=self.role,
-            site="",
-            underlay_ip=str(self.p.me),
-            wan_ip="",
-            connected=self.p.link.connected,
-            proxy_active=self.active,
-            pending=len(self.p.resolver),
-            counters=dict(self.p.stats.counters),
-            packet_ins=dict(self.p.stats.packet_ins),
-            instances={
-                i: InstanceCounts(
-                    local=0,
-                    learned=len(self.p.learned.of_instance(i)),
-                    members=self.p.members.count(i),
-                )
-                for i in sorted(self.p.routers.instances())
-            },
-            latency=self.p.stats.learn_latency.copy(),
-        )
+        return self.report.stats_view()

@@ -5,22 +5,28 @@ their flows, its leg in the external network, and how it reaches an inside endpo
 gateway (the ARP answers for their external addresses only while active);
 `ExternalNet` the external port and the MACs of the next hop and of the neighbors on
 the external subnet, resolved by ARP from the agent; `GatewayEndpointFlows` the flows
-of a learned inside endpoint (its neighbor entries and its tunnel).
+of a learned inside endpoint (its neighbor entries and its tunnel); `GatewayReport`
+what the gateway shows of all that (its status and statistics).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from ipaddress import IPv4Address, IPv4Interface
+from typing import TYPE_CHECKING
 
 from dove_ryu.agent.link import SwitchLink
+from dove_ryu.agent.stats import InstanceCounts, StatsView
 from dove_ryu.config import GatewayConfig
-from dove_ryu.model import Endpoint, Router
+from dove_ryu.model import Endpoint, Router, router_mac
 from dove_ryu.openflow import flows
 from dove_ryu.openflow import gateway_flows as gw
 from dove_ryu.openflow.gateway_flows import ExternalSide
 from dove_ryu.openflow.ofmsg import CtFlushZone, OfMsg
 from dove_ryu.openflow.packet import ARP_REPLY, ETH_TYPE_ARP, Frame
+
+if TYPE_CHECKING:
+    from dove_ryu.agent.parts import GatewayParts
 
 ARP_RETRY = 1.0  # seconds before an unanswered ARP request is asked again
 NEXT_HOP_REFRESH = 30.0  # seconds between ARP requests for a known next hop
@@ -209,3 +215,89 @@ class ExternalNet:
             side = self.side
             return [gw.arp_request(side, self.nexthop)] if side is not None else []
         return []
+
+
+class GatewayReport:
+    """What a gateway shows (``dovectl status``, the metrics): read only."""
+
+    def __init__(self, p: GatewayParts) -> None:
+        self.p = p
+
+    def status(self, now: float) -> dict[str, object]:
+        ext = self.p.external
+        active = self.p.election.active
+        state = "active" if active else "standby"
+        if self.p.election.listening(now):
+            state = "listening"  # just (re)started: says nothing until it has heard
+        return {
+            "host": self.p.name,
+            "role": "gateway",
+            "active": active,
+            "state": state,
+            "underlay_ip": str(self.p.me),
+            "external_ip": str(ext.ip),
+            "external_port": ext.side.ofport if ext.side else None,
+            "external": {
+                "port": self.p.cfg.gateway.external_port,
+                "ofport": ext.side.ofport if ext.side else None,
+                "mac": ext.side.mac if ext.side else None,
+                "ip": str(ext.ip),
+                "network": str(ext.network),
+            },
+            "next_hop": {"ip": str(ext.nexthop), "mac": ext.macs.get(ext.nexthop)},
+            "connected": self.p.link.connected,
+            "partners": {
+                str(h): {"active": p.role.active, "priority": p.role.priority}
+                for h, p in sorted(self.p.election.partners.items())
+            },
+            "routers": {
+                str(r.router_id): {
+                    "snat": str(r.snat) if r.snat else None,
+                    "floating_ips": {str(f.external): str(f.inside) for f in r.floating_ips},
+                    "instances": list(r.instances),
+                    "subnets": [
+                        {
+                            "instance": s.instance,
+                            "gateway": str(s.gateway),
+                            "mac": router_mac(s.instance),
+                        }
+                        for s in r.subnets
+                    ],
+                }
+                for r in sorted(self.p.routers.routers.values(), key=lambda r: r.router_id)
+            },
+            "instances": {
+                str(i): {
+                    "members": sorted(str(h) for h in self.p.members.hosts(i)),
+                    "learned": self.p.learned.rows(now, i),
+                }
+                for i in sorted(self.p.routers.instances())
+            },
+            "pending": len(self.p.resolver),
+            "takeover": self.p.takeover.status(),
+            "counters": dict(sorted(self.p.stats.counters.items())),
+            "keys": self.p.channel.key_status(),
+        }
+
+    def stats_view(self) -> StatsView:
+        return StatsView(
+            host=self.p.name,
+            role="gateway",
+            site="",
+            underlay_ip=str(self.p.me),
+            wan_ip="",
+            connected=self.p.link.connected,
+            proxy_active=self.p.election.active,
+            pending=len(self.p.resolver),
+            counters=dict(self.p.stats.counters),
+            packet_ins=dict(self.p.stats.packet_ins),
+            instances={
+                i: InstanceCounts(
+                    local=0,
+                    learned=len(self.p.learned.of_instance(i)),
+                    members=self.p.members.count(i),
+                )
+                for i in sorted(self.p.routers.instances())
+            },
+            latency=self.p.stats.learn_latency.copy(),
+        )

@@ -50,10 +50,19 @@ class FoundGroup:
 
 @dataclass(frozen=True)
 class SwitchState:
-    """What the switch held when the agent connected (only our flows: cookie marker)."""
+    """What the switch held when the agent connected (only our flows: cookie marker).
+
+    ``flows_read`` / ``groups_read`` False: the switch did not answer that read in
+    time, so the switch may hold more than ``flows`` / ``groups`` say."""
 
     flows: tuple[FoundFlow, ...] = ()
     groups: tuple[FoundGroup, ...] = ()
+    flows_read: bool = True
+    groups_read: bool = True
+
+    @property
+    def complete(self) -> bool:
+        return self.flows_read and self.groups_read
 
     def generations(self) -> Counter[int]:
         """How many of our flows each generation has."""
@@ -177,6 +186,7 @@ class Takeover:
         self.found_groups: set[int] = set()
         self.waiting_for: set[IPv4Address] = set()  # adopted members not heard from yet
         self.settle_by: float | None = None  # None: nothing to sweep
+        self.groups_unknown = False  # the switch's groups were not read: any may exist
 
     def begin(
         self,
@@ -188,9 +198,18 @@ class Takeover:
         """A switch connected holding ``found``: the new generation, and what to adopt
         (`adopt`; ``me``: our own addresses, never a member or an endpoint's host)."""
         counts = found.generations()
-        self.generation = pick_generation(counts)
-        self.stale_generations = set(counts) - {self.generation}
+        if found.flows_read:
+            self.generation = pick_generation(counts)
+            self.stale_generations = set(counts) - {self.generation}
+        else:
+            # Which generation the predecessor used is unknown: one other than ours so
+            # far, and every other one stale, so the sweep removes its leftovers
+            # whichever it was (a predecessor's flow under ours stays, as ADD replaces
+            # what we install).
+            self.generation = (self.generation + 1) % cookies.GENERATIONS
+            self.stale_generations = set(range(cookies.GENERATIONS)) - {self.generation}
         self.found_groups = {g.group_id for g in found.groups}
+        self.groups_unknown = not found.groups_read
         adopted = adopt(found, member_flows)
         mine = set(me)
         for hosts in adopted.members.values():
@@ -203,15 +222,20 @@ class Takeover:
 
     def install(self, msgs: list[OfMsg]) -> list[OfMsg]:
         """The whole state for the switch: a group it already holds is modified (an
-        add would fail, a delete first would drop what floods through it)."""
-        return [
-            replace(m, command=GroupCommand.MODIFY)
-            if isinstance(m, GroupMod)
-            and m.command is GroupCommand.ADD
-            and m.group_id in self.found_groups
-            else m
-            for m in msgs
-        ]
+        add would fail, a delete first would drop what floods through it, and the flows
+        that use it: OpenFlow deletes them with the group).  When the groups were not
+        read, every group is added or modified (OVS's extension): an add of one that
+        exists fails with GROUP_EXISTS and leaves its old buckets."""
+        return [self._group_command(m) for m in msgs]
+
+    def _group_command(self, msg: OfMsg) -> OfMsg:
+        if not isinstance(msg, GroupMod) or msg.command is not GroupCommand.ADD:
+            return msg
+        if self.groups_unknown:
+            return replace(msg, command=GroupCommand.ADD_OR_MODIFY)
+        if msg.group_id in self.found_groups:
+            return replace(msg, command=GroupCommand.MODIFY)
+        return msg
 
     def renew(self, now: float) -> None:
         """The whole state goes in again under the next generation (a gateway's
@@ -254,5 +278,6 @@ class Takeover:
             "generation": self.generation,
             "settling": self.settling,
             "stale_generations": sorted(self.stale_generations),
+            "groups_unknown": self.groups_unknown,
             "waiting_for": sorted(str(h) for h in self.waiting_for),
         }

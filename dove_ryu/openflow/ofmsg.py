@@ -146,6 +146,9 @@ class GroupCommand(Enum):
     ADD = "add"
     MODIFY = "modify"
     DELETE = "delete"
+    # Add, or modify the group if it exists (an Open vSwitch extension, OVS >= 2.6): for
+    # a switch whose groups could not be read, where ADD may fail and MODIFY may too.
+    ADD_OR_MODIFY = "add_or_modify"
 
 
 @dataclass(frozen=True)

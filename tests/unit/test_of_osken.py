@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import struct
 from ipaddress import IPv4Address
 from typing import Any
 
@@ -18,11 +19,13 @@ from dove_ryu.openflow.ofmsg import (
     OFPP_TABLE,
     FlowMod,
     Group,
+    GroupCommand,
     Move,
     OfMsg,
     Output,
     PacketOut,
 )
+from dove_ryu.openflow.pipeline import group_mod
 
 pytestmark = pytest.mark.unit
 
@@ -105,3 +108,12 @@ def test_flow_mods_with_what_is_not_packed_here_go_through_osken() -> None:
     assert flow_mod_bytes(grouped, 1) is None
     unknown_field = FlowMod(table_id=1, priority=1, match={"ip_proto": 6}, cookie=0)
     assert flow_mod_bytes(unknown_field, 1) is None
+
+
+def test_add_or_modify_groups_carry_ovs_command_number() -> None:
+    """OVS's add-or-modify (OFPGC11_ADD_OR_MOD, 0x8000) goes out as the group mod's
+    command (os-ken has no name for it)."""
+    sent = osken_bytes(group_mod(5001, GroupCommand.ADD_OR_MODIFY, [(Output(3),)]), 7)
+    assert sent[1] == ofp.OFPT_GROUP_MOD
+    command, kind, group_id = struct.unpack_from("!HBxI", sent, ofp.OFP_HEADER_SIZE)
+    assert (command, kind, group_id) == (0x8000, ofp.OFPGT_ALL, 5001)

@@ -5,14 +5,16 @@ nothing still wanted ever deleted.  On the fake switch, as the other core tests.
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import replace
 
 import pytest
 
 from dove_ryu.agent.endpoints import ADOPTED_IDLE_TIMEOUT
 from dove_ryu.agent.host import HostCore
-from dove_ryu.agent.takeover import pick_generation
+from dove_ryu.agent.takeover import SwitchState, Takeover, pick_generation
 from dove_ryu.openflow import cookies
-from dove_ryu.openflow.ofmsg import order_messages
+from dove_ryu.openflow.ofmsg import GroupCommand, GroupMod, Output, SetField, order_messages
+from dove_ryu.openflow.pipeline import delete_generation, group_mod
 from dove_ryu.protocol.messages import Announce, decode, encode
 from tests.fakeswitch import Flow
 from tests.unit.test_core import (
@@ -32,16 +34,24 @@ from tests.unit.test_core import (
 pytestmark = pytest.mark.unit
 
 
-def restart(net: Net, n: int, keep: set[str] | None = None) -> HostCore:
+def restart(
+    net: Net, n: int, keep: set[str] | None = None, unread: frozenset[str] = frozenset()
+) -> HostCore:
     """Host n's agent restarts: a new core over the same switch.  As the shell does, it
     hears OVSDB's ports (those named in ``keep``, or all) before the switch, then takes
-    over what the switch holds.  Nothing is delivered yet."""
+    over what the switch holds, less the reads named in ``unread`` ("flows", "groups":
+    the switch did not answer them in time).  Nothing is delivered yet."""
     host = net.hosts[n]
     old = host.core
     ports = [p for p in old.p.ports.by_name.values() if keep is None or p.name in keep]
     host.core = HostCore(old.p.cfg, net.now)
     net.apply(host, host.core.ports_changed(net.now, ports))
-    net.apply(host, host.core.switch_connected(net.now, TUN, host.switch.found()))
+    found = host.switch.found()
+    if "flows" in unread:
+        found = replace(found, flows=(), flows_read=False)
+    if "groups" in unread:
+        found = replace(found, groups=(), groups_read=False)
+    net.apply(host, host.core.switch_connected(net.now, TUN, found))
     return host.core
 
 
@@ -177,6 +187,85 @@ def test_groups_that_exist_are_modified_not_added() -> None:
     assert commands == {5001: "modify", 5002: "modify"}
     h1.switch.apply(order_messages(out.ofmsgs, core.p.takeover.generation))
     assert not h1.switch.errors
+
+
+def test_groups_not_read_are_added_or_modified_and_lose_their_stale_buckets() -> None:
+    """The switch did not answer the group read in time: an add of a group it holds
+    would fail (GROUP_EXISTS) and leave the predecessor's buckets flooding to a host
+    that left; add-or-modify replaces them, and the flood flows stay."""
+    net = three_hosts()
+    h1 = net.hosts[1]
+    stale = (SetField("tunnel_id", 5001), SetField("tun_ipv4_dst", "10.9.9.9"), Output(TUN))
+    h1.switch.groups[5001] = (*h1.switch.groups[5001], stale)
+    h1.switch.deleted.clear()
+
+    core = restart(net, 1, unread=frozenset({"groups"}))
+
+    assert not h1.switch.errors
+    assert stale not in h1.switch.groups[5001]
+    assert h1.switch.deleted == []
+    assert core.p.takeover.generation == 1  # the flows were read: as ever
+    seen = net.send(1, 1, eth(MAC_A, BROADCAST))
+    assert local(seen) == [(1, 2)] and not tunnelled(seen)  # members come from the groups
+    net.advance(0.2)  # announcements both ways: host 2 is a member again
+    seen = net.send(1, 1, eth(MAC_A, BROADCAST))
+    assert local(seen) == [(1, 2), (2, 1)]
+    assert "10.9.9.9" not in {s.delivery.tun_dst for s in tunnelled(seen)}
+
+
+def test_takeover_install_when_groups_were_not_read() -> None:
+    takeover = Takeover(grace=4.0)
+    takeover.begin(0.0, SwitchState(groups_read=False), [])
+    out = takeover.install([group_mod(5001, GroupCommand.ADD), group_mod(7, GroupCommand.DELETE)])
+    assert [m.command for m in out if isinstance(m, GroupMod)] == [
+        GroupCommand.ADD_OR_MODIFY,
+        GroupCommand.DELETE,
+    ]
+    takeover.begin(1.0, SwitchState(), [])  # the next take-over read them: plain adds again
+    assert takeover.install([group_mod(5001, GroupCommand.ADD)]) == [
+        group_mod(5001, GroupCommand.ADD)
+    ]
+
+
+def test_flows_not_read_make_every_other_generation_stale() -> None:
+    """Which generation the predecessor used is unknown: the sweep deletes every
+    generation but the new one, and the new one is not the one we had."""
+    takeover = Takeover(grace=4.0)
+    takeover.begin(0.0, SwitchState(), [])
+    assert takeover.generation == 0
+    takeover.begin(0.0, SwitchState(flows_read=False), [])
+    assert takeover.generation == 1
+    assert takeover.settling
+    assert takeover.stale_generations == set(range(cookies.GENERATIONS)) - {1}
+    assert takeover.sweep(4.0, ()) == [delete_generation(g) for g in range(16) if g != 1]
+
+
+def test_a_predecessor_generation_goes_though_its_flows_were_not_read() -> None:
+    """Two restarts leave generation 2's flows; a third start that cannot read them
+    installs under generation 1 (a new process's next) and, once settled, sweeps
+    generation 2's leftovers: x's flows (its port went while the agent was away)."""
+    net = three_hosts()
+    learned_b(net)
+    h1 = net.hosts[1]
+    restart(net, 1)  # generation 1
+    net.advance(0.2)
+    restart(net, 1)  # generation 2
+    net.advance(0.2)
+    assert set(generations(h1.switch.flows())) == {2}
+
+    core = restart(net, 1, keep={"a", "a2"}, unread=frozenset({"flows"}))
+
+    assert core.p.takeover.generation == 1
+    assert set(generations(h1.switch.flows())) == {1, 2}  # nothing deleted yet
+    net.advance(4.5)  # past the grace time (the adopted members were never read)
+
+    assert not core.p.takeover.settling
+    assert set(generations(h1.switch.flows())) == {1}
+    assert not h1.switch.errors
+    decoded = [cookies.decode(f.cookie) for f in h1.switch.flows()]
+    assert not [d for d in decoded if d is not None and d.instance == 5002]
+    assert 5002 not in h1.switch.groups
+    assert local(net.send(1, 1, eth(MAC_A, BROADCAST))) == [(1, 2), (2, 1)]
 
 
 def test_sequence_numbers_keep_growing_across_a_restart() -> None:
