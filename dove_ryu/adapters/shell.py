@@ -25,7 +25,7 @@ from os_ken.controller.handler import (
 )
 from os_ken.ofproto import ofproto_v1_3
 
-from dove_ryu.adapters import metrics, options
+from dove_ryu.adapters import metrics, options, ovsdb
 from dove_ryu.adapters.admin import AdminServer
 from dove_ryu.adapters.directory import DirectoryClient
 from dove_ryu.adapters.metrics_http import MetricsServer
@@ -55,6 +55,8 @@ LOG = logging.getLogger("dove_ryu.adapters.shell")
 
 TICK_SECONDS = 0.05
 MAX_DATAGRAM = 2048
+# A switch not connected this long after start is still backing off: it is called.
+SWITCH_PATIENCE = 0.5
 # NOTE: the take-over's read replies may come before os-ken's handshake ends (os-ken
 # 4.2): its ofp_handler moves a datapath to MAIN only once its own port description
 # reply is in, our reads go out alongside that request, and a reply is dispatched in
@@ -127,6 +129,7 @@ class DoveApp(app_manager.OSKenApp):  # type: ignore[misc]
                 target=self._receive_loop, args=(sock,), name=f"control-rx-{leg}", daemon=True
             ).start()
         threading.Thread(target=self._tick_loop, name="tick", daemon=True).start()
+        threading.Thread(target=self._call_the_switch, name="reconnect", daemon=True).start()
         self.watcher.start()
         if self.directory is not None:
             self.directory.start()
@@ -134,6 +137,18 @@ class DoveApp(app_manager.OSKenApp):  # type: ignore[misc]
         if self.metrics_server is not None:
             self.metrics_server.start()
         return thread
+
+    def _call_the_switch(self) -> None:
+        """A switch still backing off from our predecessor is told to connect now."""
+        time.sleep(SWITCH_PATIENCE)
+        with self.lock:
+            if self.datapaths:  # it connected by itself
+                return
+        try:
+            ovsdb.reconnect_now(self.cfg)
+            self.core.counters["switch_reconnect_asked"] += 1
+        except ovsdb.OvsdbError as e:
+            LOG.warning("%s: could not hurry the switch: %s", self.cfg.name, e)
 
     def close(self) -> None:
         """Stop our threads and remove the admin socket (the process is exiting)."""
