@@ -272,7 +272,7 @@ class Injector:
 
 def _frames(reply: dict[str, Any]) -> dict[str, int]:
     """A relay's counts reply, both directions summed."""
-    keys = ("forwarded", "dropped", "delayed", "reordered")
+    keys = ("offered", "forwarded", "dropped", "delayed", "reordered")
     return {k: reply["ab"][k] + reply["ba"][k] for k in keys}
 
 

@@ -78,11 +78,11 @@ def _relay_rows(summary: dict[str, Any]) -> list[str]:
     if not relays:
         return [f"Link faults: {summary.get('netem', '-')}.", ""]
     return [
-        "| link fault (userspace relay) | faults | frames under it | dropped | delayed | "
+        "| link fault (userspace relay) | faults | frames arriving under it | dropped | delayed | "
         "reordered |",
         "|---|---:|---:|---:|---:|---:|",
         *(
-            f"| {kind} | {r['faults']} | {r['forwarded'] + r['dropped']:,} | {r['dropped']:,} "
+            f"| {kind} | {r['faults']} | {r['offered']:,} | {r['dropped']:,} "
             f"| {r['delayed']:,} | {r['reordered']:,} |"
             for kind, r in relays.items()
         ),

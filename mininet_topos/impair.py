@@ -18,9 +18,10 @@ impairments at run time and reads the counts:
 
 ``ab`` is IFACE_A -> IFACE_B. A "set" replaces the direction's whole impairment (missing
 fields are 0: {"cmd": "set", "dir": "both"} clears it). Counts per direction: frames
-forwarded, dropped (loss), delayed (waited in the heap), reordered (sent after a frame
-that arrived later than it). The randomness is seeded (``--seed``; each direction draws
-from its own generator), so a run can be repeated as far as the arrival times allow.
+offered (arrived), forwarded, dropped (loss), delayed (waited in the heap), reordered (sent
+after a frame that arrived later than it). The randomness is seeded (``--seed``; each
+direction draws from its own generator), so a run can be repeated as far as the arrival
+times allow.
 Standard library only.
 """
 
@@ -84,6 +85,7 @@ class Impairment:
 
 @dataclass
 class Counts:
+    offered: int = 0  # frames that arrived
     forwarded: int = 0
     dropped: int = 0
     delayed: int = 0
@@ -109,6 +111,7 @@ class Direction:
         or queued until ``due``)."""
         seq = self.arrived
         self.arrived += 1
+        self.counts.offered += 1
         imp = self.impairment
         if imp.loss and self.rng.random() < imp.loss:
             self.counts.dropped += 1

@@ -36,7 +36,7 @@ def test_no_impairment_passes_everything_at_once_in_order() -> None:
     d, out = run(Impairment(), 100)
     assert [i for _, i in out] == list(range(100))
     assert all(t == i * GAP for t, i in out)
-    assert d.counts.forwarded == 100
+    assert d.counts.offered == d.counts.forwarded == 100
     assert (d.counts.dropped, d.counts.delayed, d.counts.reordered) == (0, 0, 0)
 
 
