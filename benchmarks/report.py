@@ -539,6 +539,10 @@ def write_report(results: dict[str, Any], out: Path) -> None:
         lines += _sites_section(results["sites"]) + [""]
     if "routing" in results:
         lines += _routing_section(results["routing"]) + [""]
+    if "ovsrestart" in results:
+        from benchmarks.ovs_restart_bench import report_section
+
+        lines += report_section(results["ovsrestart"]) + [""]
     plots = _plots(results, out)
     if plots:
         lines += ["## Plots", "", *plots, ""]

@@ -19,8 +19,6 @@ same moment), then summarised over the repetitions.
 from __future__ import annotations
 
 import re
-import subprocess
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from ipaddress import IPv4Interface, ip_interface
@@ -30,12 +28,19 @@ from benchmarks.stats import ratio, summary
 from mininet_topos.emulation import RunningNet, VmRecord
 from mininet_topos.gateway import INTERNET_IP
 from mininet_topos.hypervisor import wait_until
-from mininet_topos.traffic import TrafficError, iperf3, mbits
+from mininet_topos.traffic import (
+    TrafficError,
+    came_back,
+    gap_ms,
+    iperf3,
+    mbits,
+    parse_stream,
+    ping_stream,
+    read_so_far,
+    stop_stream,
+)
 
 RTT = re.compile(r"time=([\d.]+) ms")
-PING_LINE = re.compile(r"^\[(\d+\.\d+)\] \d+ bytes from .* icmp_seq=(\d+)")
-PING_SENT = re.compile(r"(\d+) packets transmitted, (\d+) received")
-STREAM_INTERVAL = 0.005  # seconds between echo requests of the failover stream
 RECOVERY_TIMEOUT = 15.0  # seconds a failover may take before the sample says "never"
 PATH_SYSTEMS = ("dove", "ovn")
 # The emulation's gateways hello every 2.0 s (an agent restart must not fail over);
@@ -70,27 +75,6 @@ def pick_triple(vms: Sequence[VmRecord]) -> tuple[VmRecord, VmRecord, VmRecord]:
 
 def rtts(output: str) -> list[float]:
     return [float(x) for x in RTT.findall(output)]
-
-
-def gap_ms(replies: Sequence[float], stopped_at: float) -> float | None:
-    """The longest silence (ms) between replies, from the last reply before ``stopped_at``
-    on; None without a reply after it (the stream never came back)."""
-    before = [t for t in replies if t < stopped_at]
-    after = sorted(t for t in replies if t >= stopped_at)
-    if not after:
-        return None
-    points = ([max(before)] if before else []) + after
-    gap = max((y - x for x, y in zip(points, points[1:], strict=False)), default=0.0)
-    return gap * 1000
-
-
-def parse_stream(output: str) -> tuple[list[float], int | None, int | None]:
-    """A ``ping -D`` stream's reply times, and packets sent and received."""
-    replies = [float(m.group(1)) for m in map(PING_LINE.match, output.splitlines()) if m]
-    sent = PING_SENT.search(output)
-    if not sent:
-        return replies, None, None
-    return replies, int(sent.group(1)), int(sent.group(2))
 
 
 def per_sample_ratio(samples: Sequence[dict[str, Any]], num: str, den: str) -> list[float | None]:
@@ -415,20 +399,6 @@ def stream_through_failover(
     }
 
 
-def came_back(replies: Sequence[float], stopped_at: float, silence: float = 0.05) -> bool:
-    """A reply after ``stopped_at`` that follows a silence longer than ``silence`` s."""
-    return any(
-        y >= stopped_at and y - x > silence for x, y in zip(replies, replies[1:], strict=False)
-    )
-
-
-def read_so_far(log: Any) -> str:
-    log.seek(0)
-    text = str(log.read())
-    log.seek(0, 2)
-    return text
-
-
 class _WithExternal:
     """A dove net with its external network: stopping it stops both."""
 
@@ -525,21 +495,3 @@ def gateway_sample(system: str, seconds: int, settle: float = 1.0) -> dict[str, 
     if system.startswith("dove-hello-"):
         return dove_gateway_sample(seconds, settle, float(system.removeprefix("dove-hello-")))
     return dove_gateway_sample(seconds, settle)
-
-
-def ping_stream(src: VmRecord, dst_ip: str) -> tuple[Any, Any]:
-    """Start a 5 ms ``ping -D`` stream to a file (a pipe nobody reads would stall it)."""
-    log = tempfile.TemporaryFile(mode="w+")
-    proc = src.host.popen(
-        ["ping", "-D", "-i", str(STREAM_INTERVAL), "-W", "1", dst_ip],
-        stdout=log,
-        stderr=subprocess.DEVNULL,
-    )
-    return proc, log
-
-
-def stop_stream(proc: Any, log: Any) -> str:
-    proc.send_signal(2)
-    proc.wait(timeout=10)
-    log.seek(0)
-    return str(log.read())

@@ -1,7 +1,8 @@
 """dove-ryu side by side with OVN, OVS NORMAL, kernel VXLAN and a learning switch.
 
     sudo scripts/bench.sh [--quick]
-        [--sections controller,first,dataplane,migration,scale,sites,directory,routing]
+        [--sections controller,first,dataplane,migration,scale,sites,directory,routing,
+                    ovsrestart]
                           [--out DIR]
 
 Every system runs in the same emulation (namespaced hypervisors with their own
@@ -258,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--sections",
-        default="controller,first,dataplane,migration,scale,sites,directory,routing",
+        default="controller,first,dataplane,migration,scale,sites,directory,routing,ovsrestart",
     )
     parser.add_argument(
         "--directory-vms",
@@ -342,6 +343,11 @@ def main(argv: list[str] | None = None) -> int:
 
         parts = tuple(args.routing_parts.split(","))
         results["routing"] = run_routing(reps, seconds, progress, parts)
+
+    if "ovsrestart" in sections:
+        from benchmarks.ovs_restart_bench import run_ovs_restart
+
+        results["ovsrestart"] = run_ovs_restart(reps if args.quick else 2 * reps, progress)
 
     if "directory" in sections:
         vms = tuple(int(n) for n in args.directory_vms.split(","))

@@ -307,6 +307,20 @@ class Hypervisor(Host):
         # Interactive CLI commands (`hv1 ovs-vsctl show`) then reach the private OVS too.
         self.cmd(f"export OVS_RUNDIR={d} OVS_DBDIR={d} OVS_LOGDIR={d}")
         self.run("ovsdb-tool", "create", str(d / "conf.db"), VSWITCH_SCHEMA)
+        self.start_ovsdb()
+        self.vsctl("--no-wait", "init")
+        self.start_vswitchd()
+        self.setup_br_phy()
+        {
+            "dove": self.setup_dove_bridge,
+            "normal": self.setup_normal_bridge,
+            "learning": self.setup_learning_bridge,
+            "ovn": self.setup_ovn_bridge,
+        }[self.mode]()
+
+    def start_ovsdb(self) -> None:
+        """ovsdb-server on the private database and socket."""
+        d = self._dir()
         self.run(
             "ovsdb-server",
             str(d / "conf.db"),
@@ -316,7 +330,10 @@ class Hypervisor(Host):
             "--detach",
             "--no-chdir",
         )
-        self.vsctl("--no-wait", "init")
+
+    def start_vswitchd(self) -> None:
+        """ovs-vswitchd on the private database; returns once it has applied it (--detach)."""
+        d = self._dir()
         self.run(
             "ovs-vswitchd",
             f"unix:{self.db_sock}",
@@ -325,13 +342,6 @@ class Hypervisor(Host):
             "--detach",
             "--no-chdir",
         )
-        self.setup_br_phy()
-        {
-            "dove": self.setup_dove_bridge,
-            "normal": self.setup_normal_bridge,
-            "learning": self.setup_learning_bridge,
-            "ovn": self.setup_ovn_bridge,
-        }[self.mode]()
 
     def setup_br_phy(
         self, bridge: str = BR_PHY, uplink: str | None = None, cidr: str | None = None
@@ -360,9 +370,13 @@ class Hypervisor(Host):
             bridge,
             uplink,
         )
-        # The bridge's local port is a tap the kernel sends from (underlay pings, agent UDP).
+        self.address_bridge(bridge, cidr)
+
+    def address_bridge(self, bridge: str, cidr: str) -> None:
+        """Give a bridge's local port (a tap the kernel sends from: underlay pings, agent
+        UDP) its address, and wait until OVS routes tunnels from it."""
         self.ethtool_tx_off(bridge)
-        self.run("ip", "addr", "add", cidr, "dev", bridge)
+        self.run("ip", "addr", "replace", cidr, "dev", bridge)
         self.run("ip", "link", "set", bridge, "up")
         ip = cidr.split("/")[0]
         wait_until(

@@ -61,6 +61,7 @@ TICK_SECONDS = 0.05
 MAX_DATAGRAM = 2048
 TABLE_FLOWS_MAX_AGE = 5.0  # seconds a scrape may show the same per-table flow counts
 TABLE_FLOWS_WAIT = 1.0  # seconds a scrape waits for fresh ones (else shows the last)
+READ_TIMEOUT = 3.0  # seconds the take-over waits for the switch's flows and groups
 
 # The [dove] options, declared when os-ken loads this module, as any os-ken app does.
 options.register(osken_cfg.CONF)
@@ -269,6 +270,7 @@ class DoveApp(app_manager.OSKenApp):  # type: ignore[misc]
         waits for both answers."""
         ofp, parser = dp.ofproto, dp.ofproto_parser
         self.reading, self.read_flows, self.read_groups = dp, None, None
+        self.reading_since = time.monotonic()
         self.found = None
         self._flows_part, self._groups_part = [], []
         dp.send_msg(
@@ -286,6 +288,7 @@ class DoveApp(app_manager.OSKenApp):  # type: ignore[misc]
         dp.send_msg(parser.OFPGroupDescStatsRequest(dp, 0))
 
     found: SwitchState | None = None
+    reading_since = 0.0
     _flows_part: list[FoundFlow] = []
     _groups_part: list[FoundGroup] = []
 
@@ -310,6 +313,29 @@ class DoveApp(app_manager.OSKenApp):  # type: ignore[misc]
             if not msg.flags & msg.datapath.ofproto.OFPMPF_REPLY_MORE:
                 self.read_groups = self._groups_part
                 self._switch_read()
+
+    def _read_overdue(self, now: float) -> None:
+        """The switch has not answered the reads in READ_TIMEOUT (call with the lock):
+        program it from our own state with what did come (groups unread are added, so
+        one that exists answers an error), and flush nothing: stale flows of another
+        generation may stay until the next take-over."""
+        if self.reading is None or now - self.reading_since < READ_TIMEOUT:
+            return
+        if self.reading is not self.dp:
+            self.reading = None
+            return
+        self.core.counters["takeover_read_timeouts"] += 1
+        LOG.error(
+            "%s: the switch did not answer the take-over's reads in %.0f s (flows %s, "
+            "groups %s): programming it from our own state, no flush",
+            self.cfg.name,
+            READ_TIMEOUT,
+            "read" if self.read_flows is not None else "unanswered",
+            "read" if self.read_groups is not None else "unanswered",
+        )
+        self.read_flows = self.read_flows if self.read_flows is not None else []
+        self.read_groups = self.read_groups if self.read_groups is not None else []
+        self._switch_read()
 
     def _switch_read(self) -> None:
         if self.read_flows is None or self.read_groups is None:
@@ -438,6 +464,8 @@ class DoveApp(app_manager.OSKenApp):  # type: ignore[misc]
     def _tick_loop(self) -> None:
         while not self.stopping.wait(TICK_SECONDS):
             try:
+                with self.lock:
+                    self._read_overdue(time.monotonic())
                 self._call(self.core.tick)
             except Exception:
                 LOG.exception("%s: tick", self.cfg.name)

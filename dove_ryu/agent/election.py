@@ -6,6 +6,10 @@ preemption: the standby takes over when the active one's hellos stop for 3.5
 intervals; of two active ones (started together, or a partition healed) the lower
 (priority, address) steps down.  A proxy listens before it claims the site, the
 lower priority longer, so of two started together the higher one becomes active.
+While it listens it says nothing (a restarted active one saying "standby" would hand
+its place to its partner), and it claims at once when every partner it heard is a
+standby it would have beaten: a restarted active one takes its place back before its
+standby misses it, and the datapath's traffic stays where it is.
 """
 
 from __future__ import annotations
@@ -59,6 +63,20 @@ class Election:
             return False
         self.next_hello = now + self.hello_interval
         return True
+
+    def listening(self, now: float) -> bool:
+        """Just (re)started and not yet decided: says nothing until it has heard."""
+        return not self.active and now < self.listen_until
+
+    def claim_early(self, now: float) -> None:
+        """While listening, partners that all say standby, of lower preference than us:
+        we would have won had we started together, so we claim at once."""
+        if not self.listening(now) or not self.partners:
+            return
+        me = (self.priority, int(self.me))
+        partners = self.partners.items()
+        if all(not p.role.active and (p.role.priority, int(h)) < me for h, p in partners):
+            self.listen_until = now
 
     def decide(self, now: float) -> Outcome:
         for host, partner in list(self.partners.items()):

@@ -26,7 +26,6 @@ from dove_ryu.agent.stats import InstanceCounts, StatsView
 from dove_ryu.agent.takeover import SwitchState
 from dove_ryu.config import DoveConfig
 from dove_ryu.model import Endpoint, Router, VmPort, router_mac
-from dove_ryu.openflow import flows
 from dove_ryu.openflow import gateway_flows as gw
 from dove_ryu.openflow.cookies import Purpose
 from dove_ryu.openflow.ofmsg import CoreOutput, Datagram, OfMsg, PacketIn
@@ -71,16 +70,22 @@ class GatewayCore:
         The connections stay in the datapath's conntrack: nothing flushes a zone."""
         adopted = self.p.takeover.begin(now, found or SwitchState(), [self.p.me], member_flows=True)
         self.p.adopt(now, adopted)
+        macs = self.p.external.adopt(adopted.external)
+        if macs:
+            self.p.stats.count("takeover_external_macs_adopted", macs)
         self.p.link.tunnel_ofport = tunnel_ofport
         self.p.stats.count("switch_connected")
         self.next_announce = now
         LOG.info("%s: switch connected, tunnel port %d (gateway)", self.p.name, tunnel_ofport)
         return CoreOutput(ofmsgs=self.p.takeover.install(self._state()))
 
-    def _resync(self) -> list[OfMsg]:
-        """Everything again after the external port changed: its flows are not the same."""
+    def _resync(self, now: float) -> list[OfMsg]:
+        """Everything again after the external port changed (its flows are not the
+        same), under a new generation: the old one's leftovers go on the next tick."""
         state = self._state()
-        return [*flows.delete_all_ours(), *state] if state else []
+        if state:
+            self.p.takeover.renew(now)
+        return state
 
     def _state(self) -> list[OfMsg]:
         """Every flow of the state we hold, for the switch (none without the external
@@ -105,7 +110,7 @@ class GatewayCore:
             return CoreOutput()
         if ofport is None:
             self.p.stats.drop("external_port_missing", now, self.p.cfg.gateway.external_port)
-        return CoreOutput(ofmsgs=self._resync())
+        return CoreOutput(ofmsgs=self._resync(now))
 
     def ports_changed(self, now: float, ports: list[VmPort]) -> CoreOutput:
         if ports:
@@ -261,7 +266,7 @@ class GatewayCore:
                 self.p.stats.drop("gateway_undeclared", now, f"from {sender}")
                 return CoreOutput()
             new = self.p.election.heard(now, sender, msg.gateway)
-            self._claim_early(now)
+            self.p.election.claim_early(now)
             out = self._elect(now)
             if new or restarted:
                 out.datagrams += self._announce(now, only=[sender])
@@ -319,20 +324,7 @@ class GatewayCore:
         return out
 
     def _listening(self, now: float) -> bool:
-        return not self.active and now < self.p.election.listen_until
-
-    def _claim_early(self, now: float) -> None:
-        """While listening (just started, or restarted), a partner that says it is
-        standby, of lower preference than us: we would have won had we started together,
-        so we claim at once.  A restarted active gateway thus takes its place back
-        before its standby misses it: the datapath's connections stay where they are."""
-        election = self.p.election
-        if not self._listening(now) or not election.partners:
-            return
-        me = (election.priority, int(election.me))
-        partners = election.partners.items()
-        if all(not p.role.active and (p.role.priority, int(h)) < me for h, p in partners):
-            election.listen_until = now
+        return self.p.election.listening(now)
 
     def _announce(self, now: float, only: list[IPv4Address] | None = None) -> list[Datagram]:
         """Our role (active or standby) and no instances, to the hosts and the other
@@ -364,7 +356,9 @@ class GatewayCore:
             out.ofmsgs += self._member_changed(instance, host, joined=False)
         if self.p.link.connected:
             out.ofmsgs += self.p.external.tick(now)
-            if self.p.takeover.settling:
+            if self.p.takeover.settling and not self._listening(now):
+                # Not while listening: the old generation's ARP answers stay until
+                # the new one has its own (it claims, or hears the active one).
                 out.ofmsgs += self.p.takeover.sweep(now, ())  # a gateway has no groups
         if now >= self.next_announce:
             out.datagrams += self._announce(now)
@@ -436,6 +430,7 @@ class GatewayCore:
                 for i in sorted(self.p.routers.instances())
             },
             "pending": len(self.p.resolver),
+            "takeover": self.p.takeover.status(),
             "counters": dict(sorted(self.p.stats.counters.items())),
             "keys": self.p.channel.key_status(),
         }

@@ -148,6 +148,22 @@ class ExternalNet:
                 msgs.append(gw.next_hop_flow(side, mac))
         return msgs
 
+    def adopt(self, found: dict[IPv4Address | None, str]) -> int:
+        """The MACs a predecessor resolved, as its flows show them (None: the next
+        hop's), where we know none: they are refreshed by ARP as any other."""
+        adopted = 0
+        for ip, mac in found.items():
+            ip = self.nexthop if ip is None else ip
+            if (
+                ip in self.macs
+                or ip not in self.network
+                or len(self.macs) >= MAX_EXTERNAL_NEIGHBORS
+            ):
+                continue
+            self.macs[ip] = mac
+            adopted += 1
+        return adopted
+
     def ask(self, now: float, ip: IPv4Address) -> list[OfMsg]:
         """An ARP request for ``ip`` (the next hop, or a neighbor on the subnet), unless
         one went out a moment ago."""

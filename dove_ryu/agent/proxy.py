@@ -205,6 +205,7 @@ class ProxyCore:
             self.p.stats.drop("proxy_of_other_site", now, f"{sender} says site {role.site}")
             return CoreOutput()
         new = self.p.election.heard(now, sender, role)
+        self.p.election.claim_early(now)
         out = self._elect(now)
         if new and self.active:
             out.datagrams += self._announce(now, only=[sender])
@@ -227,7 +228,12 @@ class ProxyCore:
 
     def _announce(self, now: float, only: list[IPv4Address] | None = None) -> list[Datagram]:
         """To site peers: the instances other sites serve; to remote proxies: those our
-        site serves.  A standby proxy announces itself with none."""
+        site serves.  A standby proxy announces itself with none.  Nothing while
+        listening (`Election.listening`): a restarted active proxy saying "standby, no
+        instances" would make its partner take over and the hosts and remote proxies
+        drop it, though its datapath still carries their traffic."""
+        if self.p.election.listening(now):
+            return []
         targets = only
         if targets is None:
             self.next_announce = now + self.p.cfg.learning.announce_interval
@@ -279,6 +285,7 @@ class ProxyCore:
             "role": "proxy",
             "site": self.p.cfg.proxy.site,
             "active": self.active,
+            "state": self._state_name(now),
             "underlay_ip": str(self.p.me),
             "wan_ip": str(self.wan_ip),
             "connected": self.p.link.connected,
@@ -300,10 +307,16 @@ class ProxyCore:
                 for instance in self._carried()
             },
             "pending": len(self.p.resolver),
+            "takeover": self.p.takeover.status(),
             "counters": dict(sorted(self.p.stats.counters.items())),
             "keys": self.p.channel.key_status(),
             **(self.sync.status(now) if self.sync else {}),
         }
+
+    def _state_name(self, now: float) -> str:
+        if self.active:
+            return "active"
+        return "listening" if self.p.election.listening(now) else "standby"
 
     def _carried(self) -> list[int]:
         """Every instance the proxy carries: with a member, or with something learned."""

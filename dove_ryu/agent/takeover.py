@@ -28,7 +28,7 @@ from dove_ryu.model import Endpoint
 from dove_ryu.openflow import cookies
 from dove_ryu.openflow.cookies import Purpose
 from dove_ryu.openflow.ofmsg import Action, GroupCommand, GroupMod, OfMsg, SetField
-from dove_ryu.openflow.pipeline import delete_generation, group_mod
+from dove_ryu.openflow.pipeline import EXT_OUT, delete_generation, group_mod
 
 
 @dataclass(frozen=True)
@@ -67,6 +67,8 @@ class Adopted:
 
     endpoints: list[Endpoint] = field(default_factory=list)
     members: dict[int, set[IPv4Address]] = field(default_factory=dict)  # instance -> hosts
+    # A gateway's external MACs (ext_out): a neighbor's by its address, None: the next hop.
+    external: dict[IPv4Address | None, str] = field(default_factory=dict)
 
     def hosts(self) -> set[IPv4Address]:
         return {h for hosts in self.members.values() for h in hosts}
@@ -113,7 +115,8 @@ def _address6(value: object) -> IPv6Address | None:
 def adopt(state: SwitchState, member_flows: bool = False) -> Adopted:
     """The learned endpoints and instance members the switch's flows and groups show:
     members from the flood groups' buckets, or (``member_flows``: a gateway, which has
-    no groups) from its classify flows accepting each member."""
+    no groups) from its classify flows accepting each member; a gateway's external
+    MACs from its ext_out flows (or source NAT would wait for ARP after a restart)."""
     adopted = Adopted()
     ips: dict[tuple[int, str], list[IPv4Address]] = {}
     ips6: dict[tuple[int, str], list[IPv6Address]] = {}
@@ -140,6 +143,12 @@ def adopt(state: SwitchState, member_flows: bool = False) -> Adopted:
             mac, ip = sets.get("eth_dst"), _address(flow.match.get("ipv4_dst"))
             if isinstance(mac, str) and ip is not None:
                 ips.setdefault((decoded.instance, mac), []).append(ip)
+        elif decoded.purpose is Purpose.EXTERNAL and flow.table_id == EXT_OUT.table_id:
+            mac, dst = sets.get("eth_dst"), flow.match.get("ipv4_dst")
+            if isinstance(mac, str):  # not the on-link miss (to the agent): no MAC
+                where_ext = _address(dst) if isinstance(dst, str) else None
+                if dst is None or where_ext is not None:
+                    adopted.external[where_ext] = mac
         elif decoded.purpose is Purpose.MEMBER and member_flows:
             host = _address(flow.match.get("tun_ipv4_src"))
             if host is not None and decoded.instance:
@@ -203,6 +212,20 @@ class Takeover:
             else m
             for m in msgs
         ]
+
+    def renew(self, now: float) -> None:
+        """The whole state goes in again under the next generation (a gateway's
+        external port changed: the flows that named it are not the same), and the
+        current one is stale at once: the next sweep removes only the flows the new
+        state did not replace, never a flow still wanted (no flush)."""
+        self.stale_generations.add(self.generation)
+        for step in range(1, cookies.GENERATIONS):
+            gen = (self.generation + step) % cookies.GENERATIONS
+            if gen not in self.stale_generations:
+                self.generation = gen
+                break
+        if self.settle_by is None:
+            self.settle_by = now
 
     def heard(self, host: IPv4Address) -> None:
         """An announcement from ``host``: its membership is current again."""

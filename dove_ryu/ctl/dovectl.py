@@ -62,13 +62,16 @@ def cmd_status(args: argparse.Namespace) -> Any:
     role = status.get("role", "host")
     line = f"{role} {status['host']} underlay {status['underlay_ip']}"
     if role == "proxy":
-        state = "active" if status["active"] else "standby"
+        state = status.get("state") or ("active" if status["active"] else "standby")
         line += f" wan {status['wan_ip']} site {status['site']} ({state})"
     if role == "gateway":
         line += f" ({status.get('state') or ('active' if status['active'] else 'standby')})"
     print(f"{line}, switch {'connected' if status['connected'] else 'DISCONNECTED'}")
     if "keys" in status:
         print(_keys_line(status["keys"]))
+    takeover = status.get("takeover")
+    if takeover:  # docs/control-plane.md, section 1
+        print(f"take-over: {_takeover_line(takeover)}")
     args.json = False
     if role == "gateway":
         print()
@@ -78,6 +81,16 @@ def cmd_status(args: argparse.Namespace) -> Any:
         print()
         COMMANDS[name](args, status)
     return None
+
+
+def _takeover_line(takeover: dict[str, Any]) -> str:
+    """The cookie generation, and what a take-over still waits for before its sweep."""
+    line = f"generation {takeover.get('generation', 0)}"
+    if not takeover.get("settling"):
+        return line + ", settled"
+    stale = ",".join(str(g) for g in takeover.get("stale_generations", []))
+    waiting = ", ".join(takeover.get("waiting_for", [])) or "the grace time"
+    return line + f", settling (stale generations {stale or 'none'}; waiting for {waiting})"
 
 
 def cmd_instances(args: argparse.Namespace, status: dict[str, Any] | None = None) -> Any:

@@ -363,7 +363,54 @@ def test_a_tcp_connection_through_snat_survives_a_restart_of_the_active_agent(
         world.ext.start_agent(gw)
         wait_until(lambda: connected_status(gw), 30.0, f"{gw.name} agent back")
         assert client.say("after") == "after"
-        assert world.ext.active() is gw  # the standby did not take over
+        # The standby did not take over (the restarted one claims once it hears it).
+        assert active(world) is gw
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize("kill", [False, True], ids=["sigterm", "sigkill"])
+def test_snat_pings_and_a_tcp_connection_lose_nothing_while_the_active_gateway_restarts(
+    world: World, kill: bool
+) -> None:
+    """Issue 13 point 1: a 5 ms ping stream from a VM to the internet host through
+    source NAT, and an established TCP connection, through a restart of the active
+    gateway's agent: nothing lost, the connection intact, the gateway still active,
+    its predecessor's generation swept once settled."""
+    from tests.mininet.test_restart import COUNT, INTERVAL
+
+    gw, vm = active(world), world.dnet.vm("t1vm3")
+    standby = world.ext.standby()
+    took_over = admin(standby, "counters").get("gateway_became_active", 0)
+    client = EchoClient(vm)
+    try:
+        assert client.say("before") == "before"
+        assert ping(vm.host, INTERNET_IP, count=2) == 2
+        pinger = vm.host.popen(
+            ["ping", "-n", "-q", "-i", str(INTERVAL), "-c", str(COUNT), INTERNET_IP],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        time.sleep(1.0)
+        if kill:
+            assert gw.agent is not None
+            gw.agent.kill()
+            gw.agent.wait(5)
+        gw.stop_agent()  # SIGTERM (a killed agent is only reaped)
+        world.ext.start_agent(gw)
+
+        def settled() -> bool:
+            st = connected_status(gw)
+            return bool(st and st["active"] and not st["takeover"]["settling"])
+
+        wait_until(settled, 30.0, f"{gw.name} back, active and settled", step=0.1)
+        out = pinger.communicate(timeout=60)[0].decode()
+        assert f"{COUNT} packets transmitted, {COUNT} received" in out, out
+        assert client.say("after") == "after"
+        assert world.ext.active() is gw
+        assert admin(standby, "counters").get("gateway_became_active", 0) == took_over
+        gens = set(re.findall(r"cookie=0xd([0-9a-f])", gw.ofctl("dump-flows", "br-dove")))
+        assert len(gens) == 1, gens
     finally:
         client.close()
 

@@ -17,7 +17,7 @@ from dove_ryu.config import ConfigError, from_mapping
 from dove_ryu.model import FloatingIp, Router, Subnet, router_mac
 from dove_ryu.openflow import cookies
 from dove_ryu.openflow.cookies import Purpose
-from dove_ryu.openflow.ofmsg import CoreOutput, CtFlushZone, PacketIn
+from dove_ryu.openflow.ofmsg import CoreOutput, CtFlushZone, PacketIn, order_messages
 from dove_ryu.openflow.packet import ARP_REPLY, ETH_TYPE_ARP, parse
 from dove_ryu.protocol import messages as msgs
 from dove_ryu.protocol.auth import MAC_LEN, compute_mac
@@ -121,7 +121,8 @@ class Gateway:
         for d in out.datagrams:
             env = msgs.decode(d.payload, key=KEY)
             self.sent.append((d.dst, env.message))
-        delivered = self.switch.apply(out.ofmsgs)
+        # In the shell's order, stamped with the agent's cookie generation.
+        delivered = self.switch.apply(order_messages(out.ofmsgs, self.core.p.takeover.generation))
         assert not self.switch.errors
         return delivered
 
