@@ -1,6 +1,6 @@
 """A soak under faults: load held for a set time while faults are injected at random.
 
-    sudo scripts/soak.sh [--duration 600] [--seed N] [--json FILE] [--out DIR]
+    scripts/soak.sh [--duration 600] [--seed N] [--json FILE] [--out DIR]   # as root
 
 The emulation is the multi-site one (mininet_topos.sites): two sites of ``--hypervisors``
 hypervisors and a proxy pair each, ``--tenants`` tenants with identical address plans
@@ -8,8 +8,9 @@ spanning both sites, and one spare VM per tenant and site that the faults start 
 Load (soak_load): TCP streams that check every byte, pings between every pair of a
 tenant's VMs, a capture in every VM. Faults (soak_plan, from ``--seed``): agent SIGKILLs
 and SIGTERMs with restarts, live migrations (inside a site and across), spare VMs started
-and stopped (ports added, marked, removed), netem loss, delay and reordering on the
-hypervisors' underlay links and the proxies' WAN links, a site's active proxy stopped and
+and stopped (ports added, marked, removed), loss, delay and reordering on the
+hypervisors' underlay links and the proxies' WAN links (a userspace relay on each such link,
+mininet_topos.impair: this kernel has no sch_netem), a site's active proxy stopped and
 brought back. After the faults, a settle time, then every agent's state is checked against
 where the VMs are. Exit status 1 on any failure (soak_report.FAILURES), 0 otherwise.
 """
@@ -214,7 +215,14 @@ def summarize(
 
 
 def soak(args: argparse.Namespace, out: Path) -> dict[str, Any]:
-    spec = SitesSpec(sites=2, hypervisors=args.hypervisors, proxies=2, tenants=args.tenants)
+    spec = SitesSpec(
+        sites=2,
+        hypervisors=args.hypervisors,
+        proxies=2,
+        tenants=args.tenants,
+        impairable=not args.no_relays,
+        relay_seed=args.seed,
+    )
     snet, _ = build_sites_net(spec)
     try:
         wait_proxies_active(snet)
@@ -237,12 +245,20 @@ def soak(args: argparse.Namespace, out: Path) -> dict[str, Any]:
         seen["spare_pings"] = load.spare_pings
         agents.end()
         summary = summarize(args, snet, faults, seen, agents, stale, (started, ended))
-        summary["netem"] = (
-            "tc netem"
-            if injector.netem_ok
-            else f"no netem in this kernel: {len(injector.fallbacks)} loss/delay faults applied "
-            f"as an htb rate limit, {len(injector.skipped)} reorderings not injected"
-        )
+        summary["relays"] = injector.relay_summary()
+        if snet.relays:
+            summary["netem"] = (
+                "userspace relays (mininet_topos.impair) on every hypervisor's underlay link "
+                "and every proxy's WAN link"
+            )
+        elif injector.netem_ok:
+            summary["netem"] = "tc netem"
+        else:
+            summary["netem"] = (
+                f"no relays, no netem in this kernel: {len(injector.fallbacks)} loss/delay "
+                f"faults applied as an htb rate limit, {len(injector.skipped)} reorderings "
+                "not injected"
+            )
         summary["fault_errors"] = [
             f"{a.fault.describe()}: {a.error}" for a in injector.applied if a.error
         ]
@@ -277,6 +293,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--hypervisors", type=int, default=2, help="per site")
     p.add_argument("--tenants", type=int, default=2)
+    p.add_argument(
+        "--no-relays",
+        action="store_true",
+        help="links without impairment relays: tc netem (or an htb rate limit) instead",
+    )
     p.add_argument("--json", type=Path, help="write the summary there")
     p.add_argument("--out", type=Path, help="logs, captures, fault log (default: a temp dir)")
     args = p.parse_args(argv)

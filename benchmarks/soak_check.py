@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import struct
 from collections.abc import Iterable, Mapping
@@ -104,9 +105,17 @@ def _learned(w: _World, me: NodeFact, instance: int, row: Mapping[str, Any]) -> 
         want = w.active[site].wan_ip if site in w.active else "?"
     if str(row["host"]) != want:
         return f"{where}, but {vm.name} is on {vm.node} (site {site}): expected {want}"
-    if not set(map(str, row.get("ips", []))) <= {vm.ip}:
-        return f"{where} with IPs {row['ips']}, but {vm.name} has {vm.ip}"
+    if not set(map(str, row.get("ips", []))) <= {vm.ip, link_local(vm.mac)}:
+        return f"{where} with IPs {row['ips']}, but {vm.name} has {vm.ip}, {link_local(vm.mac)}"
     return None
+
+
+def link_local(mac: str) -> str:
+    """The IPv6 link-local address a VM's kernel gives itself from its MAC (EUI-64): the
+    agents learn it too (IPv6 at layer 2), so it is one of the VM's addresses."""
+    b = bytes.fromhex(mac.replace(":", ""))
+    eui = bytes([b[0] ^ 0x02, b[1], b[2], 0xFF, 0xFE, b[3], b[4], b[5]])
+    return str(ipaddress.IPv6Address(b"\xfe\x80" + bytes(6) + eui))
 
 
 def _members(

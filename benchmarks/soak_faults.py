@@ -20,11 +20,14 @@ from benchmarks.soak_plan import AGENT_KINDS, NETEM_KINDS, Fault, Kind
 from mininet_topos.dove_agent import agent_cmd
 from mininet_topos.emulation import attach_vm, detach_vm
 from mininet_topos.hypervisor import OvsCommandError
+from mininet_topos.impair import Impairment
 from mininet_topos.migration import migrate
+from mininet_topos.relays import impairment_from_netem
 from mininet_topos.sites import SitesNet, active_proxy
 
 RSS_EVERY = 5.0  # seconds between RSS samples
-# Without netem (a kernel built without sch_netem): a rate limit below the link's load.
+# Without relays (SitesSpec.impairable) and without netem (a kernel built without
+# sch_netem): a rate limit below the link's load.
 FALLBACK_RATE = {Kind.NETEM_LOSS: "256kbit", Kind.NETEM_DELAY: "1mbit"}
 
 
@@ -150,6 +153,8 @@ class Injector:
         self.netem_ok = True  # until the kernel says it has no netem qdisc
         self.fallbacks: list[Fault] = []  # netem faults applied as an htb rate limit
         self.skipped: list[Fault] = []  # reordering where there is no netem
+        self.relayed: list[tuple[Fault, dict[str, int]]] = []  # the relay's counts under it
+        self._before: dict[str, dict[str, int]] = {}  # link -> its relay's counts at begin
 
     def run(self, faults: list[Fault], start: float, log: Any) -> None:
         """Begin and end every fault at its time; returns when the last is undone."""
@@ -167,7 +172,7 @@ class Injector:
             rec = records[i]
             try:
                 if undo:
-                    self._undo(rec.fault)
+                    rec.detail = self._undo(rec.fault) or rec.detail
                 else:
                     rec.began = time.monotonic() - start
                     rec.detail = self._do(rec.fault)
@@ -208,8 +213,15 @@ class Injector:
         return ""
 
     def _impair(self, f: Fault) -> str:
-        """tc netem on the link; where the kernel has no netem, loss and delay become an
-        htb rate limit (tail drops, queueing delay) and reordering is not injected."""
+        """The link's relay (mininet_topos.impair) if it has one, else tc netem on the
+        link; where the kernel has no netem either, loss and delay become an htb rate limit
+        (tail drops, queueing delay) and reordering is not injected."""
+        relay = self.snet.relays.get(f.target)
+        if relay is not None:
+            imp = impairment_from_netem(f.netem)
+            self._before[f.target] = _frames(relay.counts())
+            relay.set(imp)
+            return f"(relay {relay.host.name}: {_brief(imp)})"
         node, intf = f.target.split(":")
         hv = self.snet.hv(node)
         if self.netem_ok:
@@ -230,11 +242,46 @@ class Injector:
         self.fallbacks.append(f)
         return f"(no netem here: htb rate {rate} instead)"
 
-    def _undo(self, f: Fault) -> None:
+    def _undo(self, f: Fault) -> str:
         if f.kind in AGENT_KINDS:
             self.agents.start(f.target)
+        elif f.kind in NETEM_KINDS and f.target in self.snet.relays:
+            relay = self.snet.relays[f.target]
+            after = _frames(relay.set(Impairment()))
+            before = self._before.pop(f.target)
+            seen = {k: after[k] - before[k] for k in after}
+            self.relayed.append((f, seen))
+            return "(relay: " + ", ".join(f"{n} {k}" for k, n in seen.items()) + ")"
         elif f.kind in NETEM_KINDS:
             node, intf = f.target.split(":")
             self.snet.hv(node).run("tc", "qdisc", "del", "dev", intf, "root", check=False)
         elif f.kind is Kind.PROXY_FAILOVER and f.target in self.failed_over:
             self.agents.start(self.failed_over.pop(f.target))
+        return ""
+
+    def relay_summary(self) -> dict[str, dict[str, int]]:
+        """Per netem kind: faults applied by a relay and its frame counts under them."""
+        found: dict[str, dict[str, int]] = {}
+        for f, seen in self.relayed:
+            row = found.setdefault(str(f.kind), {"faults": 0, **dict.fromkeys(seen, 0)})
+            row["faults"] += 1
+            for k, n in seen.items():
+                row[k] += n
+        return found
+
+
+def _frames(reply: dict[str, Any]) -> dict[str, int]:
+    """A relay's counts reply, both directions summed."""
+    keys = ("offered", "forwarded", "dropped", "delayed", "reordered")
+    return {k: reply["ab"][k] + reply["ba"][k] for k in keys}
+
+
+def _brief(imp: Impairment) -> str:
+    parts = []
+    if imp.loss:
+        parts.append(f"loss {imp.loss:.0%}")
+    if imp.delay_ms:
+        parts.append(f"delay {imp.delay_ms:.0f}+-{imp.jitter_ms:.0f} ms")
+    if imp.reorder:
+        parts.append(f"{imp.reorder:.0%} held back {imp.reorder_ms:.0f} ms")
+    return ", ".join(parts) or "none"

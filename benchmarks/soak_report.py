@@ -61,6 +61,7 @@ def table(summary: dict[str, Any]) -> str:
         f"| agents leaking (RSS) | {lost['agents_leaking']} |",
         f"| stale or missing entries after settle | {lost['stale_entries']} |",
         "",
+        *_relay_rows(summary),
         "| agent | processes | RSS start (MiB) | RSS end (MiB) |",
         "|---|---:|---:|---:|",
         *(
@@ -69,6 +70,24 @@ def table(summary: dict[str, Any]) -> str:
         ),
     ]
     return "\n".join(lines) + "\n"
+
+
+def _relay_rows(summary: dict[str, Any]) -> list[str]:
+    """What the impairment relays did to the frames under each kind of link fault."""
+    relays = summary.get("relays") or {}
+    if not relays:
+        return [f"Link faults: {summary.get('netem', '-')}.", ""]
+    return [
+        "| link fault (userspace relay) | faults | frames arriving under it | dropped | delayed | "
+        "reordered |",
+        "|---|---:|---:|---:|---:|---:|",
+        *(
+            f"| {kind} | {r['faults']} | {r['offered']:,} | {r['dropped']:,} "
+            f"| {r['delayed']:,} | {r['reordered']:,} |"
+            for kind, r in relays.items()
+        ),
+        "",
+    ]
 
 
 def _share(part: int, whole: int) -> str:

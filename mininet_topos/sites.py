@@ -33,6 +33,7 @@ import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 from mininet.log import setLogLevel
@@ -67,6 +68,15 @@ from mininet_topos.hypervisor import (
     wait_until,
 )
 from mininet_topos.migration import cli_class
+from mininet_topos.relays import RUNDIR_PREFIX as RELAY_RUNDIR_PREFIX
+from mininet_topos.relays import (
+    RelayHandle,
+    add_relayed_link,
+    new_rundir,
+    relay_name,
+    start_relay,
+    stop_relays,
+)
 from mininet_topos.underlay import UnderlayBridge
 
 WAN_NET = "172.31.0"
@@ -143,6 +153,10 @@ class SitesSpec:
     wan_mtu: int = 1500
     wan_oversize: str = "fragment"
     directory: bool = False  # a directory cluster per site; agents use discovery = directory
+    # Every hypervisor's underlay link and every proxy's WAN link through a relay namespace
+    # (mininet_topos.relays) whose loss, delay and reordering can be set while running.
+    impairable: bool = False
+    relay_seed: int = 0  # the relays' randomness (relay i draws from relay_seed * 1000 + i)
 
     def __post_init__(self) -> None:
         if not 1 <= self.sites <= MAX_SITES:
@@ -319,9 +333,12 @@ class SitesNet(RunningNet):
     proxies: list[Proxy]
     vms: list[SiteVm] = field(default_factory=list)
     directories: dict[int, DirectoryCluster] = field(default_factory=dict)  # by site
+    relays: dict[str, RelayHandle] = field(default_factory=dict)  # by "node:interface"
+    relay_dir: Path | None = None
 
     def stop(self) -> None:
         try:
+            stop_relays(self.relays, self.relay_dir)
             super().stop()
         finally:
             for cluster in self.directories.values():
@@ -388,7 +405,7 @@ class SitesTopo(Topo):
                     underlay_cidr=f"{hv_ip(n)}/24",
                     ip=None,
                 )
-                self.addLink(hv, underlay, intfName1=f"{hv}-eth0")
+                self._uplink(spec, hv, underlay, f"{hv}-eth0")
             for k in range(1, spec.proxies + 1):
                 px = self.addHost(
                     proxy_name(s, k),
@@ -401,7 +418,7 @@ class SitesTopo(Topo):
                     priority=PROXY_PRIORITY[k],
                     ip=None,
                 )
-                self.addLink(px, underlay, intfName1=f"{px}-eth0")
+                self.addLink(px, underlay, intfName1=f"{px}-eth0")  # never relayed
             probe = self.addHost(probe_name(s), ip=None)
             self.addLink(probe, underlay, intfName1=f"{probe}-eth0")
             for n in range(1, DIRECTORY_MEMBERS + 1) if spec.directory else ():
@@ -412,12 +429,19 @@ class SitesTopo(Topo):
         for s in spec.site_numbers:
             for k in range(1, spec.proxies + 1):
                 px = proxy_name(s, k)
-                self.addLink(px, wan, intfName1=f"{px}-eth1")
+                self._uplink(spec, px, wan, f"{px}-eth1")
         self.addHost(WAN_PROBE, ip=None)
         self.addLink(WAN_PROBE, wan, intfName1=f"{WAN_PROBE}-eth0")
         for vm in plan_sites(spec):
             self.addHost(vm.name, ip=None)
             self.addLink(vm.name, vm.hypervisor, intfName1=f"{vm.name}-eth0", intfName2=vm.port)
+
+    def _uplink(self, spec: SitesSpec, node: str, switch: str, intf: str) -> None:
+        """``node``'s ``intf`` to ``switch``: a plain link, or through a relay if impairable."""
+        if spec.impairable:
+            add_relayed_link(self, node, switch, intf)
+        else:
+            self.addLink(node, switch, intfName1=intf)
 
 
 def warm_sites(snet: SitesNet, timeout: float = 10.0) -> None:
@@ -552,6 +576,8 @@ def build_sites_net(
                 snet.directories[s] = DirectoryCluster(members, ClusterPki())
                 snet.directories[s].start()
         address_probe(snet.wan_probe, f"{WAN_NET}.{PROBE_OCTET}/24", mtu=spec.wan_mtu)
+        if spec.impairable:
+            start_site_relays(snet)
         for plan in plan_sites(spec):
             hv, host = net.get(plan.hypervisor), net.get(plan.name)
             port = attach_vm(hv, host, plan.instance, plan.mac, plan.ip_cidr)
@@ -567,9 +593,22 @@ def build_sites_net(
         raise
 
 
+def start_site_relays(snet: SitesNet) -> None:
+    """Start the relay of every hypervisor's underlay link and every proxy's WAN link."""
+    snet.relay_dir = new_rundir()
+    links = [(h, h.uplink, 1500) for h in snet.hypervisors]
+    links += [(p, p.wan_uplink, snet.spec.wan_mtu) for p in snet.proxies]
+    for i, (node, intf, mtu) in enumerate(links):
+        host = snet.net.get(relay_name(node.name, intf))
+        seed = snet.spec.relay_seed * 1000 + i
+        relay = start_relay(host, node.name, intf, mtu, seed, snet.relay_dir)
+        snet.relays[relay.target] = relay
+
+
 def clean() -> list[str]:
-    """What a crashed run left: OVS daemons and rundirs of site nodes, the bridges."""
+    """What a crashed run left: OVS daemons and rundirs of site nodes, relays, the bridges."""
     removed = [str(d) for d in reap_rundirs(RUNDIR_PATTERN, DAEMONS)]
+    removed += [str(d) for d in reap_rundirs(f"{RELAY_RUNDIR_PREFIX}*", ())]
     bridges = quietRun("ip -o link show type bridge")
     for name in re.findall(r"^\d+: ([^:@]+)[:@]", bridges, re.MULTILINE):
         if re.fullmatch(r"ul-s\d+", name) or name == WAN_SWITCH:

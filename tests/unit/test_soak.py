@@ -13,6 +13,7 @@ from benchmarks.soak_check import (
     Stream,
     VmFact,
     foreign_frames,
+    link_local,
     marker,
     pcap_frames,
     ping_outcome,
@@ -126,6 +127,16 @@ def test_state_that_matches_the_placement_is_clean() -> None:
     assert stale_state(NODES, [A, B, C], _consistent()) == []
 
 
+def test_a_vms_link_local_ipv6_address_is_one_of_its_own() -> None:
+    assert link_local("02:00:00:00:01:02") == "fe80::ff:fe00:102"
+    state = _consistent()
+    for row in state["s1hv1"]["instances"]["5001"]["learned"]:
+        row["ips"].append(link_local(row["mac"]))
+    assert stale_state(NODES, [A, B, C], state) == []
+    state["s1hv1"]["instances"]["5001"]["learned"][0]["ips"].append("fe80::1")
+    assert len(stale_state(NODES, [A, B, C], state)) == 1
+
+
 def test_a_learned_endpoint_left_at_the_old_host_is_stale() -> None:
     moved = VmFact(B.name, B.instance, B.mac, B.ip, "s1hv1")  # B migrated to s1hv1
     problems = stale_state(NODES, [A, moved, C], _consistent())
@@ -234,6 +245,14 @@ def test_the_report_lists_faults_load_losses_and_rss() -> None:
     assert "| bytes carried by the streams | 1,234,567 |" in text
     assert "| pings lost (of the pairs) | 36 (0.50%) |" in text
     assert "| s1hv1 | 3 | 61.2 | 63.5 |" in text and "| s1px2 | 1 | - | 60.0 |" in text
+    assert "Link faults: " in text  # no relay counts: how the links were impaired
+    summary["relays"] = {
+        "netem_reorder": {
+            "faults": 2, "offered": 900, "forwarded": 900, "dropped": 0, "delayed": 900,
+            "reordered": 120,
+        }
+    }  # fmt: skip
+    assert "| netem_reorder | 2 | 900 | 0 | 900 | 120 |" in table(summary)
     assert verdict(summary) == []  # lost pings are reported, not a failure
 
 
