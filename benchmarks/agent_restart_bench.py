@@ -308,6 +308,7 @@ def summarize(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
             row["tcp"] = {
                 "mbits": summary([s.get("mbits") for s in tcp]),
                 "stall_ms": summary([s.get("stall_ms") for s in tcp]),
+                "retransmits": summary([s.get("retransmits") for s in tcp]),
                 "runs": len(tcp) + tcp_failed,
                 "failed": tcp_failed,
             }
@@ -396,8 +397,8 @@ def report_section(result: dict[str, Any]) -> list[str]:
         f"restart {TCP_RESTART_AT} s in; stall: the longest run of 100 ms intervals "
         "below a tenth of the median):",
         "",
-        "| system | way | Mbit/s delivered | longest stall ms | runs |",
-        "|---|---|---|---|---|",
+        "| system | way | Mbit/s delivered | longest stall ms | retransmits | runs |",
+        "|---|---|---|---|---|---|",
     ]
     for system in SYSTEMS:
         for way in WAYS:
@@ -405,7 +406,7 @@ def report_section(result: dict[str, Any]) -> list[str]:
             failed = f", {t['failed']} failed" if t["failed"] else ""
             lines.append(
                 f"| {system} | {way} | {fmt(t['mbits'], 1)} | {fmt(t['stall_ms'], 0)} | "
-                f"{t['runs']}{failed} |"
+                f"{fmt(t['retransmits'], 0)} | {t['runs']}{failed} |"
             )
     return lines
 

@@ -35,7 +35,14 @@ SAMPLES = [
     stream("dove", "sigkill", 11.0, 500.0, first_ms=None, first_lost=True),
     {"system": "dove", "kind": "stream", "way": "sigkill", "error": "TimeoutError: x"},
     {"system": "dove", "kind": "first", "way": None, "first_ms": 3.0, "first_lost": False},
-    {"system": "dove", "kind": "tcp", "way": "sigterm", "mbits": 99.0, "stall_ms": 0.0},
+    {
+        "system": "dove",
+        "kind": "tcp",
+        "way": "sigterm",
+        "mbits": 99.0,
+        "stall_ms": 0.0,
+        "retransmits": 7,
+    },
     stream("ovn", "sigterm", 22.0, 1400.0, lost=2),
     stream("ovn", "sigkill", 44.0, 1000.0, lost=4),
     {"system": "ovn", "kind": "first", "way": None, "first_ms": 2.0, "first_lost": False},
@@ -91,4 +98,4 @@ def test_report_has_the_section(tmp_path: Path) -> None:
         "gap 0.50x (sigterm), 0.25x (sigkill); in control 0.50x (sigterm), 0.50x (sigkill)." in text
     )
     assert "| dove | 3.0 (3.0-3.0) | 1.5 (1.5-1.5) | n/a | 1 |" in text
-    assert "| dove | sigterm | 99.0 (99.0-99.0) | 0 (0-0) | 1 |" in text
+    assert "| dove | sigterm | 99.0 (99.0-99.0) | 0 (0-0) | 7 (7-7) | 1 |" in text
