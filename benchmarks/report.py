@@ -543,6 +543,10 @@ def write_report(results: dict[str, Any], out: Path) -> None:
         from benchmarks.ovs_restart_bench import report_section
 
         lines += report_section(results["ovsrestart"]) + [""]
+    if "agentrestart" in results:
+        from benchmarks import agent_restart_bench
+
+        lines += agent_restart_bench.report_section(results["agentrestart"]) + [""]
     plots = _plots(results, out)
     if plots:
         lines += ["## Plots", "", *plots, ""]

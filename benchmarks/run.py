@@ -2,7 +2,7 @@
 
     sudo scripts/bench.sh [--quick]
         [--sections controller,first,dataplane,migration,scale,sites,directory,routing,
-                    ovsrestart]
+                    ovsrestart,agentrestart]
                           [--out DIR]
 
 Every system runs in the same emulation (namespaced hypervisors with their own
@@ -259,7 +259,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--sections",
-        default="controller,first,dataplane,migration,scale,sites,directory,routing,ovsrestart",
+        default="controller,first,dataplane,migration,scale,sites,directory,routing,ovsrestart,"
+        "agentrestart",
     )
     parser.add_argument(
         "--directory-vms",
@@ -348,6 +349,11 @@ def main(argv: list[str] | None = None) -> int:
         from benchmarks.ovs_restart_bench import run_ovs_restart
 
         results["ovsrestart"] = run_ovs_restart(reps if args.quick else 2 * reps, progress)
+
+    if "agentrestart" in sections:
+        from benchmarks.agent_restart_bench import run_agent_restart
+
+        results["agentrestart"] = run_agent_restart(reps, progress, 1 if args.quick else 2)
 
     if "directory" in sections:
         vms = tuple(int(n) for n in args.directory_vms.split(","))

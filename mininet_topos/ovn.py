@@ -16,6 +16,7 @@ Nothing of OVN runs in the root namespace (bootstrap.sh keeps Debian's services 
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import tempfile
 from collections.abc import Iterable
@@ -192,6 +193,33 @@ def _run_controller(hv: Hypervisor) -> None:
         "--no-chdir",
         env={**hv.ovs_env(), "OVN_RUNDIR": str(hv.rundir)},
     )
+
+
+def restart_controller(hv: Hypervisor, kill: bool) -> None:
+    """Stop ``hv``'s ovn-controller (SIGTERM, or SIGKILL with ``kill``), wait for it to exit,
+    and start it again as ``start_controller`` did (issue 13's restart benchmark).
+
+    Neither signal runs ovn-controller's ``exit`` command, so the chassis record and
+    br-int's flows stay; the new process reconnects and reinstalls its flows."""
+    pid = read_pidfile(hv.in_rundir("ovn-controller.pid"))
+    if pid is None or not pid_alive(pid):
+        raise RuntimeError(f"{hv.name}: ovn-controller is not running")
+    os.kill(pid, signal.SIGKILL if kill else signal.SIGTERM)
+    wait_until(lambda: not pid_alive(pid), 10.0, f"{hv.name}'s ovn-controller to exit", step=0.01)
+    _run_controller(hv)
+
+
+def controller_connected(hv: Hypervisor) -> bool:
+    """``hv``'s ovn-controller answers and is connected to the southbound database."""
+    out = hv.run(
+        "ovn-appctl",
+        "-t",
+        "ovn-controller",
+        "connection-status",
+        check=False,
+        env={**hv.ovs_env(), "OVN_RUNDIR": str(hv.rundir)},
+    )
+    return out.strip() == "connected"
 
 
 def add_switches(central: OvnCentral, ports: Iterable[tuple[int, str, str, str]]) -> None:

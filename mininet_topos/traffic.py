@@ -24,11 +24,16 @@ class TrafficError(RuntimeError):
 
 
 def iperf3(
-    client: VmRecord, server: VmRecord, seconds: int, port: int = IPERF_PORT
+    client: VmRecord,
+    server: VmRecord,
+    seconds: int,
+    port: int = IPERF_PORT,
+    extra: Sequence[str] = (),
 ) -> dict[str, Any]:
     """TCP from ``client`` to ``server`` for ``seconds``; iperf3's JSON result.
 
-    The server is started for one test and waited for (polled, not slept on)."""
+    ``extra`` goes to the client (e.g. ``-R``, ``-i 0.1``). The server is started for one
+    test and waited for (polled, not slept on)."""
     proc = server.host.popen(
         ["iperf3", "-s", "-1", "-p", str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT
     )
@@ -48,6 +53,7 @@ def iperf3(
                 str(port),
                 "-t",
                 str(seconds),
+                *extra,
             ]
         )
     finally:
