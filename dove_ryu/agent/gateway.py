@@ -16,7 +16,7 @@ active), and the packet-ins of its tables.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from ipaddress import IPv4Address
 
 from dove_ryu.agent.directory import DirectoryView, EndpointRow
@@ -344,6 +344,15 @@ class GatewayCore:
         self.p.stats.count("announce_sent", len(out))
         return out
 
+    def bfd_changed(self, now: float, states: Mapping[IPv4Address, bool]) -> CoreOutput:
+        """The BFD sessions to the partners' datapaths (`Election`): up or not."""
+        self.p.election.bfd_changed(states)
+        return self._elect(now)
+
+    def ha_partners(self, now: float) -> frozenset[IPv4Address] | None:
+        """The partners that get a BFD tunnel port (None: leave the ports as they are)."""
+        return self.p.election.ha_partners(now, self.gateways)
+
     def tick(self, now: float) -> CoreOutput:
         out = self._elect(now)
         if self.p.election.hello_due(now):
@@ -402,10 +411,7 @@ class GatewayCore:
             },
             "next_hop": {"ip": str(ext.nexthop), "mac": ext.macs.get(ext.nexthop)},
             "connected": self.p.link.connected,
-            "partners": {
-                str(h): {"active": p.role.active, "priority": p.role.priority}
-                for h, p in sorted(self.p.election.partners.items())
-            },
+            "partners": self.p.election.partner_status(),
             "routers": {
                 str(r.router_id): {
                     "snat": str(r.snat) if r.snat else None,
