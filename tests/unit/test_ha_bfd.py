@@ -125,3 +125,21 @@ def test_the_election_alone_declared_partners_and_bfd_per_partner() -> None:
     assert set(e.partners) == {other}  # only the partner whose datapath answers
     e.decide(12.2)
     assert not e.partners  # the grace is from its last hello
+
+
+def test_bfd_ports_are_added_for_new_partners_and_removed_for_those_gone() -> None:
+    from dove_ryu.adapters import bfd as bfd_ports
+    from dove_ryu.config import from_mapping
+
+    cfg = from_mapping(
+        {"underlay_ip": "10.0.0.1", "auth_key": "ab" * 16, "role": "proxy", "site": "s1",
+         "wan_ip": "172.31.0.11"}
+    )  # fmt: skip
+    other, gone = IPv4Address("10.0.0.2"), IPv4Address("10.0.0.3")
+    args = bfd_ports.change_args(cfg, frozenset({other}), {gone: "dbfd0a000003"})
+    text = " ".join(args)
+    assert "--may-exist add-port br-dove dbfd0a000002" in text
+    assert "options:remote_ip=10.0.0.2 options:key=16777215" in text
+    assert "bfd:enable=true" in text and "local_ip" not in text  # a proxy: two legs
+    assert "--if-exists del-port br-dove dbfd0a000003" in text
+    assert bfd_ports.change_args(cfg, frozenset({other}), {other: "dbfd0a000002"}) == []
