@@ -143,7 +143,7 @@ class Election:
         for host, partner in list(self.partners.items()):
             if partner.expires <= now and not self._held(now, host, partner):
                 del self.partners[host]
-                why = "its agent away too long" if partner.held else "BFD down or none"
+                why = "its agent away too long" if self.bfd_up(host) else "BFD down or none"
                 LOG.warning("%s: partner %s silent, gone (%s)", self.name, host, why)
         active = [h for h, p in self.partners.items() if p.role.active]
         me = (self.priority, int(self.me))
