@@ -142,8 +142,11 @@ def _sections(conf: cfg.ConfigOpts) -> list[tuple[str, dict[str, list[str]]]]:
         sections: dict[str, dict[str, list[str]]] = {}
         try:
             cfg.ConfigParser(path, sections).parse()
-        except (OSError, cfg.ParseError) as e:
-            raise ConfigError(f"config file {path}: {e}") from None
+        except OSError as e:
+            raise ConfigError(f"config file {path}: {e.strerror}") from None
+        except cfg.ParseError as e:
+            # Never the parser's own text: it quotes the bad line, which may be a key.
+            raise ConfigError(f"config file {path}: line {e.lineno} cannot be parsed") from None
         found.append((path, sections.get(GROUP, {})))
     return found
 

@@ -40,6 +40,7 @@ LOG = logging.getLogger("dove_ryu.adapters.ovsdb")
 EXT_INSTANCE = "dove-instance"
 EXT_MAC = "attached-mac"
 EXT_IPS = "dove-ips"
+MAX_ADDRESSES_PER_FAMILY = 8  # in a dove-ips mark
 EXT_IPV6_ROUTER = "dove-ipv6-router"  # "true": the VM may send Router Advertisements
 # Router marks on the integration bridge (docs/routing.md, "Declaring routers").
 EXT_ROUTER = "dove-router-"
@@ -181,6 +182,10 @@ def parse_vm_port(name: str, ofport: int, external_ids: dict[str, str]) -> VmPor
             raise ValueError(f"{EXT_IPS}: {ip6} is not a VM's unicast address")
     if len(set(ips)) != len(ips) or len(set(ips6)) != len(ips6):
         raise ValueError(f"{EXT_IPS}: an address is listed twice")
+    if max(len(ips), len(ips6)) > MAX_ADDRESSES_PER_FAMILY:
+        # Bounded: every address costs flows (IPv6 port security grows with its square)
+        # and room in control messages, which must fit one frame.
+        raise ValueError(f"{EXT_IPS}: more than {MAX_ADDRESSES_PER_FAMILY} addresses of a family")
     # The first IPv4 address's prefix, if written: what DHCP tells the VM (docs/routing.md).
     first = next((w for w, i in zip(written, parsed, strict=True) if i.version == 4), "")
     prefixlen = IPv4Interface(first).network.prefixlen if "/" in first else None

@@ -214,7 +214,7 @@ class LearnedEndpoints:
         if local is not None:
             if key in local:
                 return False
-            ep = ep.without_ips([ip for ip in ep.ips if local.get_by_ip(ep.instance, ip)])
+            ep = ep.without_ips([a for a in ep.addresses if local.get_by_ip(ep.instance, a)])
         self.table.put(LearnedEndpoint(ep, now, ep.host))
         return True
 

@@ -289,7 +289,7 @@ class GatewayCore:
         if pending is None:
             return CoreOutput()
         self.p.resolver.answered(now, pending)
-        ep = Endpoint(msg.instance, msg.mac, msg.ips, msg.host, msg.seq)
+        ep = Endpoint(msg.instance, msg.mac, msg.ips, msg.host, msg.seq, msg.ips6)
         out = CoreOutput(ofmsgs=self.p.learned.remember(now, ep, sender))
         if self.p.link.connected:
             tunnel = self.p.link.tunnel

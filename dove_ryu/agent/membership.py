@@ -93,17 +93,18 @@ class Membership:
         if incarnation is None:
             return False
         before = self._incarnation.get(sender)
+        if before is not None and before != incarnation:
+            if now < self._restart_answered.get(sender, -math.inf) + RESTART_ANSWER_INTERVAL:
+                # Not now: the new incarnation is not recorded, so a later part or
+                # round of its announcement is still answered early.
+                return False
+            self._restart_answered[sender] = now
         self._incarnation[sender] = incarnation
         self._incarnation.move_to_end(sender)
         if len(self._incarnation) > MAX_PEERS_TRACKED:
             gone, _ = self._incarnation.popitem(last=False)
             self._restart_answered.pop(gone, None)
-        if before is None or before == incarnation:
-            return False
-        if now < self._restart_answered.get(sender, -math.inf) + RESTART_ANSWER_INTERVAL:
-            return False
-        self._restart_answered[sender] = now
-        return True
+        return before is not None and before != incarnation
 
     def join(
         self, now: float, instance: int, host: IPv4Address, lifetime: float | None = None

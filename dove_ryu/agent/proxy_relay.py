@@ -230,7 +230,7 @@ class ProxyRelay:
         pending = self.p.resolver.take_reply(now, sender, msg, member, scope)
         if pending is None:
             return CoreOutput()
-        ep = Endpoint(msg.instance, msg.mac, msg.ips, msg.host, msg.seq)
+        ep = Endpoint(msg.instance, msg.mac, msg.ips, msg.host, msg.seq, msg.ips6)
         return self._resolved(now, pending, ep, sender)
 
     def on_endpoints(self, now: float, sender: IPv4Address, msg: Endpoints) -> CoreOutput:
@@ -264,7 +264,7 @@ class ProxyRelay:
         if current is not None and current.endpoint.seq >= msg.seq:
             self.p.stats.count("endpoint_stale")
             return out
-        ep = Endpoint(msg.instance, msg.mac, msg.ips, sender, msg.seq)
+        ep = Endpoint(msg.instance, msg.mac, msg.ips, sender, msg.seq, msg.ips6)
         out.ofmsgs += self.p.learned.remember(now, ep, sender)
         self.p.stats.count("endpoint_moved" if current else "endpoint_learned")
         if self.p.election.active:
@@ -278,7 +278,7 @@ class ProxyRelay:
             if told is None:
                 out.datagrams += self.p.channel.endpoints(batch)
             self.p.stats.count("endpoint_relayed", len(other_side))
-        targets: list[Target] = [msg.mac, *msg.ips]
+        targets: list[Target] = [msg.mac, *msg.ips, *msg.ips6]
         for toward_wan in (False, True):
             for target in targets:
                 pending = self.p.resolver.in_flight(msg.instance, target, toward_wan)
