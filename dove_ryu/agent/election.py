@@ -73,6 +73,9 @@ class Election:
         self.next_hello = now
         self.grace = settings.ha_agent_grace
         self.bfd: dict[IPv4Address, bool] = {}  # partner: its BFD session is up
+        # Its switch taken over (read, members adopted): until then an active claim
+        # would announce no instances, and hosts and remote proxies would drop us.
+        self.ready = False
 
     def heard(self, now: float, sender: IPv4Address, role: ProxyRole | GatewayRole) -> bool:
         """A partner's hello; True if we had not heard it before (or it had gone)."""
@@ -126,8 +129,9 @@ class Election:
         return True
 
     def listening(self, now: float) -> bool:
-        """Just (re)started and not yet decided: says nothing until it has heard."""
-        return not self.active and now < self.listen_until
+        """Just (re)started and not yet decided: says nothing until it has heard, and
+        until it has taken over its switch (`ready`)."""
+        return not self.active and (now < self.listen_until or not self.ready)
 
     def claim_early(self, now: float) -> None:
         """While listening, partners that all say standby, of lower preference than us:
@@ -152,7 +156,7 @@ class Election:
                 self.active = False
                 return Outcome.STEPPED_DOWN
             return Outcome.UNCHANGED
-        if now >= self.listen_until and not active:
+        if not self.listening(now) and not active:
             self.active = True
             return Outcome.BECAME_ACTIVE
         return Outcome.UNCHANGED

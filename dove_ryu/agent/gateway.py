@@ -73,6 +73,7 @@ class GatewayCore:
         macs = self.p.external.adopt(adopted.external)
         if macs:
             self.p.stats.count("takeover_external_macs_adopted", macs)
+        self.p.election.ready = True
         self.p.link.tunnel_ofport = tunnel_ofport
         self.p.stats.count("switch_connected")
         self.next_announce = now

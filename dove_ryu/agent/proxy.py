@@ -72,6 +72,7 @@ class ProxyCore:
         legs = [self.p.me, self.wan_ip]
         adopted = self.p.takeover.begin(now, found or SwitchState(), legs)
         self.p.adopt(now, adopted)
+        self.p.election.ready = True
         self.p.link.tunnel_ofport = tunnel_ofport
         out = CoreOutput(ofmsgs=self.p.takeover.install(self._state()))
         self.next_announce = now

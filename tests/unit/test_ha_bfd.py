@@ -13,7 +13,7 @@ from ipaddress import IPv4Address
 
 import pytest
 
-from dove_ryu.agent.election import Election
+from dove_ryu.agent.election import Election, Outcome
 from dove_ryu.config import ProxyConfig
 from dove_ryu.protocol.messages import ProxyRole
 from tests.fakesites import Sites, proxy_ip
@@ -113,6 +113,11 @@ def test_the_election_alone_declared_partners_and_bfd_per_partner() -> None:
     me, other, third = IPv4Address("10.0.0.1"), IPv4Address("10.0.0.2"), IPv4Address("10.0.0.3")
     e = Election("px", me, ProxyConfig(proxy_hello_interval=HELLO, ha_agent_grace=10), 0.0)
     assert e.ha_partners(0.0, [other]) is None  # listening
+    e.heard(0.05, other, ProxyRole("s1", False, 50))
+    e.claim_early(0.05)  # a standby it would have beaten, but its switch is not read yet:
+    assert e.listening(0.05) and e.decide(0.06) is Outcome.UNCHANGED  # no empty claim
+    e.ready = True  # the switch taken over: now it claims
+    assert e.decide(0.07) is Outcome.BECAME_ACTIVE
     e.heard(0.1, other, ProxyRole("s1", True, 200))
     e.heard(0.1, third, ProxyRole("s1", False, 50))
     e.decide(2.0)  # both silent, no BFD: gone
