@@ -43,8 +43,8 @@ from mininet_topos.traffic import (
 RTT = re.compile(r"time=([\d.]+) ms")
 RECOVERY_TIMEOUT = 15.0  # seconds a failover may take before the sample says "never"
 PATH_SYSTEMS = ("dove", "ovn")
-# The emulation's gateways hello every 2.0 s (an agent restart must not fail over);
-# "dove-hello-0.2" runs them at the agent's default, 0.2 s.
+# The emulation's gateways hello at the agent's default, 0.2 s (BFD keeps an agent
+# restart from failing over); "dove-hello-0.2" sets that interval explicitly.
 GATEWAY_SYSTEMS = ("dove", "ovn", "dove-hello-0.2")
 # OVN's router on the external network (dove's routers use 203.0.113.(10 + tenant)).
 OVN_EXTERNAL = IPv4Interface("203.0.113.31/24")

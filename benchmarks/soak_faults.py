@@ -206,10 +206,13 @@ class Injector:
         elif f.kind in NETEM_KINDS:
             return self._impair(f)
         elif f.kind is Kind.PROXY_FAILOVER:
+            # The whole node fails: its agent and its datapath's site leg.  An agent
+            # alone away is held by its standby while BFD still reaches the datapath.
             proxy = active_proxy(self.snet, int(f.target.removeprefix("site")))
             self.agents.kill(proxy.name, signal.SIGTERM)
+            proxy.run("ip", "link", "set", proxy.uplink, "down")
             self.failed_over[f.target] = proxy.name
-            return f"(stopped {proxy.name})"
+            return f"(stopped {proxy.name} and its site link {proxy.uplink})"
         return ""
 
     def _impair(self, f: Fault) -> str:
@@ -256,7 +259,10 @@ class Injector:
             node, intf = f.target.split(":")
             self.snet.hv(node).run("tc", "qdisc", "del", "dev", intf, "root", check=False)
         elif f.kind is Kind.PROXY_FAILOVER and f.target in self.failed_over:
-            self.agents.start(self.failed_over.pop(f.target))
+            name = self.failed_over.pop(f.target)
+            proxy = next(p for p in self.snet.proxies if p.name == name)
+            proxy.run("ip", "link", "set", proxy.uplink, "up")
+            self.agents.start(name)
         return ""
 
     def relay_summary(self) -> dict[str, dict[str, int]]:

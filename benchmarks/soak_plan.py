@@ -26,7 +26,7 @@ class Kind(StrEnum):
     NETEM_LOSS = "netem_loss"  # tc netem on an underlay link for hold
     NETEM_DELAY = "netem_delay"
     NETEM_REORDER = "netem_reorder"
-    PROXY_FAILOVER = "proxy_failover"  # a site's active proxy's agent stopped for hold
+    PROXY_FAILOVER = "proxy_failover"  # a site's active proxy (agent and site link) down
 
 
 NETEM_KINDS = (Kind.NETEM_LOSS, Kind.NETEM_DELAY, Kind.NETEM_REORDER)

@@ -121,6 +121,10 @@ class ProxyConfig:
     wan_peers: tuple[IPv4Address, ...] = _setting((), "the other sites' proxies (their wan_ip)")
     proxy_priority: int = _setting(100, "of two proxies of a site, the higher starts active")
     proxy_hello_interval: float = _setting(0.2, "seconds between hellos of a site's proxies")
+    ha_agent_grace: float = _setting(
+        15.0,
+        "seconds a silent proxy or gateway keeps its role while BFD says its datapath forwards",
+    )
     wan_mtu: int = _setting(1500, "IP MTU of the inter-site network")
     wan_oversize: str = _setting("fragment", "frames too big for it: fragment or icmp")
 
@@ -261,6 +265,7 @@ _MAXIMUM: dict[str, float] = {
     "max_pending_per_instance": 100_000,
     "proxy_priority": 255,
     "proxy_hello_interval": 60,
+    "ha_agent_grace": 3600,
     "wan_mtu": 9000,
     "dhcp_mtu": 9000,
     "dhcp_lease_time": 0xFFFFFFFE,  # 32 bits, and all ones means "infinite" (RFC 2132)

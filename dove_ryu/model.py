@@ -12,7 +12,11 @@ IpAddress = IPv4Address | IPv6Address
 # An instance id is the VXLAN VNI of its traffic and fills the DOVE header's 24-bit
 # instance field.  0 is never an instance: cookies, the pipeline's metadata and a header
 # with the I flag clear use 0 for "no instance" (a flow or message of no instance).
-MAX_INSTANCE = (1 << 24) - 1
+# The last VNI is not an instance either: it is the BFD tunnels' (BFD_VNI), which
+# carry the liveness checks between the datapaths of a site's proxies (and between
+# the gateways), so no instance's traffic may ever travel under it.
+BFD_VNI = (1 << 24) - 1
+MAX_INSTANCE = BFD_VNI - 1
 _MAC = re.compile(r"^[0-9a-f]{2}([:-])[0-9a-f]{2}(\1[0-9a-f]{2}){4}$")
 
 

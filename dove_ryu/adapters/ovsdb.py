@@ -22,6 +22,7 @@ import ovs.jsonrpc
 import ovs.poller
 import ovs.stream
 
+from dove_ryu.adapters.bfd import EXT_BFD
 from dove_ryu.config import DoveConfig
 from dove_ryu.model import (
     MAX_ROUTER,
@@ -64,6 +65,11 @@ def _vsctl(cfg: DoveConfig, *args: str) -> str:
     if proc.returncode != 0:
         raise OvsdbError(f"{' '.join(cmd)}: {proc.stderr.strip()}")
     return proc.stdout
+
+
+def vsctl(cfg: DoveConfig, *args: str) -> str:
+    """ovs-vsctl on the agent's OVSDB; OvsdbError if it fails."""
+    return _vsctl(cfg, *args)
 
 
 def _tunnel_source(cfg: DoveConfig) -> list[str]:
@@ -154,6 +160,14 @@ class BridgeView:
     gateways: tuple[IPv4Address, ...] = ()  # dove-gateways, in order of preference
     routers_rejected: tuple[tuple[str, str], ...] = ()  # (mark, why)
     external: tuple[int, str] | None = None  # a gateway's external port: (ofport, MAC)
+    # The BFD ports towards HA partners (adapters/bfd.py): (partner, port, session up).
+    bfd: tuple[tuple[IPv4Address, str, bool], ...] = ()
+
+    def bfd_ports(self) -> dict[IPv4Address, str]:
+        return {partner: name for partner, name, _ in self.bfd}
+
+    def bfd_states(self) -> dict[IPv4Address, bool]:
+        return {partner: up for partner, _, up in self.bfd}
 
 
 def _ofport(iface: Any) -> int | None:
@@ -368,6 +382,7 @@ def _snapshot(idl: Any, cfg: DoveConfig) -> BridgeView:
     gateways: tuple[IPv4Address, ...] = ()
     routers_rejected: tuple[tuple[str, str], ...] = ()
     external = None
+    bfd: list[tuple[IPv4Address, str, bool]] = []
     for bridge in idl.tables["Bridge"].rows.values():
         if bridge.name != cfg.host.bridge:
             continue
@@ -381,6 +396,8 @@ def _snapshot(idl: Any, cfg: DoveConfig) -> BridgeView:
                     tunnel = ofport
                 elif _is_external(cfg, iface.name):
                     external = _external(iface, ofport)
+                elif EXT_BFD in iface.external_ids:
+                    bfd += _bfd(iface)
                 elif EXT_INSTANCE in iface.external_ids and ofport is not None:
                     try:
                         ports.append(parse_vm_port(iface.name, ofport, dict(iface.external_ids)))
@@ -395,6 +412,7 @@ def _snapshot(idl: Any, cfg: DoveConfig) -> BridgeView:
         gateways,
         routers_rejected,
         external,
+        tuple(sorted(bfd)),
     )
 
 
@@ -406,6 +424,15 @@ def _external(iface: Any, ofport: int | None) -> tuple[int, str] | None:
     """A gateway's external port, once OVS has numbered it and knows its MAC."""
     mac = iface.mac_in_use[0] if iface.mac_in_use else None
     return (ofport, normalize_mac(mac)) if ofport is not None and mac else None
+
+
+def _bfd(iface: Any) -> list[tuple[IPv4Address, str, bool]]:
+    """A BFD port's partner and whether its session is up (``bfd_status:state``)."""
+    try:
+        partner = IPv4Address(iface.external_ids[EXT_BFD])
+    except ValueError:
+        return []
+    return [(partner, iface.name, dict(iface.bfd_status).get("state") == "up")]
 
 
 def _schema_helper(remote: str) -> ovs.db.idl.SchemaHelper:
@@ -422,7 +449,9 @@ def _schema_helper(remote: str) -> ovs.db.idl.SchemaHelper:
     helper = ovs.db.idl.SchemaHelper(None, reply.result)
     helper.register_columns("Bridge", ["name", "ports", "datapath_id", "external_ids"])
     helper.register_columns("Port", ["name", "interfaces"])
-    helper.register_columns("Interface", ["name", "ofport", "external_ids", "mac_in_use"])
+    helper.register_columns(
+        "Interface", ["name", "ofport", "external_ids", "mac_in_use", "bfd_status"]
+    )
     return helper
 
 

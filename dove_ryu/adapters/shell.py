@@ -27,6 +27,7 @@ from os_ken.ofproto import ofproto_v1_3
 
 from dove_ryu.adapters import metrics, options, ovsdb
 from dove_ryu.adapters.admin import AdminServer
+from dove_ryu.adapters.bfd import BfdPorts
 from dove_ryu.adapters.directory import DirectoryClient
 from dove_ryu.adapters.metrics_http import MetricsServer
 from dove_ryu.adapters.of_osken import (
@@ -37,7 +38,7 @@ from dove_ryu.adapters.of_osken import (
     to_osken,
 )
 from dove_ryu.adapters.operations import Operations
-from dove_ryu.adapters.ovsdb import BridgeView, PortWatcher
+from dove_ryu.adapters.ovsdb import BridgeView, PortWatcher, vsctl
 from dove_ryu.adapters.switch_reader import SwitchReader
 from dove_ryu.agent import make_core
 from dove_ryu.agent.directory import DirectoryView, EndpointRow
@@ -92,6 +93,7 @@ class DoveApp(app_manager.OSKenApp):  # type: ignore[misc]
             self.socks[str(leg)] = sock
         self.sock = self.socks[str(self.cfg.host.underlay_ip)]
         self.watcher = PortWatcher(self.cfg, self._on_bridge_view)
+        self.bfd = BfdPorts(self.cfg, vsctl)  # a proxy's or gateway's, to its HA partners
         self.directory: DirectoryClient | None = None
         if self.cfg.host.discovery == "directory":
             self.directory = DirectoryClient(
@@ -339,7 +341,7 @@ class DoveApp(app_manager.OSKenApp):  # type: ignore[misc]
 
     def _on_bridge_view(self, view: BridgeView) -> None:
         with self.lock:
-            self.watcher_view = view
+            last, self.watcher_view = self.watcher_view, view
             if self.synced and view.tunnel_ofport != self.core.p.link.tunnel_ofport:
                 self.synced = False  # the tunnel port was re-created: resync
             if view.datapath_id is not None:
@@ -352,6 +354,8 @@ class DoveApp(app_manager.OSKenApp):  # type: ignore[misc]
                     )
                     del self.datapaths[dpid]
             self._routers(view)
+            if hasattr(self.core, "bfd_changed") and view.bfd != getattr(last, "bfd", None):
+                self._send(self.core.bfd_changed(time.monotonic(), view.bfd_states()))
             if isinstance(self.core, GatewayCore):
                 port = view.external or (None, None)
                 self._send(self.core.external_port(time.monotonic(), *port))
@@ -407,8 +411,18 @@ class DoveApp(app_manager.OSKenApp):  # type: ignore[misc]
                     if self.reader.overdue(time.monotonic(), self.dp):
                         self._sync_if_ready()
                 self._call(self.core.tick)
+                self._bfd_ports()
             except Exception:
                 LOG.exception("%s: tick", self.cfg.name)
+
+    def _bfd_ports(self) -> None:
+        """A proxy's or gateway's BFD ports follow its HA partners (adapters/bfd.py)."""
+        ha_partners = getattr(self.core, "ha_partners", None)
+        with self.lock:
+            view = self.watcher_view
+            if ha_partners is None or view is None:
+                return
+            self.bfd.reconcile(ha_partners(time.monotonic()), view.bfd_ports())
 
     # ----------------------------------------------------------- directory
 

@@ -16,7 +16,7 @@ active), and the packet-ins of its tables.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from ipaddress import IPv4Address
 
 from dove_ryu.agent.directory import DirectoryView, EndpointRow
@@ -75,6 +75,7 @@ class GatewayCore:
         macs = self.p.external.adopt(adopted.external)
         if macs:
             self.p.stats.count("takeover_external_macs_adopted", macs)
+        self.p.election.ready = True
         self.p.link.tunnel_ofport = tunnel_ofport
         self.p.stats.count("switch_connected")
         self.next_announce = now
@@ -345,6 +346,15 @@ class GatewayCore:
         out = self.p.channel.to_each(targets, announce)
         self.p.stats.count("announce_sent", len(out))
         return out
+
+    def bfd_changed(self, now: float, states: Mapping[IPv4Address, bool]) -> CoreOutput:
+        """The BFD sessions to the partners' datapaths (`Election`): up or not."""
+        self.p.election.bfd_changed(states)
+        return self._elect(now)
+
+    def ha_partners(self, now: float) -> frozenset[IPv4Address] | None:
+        """The partners that get a BFD tunnel port (None: leave the ports as they are)."""
+        return self.p.election.ha_partners(now, self.gateways)
 
     def tick(self, now: float) -> CoreOutput:
         out = self._elect(now)

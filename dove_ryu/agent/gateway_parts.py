@@ -246,10 +246,7 @@ class GatewayReport:
             },
             "next_hop": {"ip": str(ext.nexthop), "mac": ext.macs.get(ext.nexthop)},
             "connected": self.p.link.connected,
-            "partners": {
-                str(h): {"active": p.role.active, "priority": p.role.priority}
-                for h, p in sorted(self.p.election.partners.items())
-            },
+            "partners": self.p.election.partner_status(),
             "routers": {
                 str(r.router_id): {
                     "snat": str(r.snat) if r.snat else None,

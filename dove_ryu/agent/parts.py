@@ -185,13 +185,13 @@ def proxy_parts(cfg: DoveConfig, log: logging.Logger, now: float) -> ProxyParts:
     flows = ProxyFlows(sides, cfg.learning.learn_idle_timeout, cfg.proxy.wan_mtu)
     legs = (cfg.host.underlay_ip, wan_ip)
     common = _common(cfg, log, link, legs, flows, leg_for=sides.leg)
-    members = common["members"]
-    assert isinstance(members, Membership)
+    members, stats = common["members"], common["stats"]
+    assert isinstance(members, Membership) and isinstance(stats, Stats)
     return ProxyParts(
         **common,  # type: ignore[arg-type]
         sides=sides,
         instances=ProxyInstances(sides, members, link, cfg.proxy.wan_mtu),
-        election=Election(cfg.name, cfg.host.underlay_ip, cfg.proxy, now),
+        election=Election(cfg.name, cfg.host.underlay_ip, cfg.proxy, now, stats.count),
         directory=(
             DirectoryMembers(cfg.host.underlay_ip) if cfg.host.discovery == "directory" else None
         ),
@@ -216,14 +216,18 @@ def gateway_parts(cfg: DoveConfig, log: logging.Logger, now: float) -> GatewayPa
     link = SwitchLink()
     flows = GatewayEndpointFlows(link, cfg.learning.learn_idle_timeout)
     common = _common(cfg, log, link, (cfg.host.underlay_ip,), flows)
+    stats = common["stats"]
+    assert isinstance(stats, Stats)
     g = cfg.gateway
     # The proxies' election, between the gateways: the same hellos and rules.
     election_settings = ProxyConfig(
-        proxy_priority=g.gateway_priority, proxy_hello_interval=g.gateway_hello_interval
+        proxy_priority=g.gateway_priority,
+        proxy_hello_interval=g.gateway_hello_interval,
+        ha_agent_grace=cfg.proxy.ha_agent_grace,
     )
     return GatewayParts(
         **common,  # type: ignore[arg-type]
-        election=Election(cfg.name, cfg.host.underlay_ip, election_settings, now),
+        election=Election(cfg.name, cfg.host.underlay_ip, election_settings, now, stats.count),
         routers=GatewayRouters(),
         external=ExternalNet(g),
     )

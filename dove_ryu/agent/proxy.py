@@ -20,6 +20,7 @@ between the site's proxies, and what the proxy announces.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from ipaddress import IPv4Address
 
 from dove_ryu.agent.announcer import Announcer
@@ -71,6 +72,7 @@ class ProxyCore:
         legs = [self.p.me, self.wan_ip]
         adopted = self.p.takeover.begin(now, found or SwitchState(), legs)
         self.p.adopt(now, adopted)
+        self.p.election.ready = True
         self.p.link.tunnel_ofport = tunnel_ofport
         out = CoreOutput(ofmsgs=self.p.takeover.install(self._state()))
         self.next_announce = now
@@ -253,6 +255,15 @@ class ProxyCore:
         self.p.stats.count("announce_sent", len(targets))
         return out
 
+    def bfd_changed(self, now: float, states: Mapping[IPv4Address, bool]) -> CoreOutput:
+        """The BFD sessions to the partners' datapaths (`Election`): up or not."""
+        self.p.election.bfd_changed(states)
+        return self._elect(now)
+
+    def ha_partners(self, now: float) -> frozenset[IPv4Address] | None:
+        """The partners that get a BFD tunnel port (None: leave the ports as they are)."""
+        return self.p.election.ha_partners(now, self.sync.partners if self.sync else ())
+
     def tick(self, now: float) -> CoreOutput:
         out = self._elect(now)
         # Both ways: the standby watches the active one, and the active one knows
@@ -289,10 +300,7 @@ class ProxyCore:
             "underlay_ip": str(self.p.me),
             "wan_ip": str(self.wan_ip),
             "connected": self.p.link.connected,
-            "partners": {
-                str(h): {"active": p.role.active, "priority": p.role.priority}
-                for h, p in sorted(self.p.election.partners.items())
-            },
+            "partners": self.p.election.partner_status(),
             "remote_proxies": {
                 str(h): {"site": k.role.site, "active": k.role.active}
                 for h, k in sorted(self.p.members.proxies.items())

@@ -219,6 +219,7 @@ def cmd_proxies(args: argparse.Namespace) -> Any:
                     "site": status["site"],
                     "active": p["active"],
                     "relation": "partner",
+                    "bfd": bool(p.get("bfd")),  # its datapath answers (agent/election.py)
                 }
             )
         for addr, p in status["remote_proxies"].items():
@@ -291,7 +292,9 @@ def _print_gateway(status: dict[str, Any]) -> None:
     print(f"next hop: {hop.get('ip', '?')} at {hop.get('mac') or 'not resolved yet'}")
     for addr, p in sorted(status.get("partners", {}).items()):
         other = "active" if p.get("active") else "standby"
-        print(f"partner: {addr} ({other}, priority {p.get('priority')})")
+        bfd = "BFD up" if p.get("bfd") else "BFD down"
+        held = ", silent: failover held back" if p.get("held") else ""
+        print(f"partner: {addr} ({other}, priority {p.get('priority')}, {bfd}{held})")
     rows = []
     for rid, r in sorted(status.get("routers", {}).items(), key=lambda kv: int(kv[0])):
         instances = ",".join(str(i) for i in r.get("instances", [])) or "-"

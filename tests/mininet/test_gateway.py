@@ -138,6 +138,11 @@ def drops(gw: Hypervisor) -> int:
     return total
 
 
+def bfd_up(node: Hypervisor, partner: Hypervisor) -> bool:
+    partners = admin(node).get("partners", {})
+    return bool(partners.get(str(partner.underlay_ip), {}).get("bfd"))
+
+
 def active(world: World) -> Hypervisor:
     gw = wait_until(world.ext.active, 30.0, "one active gateway")
     assert isinstance(gw, Hypervisor)
@@ -356,6 +361,8 @@ def test_a_tcp_connection_through_snat_survives_a_restart_of_the_active_agent(
     world: World,
 ) -> None:
     gw = active(world)
+    standby = world.ext.standby()
+    wait_until(lambda: bfd_up(standby, gw), 10.0, f"{standby.name}: BFD to {gw.name} up")
     client = EchoClient(world.dnet.vm("t1vm3"))
     try:
         assert client.say("before") == "before"
@@ -382,6 +389,9 @@ def test_snat_pings_and_a_tcp_connection_lose_nothing_while_the_active_gateway_r
     gw, vm = active(world), world.dnet.vm("t1vm3")
     standby = world.ext.standby()
     took_over = admin(standby, "counters").get("gateway_became_active", 0)
+    # Default hellos (0.2 s): the standby waits out the restart because BFD says the
+    # active gateway's datapath forwards.
+    wait_until(lambda: bfd_up(standby, gw), 10.0, f"{standby.name}: BFD to {gw.name} up")
     client = EchoClient(vm)
     try:
         assert client.say("before") == "before"

@@ -5,9 +5,11 @@ other, both through each site's active proxy) loses nothing while the agent of e
 site's active proxy is stopped (SIGTERM) or killed (SIGKILL) and started again; the
 proxy keeps its role: its standby never takes over.
 
-The proxies' hello interval is 2 s here (the dead interval 7 s): a restarted proxy keeps
-its role if it is back and hears its standby before the standby misses it (README,
-"Restarting the agent"); at the default 0.2 s an agent start is longer than that.
+The proxies' hellos are the default 0.2 s (the dead interval 0.7 s), shorter than an
+agent start: the standby holds its failover back because BFD (run by ovs-vswitchd,
+adapters/bfd.py) says the active proxy's datapath still forwards (README, "Restarting
+the agent").  When the datapath itself dies (its underlay link down), BFD goes down with
+the hellos and the standby takes over within about a second.
 """
 
 from __future__ import annotations
@@ -19,10 +21,13 @@ import pytest
 
 from mininet_topos.hypervisor import wait_until
 from mininet_topos.sites import SitesSpec, active_proxy
-from tests.mininet.test_restart import COUNT, INTERVAL, restart
+from tests.mininet.test_restart import COUNT, INTERVAL
 
 SITES_SPEC = SitesSpec()
-SITES_EXTRA = {"proxy_hello_interval": 2.0}  # read by conftest's `sites` fixture
+# The agent stays away this long (an upgrade's pause), over twice the dead interval
+# (0.7 s): without BFD its standby would take over every time.
+AWAY = 1.5
+FAILOVER_WITHIN = 1.5  # seconds: BFD down (0.3 s) and the dead interval (0.7 s), polled
 
 
 def status(node: Any) -> dict[str, Any] | None:
@@ -32,6 +37,14 @@ def status(node: Any) -> dict[str, Any] | None:
         return dict(admin(node))
     except Exception:  # the agent is still starting
         return None
+
+
+def bfd_up(node: Any, partner: Any) -> bool:
+    """``node`` sees ``partner``'s datapath alive by BFD."""
+    st, other = status(node), status(partner)
+    if st is None or other is None:
+        return False
+    return bool(st["partners"].get(other["underlay_ip"], {}).get("bfd"))
 
 
 def back_active_and_settled(node: Any) -> bool:
@@ -44,18 +57,50 @@ def back_active_and_settled(node: Any) -> bool:
 def test_a_ping_stream_across_sites_loses_nothing_while_the_active_proxy_restarts(
     sites: Any, site: int, kill: bool
 ) -> None:
+    from mininet_topos.agents import agent_cmd
+
     src, dst = sites.vm("t1s1vm1"), sites.vm("t1s2vm1")
     proxy = active_proxy(sites, site)
     standby = next(p for p in sites.site_proxies(site) if p is not proxy)
     took_over = status(standby)["counters"].get("proxy_became_active", 0)  # type: ignore[index]
+    wait_until(lambda: bfd_up(standby, proxy), 10, f"{standby.name}: BFD to {proxy.name} up")
+    held = status(standby)["counters"].get("ha_failover_held", 0)  # type: ignore[index]
     assert "0% packet loss" in src.host.cmd(f"ping -c3 -i0.1 -W1 {dst.ip}")
     ping = src.host.popen(["ping", "-n", "-q", "-i", str(INTERVAL), "-c", str(COUNT), dst.ip])
     time.sleep(1.0)
-    restart(sites, proxy, kill)
+    if kill:
+        proxy.agent.kill()
+        proxy.agent.wait(5)
+    proxy.stop_agent()  # SIGTERM (a killed agent is only reaped)
+    time.sleep(AWAY)
+    proxy.start_agent(None, agent_cmd())  # its dove.ini is still in the run directory
     wait_until(lambda: back_active_and_settled(proxy), 30, f"{proxy.name} back, active", step=0.1)
     out = ping.communicate(timeout=60)[0].decode()
     assert f"{COUNT} packets transmitted, {COUNT} received" in out, out
     after = status(standby)
     assert after is not None and not after["active"], f"{standby.name} took over"
     assert after["counters"].get("proxy_became_active", 0) == took_over
+    assert after["counters"].get("ha_failover_held", 0) == held + 1  # the hellos did stop
     assert active_proxy(sites, site) is proxy
+
+
+def test_when_the_active_proxys_datapath_dies_the_standby_takes_over_within_a_second(
+    sites: Any,
+) -> None:
+    """Last in the module: it leaves site 1's first active proxy cut off."""
+    proxy = active_proxy(sites, 1)
+    standby = next(p for p in sites.site_proxies(1) if p is not proxy)
+    wait_until(lambda: bfd_up(standby, proxy), 10, f"{standby.name}: BFD to {proxy.name} up")
+    held = status(standby)["counters"].get("ha_failover_held", 0)  # type: ignore[index]
+    proxy.cmd(f"ip link set {proxy.uplink} down")  # its site leg: datapath and agent cut off
+    cut = time.monotonic()
+    try:
+        wait_until(lambda: (status(standby) or {}).get("active"), 5, f"{standby.name} active")
+        took = time.monotonic() - cut
+        print(f"\nproxy failover on a dead datapath: {took:.2f} s")
+        assert took <= FAILOVER_WITHIN, took
+        after = status(standby)
+        assert after is not None and not after["partners"].get(str(proxy.underlay_ip), {})
+        assert after["counters"].get("ha_failover_held", 0) == held  # BFD was down: no hold
+    finally:
+        proxy.cmd(f"ip link set {proxy.uplink} up")

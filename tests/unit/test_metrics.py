@@ -182,6 +182,7 @@ def test_a_proxy_says_so_and_whether_it_is_active() -> None:
     assert scrape.value("dove_agent_info", underlay_ip="10.99.0.201", **info) == 1
     assert scrape.value("dove_proxy_active") == 0
     assert scrape.value("dove_switch_connected") == 0
+    core.switch_connected(10.0, 1)  # a proxy claims once its switch is taken over
     core.tick(10.0)  # nobody else active: it takes over
     assert scrape_of(core).value("dove_proxy_active") == 1
 

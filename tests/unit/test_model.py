@@ -14,7 +14,7 @@ import pytest
 from dove_ryu.adapters.ovsdb import EXT_INSTANCE, EXT_MAC, parse_vm_port
 from dove_ryu.ctl import dovectl
 from dove_ryu.ctl import ports as ctl_ports
-from dove_ryu.model import MAX_INSTANCE, check_instance, is_multicast, normalize_mac
+from dove_ryu.model import BFD_VNI, MAX_INSTANCE, check_instance, is_multicast, normalize_mac
 from dove_ryu.protocol.auth import compute_mac
 from dove_ryu.protocol.header import (
     FLAG_EXTENSIONS,
@@ -71,13 +71,16 @@ def test_a_vm_mac_is_unicast_unless_the_caller_names_a_destination(group: str) -
     assert not is_multicast(normalize_mac(GOOD_MAC))
 
 
-def test_instance_ids_are_1_to_2_to_the_24_minus_1() -> None:
+def test_instance_ids_are_1_to_2_to_the_24_minus_2() -> None:
     assert [check_instance(i) for i in (1, GOOD_INSTANCE, MAX_INSTANCE)] == [
         1,
         GOOD_INSTANCE,
         MAX_INSTANCE,
     ]
-    assert MAX_INSTANCE == 2**24 - 1  # the VXLAN VNI and the DOVE header's field
+    # The VXLAN VNI and the DOVE header's field, less the last one: the BFD tunnels' VNI.
+    assert MAX_INSTANCE == 2**24 - 2 and BFD_VNI == 2**24 - 1
+    with pytest.raises(ValueError, match="not in 1.."):
+        check_instance(BFD_VNI)
     for bad in (*BAD_INSTANCES, True, "5001", 5001.0, None):
         with pytest.raises(ValueError, match="not in 1.."):
             check_instance(bad)
@@ -167,7 +170,7 @@ def test_every_edge_refuses_the_same_instances(
         Unlearn(instance, GOOD_MAC, HOST, 1)
     assert _attach(monkeypatch, instance, GOOD_MAC) == 1
     assert f"--instance {instance}" in capsys.readouterr().err
-    if 0 <= instance <= MAX_INSTANCE:  # what the header's 24 bits can carry
+    if 0 <= instance < 1 << 24:  # what the header's 24 bits can carry (BFD_VNI too)
         with pytest.raises(MalformedMessage) as wire:
             decode(_wire(instance, bytes.fromhex("020000000001")), key=KEY)
         assert wire.value.reason == "bad_instance"
