@@ -59,6 +59,10 @@ class HostCore:
         self.members = HostMembers(self.p)
         self.sync = DirectorySync(self.p, self.members)
         self.next_announce = now
+        # Nothing is announced before OVSDB has told us our ports: a restarted agent that
+        # announced "no instances" made its peers drop it as a member for a moment, and
+        # the tunnel traffic from it in that moment (a ping stream lost a reply).
+        self.ports_known = False
         self.routing = HostRouting(self.p)
         self.announcer = Announcer(self.p.incarnation)
 
@@ -108,6 +112,7 @@ class HostCore:
 
     def ports_changed(self, now: float, ports: list[VmPort]) -> CoreOutput:
         """Take the full set of marked VM ports from OVSDB and apply the difference."""
+        self.ports_known = True
         out = CoreOutput()
         before = self.p.ports.instances
         changed: set[int] = set()
@@ -367,6 +372,8 @@ class HostCore:
         return out
 
     def _announce(self, now: float, only: list[IPv4Address] | None = None) -> list[Datagram]:
+        if not self.ports_known:
+            return []  # the first tick after they are known announces
         if only is None:
             self.next_announce = now + self.p.cfg.learning.announce_interval
         targets = only if only is not None else list(self.p.cfg.host.peers)

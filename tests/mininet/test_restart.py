@@ -92,7 +92,9 @@ def test_after_a_restart_only_the_new_generation_remains_and_no_flow_was_reset(d
 
     # The loss itself is the parametrized test's (zero); this one is about the sweep.
     # NOTE: under the whole suite's load one ping in about twenty restarts was lost
-    # here (cause not found), so a single loss is tolerated in this test only.
+    # here. One cause was found and fixed (a restarted host announced "no instances"
+    # before OVSDB told it its ports, so its peers dropped it as a member for a moment);
+    # until more runs show it was the only one, a single loss is tolerated here.
     received = re.search(r"(\d+) received", out)
     assert received and int(received.group(1)) >= COUNT - 1, out
     after_gen = generations(hv)

@@ -302,3 +302,14 @@ def test_an_adopted_endpoint_ages_out_soon_unless_its_host_confirms_it() -> None
     assert entry is not None and not entry.adopted
     learned = [f for f in h1.switch.flows() if f.match.get("eth_dst") == MAC_B]
     assert [f.idle_timeout for f in learned] == [core.p.cfg.learning.learn_idle_timeout]
+
+
+def test_a_restarted_host_announces_nothing_before_it_knows_its_ports() -> None:
+    """Announcing "no instances" before OVSDB spoke made peers drop it for a moment."""
+    net = three_hosts()
+    old = net.hosts[2].core
+    core = HostCore(old.p.cfg, net.now)
+    assert core.tick(net.now).datagrams == []
+    sent = core.ports_changed(net.now, list(old.p.ports.by_name.values())).datagrams
+    sent += core.tick(net.now).datagrams
+    assert sent and all(decode(d.payload, key=KEY).message.instances for d in sent)  # type: ignore[union-attr]
