@@ -236,6 +236,10 @@ class ProxyCore:
         drop it, though its datapath still carries their traffic."""
         if self.p.election.listening(now):
             return []
+        if not self.active and not any(p.role.active for p in self.p.election.partners.values()):
+            # Not yet decided (no active partner: the next tick makes us active): "none"
+            # now would make hosts and remote proxies drop us for a moment.
+            return []
         targets = only
         if targets is None:
             self.next_announce = now + self.p.cfg.learning.announce_interval
