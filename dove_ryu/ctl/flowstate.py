@@ -282,6 +282,8 @@ PURPOSE_MEANING: dict[Purpose, str] = {
     Purpose.FLOATING_IP: "gateway: a floating IP, NATed both ways (conntrack)",
     Purpose.EXTERNAL: "gateway: the external network's side",
     Purpose.DROP_EXTERNAL: "gateway: from outside, for no floating IP or connection",
+    Purpose.VTEP_LEARNED: "a MAC behind an external VTEP, learned in the datapath",
+    Purpose.VTEP_STATIC: "a MAC declared behind an external VTEP",
 }
 
 INSTANCE_TAGS = {

@@ -62,6 +62,9 @@ class Purpose(IntEnum):
     FLOATING_IP = 22  # gateway: a floating IP, both ways (tag: its low 24 bits)
     EXTERNAL = 23  # gateway: the external network's side (ARP, un-NAT, next hop)
     DROP_EXTERNAL = 24  # gateway: external traffic for no floating IP or connection
+    # External VTEPs (issue 14, docs/interop.md).
+    VTEP_LEARNED = 25  # a MAC behind an external VTEP, learned in the datapath (tag: VTEP)
+    VTEP_STATIC = 26  # a declared MAC behind an external VTEP (tag: low 24 bits of the MAC)
 
 
 @dataclass(frozen=True)

@@ -475,6 +475,8 @@ L2_FORWARD = Table(
         Purpose.LEARNED,
         Purpose.INSTANCE,
         Purpose.DROP_MISS,
+        Purpose.VTEP_LEARNED,  # written by the learn action of an external VTEP's member flow
+        Purpose.VTEP_STATIC,
     ),
     matches=("metadata", "eth_dst"),
     next_tables=("wan_egress", "flood", "egress_check"),

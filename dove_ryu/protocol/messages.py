@@ -123,6 +123,9 @@ class TlvType(IntEnum):
     INCARNATION = 0x11
     # Non-critical: which deployment key signed the message (key rotation).
     KEY_ID = 0x12
+    # Issue 14 (docs/interop.md).  Non-critical, in Announce: the encapsulations the
+    # sender accepts (bit 0 VXLAN, bit 1 Geneve); absent: VXLAN only.
+    ENCAPSULATIONS = 0x13
     # Critical: an Announce that covers only instances lo..hi (a split announcement).
     INSTANCE_RANGE = 0x8B
     # Critical, repeatable: one endpoint of a batched ENDPOINTS message (MsgType 7).

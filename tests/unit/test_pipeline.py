@@ -173,6 +173,12 @@ def test_every_flow_of_a_role_is_in_a_table_of_that_role(role: str) -> None:
             assert msg.goto_table is None or msg.goto_table in ours, msg
 
 
+# Declared for work in progress (docs/interop.md); the branch that builds them removes them.
+_NOT_YET_BUILT: dict[tuple[str, str], set[Any]] = {
+    ("l2_forward", "cookies"): {cookies.Purpose.VTEP_LEARNED, cookies.Purpose.VTEP_STATIC},
+}
+
+
 def test_the_declaration_is_no_looser_than_the_flows_need() -> None:
     """What each table declares is used by some flow of one role or the other, so a
     permission nothing needs any more does not linger in the declaration."""
@@ -199,7 +205,8 @@ def test_the_declaration_is_no_looser_than_the_flows_need() -> None:
             metadata[table.name] |= fm.write_metadata[1]
     for table in TABLES:
         for attr in ("matches", "cookies", "outputs", "next_tables", "sets", "registers"):
-            assert used[table.name][attr] == set(getattr(table, attr)), (table.name, attr)
+            declared = set(getattr(table, attr)) - _NOT_YET_BUILT.get((table.name, attr), set())
+            assert used[table.name][attr] == declared, (table.name, attr)
         assert metadata[table.name] == table.metadata, table.name
 
 
