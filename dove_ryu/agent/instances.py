@@ -103,8 +103,10 @@ class HostInstances:
         self.accepted.pop(instance, None)
         if not self.link.connected:
             return []
+        # Added or modified: a predecessor's group may still be there (the take-over's
+        # sweep has not run yet), and a plain add of it fails with GROUP_EXISTS.
         return [
-            self._group(instance, GroupCommand.ADD),
+            self._group(instance, GroupCommand.ADD_OR_MODIFY),
             *flows.instance_flows(instance),
             *self.refresh_accepted([instance]),
         ]

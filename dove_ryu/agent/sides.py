@@ -86,7 +86,7 @@ class ProxyInstances:
 
     def up(self, instance: int) -> list[OfMsg]:
         return [
-            *self._groups(instance, GroupCommand.ADD),
+            *self._groups(instance, GroupCommand.ADD_OR_MODIFY),  # a predecessor's may exist
             *flows.proxy_instance_flows(instance, self.wan_mtu),
             *(self._member_flow(instance, h) for h in self.members.hosts(instance)),
         ]

@@ -229,7 +229,8 @@ class Takeover:
         return [self._group_command(m) for m in msgs]
 
     def _group_command(self, msg: OfMsg) -> OfMsg:
-        if not isinstance(msg, GroupMod) or msg.command is not GroupCommand.ADD:
+        adds = (GroupCommand.ADD, GroupCommand.ADD_OR_MODIFY)
+        if not isinstance(msg, GroupMod) or msg.command not in adds:
             return msg
         if self.groups_unknown:
             return replace(msg, command=GroupCommand.ADD_OR_MODIFY)

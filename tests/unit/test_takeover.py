@@ -313,3 +313,21 @@ def test_a_restarted_host_announces_nothing_before_it_knows_its_ports() -> None:
     sent = core.ports_changed(net.now, list(old.p.ports.by_name.values())).datagrams
     sent += core.tick(net.now).datagrams
     assert sent and all(decode(d.payload, key=KEY).message.instances for d in sent)  # type: ignore[union-attr]
+
+
+def test_a_vm_back_before_the_sweep_finds_its_instance_group_without_an_error() -> None:
+    """A VM left while its agent restarted and comes back before the sweep: its instance's
+    group is still the predecessor's, so the group is added or modified (a plain add
+    failed with GROUP_EXISTS and kept the old buckets until the next change)."""
+    net = three_hosts()
+    h1 = net.hosts[1]
+    ports = list(h1.core.p.ports.by_name.values())
+    alone = next(p for p in ports if sum(q.instance == p.instance for q in ports) == 1)
+    core = restart(net, 1, keep={p.name for p in ports if p is not alone})
+    assert core.p.takeover.settling
+    assert alone.instance in h1.switch.groups  # the predecessor's, not yet swept
+
+    net.apply(h1, core.ports_changed(net.now, ports))
+
+    assert not h1.switch.errors
+    assert core.p.takeover.settling
