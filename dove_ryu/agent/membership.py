@@ -40,10 +40,18 @@ class Change:
 
 
 class Membership:
-    def __init__(self, announce_interval: float, by_directory: bool = False) -> None:
+    def __init__(
+        self, announce_interval: float, by_directory: bool = False, proxy_hold: float = 0.0
+    ) -> None:
         # From the directory, a member stays until the directory says otherwise
         # (`dove_ryu.agent.directory`); from announcements, for 3.5 of their intervals.
         self.lifetime = math.inf if by_directory else announce_interval * LIFETIME_INTERVALS
+        # A VAN proxy (an announcement with its role) stays as long as its site's standby
+        # holds its role (``proxy_hold``: ha_agent_grace, `dove_ryu.agent.election`): its
+        # agent may be restarting while its datapath forwards.  Dropped sooner, the
+        # endpoints learned behind it would be forgotten and traffic through it would
+        # stall until it is back; if its datapath died, its partner's claim replaces it.
+        self.proxy_lifetime = max(self.lifetime, proxy_hold)
         self._hosts: dict[int, dict[IPv4Address, float]] = {}  # instance -> host -> expiry
         self._served: dict[IPv4Address, set[int]] = {}  # host -> its instances
         # No expiry is earlier than this (a lower bound): ticks skip the scan until then.
@@ -145,7 +153,10 @@ class Membership:
     ) -> Change:
         """``sender`` serves exactly ``instances`` now: of all instances, or (a part of
         a split announcement) of those in ``covers`` (lo, hi).  Either way its other
-        instances are renewed: the sender is alive."""
+        instances are renewed: the sender is alive.  A VAN proxy (`proxy_heard` first)
+        stays for ``proxy_lifetime``."""
+        if lifetime is None and sender in self._proxies:
+            lifetime = self.proxy_lifetime
         served = self._served.get(sender, set())
         change = Change(new_peer=not served)
         lo, hi = covers if covers is not None else (0, math.inf)
@@ -190,7 +201,7 @@ class Membership:
     def proxy_heard(self, now: float, sender: IPv4Address, role: ProxyRole) -> list[IPv4Address]:
         """A VAN proxy announced itself.  When it says it is its site's active one,
         returns the proxies of that site that were active before (now standby)."""
-        self._proxies[sender] = KnownProxy(role, now + self.lifetime)
+        self._proxies[sender] = KnownProxy(role, now + self.proxy_lifetime)
         if not role.active:
             return []
         displaced = [

@@ -142,7 +142,7 @@ def _common(
         "stats": stats,
         "link": link,
         "channel": channel,
-        "members": Membership(learning.announce_interval, by_directory),
+        "members": Membership(learning.announce_interval, by_directory, cfg.proxy.ha_agent_grace),
         "resolver": Resolver(stats, learning),
         "learned": LearnedEndpoints(
             stats, link, flows, learning.max_learned_per_instance, local=local

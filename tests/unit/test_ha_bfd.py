@@ -17,6 +17,7 @@ from dove_ryu.agent.election import Election, Outcome
 from dove_ryu.config import ProxyConfig
 from dove_ryu.protocol.messages import ProxyRole
 from tests.fakesites import Sites, proxy_ip
+from tests.unit.test_proxy import WAN11, learned_at
 from tests.unit.test_takeover_roles import crossed, restart_proxy
 
 pytestmark = pytest.mark.unit
@@ -55,6 +56,47 @@ def test_a_silent_active_proxy_whose_datapath_answers_bfd_keeps_its_role_while_a
     assert sites.status("s1px1")["active"] and not sites.status("s1px2")["active"]
     assert sites.status("s1px2")["partners"][str(PX1)]["held"] is False
     assert sites.counters("s1px2").get("proxy_became_active", 0) == 0
+    assert sites.ping(a, b) and sites.ping(b, a)
+
+
+def test_hosts_and_remote_proxies_keep_a_silent_active_proxy_while_its_partner_holds_it() -> None:
+    """Its partner holds its role while BFD is up (up to ha_agent_grace): its site's hosts
+    and the other sites' proxies keep it too, though its announcements (every second here)
+    stopped for longer than their 3.5 intervals.  Dropping it would forget the endpoints
+    learned behind it, and traffic would stall until it is back and they are learned
+    again (the Mininet restart test lost pings whenever an agent start outlasted that)."""
+    sites = sites_with_bfd()
+    a, b = sites.vm("t1s1vm1"), sites.vm("t1s2vm1")
+    host = a.node.name
+    assert learned_at(sites, host, 5001, b.mac) == str(PX1)
+    assert learned_at(sites, "s2px1", 5001, a.mac) == str(WAN11)
+    left = {n: sites.counters(n).get("member_left", 0) for n in (host, "s2px1")}
+    sites.stop("s1px1")  # its agent only: the datapath forwards, BFD stays up
+    sites.advance(5.0, step=0.05)  # 5 announce intervals, well within the grace (15 s)
+    assert not sites.status("s1px2")["active"]
+    assert sites.node(host).core.p.members.serves(5001, PX1)
+    assert sites.node("s2px1").core.p.members.serves(5001, WAN11)
+    assert learned_at(sites, host, 5001, b.mac) == str(PX1)
+    assert learned_at(sites, "s2px1", 5001, a.mac) == str(WAN11)
+    assert {n: sites.counters(n).get("member_left", 0) for n in (host, "s2px1")} == left
+
+    restart_proxy(sites, "s1px1")
+    sites.advance(1.0, step=0.05)
+    assert sites.status("s1px1")["active"] and not sites.status("s1px2")["active"]
+    assert learned_at(sites, host, 5001, b.mac) == str(PX1)
+    assert sites.ping(a, b) and sites.ping(b, a)
+
+
+def test_a_proxy_held_past_the_grace_is_replaced_by_its_partner_everywhere() -> None:
+    """The hold ends with the partner's: the standby takes over and its claim moves
+    what was learned behind the silent proxy (no expiry needed for that)."""
+    sites = sites_with_bfd(ha_agent_grace="6")
+    a, b = sites.vm("t1s1vm1"), sites.vm("t1s2vm1")
+    sites.stop("s1px1")
+    sites.advance_until(lambda: sites.status("s1px2")["active"], 7.0, step=0.05)
+    sites.advance(0.5, step=0.05)
+    assert learned_at(sites, a.node.name, 5001, b.mac) == str(PX2)
+    assert not sites.node("s2px1").core.p.members.serves(5001, WAN11)
     assert sites.ping(a, b) and sites.ping(b, a)
 
 
