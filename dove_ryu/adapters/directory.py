@@ -242,6 +242,7 @@ class DirectoryClient:
         # Python Idl has no setter for it (the C IDL takes it from the remote); its
         # session's Reconnect (a public class) has.
         self.idl._session.reconnect.set_backoff(RECONNECT_MIN_MS, RECONNECT_MAX_MS)
+        self.cond_target = 0  # the IDL's cond_seqno once our last conditions are acked
         self._watch(frozenset(), frozenset(), frozenset())
         none: frozenset[int] = frozenset()
         self.watching: tuple[frozenset[int], ...] = (none, none, none)
@@ -281,7 +282,13 @@ class DirectoryClient:
         proxy = self.cfg.role == "proxy"
         wanted = conditions(self.cfg.name, served, proxy, resolved, routed)
         for table, clauses in wanted.items():
-            self.idl.cond_change(table, clauses)
+            self.cond_target = max(self.cond_target, self.idl.cond_change(table, clauses))
+
+    @property
+    def settled(self) -> bool:
+        """The rows monitored are those of the conditions last asked (the server acked
+        them): a view now is complete for what ``watching`` says."""
+        return bool(self.idl.cond_seqno >= self.cond_target)
 
     def _resolved(self) -> frozenset[int]:
         """The instances the directory resolves (``lookup``, ``push``), as far as we see."""
@@ -308,6 +315,7 @@ class DirectoryClient:
             )
             if not connected:
                 self.txn = None
+                self.cond_target = 0  # a new session monitors with the latest conditions
                 self.on_lost()
         seqno = self.idl.change_seqno - self.idl.own_beats
         if connected and seqno != seen_seqno:
@@ -352,6 +360,8 @@ class DirectoryClient:
         served, endpoints = self.local()
         routed = self.routed() - served
         resolved = self._resolved() & (served | routed)
+        if self.cfg.role == "vtep-controller":
+            resolved = served  # a switch is told every endpoint, whatever the resolution
         if (served, resolved, routed) != self.watching:
             self.watching = (served, resolved, routed)
             self._watch(served, resolved, routed)
@@ -386,7 +396,7 @@ class DirectoryClient:
             claim = proxy_claim(self.cfg.name, proxy.site, served, host_rows(self.idl))
         return {
             "underlay_ip": str(self.cfg.host.underlay_ip),
-            "role": self.cfg.role,
+            "role": "vtep" if self.cfg.role == "vtep-controller" else self.cfg.role,
             "site": proxy.site,
             "wan_ip": [str(proxy.wan_ip)] if proxy.wan_ip else [],
             "instances": sorted(served),
