@@ -26,6 +26,7 @@ import ovs.poller
 import ovs.stream
 
 from dove_ryu.agent.vtep_controller import (
+    REPLICATION,
     UNKNOWN_DST,
     Changes,
     MacKey,
@@ -106,9 +107,14 @@ class Parser:
             except ValueError as e:
                 self._bad("Physical_Switch", ps, e)
         switches: dict[str, int | None] = {}
+        replication: dict[str, str] = {}
+        with_mode = "replication_mode" in idl.tables["Logical_Switch"].columns
         for row in self._rows(idl, "Logical_Switch"):
             key = row.tunnel_key
             switches[str(row.name)] = int(key[0]) if key else None
+            if with_mode:  # an older schema has none (and replicates at a service node)
+                mode = row.replication_mode
+                replication[str(row.name)] = str(mode[0]) if mode else "service_node"
         ports: set[str] = set()
         bindings: dict[str, dict[int, str]] = {}
         for row in ps.ports:
@@ -145,6 +151,7 @@ class Parser:
             tunnel_ips=tuple(tunnel_ips),
             ports=frozenset(ports),
             switches=switches,
+            replication=replication,
             bindings=bindings,
             ucast_remote=ucast_remote,
             mcast_remote=mcast_remote,
@@ -187,6 +194,8 @@ class Writer:
                 row.name = name
                 self.switches[name] = row
             row.tunnel_key = [key]
+            if "replication_mode" in self.idl.tables["Logical_Switch"].columns:
+                row.replication_mode = [REPLICATION]
             self.rows += 1
         ps = next(
             r for r in self.idl.tables["Physical_Switch"].rows.values() if r.name == self.switch

@@ -30,6 +30,9 @@ from dove_ryu.config import VtepBinding
 
 PREFIX = "dove-"
 UNKNOWN_DST = "unknown-dst"
+# The switch sends broadcast and unknown unicast to every host serving the instance itself
+# (the default, service_node, sends it to one of them, to replicate: hosts do not).
+REPLICATION = "source_node"
 
 
 def switch_name(instance: int) -> str:
@@ -64,6 +67,7 @@ class SwitchState:
     tunnel_ips: tuple[IPv4Address, ...] = ()
     ports: frozenset[str] = frozenset()  # this Physical_Switch's Physical_Port names
     switches: Mapping[str, int | None] = field(default_factory=dict)  # LS -> tunnel_key
+    replication: Mapping[str, str] = field(default_factory=dict)  # LS -> replication_mode
     bindings: Mapping[str, Mapping[int, str]] = field(default_factory=dict)  # port->VLAN->LS
     ucast_remote: Mapping[MacKey, RemoteMac] = field(default_factory=dict)
     mcast_remote: Mapping[MacKey, frozenset[IPv4Address]] = field(default_factory=dict)
@@ -79,7 +83,7 @@ class SwitchState:
 class Changes:
     """What to write to the switch, in one transaction; ``empty()`` when nothing."""
 
-    switches: dict[str, int] = field(default_factory=dict)  # create, or set tunnel_key
+    switches: dict[str, int] = field(default_factory=dict)  # create, or set key and mode
     bindings: dict[str, dict[int, str]] = field(default_factory=dict)  # port -> all its VLANs
     ucast_set: dict[MacKey, RemoteMac] = field(default_factory=dict)
     ucast_delete: list[MacKey] = field(default_factory=list)
@@ -152,7 +156,8 @@ def changes(want: Wanted, state: SwitchState) -> Changes:
     """What turns the switch's rows into ``want`` (only ``dove-*`` rows are touched)."""
     out = Changes()
     for name, tunnel_key in want.switches.items():
-        if state.switches.get(name, -1) != tunnel_key:
+        stale = state.replication.get(name, REPLICATION) != REPLICATION
+        if state.switches.get(name, -1) != tunnel_key or stale:
             out.switches[name] = tunnel_key
     by_port: dict[str, dict[int, str]] = {}
     for (port, vlan), ls in want.bindings.items():

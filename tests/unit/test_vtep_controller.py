@@ -134,6 +134,9 @@ def test_a_switch_that_holds_what_is_wanted_gets_nothing() -> None:
         mcast_remote={("dove-5001", UNKNOWN_DST): frozenset({HV1, HV2})},
     )
     assert changes(wanted(v, "tor1", BIND), state).empty()
+    # A logical switch replicating at a service node is set to replicate itself.
+    serviced = bound_state(replication={"dove-5001": "service_node"})
+    assert changes(wanted(view(), "tor1", BIND), serviced).switches == {"dove-5001": 5001}
 
 
 def test_a_migration_moves_the_locator_to_the_newest_location() -> None:
