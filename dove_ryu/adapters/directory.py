@@ -242,7 +242,7 @@ class DirectoryClient:
         # Python Idl has no setter for it (the C IDL takes it from the remote); its
         # session's Reconnect (a public class) has.
         self.idl._session.reconnect.set_backoff(RECONNECT_MIN_MS, RECONNECT_MAX_MS)
-        self.cond_target = 0  # the IDL's cond_seqno once our last conditions are acked
+        self.was_settled = False
         self._watch(frozenset(), frozenset(), frozenset())
         none: frozenset[int] = frozenset()
         self.watching: tuple[frozenset[int], ...] = (none, none, none)
@@ -282,13 +282,19 @@ class DirectoryClient:
         proxy = self.cfg.role == "proxy"
         wanted = conditions(self.cfg.name, served, proxy, resolved, routed)
         for table, clauses in wanted.items():
-            self.cond_target = max(self.cond_target, self.idl.cond_change(table, clauses))
+            self.idl.cond_change(table, clauses)
 
     @property
     def settled(self) -> bool:
         """The rows monitored are those of the conditions last asked (the server acked
         them): a view now is complete for what ``watching`` says."""
-        return bool(self.idl.cond_seqno >= self.cond_target)
+        # NOTE (ovs 4.0.0): the Python IDL's cond_seqno is not raised by the first
+        # monitor reply (the C IDL's is), so the seqno cond_change returns may never
+        # come; each table's condition state (new, requested, acked) says it directly.
+        return all(
+            t.condition_state.new is None and t.condition_state.requested is None
+            for t in self.idl.tables.values()
+        )
 
     def _resolved(self) -> frozenset[int]:
         """The instances the directory resolves (``lookup``, ``push``), as far as we see."""
@@ -315,13 +321,16 @@ class DirectoryClient:
             )
             if not connected:
                 self.txn = None
-                self.cond_target = 0  # a new session monitors with the latest conditions
                 self.on_lost()
         seqno = self.idl.change_seqno - self.idl.own_beats
-        if connected and seqno != seen_seqno:
+        # A view is also given when the server acks our conditions (`settled`), which
+        # may come after the rows they brought.
+        settled = self.settled
+        if connected and (seqno != seen_seqno or settled != self.was_settled):
             # The IDL raises change_seqno once per row an update changed.
             self.counts["directory_updates"] += seqno - max(seen_seqno, 0)
             seen_seqno = seqno
+            self.was_settled = settled
             self.on_view(view(self.idl))
         if connected:
             self._keep_published()

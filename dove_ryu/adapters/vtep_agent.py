@@ -39,6 +39,9 @@ class VtepAgent:
         self.directory: DirectoryClient | None = None
         self.admin = AdminServer(cfg.host.admin_socket, self._admin)
         self._missing: list[str] = []
+        # The last view covers every bound instance (the directory acked our conditions):
+        # before that, an empty view would remove every remote MAC the switch holds.
+        self.view_complete = False
 
     # ------------------------------------------------------------ lifecycle
 
@@ -107,8 +110,8 @@ class VtepAgent:
 
     def _changes(self) -> Changes:
         with self.lock:
-            if self.directory is None or not self.directory.connected:
-                return Changes()  # nothing is known of the instances yet
+            if self.directory is None or not self.directory.connected or not self.view_complete:
+                return Changes()  # nothing (or not all) is known of the instances yet
             return self.core.changes()
 
     def _written(self, rows: int) -> None:
@@ -123,12 +126,21 @@ class VtepAgent:
             return self.core.served, self.core.local_endpoints(time.time())
 
     def _on_view(self, view: DirectoryView) -> None:
+        directory = self.directory
+        complete = (
+            directory is not None
+            and directory.watching[0] == self.core.served
+            and directory.settled
+        )
         with self.lock:
             self.core.directory_view(view)
+            self.view_complete = complete
         self.switch.poke()
 
     def _on_lost(self) -> None:
         # The switch keeps the last known locations: better than none while it is away.
+        with self.lock:
+            self.view_complete = False
         LOG.warning("%s: directory unreachable: the switch keeps its rows", self.cfg.name)
 
     # ------------------------------------------------------------ admin
@@ -149,6 +161,7 @@ class VtepAgent:
                 "underlay_ip": status["tunnel_ip"],
                 "connected": self.switch.connected,
                 "directory_connected": bool(directory and directory.connected),
+                "directory_complete": self.view_complete,
                 **status,
                 "counters": counts,
             }

@@ -111,13 +111,14 @@ def _controller(vtep: Any) -> dict[str, Any] | None:
         status = admin(vtep, "vtep")
     except (OSError, ValueError):
         return None
-    return status if status["connected"] and status["directory_connected"] else None
+    ready = status["connected"] and status["directory_connected"]
+    return status if ready and status["directory_complete"] else None
 
 
 def remote_macs(vtep: Any, ls: str) -> tuple[dict[str, str], set[str]]:
     """The switch's Ucast_Macs_Remote (MAC -> locator IP) and unknown-dst locators of
     ``ls``, as vtep-ctl lists them."""
-    out = vtep.vtepctl("list-remote-macs", ls)
+    out = vtep.vtepctl("list-remote-macs", ls, check=False)  # none before it is made
     ucast: dict[str, str] = {}
     flood: set[str] = set()
     section = ""
