@@ -48,6 +48,7 @@ TABLES = (
     "Ucast_Macs_Local",
 )
 ENCAPSULATION = "vxlan_over_ipv4"
+NO_LOCATOR = IPv4Address(0)  # a remote MAC's locator that does not parse
 RECONNECT_MIN_MS, RECONNECT_MAX_MS = 250, 2000
 SCHEMA_TIMEOUT_MS = 2000
 
@@ -79,18 +80,21 @@ def _locator_ip(row: Any) -> IPv4Address:
 
 
 class Parser:
-    """Turns the IDL's rows into a `SwitchState`; a bad row is skipped and counted (and
-    logged once per row)."""
+    """Turns the IDL's rows into a `SwitchState`; a bad row is skipped, counted and logged
+    once."""
 
     def __init__(self, switch: str) -> None:
         self.switch = switch
-        self.malformed = 0
-        self._logged: set[Any] = set()
+        self._seen_bad: set[Any] = set()
+
+    @property
+    def malformed(self) -> int:
+        """How many distinct rows did not parse (each is logged once)."""
+        return len(self._seen_bad)
 
     def _bad(self, table: str, row: Any, e: Exception) -> None:
-        self.malformed += 1
-        if row.uuid not in self._logged:
-            self._logged.add(row.uuid)
+        if row.uuid not in self._seen_bad:
+            self._seen_bad.add(row.uuid)
             LOG.warning("hardware_vtep: %s row %s skipped: %s", table, row.uuid, e)
 
     def _rows(self, idl: Any, table: str) -> list[Any]:
@@ -129,9 +133,16 @@ class Parser:
         for row in self._rows(idl, "Ucast_Macs_Remote"):
             try:
                 key = (str(row.logical_switch.name), str(row.MAC).lower())
-                ucast_remote[key] = RemoteMac(str(row.ipaddr), _locator_ip(row.locator))
             except (AttributeError, TypeError, ValueError) as e:
                 self._bad("Ucast_Macs_Remote", row, e)
+                continue
+            try:
+                ucast_remote[key] = RemoteMac(str(row.ipaddr), _locator_ip(row.locator))
+            except (AttributeError, TypeError, ValueError) as e:
+                # Kept with no locator (0.0.0.0): in one of our logical switches, the
+                # controller then rewrites it or removes it.
+                self._bad("Ucast_Macs_Remote", row, e)
+                ucast_remote[key] = RemoteMac(str(row.ipaddr), NO_LOCATOR)
         mcast_remote: dict[MacKey, frozenset[IPv4Address]] = {}
         for row in self._rows(idl, "Mcast_Macs_Remote"):
             try:
