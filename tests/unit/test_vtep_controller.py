@@ -4,6 +4,7 @@ a directory view and the switch's hardware_vtep rows in, the rows to write out."
 from __future__ import annotations
 
 from ipaddress import IPv4Address
+from pathlib import Path
 
 import pytest
 
@@ -228,3 +229,44 @@ def test_no_changes_before_the_switch_is_seen() -> None:
     assert not core.changes().empty()
     status = core.status()
     assert status["bindings"] == ["tor-eth1:0=5001"] and status["tunnel_ip"] == str(TOR)
+
+
+# ------------------------------------------------------------------ the agent's gate
+
+
+class FakeDirectory:
+    """What VtepAgent asks of its directory client."""
+
+    def __init__(self) -> None:
+        self.connected = True
+        self.settled = False
+        self.watching: tuple[frozenset[int], ...] = (frozenset(),)
+        self.counts: dict[str, int] = {}
+
+    def poke(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+
+def test_the_agent_writes_nothing_before_a_view_covers_its_instances(tmp_path: Path) -> None:
+    from dove_ryu.adapters.vtep_agent import VtepAgent
+
+    cfg = from_mapping(settings(admin_socket=str(tmp_path / "admin.sock")))
+    agent = VtepAgent(cfg)
+    try:
+        directory = FakeDirectory()
+        agent.directory = directory  # type: ignore[assignment]
+        agent._on_state(bound_state(ports=frozenset({"tor-eth1", "tor-eth2"})))
+        full = view(ep(A, "02:00:00:00:00:01", "hv1"))
+        agent._on_view(DirectoryView([]))  # connected, but the conditions not acked yet
+        assert agent._changes().empty()
+        directory.watching, directory.settled = (frozenset({A, B}),), True
+        agent._on_view(full)
+        assert ("dove-5001", "02:00:00:00:00:01") in agent._changes().ucast_set
+        agent._on_lost()  # the directory went away: the switch keeps what it has
+        assert agent._changes().empty()
+        assert agent._admin({"cmd": "vtep"})["directory_complete"] is False
+    finally:
+        agent.close()
