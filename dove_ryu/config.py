@@ -26,7 +26,7 @@ from dove_ryu.protocol.auth import MAX_KEY_ID, KeyRing
 TUNNEL_TYPES = ("vxlan",)
 DATAPATH_TYPES = ("system", "netdev", "dummy")  # dummy: ovs-vswitchd --enable-dummy (tests)
 DISCOVERY_MODES = ("static", "directory")
-ROLES = ("host", "proxy", "gateway")
+ROLES = ("host", "proxy", "gateway", "vtep-controller")
 OVERSIZE_ACTIONS = ("fragment", "icmp")
 
 
@@ -166,6 +166,31 @@ class DhcpConfig:
     dhcp_lease_time: int = _setting(86400, "DHCP lease time (s) told to VMs")
 
 
+@dataclass(frozen=True, order=True)
+class VtepBinding:
+    """One ``vtep_bindings`` entry: a switch port's VLAN (0: untagged) bound to an instance."""
+
+    port: str
+    vlan: int
+    instance: int
+
+    def __str__(self) -> str:
+        return f"{self.port}:{self.vlan}={self.instance}"
+
+
+@dataclass(frozen=True)
+class VtepConfig:
+    """The VTEP controller (role = vtep-controller, docs/interop.md section 3): the switch
+    it drives through its hardware_vtep OVSDB, and which of its ports' VLANs are bound to
+    which instances."""
+
+    vtep_ovsdb: str = _setting("", "the switch's hardware_vtep OVSDB (tcp:IP:PORT, unix:PATH)")
+    vtep_switch: str = _setting("", "its Physical_Switch name")
+    vtep_bindings: tuple[VtepBinding, ...] = _setting(
+        (), "PORT:VLAN=INSTANCE, comma-separated (VLAN 0: untagged)"
+    )
+
+
 @dataclass(frozen=True)
 class DoveConfig:
     host: HostConfig
@@ -175,6 +200,7 @@ class DoveConfig:
     gateway: GatewayConfig = field(default_factory=GatewayConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     dhcp: DhcpConfig = field(default_factory=DhcpConfig)
+    vtep: VtepConfig = field(default_factory=VtepConfig)
 
     @property
     def name(self) -> str:
@@ -194,6 +220,7 @@ SECTIONS: dict[str, type] = {
     "gateway": GatewayConfig,
     "metrics": MetricsConfig,
     "dhcp": DhcpConfig,
+    "vtep": VtepConfig,
 }
 
 
@@ -219,7 +246,8 @@ def _settings() -> tuple[Setting, ...]:
                     "",
                     "str",
                     "host",
-                    "host, proxy (a site's VAN proxy) or gateway (to the external network)",
+                    "host, proxy (a site's VAN proxy), gateway (to the external network) "
+                    "or vtep-controller (drives a hardware_vtep switch)",
                 )
             )
         for f in fields(cls):
@@ -307,6 +335,27 @@ def _remote(setting: str, text: str) -> str:
     return text
 
 
+_BINDING = re.compile(r"^([A-Za-z0-9_.:/-]{1,64}?):(\d{1,4})=(\d{1,8})$")
+
+
+def _vtep_bindings(setting: str, text: str) -> tuple[VtepBinding, ...]:
+    """``PORT:VLAN=INSTANCE`` entries; a port's VLAN is bound once."""
+    found: dict[tuple[str, int], VtepBinding] = {}
+    for entry in (e for e in re.split(r"[,\s]+", text) if e):
+        m = _BINDING.match(entry)
+        if not m:
+            raise ConfigError(f"[dove] {setting}: {entry!r} is not PORT:VLAN=INSTANCE")
+        port, vlan, instance = m.group(1), int(m.group(2)), int(m.group(3))
+        if vlan > 4095:
+            raise ConfigError(f"[dove] {setting}: {entry!r}: VLAN must be 0-4095")
+        if not 1 <= instance <= 0xFFFFFF:
+            raise ConfigError(f"[dove] {setting}: {entry!r}: instance must be 1-16777215")
+        if (port, vlan) in found:
+            raise ConfigError(f"[dove] {setting}: {port}:{vlan} is bound twice")
+        found[(port, vlan)] = VtepBinding(port, vlan, instance)
+    return tuple(sorted(found.values()))
+
+
 def _port_or_off(setting: str, text: str) -> int:
     if not re.fullmatch(r"[0-9]{1,5}", text) or int(text) > 65535:
         raise ConfigError(f"[dove] {setting}: {text!r} is not a port (1-65535, or 0 for off)")
@@ -370,6 +419,10 @@ def parse(name: str, text: str) -> object:
         return tuple(_ip(name, p) for p in re.split(r"[,\s]+", text) if p)
     if name == "directory":
         return tuple(_remote(name, r) for r in re.split(r"[,\s]+", text) if r)
+    if name == "vtep_ovsdb":
+        return _remote(name, text)
+    if name == "vtep_bindings":
+        return _vtep_bindings(name, text)
     if name == "metrics_port":
         return _port_or_off(name, text)
     if name in _CHOICES:
@@ -398,9 +451,11 @@ _CHOICES = {
 }
 
 
-def _check_required(given: Collection[str]) -> None:
+def _check_required(given: Collection[str], role: object = "host") -> None:
     others = ("auth_key_file", "auth_keys", "auth_keys_file")
     for key in _REQUIRED:
+        if key == "underlay_ip" and role == "vtep-controller":
+            continue  # the switch's tunnel IP (Physical_Switch.tunnel_ips)
         if key not in given and not (key == "auth_key" and any(o in given for o in others)):
             raise ConfigError(f"[dove] {key}: missing (required)")
 
@@ -410,7 +465,8 @@ def from_mapping(values: dict[str, str]) -> DoveConfig:
     for key in values:
         if key not in BY_NAME:
             raise ConfigError(f"[dove] {key}: unknown setting")
-    _check_required(values)
+    role = parse("role", values["role"]) if "role" in values else "host"
+    _check_required(values, role)
     return from_values(
         {s.name: parse(s.name, values[s.name]) for s in SETTINGS if s.name in values}
     )
@@ -424,7 +480,8 @@ def from_values(values: Mapping[str, object]) -> DoveConfig:
     """
     kwargs = dict(values)
     _read_key_files(kwargs)
-    _check_required(kwargs)
+    _check_required(kwargs, kwargs.get("role", "host"))
+    _check_vtep(kwargs)
     underlay = kwargs["underlay_ip"]
     # A shared peers list may name this host too; it is not its own peer.
     kwargs["peers"] = tuple(p for p in kwargs.get("peers", ()) if p != underlay)  # type: ignore[attr-defined]
@@ -497,6 +554,31 @@ def _check_discovery(kwargs: dict[str, object]) -> None:
 
 
 _GATEWAY_ONLY = tuple(f.name for f in fields(GatewayConfig))
+_VTEP_ONLY = tuple(f.name for f in fields(VtepConfig))
+UNSET_IP = IPv4Address(0)  # a VTEP controller's underlay_ip when not given: the switch's
+
+
+def _check_vtep(kwargs: dict[str, object]) -> None:
+    """A VTEP controller names its switch, its database and its bindings, and finds
+    endpoints in the directory; no other role has these settings."""
+    if kwargs.get("role", "host") != "vtep-controller":
+        for name in _VTEP_ONLY:
+            if name in kwargs:
+                raise ConfigError(f"[dove] {name}: only a VTEP controller (role = vtep-controller)")
+        return
+    for name in _VTEP_ONLY:
+        if not kwargs.get(name):
+            raise ConfigError(f"[dove] {name}: missing (required with role = vtep-controller)")
+    if kwargs.get("discovery", "static") != "directory":
+        raise ConfigError(
+            "[dove] discovery: a VTEP controller needs discovery = directory "
+            "(it finds every endpoint of its instances there)"
+        )
+    for name in ("site", "wan_ip", "wan_peers", "peers", *_GATEWAY_ONLY):
+        if name in kwargs:
+            raise ConfigError(f"[dove] {name}: not a VTEP controller's setting")
+    kwargs.setdefault("underlay_ip", UNSET_IP)
+    kwargs.setdefault("host_name", kwargs["vtep_switch"])  # its directory row's name
 
 
 def _check_role(kwargs: dict[str, object]) -> None:
@@ -508,6 +590,8 @@ def _check_role(kwargs: dict[str, object]) -> None:
         for name in _GATEWAY_ONLY:
             if name in kwargs:
                 raise ConfigError(f"[dove] {name}: only a gateway (role = gateway) has one")
+    if role == "vtep-controller":
+        return  # _check_vtep
     if role in ("host", "gateway"):
         for name in proxy_only:
             if name in kwargs:

@@ -439,7 +439,11 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     setLogLevel(args.log_level)
     if args.clean:
-        for d in cleanup_stale() + ovn.cleanup_stale() + cleanup_directory():
+        from mininet_topos import hw_vtep  # imports gateway, which imports this module
+
+        for d in (
+            cleanup_stale() + ovn.cleanup_stale() + cleanup_directory() + hw_vtep.cleanup_stale()
+        ):
             print(f"removed {d}")
         quietRun(f"ip link del {UNDERLAY_SWITCH}")
         # A veth whose namespace outlived its run (a process still held it) stays

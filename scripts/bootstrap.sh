@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(openvswitch-switch mininet iperf3 tcpdump tshark ethtool graphviz
               iputils-ping arping iproute2 python3-venv python3-dev gcc
-              ovn-central ovn-host udhcpc)
+              ovn-central ovn-host udhcpc openvswitch-vtep)
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

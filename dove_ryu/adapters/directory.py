@@ -242,6 +242,7 @@ class DirectoryClient:
         # Python Idl has no setter for it (the C IDL takes it from the remote); its
         # session's Reconnect (a public class) has.
         self.idl._session.reconnect.set_backoff(RECONNECT_MIN_MS, RECONNECT_MAX_MS)
+        self.was_settled = False
         self._watch(frozenset(), frozenset(), frozenset())
         none: frozenset[int] = frozenset()
         self.watching: tuple[frozenset[int], ...] = (none, none, none)
@@ -283,6 +284,18 @@ class DirectoryClient:
         for table, clauses in wanted.items():
             self.idl.cond_change(table, clauses)
 
+    @property
+    def settled(self) -> bool:
+        """The rows monitored are those of the conditions last asked (the server acked
+        them): a view now is complete for what ``watching`` says."""
+        # NOTE (ovs 4.0.0): the Python IDL's cond_seqno is not raised by the first
+        # monitor reply (the C IDL's is), so the seqno cond_change returns may never
+        # come; each table's condition state (new, requested, acked) says it directly.
+        return all(
+            t.condition_state.new is None and t.condition_state.requested is None
+            for t in self.idl.tables.values()
+        )
+
     def _resolved(self) -> frozenset[int]:
         """The instances the directory resolves (``lookup``, ``push``), as far as we see."""
         rows = self.idl.tables["Instance"].rows.values()
@@ -310,10 +323,14 @@ class DirectoryClient:
                 self.txn = None
                 self.on_lost()
         seqno = self.idl.change_seqno - self.idl.own_beats
-        if connected and seqno != seen_seqno:
+        # A view is also given when the server acks our conditions (`settled`), which
+        # may come after the rows they brought.
+        settled = self.settled
+        if connected and (seqno != seen_seqno or settled != self.was_settled):
             # The IDL raises change_seqno once per row an update changed.
             self.counts["directory_updates"] += seqno - max(seen_seqno, 0)
             seen_seqno = seqno
+            self.was_settled = settled
             self.on_view(view(self.idl))
         if connected:
             self._keep_published()
@@ -352,6 +369,8 @@ class DirectoryClient:
         served, endpoints = self.local()
         routed = self.routed() - served
         resolved = self._resolved() & (served | routed)
+        if self.cfg.role == "vtep-controller":
+            resolved = served  # a switch is told every endpoint, whatever the resolution
         if (served, resolved, routed) != self.watching:
             self.watching = (served, resolved, routed)
             self._watch(served, resolved, routed)
@@ -386,7 +405,7 @@ class DirectoryClient:
             claim = proxy_claim(self.cfg.name, proxy.site, served, host_rows(self.idl))
         return {
             "underlay_ip": str(self.cfg.host.underlay_ip),
-            "role": self.cfg.role,
+            "role": "vtep" if self.cfg.role == "vtep-controller" else self.cfg.role,
             "site": proxy.site,
             "wan_ip": [str(proxy.wan_ip)] if proxy.wan_ip else [],
             "instances": sorted(served),

@@ -16,7 +16,7 @@ import signal
 import sys
 import warnings
 
-from dove_ryu.config import ConfigError
+from dove_ryu.config import ConfigError, DoveConfig
 
 DEFAULT_OF_PORT = 6653
 APPS = ["dove_ryu.adapters.shell", "os_ken.controller.ofp_handler"]
@@ -70,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     if conf.ofp_tcp_listen_port is None:
         conf.set_override("ofp_tcp_listen_port", DEFAULT_OF_PORT)
     log.init_log()
+    if dove_cfg.role == "vtep-controller":
+        return run_vtep_controller(dove_cfg)
 
     from dove_ryu.adapters import ovsdb
 
@@ -83,6 +85,19 @@ def main(argv: list[str] | None = None) -> int:
     # Until the app can reload its keys, a SIGHUP must not end the agent.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     return run_apps(APPS)
+
+
+def run_vtep_controller(dove_cfg: DoveConfig) -> int:
+    """``role = vtep-controller``: no bridge, no OpenFlow listener, no os-ken app; the
+    controller's threads until SIGTERM (docs/interop.md section 3)."""
+    from dove_ryu.adapters.vtep_agent import VtepAgent
+
+    signal.signal(signal.SIGTERM, raise_keyboard_interrupt)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    VtepAgent(dove_cfg).run()
+    logging.getLogger("dove_ryu").info("VTEP controller stopped")
+    logging.shutdown()
+    return 0
 
 
 def run_apps(apps: list[str]) -> int:

@@ -27,6 +27,7 @@ _TYPE_NAMES = {
     "IPv4Address | None": "IPv4 address",
     "tuple[IPv4Address, ...]": "list of IPv4 addresses",
     "tuple[str, ...]": "list of OVSDB remotes",
+    "tuple[VtepBinding, ...]": "list of PORT:VLAN=INSTANCE",
     "bytes": "hex key",
     "bytes | None": "hex key",
     "tuple[tuple[int, bytes], ...]": "list of ID:HEX keys",

@@ -60,6 +60,8 @@ def cmd_status(args: argparse.Namespace) -> Any:
     if args.json:
         return status
     role = status.get("role", "host")
+    if role == "vtep-controller":
+        return cmd_vtep(args)
     line = f"{role} {status['host']} underlay {status['underlay_ip']}"
     if role == "proxy":
         state = status.get("state") or ("active" if status["active"] else "standby")
@@ -356,6 +358,33 @@ def cmd_keys(args: argparse.Namespace) -> Any:
     return None
 
 
+def cmd_vtep(args: argparse.Namespace) -> Any:
+    """A VTEP controller's switch: bindings, remote MACs written, local MACs read."""
+    status = _ask(args, "vtep")
+    if args.json:
+        return status
+    state = "connected" if status["connected"] else "DISCONNECTED"
+    directory = "connected" if status["directory_connected"] else "DISCONNECTED"
+    print(f"vtep-controller {status['host']}: switch {status['switch']} ({state}), "
+          f"tunnel IP {status['tunnel_ip']}, directory {directory}")  # fmt: skip
+    missing = status["missing_ports"]
+    print(f"bindings: {', '.join(status['bindings'])}"
+          + (f" (no such port: {', '.join(missing)})" if missing else ""))  # fmt: skip
+    for ls, locators in status["flood"].items():
+        print(f"{ls} unknown-dst -> {', '.join(locators)}")
+    print()
+    _table(
+        [[m["switch"], m["mac"], m["ip"], m["locator"]] for m in status["remote_macs"]],
+        ["SWITCH", "REMOTE MAC", "IP", "LOCATOR"],
+    )
+    print()
+    _table(
+        [[m["switch"], m["mac"], m["ip"]] for m in status["local_macs"]],
+        ["SWITCH", "LOCAL MAC", "IP"],
+    )
+    return None
+
+
 def cmd_counters(args: argparse.Namespace) -> Any:
     counters = _ask(args, "counters")
     if args.json:
@@ -448,6 +477,7 @@ def _wait_local(args: argparse.Namespace, port: str, present: bool) -> int | Non
 
 COMMANDS: dict[str, Any] = {
     "status": cmd_status,
+    "vtep": cmd_vtep,
     "instances": cmd_instances,
     "endpoints": cmd_endpoints,
     "members": cmd_members,
@@ -489,6 +519,7 @@ def build_parser() -> argparse.ArgumentParser:
     read("proxies", "the VAN proxies this agent knows")
     read("routers", "tenant routers: subnets, gateway MACs, snat and floating IPs, rejected")
     read("counters", "the agent's counters")
+    read("vtep", "a VTEP controller's switch: bindings, remote and local MACs")
     read("peers", "the peers heard from: role, the key id each last signed with, when")
     p = read("keys", "the deployment key ids: signing, accepted, retired; or reload them")
     p.add_argument(

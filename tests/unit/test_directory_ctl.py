@@ -140,7 +140,9 @@ REMOTES = cluster_remotes(["10.99.0.241", "10.99.0.242", "10.99.0.243"])
 def test_the_agents_remotes_and_the_shipped_schema() -> None:
     assert REMOTES == "tcp:10.99.0.241:6641,tcp:10.99.0.242:6641,tcp:10.99.0.243:6641"
     schema = json.loads(schema_path().read_text())
-    assert (schema["name"], schema["version"]) == ("DOVE_Directory", "1.2.0")
+    assert (schema["name"], schema["version"]) == ("DOVE_Directory", "1.3.0")
+    # 1.3.0: a Host row's role may be vtep (a VTEP controller's switch).
+    assert "vtep" in schema["tables"]["Host"]["columns"]["role"]["type"]["key"]["enum"][1]
     # 1.2.0: the heartbeat left Host for Host_Liveness, which agents do not monitor.
     assert "heartbeat" not in schema["tables"]["Host"]["columns"]
     assert set(schema["tables"]["Host_Liveness"]["columns"]) == {

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -76,3 +77,57 @@ def test_the_agent_loads_neither_eventlet_nor_what_it_brings() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+VTEP = {
+    "role": "vtep-controller",
+    "auth_key": GOOD["auth_key"],
+    "vtep_ovsdb": "tcp:127.0.0.1:6640",
+    "vtep_switch": "tor1",
+    "vtep_bindings": "p1:0=5001",
+}
+
+
+def test_a_vtep_controller_without_the_directory_is_refused(tmp_path: Path) -> None:
+    result = run_agent(tmp_path, VTEP)
+    assert result.returncode == 2
+    assert "[dove] discovery: a VTEP controller needs discovery = directory" in result.stderr
+
+
+def test_a_vtep_controller_runs_without_a_bridge_and_stops_on_sigterm(tmp_path: Path) -> None:
+    # Nothing answers at either database: it keeps trying, opens no OpenFlow port, and
+    # SIGTERM ends it cleanly.
+    ini = tmp_path / "dove.ini"
+    settings = {
+        **VTEP,
+        "discovery": "directory",
+        "directory": f"unix:{tmp_path / 'nodir.sock'}",
+        "vtep_ovsdb": f"unix:{tmp_path / 'novtep.sock'}",
+        "admin_socket": str(tmp_path / "admin.sock"),
+    }
+    ini.write_text("[dove]\n" + "".join(f"{k} = {v}\n" for k, v in settings.items()))
+    proc = subprocess.Popen(
+        [AGENT, "--config-file", str(ini)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    try:
+        status = _poll_admin(tmp_path / "admin.sock", 20.0)
+        assert status["role"] == "vtep-controller" and status["connected"] is False
+        proc.terminate()
+        assert proc.wait(10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def _poll_admin(path: Path, timeout: float) -> dict[str, object]:
+    from dove_ryu.adapters.admin import query
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return query(str(path), {"cmd": "vtep"})
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
