@@ -75,7 +75,7 @@ class GatewayCore:
         macs = self.p.external.adopt(adopted.external)
         if macs:
             self.p.stats.count("takeover_external_macs_adopted", macs)
-        self.p.election.ready = True
+        self.p.election.switch_read(found is not None and (bool(found.flows) or not found.complete))
         self.p.link.tunnel_ofport = tunnel_ofport
         self.p.stats.count("switch_connected")
         self.next_announce = now
@@ -241,6 +241,8 @@ class GatewayCore:
         msg, sender = env.message, env.sender
         if isinstance(msg, msgs.Announce):
             return self._on_announce(now, env, msg)
+        if isinstance(msg, msgs.Listening):
+            return self._partner_listening(now, sender, msg.role)
         if isinstance(msg, msgs.LearnReply):
             return self._on_learn_reply(now, sender, msg)
         if isinstance(msg, (msgs.Unlearn, msgs.EndpointHere)):
@@ -283,6 +285,22 @@ class GatewayCore:
         for instance in change.left:
             out.ofmsgs += self._member_changed(instance, sender, joined=False)
         if change.new_peer or restarted:
+            out.datagrams += self._announce(now, only=[sender])
+        return out
+
+    def _partner_listening(
+        self, now: float, sender: IPv4Address, role: msgs.ProxyRole | msgs.GatewayRole
+    ) -> CoreOutput:
+        """A gateway that has just started and not decided (`Election.heard_listening`);
+        told at once where we stand if it is new to us."""
+        undeclared = self.gateways and sender not in self.gateways
+        if not isinstance(role, msgs.GatewayRole) or undeclared:
+            self.p.stats.drop("listening_not_a_partner", now, f"from {sender}")
+            return CoreOutput()
+        new = self.p.election.heard_listening(now, sender, role)
+        self.p.election.claim_early(now)
+        out = self._elect(now)
+        if new:
             out.datagrams += self._announce(now, only=[sender])
         return out
 
@@ -360,7 +378,14 @@ class GatewayCore:
         out = self._elect(now)
         if self.p.election.hello_due(now):
             partners = set(self.p.election.partners) | set(self.gateways)
-            out.datagrams += self._announce(now, only=sorted(partners - {self.p.me}))
+            if self._listening(now):
+                # `Listening` (hosts ignore it): the marks may not be read yet.
+                partners |= set(self.p.cfg.host.peers)
+                role = msgs.GatewayRole(False, self.p.cfg.gateway.gateway_priority)
+                hello = msgs.Listening(role)
+                out.datagrams += self.p.channel.to_each(sorted(partners - {self.p.me}), hello)
+            else:
+                out.datagrams += self._announce(now, only=sorted(partners - {self.p.me}))
         for pending in self.p.resolver.due(now):
             out.datagrams += self.p.ask(pending, self.p.members.hosts(pending.instance))
         for instance, host in self.p.members.expired(now):

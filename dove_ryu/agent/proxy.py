@@ -72,7 +72,7 @@ class ProxyCore:
         legs = [self.p.me, self.wan_ip]
         adopted = self.p.takeover.begin(now, found or SwitchState(), legs)
         self.p.adopt(now, adopted)
-        self.p.election.ready = True
+        self.p.election.switch_read(found is not None and (bool(found.flows) or not found.complete))
         self.p.link.tunnel_ofport = tunnel_ofport
         out = CoreOutput(ofmsgs=self.p.takeover.install(self._state()))
         self.next_announce = now
@@ -118,6 +118,8 @@ class ProxyCore:
             return CoreOutput()
         if isinstance(msg, msgs.Announce):
             return self._on_announce(now, env, msg)
+        if isinstance(msg, msgs.Listening):
+            return self._partner_listening(now, sender, msg.role, wan)
         if isinstance(msg, msgs.FrameFragment):
             return self.relay.on_fragment(now, sender, msg)
         if isinstance(msg, msgs.LearnRequest):
@@ -213,6 +215,30 @@ class ProxyCore:
             out.datagrams += self._announce(now, only=[sender])
         return out
 
+    def _partner_listening(
+        self, now: float, sender: IPv4Address, role: msgs.ProxyRole | msgs.GatewayRole, wan: bool
+    ) -> CoreOutput:
+        """A partner that has just started and not decided (`Election.heard_listening`);
+        told at once where we stand if it is new to us."""
+        site = self.p.cfg.proxy.site
+        if wan or not isinstance(role, msgs.ProxyRole) or role.site != site:
+            self.p.stats.drop("listening_not_a_partner", now, f"from {sender}")
+            return CoreOutput()
+        new = self.p.election.heard_listening(now, sender, role)
+        self.p.election.claim_early(now)
+        out = self._elect(now)
+        if new:
+            out.datagrams += self._announce(now, only=[sender])
+        return out
+
+    def _listening_hello(self, now: float) -> list[Datagram]:
+        """While listening: `Listening` to whoever may be a partner (the site's peers:
+        its hosts ignore it; the directory's proxies; those heard)."""
+        known = self.sync.partners if self.sync else set()
+        targets = {*self.p.cfg.host.peers, *known, *self.p.election.partners} - {self.p.me}
+        role = msgs.ProxyRole(self.p.cfg.proxy.site, False, self.p.cfg.proxy.proxy_priority)
+        return self.p.channel.to_each(sorted(targets), msgs.Listening(role))
+
     # ---------------------------------------------------------- redundancy
 
     def _elect(self, now: float) -> CoreOutput:
@@ -273,7 +299,10 @@ class ProxyCore:
         # Both ways: the standby watches the active one, and the active one knows
         # whether it still has a standby.
         if self.p.election.hello_due(now):
-            out.datagrams += self._announce(now, only=sorted(self.p.election.partners))
+            if self.p.election.listening(now):
+                out.datagrams += self._listening_hello(now)
+            else:
+                out.datagrams += self._announce(now, only=sorted(self.p.election.partners))
         dropped = self.p.reassembly.expire(now)
         if dropped:
             self.p.stats.count("drop_reassembly_timeout", dropped)

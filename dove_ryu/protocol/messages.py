@@ -20,6 +20,7 @@ Unlearn       4     MAC, HOST, SEQ
 Endpoint      5     MAC, HOST, SEQ, IPV4 * n, IPV6 * n
 Frame         6     FRAME_DATA: a piece of an overlay frame, F set in the header
 Endpoints     7     HOST, ENDPOINT_ENTRY * n (no instance, I clear)
+Listening     8     PROXY or GATEWAY, standby (no instance, I clear)
 ============  ====  =========================================================
 
 An Announce too long for one frame is split (``split_announce``): each part carries
@@ -44,6 +45,15 @@ IPV6 and REQUESTER_IPV6 (non-critical, 16 bytes each, repeatable) carry an endpo
 IPv6 addresses and a requester's: an agent that predates them skips them and knows
 the endpoint by its MAC and IPv4 addresses only.  A LEARN for an IPv6 target carries
 it in IPV6 alone: such an agent refuses that request (neither MAC nor IPV4) and counts it.
+
+Listening is the hello of a VAN proxy or a gateway that has just started and not yet
+decided (agent/election.py): "I am here, with this priority, and not yet active", so
+that two started together see each other before either claims.  It is a message type of
+its own, not an Announce: a statically configured proxy cannot tell its partner from
+its site's hosts, so it goes to all of them, and an Announce (with a role or without)
+would make them act on it (a restarted active proxy saying "standby" or "no instances"
+would be dropped).  Hosts ignore it; agents that predate it refuse it as an unknown
+type (counted, ``control_bad_msg_type``) and act on nothing.
 
 Every instance a message carries is an instance id (1..2**24-1) and every MAC a VM's
 (unicast), by the same checks as OVSDB port marks and dovectl (``dove_ryu.model``):
@@ -91,6 +101,7 @@ class MsgType(IntEnum):
     ENDPOINT = 5
     FRAME = 6
     ENDPOINTS = 7
+    LISTENING = 8
 
 
 class TlvType(IntEnum):
@@ -459,7 +470,30 @@ class FrameFragment:
             raise ValueError("data must be non-empty bytes")
 
 
-Message = Announce | LearnRequest | LearnReply | Unlearn | EndpointHere | Endpoints | FrameFragment
+@dataclass(frozen=True)
+class Listening:
+    """A proxy's or gateway's hello while it listens after a start: its role, never
+    active (agent/election.py)."""
+
+    role: ProxyRole | GatewayRole
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.role, (ProxyRole, GatewayRole)):
+            raise ValueError(f"role must be a ProxyRole or GatewayRole, got {self.role!r}")
+        if self.role.active:
+            raise ValueError("a listening agent is not active")
+
+
+Message = (
+    Announce
+    | LearnRequest
+    | LearnReply
+    | Unlearn
+    | EndpointHere
+    | Endpoints
+    | FrameFragment
+    | Listening
+)
 
 
 @dataclass(frozen=True)
@@ -517,15 +551,19 @@ def _announce_tlvs(message: Announce) -> tuple[Tlv, ...]:
         lo, hi = message.covers
         tlvs.append(Tlv(TlvType.INSTANCE_RANGE, lo.to_bytes(3, "big") + hi.to_bytes(3, "big")))
     if message.proxy is not None:
-        role = message.proxy
-        value = bytes([1 if role.active else 0, role.priority]) + role.site.encode()
-        tlvs.append(Tlv(TlvType.PROXY, value))
+        tlvs.append(_role_tlv(message.proxy))
     if message.gateway is not None:
-        gw = message.gateway
-        tlvs.append(Tlv(TlvType.GATEWAY, bytes([1 if gw.active else 0, gw.priority])))
+        tlvs.append(_role_tlv(message.gateway))
     if message.incarnation is not None:
         tlvs.append(Tlv(TlvType.INCARNATION, message.incarnation.to_bytes(8, "big")))
     return tuple(tlvs)
+
+
+def _role_tlv(role: ProxyRole | GatewayRole) -> Tlv:
+    value = bytes([1 if role.active else 0, role.priority])
+    if isinstance(role, ProxyRole):
+        return Tlv(TlvType.PROXY, value + role.site.encode())
+    return Tlv(TlvType.GATEWAY, value)
 
 
 def _entry(ep: EndpointHere) -> Tlv:
@@ -544,6 +582,8 @@ def _body(message: Message) -> tuple[MsgType, int | None, list[Tlv]]:
         return MsgType.ENDPOINTS, None, tlvs
     if isinstance(message, FrameFragment):
         return MsgType.FRAME, message.instance, [Tlv(TlvType.FRAME_DATA, message.data)]
+    if isinstance(message, Listening):
+        return MsgType.LISTENING, None, [_role_tlv(message.role)]
     if isinstance(message, LearnRequest):
         tlvs = [Tlv(TlvType.REQUEST_ID, _u32(message.request_id))]
         if message.mac is not None:
@@ -656,6 +696,7 @@ _ALLOWED: dict[MsgType, frozenset[int]] = {
     ),
     MsgType.FRAME: frozenset({TlvType.FRAME_DATA}),
     MsgType.ENDPOINTS: frozenset({TlvType.HOST, TlvType.ENDPOINT_ENTRY}),
+    MsgType.LISTENING: frozenset({TlvType.PROXY, TlvType.GATEWAY}),
 }
 _COMMON = frozenset({TlvType.SENDER, TlvType.COUNTER, TlvType.RECEIVER, TlvType.KEY_ID})
 
@@ -723,6 +764,17 @@ def _announce(header: DoveHeader, f: _Fields) -> Announce:
     ids = [int.from_bytes(raw[i : i + 3], "big") for i in range(0, len(raw), 3)]
     if len(set(ids)) != len(ids):
         raise MalformedMessage("bad_tlv_value", "INSTANCES repeats an instance")
+    proxy, gateway = _roles(f)
+    covers = None
+    if f.has(TlvType.INSTANCE_RANGE):
+        raw = f.raw(TlvType.INSTANCE_RANGE, 6)
+        covers = (int.from_bytes(raw[:3], "big"), int.from_bytes(raw[3:], "big"))
+    incarnation = f.uint(TlvType.INCARNATION, 8) if f.has(TlvType.INCARNATION) else None
+    return Announce(frozenset(ids), proxy, gateway, covers, incarnation)
+
+
+def _roles(f: _Fields) -> tuple[ProxyRole | None, GatewayRole | None]:
+    """PROXY and GATEWAY (never both)."""
     proxy = None
     if f.has(TlvType.PROXY):
         raw = f.raw(TlvType.PROXY)
@@ -738,12 +790,18 @@ def _announce(header: DoveHeader, f: _Fields) -> Announce:
         if raw[0] > 1 or proxy is not None:
             raise MalformedMessage("bad_tlv_value", "GATEWAY")
         gateway = GatewayRole(bool(raw[0]), raw[1])
-    covers = None
-    if f.has(TlvType.INSTANCE_RANGE):
-        raw = f.raw(TlvType.INSTANCE_RANGE, 6)
-        covers = (int.from_bytes(raw[:3], "big"), int.from_bytes(raw[3:], "big"))
-    incarnation = f.uint(TlvType.INCARNATION, 8) if f.has(TlvType.INCARNATION) else None
-    return Announce(frozenset(ids), proxy, gateway, covers, incarnation)
+    return proxy, gateway
+
+
+def _listening(header: DoveHeader, f: _Fields) -> Listening:
+    _instance(header, False)
+    proxy, gateway = _roles(f)
+    role = proxy or gateway
+    if role is None:
+        raise MalformedMessage("missing_tlv", "PROXY or GATEWAY")
+    if role.active:
+        raise MalformedMessage("bad_tlv_value", "a listening agent says active")
+    return Listening(role)
 
 
 def _endpoints(header: DoveHeader, f: _Fields) -> Endpoints:
@@ -889,6 +947,7 @@ _DECODERS: dict[MsgType, Callable[[DoveHeader, _Fields], Message]] = {
     MsgType.ENDPOINT: _endpoint,
     MsgType.FRAME: _frame,
     MsgType.ENDPOINTS: _endpoints,
+    MsgType.LISTENING: _listening,
 }
 
 

@@ -135,7 +135,9 @@ class Gateway:
         return out
 
     def hear(self, message: msgs.Message, sender: IPv4Address) -> list[Delivery]:
-        return self.do(self.core.control_message(self.now, frame(message, sender), sender))
+        return self.do(
+            self.core.control_message(self.now, frame(message, sender, self.core.p.me), sender)
+        )
 
     def send(
         self, in_port: int, pkt: dict[str, Any], tun: dict[str, Any] | None = None
