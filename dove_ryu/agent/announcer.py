@@ -15,8 +15,9 @@ from dove_ryu.protocol.messages import Announce, GatewayRole, ProxyRole, split_a
 class Announcer:
     """The parts of the last announcement made, kept while it stays the same."""
 
-    def __init__(self, incarnation: int | None = None) -> None:
+    def __init__(self, incarnation: int | None = None, encapsulations: int | None = None) -> None:
         self.incarnation = incarnation  # the agent's (INCARNATION), in every part
+        self.encapsulations = encapsulations  # what it accepts (ENCAPSULATIONS), likewise
         self._key: tuple[tuple[int, ...], ProxyRole | None, GatewayRole | None] | None = None
         self._parts: list[Announce] = []
 
@@ -30,5 +31,11 @@ class Announcer:
         key = (tuple(instances), proxy, gateway)
         if key != self._key:
             self._key = key
-            self._parts = split_announce(instances, proxy, gateway, incarnation=self.incarnation)
+            self._parts = split_announce(
+                instances,
+                proxy,
+                gateway,
+                incarnation=self.incarnation,
+                encapsulations=self.encapsulations,
+            )
         return self._parts
