@@ -1,0 +1,76 @@
+"""Real OVS, no Mininet: an agent that sends Geneve and takes VXLAN too, on a private
+ovsdb-server + ovs-vswitchd (netdev): both tunnel ports, the DOVE option mapped to
+tun_metadata0, and classify taking a member's Geneve packet only with version 1."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.ovs.test_pipeline_trace import (
+    MEMBER,
+    UNDERLAY,
+    PrivateOvs,
+    announce_from,
+    datapath_actions,
+)
+
+pytestmark = pytest.mark.ovs
+
+GENEVE_SETTINGS = "tunnel_type = geneve\naccept_tunnel_types = vxlan, geneve\n"
+
+
+class GeneveOvs(PrivateOvs):
+    def start(self) -> None:
+        write_text = Path.write_text
+
+        def with_geneve(path: Path, text: str, *args: Any, **kwargs: Any) -> int:
+            if path.name == "dove.ini":
+                text += GENEVE_SETTINGS
+            return write_text(path, text, *args, **kwargs)
+
+        Path.write_text = with_geneve  # type: ignore[method-assign]
+        try:
+            super().start()
+        finally:
+            Path.write_text = write_text  # type: ignore[method-assign]
+
+
+@pytest.fixture(scope="module")
+def ovs() -> Iterator[GeneveOvs]:
+    if not shutil.which("ovs-vswitchd"):
+        pytest.skip("openvswitch-switch is not installed")
+    node = GeneveOvs()
+    try:
+        node.start()
+        yield node
+    finally:
+        node.stop()
+
+
+def test_geneve_member_needs_the_dove_option_version_1(ovs: GeneveOvs) -> None:
+    assert ovs.vsctl("get", "Interface", "dove-geneve", "type").strip() == "geneve"
+    tlv = ovs.ns("ovs-ofctl", "-O", "OpenFlow13", "dump-tlv-map", "br-dove")
+    assert re.search(r"0xff0d\s+0x1\s+4\s+tun_metadata0", tlv), tlv
+    ovs.add_vm_port("vmport2", 5002, "02:00:00:00:00:02", "10.0.0.2")
+    geneve = int(ovs.vsctl("get", "Interface", "dove-geneve", "ofport").strip())
+    vxlan = int(ovs.vsctl("get", "Interface", "dove-vxlan", "ofport").strip())
+    ovs.ns("ip", "addr", "add", f"{MEMBER}/24", "dev", "ul1")
+    announce_from(ovs, MEMBER, {5002})
+    ovs.wait(lambda: MEMBER in ovs.status()["instances"]["5002"]["members"], "member joined")
+    packet = "dl_src=02:00:00:00:00:09,dl_dst=02:00:00:00:00:02"
+    tun = f"tun_id=5002,tun_src={MEMBER},tun_dst={UNDERLAY}"
+    good = ovs.trace(f"in_port={geneve},{tun},tun_metadata0=0x01020000,{packet}")
+    assert datapath_actions(good) == ovs.odp_port("vmport2"), good
+    for bad in ("tun_metadata0=0x02000000,", ""):
+        trace = ovs.trace(f"in_port={geneve},{tun},{bad}{packet}")
+        assert datapath_actions(trace) == "drop", trace
+    # VXLAN from the same member: taken as well (a rolling change).
+    assert datapath_actions(ovs.trace(f"in_port={vxlan},{tun},{packet}")) == ovs.odp_port("vmport2")
+    dump = ovs.ns("ovs-ofctl", "-O", "OpenFlow13", "dump-flows", "br-dove")
+    assert "tun_metadata0=0x1000000/0xff000000" in dump, dump
