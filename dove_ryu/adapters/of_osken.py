@@ -113,9 +113,9 @@ def tlv_map_body() -> bytes:
 
 def tlv_map_add(dp: Any) -> Any:
     """Map the DOVE option to tun_metadata0.  NOTE (OVS 3.1): adding a mapping that
-    already exists (a reconnect, a restarted agent) is answered with an error
-    (NXTTMFC_ALREADY_MAPPED or IDX_IN_USE); the mapping stands, the shell logs it and
-    goes on (an OpenFlow error is counted, never fatal)."""
+    already exists (a reconnect, a restarted agent) is answered with an error,
+    NXTTMFC_ALREADY_MAPPED; the mapping stands and nothing else depends on the answer
+    (an OpenFlow error is at most logged and counted, never fatal)."""
     return parser.OFPExperimenter(dp, NX_VENDOR_ID, NXT_TLV_TABLE_MOD, tlv_map_body())
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -74,3 +75,29 @@ def test_geneve_member_needs_the_dove_option_version_1(ovs: GeneveOvs) -> None:
     assert datapath_actions(ovs.trace(f"in_port={vxlan},{tun},{packet}")) == ovs.odp_port("vmport2")
     dump = ovs.ns("ovs-ofctl", "-O", "OpenFlow13", "dump-flows", "br-dove")
     assert "tun_metadata0=0x1000000/0xff000000" in dump, dump
+
+
+def restart_agent(ovs: GeneveOvs) -> None:
+    assert ovs.agent is not None
+    ovs.agent.terminate()
+    ovs.agent.wait(10)
+    args = ovs.agent.args
+    ovs.agent = subprocess.Popen(
+        args, env=ovs.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    ovs.wait(lambda: ovs.status().get("connected"), "agent connected again")
+
+
+def test_a_restarted_agent_finds_the_mapping_and_goes_on(ovs: GeneveOvs) -> None:
+    restart_agent(ovs)
+    announce_from(ovs, MEMBER, {5002})
+    ovs.wait(lambda: MEMBER in ovs.status()["instances"]["5002"]["members"], "member again")
+    tlv = ovs.ns("ovs-ofctl", "-O", "OpenFlow13", "dump-tlv-map", "br-dove")
+    assert tlv.count("tun_metadata0") == 1, tlv
+    geneve = int(ovs.vsctl("get", "Interface", "dove-geneve", "ofport").strip())
+    tun = f"tun_id=5002,tun_src={MEMBER},tun_dst={UNDERLAY}"
+    packet = "dl_src=02:00:00:00:00:09,dl_dst=02:00:00:00:00:02"
+    good = ovs.trace(f"in_port={geneve},{tun},tun_metadata0=0x01000000,{packet}")
+    assert datapath_actions(good) == ovs.odp_port("vmport2"), good
+    log = (ovs.dir / "agent.log").read_text()
+    print([line for line in log.splitlines() if "OpenFlow error" in line])
