@@ -193,7 +193,9 @@ class DhcpConfig:
     told besides its address, prefix and router."""
 
     dhcp_dns: tuple[IPv4Address, ...] = _setting((), "DNS servers told to VMs by DHCP")
-    dhcp_mtu: int = _setting(1450, "interface MTU told to VMs by DHCP (the overlay's)")
+    dhcp_mtu: int = _setting(
+        1450, "interface MTU told to VMs by DHCP under VXLAN (Geneve: 8 bytes less)"
+    )
     dhcp_lease_time: int = _setting(86400, "DHCP lease time (s) told to VMs")
 
 

@@ -177,7 +177,7 @@ def host_parts(cfg: DoveConfig, log: logging.Logger) -> HostParts:
         tunnel_flows=tunnel_flows,
         directory=DirectoryMembers(cfg.host.underlay_ip) if by_directory else None,
         published=Published(cfg.name) if by_directory else None,
-        dhcp=DhcpServer(stats, cfg.dhcp, subnet_of=routers.subnet_of),
+        dhcp=DhcpServer(stats, cfg.dhcp, routers.subnet_of, encapsulations=link.tunnels.accepted),
         routers=routers,
     )
 

@@ -200,3 +200,15 @@ def test_settings() -> None:
     with pytest.raises(ConfigError, match="accept_tunnel_types"):
         from_mapping({**BASE, "accept_tunnel_types": "gre"})
     assert (mtu("vxlan"), mtu("geneve")) == (1450, 1442)
+
+
+def test_dhcp_tells_the_mtu_of_the_encapsulation() -> None:
+    from dove_ryu.agent.dhcp import DhcpServer
+    from dove_ryu.agent.stats import Stats
+
+    cfg = from_mapping({**BASE, "tunnel_type": "geneve"})
+    stats = Stats("h", __import__("logging").getLogger("test"))
+    assert DhcpServer(stats, cfg.dhcp).mtu == 1450  # VXLAN (the default)
+    assert DhcpServer(stats, cfg.dhcp, encapsulations=("geneve",)).mtu == 1442
+    offer = DhcpServer(stats, cfg.dhcp, encapsulations=("vxlan", "geneve")).offer(VM)
+    assert offer is not None and offer.lease.mtu == 1442
