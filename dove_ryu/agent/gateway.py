@@ -346,7 +346,7 @@ class GatewayCore:
             frozenset(),
             gateway=role,
             incarnation=self.p.incarnation,
-            encapsulations=self.p.link.tunnels.bits,
+            encapsulations=self.p.link.tunnels.bits(),
         )
         out = self.p.channel.to_each(targets, announce)
         self.p.stats.count("announce_sent", len(out))

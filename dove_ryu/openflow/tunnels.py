@@ -86,12 +86,17 @@ class Tunnels:
         self.ports: dict[str, int] = {}  # set while the switch is connected
         self._peers: dict[IPv4Address, frozenset[str]] = {}
         self._fixed: dict[IPv4Address, tuple[str, bool]] = {}
+        self._announced = encapsulation_bits([own])
         self.count: Callable[[str], object] = count or (lambda _name: None)
 
-    @property
     def bits(self) -> int:
-        """What we accept, as TLV ENCAPSULATIONS says it."""
-        return encapsulation_bits(self.accepted)
+        """What we accept, as TLV ENCAPSULATIONS says it: the types whose port the
+        switch has (a port OVS has not numbered yet takes nothing: peers would send
+        into a drop), kept while the switch is away."""
+        receiving = [t for t, _ in self.receiving()]
+        if receiving:
+            self._announced = encapsulation_bits(receiving)
+        return self._announced
 
     @classmethod
     def single(cls, port: int) -> Tunnels:
