@@ -33,7 +33,7 @@ from dove_ryu.agent.takeover import Adopted, Takeover
 from dove_ryu.agent.tunnel import TunnelFlows
 from dove_ryu.config import DoveConfig, ProxyConfig
 from dove_ryu.openflow.ofmsg import Datagram, OfMsg
-from dove_ryu.openflow.tunnels import Tunnels
+from dove_ryu.openflow.tunnels import OVERHEAD, VXLAN, Tunnels
 
 # After a take-over, stale flows and groups go once every adopted member announced
 # again, or after this many announce intervals.
@@ -188,7 +188,10 @@ def proxy_parts(cfg: DoveConfig, log: logging.Logger, now: float) -> ProxyParts:
         raise ValueError("a proxy needs role = proxy and a wan_ip")
     link = _link(cfg)
     sides = Sides(cfg.host.underlay_ip, wan_ip, frozenset(cfg.proxy.wan_peers))
-    flows = ProxyFlows(sides, cfg.learning.learn_idle_timeout, cfg.proxy.wan_mtu, link.tunnels)
+    # The size check towards the WAN counts VXLAN's header: Geneve's option costs 8 more.
+    extra = OVERHEAD[link.tunnels.own] - OVERHEAD[VXLAN]
+    wan_mtu = cfg.proxy.wan_mtu - extra
+    flows = ProxyFlows(sides, cfg.learning.learn_idle_timeout, wan_mtu, link.tunnels)
     legs = (cfg.host.underlay_ip, wan_ip)
     common = _common(cfg, log, link, legs, flows, leg_for=sides.leg)
     members, stats = common["members"], common["stats"]
@@ -196,7 +199,7 @@ def proxy_parts(cfg: DoveConfig, log: logging.Logger, now: float) -> ProxyParts:
     return ProxyParts(
         **common,  # type: ignore[arg-type]
         sides=sides,
-        instances=ProxyInstances(sides, members, link, cfg.proxy.wan_mtu),
+        instances=ProxyInstances(sides, members, link, wan_mtu),
         election=Election(cfg.name, cfg.host.underlay_ip, cfg.proxy, now, stats.count),
         directory=(
             DirectoryMembers(cfg.host.underlay_ip) if cfg.host.discovery == "directory" else None
