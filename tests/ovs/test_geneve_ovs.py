@@ -4,16 +4,22 @@ tun_metadata0, and classify taking a member's Geneve packet only with version 1.
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
+import sys
+import time
 from collections.abc import Iterator
+from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from dove_ryu.protocol.messages import Announce, encode
 from tests.ovs.test_pipeline_trace import (
+    KEY,
     MEMBER,
     UNDERLAY,
     PrivateOvs,
@@ -101,3 +107,50 @@ def test_a_restarted_agent_finds_the_mapping_and_goes_on(ovs: GeneveOvs) -> None
     assert datapath_actions(good) == ovs.odp_port("vmport2"), good
     log = (ovs.dir / "agent.log").read_text()
     print([line for line in log.splitlines() if "OpenFlow error" in line])
+
+
+def dump(ovs: GeneveOvs) -> str:
+    flows = ovs.ns("ovs-ofctl", "-O", "OpenFlow13", "dump-flows", "br-dove")
+    return flows + ovs.ns("ovs-ofctl", "-O", "OpenFlow13", "dump-groups", "br-dove")
+
+
+def announce_geneve(ovs: GeneveOvs, sender: str, instances: set[int]) -> None:
+    """An announcement that says the sender takes VXLAN and Geneve (ENCAPSULATIONS 3)."""
+    payload = encode(
+        Announce(instances=frozenset(instances), encapsulations=3),
+        sender=IPv4Address(sender),
+        counter=int(time.time() * 1e6),
+        key=bytes.fromhex(KEY),
+        receiver=IPv4Address(UNDERLAY),
+    )
+    script = (
+        "import socket,sys; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
+        f"s.bind(('{sender}', 0)); s.sendto(bytes.fromhex(sys.argv[1]), ('{UNDERLAY}', 4799))"
+    )
+    ovs.ns(sys.executable, "-c", script, payload.hex())
+
+
+def dovectl(ovs: GeneveOvs, *args: str) -> str:
+    cmd = str(Path(sys.executable).parent / "dovectl")
+    return ovs.ns(cmd, "--admin-socket", f"{ovs.dir}/admin.sock", *args)
+
+
+def test_dovectl_reads_the_geneve_flows_and_traces_into_the_geneve_tunnel(
+    ovs: GeneveOvs,
+) -> None:
+    announce_geneve(ovs, MEMBER, {5002})  # the member takes Geneve now
+    ovs.wait(lambda: MEMBER in ovs.status()["instances"]["5002"]["members"], "member")
+    geneve = ovs.vsctl("get", "Interface", "dove-geneve", "ofport").strip()
+    ovs.wait(
+        lambda: f"set_field:0x1000000->tun_metadata0,output:{geneve}" in dump(ovs),
+        "the flood bucket towards the member turns Geneve",
+    )
+    flows = dovectl(ovs, "flows", "--instance", "5002")
+    assert "tun_metadata0" in flows and "accepts tunnels from" in flows, flows
+    # Broadcast from the VM: into the Geneve tunnel towards the member, with the option.
+    port = int(ovs.vsctl("get", "Interface", "vmport2", "ofport").strip())
+    spec = f"in_port={port},dl_src=02:00:00:00:00:02,dl_dst=ff:ff:ff:ff:ff:ff"
+    out = dovectl(ovs, "--json", "trace", "--flow", spec)
+    hops = json.loads(out)
+    outcomes = [o for hop in hops["hops"] for o in hop["outcomes"]]
+    assert any(o["kind"] == "tunnel" and o["next_hop"] == MEMBER for o in outcomes), out
