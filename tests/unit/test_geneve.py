@@ -212,3 +212,33 @@ def test_dhcp_tells_the_mtu_of_the_encapsulation() -> None:
     assert DhcpServer(stats, cfg.dhcp, encapsulations=("geneve",)).mtu == 1442
     offer = DhcpServer(stats, cfg.dhcp, encapsulations=("vxlan", "geneve")).offer(VM)
     assert offer is not None and offer.lease.mtu == 1442
+
+
+def test_hosts_with_tunnel_type_geneve_learn_and_forward_with_the_option() -> None:
+    from tests.unit.test_core import MAC_A, MAC_B, eth, ip, local, three_hosts, tunnelled
+
+    net = three_hosts(tunnel_type="geneve")
+    assert net.hosts[1].core.p.members.encapsulations(ip(2)) == frozenset({"geneve"})
+    net.send(1, 1, eth(MAC_A, MAC_B))
+    released = net.deliver()
+    out = tunnelled(released)
+    assert [(s.delivery.tun_dst, s.delivery.tun_metadata0) for s in out] == [
+        (str(ip(2)), option_value(0))
+    ]
+    assert local(released) == [(2, 1)]
+
+
+def test_a_peers_new_encapsulations_rebuild_what_tunnels_to_it() -> None:
+    from tests.unit.test_core import MAC_A, MAC_B, eth, ip, three_hosts, tunnelled
+
+    net = three_hosts(tunnel_type="geneve", accept_tunnel_types="vxlan, geneve")
+    h1 = net.hosts[1]
+    net.send(1, 1, eth(MAC_A, MAC_B))
+    net.deliver()
+    before = h1.core.counters["peer_encapsulation_changed"]  # hosts 2, 3: Geneve at start
+    msgs = h1.core.members.encapsulations(ip(2), 0x01)  # host 2 now says: VXLAN only
+    assert msgs and h1.core.counters["peer_encapsulation_changed"] == before + 1
+    net.apply(h1, of.CoreOutput(ofmsgs=msgs))
+    # Host 1 has one tunnel port here (the fake switch's): VXLAN falls back to it, unmarked.
+    again = tunnelled(net.send(1, 1, eth(MAC_A, MAC_B)))
+    assert [s.delivery.tun_metadata0 for s in again] == [None]
