@@ -33,7 +33,7 @@ from dove_ryu.agent.takeover import Adopted, Takeover
 from dove_ryu.agent.tunnel import TunnelFlows
 from dove_ryu.config import DoveConfig, ProxyConfig
 from dove_ryu.openflow.ofmsg import Datagram, OfMsg
-from dove_ryu.openflow.tunnels import OVERHEAD, VXLAN, Tunnels
+from dove_ryu.openflow.tunnels import Tunnels, beyond_vxlan
 
 # After a take-over, stale flows and groups go once every adopted member announced
 # again, or after this many announce intervals.
@@ -189,8 +189,7 @@ def proxy_parts(cfg: DoveConfig, log: logging.Logger, now: float) -> ProxyParts:
     link = _link(cfg)
     sides = Sides(cfg.host.underlay_ip, wan_ip, frozenset(cfg.proxy.wan_peers))
     # The size check towards the WAN counts VXLAN's header: Geneve's option costs 8 more.
-    extra = OVERHEAD[link.tunnels.own] - OVERHEAD[VXLAN]
-    wan_mtu = cfg.proxy.wan_mtu - extra
+    wan_mtu = cfg.proxy.wan_mtu - beyond_vxlan(link.tunnels.own)
     flows = ProxyFlows(sides, cfg.learning.learn_idle_timeout, wan_mtu, link.tunnels)
     legs = (cfg.host.underlay_ip, wan_ip)
     common = _common(cfg, log, link, legs, flows, leg_for=sides.leg)

@@ -54,6 +54,11 @@ def encapsulations_of(bits: int | None) -> frozenset[str]:
     return frozenset(t for t, b in _BITS.items() if bits & b)
 
 
+def beyond_vxlan(encapsulation: str) -> int:
+    """What ``encapsulation`` costs beyond VXLAN (the sizes the agent knows are VXLAN's)."""
+    return OVERHEAD[encapsulation] - OVERHEAD[VXLAN]
+
+
 def mtu(encapsulation: str, underlay_mtu: int = 1500) -> int:
     """The largest IP packet a VM may send through ``encapsulation``."""
     return underlay_mtu - OVERHEAD[encapsulation]
