@@ -242,3 +242,19 @@ def test_a_peers_new_encapsulations_rebuild_what_tunnels_to_it() -> None:
     # Host 1 has one tunnel port here (the fake switch's): VXLAN falls back to it, unmarked.
     again = tunnelled(net.send(1, 1, eth(MAC_A, MAC_B)))
     assert [s.delivery.tun_metadata0 for s in again] == [None]
+
+
+def test_a_gateway_and_a_proxy_take_their_own_type_and_check_the_option() -> None:
+    from dove_ryu.openflow import gateway_flows as gw
+
+    tunnels = _tunnels("geneve", ("geneve",))
+    member = gw.member_flow(INSTANCE, PEER, tunnels)
+    assert member.match["in_port"] == GE and member.match[OPTION_FIELD] == (0x01000000, 0xFF000000)
+    proxy = flows.proxy_member_flow(INSTANCE, PEER, ME, False, tunnels)
+    assert proxy.match[OPTION_FIELD] == (0x01000000, 0xFF000000)
+    relayed = flows.proxy_groups(INSTANCE, [PEER], [], of.GroupCommand.ADD, tunnels)[0]
+    assert of.SetField(OPTION_FIELD, option_value(0x02)) in relayed.buckets[0]
+    assert relayed.buckets[0][-1] == of.Output(of.OFPP_IN_PORT)
+    for role in ("gateway", "proxy"):
+        with pytest.raises(ConfigError, match="accepts its tunnel_type only"):
+            from_mapping({**BASE, "role": role, "accept_tunnel_types": "vxlan, geneve"})
