@@ -32,9 +32,11 @@ def _rtts(output: str) -> list[float]:
     return [float(x) for x in RTT.findall(output)]
 
 
-def one_run(system: str, seconds: int) -> dict[str, Any]:
+def one_run(system: str, seconds: int, tunnel_type: str = "vxlan") -> dict[str, Any]:
     if system == "dove":
-        dnet, _ = build_dove_net(hypervisors=2, tenants=1, vms_per_tenant=2)
+        dnet, _ = build_dove_net(
+            hypervisors=2, tenants=1, vms_per_tenant=2, tunnel_type=tunnel_type
+        )
     else:
         dnet = build_net(hypervisors=2, tenants=1, vms_per_tenant=2, mode="normal")
     try:

@@ -547,6 +547,10 @@ def write_report(results: dict[str, Any], out: Path) -> None:
         from benchmarks import agent_restart_bench
 
         lines += agent_restart_bench.report_section(results["agentrestart"]) + [""]
+    if "geneve" in results:
+        from benchmarks import geneve_bench
+
+        lines += geneve_bench.report_section(results["geneve"]) + [""]
     plots = _plots(results, out)
     if plots:
         lines += ["## Plots", "", *plots, ""]

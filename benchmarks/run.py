@@ -2,7 +2,7 @@
 
     sudo scripts/bench.sh [--quick]
         [--sections controller,first,dataplane,migration,scale,sites,directory,routing,
-                    ovsrestart,agentrestart]
+                    ovsrestart,agentrestart,geneve]
                           [--out DIR]
 
 Every system runs in the same emulation (namespaced hypervisors with their own
@@ -354,6 +354,11 @@ def main(argv: list[str] | None = None) -> int:
         from benchmarks.agent_restart_bench import run_agent_restart
 
         results["agentrestart"] = run_agent_restart(reps, progress, 1 if args.quick else 2)
+
+    if "geneve" in sections:
+        from benchmarks.geneve_bench import run_geneve
+
+        results["geneve"] = run_geneve(reps, seconds, progress)
 
     if "directory" in sections:
         vms = tuple(int(n) for n in args.directory_vms.split(","))

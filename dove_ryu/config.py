@@ -23,7 +23,7 @@ from typing import Any
 
 from dove_ryu.protocol.auth import MAX_KEY_ID, KeyRing
 
-TUNNEL_TYPES = ("vxlan",)
+TUNNEL_TYPES = ("vxlan", "geneve")  # in the order a common one is chosen (docs/interop.md)
 DATAPATH_TYPES = ("system", "netdev", "dummy")  # dummy: ovs-vswitchd --enable-dummy (tests)
 DISCOVERY_MODES = ("static", "directory")
 ROLES = ("host", "proxy", "gateway", "vtep-controller")
@@ -63,8 +63,11 @@ class HostConfig:
     )
     bridge: str = _setting("br-dove", "the integration bridge")
     datapath_type: str = _setting("system", "the bridge's datapath type")
-    tunnel_type: str = _setting("vxlan", "the encapsulation")
-    tunnel_port: str = _setting("dove-vxlan", "the tunnel port's name")
+    tunnel_type: str = _setting("vxlan", "the encapsulation sent to DOVE peers that accept it")
+    tunnel_port: str = _setting("dove-vxlan", "the tunnel port's name (geneve: dove-geneve)")
+    accept_tunnel_types: tuple[str, ...] = _setting(
+        (), "the encapsulations received, comma-separated (default: tunnel_type alone)"
+    )
     control_port: int = _setting(4799, "UDP port of the control protocol")
     ovsdb: str = _setting("unix:/var/run/openvswitch/db.sock", "OVSDB connection")
     admin_socket: str = _setting("/var/run/dove-ryu/admin.sock", "dovectl's unix socket")
@@ -72,6 +75,15 @@ class HostConfig:
 
     def __post_init__(self) -> None:
         self.keyring  # noqa: B018 - checked now: a bad key set never starts an agent
+        _check_tunnels(self)
+
+    @property
+    def tunnel_ports(self) -> dict[str, str]:
+        """The name of each accepted encapsulation's port (`tunnel_port`: tunnel_type's)."""
+        return {
+            t: self.tunnel_port if t == self.tunnel_type else f"dove-{t}"
+            for t in self.accept_tunnel_types
+        }
 
     @cached_property
     def keyring(self) -> KeyRing:
@@ -93,6 +105,25 @@ class HostConfig:
             return KeyRing.of(keys, self.auth_key_id)
         except ValueError as e:
             raise ConfigError(f"[dove] auth_keys: {e}") from None
+
+
+def _check_tunnels(host: HostConfig) -> None:
+    """Fill in the defaults that follow tunnel_type and check the tunnel settings."""
+    if host.tunnel_type not in TUNNEL_TYPES:
+        raise ConfigError(f"[dove] tunnel_type: {host.tunnel_type!r} is not one of vxlan, geneve")
+    if host.tunnel_type == "geneve" and host.tunnel_port == "dove-vxlan":
+        # The default name follows the type (an old config that names no port keeps working).
+        object.__setattr__(host, "tunnel_port", "dove-geneve")
+    accept = host.accept_tunnel_types or (host.tunnel_type,)
+    if host.tunnel_type not in accept:
+        raise ConfigError(
+            f"[dove] accept_tunnel_types: must include tunnel_type ({host.tunnel_type})"
+        )
+    # Kept in TUNNEL_TYPES' order: the order a common encapsulation is chosen in.
+    object.__setattr__(host, "accept_tunnel_types", tuple(t for t in TUNNEL_TYPES if t in accept))
+    names = list(host.tunnel_ports.values())
+    if len(set(names)) != len(names):
+        raise ConfigError(f"[dove] tunnel_port: {host.tunnel_port} is another encapsulation's port")
 
 
 @dataclass(frozen=True)
@@ -162,7 +193,9 @@ class DhcpConfig:
     told besides its address, prefix and router."""
 
     dhcp_dns: tuple[IPv4Address, ...] = _setting((), "DNS servers told to VMs by DHCP")
-    dhcp_mtu: int = _setting(1450, "interface MTU told to VMs by DHCP (the overlay's)")
+    dhcp_mtu: int = _setting(
+        1450, "interface MTU told to VMs by DHCP under VXLAN (Geneve: 8 bytes less)"
+    )
     dhcp_lease_time: int = _setting(86400, "DHCP lease time (s) told to VMs")
 
 
@@ -427,6 +460,11 @@ def parse(name: str, text: str) -> object:
         return _port_or_off(name, text)
     if name in _CHOICES:
         return _choice(name, text, _CHOICES[name])
+    if name == "accept_tunnel_types":
+        given = [t for t in re.split(r"[,\s]+", text) if t]
+        if not given:
+            raise ConfigError("[dove] accept_tunnel_types: empty (give vxlan, geneve or both)")
+        return tuple(_choice(name, t, TUNNEL_TYPES) for t in given)
     if name == "site":
         if not _IDENT.match(text):
             raise ConfigError(f"[dove] site: {text!r} must be 1-15 letters, digits, _.-")
@@ -586,6 +624,11 @@ def _check_role(kwargs: dict[str, object]) -> None:
     host has neither."""
     proxy_only = ("site", "wan_ip", "wan_peers")
     role = kwargs.get("role", "host")
+    accept = set(kwargs.get("accept_tunnel_types", ()))  # type: ignore[call-overload]
+    if role != "host" and accept - {kwargs.get("tunnel_type", "vxlan")}:
+        # A proxy relays out of the port a packet came in by; a gateway is not built for
+        # two either: both speak one encapsulation (docs/interop.md).
+        raise ConfigError(f"[dove] accept_tunnel_types: a {role} accepts its tunnel_type only")
     if role != "gateway":
         for name in _GATEWAY_ONLY:
             if name in kwargs:

@@ -35,6 +35,7 @@ from mininet.topo import Topo
 from mininet.util import quietRun
 
 from dove_ryu.ctl.dircluster import agent_remotes, cluster_remotes
+from dove_ryu.openflow.tunnels import mtu as tunnel_mtu
 from mininet_topos import kernel_vxlan, learning, ovn
 from mininet_topos.directory import MEMBERS as DIRECTORY_MEMBERS
 from mininet_topos.directory import ClusterPki, DirectoryCluster, DirectoryMember, member_name
@@ -215,7 +216,7 @@ class DoveNet(RunningNet):
                 self.directory.pki.remove()
 
 
-def _attach(mode: str, hv: Hypervisor, host: Host, plan: VmPlan) -> str:
+def _attach(mode: str, hv: Hypervisor, host: Host, plan: VmPlan, mtu: int = VM_MTU) -> str:
     """Plug one planned VM into its hypervisor the way ``mode`` forwards; return the port."""
     if mode == "kernel":
         port = prepare_vm(hv, host, plan.mac, plan.ip_cidr, tx_off=kernel_vxlan.VM_TX_OFF)
@@ -225,7 +226,7 @@ def _attach(mode: str, hv: Hypervisor, host: Host, plan: VmPlan) -> str:
         port = prepare_vm(hv, host, plan.mac, plan.ip_cidr, mtu=ovn.VM_MTU)
         ovn.plug(hv, port, plan.name)
         return port
-    return attach_vm(hv, host, plan.instance, plan.mac, plan.ip_cidr)
+    return attach_vm(hv, host, plan.instance, plan.mac, plan.ip_cidr, mtu)
 
 
 def _program_kernel_fdb(dnet: DoveNet) -> None:
@@ -250,6 +251,7 @@ def build_net(
     directory: bool = False,
     directory_pki: ClusterPki | None = None,
     subnets: int = 1,
+    vm_mtu: int = VM_MTU,
 ) -> DoveNet:
     """Build and start the emulation; tear it down again if any step fails.
 
@@ -290,7 +292,7 @@ def build_net(
             ovn.add_switches(probe, [(p.instance, p.name, p.mac, p.ip) for p in plans])
         for plan in plans:
             hv, host = net.get(plan.hypervisor), net.get(plan.name)
-            port = _attach(mode, hv, host, plan)
+            port = _attach(mode, hv, host, plan, vm_mtu)
             dnet.vms.append(VmRecord.plugged(plan, host, hv, port))
         if mode == "kernel":
             _program_kernel_fdb(dnet)
@@ -334,6 +336,7 @@ def build_dove_net(
     directory: bool = False,
     subnets: int = 1,
     routers: bool = False,
+    tunnel_type: str = "vxlan",
 ) -> tuple[DoveNet, str]:
     """The emulation with an agent on every hypervisor, ready to forward.
 
@@ -341,7 +344,11 @@ def build_dove_net(
     cluster's remotes instead of a peers list.  ``subnets`` = 2 gives each tenant two
     subnets; ``routers`` joins them with a router per tenant (router id = tenant, gateway
     10.0.<subnet>.254), the VMs routing through it (`mininet_topos.routing`).
+    ``tunnel_type`` = "geneve": the agents send and take Geneve (with the DOVE option),
+    the VMs get its MTU (1442).
     Returns the net and the deployment key (tests forge messages with it)."""
+    if tunnel_type != "vxlan":
+        extra = {"tunnel_type": tunnel_type, **(extra or {})}
     key = os.environ.get("DOVE_AUTH_KEY") or secrets.token_hex(16)
     peers = [underlay_ip(n) for n in range(1, hypervisors + 1)]
     # The directory's agents speak SSL, each with its own certificate (RBAC).
@@ -364,6 +371,7 @@ def build_dove_net(
         directory=directory,
         directory_pki=pki,
         subnets=subnets,
+        vm_mtu=tunnel_mtu(tunnel_type),
     )
     try:
         wait_ready(dnet, timeout)

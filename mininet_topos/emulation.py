@@ -109,13 +109,15 @@ def prepare_vm(
     return str(hv_intf.name)
 
 
-def attach_vm(hv: Hypervisor, vm: Host, instance: int, mac: str, ip_cidr: str) -> str:
+def attach_vm(
+    hv: Hypervisor, vm: Host, instance: int, mac: str, ip_cidr: str, mtu: int = VM_MTU
+) -> str:
     """Plug an already-linked VM into br-dove and mark its port with its DOVE identity.
 
     The marks go on the OVS Interface row (design.md section 2), in the same transaction as
     the add-port, so the agent never sees an unmarked VM port. Returns the port name.
     """
-    port = prepare_vm(hv, vm, mac, ip_cidr)
+    port = prepare_vm(hv, vm, mac, ip_cidr, mtu=mtu)
     hv.make_port_only(port)
     ip = str(ipaddress.ip_interface(ip_cidr).ip)
     hv.vsctl(

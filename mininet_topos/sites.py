@@ -44,6 +44,7 @@ from mininet.util import quietRun
 
 from dove_ryu.config import OVERSIZE_ACTIONS
 from dove_ryu.ctl.dircluster import agent_remotes
+from dove_ryu.openflow.tunnels import mtu as tunnel_mtu
 from mininet_topos.directory import MEMBERS as DIRECTORY_MEMBERS
 from mininet_topos.directory import ClusterPki, DirectoryCluster, DirectoryMember
 from mininet_topos.dove_agent import admin, agent_cmd, agent_config, agent_ready
@@ -578,9 +579,11 @@ def build_sites_net(
         address_probe(snet.wan_probe, f"{WAN_NET}.{PROBE_OCTET}/24", mtu=spec.wan_mtu)
         if spec.impairable:
             start_site_relays(snet)
+        # The VMs' MTU follows the agents' encapsulation (extra's tunnel_type).
+        vm_mtu = tunnel_mtu(str((extra or {}).get("tunnel_type", "vxlan")))
         for plan in plan_sites(spec):
             hv, host = net.get(plan.hypervisor), net.get(plan.name)
-            port = attach_vm(hv, host, plan.instance, plan.mac, plan.ip_cidr)
+            port = attach_vm(hv, host, plan.instance, plan.mac, plan.ip_cidr, vm_mtu)
             snet.vms.append(SiteVm.plugged(plan, host, hv, port, home=plan.site))
         warm_sites(snet)
         if cmd:

@@ -268,6 +268,7 @@ class Delivery:
     cookie: int | None = None
     metadata: int | None = None  # pipeline state sent with a packet-in
     tun_src: str | None = None
+    tun_metadata0: int | None = None  # the DOVE Geneve option (docs/interop.md)
 
     @property
     def data(self) -> bytes:
@@ -573,6 +574,7 @@ class FakeSwitch:
                         port,
                         tunnel_id=state.get("tunnel_id"),
                         tun_dst=state.get("tun_ipv4_dst"),
+                        tun_metadata0=state.get("tun_metadata0"),
                     )
                 )
             else:

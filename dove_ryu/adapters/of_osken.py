@@ -14,6 +14,7 @@ from os_ken.ofproto import ofproto_v1_3_parser as parser
 
 from dove_ryu.agent.takeover import FoundFlow, FoundGroup
 from dove_ryu.openflow import ofmsg as of
+from dove_ryu.openflow.tunnels import OPTION_CLASS, OPTION_LEN, OPTION_TYPE
 
 _FLOW_COMMANDS = {
     of.FlowCommand.ADD: ofp.OFPFC_ADD,
@@ -36,6 +37,8 @@ def _action(action: of.Action) -> Any:
         return parser.OFPActionOutput(action.port, action.max_len)
     if isinstance(action, of.SetField) and action.field in _ERICSSON_FIELDS:
         return _set_ericsson(action)
+    if isinstance(action, of.SetField) and action.field == "tun_metadata0":
+        return _set_tun_metadata0(action)
     if isinstance(action, of.SetField):
         return parser.OFPActionSetField(**{action.field: action.value})
     if isinstance(action, of.Move):
@@ -84,6 +87,36 @@ def _set_ericsson(action: of.SetField) -> Any:
     oxm = struct.pack("!HBB", _ERICOXM_CLASS, field << 1, size) + action.value.to_bytes(size, "big")
     pad = -(10 + len(oxm)) % 8  # the action (10-byte NX header + OXM) fills 8-byte units
     return parser.NXActionUnknown(NXAST_REG_LOAD2, oxm + bytes(pad))
+
+
+# NOTE (os-ken 4.2): it has no tun_metadata fields (NXM1 class 0x0001, fields 40-103,
+# OVS's lib/meta-flow.h) and no NXT_TLV_TABLE_MOD.  tun_metadata0 carries the DOVE
+# Geneve option (docs/interop.md): set with a reg_load2 whose body is the OXM (as
+# above), matched through the hand-packed flow mods below (`_OXM_FIELDS`).
+_TUN_METADATA0 = (0x0001 << 16) | (40 << 9) | 4
+NXT_TLV_TABLE_MOD = 24
+_NXTTMC_ADD = 0
+
+
+def _set_tun_metadata0(action: of.SetField) -> Any:
+    assert isinstance(action.value, int)
+    oxm = struct.pack("!II", _TUN_METADATA0, action.value)
+    pad = -(10 + len(oxm)) % 8
+    return parser.NXActionUnknown(NXAST_REG_LOAD2, oxm + bytes(pad))
+
+
+def tlv_map_body() -> bytes:
+    """struct nx_tlv_table_mod (command ADD, 6 pad bytes) with one nx_tlv_map: the DOVE
+    option (class, type, length) at tun_metadata index 0 (include/openflow/nicira-ext.h)."""
+    return struct.pack("!H6xHBBH2x", _NXTTMC_ADD, OPTION_CLASS, OPTION_TYPE, OPTION_LEN, 0)
+
+
+def tlv_map_add(dp: Any) -> Any:
+    """Map the DOVE option to tun_metadata0.  NOTE (OVS 3.1): adding a mapping that
+    already exists (a reconnect, a restarted agent) is answered with an error,
+    NXTTMFC_ALREADY_MAPPED; the mapping stands and nothing else depends on the answer
+    (an OpenFlow error is at most logged and counted, never fatal)."""
+    return parser.OFPExperimenter(dp, NX_VENDOR_ID, NXT_TLV_TABLE_MOD, tlv_map_body())
 
 
 # NOTE (os-ken 4.2): nicira_ext names the NAT range flags but not the NAT kind; these
@@ -244,6 +277,9 @@ def _fast_action(action: of.Action) -> bytes | None:
     if isinstance(action, of.SetField) and action.field == "tun_ipv4_dst":
         addr = socket.inet_aton(str(action.value))
         return struct.pack("!HHI4s4x", ofp.OFPAT_SET_FIELD, 16, _OXM_TUN_IPV4_DST, addr)
+    if isinstance(action, of.SetField) and action.field == "tun_metadata0":
+        assert isinstance(action.value, int)
+        return struct.pack("!HHII4x", ofp.OFPAT_SET_FIELD, 16, _TUN_METADATA0, action.value)
     return None
 
 
@@ -291,6 +327,7 @@ _OXM_FIELDS: dict[str, tuple[int, int, int, str]] = {
     "tunnel_id": (_OXM_BASIC, 38, 8, "int"),
     "tun_ipv4_src": (_OXM_NXM1, 31, 4, "ipv4"),
     "tun_ipv4_dst": (_OXM_NXM1, 32, 4, "ipv4"),
+    "tun_metadata0": (_OXM_NXM1, 40, 4, "int"),  # the DOVE Geneve option
 }
 _NXAST_REG_MOVE = 6
 _NX_VENDOR = 0x00002320

@@ -35,6 +35,7 @@ from dove_ryu.model import (
     normalize_mac,
 )
 from dove_ryu.openflow.pipeline import TABLES
+from dove_ryu.openflow.tunnels import UDP_PORTS
 
 LOG = logging.getLogger("dove_ryu.adapters.ovsdb")
 
@@ -49,7 +50,7 @@ EXT_GATEWAYS = "dove-gateways"
 # An id as it is written: no leading zero, at most 4 digits (a longer one is refused
 # before int() sees it: Python refuses to convert more than 4,300 digits).
 _ROUTER_KEY = re.compile(r"dove-router-([1-9][0-9]{0,3})(-snat|-fips)?", re.ASCII)
-VXLAN_UDP_PORT = 4789
+VXLAN_UDP_PORT = UDP_PORTS["vxlan"]
 CONTROLLER_MAX_BACKOFF_MS = 1000
 
 
@@ -72,10 +73,27 @@ def vsctl(cfg: DoveConfig, *args: str) -> str:
     return _vsctl(cfg, *args)
 
 
-def _tunnel_source(cfg: DoveConfig) -> list[str]:
+def _tunnel_ports(cfg: DoveConfig) -> list[str]:
+    """One flow-based tunnel port per accepted encapsulation (docs/interop.md)."""
+    args: list[str] = []
+    for encap, port in cfg.host.tunnel_ports.items():
+        args += [
+            "--", "--may-exist", "add-port", cfg.host.bridge, port,
+            "--", "set", "Interface", port, f"type={encap}",
+            "options:remote_ip=flow", "options:key=flow",
+            f"options:dst_port={UDP_PORTS[encap]}",
+            *_tunnel_source(cfg, port),
+        ]  # fmt: skip
+    for encap in UDP_PORTS:
+        name = f"dove-{encap}"
+        if name not in cfg.host.tunnel_ports.values():  # no longer accepted (a migration)
+            args += ["--", "--if-exists", "del-port", cfg.host.bridge, name]
+    return args
+
+
+def _tunnel_source(cfg: DoveConfig, port: str) -> list[str]:
     """A host tunnels from its underlay address.  A proxy has two legs: the source
     is left to the route towards each destination (OVS picks the leg's address)."""
-    port = cfg.host.tunnel_port
     if cfg.role == "proxy":
         return ["--", "remove", "Interface", port, "options", "local_ip"]
     return ["--", "set", "Interface", port, f"options:local_ip={cfg.host.underlay_ip}"]
@@ -97,10 +115,7 @@ def ensure_bridge(cfg: DoveConfig, of_host: str, of_port: int) -> None:
         "--", "--may-exist", "add-br", br,
         "--", "set", "Bridge", br, f"datapath_type={cfg.host.datapath_type}",
         "protocols=OpenFlow13", "fail_mode=secure", "other-config:disable-in-band=true",
-        "--", "--may-exist", "add-port", br, cfg.host.tunnel_port,
-        "--", "set", "Interface", cfg.host.tunnel_port, f"type={cfg.host.tunnel_type}",
-        "options:remote_ip=flow", "options:key=flow", f"options:dst_port={VXLAN_UDP_PORT}",
-        *_tunnel_source(cfg),
+        *_tunnel_ports(cfg),
         *_external_port(cfg),
         "--", "set-controller", br, f"tcp:{_connect_to(of_host)}:{of_port}",
     ]  # fmt: skip
@@ -152,7 +167,7 @@ class BridgeView:
     """What the core needs from OVSDB: the tunnel port number, the VM ports and the
     routers declared on the bridge."""
 
-    tunnel_ofport: int | None
+    tunnel_ofport: int | None  # tunnel_type's port
     vm_ports: tuple[VmPort, ...]
     datapath_id: int | None = None  # the only switch the agent will program
     rejected: tuple[tuple[str, str], ...] = ()  # (port name, why)
@@ -162,6 +177,8 @@ class BridgeView:
     external: tuple[int, str] | None = None  # a gateway's external port: (ofport, MAC)
     # The BFD ports towards HA partners (adapters/bfd.py): (partner, port, session up).
     bfd: tuple[tuple[IPv4Address, str, bool], ...] = ()
+    # Every accepted encapsulation's tunnel port OVS has numbered: (encapsulation, ofport).
+    tunnel_ofports: tuple[tuple[str, int], ...] = ()
 
     def bfd_ports(self) -> dict[IPv4Address, str]:
         return {partner: name for partner, name, _ in self.bfd}
@@ -383,6 +400,8 @@ def _snapshot(idl: Any, cfg: DoveConfig) -> BridgeView:
     routers_rejected: tuple[tuple[str, str], ...] = ()
     external = None
     bfd: list[tuple[IPv4Address, str, bool]] = []
+    tunnels: list[tuple[str, int]] = []
+    tunnel_names = {name: encap for encap, name in cfg.host.tunnel_ports.items()}
     for bridge in idl.tables["Bridge"].rows.values():
         if bridge.name != cfg.host.bridge:
             continue
@@ -392,8 +411,11 @@ def _snapshot(idl: Any, cfg: DoveConfig) -> BridgeView:
         for port in bridge.ports:
             for iface in port.interfaces:
                 ofport = _ofport(iface)
-                if iface.name == cfg.host.tunnel_port:
-                    tunnel = ofport
+                if iface.name in tunnel_names:
+                    if ofport is not None:
+                        tunnels.append((tunnel_names[iface.name], ofport))
+                    if iface.name == cfg.host.tunnel_port:
+                        tunnel = ofport
                 elif _is_external(cfg, iface.name):
                     external = _external(iface, ofport)
                 elif EXT_BFD in iface.external_ids:
@@ -413,6 +435,7 @@ def _snapshot(idl: Any, cfg: DoveConfig) -> BridgeView:
         routers_rejected,
         external,
         tuple(sorted(bfd)),
+        tuple(sorted(tunnels)),
     )
 
 

@@ -35,6 +35,7 @@ from dove_ryu.adapters.of_osken import (
     match_fields,
     next_xid,
     packet_out_bytes,
+    tlv_map_add,
     to_osken,
 )
 from dove_ryu.adapters.operations import Operations
@@ -258,6 +259,9 @@ class DoveApp(app_manager.OSKenApp):  # type: ignore[misc]
             self.datapaths[dp.id] = dp
             if dp is self.dp:
                 self.synced = False
+            if "geneve" in self.cfg.host.accept_tunnel_types:
+                # The DOVE option's place in the datapath, before any flow uses it.
+                dp.send_msg(tlv_map_add(dp))
             LOG.info("%s: switch %016x connected", self.cfg.name, dp.id)
             self.reader.start(dp, time.monotonic())
 
@@ -302,6 +306,8 @@ class DoveApp(app_manager.OSKenApp):  # type: ignore[misc]
                 self.reader.start(dp, time.monotonic())
             return
         now = time.monotonic()
+        if self.watcher_view is not None:
+            self.core.p.link.other_ports(dict(self.watcher_view.tunnel_ofports))
         self.synced = self._send(self.core.switch_connected(now, tunnel, found))
 
     @set_ev_cls(ofp_event.EventOFPPacketIn, MAIN_DISPATCHER)  # type: ignore[misc]
@@ -342,8 +348,8 @@ class DoveApp(app_manager.OSKenApp):  # type: ignore[misc]
     def _on_bridge_view(self, view: BridgeView) -> None:
         with self.lock:
             last, self.watcher_view = self.watcher_view, view
-            if self.synced and view.tunnel_ofport != self.core.p.link.tunnel_ofport:
-                self.synced = False  # the tunnel port was re-created: resync
+            if self.synced and dict(view.tunnel_ofports) != self.core.p.link.tunnels.ports:
+                self.synced = False  # a tunnel port was re-created: resync
             if view.datapath_id is not None:
                 for dpid in [d for d in self.datapaths if d != view.datapath_id]:
                     LOG.warning(

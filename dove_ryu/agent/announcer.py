@@ -7,7 +7,7 @@ only each message's envelope (receiver, counter, MAC) differs between them.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from dove_ryu.protocol.messages import Announce, GatewayRole, ProxyRole, split_announce
 
@@ -15,9 +15,14 @@ from dove_ryu.protocol.messages import Announce, GatewayRole, ProxyRole, split_a
 class Announcer:
     """The parts of the last announcement made, kept while it stays the same."""
 
-    def __init__(self, incarnation: int | None = None) -> None:
+    def __init__(
+        self,
+        incarnation: int | None = None,
+        encapsulations: Callable[[], int | None] = lambda: None,
+    ) -> None:
         self.incarnation = incarnation  # the agent's (INCARNATION), in every part
-        self._key: tuple[tuple[int, ...], ProxyRole | None, GatewayRole | None] | None = None
+        self.encapsulations = encapsulations  # what it accepts now (ENCAPSULATIONS)
+        self._key: tuple[object, ...] | None = None
         self._parts: list[Announce] = []
 
     def parts(
@@ -27,8 +32,15 @@ class Announcer:
         gateway: GatewayRole | None = None,
     ) -> list[Announce]:
         """The announcement of ``instances`` (sorted), in one part or split by range."""
-        key = (tuple(instances), proxy, gateway)
+        encapsulations = self.encapsulations()
+        key = (tuple(instances), proxy, gateway, encapsulations)
         if key != self._key:
             self._key = key
-            self._parts = split_announce(instances, proxy, gateway, incarnation=self.incarnation)
+            self._parts = split_announce(
+                instances,
+                proxy,
+                gateway,
+                incarnation=self.incarnation,
+                encapsulations=encapsulations,
+            )
         return self._parts

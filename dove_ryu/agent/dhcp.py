@@ -14,7 +14,7 @@ port's first one: the lease only tells the VM what its marks already say.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 
@@ -30,6 +30,7 @@ from dove_ryu.openflow.dhcp_packet import (
     parse_client,
 )
 from dove_ryu.openflow.ofmsg import OFPP_CONTROLLER, OfMsg, Output, PacketOut
+from dove_ryu.openflow.tunnels import OVERHEAD, VXLAN
 
 DEFAULT_PREFIXLEN = 24
 # NOTE: the server identifier of an instance on no router.  A DHCP answer must name its
@@ -61,17 +62,22 @@ class DhcpServer:
     """Answers the DHCP requests of local VM ports that have an address.
 
     ``subnet_of(instance)`` is the router subnet the instance is, if any (the routing
-    part's lookup): it gives the prefix, the router option and the server's address."""
+    part's lookup): it gives the prefix, the router option and the server's address.
+    ``encapsulations``: those the host takes; ``dhcp_mtu`` is the MTU under VXLAN, and a
+    host that takes Geneve tells what is left under Geneve with the DOVE option."""
 
     def __init__(
         self,
         stats: Stats,
         cfg: DhcpConfig,
         subnet_of: Callable[[int], Subnet | None] = no_subnet,
+        encapsulations: Iterable[str] = (VXLAN,),
     ) -> None:
         self.stats = stats
         self.cfg = cfg
         self.subnet_of = subnet_of
+        worst = max(OVERHEAD[e] for e in encapsulations)
+        self.mtu = cfg.dhcp_mtu - (worst - OVERHEAD[VXLAN])
 
     def offer(self, port: VmPort) -> Offer | None:
         """What ``port`` is told, or None when its marks give it no address."""
@@ -95,7 +101,7 @@ class DhcpServer:
             prefixlen=prefixlen,
             server_id=server_id,
             lease_time=self.cfg.dhcp_lease_time,
-            mtu=self.cfg.dhcp_mtu,
+            mtu=self.mtu,
             router=subnet.gateway.ip if subnet is not None else None,
             dns=self.cfg.dhcp_dns,
         )

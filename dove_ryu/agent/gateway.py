@@ -360,7 +360,12 @@ class GatewayCore:
             partners = sorted(set(self.p.election.partners) | set(self.gateways) - {self.p.me})
             targets = list(dict.fromkeys([*self.p.cfg.host.peers, *partners]))
         role = msgs.GatewayRole(self.active, self.p.cfg.gateway.gateway_priority)
-        announce = msgs.Announce(frozenset(), gateway=role, incarnation=self.p.incarnation)
+        announce = msgs.Announce(
+            frozenset(),
+            gateway=role,
+            incarnation=self.p.incarnation,
+            encapsulations=self.p.link.tunnels.bits(),
+        )
         out = self.p.channel.to_each(targets, announce)
         self.p.stats.count("announce_sent", len(out))
         return out

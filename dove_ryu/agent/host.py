@@ -64,7 +64,7 @@ class HostCore:
         # the tunnel traffic from it in that moment (a ping stream lost a reply).
         self.ports_known = False
         self.routing = HostRouting(self.p)
-        self.announcer = Announcer(self.p.incarnation)
+        self.announcer = Announcer(self.p.incarnation, self.p.link.tunnels.bits)
 
     @property
     def counters(self) -> dict[str, int]:
@@ -226,9 +226,9 @@ class HostCore:
             return CoreOutput()
         self.p.takeover.heard(sender)
         restarted = self.p.members.restarted(now, sender, msg.incarnation)
+        out = CoreOutput(ofmsgs=self.members.encapsulations(sender, msg.encapsulations))
         if msg.gateway is not None:
-            return self._on_gateway(now, sender, msg.gateway, answer=restarted)
-        out = CoreOutput()
+            return out.extend(self._on_gateway(now, sender, msg.gateway, answer=restarted))
         if msg.proxy is not None:
             for old in self.p.members.proxy_heard(now, sender, msg.proxy):
                 out.ofmsgs += self.p.failover(

@@ -11,6 +11,7 @@ from ipaddress import IPv4Address
 from typing import TYPE_CHECKING
 
 from dove_ryu.openflow.ofmsg import CoreOutput, OfMsg
+from dove_ryu.openflow.tunnels import encapsulations_of
 
 if TYPE_CHECKING:
     from dove_ryu.agent.parts import HostParts
@@ -40,6 +41,26 @@ class HostMembers:
         for instance in change.left:
             out.ofmsgs += self.member_changed(instance, host, joined=False)
         return out, change.new_peer
+
+    def encapsulations(self, host: IPv4Address, bits: int | None) -> list[OfMsg]:
+        """``host`` announced what it accepts (None: an older agent, VXLAN only).  When
+        that changes how it is reached, what tunnels to it is built again: the
+        forwarding flows of what was learned behind it, the flood groups of its
+        instances, and the routes (it may be a gateway)."""
+        accepted = encapsulations_of(bits)
+        self.p.members.accepts(host, accepted)
+        if not self.p.link.tunnels.peer_accepts(host, accepted) or not self.p.link.connected:
+            return []
+        encap = self.p.link.tunnels.path(host).encapsulation
+        self.p.stats.log.info("%s: peer %s now reached by %s", self.p.cfg.name, host, encap)
+        self.p.stats.count("peer_encapsulation_changed")
+        msgs = [
+            self.p.tunnel_flows.forwarding(e.endpoint)
+            for e in self.p.learned.entries()
+            if e.endpoint.host == host
+        ]
+        msgs += self.p.instances.groups_of(self.p.members.served(host))
+        return msgs + self.p.routers.resync()
 
     def member_left(self, instance: int, host: IPv4Address) -> list[OfMsg]:
         return self.member_changed(instance, host, joined=False)

@@ -53,19 +53,30 @@ class HostInstances:
         VM's new host must go on taking what this host forwards to it)."""
         return sorted(self.ports.instances | set(self.lingering))
 
-    def _group(self, instance: int, command: GroupCommand) -> OfMsg:
-        return flows.flood_group(
-            instance,
-            self.ports.ofports(instance),
-            self.members.hosts(instance),
-            self.link.tunnel,
-            command,
-        )
+    def _group(self, instance: int, command: GroupCommand) -> list[OfMsg]:
+        """The flood group, and with two tunnel ports the local one (split horizon)."""
+        local = self.ports.ofports(instance)
+        tunnel = self.link.tunnel
+        msgs: list[OfMsg] = [
+            flows.flood_group(instance, local, self.members.hosts(instance), tunnel, command)
+        ]
+        if tunnel.mixed:
+            msgs.append(flows.local_flood_group(instance, local, command))
+        return msgs
+
+    def groups_of(self, instances: list[int]) -> list[OfMsg]:
+        """The flood groups of those served (a member's encapsulation changed)."""
+        if not self.link.connected:
+            return []
+        served = [i for i in sorted(instances) if i in self.ports.instances]
+        return [m for i in served for m in self._group(i, GroupCommand.MODIFY)]
 
     def _member_flows(self, instance: int, lingering: bool = False) -> list[OfMsg]:
+        tunnel = self.link.tunnel
         return [
-            flows.member_flow(instance, h, self.link.tunnel, lingering=lingering)
+            m
             for h in self.members.hosts(instance)
+            for m in flows.member_flows(instance, h, tunnel, lingering=lingering)
         ]
 
     def _accept(self, instance: int) -> set[IPv4Address]:
@@ -83,8 +94,10 @@ class HostInstances:
             if instance not in self.ports.instances:
                 continue
             old, new = self.accepted.get(instance, set()), self._accept(instance)
-            msgs += [flows.delete_member_flow(instance, h, tunnel) for h in sorted(old - new)]
-            msgs += [flows.member_flow(instance, h, tunnel) for h in sorted(new - old)]
+            for h in sorted(old - new):
+                msgs += flows.delete_member_flows(instance, h, tunnel)
+            for h in sorted(new - old):
+                msgs += flows.member_flows(instance, h, tunnel)
             self.accepted[instance] = new
         return msgs
 
@@ -106,8 +119,8 @@ class HostInstances:
         # Added or modified: a predecessor's group may still be there (the take-over's
         # sweep has not run yet), and a plain add of it fails with GROUP_EXISTS.
         return [
-            self._group(instance, GroupCommand.ADD_OR_MODIFY),
-            *flows.instance_flows(instance),
+            *self._group(instance, GroupCommand.ADD_OR_MODIFY),
+            *flows.instance_flows(instance, split_horizon=self.link.tunnel.mixed),
             *self.refresh_accepted([instance]),
         ]
 
@@ -117,11 +130,14 @@ class HostInstances:
         self.accepted.pop(instance, None)
         if not self.link.connected:
             return []
-        return [*flows.delete_instance(instance), *self._member_flows(instance, lingering=True)]
+        msgs = [*flows.delete_instance(instance), *self._member_flows(instance, lingering=True)]
+        if self.link.tunnel.mixed:
+            msgs.append(flows.group_mod(instance | flows.LOCAL_GROUP_BIT, GroupCommand.DELETE))
+        return msgs
 
     def ports_changed(self, instance: int) -> list[OfMsg]:
         """The instance's set of local ports changed (it had some before and after)."""
-        return [self._group(instance, GroupCommand.MODIFY)] if self.link.connected else []
+        return self._group(instance, GroupCommand.MODIFY) if self.link.connected else []
 
     def member_changed(self, instance: int, host: IPv4Address, joined: bool) -> list[OfMsg]:
         if not self.link.connected:
@@ -129,8 +145,8 @@ class HostInstances:
         tunnel = self.link.tunnel
         if instance in self.lingering:
             if joined:
-                return [flows.member_flow(instance, host, tunnel, lingering=True)]
-            return [flows.delete_member_flow(instance, host, tunnel)]
+                return list(flows.member_flows(instance, host, tunnel, lingering=True))
+            return list(flows.delete_member_flows(instance, host, tunnel))
         # A member of a routed instance is accepted by the router's other instances too.
         routed = list(self.acceptance.siblings(instance)) if self.acceptance else []
         msgs = self.refresh_accepted(routed)
@@ -139,7 +155,7 @@ class HostInstances:
         return [
             *msgs,
             *self.refresh_accepted([instance]),
-            self._group(instance, GroupCommand.MODIFY),
+            *self._group(instance, GroupCommand.MODIFY),
         ]
 
     def expire(self, now: float) -> tuple[list[OfMsg], bool]:

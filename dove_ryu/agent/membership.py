@@ -61,6 +61,9 @@ class Membership:
         self._proxies: dict[IPv4Address, KnownProxy] = {}
         self._incarnation: OrderedDict[IPv4Address, int] = OrderedDict()
         self._restart_answered: dict[IPv4Address, float] = {}
+        # What each peer accepts (TLV ENCAPSULATIONS), kept for those that said more
+        # than VXLAN (the default, an older agent's).
+        self._encapsulations: dict[IPv4Address, frozenset[str]] = {}
 
     # ------------------------------------------------------------- reading
 
@@ -76,6 +79,20 @@ class Membership:
 
     def count(self, instance: int) -> int:
         return len(self._hosts.get(instance, {}))
+
+    def served(self, host: IPv4Address) -> list[int]:
+        """The instances ``host`` serves."""
+        return sorted(self._served.get(host, ()))
+
+    def accepts(self, host: IPv4Address, encapsulations: frozenset[str]) -> None:
+        if encapsulations == frozenset({"vxlan"}):
+            self._encapsulations.pop(host, None)
+        elif len(self._encapsulations) < MAX_PEERS_TRACKED or host in self._encapsulations:
+            self._encapsulations[host] = encapsulations
+
+    def encapsulations(self, host: IPv4Address) -> frozenset[str]:
+        """What ``host`` accepts, as it last announced (VXLAN if it never said)."""
+        return self._encapsulations.get(host, frozenset({"vxlan"}))
 
     @property
     def proxies(self) -> dict[IPv4Address, KnownProxy]:

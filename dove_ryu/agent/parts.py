@@ -33,6 +33,7 @@ from dove_ryu.agent.takeover import Adopted, Takeover
 from dove_ryu.agent.tunnel import TunnelFlows
 from dove_ryu.config import DoveConfig, ProxyConfig
 from dove_ryu.openflow.ofmsg import Datagram, OfMsg
+from dove_ryu.openflow.tunnels import Tunnels, beyond_vxlan
 
 # After a take-over, stale flows and groups go once every adopted member announced
 # again, or after this many announce intervals.
@@ -133,6 +134,7 @@ def _common(
 ) -> dict[str, object]:
     """The parts every role has, as keyword arguments for its bundle."""
     stats = Stats(cfg.name, log)
+    link.tunnels.count = stats.count
     # A proxy's members from the other sites come from announcements in either mode.
     by_directory = cfg.host.discovery == "directory" and cfg.role == "host"
     learning = cfg.learning
@@ -152,8 +154,12 @@ def _common(
     }
 
 
+def _link(cfg: DoveConfig) -> SwitchLink:
+    return SwitchLink(Tunnels(cfg.host.tunnel_type, cfg.host.accept_tunnel_types))
+
+
 def host_parts(cfg: DoveConfig, log: logging.Logger) -> HostParts:
-    link, ports = SwitchLink(), LocalPorts()
+    link, ports = _link(cfg), LocalPorts()
     by_directory = cfg.host.discovery == "directory"
     tunnel_flows = TunnelFlows(link, cfg.learning.learn_idle_timeout)
     common = _common(cfg, log, link, (cfg.host.underlay_ip,), tunnel_flows, local=ports)
@@ -171,7 +177,7 @@ def host_parts(cfg: DoveConfig, log: logging.Logger) -> HostParts:
         tunnel_flows=tunnel_flows,
         directory=DirectoryMembers(cfg.host.underlay_ip) if by_directory else None,
         published=Published(cfg.name) if by_directory else None,
-        dhcp=DhcpServer(stats, cfg.dhcp, subnet_of=routers.subnet_of),
+        dhcp=DhcpServer(stats, cfg.dhcp, routers.subnet_of, encapsulations=link.tunnels.accepted),
         routers=routers,
     )
 
@@ -180,9 +186,11 @@ def proxy_parts(cfg: DoveConfig, log: logging.Logger, now: float) -> ProxyParts:
     wan_ip = cfg.proxy.wan_ip
     if cfg.role != "proxy" or wan_ip is None:
         raise ValueError("a proxy needs role = proxy and a wan_ip")
-    link = SwitchLink()
+    link = _link(cfg)
     sides = Sides(cfg.host.underlay_ip, wan_ip, frozenset(cfg.proxy.wan_peers))
-    flows = ProxyFlows(sides, cfg.learning.learn_idle_timeout, cfg.proxy.wan_mtu)
+    # The size check towards the WAN counts VXLAN's header: Geneve's option costs 8 more.
+    wan_mtu = cfg.proxy.wan_mtu - beyond_vxlan(link.tunnels.own)
+    flows = ProxyFlows(sides, cfg.learning.learn_idle_timeout, wan_mtu, link.tunnels)
     legs = (cfg.host.underlay_ip, wan_ip)
     common = _common(cfg, log, link, legs, flows, leg_for=sides.leg)
     members, stats = common["members"], common["stats"]
@@ -190,7 +198,7 @@ def proxy_parts(cfg: DoveConfig, log: logging.Logger, now: float) -> ProxyParts:
     return ProxyParts(
         **common,  # type: ignore[arg-type]
         sides=sides,
-        instances=ProxyInstances(sides, members, link, cfg.proxy.wan_mtu),
+        instances=ProxyInstances(sides, members, link, wan_mtu),
         election=Election(cfg.name, cfg.host.underlay_ip, cfg.proxy, now, stats.count),
         directory=(
             DirectoryMembers(cfg.host.underlay_ip) if cfg.host.discovery == "directory" else None
@@ -213,7 +221,7 @@ class GatewayParts(Common):
 def gateway_parts(cfg: DoveConfig, log: logging.Logger, now: float) -> GatewayParts:
     if cfg.role != "gateway":
         raise ValueError("a gateway needs role = gateway")
-    link = SwitchLink()
+    link = _link(cfg)
     flows = GatewayEndpointFlows(link, cfg.learning.learn_idle_timeout)
     common = _common(cfg, log, link, (cfg.host.underlay_ip,), flows)
     stats = common["stats"]

@@ -52,7 +52,9 @@ class ProxyCore:
         self.sync = ProxyDirectory(self.p, self.relay, directory) if directory else None
         self.wan_ip = self.p.sides.wan_leg
         self.next_announce = now
-        self.announcers = {w: Announcer(self.p.incarnation) for w in (False, True)}  # site, WAN
+        self.announcers = {
+            w: Announcer(self.p.incarnation, self.p.link.tunnels.bits) for w in (False, True)
+        }  # site, WAN
 
     @property
     def counters(self) -> dict[str, int]:

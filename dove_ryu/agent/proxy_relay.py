@@ -31,6 +31,7 @@ from dove_ryu.openflow.ofmsg import (
 )
 from dove_ryu.openflow.packet import frag_needed
 from dove_ryu.openflow.pipeline import FROM_WAN, INSTANCE_MASK
+from dove_ryu.openflow.tunnels import FLAG_RELAYED, beyond_vxlan
 from dove_ryu.protocol.messages import (
     EndpointHere,
     Endpoints,
@@ -358,7 +359,10 @@ class ProxyRelay:
             self.p.stats.drop("oversize_unknown", now, dst)
             return CoreOutput()
         if self.p.cfg.proxy.wan_oversize == "icmp" and tunnel_src is not None:
-            icmp = frag_needed(data, self.p.cfg.proxy.wan_mtu - ICMP_MTU_MARGIN)
+            icmp = frag_needed(
+                data,
+                self.p.cfg.proxy.wan_mtu - ICMP_MTU_MARGIN - beyond_vxlan(self.p.link.tunnels.own),
+            )
             if icmp is not None:
                 self.p.stats.count("wan_icmp_frag_needed_sent")
                 actions = flows.tunnel_actions(self.p.link.tunnel, instance, tunnel_src)
@@ -368,10 +372,10 @@ class ProxyRelay:
     def _forward(self, ep: Endpoint, data: bytes, now: float) -> CoreOutput:
         """Send one frame the agent holds on to ``ep``'s next hop."""
         if self.p.sides.wan(ep.host) and len(data) > flows.wan_frame_limit(
-            self.p.cfg.proxy.wan_mtu
+            self.p.cfg.proxy.wan_mtu - beyond_vxlan(self.p.link.tunnels.own)
         ):
             return self._fragment(now, ep.instance, ep.host, data)
-        actions = flows.tunnel_actions(self.p.link.tunnel, ep.instance, ep.host)
+        actions = flows.tunnel_actions(self.p.link.tunnel, ep.instance, ep.host, FLAG_RELAYED)
         self.p.stats.count("packets_released")
         return CoreOutput(ofmsgs=[PacketOut(OFPP_CONTROLLER, data, actions)])
 

@@ -29,6 +29,7 @@ from dove_ryu.openflow.ofmsg import (
     SetField,
 )
 from dove_ryu.openflow.packet import ipv4_dst, mac_bytes, mac_str, time_exceeded
+from dove_ryu.openflow.tunnels import FLAG_ROUTED
 from dove_ryu.protocol.messages import Requester
 
 _ROUTER_MAC = mac_bytes(ROUTER_MAC_PREFIX + ":00:00:00")[:3]
@@ -80,7 +81,7 @@ class RoutedMisses:
         if local is not None:
             actions += (Output(local.ofport),)
         else:
-            actions += flows.tunnel_actions(self.p.link.tunnel, ep.instance, ep.host)
+            actions += flows.tunnel_actions(self.p.link.tunnel, ep.instance, ep.host, FLAG_ROUTED)
         self.p.stats.count("packets_released", len(routed))
         msgs: list[OfMsg] = [
             PacketOut(OFPP_CONTROLLER, data, actions, after_flows=False) for _, data in routed

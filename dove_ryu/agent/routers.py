@@ -24,6 +24,7 @@ from dove_ryu.model import Endpoint, LearnedEndpoint, Router, Subnet
 from dove_ryu.openflow import routing_flows
 from dove_ryu.openflow.ofmsg import FlowMod, OfMsg
 from dove_ryu.openflow.pipeline import BY_ID
+from dove_ryu.openflow.tunnels import Tunnels
 
 FlowKey = tuple[int, int, tuple[tuple[str, object], ...]]
 LearnedOf = Callable[[int], Mapping[str, LearnedEndpoint]]
@@ -183,7 +184,7 @@ class Routers:
                     flows += self._source_flows(router, subnet, tunnel)
         return flows
 
-    def _source_flows(self, router: Router, subnet: Subnet, tunnel: int) -> list[FlowMod]:
+    def _source_flows(self, router: Router, subnet: Subnet, tunnel: Tunnels) -> list[FlowMod]:
         flows = routing_flows.router_port_flows(router, subnet)
         flows += routing_flows.route_flows(router, subnet, tunnel, self._active)
         for port in self.ports.of_instance(subnet.instance):

@@ -16,6 +16,7 @@ from dove_ryu.agent.membership import Membership
 from dove_ryu.model import Endpoint
 from dove_ryu.openflow import flows
 from dove_ryu.openflow.ofmsg import GroupCommand, OfMsg
+from dove_ryu.openflow.tunnels import Tunnels
 
 
 class Sides:
@@ -37,15 +38,18 @@ class ProxyFlows:
     """Forwarding to a learned endpoint, towards its side
     (`dove_ryu.agent.endpoints.EndpointFlows`)."""
 
-    def __init__(self, sides: Sides, idle_timeout: int, wan_mtu: int) -> None:
+    def __init__(
+        self, sides: Sides, idle_timeout: int, wan_mtu: int, tunnels: Tunnels | None = None
+    ) -> None:
         self.sides = sides
+        self.tunnels = tunnels
         self.idle_timeout = idle_timeout
         self.wan_mtu = wan_mtu
 
     def install(self, ep: Endpoint, idle_timeout: int | None = None) -> list[OfMsg]:
         behind_wan = self.sides.wan(ep.host)
         idle = self.idle_timeout if idle_timeout is None else idle_timeout
-        return [flows.proxied_flow(ep, behind_wan, idle, self.wan_mtu)]
+        return [flows.proxied_flow(ep, behind_wan, idle, self.wan_mtu, self.tunnels)]
 
     def remove(self, ep: Endpoint, keep_l2: bool = False) -> list[OfMsg]:
         # A proxy answers no ARP: nothing of an endpoint outlives its forwarding flow.
@@ -78,7 +82,7 @@ class ProxyInstances:
 
     def _groups(self, instance: int, command: GroupCommand) -> list[OfMsg]:
         site, remote = self.side(instance, False), self.side(instance, True)
-        return list(flows.proxy_groups(instance, site, remote, command))
+        return list(flows.proxy_groups(instance, site, remote, command, self.link.tunnel))
 
     def _member_flow(self, instance: int, host: IPv4Address) -> OfMsg:
         wan, leg = self.sides.wan(host), self.sides.leg(host)

@@ -547,7 +547,9 @@ class _Walker:
                 self.skipped = True
                 return
             port = packet.get("in_port") if f.value == "IN_PORT" else f.value
-            if port is not None and port == self.given.tunnel:
+            # A tunnel port: the one classify names, or (a host with two encapsulations:
+            # tests/ovs/test_geneve_ovs.py) any port a tunnel destination was written for.
+            if port is not None and (port == self.given.tunnel or self.tun_dst is not None):
                 self.hop.outcomes.append(
                     Outcome(
                         "tunnel",

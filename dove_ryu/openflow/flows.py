@@ -55,6 +55,7 @@ from dove_ryu.openflow.pipeline import (
     group_mod,
     metadata_for,
 )
+from dove_ryu.openflow.tunnels import FLAG_RELAYED, Tunnels, as_tunnels, ports_of
 
 MULTICAST = ("01:00:00:00:00:00", "01:00:00:00:00:00")
 IPPROTO_UDP = 17
@@ -86,14 +87,19 @@ def _local_md(instance: int) -> tuple[int, int]:
     return (metadata_for(instance), METADATA_MASK)
 
 
-def _both_roles_defaults(tunnel_ofport: int) -> list[FlowMod]:
-    """Default drops and the broadcast jump, on hosts and proxies alike."""
+def _both_roles_defaults(tunnel: Tunnels | int) -> list[FlowMod]:
+    """Default drops and the broadcast jump, on hosts and proxies alike.  A tunnel
+    packet no member flow takes (a non-member, or a DOVE peer's Geneve packet without
+    our option version) is dropped as from a non-member."""
     return [
         CLASSIFY.flow(priority=PRIO_DEFAULT, match={}, cookie=Cookie(Purpose.DROP_UNCLASSIFIED)),
-        CLASSIFY.flow(
-            priority=PRIO_INSTANCE_MISS,
-            match={"in_port": tunnel_ofport},
-            cookie=Cookie(Purpose.DROP_NONMEMBER),
+        *(
+            CLASSIFY.flow(
+                priority=PRIO_INSTANCE_MISS,
+                match={"in_port": port},
+                cookie=Cookie(Purpose.DROP_NONMEMBER),
+            )
+            for port in ports_of(tunnel)
         ),
         L2_FORWARD.flow(
             priority=PRIO_MULTICAST,
@@ -106,7 +112,7 @@ def _both_roles_defaults(tunnel_ofport: int) -> list[FlowMod]:
     ]
 
 
-def pipeline_defaults(tunnel_ofport: int) -> list[FlowMod]:
+def pipeline_defaults(tunnel_ofport: Tunnels | int) -> list[FlowMod]:
     """Flows that exist whatever the state: default drops and fixed jumps."""
     base = Cookie(Purpose.PIPELINE)
     return [
@@ -281,11 +287,24 @@ def delete_local_port(port: VmPort) -> list[FlowMod]:
     ] + delete_dhcp_request_flows(port)
 
 
-def instance_flows(instance: int) -> list[FlowMod]:
-    """Per-instance misses (to the agent) and flooding through the instance group."""
+def instance_flows(instance: int, split_horizon: bool = False) -> list[FlowMod]:
+    """Per-instance misses (to the agent) and flooding through the instance group.
+    ``split_horizon`` (more than one tunnel port): what came from a tunnel floods only
+    to the local ports (`local_flood_group`)."""
     cookie_arp = Cookie(Purpose.INSTANCE, instance, TAG_ARP_MISS)
     cookie_l2 = Cookie(Purpose.INSTANCE, instance, TAG_L2_MISS)
+    local: list[FlowMod] = []
+    if split_horizon:
+        local.append(
+            FLOOD.flow(
+                priority=PRIO_GUARD,
+                match={"metadata": (metadata_for(instance, from_tunnel=True), METADATA_MASK)},
+                cookie=Cookie(Purpose.INSTANCE, instance, TAG_FLOOD),
+                actions=[Group(instance | LOCAL_GROUP_BIT)],
+            )
+        )
     return [
+        *local,
         ARP_ND.flow(
             priority=PRIO_INSTANCE_MISS,
             match={
@@ -329,55 +348,91 @@ def delete_instance(instance: int) -> list[FlowMod | GroupMod]:
     )
 
 
-def tunnel_actions(tunnel_ofport: int, instance: int, host: IPv4Address) -> tuple[Action, ...]:
-    return (
-        SetField("tunnel_id", instance),
-        SetField("tun_ipv4_dst", str(host)),
-        Output(tunnel_ofport),
-    )
+def tunnel_actions(
+    tunnel: Tunnels | int, instance: int, host: IPv4Address, flags: int = 0
+) -> tuple[Action, ...]:
+    """Into ``instance``'s VNI towards ``host``, by the encapsulation it takes
+    (`dove_ryu.openflow.tunnels`); ``flags``: the DOVE option's, on Geneve."""
+    return as_tunnels(tunnel).actions(instance, host, flags)
+
+
+LOCAL_GROUP_BIT = 1 << 25  # a host's local-only flood group (split horizon)
 
 
 def flood_group(
     instance: int,
     local_ofports: Iterable[int],
     members: Iterable[IPv4Address],
-    tunnel_ofport: int,
+    tunnel_ofport: Tunnels | int,
     command: GroupCommand,
 ) -> GroupMod:
     """One ALL group per instance: each local port, then head-end replication
     to each member host.  A packet from the tunnel is not sent back into it:
-    OpenFlow never outputs to the in_port."""
+    OpenFlow never outputs to the in_port (with two tunnel ports, `instance_flows`
+    sends tunnel packets to `local_flood_group` instead)."""
     buckets: list[tuple[Action, ...]] = [(Output(p),) for p in sorted(local_ofports)]
     buckets += [tunnel_actions(tunnel_ofport, instance, h) for h in sorted(members)]
     return group_mod(instance, command, buckets)
+
+
+def local_flood_group(
+    instance: int, local_ofports: Iterable[int], command: GroupCommand
+) -> GroupMod:
+    buckets = [(Output(p),) for p in sorted(local_ofports)]
+    return group_mod(instance | LOCAL_GROUP_BIT, command, buckets)
 
 
 def _member_match(instance: int, host: IPv4Address, tunnel_ofport: int) -> dict[str, MatchValue]:
     return {"in_port": tunnel_ofport, "tunnel_id": instance, "tun_ipv4_src": str(host)}
 
 
-def member_flow(
-    instance: int, host: IPv4Address, tunnel_ofport: int, lingering: bool = False
-) -> FlowMod:
+def _member_matches(
+    instance: int, host: IPv4Address, tunnel: Tunnels | int
+) -> list[dict[str, MatchValue]]:
+    """One per port the host may use (a DOVE peer's Geneve: with our option version)."""
+    key: dict[str, MatchValue] = {"tunnel_id": instance, "tun_ipv4_src": str(host)}
+    return [{**m, **key} for m in as_tunnels(tunnel).receive_matches(host)]
+
+
+def member_flows(
+    instance: int, host: IPv4Address, tunnel: Tunnels | int, lingering: bool = False
+) -> list[FlowMod]:
     """Accept tunnelled packets of the instance from a member host.
 
     ``lingering``: this host no longer serves the instance but a VM of it left
     recently; what members still send goes straight to egress_check, so the agent can
     forward it to the VM's new host and tell the sender to un-learn."""
-    return CLASSIFY.flow(
-        priority=PRIO_EXACT,
-        match=_member_match(instance, host, tunnel_ofport),
-        cookie=Cookie(Purpose.MEMBER, instance, int(host) & cookies.TAG_MASK),
-        write_metadata=(metadata_for(instance, from_tunnel=True), METADATA_MASK),
-        goto=EGRESS_CHECK if lingering else L2_FORWARD,
-    )
+    return [
+        CLASSIFY.flow(
+            priority=PRIO_EXACT,
+            match=match,
+            cookie=Cookie(Purpose.MEMBER, instance, int(host) & cookies.TAG_MASK),
+            write_metadata=(metadata_for(instance, from_tunnel=True), METADATA_MASK),
+            goto=EGRESS_CHECK if lingering else L2_FORWARD,
+        )
+        for match in _member_matches(instance, host, tunnel)
+    ]
 
 
-def delete_member_flow(instance: int, host: IPv4Address, tunnel_ofport: int) -> FlowMod:
-    return CLASSIFY.delete(match=_member_match(instance, host, tunnel_ofport), priority=PRIO_EXACT)
+def member_flow(
+    instance: int, host: IPv4Address, tunnel_ofport: Tunnels | int, lingering: bool = False
+) -> FlowMod:
+    """The member flow of a bridge with one tunnel port (`member_flows`)."""
+    return member_flows(instance, host, tunnel_ofport, lingering)[0]
 
 
-def learned_l2_flow(ep: Endpoint, tunnel_ofport: int, idle_timeout: int) -> FlowMod:
+def delete_member_flows(instance: int, host: IPv4Address, tunnel: Tunnels | int) -> list[FlowMod]:
+    return [
+        CLASSIFY.delete(match=m, priority=PRIO_EXACT)
+        for m in _member_matches(instance, host, tunnel)
+    ]
+
+
+def delete_member_flow(instance: int, host: IPv4Address, tunnel_ofport: Tunnels | int) -> FlowMod:
+    return delete_member_flows(instance, host, tunnel_ofport)[0]
+
+
+def learned_l2_flow(ep: Endpoint, tunnel_ofport: Tunnels | int, idle_timeout: int) -> FlowMod:
     """Forward to a remote endpoint's host (ages out when idle; tells the agent)."""
     return L2_FORWARD.flow(
         priority=PRIO_EXACT,
@@ -402,7 +457,7 @@ def learned_arp_flows(ep: Endpoint, ips: Iterable[IPv4Address] | None = None) ->
     ]
 
 
-def learned_flows(ep: Endpoint, tunnel_ofport: int, idle_timeout: int) -> list[FlowMod]:
+def learned_flows(ep: Endpoint, tunnel_ofport: Tunnels | int, idle_timeout: int) -> list[FlowMod]:
     """Every flow of a learned endpoint."""
     return [
         learned_l2_flow(ep, tunnel_ofport, idle_timeout),
@@ -442,7 +497,7 @@ def _proxy_md(instance: int, from_wan: bool) -> tuple[int, int]:
     return (instance | (FROM_WAN if from_wan else 0), _DIRECTION)
 
 
-def proxy_defaults(tunnel_ofport: int) -> list[FlowMod]:
+def proxy_defaults(tunnel_ofport: Tunnels | int) -> list[FlowMod]:
     """A proxy's fixed flows: drops, flooding, and the size check towards the WAN."""
     base = Cookie(Purpose.PIPELINE)
     return [
@@ -465,14 +520,25 @@ def wan_frame_limit(wan_mtu: int) -> int:
     return wan_mtu - 36
 
 
+def _proxy_member_match(
+    instance: int, host: IPv4Address, local: IPv4Address, tunnel: Tunnels | int
+) -> dict[str, MatchValue]:
+    """A proxy has one tunnel port (config: it accepts its tunnel_type only)."""
+    return {**_member_matches(instance, host, tunnel)[0], "tun_ipv4_dst": str(local)}
+
+
 def proxy_member_flow(
-    instance: int, host: IPv4Address, local: IPv4Address, from_wan: bool, tunnel_ofport: int
+    instance: int,
+    host: IPv4Address,
+    local: IPv4Address,
+    from_wan: bool,
+    tunnel_ofport: Tunnels | int,
 ) -> FlowMod:
     """Accept the instance from a site member (to ``local``, the site leg) or from a
     remote proxy (to the WAN leg): the leg it arrives on must match where it is from."""
     return CLASSIFY.flow(
         priority=PRIO_EXACT,
-        match={**_member_match(instance, host, tunnel_ofport), "tun_ipv4_dst": str(local)},
+        match=_proxy_member_match(instance, host, local, tunnel_ofport),
         cookie=Cookie(Purpose.MEMBER, instance, int(host) & cookies.TAG_MASK),
         write_metadata=(metadata_for(instance, True, from_wan), METADATA_MASK),
         goto=L2_FORWARD,
@@ -480,9 +546,9 @@ def proxy_member_flow(
 
 
 def delete_proxy_member_flow(
-    instance: int, host: IPv4Address, local: IPv4Address, tunnel_ofport: int
+    instance: int, host: IPv4Address, local: IPv4Address, tunnel_ofport: Tunnels | int
 ) -> FlowMod:
-    match = {**_member_match(instance, host, tunnel_ofport), "tun_ipv4_dst": str(local)}
+    match = _proxy_member_match(instance, host, local, tunnel_ofport)
     return CLASSIFY.delete(match=match, priority=PRIO_EXACT)
 
 
@@ -531,13 +597,12 @@ def proxy_groups(
     site_members: Iterable[IPv4Address],
     remote_proxies: Iterable[IPv4Address],
     command: GroupCommand,
+    tunnels: Tunnels | None = None,
 ) -> list[GroupMod]:
     """Broadcast from a remote proxy to each site member; from the site, once to each
     remote site's proxy."""
     return [
-        group_mod(
-            group_id, command, (tunnel_actions(OFPP_IN_PORT, instance, h) for h in sorted(hosts))
-        )
+        group_mod(group_id, command, (_relay(tunnels, instance, h) for h in sorted(hosts)))
         for group_id, hosts in (
             (instance, site_members),
             (instance | WAN_GROUP_BIT, remote_proxies),
@@ -549,7 +614,20 @@ def delete_proxy_groups(instance: int) -> list[GroupMod]:
     return [group_mod(g, GroupCommand.DELETE) for g in (instance, instance | WAN_GROUP_BIT)]
 
 
-def proxied_flow(ep: Endpoint, behind_wan: bool, idle_timeout: int, wan_mtu: int) -> FlowMod:
+def _relay(tunnels: Tunnels | None, instance: int, host: IPv4Address) -> tuple[Action, ...]:
+    """Back out of the tunnel port (a proxy's one), marked relayed on Geneve."""
+    if tunnels is None:
+        return tunnel_actions(OFPP_IN_PORT, instance, host)
+    return tunnels.actions(instance, host, FLAG_RELAYED, in_port=True)
+
+
+def proxied_flow(
+    ep: Endpoint,
+    behind_wan: bool,
+    idle_timeout: int,
+    wan_mtu: int,
+    tunnels: Tunnels | None = None,
+) -> FlowMod:
     """Forward to where ``ep`` is: a site endpoint takes frames from remote proxies,
     a remote one (``behind_wan``, ep.host is its site's proxy) frames from the site,
     through the size check."""
@@ -563,7 +641,7 @@ def proxied_flow(ep: Endpoint, behind_wan: bool, idle_timeout: int, wan_mtu: int
             priority=PRIO_EXACT,
             match=match,
             cookie=cookie,
-            actions=tunnel_actions(OFPP_IN_PORT, ep.instance, ep.host),
+            actions=_relay(tunnels, ep.instance, ep.host),
             idle_timeout=idle_timeout,
             send_flow_removed=True,
         )
@@ -574,6 +652,7 @@ def proxied_flow(ep: Endpoint, behind_wan: bool, idle_timeout: int, wan_mtu: int
         actions=[
             SetField("tunnel_id", ep.instance),
             SetField("tun_ipv4_dst", str(ep.host)),
+            *(tunnels.option(ep.host, FLAG_RELAYED) if tunnels else ()),
             CheckLarger(wan_frame_limit(wan_mtu), OVERSIZE_REGISTER, 0),
         ],
         goto=WAN_EGRESS,

@@ -57,6 +57,7 @@ from dove_ryu.openflow.pipeline import (
     SNAT,
     metadata_for,
 )
+from dove_ryu.openflow.tunnels import Tunnels, as_tunnels, ports_of
 
 ETH_TYPE_IPV4 = 0x0800
 BROADCAST = "ff:ff:ff:ff:ff:ff"
@@ -102,7 +103,7 @@ def _arp_for(ext: ExternalSide, ip: IPv4Address) -> dict[str, MatchValue]:
 # ------------------------------------------------------------------ fixed flows
 
 
-def gateway_defaults(tunnel_ofport: int, ext: ExternalSide) -> list[FlowMod]:
+def gateway_defaults(tunnel_ofport: Tunnels | int, ext: ExternalSide) -> list[FlowMod]:
     """What a gateway has whatever its routers: the misses (external ones counted as
     DROP_EXTERNAL), the external port into ext_in, its own address answered and the
     answers to its ARP requests to the agent."""
@@ -110,10 +111,11 @@ def gateway_defaults(tunnel_ofport: int, ext: ExternalSide) -> list[FlowMod]:
     dropped = Cookie(Purpose.DROP_EXTERNAL)
     return [
         CLASSIFY.flow(priority=PRIO_DEFAULT, match={}, cookie=Cookie(Purpose.DROP_UNCLASSIFIED)),
-        CLASSIFY.flow(
-            priority=PRIO_ROUTE,
-            match={"in_port": tunnel_ofport},
-            cookie=Cookie(Purpose.DROP_NONMEMBER),
+        *(
+            CLASSIFY.flow(
+                priority=PRIO_ROUTE, match={"in_port": port}, cookie=Cookie(Purpose.DROP_NONMEMBER)
+            )
+            for port in ports_of(tunnel_ofport)
         ),
         CLASSIFY.flow(priority=PRIO_EXACT, match={"in_port": ext.ofport}, cookie=own, goto=EXT_IN),
         EXT_IN.flow(priority=PRIO_DEFAULT, match={}, cookie=dropped),
@@ -145,23 +147,26 @@ def gateway_defaults(tunnel_ofport: int, ext: ExternalSide) -> list[FlowMod]:
     ]
 
 
-def member_flow(instance: int, host: IPv4Address, tunnel_ofport: int) -> FlowMod:
+def _member_match(instance: int, host: IPv4Address, tunnel: Tunnels | int) -> dict[str, MatchValue]:
+    """A gateway has one tunnel port (config: it accepts its tunnel_type only)."""
+    way = as_tunnels(tunnel).receive_matches(host)[0]
+    return {**way, "tunnel_id": instance, "tun_ipv4_src": str(host)}
+
+
+def member_flow(instance: int, host: IPv4Address, tunnel_ofport: Tunnels | int) -> FlowMod:
     """Accept what a member host of a router instance tunnels here: off its router's
     subnets, to be routed out."""
     return CLASSIFY.flow(
         priority=PRIO_EXACT,
-        match={"in_port": tunnel_ofport, "tunnel_id": instance, "tun_ipv4_src": str(host)},
+        match=_member_match(instance, host, tunnel_ofport),
         cookie=Cookie(Purpose.MEMBER, instance, int(host) & cookies.TAG_MASK),
         write_metadata=(metadata_for(instance, from_tunnel=True), METADATA_MASK),
         goto=L3_ROUTE,
     )
 
 
-def delete_member_flow(instance: int, host: IPv4Address, tunnel_ofport: int) -> FlowMod:
-    return CLASSIFY.delete(
-        match={"in_port": tunnel_ofport, "tunnel_id": instance, "tun_ipv4_src": str(host)},
-        priority=PRIO_EXACT,
-    )
+def delete_member_flow(instance: int, host: IPv4Address, tunnel_ofport: Tunnels | int) -> FlowMod:
+    return CLASSIFY.delete(match=_member_match(instance, host, tunnel_ofport), priority=PRIO_EXACT)
 
 
 # ------------------------------------------------------------------- a router
@@ -350,7 +355,7 @@ def delete_neighbor_flow(ep: Endpoint, ip: IPv4Address) -> FlowMod:
     )
 
 
-def release(ep: Endpoint, data: bytes, tunnel_ofport: int) -> PacketOut:
+def release(ep: Endpoint, data: bytes, tunnel_ofport: Tunnels | int) -> PacketOut:
     """A held routed packet (already un-NATed, its source MAC the gateway's), sent to
     the endpoint it waited for: it cannot go through the tables again (ct would see
     it twice), so it goes straight into the tunnel."""

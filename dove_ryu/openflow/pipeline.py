@@ -280,7 +280,8 @@ class Table:
             raise ValueError(f"table {self.name} may not match on {sorted(unknown)}")
 
 
-_TUNNEL_KEY = ("tunnel_id", "tun_ipv4_dst")  # what sending into the overlay sets
+# What sending into the overlay sets (tun_metadata0: the DOVE Geneve option, on Geneve).
+_TUNNEL_KEY = ("tunnel_id", "tun_ipv4_dst", "tun_metadata0")
 
 # ------------------------------------------------------------------ the tables
 
@@ -297,7 +298,7 @@ CLASSIFY = Table(
         Purpose.DROP_UNCLASSIFIED,
         Purpose.EXTERNAL,
     ),
-    matches=("in_port", "tunnel_id", "tun_ipv4_src", "tun_ipv4_dst"),
+    matches=("in_port", "tunnel_id", "tun_ipv4_src", "tun_ipv4_dst", "tun_metadata0"),
     # A gateway: the tunnel to l3_route, its external port to ext_in.
     next_tables=("port_security", "ext_in", "l3_route", "l2_forward", "egress_check"),
     metadata=INSTANCE_MASK | FROM_TUNNEL | FROM_WAN,

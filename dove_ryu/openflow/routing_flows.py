@@ -37,6 +37,7 @@ from dove_ryu.openflow.pipeline import (
     L3_ROUTE,
     PORT_SECURITY,
 )
+from dove_ryu.openflow.tunnels import FLAG_ROUTED, Tunnels
 
 PRIO_SPOOF_GATEWAY = PRIO_ARP_CHECKED + 10  # above the port's own ARP checks
 
@@ -77,7 +78,7 @@ def router_port_flows(router: Router, subnet: Subnet) -> list[FlowMod]:
 def route_flows(
     router: Router,
     source: Subnet,
-    tunnel_ofport: int,
+    tunnel_ofport: Tunnels | int,
     active_gateway: IPv4Address | None,
 ) -> list[FlowMod]:
     """l3_route for packets from ``source`` (a subnet with VMs here): TTL expiring to
@@ -111,7 +112,7 @@ def route_flows(
                 priority=PRIO_TUNNEL_DEFAULT,
                 match={"metadata": md, "eth_type": ETH_TYPE_IPV4},
                 cookie=Cookie(Purpose.ROUTE_DEFAULT, source.instance, router.router_id),
-                actions=tunnel_actions(tunnel_ofport, source.instance, active_gateway),
+                actions=tunnel_actions(tunnel_ofport, source.instance, active_gateway, FLAG_ROUTED),
             )
         )
     return msgs

@@ -149,9 +149,10 @@ _AUTH_TLV_LEN = TLV_HEADER_LEN + MAC_LEN
 SITE_NAME_MAX = 15
 _KEY_ID_TLV_LEN = TLV_HEADER_LEN + 1
 # Largest overhead of an Announce: header, SENDER, COUNTER, RECEIVER, KEY_ID, INSTANCES
-# header, PROXY, INSTANCE_RANGE, INCARNATION, AUTH.
+# header, PROXY, INSTANCE_RANGE, INCARNATION, ENCAPSULATIONS, AUTH.
 _ANNOUNCE_OVERHEAD = (
-    HEADER_LEN
+    (3 + 1)
+    + HEADER_LEN
     + (3 + 4)
     + (3 + 8)
     + (3 + 4)
@@ -247,10 +248,15 @@ class Announce:
     # The sender's start time (microseconds, INCARNATION): a new value from a known
     # sender is a restarted agent, which its peers answer at once.  None: not said.
     incarnation: int | None = None
+    # The encapsulations the sender accepts (ENCAPSULATIONS: bit 0 VXLAN, bit 1 Geneve).
+    # None: not said (an older agent), which means VXLAN only.
+    encapsulations: int | None = None
 
     def __post_init__(self) -> None:
         if self.incarnation is not None and not 0 <= self.incarnation < 1 << 64:
             raise ValueError(f"incarnation {self.incarnation} is not 64 bits")
+        if self.encapsulations is not None:
+            _check_range("encapsulations", self.encapsulations, 1, 0xFF)
         if self.proxy is not None and self.gateway is not None:
             raise ValueError("an Announce is from a proxy or from a gateway, not both")
         if not isinstance(self.instances, frozenset):
@@ -281,20 +287,36 @@ def split_announce(
     gateway: GatewayRole | None = None,
     per_part: int = MAX_ANNOUNCE_INSTANCES,
     incarnation: int | None = None,
+    encapsulations: int | None = None,
 ) -> list[Announce]:
     """The announcement of ``instances``: one Announce when they fit a frame, else parts
     of at most ``per_part`` instances whose ranges cover 0..2**24-1 together, each
     range ending at its last instance (the last one at the top of the id space)."""
     ordered = sorted(set(instances))
     if len(ordered) <= per_part:
-        return [Announce(frozenset(ordered), proxy, gateway, incarnation=incarnation)]
+        return [
+            Announce(
+                frozenset(ordered),
+                proxy,
+                gateway,
+                incarnation=incarnation,
+                encapsulations=encapsulations,
+            )
+        ]
     parts = []
     lo = 0
     for at in range(0, len(ordered), per_part):
         chunk = ordered[at : at + per_part]
         hi = chunk[-1] if at + per_part < len(ordered) else MAX_RANGE
         parts.append(
-            Announce(frozenset(chunk), proxy, gateway, covers=(lo, hi), incarnation=incarnation)
+            Announce(
+                frozenset(chunk),
+                proxy,
+                gateway,
+                covers=(lo, hi),
+                incarnation=incarnation,
+                encapsulations=encapsulations,
+            )
         )
         lo = hi + 1
     return parts
@@ -556,6 +578,8 @@ def _announce_tlvs(message: Announce) -> tuple[Tlv, ...]:
         tlvs.append(_role_tlv(message.gateway))
     if message.incarnation is not None:
         tlvs.append(Tlv(TlvType.INCARNATION, message.incarnation.to_bytes(8, "big")))
+    if message.encapsulations is not None:
+        tlvs.append(Tlv(TlvType.ENCAPSULATIONS, bytes([message.encapsulations])))
     return tuple(tlvs)
 
 
@@ -672,6 +696,7 @@ _ALLOWED: dict[MsgType, frozenset[int]] = {
             TlvType.GATEWAY,
             TlvType.INSTANCE_RANGE,
             TlvType.INCARNATION,
+            TlvType.ENCAPSULATIONS,
         }
     ),
     MsgType.LEARN_REQUEST: frozenset(
@@ -770,7 +795,12 @@ def _announce(header: DoveHeader, f: _Fields) -> Announce:
         raw = f.raw(TlvType.INSTANCE_RANGE, 6)
         covers = (int.from_bytes(raw[:3], "big"), int.from_bytes(raw[3:], "big"))
     incarnation = f.uint(TlvType.INCARNATION, 8) if f.has(TlvType.INCARNATION) else None
-    return Announce(frozenset(ids), proxy, gateway, covers, incarnation)
+    encapsulations = None
+    if f.has(TlvType.ENCAPSULATIONS):
+        encapsulations = f.uint(TlvType.ENCAPSULATIONS, 1)
+        if encapsulations == 0:
+            raise MalformedMessage("bad_tlv_value", "ENCAPSULATIONS accepts none")
+    return Announce(frozenset(ids), proxy, gateway, covers, incarnation, encapsulations)
 
 
 def _roles(f: _Fields) -> tuple[ProxyRole | None, GatewayRole | None]:

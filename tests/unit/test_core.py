@@ -175,6 +175,8 @@ class Net:
                 peer = self.by_ip(d.tun_dst)
                 if peer is not None:
                     tun = {"tunnel_id": d.tunnel_id, "tun_ipv4_src": str(host.ip)}
+                    if d.tun_metadata0 is not None:  # the DOVE Geneve option
+                        tun["tun_metadata0"] = d.tun_metadata0
                     self._handle(peer, peer.switch.process(TUN, d.pkt, tun))
 
     def send(self, n: int, port: int, pkt: dict[str, Any]) -> list[Seen]:

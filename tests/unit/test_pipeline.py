@@ -39,6 +39,7 @@ from dove_ryu.openflow.pipeline import (
     outputs_of,
     tables_of,
 )
+from dove_ryu.openflow.tunnels import Tunnels
 
 pytestmark = pytest.mark.unit
 
@@ -81,6 +82,34 @@ def host_messages() -> list[of.OfMsg]:
         *flows.delete_local_port(VM1),
         *flows.delete_instance(INSTANCE),
         *_routing_messages(),
+        *_geneve_messages(),
+    ]
+
+
+def _geneve_tunnels() -> Tunnels:
+    """A host that sends Geneve and takes VXLAN too (ports 1 and 2); HOST3 is VXLAN only."""
+    tunnels = Tunnels("geneve", ("vxlan", "geneve"))
+    tunnels.ports = {"vxlan": TUNNEL, "geneve": TUNNEL + 1}
+    tunnels.peer_accepts(HOST2, frozenset({"vxlan", "geneve"}))
+    return tunnels
+
+
+def _geneve_messages() -> list[of.OfMsg]:
+    """A host with two tunnel ports: member flows on each (Geneve's with the option's
+    version), the DOVE option set towards a Geneve peer, split-horizon flooding."""
+    tunnels = _geneve_tunnels()
+    router = Router(
+        7, (Subnet(INSTANCE, IPv4Interface("10.0.0.254/24")),), snat=IPv4Address("203.0.113.7")
+    )
+    return [
+        *flows.pipeline_defaults(tunnels),
+        *flows.instance_flows(INSTANCE, split_horizon=True),
+        *flows.member_flows(INSTANCE, HOST2, tunnels),
+        *flows.delete_member_flows(INSTANCE, HOST2, tunnels),
+        flows.flood_group(INSTANCE, [5], [HOST2, HOST3], tunnels, of.GroupCommand.ADD),
+        flows.local_flood_group(INSTANCE, [5], of.GroupCommand.ADD),
+        *flows.learned_flows(REMOTE, tunnels, IDLE),
+        *routing_flows.route_flows(router, router.subnets[0], tunnels, HOST2),
     ]
 
 
