@@ -325,6 +325,7 @@ class FakeSwitch:
         self.conntrack = Conntrack()
         self.ttl_drops = 0  # packets whose TTL a DecTtl would have taken to zero
         self.deleted: list[Flow] = []  # flows a delete removed (not those an add replaced)
+        self.learn_refused = 0  # flows a learn action did not add: its limit was reached
 
     # ----------------------------------------------------------------- messages
 
@@ -511,6 +512,8 @@ class FakeSwitch:
                     self._actions(bucket, dict(state), out, cookie)
             elif isinstance(action, of.Ct):
                 self._ct(action, state, out)
+            elif isinstance(action, of.Learn):
+                self._learn(action, state)
             elif isinstance(action, of.DecTtl):
                 ttl = state.get("nw_ttl")
                 if ttl is None:
@@ -524,6 +527,38 @@ class FakeSwitch:
             else:
                 raise TypeError(f"fake switch cannot execute {action!r}")
         return True
+
+    def _learn(self, action: of.Learn, state: Packet) -> None:
+        """NOTE (OVS's learn, limit): an existing flow of the same match and priority is
+        refreshed; a new one is not added once the table holds ``limit`` flows with
+        the action's cookie."""
+
+        def value(spec: of.LearnSpec) -> Any:
+            return spec.value if spec.src is None else state.get(spec.src)
+
+        match: dict[str, Any] = {}
+        for spec in action.matches:
+            v = value(spec)
+            match[spec.field] = (v, (1 << spec.n_bits) - 1) if spec.n_bits else v
+        actions: list[of.Action] = [of.SetField(s.field, value(s)) for s in action.loads]
+        if action.output_from is not None:
+            actions.append(of.Output(state[action.output_from]))
+        table = self.tables.get(action.table_id, [])
+        known = any(f.priority == action.priority and f.match == match for f in table)
+        learned = sum(1 for f in table if f.cookie == action.cookie)
+        if not known and action.limit and learned >= action.limit:
+            self.learn_refused += 1
+            return
+        self._add(
+            of.FlowMod(
+                action.table_id,
+                action.priority,
+                match,
+                action.cookie,
+                tuple(actions),
+                idle_timeout=action.idle_timeout,
+            )
+        )
 
     def _ct(self, action: of.Ct, state: Packet, out: list[Delivery]) -> None:
         """NOTE (OVS's ct): with a table the packet is recirculated there, NATed and with

@@ -170,6 +170,13 @@ class HostMisses:
             self.p.stats.count("resolved_from_directory")
             msgs = self.p.learned.remember(now, found, found.host)
             return CoreOutput(ofmsgs=msgs + self.release(target, [(in_port, data)], found))
+        if requester.instance is None and self.p.resolver.negative.active(
+            (instance, target, None), now
+        ):
+            # Nobody answered for it a moment ago: the instance's external VTEPs may.
+            vteps = self.p.vteps.unknown(now, instance, [(in_port, data)])
+            if vteps:
+                return CoreOutput(ofmsgs=vteps)
         if not self.p.resolver.may_ask(now, instance, target):
             return CoreOutput()
         pending = self.p.resolver.start(now, instance, target, [(in_port, data)], requester)
@@ -179,6 +186,13 @@ class HostMisses:
         if not hosts:
             self.p.stats.count("learn_no_members")
         return CoreOutput(datagrams=self.p.ask(pending, hosts))
+
+    def gave_up(self, now: float) -> list[OfMsg]:
+        """The LEARNs given up: what they held goes to their instance's external VTEPs
+        (a routed miss's packets do not: they were sent to a router)."""
+        given_up = self.p.resolver.take_given_up()
+        own = [p for p in given_up if p.requester is None or p.requester.instance is None]
+        return self.p.vteps.gave_up(now, [p for p in own if p.scope is None])
 
     def _published(self, instance: int, target: Target) -> Endpoint | None:
         """The directory's answer for ``target``, if its host is a member of the

@@ -16,6 +16,7 @@ from typing import Protocol
 from dove_ryu.agent.link import SwitchLink
 from dove_ryu.agent.membership import Membership
 from dove_ryu.agent.ports import LocalPorts
+from dove_ryu.agent.vteps import ExternalVteps
 from dove_ryu.openflow import flows
 from dove_ryu.openflow.ofmsg import GroupCommand, OfMsg
 
@@ -38,12 +39,14 @@ class HostInstances:
         link: SwitchLink,
         linger_for: float,
         acceptance: Acceptance | None = None,
+        vteps: ExternalVteps | None = None,
     ) -> None:
         self.ports = ports
         self.members = members
         self.link = link
         self.linger_for = linger_for
         self.acceptance = acceptance
+        self.vteps = vteps  # external VTEPs: in the flood group, accepted, learned from
         self.lingering: dict[int, float] = {}  # instance -> until
         self.accepted: dict[int, set[IPv4Address]] = {}  # tunnel sources with a classify flow
 
@@ -60,13 +63,17 @@ class HostInstances:
             self.members.hosts(instance),
             self.link.tunnel,
             command,
+            vteps=self.vteps.buckets(instance) if self.vteps else (),
         )
 
     def _member_flows(self, instance: int, lingering: bool = False) -> list[OfMsg]:
-        return [
+        msgs: list[OfMsg] = [
             flows.member_flow(instance, h, self.link.tunnel, lingering=lingering)
             for h in self.members.hosts(instance)
         ]
+        if self.vteps is not None and lingering:
+            msgs += self.vteps.lingering(instance)
+        return msgs
 
     def _accept(self, instance: int) -> set[IPv4Address]:
         extra = self.acceptance.extra_members(instance) if self.acceptance else set()
@@ -107,6 +114,7 @@ class HostInstances:
             self._group(instance, GroupCommand.ADD),
             *flows.instance_flows(instance),
             *self.refresh_accepted([instance]),
+            *(self.vteps.up(instance) if self.vteps else ()),
         ]
 
     def down(self, now: float, instance: int) -> list[OfMsg]:
@@ -115,7 +123,11 @@ class HostInstances:
         self.accepted.pop(instance, None)
         if not self.link.connected:
             return []
-        return [*flows.delete_instance(instance), *self._member_flows(instance, lingering=True)]
+        return [
+            *flows.delete_instance(instance),
+            *(self.vteps.down(instance) if self.vteps else ()),
+            *self._member_flows(instance, lingering=True),
+        ]
 
     def ports_changed(self, instance: int) -> list[OfMsg]:
         """The instance's set of local ports changed (it had some before and after)."""

@@ -8,6 +8,11 @@ import pytest
 
 from dove_ryu import config
 from dove_ryu.config import ConfigError
+from dove_ryu.openflow import cookies
+from dove_ryu.openflow.cookies import Purpose
+from dove_ryu.openflow.pipeline import CLASSIFY, L2_FORWARD
+from tests.fakeswitch import Flow
+from tests.unit.test_core import TUN, Net, Seen, arp_request, eth, ip, vm
 
 pytestmark = pytest.mark.unit
 
@@ -59,3 +64,192 @@ def test_bad_entries_are_named_alone(settings: dict[str, str], says: str) -> Non
     with pytest.raises(ConfigError, match=says) as e:
         _cfg(**{k: (f"{v},{other}" if k == "external_vteps" else v) for k, v in settings.items()})
     assert other not in str(e.value)  # one entry quoted, never the whole line
+
+
+# --------------------------------------------------------------- the host part
+
+A, B = 5000, 5001
+VTEP = "10.99.0.50"
+BEHIND = "02:00:00:00:0e:01"  # a MAC behind the VTEP
+STATIC = "02:00:00:00:05:01"
+VM1 = vm("vm1", 5, A, "02:00:00:00:00:01", "10.0.0.1")
+VM2 = vm("vm2", 6, A, "02:00:00:00:00:02", "10.0.0.2")
+VMB = vm("vmb", 7, B, "02:00:00:00:00:0b", "10.0.0.1")
+SETTINGS = {
+    "external_vteps": f"bm1={VTEP}:{A}",
+    "external_macs": f"{A}/{STATIC}@bm1=10.0.0.51",
+    "external_max_macs": "8",
+}
+
+
+def _net(**settings: str) -> Net:
+    return Net({1: [VM1, VMB], 2: [VM2]}, **{**SETTINGS, **settings})
+
+
+def _from_vtep(net: Net, n: int, pkt: dict[str, object], instance: int = A) -> list[Seen]:
+    """The VTEP sends ``pkt`` to host n through the tunnel, with VNI ``instance``."""
+    host = net.hosts[n]
+    start = len(net.seen)
+    tun = {"tunnel_id": instance, "tun_ipv4_src": VTEP}
+    net._handle(host, host.switch.process(TUN, pkt, tun))
+    return net.seen[start:]
+
+
+def _to_vtep(seen: list[Seen]) -> list[Seen]:
+    return [s for s in seen if s.port == TUN and s.delivery.tun_dst == VTEP]
+
+
+def _learned(net: Net, n: int) -> list[Flow]:
+    def pick(f: Flow) -> bool:
+        decoded = cookies.decode(f.cookie)
+        return decoded is not None and decoded.purpose is Purpose.VTEP_LEARNED
+
+    return [f for f in net.hosts[n].switch.flows(L2_FORWARD.table_id) if pick(f)]
+
+
+def test_the_vtep_reaches_its_instance_and_the_macs_behind_it_are_learned() -> None:
+    net = _net()
+    seen = _from_vtep(net, 1, eth(BEHIND, VM1.mac))
+    assert [(s.host, s.port) for s in seen] == [(1, VM1.ofport)]
+    [flow] = _learned(net, 1)
+    assert flow.idle_timeout == 300 and flow.priority < 100
+    assert cookies.decode(flow.cookie).tag == int(IPv4Address(VTEP)) & 0xFFFFFF  # type: ignore[union-attr]
+    # The way back is in the datapath: no packet-in, no LEARN.
+    before = len(net.packet_ins)
+    [out] = net.send(1, VM1.ofport, eth(VM1.mac, BEHIND))
+    assert (out.port, out.delivery.tun_dst, out.delivery.tunnel_id) == (TUN, VTEP, A)
+    assert len(net.packet_ins) == before
+
+
+def test_other_instances_from_the_vtep_are_dropped_as_from_a_non_member() -> None:
+    net = _net()
+    nonmember = net.hosts[1].switch.hits(
+        lambda f: cookies.decode(f.cookie).purpose is Purpose.DROP_NONMEMBER
+    )  # type: ignore[union-attr]
+    assert _from_vtep(net, 1, eth(BEHIND, VMB.mac), instance=B) == []
+    assert _from_vtep(net, 1, eth(BEHIND, "ff:ff:ff:ff:ff:ff"), instance=B) == []
+    after = net.hosts[1].switch.hits(
+        lambda f: cookies.decode(f.cookie).purpose is Purpose.DROP_NONMEMBER
+    )  # type: ignore[union-attr]
+    assert after == nonmember + 2
+    assert _learned(net, 1) == []
+
+
+def test_broadcast_reaches_the_vtep_once_and_b_never() -> None:
+    net = _net()
+    seen = net.send(1, VM1.ofport, eth(VM1.mac, "ff:ff:ff:ff:ff:ff"))
+    assert len(_to_vtep(seen)) == 1
+    assert _to_vtep(seen)[0].delivery.tunnel_id == A
+    # The copy host 2 received from the tunnel is not sent on to the VTEP again.
+    assert [s.host for s in seen if s.port == VM2.ofport] == [2]
+    assert _to_vtep(net.send(1, VMB.ofport, eth(VMB.mac, "ff:ff:ff:ff:ff:ff"))) == []
+    # The VTEP's broadcast is flooded to A's VMs only.
+    seen = _from_vtep(net, 1, eth(BEHIND, "ff:ff:ff:ff:ff:ff"))
+    assert [(s.host, s.port) for s in seen] == [(1, VM1.ofport)]
+
+
+def test_learning_is_bounded_per_vtep_and_instance() -> None:
+    net = _net()
+    for n in range(20):
+        _from_vtep(net, 1, eth(f"02:00:00:00:1e:{n:02x}", VM1.mac))
+    assert len(_learned(net, 1)) == 8
+    assert net.hosts[1].switch.learn_refused == 12
+
+
+def test_a_mac_a_dove_host_owns_wins_over_one_learned_behind_the_vtep() -> None:
+    net = _net()
+    net.send(1, VM1.ofport, eth(VM1.mac, VM2.mac))  # learned from host 2
+    net.deliver()
+    _from_vtep(net, 1, eth(VM2.mac, VM1.mac))  # the VTEP sends as VM2
+    _from_vtep(net, 1, eth(VM1.mac, VM1.mac))  # and as VM1, a VM of this host
+    assert len(_learned(net, 1)) == 2
+    assert [s.port for s in net.send(2, VM2.ofport, eth(VM2.mac, VM1.mac))] == [TUN, VM1.ofport]
+    seen = net.send(1, VM1.ofport, eth(VM1.mac, VM2.mac))
+    assert [(s.host, s.port) for s in seen if s.port != TUN] == [(2, VM2.ofport)]
+    assert _to_vtep(seen) == []
+
+
+def test_declared_macs_are_forwarded_and_answered() -> None:
+    net = _net()
+    [out] = net.send(1, VM1.ofport, eth(VM1.mac, STATIC))
+    assert (out.delivery.tun_dst, out.delivery.tunnel_id) == (VTEP, A)
+    [answer] = net.send(1, VM1.ofport, arp_request(VM1.mac, "10.0.0.1", "10.0.0.51"))
+    assert answer.port == VM1.ofport and answer.delivery.pkt["arp_sha"] == STATIC
+
+
+def test_everything_goes_with_the_instance_and_lingers_meanwhile() -> None:
+    net = _net()
+    _from_vtep(net, 2, eth(BEHIND, VM2.mac))
+    assert _learned(net, 2)
+    net.apply(net.hosts[2], net.hosts[2].core.ports_changed(net.now, []))
+    sw = net.hosts[2].switch
+    assert _learned(net, 2) == []
+    assert not [f for f in sw.flows() if cookies.decode(f.cookie).purpose is Purpose.VTEP_STATIC]  # type: ignore[union-attr]
+    members = [f for f in sw.flows(CLASSIFY.table_id) if f.match.get("tun_ipv4_src") == VTEP]
+    assert [(f.actions, f.goto_table) for f in members] == [((), 60)]  # lingering: egress_check
+    net.advance(61.0, step=1.0)
+    assert not [f for f in sw.flows(CLASSIFY.table_id) if f.match.get("tun_ipv4_src") == VTEP]
+    assert all(b[-1].port != TUN or b[1].value != VTEP for b in sw.groups.get(A, ()))  # type: ignore[union-attr]
+
+
+def test_an_unresolved_destination_goes_to_the_vtep_and_its_answer_teaches() -> None:
+    net = _net()
+    seen = net.send(1, VM1.ofport, eth(VM1.mac, BEHIND))
+    assert _to_vtep(seen) == []  # LEARN first
+    net.deliver()
+    start = len(net.seen)
+    net.advance(5.0)
+    [out] = _to_vtep(net.seen[start:])
+    assert out.delivery.pkt["eth_dst"] == BEHIND and out.delivery.tunnel_id == A
+    assert net.hosts[1].core.counters["vtep_unknown_sent"] == 1
+    # Asked again at once (negatively cached): straight to the VTEP.
+    assert len(_to_vtep(net.send(1, VM1.ofport, eth(VM1.mac, BEHIND)))) == 1
+    _from_vtep(net, 1, eth(BEHIND, VM1.mac))  # the answer teaches the datapath
+    [out] = net.send(1, VM1.ofport, eth(VM1.mac, BEHIND))
+    assert out.delivery.tun_dst == VTEP
+
+
+def test_an_arp_request_nobody_answered_goes_to_the_vtep() -> None:
+    net = _net()
+    net.send(1, VM1.ofport, arp_request(VM1.mac, "10.0.0.1", "10.0.0.77"))
+    net.deliver()
+    start = len(net.seen)
+    net.advance(5.0)
+    [out] = _to_vtep(net.seen[start:])
+    assert out.delivery.pkt["arp_tpa"] == "10.0.0.77"
+
+
+def test_a_restart_keeps_what_the_datapath_learned() -> None:
+    net = _net()
+    _from_vtep(net, 1, eth(BEHIND, VM1.mac))
+    host = net.hosts[1]
+    from dove_ryu.agent.host import HostCore
+
+    host.core = HostCore(host.core.p.cfg, net.now)
+    net.apply(host, host.core.ports_changed(net.now, [VM1, VMB]))
+    net.apply(host, host.core.switch_connected(net.now, TUN, host.switch.found()))
+    assert host.core.p.takeover.generation != 0
+    net.advance(10.0, step=1.0)
+    assert not host.core.p.takeover.settling
+    assert _learned(net, 1), "the sweep deleted a datapath-learned flow"
+    assert len(_to_vtep(net.send(1, VM1.ofport, eth(VM1.mac, "ff:ff:ff:ff:ff:ff")))) == 1
+
+
+def test_a_source_declares_vteps_at_run_time() -> None:
+    net = _net(external_vteps="", external_macs="")
+    host = net.hosts[1]
+    from dove_ryu.model import ExternalVtep
+
+    vtep = ExternalVtep("tor1", ip(60), frozenset({A}))
+    net.apply(host, CoreOutput_of(host.core.p.vteps.declared("directory", [vtep])))
+    seen = net.send(1, VM1.ofport, eth(VM1.mac, "ff:ff:ff:ff:ff:ff"))
+    assert [s.delivery.tun_dst for s in seen if s.port == TUN] == [str(ip(2)), str(ip(60))]
+    net.apply(host, CoreOutput_of(host.core.p.vteps.declared("directory", [])))
+    seen = net.send(1, VM1.ofport, eth(VM1.mac, "ff:ff:ff:ff:ff:ff"))
+    assert [s.delivery.tun_dst for s in seen if s.port == TUN] == [str(ip(2))]
+
+
+def CoreOutput_of(msgs: list[object]) -> object:  # noqa: N802
+    from dove_ryu.openflow.ofmsg import CoreOutput
+
+    return CoreOutput(ofmsgs=msgs)  # type: ignore[arg-type]
