@@ -36,7 +36,6 @@ from dove_ryu.openflow.pipeline import (
 PRIO_VTEP_LEARNED = 50  # above the instance's miss, below every endpoint flow
 PRIO_VTEP_STATIC = 60  # a declared MAC beats one learned behind a VTEP
 assert PRIO_INSTANCE_MISS < PRIO_VTEP_LEARNED < PRIO_VTEP_STATIC < PRIO_EXACT
-_LOCAL_BITS = METADATA_MASK.bit_length()  # instance, FROM_TUNNEL, FROM_WAN: all local
 
 
 def vtep_tag(vtep: ExternalVtep) -> int:
@@ -67,7 +66,10 @@ def learn_macs(vtep: ExternalVtep, instance: int, age: int, limit: int) -> Learn
         priority=PRIO_VTEP_LEARNED,
         cookie=learned_cookie(vtep, instance).value,
         matches=(
-            LearnSpec("metadata", value=metadata_for(instance), n_bits=_LOCAL_BITS),
+            # NOTE (python ovs 3.x flow parser): the whole metadata field, as a subfield
+            # (OXM_OF_METADATA[0..25]) its learn decoder cannot read; no flow sets bits
+            # above METADATA_MASK, so it matches the same packets.
+            LearnSpec("metadata", value=metadata_for(instance)),
             LearnSpec("eth_dst", src="eth_src"),
         ),
         loads=(

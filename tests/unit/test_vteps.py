@@ -253,3 +253,30 @@ def CoreOutput_of(msgs: list[object]) -> object:  # noqa: N802
     from dove_ryu.openflow.ofmsg import CoreOutput
 
     return CoreOutput(ofmsgs=msgs)  # type: ignore[arg-type]
+
+
+# OVS 3.1's dump of a VTEP's member flow and a flow its learn action wrote.
+DUMP = """\
+ cookie=0xd007001388000132, duration=3.2s, table=0, n_packets=5, n_bytes=490, priority=100,\
+tun_id=0x1388,tun_src=10.0.1.50,in_port=1 actions=learn(table=40,idle_timeout=300,priority=50,\
+cookie=0xd019001388000132,limit=1024,metadata=0x1388,NXM_OF_ETH_DST[]=NXM_OF_ETH_SRC[],\
+load:0x1388->NXM_NX_TUN_ID[],load:NXM_NX_TUN_IPV4_SRC[]->NXM_NX_TUN_IPV4_DST[],\
+output:NXM_OF_IN_PORT[]),write_metadata:0x1001388/0x3ffffff,goto_table:40
+ cookie=0xd019001388000132, duration=2.1s, table=40, n_packets=3, n_bytes=294, \
+idle_timeout=300, priority=50,metadata=0x1388,dl_dst=02:00:00:00:0e:01 \
+actions=load:0x1388->NXM_NX_TUN_ID[],load:0xa000132->NXM_NX_TUN_IPV4_DST[],output:1
+"""
+
+
+def test_dovectl_reads_a_learn_and_what_it_learned() -> None:
+    from dove_ryu.ctl import flowdump, flowstate
+
+    member, learned = flowdump.parse_flows(DUMP)
+    assert flowdump.render(member.actions, {1: "dove-vxlan"}).startswith("learn(table=40,")
+    view = flowstate.AgentView()
+    said = [
+        flowstate.origin_of(f.cookie, f.match, f.actions, view, {}, f.table, f.priority).what
+        for f in (member, learned)
+    ]
+    assert said[0].startswith("accepts tunnels from external VTEP 10.0.1.50, learns its MACs")
+    assert said[1] == "02:00:00:00:0e:01 behind external VTEP 10.0.1.50, learned in the datapath"
