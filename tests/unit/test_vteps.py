@@ -280,3 +280,22 @@ def test_dovectl_reads_a_learn_and_what_it_learned() -> None:
     ]
     assert said[0].startswith("accepts tunnels from external VTEP 10.0.1.50, learns its MACs")
     assert said[1] == "02:00:00:00:0e:01 behind external VTEP 10.0.1.50, learned in the datapath"
+
+
+def test_dovectl_vteps_lists_them(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from dove_ryu.adapters.operations import Operations
+    from dove_ryu.ctl import dovectl
+
+    net = _net()
+    ops = Operations.__new__(Operations)
+    ops.core, ops.lock = net.hosts[2].core, __import__("threading").RLock()
+    answer = ops.admin({"cmd": "vteps"})
+    [row] = answer["vteps"]
+    assert (row["name"], row["address"], row["served_here"]) == ("bm1", VTEP, [A])
+    assert row["static_macs"] == [{"instance": A, "mac": STATIC, "ip": "10.0.0.51"}]
+    monkeypatch.setattr(dovectl, "_ask", lambda args, cmd: answer)
+    assert dovectl.main(["vteps"]) == 0
+    out = capsys.readouterr().out
+    assert "bm1" in out and f"{A}/{STATIC}=10.0.0.51" in out and "vxlan" in out
