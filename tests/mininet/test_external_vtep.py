@@ -10,6 +10,7 @@ hypervisors.  The agents declare it in `external_vteps`.
 from __future__ import annotations
 
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -178,13 +179,20 @@ def test_tshark_reads_every_data_packet_as_vxlan_with_the_instance(
 ) -> None:
     host = vtep(dnet)
     pcap = tmp_path / "underlay.pcap"
-    dump = host.popen(["tcpdump", "-i", VTEP.uplink, "-w", str(pcap), "-U", "udp port 4789"])
-    time.sleep(0.5)
+    cmd = ["tcpdump", "-Z", "root", "--immediate-mode", "-U", "-i", VTEP.uplink, "-w", str(pcap)]
+    cmd.append("udp port 4789")
+    dump = host.popen(cmd, stderr=subprocess.PIPE, text=True)
+    from mininet_topos.hypervisor import wait_until
+
+    assert dump.stderr is not None
+    wait_until(lambda: "listening" in dump.stderr.readline(), 5.0, "tcpdump listening")
     try:
         for vm in dnet.tenant_vms(1):
             assert ping(host, vm.ip, count=2)
+        # 24 bytes of pcap header, then 16 + 148 bytes or more per VXLAN ping packet.
+        wait_until(lambda: pcap.stat().st_size >= 24 + 12 * 164, 5.0, "the pings captured")
     finally:
-        dump.terminate()
+        dump.send_signal(signal.SIGINT)
         dump.wait(5)
     out = subprocess.run(
         [
@@ -223,14 +231,17 @@ def test_learning_behind_it_is_bounded_and_the_agent_keeps_running(dnet: Any) ->
     assert "sent" in out, out
     from mininet_topos.hypervisor import wait_until
 
-    for hv in dnet.hypervisors:
+    # The hypervisors serving A now (the migration left one without A's VMs).
+    serving = sorted({vm.hypervisor for vm in dnet.tenant_vms(1)}, key=lambda hv: hv.name)
+    assert len(serving) >= 2
+    for hv in serving:
         wait_until(
             lambda hv=hv: len(ovs.flows(hv, Purpose.VTEP_LEARNED)) >= MAX_MACS,
             5.0,
             f"{hv.name} learned up to the bound",
         )
     settle()
-    for hv in dnet.hypervisors:
+    for hv in serving:
         assert len(ovs.flows(hv, Purpose.VTEP_LEARNED)) == MAX_MACS
     from mininet_topos.agents import admin
 
