@@ -9,6 +9,7 @@ hypervisors.  The agents declare it in `external_vteps`.
 
 from __future__ import annotations
 
+import json
 import re
 import signal
 import subprocess
@@ -215,6 +216,32 @@ def test_tshark_reads_every_data_packet_as_vxlan_with_the_instance(
     rows = [line.split("\t") for line in out if line.strip()]
     assert len(rows) >= 12, rows  # 3 VMs x 2 pings x (request + reply), at least
     assert {vni for vni, _ in rows} == {str(A)}, rows
+
+
+def dovectl(hv: Any, *args: str) -> str:
+    from mininet_topos.agents import ADMIN_SOCKET
+
+    dovectl = str(Path(sys.executable).parent / "dovectl")
+    cmd = [dovectl, "--admin-socket", str(Path(str(hv.rundir)) / ADMIN_SOCKET), *args]
+    out, err, rc = hv.pexec(cmd, env=hv.ovs_env())
+    assert rc == 0, f"dovectl {' '.join(args)}: rc {rc}\n{out}{err}"
+    return str(out)
+
+
+def test_dovectl_shows_the_vtep_its_flows_and_traces_to_it(dnet: Any) -> None:
+    vm = dnet.vm("t1vm2")
+    hv = vm.hypervisor
+    assert ping(vtep(dnet), vm.ip)
+    listed = dovectl(hv, "vteps")
+    assert VTEP.name in listed and VTEP.underlay_ip in listed and str(A) in listed
+    text = dovectl(hv, "flows", "--instance", str(A))
+    assert f"accepts tunnels from external VTEP {VTEP.underlay_ip}, learns its MACs" in text
+    assert f"{VTEP.mac} behind external VTEP {VTEP.underlay_ip}, learned in the datapath" in text
+    args = ["trace", "--from", vm.port, "--to", VTEP.mac, "--instance", str(A), "--json"]
+    report = json.loads(dovectl(hv, *args))
+    assert [(o["kind"], o["next_hop"]) for o in report["hops"][0]["outcomes"]] == [
+        ("tunnel", VTEP.underlay_ip)
+    ]
 
 
 def test_learning_behind_it_is_bounded_and_the_agent_keeps_running(dnet: Any) -> None:
