@@ -74,6 +74,22 @@ def test_the_vtep_pings_and_talks_tcp_to_a_on_every_hypervisor(dnet: Any) -> Non
         pass
 
 
+def test_an_address_no_dove_host_knows_is_asked_of_the_vtep(dnet: Any) -> None:
+    """Unknown destinations: an ARP request nobody answered a LEARN for goes to the
+    instance's VTEPs, whose answer comes back to the VM."""
+    from mininet_topos.agents import admin
+
+    host = vtep(dnet)
+    host.cmd(f"ip addr add 10.0.0.201/24 dev {VTEP.device}")
+    vm = dnet.vm("t1vm3")
+    sent = admin(vm.hypervisor, "vteps")["counters"].get("vtep_unknown_sent", 0)
+    # The first request waits for the LEARN to give up (about 3 s); those after it go
+    # to the VTEP at once while the target is negatively cached.
+    out = vm.host.cmd(f"arping -c8 -w9 -I {vm.host.intf().name} 10.0.0.201")
+    assert f"bytes from {VTEP.mac} (10.0.0.201)" in out.lower(), out
+    assert admin(vm.hypervisor, "vteps")["counters"]["vtep_unknown_sent"] > sent
+
+
 def test_what_it_learned_is_in_the_datapath_as_vtep_learned(dnet: Any) -> None:
     for hv in dnet.hypervisors:
         learned = ovs.flows(hv, Purpose.VTEP_LEARNED)
