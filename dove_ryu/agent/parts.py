@@ -113,6 +113,14 @@ class HostParts(Common):
     routers: Routers  # the tenant routers declared here, and the flows that route
     vteps: ExternalVteps  # VTEPs that run no agent, in the instances served here
 
+    def adopt(self, now: float, adopted: Adopted, instances: set[int] | None = None) -> None:
+        """`Common.adopt`, but an external VTEP in a flood group's buckets is no member
+        host: adopted as one, it would expire (it never announces) and its leaving
+        would delete its classify flow."""
+        for hosts in adopted.members.values():
+            hosts -= {h for h in hosts if self.vteps.is_vtep(h)}
+        super().adopt(now, adopted, instances)
+
 
 @dataclass
 class ProxyParts(Common):

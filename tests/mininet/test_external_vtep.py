@@ -97,6 +97,35 @@ def test_what_it_learned_is_in_the_datapath_as_vtep_learned(dnet: Any) -> None:
         assert all("idle_timeout=300" in f.text and "priority=50" in f.text for f in learned)
 
 
+def test_an_agent_restart_keeps_what_the_datapath_learned(dnet: Any) -> None:
+    from mininet_topos.agents import admin, agent_cmd
+    from mininet_topos.hypervisor import wait_until
+
+    hv = dnet.hv("hv2")
+    assert ping(vtep(dnet), dnet.vm("t1vm2").ip)
+
+    def learned() -> list[Any]:
+        return [f for f in ovs.flows(hv, Purpose.VTEP_LEARNED) if f"dl_dst={VTEP.mac}" in f.text]
+
+    [before] = learned()
+    generation = admin(hv)["takeover"]["generation"]
+    hv.stop_agent()
+    hv.start_agent(None, agent_cmd())
+
+    def settled() -> bool:
+        try:
+            st = admin(hv)
+        except Exception:  # still starting
+            return False
+        return bool(st["connected"]) and not st["takeover"]["settling"]
+
+    wait_until(settled, 30.0, "the restarted agent settled (its sweep done)")
+    assert admin(hv)["takeover"]["generation"] != generation
+    [after] = learned()  # the sweep of the old generation left it
+    assert after.cookie == before.cookie
+    assert ping(vtep(dnet), dnet.vm("t1vm2").ip)
+
+
 def test_a_broadcast_of_a_reaches_it_once_and_b_never(dnet: Any) -> None:
     host = vtep(dnet)
     a1, b1 = dnet.vm("t1vm1"), dnet.vm("t2vm1")

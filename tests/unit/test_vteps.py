@@ -299,3 +299,17 @@ def test_dovectl_vteps_lists_them(
     assert dovectl.main(["vteps"]) == 0
     out = capsys.readouterr().out
     assert "bm1" in out and f"{A}/{STATIC}=10.0.0.51" in out and "vxlan" in out
+
+
+def test_a_restarted_agent_does_not_take_the_vtep_for_a_member() -> None:
+    net = _net()
+    host = net.hosts[1]
+    from dove_ryu.agent.host import HostCore
+
+    host.core = HostCore(host.core.p.cfg, net.now)
+    net.apply(host, host.core.ports_changed(net.now, [VM1, VMB]))
+    net.apply(host, host.core.switch_connected(net.now, TUN, host.switch.found()))
+    assert not host.core.p.members.serves(A, IPv4Address(VTEP))
+    net.advance(30.0, step=1.0)  # members that never announce would have expired
+    _from_vtep(net, 1, eth(BEHIND, VM1.mac))
+    assert _learned(net, 1)
