@@ -170,9 +170,8 @@ class HostMisses:
             self.p.stats.count("resolved_from_directory")
             msgs = self.p.learned.remember(now, found, found.host)
             return CoreOutput(ofmsgs=msgs + self.release(target, [(in_port, data)], found))
-        if requester.instance is None and self.p.resolver.negative.active(
-            (instance, target, None), now
-        ):
+        own = requester.instance is None
+        if own and self.p.resolver.negative.active((instance, target, None), now):
             # Nobody answered for it a moment ago: the instance's external VTEPs may.
             vteps = self.p.vteps.unknown(now, instance, [(in_port, data)])
             if vteps:
@@ -185,13 +184,20 @@ class HostMisses:
         hosts = self.p.members.hosts(instance)
         if not hosts:
             self.p.stats.count("learn_no_members")
-        return CoreOutput(datagrams=self.p.ask(pending, hosts))
+        out = CoreOutput(datagrams=self.p.ask(pending, hosts))
+        if own and isinstance(target, IPv4Address):
+            # An ARP request also goes to the external VTEPs at once: an address behind
+            # one is never answered by a LEARN, and a VM must not wait the LEARN out.
+            out.ofmsgs += self.p.vteps.unknown(now, instance, [(in_port, data)])
+        return out
 
     def gave_up(self, now: float) -> list[OfMsg]:
         """The LEARNs given up: what they held goes to their instance's external VTEPs
         (a routed miss's packets do not: they were sent to a router)."""
         given_up = self.p.resolver.take_given_up()
         own = [p for p in given_up if p.requester is None or p.requester.instance is None]
+        # A held ARP request went to the VTEPs when it was asked (`_resolve`).
+        own = [p for p in own if not isinstance(p.target, IPv4Address)]
         return self.p.vteps.gave_up(now, [p for p in own if p.scope is None])
 
     def _published(self, instance: int, target: Target) -> Endpoint | None:

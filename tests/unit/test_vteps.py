@@ -209,14 +209,20 @@ def test_an_unresolved_destination_goes_to_the_vtep_and_its_answer_teaches() -> 
     assert out.delivery.tun_dst == VTEP
 
 
-def test_an_arp_request_nobody_answered_goes_to_the_vtep() -> None:
+def test_an_arp_request_goes_to_the_vtep_at_once_and_once() -> None:
+    """An address behind a VTEP is never answered by a LEARN: the request goes to the
+    VTEPs as it is asked (the LEARN goes on, for a DOVE host's VM), not again later."""
     net = _net()
-    net.send(1, VM1.ofport, arp_request(VM1.mac, "10.0.0.1", "10.0.0.77"))
+    seen = net.send(1, VM1.ofport, arp_request(VM1.mac, "10.0.0.1", "10.0.0.77"))
+    [out] = _to_vtep(seen)
+    assert out.delivery.pkt["arp_tpa"] == "10.0.0.77" and out.delivery.tunnel_id == A
+    assert net.learn_requests(1)
     net.deliver()
     start = len(net.seen)
     net.advance(5.0)
-    [out] = _to_vtep(net.seen[start:])
-    assert out.delivery.pkt["arp_tpa"] == "10.0.0.77"
+    assert _to_vtep(net.seen[start:]) == []
+    # B has no VTEP: its requests go nowhere but to the LEARN.
+    assert _to_vtep(net.send(1, VMB.ofport, arp_request(VMB.mac, "10.0.0.1", "10.0.0.77"))) == []
 
 
 def test_a_restart_keeps_what_the_datapath_learned() -> None:
