@@ -217,6 +217,10 @@ def test_an_arp_request_goes_to_the_vtep_at_once_and_once() -> None:
     [out] = _to_vtep(seen)
     assert out.delivery.pkt["arp_tpa"] == "10.0.0.77" and out.delivery.tunnel_id == A
     assert net.learn_requests(1)
+    # The VM asks again while the LEARN is in flight: that one goes too.
+    assert (
+        len(_to_vtep(net.send(1, VM1.ofport, arp_request(VM1.mac, "10.0.0.1", "10.0.0.77")))) == 1
+    )
     net.deliver()
     start = len(net.seen)
     net.advance(5.0)
