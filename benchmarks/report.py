@@ -547,6 +547,10 @@ def write_report(results: dict[str, Any], out: Path) -> None:
         from benchmarks import agent_restart_bench
 
         lines += agent_restart_bench.report_section(results["agentrestart"]) + [""]
+    if "kernelvtep" in results:
+        from benchmarks import kernel_vtep_bench
+
+        lines += kernel_vtep_bench.report_section(results["kernelvtep"]) + [""]
     plots = _plots(results, out)
     if plots:
         lines += ["## Plots", "", *plots, ""]

@@ -2,7 +2,7 @@
 
     sudo scripts/bench.sh [--quick]
         [--sections controller,first,dataplane,migration,scale,sites,directory,routing,
-                    ovsrestart,agentrestart]
+                    ovsrestart,agentrestart] (also: kernelvtep)
                           [--out DIR]
 
 Every system runs in the same emulation (namespaced hypervisors with their own
@@ -354,6 +354,11 @@ def main(argv: list[str] | None = None) -> int:
         from benchmarks.agent_restart_bench import run_agent_restart
 
         results["agentrestart"] = run_agent_restart(reps, progress, 1 if args.quick else 2)
+
+    if "kernelvtep" in sections:  # not in the default list: say --sections kernelvtep
+        from benchmarks.kernel_vtep_bench import run_kernel_vtep
+
+        results["kernelvtep"] = run_kernel_vtep(reps, seconds, progress)
 
     if "directory" in sections:
         vms = tuple(int(n) for n in args.directory_vms.split(","))
