@@ -681,6 +681,10 @@ _NXM_NAMES = {
     "ipv6_src": "NXM_NX_IPV6_SRC",
     "ipv6_dst": "NXM_NX_IPV6_DST",
     "ipv6_nd_tll": "NXM_NX_ND_TLL",
+    "tunnel_id": "NXM_NX_TUN_ID",
+    "tun_ipv4_src": "NXM_NX_TUN_IPV4_SRC",
+    "tun_ipv4_dst": "NXM_NX_TUN_IPV4_DST",
+    "in_port": "NXM_OF_IN_PORT",
 }
 _HEX_FIELDS = {"tunnel_id", "metadata", *REGISTERS}
 _RESERVED_PORTS = {of.OFPP_IN_PORT: "IN_PORT", of.OFPP_TABLE: "TABLE"}
@@ -738,7 +742,34 @@ def _action_text(action: of.Action) -> str:
         return "dec_ttl"
     if isinstance(action, of.CheckLarger):
         return f"check_pkt_larger({action.length})->NXM_NX_{action.register.upper()}[{action.bit}]"
+    if isinstance(action, of.Learn):
+        return _learn_text(action)
     raise TypeError(f"no ovs-ofctl spelling for {action!r}")
+
+
+def _learn_text(learn: of.Learn) -> str:
+    """As OVS 3.1 prints it (tests/unit/test_vteps.py has a dump of the real one)."""
+
+    def value(spec: of.LearnSpec) -> str:
+        raw = spec.value
+        return _hex(int(IPv4Address(raw))) if isinstance(raw, str) else _hex(int(raw or 0))
+
+    parts = [
+        f"table={learn.table_id}",
+        f"idle_timeout={learn.idle_timeout}",
+        f"priority={learn.priority}",
+        f"cookie={_hex(learn.cookie)}",
+        f"limit={learn.limit}",
+    ]
+    for m in learn.matches:
+        dst = f"{_NXM_NAMES[m.field]}[]" if m.src else m.field
+        parts.append(f"{dst}={_NXM_NAMES[m.src]}[]" if m.src else f"{dst}={value(m)}")
+    for m in learn.loads:
+        src = f"{_NXM_NAMES[m.src]}[]" if m.src else value(m)
+        parts.append(f"load:{src}->{_NXM_NAMES[m.field]}[]")
+    if learn.output_from:
+        parts.append(f"output:{_NXM_NAMES[learn.output_from]}[]")
+    return f"learn({','.join(parts)})"
 
 
 def flow_text(flow: Flow) -> tuple[str, str]:

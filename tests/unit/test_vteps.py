@@ -323,3 +323,41 @@ def test_a_restarted_agent_does_not_take_the_vtep_for_a_member() -> None:
     net.advance(30.0, step=1.0)  # members that never announce would have expired
     _from_vtep(net, 1, eth(BEHIND, VM1.mac))
     assert _learned(net, 1)
+
+
+def test_the_fake_switch_spells_the_learn_as_ovs_does() -> None:
+    from tests.fakeswitch import dump_flows
+
+    net = _net()
+    _from_vtep(net, 1, eth(BEHIND, VM1.mac))
+    text = dump_flows(net.hosts[1].switch)
+    learn = next(line for line in text.splitlines() if "learn(" in line)
+    want = (
+        "learn(table=40,idle_timeout=300,priority=50,cookie=0xd019001388"
+        f"{int(IPv4Address(VTEP)) & 0xFFFFFF:06x},limit=8,metadata=0x1388,"
+        "NXM_OF_ETH_DST[]=NXM_OF_ETH_SRC[],load:0x1388->NXM_NX_TUN_ID[],"
+        "load:NXM_NX_TUN_IPV4_SRC[]->NXM_NX_TUN_IPV4_DST[],output:NXM_OF_IN_PORT[])"
+    )
+    assert want in learn, learn
+    assert want.replace("limit=8", "limit=1024").replace("0x1388", "0x1388", 1) in DUMP.replace(
+        "\n", ""
+    ).replace("000132", f"{int(IPv4Address(VTEP)) & 0xFFFFFF:06x}")  # OVS's own spelling
+
+
+def test_the_benchmark_report_reads_its_results() -> None:
+    from benchmarks.kernel_vtep_bench import report_section
+    from benchmarks.stats import summary
+
+    s = {"mbits": summary([300.0, 340.0]), "rtt_ms": summary([0.25, 0.3])}
+    d = {"mbits": summary([290.0, 300.0]), "rtt_ms": summary([0.5, 0.55])}
+    text = "\n".join(
+        report_section(
+            {
+                "summary": {"kernel_vtep": s, "dove": d},
+                "ratios": {"mbits_kernel_vtep_over_dove": 1.1, "rtt_kernel_vtep_over_dove": 0.5},
+                "reps": 2,
+                "seconds": 3,
+            }
+        )
+    )
+    assert "| kernel VTEP (no agent) | 320 (300-340) |" in text and "throughput 1.10" in text
