@@ -42,16 +42,23 @@ def vtep_tag(vtep: ExternalVtep) -> int:
     return int(vtep.address) & cookies.TAG_MASK
 
 
+def vtep_port(tunnel_ofport: int, vtep: ExternalVtep) -> int:
+    """The tunnel port ``vtep``'s traffic leaves and arrives on: the one place that
+    picks it (its encapsulation).  NOTE: every VTEP uses the host's single tunnel port
+    (VXLAN) for now; a Geneve VTEP (``vtep.encapsulation``) needs the per-peer tunnel
+    ports of the Geneve work, and is sent VXLAN (and accepted on VXLAN) until then."""
+    return tunnel_ofport
+
+
 def vtep_tunnel(tunnel_ofport: int, vtep: ExternalVtep, instance: int) -> tuple[Action, ...]:
-    """How a packet of ``instance`` reaches ``vtep``: the one place that picks its
-    port and encapsulation.  NOTE: every VTEP goes through the host's single tunnel
-    port (VXLAN) for now; a Geneve VTEP (``vtep.encapsulation``) needs the per-peer
-    tunnel ports of the Geneve work, and is sent as VXLAN until then."""
-    return tunnel_actions(tunnel_ofport, instance, vtep.address)
+    """How a packet of ``instance`` reaches ``vtep`` (flood buckets, declared MACs,
+    unknown unicast); the flows its learn writes go back out the port it came in on."""
+    return tunnel_actions(vtep_port(tunnel_ofport, vtep), instance, vtep.address)
 
 
 def _member_match(vtep: ExternalVtep, instance: int, tunnel_ofport: int) -> dict[str, MatchValue]:
-    return {"in_port": tunnel_ofport, "tunnel_id": instance, "tun_ipv4_src": str(vtep.address)}
+    port = vtep_port(tunnel_ofport, vtep)
+    return {"in_port": port, "tunnel_id": instance, "tun_ipv4_src": str(vtep.address)}
 
 
 def learned_cookie(vtep: ExternalVtep, instance: int) -> Cookie:
