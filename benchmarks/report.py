@@ -551,6 +551,10 @@ def write_report(results: dict[str, Any], out: Path) -> None:
         from benchmarks import geneve_bench
 
         lines += geneve_bench.report_section(results["geneve"]) + [""]
+    if "kernelvtep" in results:
+        from benchmarks import kernel_vtep_bench
+
+        lines += kernel_vtep_bench.report_section(results["kernelvtep"]) + [""]
     plots = _plots(results, out)
     if plots:
         lines += ["## Plots", "", *plots, ""]

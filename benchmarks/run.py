@@ -2,7 +2,7 @@
 
     sudo scripts/bench.sh [--quick]
         [--sections controller,first,dataplane,migration,scale,sites,directory,routing,
-                    ovsrestart,agentrestart,geneve]
+                    ovsrestart,agentrestart,geneve] (also: kernelvtep)
                           [--out DIR]
 
 Every system runs in the same emulation (namespaced hypervisors with their own
@@ -359,6 +359,10 @@ def main(argv: list[str] | None = None) -> int:
         from benchmarks.geneve_bench import run_geneve
 
         results["geneve"] = run_geneve(reps, seconds, progress)
+    if "kernelvtep" in sections:  # not in the default list: say --sections kernelvtep
+        from benchmarks.kernel_vtep_bench import run_kernel_vtep
+
+        results["kernelvtep"] = run_kernel_vtep(reps, seconds, progress)
 
     if "directory" in sections:
         vms = tuple(int(n) for n in args.directory_vms.split(","))

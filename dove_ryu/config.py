@@ -16,11 +16,18 @@ import math
 import re
 import socket
 from collections.abc import Collection, Mapping
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields, replace
 from functools import cached_property
 from ipaddress import IPv4Address
 from typing import Any
 
+from dove_ryu.model import (
+    VTEP_ENCAPSULATIONS,
+    ExternalVtep,
+    VtepMac,
+    check_instance,
+    normalize_mac,
+)
 from dove_ryu.protocol.auth import MAX_KEY_ID, KeyRing
 
 TUNNEL_TYPES = ("vxlan", "geneve")  # in the order a common one is chosen (docs/interop.md)
@@ -212,7 +219,7 @@ class VtepBinding:
 
 
 @dataclass(frozen=True)
-class VtepConfig:
+class VtepControllerConfig:
     """The VTEP controller (role = vtep-controller, docs/interop.md section 3): the switch
     it drives through its hardware_vtep OVSDB, and which of its ports' VLANs are bound to
     which instances."""
@@ -225,6 +232,29 @@ class VtepConfig:
 
 
 @dataclass(frozen=True)
+class ExternalVtepsConfig:
+    """External VTEPs (docs/interop.md section 2): VTEPs that run no agent, the
+    instances they serve and the MACs declared behind them."""
+
+    external_vteps: tuple[ExternalVtep, ...] = _setting(
+        (), "VTEPs running no agent: NAME=IP:INSTANCE[+INSTANCE...][:ENCAP], comma-separated"
+    )
+    external_macs: tuple[VtepMac, ...] = _setting(
+        (), "MACs behind them: INSTANCE/MAC@NAME[=IPv4], comma-separated"
+    )
+    external_mac_age: int = _setting(300, "idle timeout (s) of a MAC learned behind a VTEP")
+    external_max_macs: int = _setting(1024, "MACs learned per external VTEP and instance")
+
+    @cached_property
+    def declared(self) -> tuple[ExternalVtep, ...]:
+        """The VTEPs, each with the MACs declared behind it."""
+        return tuple(
+            replace(v, macs=tuple(m for m in self.external_macs if m.vtep == v.name))
+            for v in self.external_vteps
+        )
+
+
+@dataclass(frozen=True)
 class DoveConfig:
     host: HostConfig
     role: str = "host"
@@ -233,7 +263,8 @@ class DoveConfig:
     gateway: GatewayConfig = field(default_factory=GatewayConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     dhcp: DhcpConfig = field(default_factory=DhcpConfig)
-    vtep: VtepConfig = field(default_factory=VtepConfig)
+    vtep: VtepControllerConfig = field(default_factory=VtepControllerConfig)
+    vteps: ExternalVtepsConfig = field(default_factory=ExternalVtepsConfig)
 
     @property
     def name(self) -> str:
@@ -253,7 +284,8 @@ SECTIONS: dict[str, type] = {
     "gateway": GatewayConfig,
     "metrics": MetricsConfig,
     "dhcp": DhcpConfig,
-    "vtep": VtepConfig,
+    "vtep": VtepControllerConfig,
+    "vteps": ExternalVtepsConfig,
 }
 
 
@@ -333,6 +365,8 @@ _MAXIMUM: dict[str, float] = {
     "external_prefix": 32,
     "gateway_priority": 255,
     "gateway_hello_interval": 60,
+    "external_mac_age": 65535,  # the learned flows' idle_timeout: 16 bits
+    "external_max_macs": 1_000_000,
 }
 # An interface MTU below 68 is refused by RFC 2132 9.1; a lease shorter than a minute
 # would have VMs renew all the time.
@@ -458,6 +492,10 @@ def parse(name: str, text: str) -> object:
         return _vtep_bindings(name, text)
     if name == "metrics_port":
         return _port_or_off(name, text)
+    if name == "external_vteps":
+        return _vteps(text)
+    if name == "external_macs":
+        return tuple(_vtep_mac(e) for e in re.split(r"[,\s]+", text) if e)
     if name in _CHOICES:
         return _choice(name, text, _CHOICES[name])
     if name == "accept_tunnel_types":
@@ -526,6 +564,7 @@ def from_values(values: Mapping[str, object]) -> DoveConfig:
     kwargs.setdefault("host_name", socket.gethostname())
     _check_role(kwargs)
     _check_discovery(kwargs)
+    _check_vteps(kwargs)
     sections = {
         section: cls(**{f.name: kwargs[f.name] for f in fields(cls) if f.name in kwargs})
         for section, cls in SECTIONS.items()
@@ -592,7 +631,7 @@ def _check_discovery(kwargs: dict[str, object]) -> None:
 
 
 _GATEWAY_ONLY = tuple(f.name for f in fields(GatewayConfig))
-_VTEP_ONLY = tuple(f.name for f in fields(VtepConfig))
+_VTEP_ONLY = tuple(f.name for f in fields(VtepControllerConfig))
 UNSET_IP = IPv4Address(0)  # a VTEP controller's underlay_ip when not given: the switch's
 
 
@@ -677,3 +716,100 @@ def _check_gateway(kwargs: dict[str, object]) -> None:
         raise ConfigError(
             f"[dove] external_nexthop: {nexthop} must be another address of {network}"
         )
+
+
+# --- external VTEPs ------------------------------------------------------------------
+_VTEP = re.compile(r"^([A-Za-z0-9_.-]{1,15})=([0-9.]+):([0-9+]+)(?::([a-z]+))?$")
+_VTEP_MAC = re.compile(r"^([0-9]+)/([0-9A-Fa-f:-]+)@([A-Za-z0-9_.-]{1,15})(?:=([0-9.]+))?$")
+
+
+def _instance(setting: str, entry: str, text: str) -> int:
+    try:
+        return check_instance(int(text))
+    except ValueError as e:
+        raise ConfigError(f"[dove] {setting}: {entry!r}: {e}") from None
+
+
+def _vteps(text: str) -> tuple[ExternalVtep, ...]:
+    """external_vteps: NAME=IP:INSTANCE[+INSTANCE...][:ENCAP], each entry checked alone
+    (an error quotes the entry, never the whole line)."""
+    found: list[ExternalVtep] = []
+    for entry in (e for e in re.split(r"[,\s]+", text) if e):
+        m = _VTEP.match(entry)
+        if m is None:
+            raise ConfigError(
+                f"[dove] external_vteps: {entry!r} is not NAME=IP:INSTANCE[+INSTANCE...][:ENCAP]"
+            )
+        name, ip, instances, encap = m.groups()
+        address = _ip("external_vteps", ip)
+        ids = [_instance("external_vteps", entry, i) for i in instances.split("+") if i]
+        if not ids or len(set(ids)) != len(ids):
+            raise ConfigError(f"[dove] external_vteps: {entry!r}: an instance missing or repeated")
+        encap = encap or "vxlan"
+        if encap not in VTEP_ENCAPSULATIONS:
+            raise ConfigError(
+                f"[dove] external_vteps: {entry!r}: encapsulation {encap!r} is not one of "
+                f"{', '.join(VTEP_ENCAPSULATIONS)}"
+            )
+        for other in found:
+            if other.name == name:
+                raise ConfigError(f"[dove] external_vteps: VTEP {name} is declared twice")
+            if other.address == address:
+                raise ConfigError(
+                    f"[dove] external_vteps: {name} and {other.name} have the same address {ip}"
+                )
+        found.append(ExternalVtep(name, address, frozenset(ids), encap))
+    return tuple(found)
+
+
+def _vtep_mac(entry: str) -> VtepMac:
+    m = _VTEP_MAC.match(entry)
+    if m is None:
+        raise ConfigError(f"[dove] external_macs: {entry!r} is not INSTANCE/MAC@NAME[=IPv4]")
+    instance, mac, name, ip = m.groups()
+    try:
+        mac = normalize_mac(mac)
+    except ValueError:
+        raise ConfigError(f"[dove] external_macs: {entry!r}: not a unicast MAC") from None
+    return VtepMac(
+        _instance("external_macs", entry, instance),
+        mac,
+        name,
+        _ip("external_macs", ip) if ip else None,
+    )
+
+
+def _check_vteps(kwargs: dict[str, object]) -> None:
+    """The VTEPs against this host and each other; every MAC behind a declared VTEP, in
+    one of its instances, declared once."""
+    vteps = kwargs.get("external_vteps", ())
+    macs = kwargs.get("external_macs", ())
+    assert isinstance(vteps, tuple) and isinstance(macs, tuple)
+    by_name = {v.name: v for v in vteps}
+    if vteps and kwargs.get("role", "host") != "host":
+        raise ConfigError("[dove] external_vteps: only a host (role = host) serves VTEPs")
+    peers = set(kwargs.get("peers", ()))  # type: ignore[call-overload]
+    taken = kwargs.get("accept_tunnel_types") or (kwargs.get("tunnel_type", "vxlan"),)
+    for v in vteps:
+        if v.encapsulation not in taken:  # type: ignore[operator]
+            raise ConfigError(
+                f"[dove] external_vteps: {v.name} speaks {v.encapsulation}, which this host "
+                "does not take (accept_tunnel_types)"
+            )
+        if v.address == kwargs["underlay_ip"]:
+            raise ConfigError(f"[dove] external_vteps: {v.name} is at this host's underlay_ip")
+        if v.address in peers:
+            raise ConfigError(f"[dove] external_vteps: {v.name} is at a peer's address")
+    seen: set[tuple[int, str]] = set()
+    for m in macs:
+        vtep = by_name.get(m.vtep)
+        if vtep is None:
+            raise ConfigError(f"[dove] external_macs: {m.instance}/{m.mac}: no VTEP named {m.vtep}")
+        if m.instance not in vtep.instances:
+            raise ConfigError(
+                f"[dove] external_macs: {m.instance}/{m.mac}: VTEP {m.vtep} does not serve "
+                f"instance {m.instance}"
+            )
+        if (m.instance, m.mac) in seen:
+            raise ConfigError(f"[dove] external_macs: {m.instance}/{m.mac} is declared twice")
+        seen.add((m.instance, m.mac))

@@ -211,3 +211,50 @@ class Router:
     def subnet_for(self, ip: IPv4Address) -> Subnet | None:
         """The subnet ``ip`` is in, or None: off the router's subnets."""
         return next((s for s in self.subnets if ip in s.network), None)
+
+
+# --- external VTEPs (issue 14, docs/interop.md section 2) ----------------------------
+
+VTEP_ENCAPSULATIONS = ("vxlan", "geneve")
+
+
+@dataclass(frozen=True)
+class VtepMac:
+    """A MAC an operator declares behind an external VTEP (``vtep``: its name), in one
+    of its instances, with the IPv4 address it answers ARP for (None: no ARP answer)."""
+
+    instance: int
+    mac: str
+    vtep: str
+    ip: IPv4Address | None = None
+
+
+@dataclass(frozen=True)
+class ExternalVtep:
+    """A VTEP that runs no agent (a kernel VXLAN device, a bare-metal NIC, a switch):
+    its tunnel traffic for ``instances`` is accepted, it is in their flood groups and
+    the MACs behind it are learned in the datapath.  From the configuration
+    (`external_vteps`) or, in directory mode, a Host row of role ``vtep``."""
+
+    name: str
+    address: IPv4Address
+    instances: frozenset[int]
+    encapsulation: str = "vxlan"
+    macs: tuple[VtepMac, ...] = ()  # declared statically
+
+    def __post_init__(self) -> None:
+        if not self.instances:
+            raise ValueError(f"external VTEP {self.name}: no instance")
+        for instance in self.instances:
+            check_instance(instance)
+        if self.encapsulation not in VTEP_ENCAPSULATIONS:
+            raise ValueError(
+                f"external VTEP {self.name}: encapsulation {self.encapsulation!r} is not "
+                f"one of {', '.join(VTEP_ENCAPSULATIONS)}"
+            )
+        for m in self.macs:
+            if m.vtep != self.name or m.instance not in self.instances:
+                raise ValueError(f"external VTEP {self.name}: MAC {m.mac} is not in its instances")
+
+    def macs_of(self, instance: int) -> tuple[VtepMac, ...]:
+        return tuple(m for m in self.macs if m.instance == instance)

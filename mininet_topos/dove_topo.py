@@ -22,7 +22,7 @@ import os
 import re
 import secrets
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -36,7 +36,7 @@ from mininet.util import quietRun
 
 from dove_ryu.ctl.dircluster import agent_remotes, cluster_remotes
 from dove_ryu.openflow.tunnels import mtu as tunnel_mtu
-from mininet_topos import kernel_vxlan, learning, ovn
+from mininet_topos import kernel_vtep, kernel_vxlan, learning, ovn
 from mininet_topos.directory import MEMBERS as DIRECTORY_MEMBERS
 from mininet_topos.directory import ClusterPki, DirectoryCluster, DirectoryMember, member_name
 from mininet_topos.directory import cleanup_stale as cleanup_directory
@@ -58,6 +58,7 @@ from mininet_topos.emulation import (
     warm_underlay,
 )
 from mininet_topos.hypervisor import MODES, Hypervisor, cleanup_stale, wait_until
+from mininet_topos.kernel_vtep import KernelVtep
 from mininet_topos.migration import cli_class
 from mininet_topos.underlay import UnderlayBridge
 
@@ -337,6 +338,7 @@ def build_dove_net(
     subnets: int = 1,
     routers: bool = False,
     tunnel_type: str = "vxlan",
+    kernel_vteps: Sequence[KernelVtep] = (),
 ) -> tuple[DoveNet, str]:
     """The emulation with an agent on every hypervisor, ready to forward.
 
@@ -346,6 +348,8 @@ def build_dove_net(
     10.0.<subnet>.254), the VMs routing through it (`mininet_topos.routing`).
     ``tunnel_type`` = "geneve": the agents send and take Geneve (with the DOVE option),
     the VMs get its MTU (1442).
+    ``kernel_vteps`` adds kernel VXLAN VTEPs on the underlay, declared to every agent as
+    external VTEPs (`mininet_topos.kernel_vtep`; `dnet.net.get(vtep.name)`).
     Returns the net and the deployment key (tests forge messages with it)."""
     if tunnel_type != "vxlan":
         extra = {"tunnel_type": tunnel_type, **(extra or {})}
@@ -354,6 +358,8 @@ def build_dove_net(
     # The directory's agents speak SSL, each with its own certificate (RBAC).
     pki = ClusterPki() if directory else None
     remotes = agent_remotes(directory_address(n) for n in range(1, DIRECTORY_MEMBERS + 1))
+    if kernel_vteps:
+        extra = {**kernel_vtep.settings(kernel_vteps), **(extra or {})}
     dnet = build_net(
         hypervisors,
         tenants,
@@ -374,6 +380,9 @@ def build_dove_net(
         vm_mtu=tunnel_mtu(tunnel_type),
     )
     try:
+        for vtep in kernel_vteps:
+            serving = {vm.hypervisor.underlay_ip for vm in dnet.vms if vm.instance == vtep.instance}
+            kernel_vtep.add_kernel_vtep(dnet.net, vtep, sorted(serving), UNDERLAY_SWITCH)
         wait_ready(dnet, timeout)
         if routers:
             from mininet_topos.routing import route_tenants

@@ -326,6 +326,7 @@ class FakeSwitch:
         self.conntrack = Conntrack()
         self.ttl_drops = 0  # packets whose TTL a DecTtl would have taken to zero
         self.deleted: list[Flow] = []  # flows a delete removed (not those an add replaced)
+        self.learn_refused = 0  # flows a learn action did not add: its limit was reached
 
     # ----------------------------------------------------------------- messages
 
@@ -512,6 +513,8 @@ class FakeSwitch:
                     self._actions(bucket, dict(state), out, cookie)
             elif isinstance(action, of.Ct):
                 self._ct(action, state, out)
+            elif isinstance(action, of.Learn):
+                self._learn(action, state)
             elif isinstance(action, of.DecTtl):
                 ttl = state.get("nw_ttl")
                 if ttl is None:
@@ -525,6 +528,38 @@ class FakeSwitch:
             else:
                 raise TypeError(f"fake switch cannot execute {action!r}")
         return True
+
+    def _learn(self, action: of.Learn, state: Packet) -> None:
+        """NOTE (OVS's learn, limit): an existing flow of the same match and priority is
+        refreshed; a new one is not added once the table holds ``limit`` flows with
+        the action's cookie."""
+
+        def value(spec: of.LearnSpec) -> Any:
+            return spec.value if spec.src is None else state.get(spec.src)
+
+        match: dict[str, Any] = {}
+        for spec in action.matches:
+            v = value(spec)
+            match[spec.field] = (v, (1 << spec.n_bits) - 1) if spec.n_bits else v
+        actions: list[of.Action] = [of.SetField(s.field, value(s)) for s in action.loads]
+        if action.output_from is not None:
+            actions.append(of.Output(state[action.output_from]))
+        table = self.tables.get(action.table_id, [])
+        known = any(f.priority == action.priority and f.match == match for f in table)
+        learned = sum(1 for f in table if f.cookie == action.cookie)
+        if not known and action.limit and learned >= action.limit:
+            self.learn_refused += 1
+            return
+        self._add(
+            of.FlowMod(
+                action.table_id,
+                action.priority,
+                match,
+                action.cookie,
+                tuple(actions),
+                idle_timeout=action.idle_timeout,
+            )
+        )
 
     def _ct(self, action: of.Ct, state: Packet, out: list[Delivery]) -> None:
         """NOTE (OVS's ct): with a table the packet is recirculated there, NATed and with
@@ -648,6 +683,10 @@ _NXM_NAMES = {
     "ipv6_src": "NXM_NX_IPV6_SRC",
     "ipv6_dst": "NXM_NX_IPV6_DST",
     "ipv6_nd_tll": "NXM_NX_ND_TLL",
+    "tunnel_id": "NXM_NX_TUN_ID",
+    "tun_ipv4_src": "NXM_NX_TUN_IPV4_SRC",
+    "tun_ipv4_dst": "NXM_NX_TUN_IPV4_DST",
+    "in_port": "NXM_OF_IN_PORT",
 }
 _HEX_FIELDS = {"tunnel_id", "metadata", *REGISTERS}
 _RESERVED_PORTS = {of.OFPP_IN_PORT: "IN_PORT", of.OFPP_TABLE: "TABLE"}
@@ -705,7 +744,34 @@ def _action_text(action: of.Action) -> str:
         return "dec_ttl"
     if isinstance(action, of.CheckLarger):
         return f"check_pkt_larger({action.length})->NXM_NX_{action.register.upper()}[{action.bit}]"
+    if isinstance(action, of.Learn):
+        return _learn_text(action)
     raise TypeError(f"no ovs-ofctl spelling for {action!r}")
+
+
+def _learn_text(learn: of.Learn) -> str:
+    """As OVS 3.1 prints it (tests/unit/test_vteps.py has a dump of the real one)."""
+
+    def value(spec: of.LearnSpec) -> str:
+        raw = spec.value
+        return _hex(int(IPv4Address(raw))) if isinstance(raw, str) else _hex(int(raw or 0))
+
+    parts = [
+        f"table={learn.table_id}",
+        f"idle_timeout={learn.idle_timeout}",
+        f"priority={learn.priority}",
+        f"cookie={_hex(learn.cookie)}",
+        f"limit={learn.limit}",
+    ]
+    for m in learn.matches:
+        dst = f"{_NXM_NAMES[m.field]}[]" if m.src else m.field
+        parts.append(f"{dst}={_NXM_NAMES[m.src]}[]" if m.src else f"{dst}={value(m)}")
+    for m in learn.loads:
+        src = f"{_NXM_NAMES[m.src]}[]" if m.src else value(m)
+        parts.append(f"load:{src}->{_NXM_NAMES[m.field]}[]")
+    if learn.output_from:
+        parts.append(f"output:{_NXM_NAMES[learn.output_from]}[]")
+    return f"learn({','.join(parts)})"
 
 
 def flow_text(flow: Flow) -> tuple[str, str]:

@@ -53,6 +53,8 @@ def _action(action: of.Action) -> Any:
         return parser.OFPActionDecNwTtl()
     if isinstance(action, of.Ct):
         return _ct(action)
+    if isinstance(action, of.Learn):
+        return parser.NXActionUnknown(NXAST_LEARN2, learn_body(action))
     raise TypeError(f"unknown action {action!r}")
 
 
@@ -147,6 +149,70 @@ def _ct(action: of.Ct) -> Any:
         alg=0,
         actions=nat_actions,
     )
+
+
+# NOTE (os-ken 4.2): its NXActionLearn is NXAST_LEARN, without learn2's limit (OVS
+# >= 2.12).  The body is packed as OVS lays out nx_action_learn2 (ofp-actions.c): the
+# learn fields (timeouts, priority, cookie, flags, table, fin timeouts), then limit,
+# result_dst_ofs and padding, then the flow_mod_spec elements: a 16-bit header
+# (source kind << 13 | destination kind << 11 | n_bits), the source (a field's NXM/OXM
+# header and bit offset, or the immediate value in 16-bit units), the destination
+# (header and offset; nothing for an output), zero-padded to 8 bytes.
+NXAST_LEARN2 = 45
+_LEARN_SRC_IMMEDIATE = 1 << 13
+_LEARN_DST_MATCH, _LEARN_DST_LOAD, _LEARN_DST_OUTPUT = 0, 1 << 11, 2 << 11
+# in_port as NXM_OF_IN_PORT (16 bits), the form learn's output reads a port from.
+_LEARN_IN_PORT = (0x0000 << 16) | (0 << 9) | 2
+
+
+def _learn_field(name: str) -> tuple[int, int, str]:
+    """(NXM/OXM header, width in bits, kind) of a field a learn names."""
+    if name == "in_port":
+        return _LEARN_IN_PORT, 16, "int"
+    head = _oxm_header(name)
+    if head is None:
+        raise ValueError(f"learn: no NXM header known for {name}")
+    header, length, kind = head
+    return header, length * 8, kind
+
+
+def _learn_spec(spec: of.LearnSpec, dst_kind: int) -> bytes:
+    header, width, kind = _learn_field(spec.field)
+    n_bits = spec.n_bits or width
+    if spec.src is not None:
+        src_header, src_width, _ = _learn_field(spec.src)
+        n_bits = spec.n_bits or min(width, src_width)
+        out = struct.pack("!HIH", dst_kind | n_bits, src_header, 0)
+    else:
+        raw = int.from_bytes(_oxm_value(kind, width // 8, spec.value), "big")
+        units = (n_bits + 15) // 16
+        out = struct.pack("!H", _LEARN_SRC_IMMEDIATE | dst_kind | n_bits)
+        out += (raw & ((1 << n_bits) - 1)).to_bytes(units * 2, "big")
+    if dst_kind != _LEARN_DST_OUTPUT:
+        out += struct.pack("!IH", header, 0)
+    return out
+
+
+def learn_body(action: of.Learn) -> bytes:
+    """The nx_action_learn2 after its subtype, padded so the action fills 8-byte units."""
+    body = struct.pack(
+        "!HHHQHBxHHIH2x",
+        action.idle_timeout,
+        0,  # hard_timeout
+        action.priority,
+        action.cookie,
+        0,  # flags
+        action.table_id,
+        0,  # fin_idle_timeout
+        0,  # fin_hard_timeout
+        action.limit,
+        0,  # result_dst_ofs
+    )
+    body += b"".join(_learn_spec(m, _LEARN_DST_MATCH) for m in action.matches)
+    body += b"".join(_learn_spec(m, _LEARN_DST_LOAD) for m in action.loads)
+    if action.output_from is not None:
+        body += _learn_spec(of.LearnSpec("in_port", src=action.output_from), _LEARN_DST_OUTPUT)
+    return body + bytes(-(10 + len(body)) % 8)
 
 
 def _flow_mod(dp: Any, fm: of.FlowMod) -> Any:

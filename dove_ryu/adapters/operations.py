@@ -57,6 +57,13 @@ class Operations:
             if cmd == "counters":
                 counts = dict(self.directory.counts) if self.directory is not None else {}
                 return {**self.core.counters, **counts}
+            if cmd == "vteps":  # external VTEPs (a host's; docs/interop.md section 2)
+                vteps = getattr(self.core.p, "vteps", None)
+                counters = self.core.counters
+                return {
+                    "vteps": vteps.status() if vteps is not None else [],
+                    "counters": {k: v for k, v in sorted(counters.items()) if "vtep" in k},
+                }
             if cmd == "peers":
                 channel = self.core.p.channel
                 return {

@@ -34,6 +34,8 @@ _TYPE_NAMES = {
     "int": "integer value",
     "float": "floating point value",
     "str": "string value",
+    "tuple[ExternalVtep, ...]": "list of NAME=IP:INSTANCE[+INSTANCE...][:ENCAP]",
+    "tuple[VtepMac, ...]": "list of INSTANCE/MAC@NAME[=IPv4]",
 }
 
 

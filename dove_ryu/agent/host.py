@@ -60,8 +60,7 @@ class HostCore:
         self.sync = DirectorySync(self.p, self.members)
         self.next_announce = now
         # Nothing is announced before OVSDB has told us our ports: a restarted agent that
-        # announced "no instances" made its peers drop it as a member for a moment, and
-        # the tunnel traffic from it in that moment (a ping stream lost a reply).
+        # announced "no instances" made its peers drop it (and its traffic) for a moment.
         self.ports_known = False
         self.routing = HostRouting(self.p)
         self.announcer = Announcer(self.p.incarnation, self.p.link.tunnels.bits)
@@ -361,6 +360,7 @@ class HostCore:
         out.ofmsgs += expired
         for pending in self.p.resolver.due(now):
             out.datagrams += self.p.ask(pending, self.p.members.hosts(pending.instance))
+        out.ofmsgs += self.misses.gave_up(now)  # unknown: to the external VTEPs
         for instance, host in self.p.members.expired(now):
             self.p.members.leave(instance, host)
             out.ofmsgs += self.members.member_changed(instance, host, joined=False)

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from dove_ryu.agent.directory import ActiveProxies, DirectoryView, EndpointRow, HostRow
 from dove_ryu.agent.host_members import HostMembers
+from dove_ryu.model import ExternalVtep
 from dove_ryu.openflow.ofmsg import CoreOutput, OfMsg
 
 if TYPE_CHECKING:
@@ -90,7 +91,19 @@ class DirectorySync:
         says; a host a reaper marked dead serves nothing any more."""
         assert self.p.directory is not None
         out = CoreOutput()
-        alive = self._serving(now, self.p.directory.alive_rows(now), out)
+        rows = self.p.directory.alive_rows(now)
+        # A switch a VTEP controller registered (role vtep) runs no agent: an external
+        # VTEP (`dove_ryu.agent.vteps`), not a member we would send LEARNs to.
+        vteps = {ip: row for ip, row in rows.items() if row.role == "vtep"}
+        out.ofmsgs += self.p.vteps.declared(
+            "directory",
+            [
+                ExternalVtep(r.name, ip, r.instances)
+                for ip, r in sorted(vteps.items())
+                if r.instances
+            ],
+        )
+        alive = self._serving(now, {ip: r for ip, r in rows.items() if ip not in vteps}, out)
         if self.p.published is not None:
             self.p.published.live(alive)
         gone = {h for i in self.p.members.instances() for h in self.p.members.hosts(i)}

@@ -159,10 +159,14 @@ class HostMisses:
         if isinstance(target, str) and is_multicast(target):  # flooded, never resolved
             self.p.stats.drop("packet_in_unexpected", now, f"multicast {target}")
             return CoreOutput()
+        own = requester.instance is None
+        # An ARP request also goes to the external VTEPs at once: an address behind one
+        # is never answered by a LEARN, and a VM must not wait the LEARN out.
+        arp = self._to_vteps(now, instance, in_port, data) if own and _is_ipv4(target) else []
         pending = self.p.resolver.in_flight(instance, target)
         if pending is not None:
             self.p.resolver.hold(pending, (in_port, data))
-            return CoreOutput()
+            return CoreOutput(ofmsgs=arp)
         found = self._published(instance, target)
         if found is not None:
             # The directory has it (lookup; or push, whose flows idled out): its flows
@@ -170,15 +174,32 @@ class HostMisses:
             self.p.stats.count("resolved_from_directory")
             msgs = self.p.learned.remember(now, found, found.host)
             return CoreOutput(ofmsgs=msgs + self.release(target, [(in_port, data)], found))
+        if own and self.p.resolver.negative.active((instance, target, None), now):
+            # Nobody answered for it a moment ago: the instance's external VTEPs may.
+            vteps = arp or self._to_vteps(now, instance, in_port, data)
+            if vteps:
+                return CoreOutput(ofmsgs=vteps)
         if not self.p.resolver.may_ask(now, instance, target):
-            return CoreOutput()
+            return CoreOutput(ofmsgs=arp)
         pending = self.p.resolver.start(now, instance, target, [(in_port, data)], requester)
         # To every host serving the instance; if none does yet (this VM, or its peers,
         # just came up) the LEARN waits and goes to the first member that announces.
         hosts = self.p.members.hosts(instance)
         if not hosts:
             self.p.stats.count("learn_no_members")
-        return CoreOutput(datagrams=self.p.ask(pending, hosts))
+        return CoreOutput(ofmsgs=arp, datagrams=self.p.ask(pending, hosts))
+
+    def _to_vteps(self, now: float, instance: int, in_port: int, data: bytes) -> list[OfMsg]:
+        return self.p.vteps.unknown(now, instance, [(in_port, data)])
+
+    def gave_up(self, now: float) -> list[OfMsg]:
+        """The LEARNs given up: what they held goes to their instance's external VTEPs
+        (a routed miss's packets do not: they were sent to a router)."""
+        given_up = self.p.resolver.take_given_up()
+        own = [p for p in given_up if p.requester is None or p.requester.instance is None]
+        # A held ARP request went to the VTEPs when it was asked (`_resolve`).
+        own = [p for p in own if not isinstance(p.target, IPv4Address)]
+        return self.p.vteps.gave_up(now, [p for p in own if p.scope is None])
 
     def _published(self, instance: int, target: Target) -> Endpoint | None:
         """The directory's answer for ``target``, if its host is a member of the
@@ -296,3 +317,7 @@ class HostMisses:
             out.datagrams.append(self.p.channel.datagram(tunnel_src, unlearn))
             self.p.stats.count("unlearn_sent_reactive")
         return out
+
+
+def _is_ipv4(target: Target) -> bool:
+    return isinstance(target, IPv4Address)

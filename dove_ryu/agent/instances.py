@@ -16,6 +16,7 @@ from typing import Protocol
 from dove_ryu.agent.link import SwitchLink
 from dove_ryu.agent.membership import Membership
 from dove_ryu.agent.ports import LocalPorts
+from dove_ryu.agent.vteps import ExternalVteps
 from dove_ryu.openflow import flows
 from dove_ryu.openflow.ofmsg import GroupCommand, OfMsg
 
@@ -38,12 +39,14 @@ class HostInstances:
         link: SwitchLink,
         linger_for: float,
         acceptance: Acceptance | None = None,
+        vteps: ExternalVteps | None = None,
     ) -> None:
         self.ports = ports
         self.members = members
         self.link = link
         self.linger_for = linger_for
         self.acceptance = acceptance
+        self.vteps = vteps  # external VTEPs: in the flood group, accepted, learned from
         self.lingering: dict[int, float] = {}  # instance -> until
         self.accepted: dict[int, set[IPv4Address]] = {}  # tunnel sources with a classify flow
 
@@ -54,11 +57,15 @@ class HostInstances:
         return sorted(self.ports.instances | set(self.lingering))
 
     def _group(self, instance: int, command: GroupCommand) -> list[OfMsg]:
-        """The flood group, and with two tunnel ports the local one (split horizon)."""
+        """The flood group (member hosts and external VTEPs), and with two tunnel ports
+        the local one (split horizon)."""
         local = self.ports.ofports(instance)
         tunnel = self.link.tunnel
+        vteps = self.vteps.buckets(instance) if self.vteps else ()
         msgs: list[OfMsg] = [
-            flows.flood_group(instance, local, self.members.hosts(instance), tunnel, command)
+            flows.flood_group(
+                instance, local, self.members.hosts(instance), tunnel, command, vteps=vteps
+            )
         ]
         if tunnel.mixed:
             msgs.append(flows.local_flood_group(instance, local, command))
@@ -73,11 +80,14 @@ class HostInstances:
 
     def _member_flows(self, instance: int, lingering: bool = False) -> list[OfMsg]:
         tunnel = self.link.tunnel
-        return [
+        msgs: list[OfMsg] = [
             m
             for h in self.members.hosts(instance)
             for m in flows.member_flows(instance, h, tunnel, lingering=lingering)
         ]
+        if self.vteps is not None and lingering:
+            msgs += self.vteps.lingering(instance)
+        return msgs
 
     def _accept(self, instance: int) -> set[IPv4Address]:
         extra = self.acceptance.extra_members(instance) if self.acceptance else set()
@@ -122,6 +132,7 @@ class HostInstances:
             *self._group(instance, GroupCommand.ADD_OR_MODIFY),
             *flows.instance_flows(instance, split_horizon=self.link.tunnel.mixed),
             *self.refresh_accepted([instance]),
+            *(self.vteps.up(instance) if self.vteps else ()),
         ]
 
     def down(self, now: float, instance: int) -> list[OfMsg]:
@@ -130,7 +141,11 @@ class HostInstances:
         self.accepted.pop(instance, None)
         if not self.link.connected:
             return []
-        msgs = [*flows.delete_instance(instance), *self._member_flows(instance, lingering=True)]
+        msgs = [
+            *flows.delete_instance(instance),
+            *(self.vteps.down(instance) if self.vteps else ()),
+            *self._member_flows(instance, lingering=True),
+        ]
         if self.link.tunnel.mixed:
             msgs.append(flows.group_mod(instance | flows.LOCAL_GROUP_BIT, GroupCommand.DELETE))
         return msgs

@@ -31,6 +31,7 @@ from dove_ryu.agent.sides import ProxyFlows, ProxyInstances, Sides
 from dove_ryu.agent.stats import Stats
 from dove_ryu.agent.takeover import Adopted, Takeover
 from dove_ryu.agent.tunnel import TunnelFlows
+from dove_ryu.agent.vteps import ExternalVteps
 from dove_ryu.config import DoveConfig, ProxyConfig
 from dove_ryu.openflow.ofmsg import Datagram, OfMsg
 from dove_ryu.openflow.tunnels import Tunnels, beyond_vxlan
@@ -111,6 +112,15 @@ class HostParts(Common):
     published: Published | None  # the endpoints it pushes (instances in push mode)
     dhcp: DhcpServer  # answers the DHCP requests of VM ports with an address
     routers: Routers  # the tenant routers declared here, and the flows that route
+    vteps: ExternalVteps  # VTEPs that run no agent, in the instances served here
+
+    def adopt(self, now: float, adopted: Adopted, instances: set[int] | None = None) -> None:
+        """`Common.adopt`, but an external VTEP in a flood group's buckets is no member
+        host: adopted as one, it would expire (it never announces) and its leaving
+        would delete its classify flow."""
+        for hosts in adopted.members.values():
+            hosts -= {h for h in hosts if self.vteps.is_vtep(h)}
+        super().adopt(now, adopted, instances)
 
 
 @dataclass
@@ -167,18 +177,26 @@ def host_parts(cfg: DoveConfig, log: logging.Logger) -> HostParts:
     assert isinstance(members, Membership) and isinstance(stats, Stats)
     routers = Routers(ports, members, link)
     tunnel_flows.neighbors = routers
+    resolver = common["resolver"]
+    assert isinstance(resolver, Resolver)
+    resolver.keep_given_up = True  # drained by the host's tick: to its external VTEPs
+    vteps = ExternalVteps(ports, link, stats, cfg.vteps)
+    instances = HostInstances(
+        ports, members, link, cfg.learning.departure_memory, acceptance=routers, vteps=vteps
+    )
+    vteps.regroup = instances.ports_changed
+    vteps.declared("config", cfg.vteps.declared)  # directory mode adds its own source
     return HostParts(
         **common,  # type: ignore[arg-type]
         ports=ports,
-        instances=HostInstances(
-            ports, members, link, cfg.learning.departure_memory, acceptance=routers
-        ),
+        instances=instances,
         mobility=Mobility(ttl=cfg.learning.departure_memory),
         tunnel_flows=tunnel_flows,
         directory=DirectoryMembers(cfg.host.underlay_ip) if by_directory else None,
         published=Published(cfg.name) if by_directory else None,
         dhcp=DhcpServer(stats, cfg.dhcp, routers.subnet_of, encapsulations=link.tunnels.accepted),
         routers=routers,
+        vteps=vteps,
     )
 
 

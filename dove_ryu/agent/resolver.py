@@ -119,6 +119,11 @@ class Resolver:
         self._buckets: dict[int, TokenBucket] = {}
         self.negative = NegativeCache()
         self._last_request_id = 0
+        # LEARNs given up since the last `take_given_up`, kept when `keep_given_up` (a
+        # host, which drains them every tick): their held packets may still go to the
+        # instance's external VTEPs (`dove_ryu.agent.vteps`).
+        self.keep_given_up = False
+        self.given_up: list[Pending] = []
 
     def __len__(self) -> int:
         return len(self._by_key)
@@ -203,12 +208,20 @@ class Resolver:
                 self.negative.add(pending.key, now)
                 self.stats.count("learn_timeouts")
                 self.stats.count("held_dropped", len(pending.held))
+                if self.keep_given_up:
+                    self.given_up.append(pending)
                 continue
             pending.attempts += 1
             pending.next_retry = now + self.timeout * pending.attempts
             self.stats.count("learn_retransmits")
             resend.append(pending)
         return resend
+
+    def take_given_up(self) -> list[Pending]:
+        """The LEARNs given up since the last call (their held packets are counted as
+        dropped: no DOVE host took them)."""
+        given_up, self.given_up = self.given_up, []
+        return given_up
 
     def take_reply(
         self,

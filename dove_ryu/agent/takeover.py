@@ -28,7 +28,12 @@ from dove_ryu.model import Endpoint
 from dove_ryu.openflow import cookies
 from dove_ryu.openflow.cookies import Purpose
 from dove_ryu.openflow.ofmsg import Action, GroupCommand, GroupMod, OfMsg, SetField
-from dove_ryu.openflow.pipeline import EXT_OUT, delete_generation, group_mod
+from dove_ryu.openflow.pipeline import (
+    DATAPATH_LEARNED,
+    EXT_OUT,
+    delete_generation_but_learned,
+    group_mod,
+)
 
 
 @dataclass(frozen=True)
@@ -65,8 +70,13 @@ class SwitchState:
         return self.flows_read and self.groups_read
 
     def generations(self) -> Counter[int]:
-        """How many of our flows each generation has."""
-        found = (cookies.generation(f.cookie) for f in self.flows)
+        """How many of our flows each generation has (the agent's: not those the
+        datapath learned, which keep the generation of the flow that learned them)."""
+        found = (
+            cookies.generation(f.cookie)
+            for f in self.flows
+            if (d := cookies.decode(f.cookie)) is None or d.purpose is not DATAPATH_LEARNED
+        )
         return Counter(g for g in found if g is not None)
 
 
@@ -266,7 +276,10 @@ class Takeover:
         if self.settle_by is None or (self.waiting_for and now < self.settle_by):
             return []
         wanted = set(wanted_groups)
-        msgs: list[OfMsg] = [delete_generation(g) for g in sorted(self.stale_generations)]
+        # The flows the datapath learned (external VTEPs) age out by themselves.
+        msgs: list[OfMsg] = [
+            m for g in sorted(self.stale_generations) for m in delete_generation_but_learned(g)
+        ]
         msgs += [group_mod(g, GroupCommand.DELETE) for g in sorted(self.found_groups - wanted)]
         self.settle_by = None
         self.stale_generations = set()

@@ -341,6 +341,42 @@ def cmd_peers(args: argparse.Namespace) -> Any:
     return None
 
 
+def cmd_vteps(args: argparse.Namespace) -> Any:
+    """The external VTEPs declared on this host: address, encapsulation, instances
+    (those served here), the MACs declared behind them; the agent's VTEP counters."""
+    answer = _ask(args, "vteps")
+    if args.json:
+        return answer
+
+    def macs(v: dict[str, Any]) -> str:
+        shown = [
+            f"{m['instance']}/{m['mac']}" + (f"={m['ip']}" if m["ip"] else "")
+            for m in v["static_macs"]
+        ]
+        return ", ".join(shown) or "-"
+
+    _table(
+        [
+            [
+                v["name"],
+                v["address"],
+                v["encapsulation"],
+                ",".join(map(str, v["instances"])),
+                ",".join(map(str, v["served_here"])) or "-",
+                macs(v),
+                v["source"],
+            ]
+            for v in answer["vteps"]
+        ],
+        ["VTEP", "ADDRESS", "ENCAP", "INSTANCES", "SERVED HERE", "STATIC MACS", "FROM"],
+    )
+    if answer["counters"]:
+        print()
+        for name, value in answer["counters"].items():
+            print(f"{name}: {value}")
+    return None
+
+
 def cmd_keys(args: argparse.Namespace) -> Any:
     """``keys``: the agent's key ids and messages accepted under each; ``keys reload``:
     read the key settings again from its configuration files and take them."""
@@ -485,6 +521,7 @@ COMMANDS: dict[str, Any] = {
     "routers": cmd_routers,
     "counters": cmd_counters,
     "peers": cmd_peers,
+    "vteps": cmd_vteps,
     "keys": cmd_keys,
     "graph": cmd_graph,
     "attach": cmd_attach,
@@ -521,6 +558,7 @@ def build_parser() -> argparse.ArgumentParser:
     read("counters", "the agent's counters")
     read("vtep", "a VTEP controller's switch: bindings, remote and local MACs")
     read("peers", "the peers heard from: role, the key id each last signed with, when")
+    read("vteps", "external VTEPs: address, encapsulation, instances served here, static MACs")
     p = read("keys", "the deployment key ids: signing, accepted, retired; or reload them")
     p.add_argument(
         "action",

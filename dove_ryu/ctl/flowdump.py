@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from ipaddress import IPv4Address
 from typing import Any
 
 from ovs.flow.decoders import EthMask, IntMask, IPMask, decode_int
@@ -103,9 +104,20 @@ def _field(section: str, kv: KeyValue) -> Field:
         written = value.get("value", {})
         plain = _plain(next(iter(written.values()))) if isinstance(written, dict) else None
         return Field(key, text, plain, target)
+    if key == "load" and isinstance(value, dict) and isinstance(value.get("value"), int):
+        # A flow a learn action wrote (external VTEPs) loads the tunnel key: read as the
+        # set_field the agent's own flows use.
+        target = _LOADED.get(str(value.get("dst", {}).get("field", "")), "")
+        loaded = value["value"]
+        plain = str(IPv4Address(loaded)) if target == "tun_dst" else loaded
+        return Field(key, text, plain, target)
     if key == "check_pkt_larger" and isinstance(value, dict):
         return Field(key, text, int(value.get("pkt_len", 0)))
     return Field(key, text, _plain(value))
+
+
+# The NXM names a learned flow's loads print, as the set_field names of our flows.
+_LOADED = {"NXM_NX_TUN_ID": "tun_id", "NXM_NX_TUN_IPV4_DST": "tun_dst"}
 
 
 def parse_fields(text: str, decoders: KVDecoders) -> tuple[Field, ...]:
@@ -131,10 +143,10 @@ def first(fields: Iterable[Field], key: str) -> Field | None:
 
 
 def written(fields: Iterable[Field], target: str) -> str | int | None:
-    """What the last set_field to ``target`` among ``fields`` writes."""
+    """What the last set_field (or load) to ``target`` among ``fields`` writes."""
     value = None
     for f in fields:
-        if f.key == "set_field" and f.target == target:
+        if f.key in ("set_field", "load") and f.target == target:
             value = f.value
     return value
 

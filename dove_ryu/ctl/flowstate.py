@@ -452,6 +452,21 @@ def _origin(
             ips=learned.ips,
             host=learned.host,
         )
+    if p in (Purpose.VTEP_LEARNED, Purpose.VTEP_STATIC) and instance:
+        mac = _mac_of(match, actions)
+        host = written(actions, "tun_dst")
+        host = host if isinstance(host, str) else None
+        shown = mac or "a MAC"
+        where = f" behind external VTEP {host}" if host else " behind an external VTEP"
+        if p is Purpose.VTEP_LEARNED and table_name(table) == "l2_forward":
+            return with_(what=f"{shown}{where}, learned in the datapath", mac=mac, host=host)
+        if p is Purpose.VTEP_STATIC:
+            prefix = "ARP answered for " if table_name(table) == "arp_nd" else ""
+            return with_(what=f"{prefix}{shown}{where}, declared", mac=mac, host=host)
+    if p is Purpose.MEMBER and instance and any(f.key == "learn" for f in actions):
+        src = next((f.value for f in match if f.key == "tun_src"), None)
+        host = src if isinstance(src, str) else f"*.{_ip_tail(tag)}"
+        return with_(what=f"accepts tunnels from external VTEP {host}, learns its MACs", host=host)
     if p is Purpose.MEMBER and instance:
         src = next((f.value for f in match if f.key == "tun_src"), None)
         host = src if isinstance(src, str) else _host_by_tag(view, tag)

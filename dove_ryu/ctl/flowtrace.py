@@ -140,6 +140,10 @@ class RawTrace:
         return last.flow if not final or final == "unchanged" else final
 
 
+# What writes a field: set_field, or a load (in a flow an external VTEP's learn wrote).
+_SETS = ("set_field", "load")
+
+
 def _action(text: str) -> Field:
     try:
         fields = parse_actions(text)
@@ -536,9 +540,9 @@ class _Walker:
                 )
                 where = f" (conntrack zone {zone.group(1)})" if zone else ""
                 self.nat.append(f"{side} NAT {packet.text(key)} -> {nat.group(2)}{where}")
-        elif f.key == "set_field" and f.target == "tun_dst" and isinstance(f.value, str):
+        elif f.key in _SETS and f.target == "tun_dst" and isinstance(f.value, str):
             self.tun_dst = f.value
-        elif f.key == "set_field" and f.target == "tun_id" and isinstance(f.value, int):
+        elif f.key in _SETS and f.target == "tun_id" and isinstance(f.value, int):
             self.tun_id = f.value
         elif f.key == "check_pkt_larger" and isinstance(f.value, int):
             self.larger = f.value

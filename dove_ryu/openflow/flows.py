@@ -365,13 +365,15 @@ def flood_group(
     members: Iterable[IPv4Address],
     tunnel_ofport: Tunnels | int,
     command: GroupCommand,
+    vteps: Iterable[tuple[Action, ...]] = (),
 ) -> GroupMod:
     """One ALL group per instance: each local port, then head-end replication
-    to each member host.  A packet from the tunnel is not sent back into it:
-    OpenFlow never outputs to the in_port (with two tunnel ports, `instance_flows`
-    sends tunnel packets to `local_flood_group` instead)."""
+    to each member host and external VTEP (``vteps``: their buckets).  A packet from
+    the tunnel is not sent back into it: OpenFlow never outputs to the in_port (with two
+    tunnel ports, `instance_flows` sends tunnel packets to `local_flood_group` instead)."""
     buckets: list[tuple[Action, ...]] = [(Output(p),) for p in sorted(local_ofports)]
     buckets += [tunnel_actions(tunnel_ofport, instance, h) for h in sorted(members)]
+    buckets += vteps
     return group_mod(instance, command, buckets)
 
 

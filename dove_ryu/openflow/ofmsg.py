@@ -112,7 +112,43 @@ CT_RPL = 0x08
 CT_INV = 0x10
 CT_TRK = 0x20
 
-Action = Output | SetField | Move | Group | CheckLarger | DecTtl | Ct
+# --- learn (external VTEPs, docs/interop.md section 2) ---------------------------------
+
+
+@dataclass(frozen=True)
+class LearnSpec:
+    """One field of the flow a `Learn` writes: the learned flow matches (or, in its
+    actions, loads) bits 0..``n_bits``-1 of ``field`` (0: the whole field), from
+    ``value`` (immediate) or from the learning packet's ``src`` field."""
+
+    field: str
+    value: int | str | None = None
+    src: str | None = None
+    n_bits: int = 0
+
+    def __post_init__(self) -> None:
+        if (self.value is None) == (self.src is None):
+            raise ValueError(f"learn {self.field}: a value or a source field, one of them")
+
+
+@dataclass(frozen=True)
+class Learn:
+    """Open vSwitch's learn action (NXAST_LEARN2, OVS >= 2.12): each packet writes (or
+    refreshes) a flow in ``table_id`` matching ``matches``, whose actions load ``loads``
+    and output to the port held in ``output_from`` of the learning packet.  At most
+    ``limit`` flows (0: no bound) share this action's ``cookie``, table and priority."""
+
+    table_id: int
+    priority: int
+    cookie: int
+    matches: tuple[LearnSpec, ...]
+    loads: tuple[LearnSpec, ...] = ()
+    output_from: str | None = None
+    idle_timeout: int = 0
+    limit: int = 0
+
+
+Action = Output | SetField | Move | Group | CheckLarger | DecTtl | Ct | Learn
 
 
 class FlowCommand(Enum):

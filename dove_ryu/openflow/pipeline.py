@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import Enum
 
 from dove_ryu.openflow import cookies
@@ -59,6 +59,7 @@ from dove_ryu.openflow.ofmsg import (
     Group,
     GroupCommand,
     GroupMod,
+    Learn,
     Match,
     Move,
     Output,
@@ -203,6 +204,9 @@ class Table:
     outputs: tuple[Out, ...] = ()
     # May send packets through conntrack (ct); a ct's table is one of next_tables.
     conntrack: bool = False
+    # The tables its flows' learn actions write flows into (external VTEPs); each
+    # written flow is checked against its table's declaration.
+    learns: tuple[str, ...] = ()
 
     def flow(
         self,
@@ -232,6 +236,7 @@ class Table:
                 )
         _check_actions(f"table {self.name}", actions, self.sets, self.registers, self.outputs)
         self._check_conntrack(actions)
+        self._check_learns(actions)
         fm = FlowMod(
             table_id=self.table_id,
             priority=priority,
@@ -274,6 +279,26 @@ class Table:
                 if target is None or target.name not in self.next_tables:
                     raise ValueError(f"table {self.name} may not recirculate to {action.table}")
 
+    def _check_learns(self, actions: tuple[Action, ...]) -> None:
+        for action in actions:
+            if not isinstance(action, Learn):
+                continue
+            target = BY_ID.get(action.table_id)
+            if target is None or target.name not in self.learns:
+                raise ValueError(f"table {self.name} may not learn into table {action.table_id}")
+            target.check_learned(action)
+
+    def check_learned(self, learn: Learn) -> None:
+        """The flow ``learn`` writes into this table does only what it may."""
+        self._check_match({spec.field: 0 for spec in learn.matches})
+        decoded = cookies.decode(learn.cookie)
+        if decoded is None or decoded.purpose not in self.cookies:
+            raise ValueError(f"table {self.name}: a learned flow's cookie is none of its purposes")
+        owner = f"table {self.name} (learned)"
+        written = tuple(SetField(spec.field, 0) for spec in learn.loads)
+        out = (Output(0),) if learn.output_from is not None else ()
+        _check_actions(owner, written + out, self.sets, self.registers, self.outputs)
+
     def _check_match(self, match: Match) -> None:
         unknown = set(match) - set(self.matches)
         if unknown:
@@ -302,6 +327,8 @@ CLASSIFY = Table(
     # A gateway: the tunnel to l3_route, its external port to ext_in.
     next_tables=("port_security", "ext_in", "l3_route", "l2_forward", "egress_check"),
     metadata=INSTANCE_MASK | FROM_TUNNEL | FROM_WAN,
+    # An external VTEP's member flow learns the MACs behind it (docs/interop.md).
+    learns=("l2_forward",),
 )
 PORT_SECURITY = Table(
     10,
@@ -343,6 +370,7 @@ ARP_ND = Table(
         Purpose.ARP_LEARNED,
         Purpose.INSTANCE,
         Purpose.ROUTER_PORT,
+        Purpose.VTEP_STATIC,  # ARP answered for a MAC declared behind an external VTEP
     ),
     matches=(
         "metadata",
@@ -585,6 +613,35 @@ def delete_generation(gen: int) -> FlowMod:
     )
 
 
+# Flows the datapath writes itself (an external VTEP's learn action): a take-over's
+# sweep leaves them to age out (docs/interop.md section 2).
+DATAPATH_LEARNED = Purpose.VTEP_LEARNED
+_PURPOSE_BITS = 8
+
+
+def delete_generation_but_learned(gen: int) -> list[FlowMod]:
+    """`delete_generation`, except the flows the datapath learned (DATAPATH_LEARNED).
+
+    A cookie mask cannot say "not this purpose", so the other purposes are covered by
+    one delete per bit of the purpose field: the purposes that agree with the kept one
+    on the bits above that bit and differ on it (eight deletes, every other purpose
+    exactly once)."""
+    whole = delete_generation(gen)
+    kept = int(DATAPATH_LEARNED)
+    msgs = []
+    for bit in reversed(range(_PURPOSE_BITS)):
+        prefix = ((kept >> bit) ^ 1) << bit  # the kept purpose's upper bits, this bit flipped
+        mask = ((1 << _PURPOSE_BITS) - 1) & ~((1 << bit) - 1)
+        msgs.append(
+            replace(
+                whole,
+                cookie=whole.cookie | (prefix << cookies.PURPOSE_SHIFT),
+                cookie_mask=whole.cookie_mask | (mask << cookies.PURPOSE_SHIFT),
+            )
+        )
+    return msgs
+
+
 def group_mod(
     group_id: int, command: GroupCommand, buckets: Iterable[tuple[Action, ...]] = ()
 ) -> GroupMod:
@@ -609,6 +666,8 @@ def _check_declaration() -> None:
             assert target.table_id > table.table_id, (table.name, name)
             assert set(target.roles) & set(table.roles), (table.name, name)
         assert table.miss.goto is None or table.miss.goto in table.next_tables, table.name
+        for name in table.learns:
+            assert set(BY_NAME[name].roles) & set(table.roles), (table.name, name)
         assert table.miss.output is None or table.miss.output in table.outputs, table.name
         # A register is matched only where a table that sets it jumps.
         for reg in filter(_REGISTER.fullmatch, table.matches):

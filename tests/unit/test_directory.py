@@ -277,3 +277,33 @@ def test_lookup_falls_back_to_learn_for_an_endpoint_whose_host_stopped() -> None
     assert h1.core.p.learned.get(5001, MAC_B) is None
     # A LEARN, waiting for a member of the instance (h2 was its only other one).
     assert h1.core.status(net.now)["pending"] == 1 and h1.core.counters["learn_no_members"] == 1
+
+
+def test_a_switch_a_vtep_controller_registered_is_an_external_vtep_not_a_member() -> None:
+    """A Host row of role vtep (a hardware_vtep switch, docs/interop.md section 3) runs
+    no agent: hosts flood to it and learn behind it in the datapath, and never count
+    it as a member (a LEARN to it would go unanswered).  Its row gone, so is it."""
+    from ipaddress import IPv4Address
+
+    from dove_ryu.openflow.ofmsg import SetField
+
+    net = directory_net()
+    h1 = net.hosts[1]
+    tor = HostRow("tor1", IPv4Address("10.99.0.60"), frozenset({5001}), role="vtep")
+
+    def show(extra: list[HostRow]) -> None:
+        for h in net.hosts.values():
+            net.apply(h, h.core.directory_rows(net.now, DirectoryView(host_rows(net, 1) + extra)))
+
+    def flooded_to_tor() -> bool:
+        buckets = h1.switch.groups[5001]
+        return any(SetField("tun_ipv4_dst", "10.99.0.60") in b for b in buckets)
+
+    show([tor])
+    assert h1.core.p.members.hosts(5001) == [ip(2)]
+    assert [v.name for v in h1.core.p.vteps.all()] == ["tor1"]
+    assert flooded_to_tor()
+    assert not h1.switch.errors
+
+    show([])
+    assert h1.core.p.vteps.all() == [] and not flooded_to_tor()

@@ -72,7 +72,7 @@ def test_options_are_registered_in_group_dove_with_the_declared_defaults() -> No
     conf = parsed()
     registered = {opt.dest for opt in options.list_opts()[0][1]}
     assert registered == {s.name for s in SETTINGS}
-    assert len(SETTINGS) == 54  # the 52 settings, auth_key_file and auth_keys_file
+    assert len(SETTINGS) == 58  # the 56 settings, auth_key_file and auth_keys_file
     for setting in SETTINGS:  # an empty text default ("no site") is oslo.config's None
         assert conf.dove[setting.name] == (setting.default if setting.default != "" else None)
     for section in (LearningConfig(), ProxyConfig(), MetricsConfig(), DhcpConfig()):
