@@ -412,11 +412,10 @@ def _vtep_bindings(setting: str, text: str) -> tuple[VtepBinding, ...]:
         m = _BINDING.match(entry)
         if not m:
             raise ConfigError(f"[dove] {setting}: {entry!r} is not PORT:VLAN=INSTANCE")
-        port, vlan, instance = m.group(1), int(m.group(2)), int(m.group(3))
+        port, vlan = m.group(1), int(m.group(2))
         if vlan > 4095:
             raise ConfigError(f"[dove] {setting}: {entry!r}: VLAN must be 0-4095")
-        if not 1 <= instance <= 0xFFFFFF:
-            raise ConfigError(f"[dove] {setting}: {entry!r}: instance must be 1-16777215")
+        instance = _instance(setting, entry, m.group(3))  # 16777215 is BFD's
         if (port, vlan) in found:
             raise ConfigError(f"[dove] {setting}: {port}:{vlan} is bound twice")
         found[(port, vlan)] = VtepBinding(port, vlan, instance)
@@ -654,6 +653,10 @@ def _check_vtep(kwargs: dict[str, object]) -> None:
     for name in ("site", "wan_ip", "wan_peers", "peers", *_GATEWAY_ONLY):
         if name in kwargs:
             raise ConfigError(f"[dove] {name}: not a VTEP controller's setting")
+    if kwargs.get("tunnel_type", "vxlan") != "vxlan":
+        raise ConfigError(
+            "[dove] tunnel_type: a hardware_vtep switch speaks VXLAN only (vxlan_over_ipv4)"
+        )
     kwargs.setdefault("underlay_ip", UNSET_IP)
     kwargs.setdefault("host_name", kwargs["vtep_switch"])  # its directory row's name
 

@@ -118,6 +118,8 @@ class HostInstances:
             msgs += self.up(instance)
         for instance in self.lingering:
             msgs += self._member_flows(instance, lingering=True)
+        if self.vteps is not None:
+            msgs += self.vteps.stale_learned()
         return msgs
 
     def up(self, instance: int) -> list[OfMsg]:

@@ -27,10 +27,12 @@ class SwitchLink:
             self.tunnels.ports[self.tunnels.own] = port
 
     def other_ports(self, ports: Mapping[str, int]) -> None:
-        """The ports of the other accepted encapsulations (OVSDB says, before connect)."""
-        for encap, port in ports.items():
-            if encap in self.tunnels.accepted and encap != self.tunnels.own:
-                self.tunnels.ports[encap] = port
+        """The ports of the other accepted encapsulations (OVSDB says, before connect):
+        they replace those known, so a port that went away is forgotten."""
+        own = self.tunnels.own
+        kept = {own: self.tunnels.ports[own]} if own in self.tunnels.ports else {}
+        others = {e: p for e, p in ports.items() if e in self.tunnels.accepted and e != own}
+        self.tunnels.ports = {**kept, **others}
 
     @property
     def connected(self) -> bool:

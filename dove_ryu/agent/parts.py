@@ -120,6 +120,7 @@ class HostParts(Common):
         would delete its classify flow."""
         for hosts in adopted.members.values():
             hosts -= {h for h in hosts if self.vteps.is_vtep(h)}
+        self.vteps.found_learned = set(adopted.vtep_learned)
         super().adopt(now, adopted, instances)
 
 

@@ -52,9 +52,11 @@ class ProxyDirectory:
         """The Host rows of the site: its hosts become members, its proxies partners.
 
         A row naming another site is not ours (a directory shared by several sites is
-        not supported, but must not mix them); hosts' rows name none."""
+        not supported, but must not mix them); hosts' rows name none.  A switch a VTEP
+        controller registered (role vtep) runs no agent: a proxy does not relay for it
+        (docs/interop.md section 2: a VTEP reaches the hosts of its own site)."""
         site, me = self.p.cfg.proxy.site, self.p.me
-        ours = [r for r in view.hosts if r.site in ("", site)]
+        ours = [r for r in view.hosts if r.site in ("", site) and r.role != "vtep"]
         self.directory.rows(now, [r for r in ours if r.role != "proxy"])
         self.partners = frozenset(
             r.underlay_ip for r in ours if r.role == "proxy" and r.underlay_ip != me

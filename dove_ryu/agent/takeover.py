@@ -88,6 +88,8 @@ class Adopted:
     members: dict[int, set[IPv4Address]] = field(default_factory=dict)  # instance -> hosts
     # A gateway's external MACs (ext_out): a neighbor's by its address, None: the next hop.
     external: dict[IPv4Address | None, str] = field(default_factory=dict)
+    # What the datapath learned behind external VTEPs: (instance, the VTEP's cookie tag).
+    vtep_learned: set[tuple[int, int]] = field(default_factory=set)
 
     def hosts(self) -> set[IPv4Address]:
         return {h for hosts in self.members.values() for h in hosts}
@@ -143,6 +145,9 @@ def adopt(state: SwitchState, member_flows: bool = False) -> Adopted:
     for flow in state.flows:
         decoded = cookies.decode(flow.cookie)
         if decoded is None:
+            continue
+        if decoded.purpose is Purpose.VTEP_LEARNED:
+            adopted.vtep_learned.add((decoded.instance, decoded.tag))
             continue
         sets = _set_fields(flow.actions)
         if decoded.purpose is Purpose.LEARNED:

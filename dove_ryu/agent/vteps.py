@@ -40,6 +40,9 @@ class ExternalVteps:
         self.age = settings.external_mac_age
         self.limit = settings.external_max_macs
         self.by_source: dict[str, tuple[ExternalVtep, ...]] = {}
+        self.refused: set[tuple[str, str, str]] = set()  # (source, name, encapsulation)
+        # What a predecessor's datapath learned (a take-over): (instance, VTEP tag).
+        self.found_learned: set[tuple[int, int]] = set()
         self._buckets: dict[int, TokenBucket] = {}
         # The flood group of an instance whose VTEPs changed (set by the host's wiring).
         self.regroup: Callable[[int], list[OfMsg]] = lambda instance: []
@@ -47,11 +50,33 @@ class ExternalVteps:
     # ------------------------------------------------------------ declared
 
     def all(self) -> list[ExternalVtep]:
-        seen: dict[str, ExternalVtep] = {}
+        """The VTEPs, one per address: a VTEP named by two sources (the configuration
+        and the directory, say) is taken from the first declared; two entries for one
+        address would flood to it twice, and the one going would cut the other off."""
+        by_address: dict[IPv4Address, ExternalVtep] = {}
         for source in self.by_source.values():
             for vtep in source:
-                seen.setdefault(vtep.name, vtep)
-        return sorted(seen.values(), key=lambda v: v.name)
+                by_address.setdefault(vtep.address, vtep)
+        return sorted(by_address.values(), key=lambda v: v.name)
+
+    def _takes(self, source: str, vtep: ExternalVtep) -> bool:
+        """A VTEP whose encapsulation this host does not take is refused (the
+        configuration checks its own; a directory row is checked here), and counted."""
+        if vtep.encapsulation in self.link.tunnels.accepted:
+            return True
+        refusal = (source, vtep.name, vtep.encapsulation)
+        if refusal not in self.refused:  # said once, not at every directory update
+            self.refused.add(refusal)
+            self.stats.count("vtep_encapsulation_not_taken")
+            self.stats.log.warning(
+                "%s: %s VTEP %s at %s speaks %s, which this host does not take; ignored",
+                self.stats.name,
+                source,
+                vtep.name,
+                vtep.address,
+                vtep.encapsulation,
+            )
+        return False
 
     def of_instance(self, instance: int) -> list[ExternalVtep]:
         return [v for v in self.all() if instance in v.instances]
@@ -62,9 +87,19 @@ class ExternalVteps:
     def declared(self, source: str, vteps: Iterable[ExternalVtep]) -> list[OfMsg]:
         """``source``'s VTEPs are now ``vteps``: the flows of the instances served here
         follow (a VTEP that changed goes and comes back)."""
-        before = {(v, i) for v in self.all() for i in v.instances}
-        self.by_source[source] = tuple(vteps)
-        after = {(v, i) for v in self.all() for i in v.instances}
+        before_vteps = self.all()
+        before = {(v, i) for v in before_vteps for i in v.instances}
+        taken = [v for v in vteps if self._takes(source, v)]
+        self.by_source[source] = tuple(taken)
+        after_vteps = self.all()
+        after = {(v, i) for v in after_vteps for i in v.instances}
+        # The tunnels reach a VTEP with its encapsulation and never the DOVE option
+        # (endpoint rows at its address, a directory's, go through them too).
+        tunnels = self.link.tunnels
+        for v in before_vteps:
+            tunnels.undeclare(v.address)
+        for v in after_vteps:
+            tunnels.declare(v.address, v.encapsulation, dove=False)
         if not self.link.connected:
             return []
         served = self.ports.instances
@@ -103,6 +138,16 @@ class ExternalVteps:
         goes (their member flows go with the instance's)."""
         self._buckets.pop(instance, None)
         return list(vtep_flows.delete_instance_vteps(instance))
+
+    def stale_learned(self) -> list[OfMsg]:
+        """After a take-over: what the datapath learned behind a VTEP that is no longer
+        declared in a served instance goes.  The sweep leaves learned flows alone (they
+        are the datapath's), and traffic to them would keep them from ageing: a black
+        hole that never misses to the agent."""
+        served = self.ports.instances
+        wanted = {(i, vtep_flows.vtep_tag(v)) for v in self.all() for i in v.instances & served}
+        stale, self.found_learned = sorted(self.found_learned - wanted), set()
+        return [vtep_flows.delete_learned(instance, tag) for instance, tag in stale]
 
     def lingering(self, instance: int) -> list[OfMsg]:
         """While the instance lingers, the VTEPs' traffic is taken to egress_check,

@@ -380,6 +380,10 @@ def flood_group(
 def local_flood_group(
     instance: int, local_ofports: Iterable[int], command: GroupCommand
 ) -> GroupMod:
+    """The instance's local ports only: what a host with two tunnel ports floods for a
+    packet from the tunnel.  NOTE (OpenFlow): a group bucket skips only the packet's own
+    in_port, so the flood group would send a VXLAN arrival out of the Geneve port (and
+    back), duplicating it to every member: split horizon by a second group."""
     buckets = [(Output(p),) for p in sorted(local_ofports)]
     return group_mod(instance | LOCAL_GROUP_BIT, command, buckets)
 

@@ -67,6 +67,11 @@ def learned_cookie(vtep: ExternalVtep, instance: int) -> Cookie:
     return Cookie(Purpose.VTEP_LEARNED, instance, vtep_tag(vtep))
 
 
+def delete_learned(instance: int, tag: int) -> FlowMod:
+    """What the datapath learned behind the VTEP whose cookie tag is ``tag``."""
+    return delete_by_cookie(Cookie(Purpose.VTEP_LEARNED, instance, tag), cookies.MASK_EXACT)
+
+
 def learn_macs(vtep: ExternalVtep, instance: int, age: int, limit: int) -> Learn:
     """The learn action of the VTEP's member flow: (instance, the packet's source MAC)
     -> back into the tunnel it came from, to the VTEP, with the instance's VNI."""

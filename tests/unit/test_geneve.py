@@ -258,3 +258,16 @@ def test_a_gateway_and_a_proxy_take_their_own_type_and_check_the_option() -> Non
     for role in ("gateway", "proxy"):
         with pytest.raises(ConfigError, match="accepts its tunnel_type only"):
             from_mapping({**BASE, "role": role, "accept_tunnel_types": "vxlan, geneve"})
+
+
+def test_a_tunnel_port_that_went_away_is_forgotten() -> None:
+    """OVSDB no longer shows the Geneve port: it is no receive port any more (a kept
+    one made every bridge view look changed, and flooding split-horizon for nothing)."""
+    from dove_ryu.agent.link import SwitchLink
+
+    link = SwitchLink(Tunnels("vxlan", ("vxlan", "geneve")))
+    link.tunnel_ofport = 1
+    link.other_ports({"vxlan": 1, "geneve": 2})
+    assert link.tunnels.mixed
+    link.other_ports({"vxlan": 1})
+    assert link.tunnels.ports == {"vxlan": 1} and not link.tunnels.mixed

@@ -386,3 +386,81 @@ def test_a_geneve_vtep_is_reached_through_the_geneve_port_without_the_dove_optio
     assert vtep_flows.vtep_tunnel(tunnels, bm, 5000)[-1] == Output(1)
     member = vtep_flows.vtep_member_flow(tor, 5000, tunnels, 300, 1024)
     assert member.match["in_port"] == 2 and OPTION_FIELD not in member.match
+
+
+def test_a_vtep_declared_by_the_config_and_the_directory_is_one_vtep() -> None:
+    """The configuration's bm1 and a VTEP controller's row for the same switch (another
+    name, same address): broadcast reaches it once, and the row going keeps bm1."""
+    from dove_ryu.model import ExternalVtep
+
+    net = _net()
+    host = net.hosts[1]
+    row = ExternalVtep("tor1", IPv4Address(VTEP), frozenset({A}))
+    net.apply(host, CoreOutput_of(host.core.p.vteps.declared("directory", [row])))
+    assert len(_to_vtep(net.send(1, VM1.ofport, eth(VM1.mac, "ff:ff:ff:ff:ff:ff")))) == 1
+
+    net.apply(host, CoreOutput_of(host.core.p.vteps.declared("directory", [])))
+    seen = _from_vtep(net, 1, eth(BEHIND, VM1.mac))
+    assert [(s.host, s.port) for s in seen] == [(1, VM1.ofport)]
+    assert not host.switch.errors
+
+
+def test_a_vtep_row_in_an_encapsulation_the_host_does_not_take_is_refused_once() -> None:
+    """A directory row is VXLAN; a Geneve-only host has no VXLAN port: the row is
+    ignored and counted once (not at every directory update), never sent Geneve."""
+    from dove_ryu.model import ExternalVtep
+
+    net = _net(external_vteps="", external_macs="", tunnel_type="geneve", tunnel_port="dove-geneve")
+    host = net.hosts[1]
+    row = ExternalVtep("tor1", ip(60), frozenset({A}))
+    for _ in range(3):
+        assert host.core.p.vteps.declared("directory", [row]) == []
+    assert host.core.p.vteps.all() == []
+    assert host.core.counters["vtep_encapsulation_not_taken"] == 1
+
+
+def test_endpoints_behind_a_vtep_are_reached_without_the_dove_option() -> None:
+    """Endpoint rows at a VTEP's address (a VTEP controller writes them) go through the
+    tunnels as the VTEP is declared: its encapsulation, no DOVE option."""
+    from dove_ryu.model import ExternalVtep
+    from dove_ryu.openflow.tunnels import OPTION_FIELD
+
+    net = _net(
+        external_vteps="",
+        external_macs="",
+        tunnel_type="geneve",
+        tunnel_port="dove-geneve",
+        accept_tunnel_types="vxlan,geneve",
+    )
+    host = net.hosts[1]
+    tor = ExternalVtep("tor1", ip(60), frozenset({A}), "geneve")
+    host.core.p.vteps.declared("directory", [tor])
+    tunnels = host.core.p.link.tunnels
+    actions = tunnels.actions(A, ip(60))
+    assert tunnels.path(ip(60)).encapsulation == "geneve"
+    assert not any(getattr(a, "field", None) == OPTION_FIELD for a in actions)
+    host.core.p.vteps.declared("directory", [])
+    assert tunnels.path_kind(ip(60)) == ("vxlan", True)  # a peer never heard: VXLAN
+
+
+def test_a_restart_removes_what_was_learned_behind_a_vtep_no_longer_declared() -> None:
+    """The VTEP was taken out of the configuration while its agent was away: what the
+    datapath learned behind it goes at the take-over (traffic to it would keep it from
+    ageing, a black hole that never misses to the agent)."""
+    from dataclasses import replace
+
+    from dove_ryu.agent.host import HostCore
+    from dove_ryu.config import ExternalVtepsConfig
+
+    net = _net()
+    _from_vtep(net, 1, eth(BEHIND, VM1.mac))
+    host = net.hosts[1]
+    assert _learned(net, 1)
+    cfg = replace(host.core.p.cfg, vteps=ExternalVtepsConfig())
+
+    host.core = HostCore(cfg, net.now)
+    net.apply(host, host.core.ports_changed(net.now, [VM1, VMB]))
+    net.apply(host, host.core.switch_connected(net.now, TUN, host.switch.found()))
+
+    assert not _learned(net, 1)
+    assert not host.switch.errors
