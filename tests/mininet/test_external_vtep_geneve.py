@@ -19,13 +19,10 @@ from typing import Any
 
 import pytest
 
-from mininet_topos.kernel_vtep import KernelVtep
+from tests.mininet.test_external_vtep import VTEP, A, ping, vtep
 from tests.mininet.test_geneve import underlay_capture
 from tests.tools.capture import Capture, settle
 from tests.tools.transfer import transfer
-
-A, B = 5001, 5002
-VTEP = KernelVtep(instance=A)
 
 
 @pytest.fixture(scope="module")
@@ -44,14 +41,6 @@ def dnet() -> Iterator[Any]:
         yield net
     finally:
         net.stop()
-
-
-def vtep(dnet: Any) -> Any:
-    return dnet.net.get(VTEP.name)
-
-
-def ping(node: Any, ip: str, count: int = 3) -> bool:
-    return f"{count} received" in node.cmd(f"ping -c{count} -i0.1 -W1 {ip}")
 
 
 def test_hosts_speak_geneve_to_each_other_and_vxlan_to_the_vtep(dnet: Any) -> None:
