@@ -27,7 +27,6 @@ whose heartbeat stood still (`dove_ryu.agent.directory.Liveness`).
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -39,6 +38,7 @@ import ovs.db.idl
 import ovs.poller
 import ovs.stream
 
+from dove_ryu.adapters.wakeup import WakePipe
 from dove_ryu.agent.directory import (
     DirectoryView,
     EndpointRow,
@@ -253,9 +253,7 @@ class DirectoryClient:
         self.connected = False
         self.stopping = threading.Event()
         # poke() wakes the loop at once (a VM came or went) rather than at its next poll.
-        self.wake_r, self.wake_w = os.pipe()
-        os.set_blocking(self.wake_r, False)
-        os.set_blocking(self.wake_w, False)
+        self.wake = WakePipe()
         self.thread = threading.Thread(target=self._run, name="directory", daemon=True)
         self.errors = 0
         # What the directory costs this agent, for dovectl counters and the benchmark:
@@ -271,10 +269,7 @@ class DirectoryClient:
 
     def poke(self) -> None:
         """What ``local()`` gives may have changed: publish it now."""
-        try:
-            os.write(self.wake_w, b"!")
-        except BlockingIOError:  # a wake-up is pending already
-            pass
+        self.wake.poke()
 
     def _watch(
         self, served: frozenset[int], resolved: frozenset[int], routed: frozenset[int]
@@ -337,13 +332,10 @@ class DirectoryClient:
         poller = ovs.poller.Poller()
         self.idl.wait(poller)
         poller.timer_wait(max(1, int((self.next_beat - time.monotonic()) * 1000)))
-        poller.fd_wait(self.wake_r, ovs.poller.POLLIN)
+        self.wake.wait(poller)
         poller.timer_wait(200)  # what changes without a poke (a proxy's instances)
         poller.block()
-        try:
-            os.read(self.wake_r, 512)
-        except BlockingIOError:
-            pass
+        self.wake.drain()
         return seen_seqno
 
     def _connected(self) -> bool:

@@ -25,6 +25,7 @@ import ovs.jsonrpc
 import ovs.poller
 import ovs.stream
 
+from dove_ryu.adapters.wakeup import WakePipe
 from dove_ryu.agent.vtep_controller import (
     REPLICATION,
     UNKNOWN_DST,
@@ -286,9 +287,7 @@ class HwVtepClient:
         self.connected = False
         self.errors = 0
         self.stopping = threading.Event()
-        self.wake_r, self.wake_w = os.pipe()
-        os.set_blocking(self.wake_r, False)
-        os.set_blocking(self.wake_w, False)
+        self.wake = WakePipe()
         self.thread = threading.Thread(target=self._run, name="hw-vtep", daemon=True)
 
     def start(self) -> None:
@@ -300,10 +299,7 @@ class HwVtepClient:
 
     def poke(self) -> None:
         """What ``changes()`` gives may have changed (the directory moved): write it now."""
-        try:
-            os.write(self.wake_w, b"!")
-        except BlockingIOError:
-            pass
+        self.wake.poke()
 
     def _run(self) -> None:
         seen = -1
@@ -348,13 +344,10 @@ class HwVtepClient:
             self._write()
         poller = ovs.poller.Poller()
         self.idl.wait(poller)
-        poller.fd_wait(self.wake_r, ovs.poller.POLLIN)
+        self.wake.wait(poller)
         poller.timer_wait(1000)
         poller.block()
-        try:
-            os.read(self.wake_r, 512)
-        except BlockingIOError:
-            pass
+        self.wake.drain()
         return seen
 
     def _write(self) -> None:
