@@ -165,7 +165,9 @@ class External:
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 
-def gateway_config(gw: Hypervisor, k: int, peers: str, key: str) -> str:
+def gateway_config(
+    gw: Hypervisor, k: int, peers: str, key: str, extra: dict[str, Any] | None = None
+) -> str:
     """A gateway's dove.ini: role = gateway, its external leg, the first one preferred."""
     return agent_config(
         gw,
@@ -180,6 +182,7 @@ def gateway_config(gw: Hypervisor, k: int, peers: str, key: str) -> str:
             "external_nexthop": INTERNET_IP,
             "gateway_priority": 200 - 50 * (k - 1),
             **({} if HELLO_INTERVAL is None else {"gateway_hello_interval": HELLO_INTERVAL}),
+            **(extra or {}),
         },
     )
 
@@ -230,11 +233,16 @@ def _serving(host: Host) -> bool:
 
 
 def add_gateways(
-    dnet: DoveNet, key: str, tenants: Iterable[int] | None = None, timeout: float = 60.0
+    dnet: DoveNet,
+    key: str,
+    tenants: Iterable[int] | None = None,
+    timeout: float = 60.0,
+    extra: dict[str, Any] | None = None,
 ) -> External:
     """The external network, the internet host and two gateways, added to ``dnet`` (its
     tenants' routers declared again with source NAT, a floating IP and the gateways);
-    returns once both agents are connected, one is active and the servers listen."""
+    returns once both agents are connected, one is active and the servers listen.
+    ``extra``: more settings for the gateways (``tunnel_type``, say)."""
     net = dnet.net
     tenants = sorted(tenants or {vm.tenant for vm in dnet.vms})
     workdir = Path(tempfile.mkdtemp(prefix="dove-external-"))
@@ -268,7 +276,7 @@ def add_gateways(
             gw.configDefault()  # private OVS, br-phy with the underlay address, br-dove
             gw.make_port_only(f"{gw.name}-ext")
             gw.vsctl("--may-exist", "add-port", BR_DOVE, f"{gw.name}-ext")
-            gw.start_agent(gateway_config(gw, k, peers, key), agent_cmd())
+            gw.start_agent(gateway_config(gw, k, peers, key, extra), agent_cmd())
         # OVS's tunnel neighbour caches, both ways: a gateway's first tunnelled packet
         # (a reply held while it resolved the VM) is not lost to underlay ARP.
         warm_underlay([*dnet.hypervisors, *gateways])

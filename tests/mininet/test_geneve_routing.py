@@ -1,10 +1,11 @@
-"""Routing between a tenant's subnets over Geneve (issue 14 point 1: "routing when it
-exists"), in Mininet with real agents.
+"""Routing between a tenant's subnets and out through the gateways over Geneve (issue 14
+point 1: "routing when it exists"), in Mininet with real agents.
 
 One emulation for the module: 2 hypervisors with ``tunnel_type = geneve``, 2 tenants
 with identical plans, 2 subnets each (vm1 10.0.0.1, vm2 10.0.1.2, gateway
-10.0.<subnet>.254), a router per tenant.  A routed packet is routed on the sending VM's
-host into the destination's instance, so on the underlay it is Geneve with the
+10.0.<subnet>.254), a router per tenant, and the two gateways of `mininet_topos.gateway`
+(source NAT to the internet host), Geneve too.  A routed packet is routed on the sending
+VM's host into the destination's instance, so on the underlay it is Geneve with the
 destination instance's VNI and the DOVE option.
 """
 
@@ -15,22 +16,39 @@ from typing import Any
 
 import pytest
 
+from tests.mininet.test_gateway import World
 from tests.mininet.test_geneve import underlay_capture
 from tests.tools.capture import settle
 from tests.tools.transfer import transfer
 
 
 @pytest.fixture(scope="module")
-def dnet() -> Iterator[Any]:
+def world() -> Iterator[World]:
     from mininet_topos.agents import build_dove_net
+    from mininet_topos.gateway import add_gateways, hosts_and_gateways
 
-    net, _ = build_dove_net(
-        hypervisors=2, tenants=2, vms_per_tenant=2, subnets=2, routers=True, tunnel_type="geneve"
+    net, key = build_dove_net(
+        hypervisors=2,
+        tenants=2,
+        vms_per_tenant=2,
+        extra={"peers": hosts_and_gateways(2)},
+        subnets=2,
+        routers=True,
+        tunnel_type="geneve",
     )
     try:
-        yield net
+        ext = add_gateways(net, key, extra={"tunnel_type": "geneve"})
+        try:
+            yield World(net, ext)  # test_gateway's: the evidence plugin knows it
+        finally:
+            ext.stop()
     finally:
         net.stop()
+
+
+@pytest.fixture
+def dnet(world: World) -> Any:
+    return world.dnet
 
 
 def received(src: Any, dst_ip: str, count: int) -> int:
@@ -65,3 +83,21 @@ def test_tcp_across_subnets_and_the_other_tenant_alike(dnet: Any) -> None:
     with transfer(dnet.vm("t1vm1"), dnet.vm("t1vm2"), port=7821, total=2_000_000):
         pass
     assert received(dnet.vm("t2vm1"), dnet.vm("t2vm2").ip, 3) == 3
+
+
+def test_vms_reach_the_internet_through_a_geneve_gateway(world: World) -> None:
+    from mininet_topos.gateway import INTERNET_IP, fetch, floating_ip, snat_address
+    from mininet_topos.hypervisor import wait_until
+
+    dnet, ext = world.dnet, world.ext
+    for vm in (dnet.vm("t1vm1"), dnet.vm("t2vm2")):
+        wait_until(
+            lambda vm=vm: fetch(vm.host, f"http://{INTERNET_IP}/index.html"),
+            30.0,
+            f"{vm.name} fetches the page through the gateway",
+            step=0.5,
+        )
+    log = ext.http_log()
+    # t1vm1 has tenant 1's floating IP; t2vm2 leaves by tenant 2's source NAT.
+    assert floating_ip(1) in log and snat_address(2) in log
+    assert "10.0." not in log
