@@ -253,12 +253,11 @@ def test_a_migration_moves_the_locator_and_bare_metal_follows(deployment: Deploy
             f"{vm.name}'s locator at {new.name}",
         )
         # The emulation's port move bounces the VM's link, and Linux then forgets its
-        # neighbours: the VM learns bm1's MAC again from bm1's ARP request (which the
-        # switch floods to every host of A).  Its own request for 10.0.0.51 would go
-        # unanswered: ovs-vtep reports no IP in Ucast_Macs_Local, so the directory has
-        # none for bm1, and hosts do not yet send an ARP nobody answered to external
-        # VTEPs (docs/interop.md section 2, the `vteps` work).  README says so.
-        d.bm.host.cmd(f"ip neigh flush dev {d.bm.intf}")
+        # neighbours.  The VM asks for bm1's address itself: ovs-vtep reports no IP in
+        # Ucast_Macs_Local, so no host can answer, and the host sends the ARP request to
+        # its external VTEPs at once (the switch is one, from its vtep row): bm1 answers.
+        vm.host.cmd(f"ip neigh flush dev {vm.host.intf().name}")
+        wait_until(lambda: pings(vm.host, d.bm.ip, 1) == 1, 15.0, f"{vm.name} moved -> bm1")
         wait_until(lambda: pings(d.bm.host, vm.ip, 1) == 1, 15.0, f"bm1 -> {vm.name} moved")
         assert pings(d.bm.host, vm.ip, 5) == 5
     finally:
