@@ -194,6 +194,8 @@ class ExternalVteps:
                 "encapsulation": v.encapsulation,
                 "instances": sorted(v.instances),
                 "served_here": sorted(v.instances & served),
+                "tag": vtep_flows.vtep_tag(v),  # the cookie tag of what is learned behind it
+                "max_macs": self.limit,
                 "static_macs": [
                     {"instance": m.instance, "mac": m.mac, "ip": str(m.ip) if m.ip else ""}
                     for m in v.macs

@@ -341,12 +341,33 @@ def cmd_peers(args: argparse.Namespace) -> Any:
     return None
 
 
-def cmd_vteps(args: argparse.Namespace) -> Any:
+def cmd_vteps(args: argparse.Namespace, run_ovs: Any = None) -> Any:
     """The external VTEPs declared on this host: address, encapsulation, instances
-    (those served here), the MACs declared behind them; the agent's VTEP counters."""
+    (those served here), the MACs learned behind them in the datapath (read from the
+    bridge: the agent never sees them) against the bound, the MACs declared behind them;
+    the agent's VTEP counters."""
     answer = _ask(args, "vteps")
+    node = ctl_flows.Node(args.admin_socket, ctl_flows.bridge_of(args))
+    try:
+        counts = ctl_flows.learned_behind_vteps(node, run_ovs or ctl_flows.run_tool)
+    except (ctl_flows.FlowsError, ctl_flows.DumpError) as e:
+        print(f"dovectl vteps: the learned MACs are not counted: {e}", file=sys.stderr)
+        counts = None
+    for v in answer["vteps"]:
+        v["learned"] = (
+            None if counts is None else {str(i): counts[(i, v["tag"])] for i in v["served_here"]}
+        )
     if args.json:
         return answer
+
+    def learned(v: dict[str, Any]) -> str:
+        if v["learned"] is None:
+            return "?"
+        limit = v["max_macs"]
+        shown = [
+            f"{i}: {n}/{limit}" + (" (full)" if n >= limit else "") for i, n in v["learned"].items()
+        ]
+        return ", ".join(shown) or "-"
 
     def macs(v: dict[str, Any]) -> str:
         shown = [
@@ -363,12 +384,22 @@ def cmd_vteps(args: argparse.Namespace) -> Any:
                 v["encapsulation"],
                 ",".join(map(str, v["instances"])),
                 ",".join(map(str, v["served_here"])) or "-",
+                learned(v),
                 macs(v),
                 v["source"],
             ]
             for v in answer["vteps"]
         ],
-        ["VTEP", "ADDRESS", "ENCAP", "INSTANCES", "SERVED HERE", "STATIC MACS", "FROM"],
+        [
+            "VTEP",
+            "ADDRESS",
+            "ENCAP",
+            "INSTANCES",
+            "SERVED HERE",
+            "LEARNED",
+            "STATIC MACS",
+            "FROM",
+        ],
     )
     if answer["counters"]:
         print()

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import asdict
 from typing import Any, TextIO
@@ -34,9 +35,11 @@ from dove_ryu.ctl.common import (
     snapshot,
     socket_of,
 )
-from dove_ryu.ctl.flowdump import DumpError, Flow, table_id, table_name
+from dove_ryu.ctl.flowdump import DumpError, Flow, parse_flows, table_id, table_name
 from dove_ryu.ctl.flowstate import FlowFilter
 from dove_ryu.ctl.trace import cmd_trace
+from dove_ryu.openflow import cookies
+from dove_ryu.openflow.cookies import Purpose
 
 COMMANDS = ("flows", "trace")
 
@@ -169,6 +172,20 @@ def reference_text(snap: Snapshot, header: Iterable[str]) -> str:
     for group in snap.groups:
         lines.append(f"{group.render(snap.ports)}  # {group.describe(snap.view.role)}")
     return "\n".join(lines) + "\n"
+
+
+def learned_behind_vteps(node: Node, run_ovs: Run = run_tool) -> Counter[tuple[int, int]]:
+    """The MACs the datapath learned behind external VTEPs, counted by (instance, the
+    VTEP's cookie tag), from the bridge's flows: the agent never sees them."""
+    text = run_ovs(
+        ["ovs-ofctl", "-O", "OpenFlow13", "dump-flows", node.bridge, "--no-names"], node.env
+    )
+    counts: Counter[tuple[int, int]] = Counter()
+    for flow in parse_flows(text):
+        decoded = cookies.decode(flow.cookie)
+        if decoded is not None and decoded.purpose is Purpose.VTEP_LEARNED:
+            counts[(decoded.instance, decoded.tag)] += 1
+    return counts
 
 
 def cmd_flows(args: argparse.Namespace, run: Run, ask: Ask) -> int:

@@ -278,6 +278,11 @@ def test_dovectl_shows_the_vtep_its_flows_and_traces_to_it(dnet: Any) -> None:
     assert ping(vtep(dnet), vm.ip)
     listed = dovectl(hv, "vteps")
     assert VTEP.name in listed and VTEP.underlay_ip in listed and str(A) in listed
+    # What the datapath learned behind it, read from the bridge, against the bound.
+    [shown] = json.loads(dovectl(hv, "--json", "vteps"))["vteps"]
+    learned = shown["learned"][str(A)]
+    assert 1 <= learned <= MAX_MACS and shown["max_macs"] == MAX_MACS, shown
+    assert f"{A}: {learned}/{MAX_MACS}" in listed, listed
     text = dovectl(hv, "flows", "--instance", str(A))
     assert f"accepts tunnels from external VTEP {VTEP.underlay_ip}, learns its MACs" in text
     assert f"{VTEP.mac} behind external VTEP {VTEP.underlay_ip}, learned in the datapath" in text

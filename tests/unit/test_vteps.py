@@ -464,3 +464,38 @@ def test_a_restart_removes_what_was_learned_behind_a_vtep_no_longer_declared() -
 
     assert not _learned(net, 1)
     assert not host.switch.errors
+
+
+def test_dovectl_counts_what_the_datapath_learned_behind_each_vtep() -> None:
+    """`dovectl vteps` reads the learned MACs from the bridge (the agent never sees
+    them): the VTEP_LEARNED flows, by instance and the VTEP's cookie tag."""
+    from dove_ryu.ctl.common import Node
+    from dove_ryu.ctl.flows import learned_behind_vteps
+    from dove_ryu.openflow.cookies import Cookie
+
+    tag = int(IPv4Address(VTEP)) & cookies.TAG_MASK
+
+    def line(purpose: Purpose, mac: str) -> str:
+        cookie = Cookie(purpose, A, tag).value
+        return (
+            f" cookie={cookie:#x}, duration=1.0s, table=40, n_packets=1, n_bytes=98, "
+            f"idle_timeout=300, priority=50,metadata={A:#x},dl_dst={mac} "
+            f"actions=set_field:{A:#x}->tun_id,set_field:{VTEP}->tun_dst,output:1"
+        )
+
+    dump = "\n".join(
+        [
+            line(Purpose.VTEP_LEARNED, "02:00:00:00:0e:01"),
+            line(Purpose.VTEP_LEARNED, "02:00:00:00:0e:02"),
+            line(Purpose.LEARNED, "02:00:00:00:0e:03"),
+        ]
+    )
+    asked: list[list[str]] = []
+
+    def run(argv: object, env: object) -> str:
+        asked.append(list(argv))  # type: ignore[call-overload]
+        return dump
+
+    counts = learned_behind_vteps(Node("/nowhere", "br-dove"), run)
+    assert counts == {(A, tag): 2}
+    assert asked == [["ovs-ofctl", "-O", "OpenFlow13", "dump-flows", "br-dove", "--no-names"]]
