@@ -10,16 +10,13 @@ packet is Geneve with the DOVE option; to and from the VTEP, VXLAN without it.
 
 from __future__ import annotations
 
-import re
-import subprocess
-import time
 from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
-from tests.mininet.test_external_vtep import VTEP, A, ping, vtep
+from tests.mininet.test_external_vtep import VTEP, A, migrate_under_vtep_pings, ping, vtep
 from tests.mininet.test_geneve import underlay_capture
 from tests.tools.capture import Capture, settle
 from tests.tools.transfer import transfer
@@ -104,27 +101,8 @@ def test_b_is_neither_reached_nor_heard(dnet: Any) -> None:
 
 
 def test_a_vm_migrates_while_the_vtep_pings_it(dnet: Any) -> None:
-    from mininet_topos.migration import migrate
-
-    host = vtep(dnet)
     mover = dnet.vm("t1vm1")
-    assert ping(host, mover.ip)
     to = dnet.hv("hv2") if mover.hypervisor.name != "hv2" else dnet.hv("hv1")
-    count, interval = 100, 0.05  # 5 s of pings, the move after 1 s
-    proc = host.popen(
-        ["ping", "-c", str(count), "-i", str(interval), "-W", "1", mover.ip],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    time.sleep(1.0)  # the stream runs before the move (a stream, not a condition)
-    unplugged = migrate(dnet, mover, to)
-    out, _ = proc.communicate(timeout=30)
-    received = int(re.search(r"(\d+) received", out).group(1))  # type: ignore[union-attr]
-    lost = count - received
-    print(f"migration under a kernel VTEP's pings (Geneve hosts): {lost} of {count} lost")
-    # As with VXLAN hosts (test_external_vtep): the unplugged time plus 0.5 s.
-    assert lost <= int((unplugged + 0.5) / interval) + 1, out
-    assert ping(host, mover.ip)
+    migrate_under_vtep_pings(dnet, mover, to)  # as with VXLAN hosts
     a_other = next(vm for vm in dnet.tenant_vms(1) if vm is not mover)
     assert ping(mover.host, a_other.ip)  # and Geneve between the hosts still carries A
