@@ -26,6 +26,7 @@ class DirectorySync:
         self.members = members
         self.proxies = ActiveProxies()  # the VAN proxies among the rows (directory mode)
         self.pushed_from: tuple[object, ...] = ()  # what `push` last worked from
+        self.refused_vteps: set[tuple[str, frozenset[int]]] = set()  # said once each
 
     def served(self) -> frozenset[int]:
         """The instances this host serves, as it registers them in the directory."""
@@ -95,14 +96,8 @@ class DirectorySync:
         # A switch a VTEP controller registered (role vtep) runs no agent: an external
         # VTEP (`dove_ryu.agent.vteps`), not a member we would send LEARNs to.
         vteps = {ip: row for ip, row in rows.items() if row.role == "vtep"}
-        out.ofmsgs += self.p.vteps.declared(
-            "directory",
-            [
-                ExternalVtep(r.name, ip, r.instances)
-                for ip, r in sorted(vteps.items())
-                if r.instances
-            ],
-        )
+        declared = [self._vtep(ip, r) for ip, r in sorted(vteps.items()) if r.instances]
+        out.ofmsgs += self.p.vteps.declared("directory", [v for v in declared if v is not None])
         alive = self._serving(now, {ip: r for ip, r in rows.items() if ip not in vteps}, out)
         if self.p.published is not None:
             self.p.published.live(alive)
@@ -112,6 +107,18 @@ class DirectorySync:
         for host in sorted(gone - set(alive)):
             out.extend(self.members.changed(now, host, frozenset())[0])
         return out
+
+    def _vtep(self, address: IPv4Address, row: HostRow) -> ExternalVtep | None:
+        """A vtep row as an external VTEP, or None (counted, said once) when its
+        instances are not ones a VTEP may serve (BFD's VNI, say)."""
+        try:
+            return ExternalVtep(row.name, address, row.instances)
+        except ValueError as e:
+            if (row.name, row.instances) not in self.refused_vteps:
+                self.refused_vteps.add((row.name, row.instances))
+                self.p.stats.count("vtep_row_refused")
+                self.p.stats.log.warning("%s: directory vtep row refused: %s", self.p.name, e)
+            return None
 
     def _serving(
         self, now: float, rows: dict[IPv4Address, HostRow], out: CoreOutput

@@ -307,3 +307,18 @@ def test_a_switch_a_vtep_controller_registered_is_an_external_vtep_not_a_member(
 
     show([])
     assert h1.core.p.vteps.all() == [] and not flooded_to_tor()
+
+
+def test_a_vtep_row_with_an_instance_no_vtep_may_serve_is_refused_and_counted() -> None:
+    """A vtep row naming BFD's VNI (16777215) is refused, counted once and logged, and
+    the host goes on (its other rows are taken)."""
+    from ipaddress import IPv4Address
+
+    net = directory_net()
+    h1 = net.hosts[1]
+    bad = HostRow("tor9", IPv4Address("10.99.0.69"), frozenset({0xFFFFFF}), role="vtep")
+    for beat in (1, 2):
+        net.apply(h1, h1.core.directory_rows(net.now, DirectoryView(host_rows(net, beat) + [bad])))
+    assert h1.core.p.vteps.all() == []
+    assert h1.core.counters["vtep_row_refused"] == 1
+    assert h1.core.p.members.hosts(5001) == [ip(2)]
